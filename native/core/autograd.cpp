@@ -1,0 +1,124 @@
+// autograd.cpp: recording and the reverse topological walk.
+#include "autograd.h"
+
+#include <cstring>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace duat {
+
+namespace {
+thread_local bool t_grad_enabled = true;
+}
+
+bool grad_enabled() { return t_grad_enabled; }
+void set_grad_enabled(bool enabled) { t_grad_enabled = enabled; }
+
+Tensor& Grads::slot(size_t i) {
+  if (!slots_[i]) slots_[i] = zeros(shapes_[i]);
+  return slots_[i];
+}
+
+float* Grads::f32(size_t i) { return slot(i)->f32(); }
+
+void Grads::add(size_t i, const Tensor& g) { add_into(slot(i), g); }
+
+bool any_requires_grad(const std::vector<Tensor>& inputs) {
+  if (!t_grad_enabled) return false;
+  for (const Tensor& t : inputs)
+    if (t && t->requires_grad) return true;
+  return false;
+}
+
+Tensor record(const Tensor& out, const char* name, const std::vector<Tensor>& inputs, BackwardFn fn) {
+  if (!any_requires_grad(inputs)) return out;
+  auto node = std::make_shared<Node>();
+  node->name = name;
+  node->inputs.reserve(inputs.size());
+  for (const Tensor& t : inputs) node->inputs.push_back(t && t->requires_grad ? t : nullptr);
+  node->backward_fn = std::move(fn);
+  out->requires_grad = true;
+  out->grad_fn = std::move(node);
+  return out;
+}
+
+void backward(const Tensor& root, const Tensor& seed) {
+  check(root->requires_grad, ERROR_STATE,
+        "backward: the tensor does not require grad (no input had requiresGrad, or it was made under noGrad)");
+  if (root->grad_fn) {
+    check(static_cast<bool>(root->grad_fn->backward_fn), ERROR_STATE,
+          "backward: the graph behind this tensor was already freed by an earlier backward()");
+  }
+  Tensor dseed = seed;
+  if (!dseed) {
+    check(root->numel() == 1, ERROR_SHAPE,
+          "backward: the tensor has shape " + shape_str(root->shape) + "; give a gradient or reduce it to one element");
+    dseed = full(root->shape, 1.0f);
+  } else {
+    check(dseed->shape == root->shape, ERROR_SHAPE,
+          "backward: gradient shape " + shape_str(dseed->shape) + " does not match tensor shape " + shape_str(root->shape));
+    check_f32(dseed, "backward", "the gradient");
+  }
+
+  // Reverse topological order by iterative depth-first search over grad_fn edges.
+  std::vector<Tensor> order;
+  std::unordered_set<TensorImpl*> visited;
+  std::vector<std::pair<Tensor, size_t>> stack{{root, 0}};
+  visited.insert(root.get());
+  while (!stack.empty()) {
+    auto& [t, next] = stack.back();
+    Node* node = t->grad_fn.get();
+    if (node && next < node->inputs.size()) {
+      Tensor in = node->inputs[next++];
+      if (in && visited.insert(in.get()).second) stack.push_back({in, 0});
+      continue;
+    }
+    order.push_back(t);
+    stack.pop_back();
+  }
+
+  std::unordered_map<TensorImpl*, Tensor> pending;
+  pending[root.get()] = dseed;
+  for (size_t k = order.size(); k-- > 0;) {
+    Tensor t = order[k];
+    auto it = pending.find(t.get());
+    if (it == pending.end()) continue;
+    Tensor dout = contiguous_data(it->second);
+    pending.erase(it);
+    if (!t->grad_fn) {
+      // A leaf: accumulate into .grad.
+      if (!t->grad) {
+        t->grad = empty(t->shape);
+        copy_into(t->grad, dout);
+      } else {
+        add_into(t->grad, dout);
+      }
+      continue;
+    }
+    std::shared_ptr<Node> node = t->grad_fn;
+    check(static_cast<bool>(node->backward_fn), ERROR_STATE,
+          "backward: part of the graph (" + node->name + ") was already freed by an earlier backward()");
+    Grads grads(node->inputs.size());
+    grads.wants_.resize(node->inputs.size());
+    grads.shapes_.resize(node->inputs.size());
+    for (size_t i = 0; i < node->inputs.size(); i++) {
+      grads.wants_[i] = node->inputs[i] != nullptr;
+      if (node->inputs[i]) grads.shapes_[i] = node->inputs[i]->shape;
+    }
+    node->backward_fn(dout, grads);
+    node->backward_fn = nullptr;  // frees what the op saved
+    for (size_t i = 0; i < node->inputs.size(); i++) {
+      const Tensor& in = node->inputs[i];
+      if (!in || !grads.slots_[i]) continue;
+      auto p = pending.find(in.get());
+      if (p == pending.end()) {
+        pending[in.get()] = grads.slots_[i];
+      } else {
+        add_into(p->second, grads.slots_[i]);
+      }
+    }
+    node->inputs.clear();
+  }
+}
+
+}  // namespace duat

@@ -1,0 +1,55 @@
+// autograd.h: the graph. Every op that produces a tensor from inputs needing gradients records
+// a Node holding its backward. backward() walks the graph from the root in reverse topological
+// order; backward functions ACCUMULATE into gradient slots, so fan-out sums. The graph (and the
+// tensors its backward functions saved) is freed as the walk passes each node.
+#pragma once
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tensor.h"
+
+namespace duat {
+
+// The gradient slots handed to a backward function, one per recorded input.
+class Grads {
+ public:
+  explicit Grads(size_t n) : slots_(n) {}
+  // Whether input i wants a gradient (it requires grad and grad mode was on when recorded).
+  bool needs(size_t i) const { return wants_[i]; }
+  size_t size() const { return slots_.size(); }
+  // Input i's gradient buffer: contiguous float32 of the input's shape, zeroed on first use.
+  float* f32(size_t i);
+  Tensor& slot(size_t i);
+  // slot(i) += g (any strides).
+  void add(size_t i, const Tensor& g);
+
+ private:
+  friend void backward(const Tensor&, const Tensor&);
+  std::vector<Tensor> slots_;
+  std::vector<bool> wants_;
+  std::vector<Shape> shapes_;
+};
+
+using BackwardFn = std::function<void(const Tensor& dout, Grads& grads)>;
+
+struct Node {
+  std::string name;
+  std::vector<Tensor> inputs;  // nullptr where the input needs no gradient
+  BackwardFn backward_fn;      // empty once the node has been walked
+};
+
+bool grad_enabled();
+void set_grad_enabled(bool enabled);  // per thread; default on
+
+// True if grad mode is on and any input requires grad.
+bool any_requires_grad(const std::vector<Tensor>& inputs);
+
+// Attaches a Node to `out` if any input requires grad. The backward function must capture what
+// it needs by value, detaching saved outputs (detach()) so the graph holds no reference cycle.
+Tensor record(const Tensor& out, const char* name, const std::vector<Tensor>& inputs, BackwardFn fn);
+
+// Runs backward from `root`. `seed` is d(root); null means 1 and requires a one-element root.
+void backward(const Tensor& root, const Tensor& seed);
+
+}  // namespace duat

@@ -1,0 +1,35 @@
+// errors.h: the one exception type native code throws. The binding's guard turns it into the JS
+// error class named by its code (lib/errors.ts); native code never exits, aborts or prints.
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace duat {
+
+enum ErrorCode {
+  ERROR_ARGUMENT = 0,  // a value out of range or of the wrong kind
+  ERROR_SHAPE,         // shapes that do not fit the op
+  ERROR_DTYPE,         // float32 where int32 is needed, or the reverse
+  ERROR_DEVICE,        // tensors on different devices, or CUDA unavailable
+  ERROR_DISPOSED,      // a tensor used after dispose()
+  ERROR_OUT_OF_MEMORY, // an allocation failed
+  ERROR_CHECKPOINT,    // a file that cannot be read as what it claims to be
+  ERROR_STATE,         // an op called at the wrong time (backward twice through a freed graph)
+};
+
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+  ErrorCode code() const { return code_; }
+
+ private:
+  ErrorCode code_;
+};
+
+[[noreturn]] inline void fail(ErrorCode code, const std::string& message) { throw Error(code, message); }
+
+inline void check(bool ok, ErrorCode code, const std::string& message) {
+  if (!ok) fail(code, message);
+}
+
+}  // namespace duat

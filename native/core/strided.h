@@ -1,0 +1,47 @@
+// strided.h: row-major walks over a shape under several stride sets (views, broadcasting).
+// fn receives each inner run: the element offset under every stride set, the run length and
+// the inner stride of every set.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "tensor.h"
+
+namespace duat {
+
+template <size_t K, typename Fn>
+void for_each_run(const Shape& shape, const std::array<const Shape*, K>& strides, Fn fn) {
+  const size_t nd = shape.size();
+  std::array<int64_t, K> off{}, inner{};
+  if (nd == 0) {
+    fn(off, int64_t{1}, inner);
+    return;
+  }
+  for (int64_t d : shape)
+    if (d == 0) return;
+  for (size_t k = 0; k < K; k++) inner[k] = (*strides[k])[nd - 1];
+  const int64_t n = shape[nd - 1];
+  const int64_t outer = shape_numel(shape) / n;
+  std::vector<int64_t> idx(nd, 0);
+  for (int64_t o = 0; o < outer; o++) {
+    fn(off, n, inner);
+    for (size_t d = nd - 1; d-- > 0;) {
+      idx[d]++;
+      for (size_t k = 0; k < K; k++) off[k] += (*strides[k])[d];
+      if (idx[d] < shape[d]) break;
+      for (size_t k = 0; k < K; k++) off[k] -= (*strides[k])[d] * shape[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+// Strides that read `t` as if broadcast to `out` (0 along broadcast dimensions).
+inline Shape broadcast_strides(const Tensor& t, const Shape& out) {
+  Shape s(out.size(), 0);
+  const size_t lead = out.size() - t->shape.size();
+  for (size_t i = 0; i < t->shape.size(); i++) s[lead + i] = t->shape[i] == 1 ? 0 : t->strides[i];
+  return s;
+}
+
+}  // namespace duat

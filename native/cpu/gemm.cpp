@@ -1,0 +1,304 @@
+// gemm.cpp: packed, cache-blocked GEMM in the style of BLIS / tinyBLAS.
+// Loop nest: jc (NC columns of B) -> pc (KC of K: pack B panel, shared) -> tasks over
+// (MC block of A rows x NC/2 columns): pack A block, then MR x NR micro-kernels.
+// Packing zero-pads partial panels, so micro-kernels always run full tiles; the edge tiles
+// are written through a small buffer. Accumulation is fp32 throughout.
+#include "gemm.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "../core/errors.h"
+#include "../core/parallel.h"
+
+namespace duat {
+
+namespace {
+
+struct KernelInfo {
+  int mr, nr;
+  // c[mr x nr] (ldc) (+)= alpha * a_panel(kc x MR) . b_panel(kc x NR); `add` false overwrites.
+  void (*micro)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr, float alpha,
+                bool add);
+};
+
+// ---- portable: 4 x 16, plain loops the compiler vectorises with SSE2 ----
+void micro_generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr, float alpha,
+                   bool add) {
+  constexpr int MR = 4, NR = 16;
+  float acc[MR][NR] = {};
+  for (int64_t k = 0; k < kc; k++) {
+    for (int i = 0; i < MR; i++)
+      for (int j = 0; j < NR; j++) acc[i][j] += a[i] * b[j];
+    a += MR;
+    b += NR;
+  }
+  for (int i = 0; i < mr; i++)
+    for (int j = 0; j < nr; j++) c[i * ldc + j] = (add ? c[i * ldc + j] : 0.0f) + alpha * acc[i][j];
+}
+
+// ---- AVX2 + FMA: 6 x 16, twelve ymm accumulators ----
+__attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, const float* b, float* c,
+                                                     int64_t ldc, int mr, int nr, float alpha, bool add) {
+  constexpr int MR = 6;
+  __m256 acc[MR][2];
+  for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kc; k++) {
+    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) {
+      __m256 ai = _mm256_broadcast_ss(a + i);
+      acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
+    }
+    a += MR;
+    b += 16;
+  }
+  __m256 va = _mm256_set1_ps(alpha);
+  if (mr == MR && nr == 16) {
+    for (int i = 0; i < MR; i++) {
+      float* ci = c + i * ldc;
+      __m256 r0 = _mm256_mul_ps(va, acc[i][0]), r1 = _mm256_mul_ps(va, acc[i][1]);
+      if (add) {
+        r0 = _mm256_add_ps(r0, _mm256_loadu_ps(ci));
+        r1 = _mm256_add_ps(r1, _mm256_loadu_ps(ci + 8));
+      }
+      _mm256_storeu_ps(ci, r0);
+      _mm256_storeu_ps(ci + 8, r1);
+    }
+    return;
+  }
+  alignas(32) float tile[MR][16];
+  for (int i = 0; i < MR; i++) {
+    _mm256_store_ps(tile[i], _mm256_mul_ps(va, acc[i][0]));
+    _mm256_store_ps(tile[i] + 8, _mm256_mul_ps(va, acc[i][1]));
+  }
+  for (int i = 0; i < mr; i++)
+    for (int j = 0; j < nr; j++) c[i * ldc + j] = (add ? c[i * ldc + j] : 0.0f) + tile[i][j];
+}
+
+// ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
+__attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, const float* b, float* c,
+                                                      int64_t ldc, int mr, int nr, float alpha, bool add) {
+  constexpr int MR = 12;
+  __m512 acc[MR][2];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < kc; k++) {
+    __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+      __m512 ai = _mm512_set1_ps(a[i]);
+      acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
+    }
+    a += MR;
+    b += 32;
+  }
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; i++) {
+    if (i >= mr) break;
+    float* ci = c + i * ldc;
+    __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
+    if (add) {
+      r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
+      r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
+    }
+    _mm512_mask_storeu_ps(ci, m0, r0);
+    _mm512_mask_storeu_ps(ci + 16, m1, r1);
+  }
+}
+
+const KernelInfo KERNELS[] = {
+    {4, 16, micro_generic},
+    {6, 16, micro_avx2},
+    {12, 32, micro_avx512},
+};
+
+CpuIsa detect() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return CPU_ISA_AVX512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CPU_ISA_AVX2;
+  return CPU_ISA_GENERIC;
+}
+
+CpuIsa initial_isa() {
+  CpuIsa best = detect();
+  // DUAT_CPU_ISA=generic|avx2|avx512 narrows the choice (for benchmarks and debugging).
+  if (const char* env = std::getenv("DUAT_CPU_ISA")) {
+    for (int i = 0; i <= CPU_ISA_AVX512; i++)
+      if (std::strcmp(env, cpu_isa_name(static_cast<CpuIsa>(i))) == 0 && i <= best) return static_cast<CpuIsa>(i);
+  }
+  return best;
+}
+
+CpuIsa g_isa = initial_isa();
+
+// Block sizes: a KC x NR panel of B stays in L1, an MC x KC block of A in L2.
+constexpr int64_t KC = 256;
+constexpr int64_t MC_ROWS = 144;  // a multiple of every MR above
+constexpr int64_t NC = 4096;
+
+struct Buffer {
+  float* p = nullptr;
+  size_t n = 0;
+  ~Buffer() { std::free(p); }
+  float* get(size_t count) {
+    if (count > n) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(64, (count * 4 + 63) / 64 * 64));
+      if (!p) fail(ERROR_OUT_OF_MEMORY, "out of memory packing a matrix product");
+      n = count;
+    }
+    return p;
+  }
+};
+
+// Packs op(A)[i0:i0+mc, p0:p0+kc] into panels of MR rows: panel r holds, for each k, MR values.
+void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0, int64_t kc, int MR, float* out) {
+  for (int64_t r = 0; r < mc; r += MR) {
+    const int rows = static_cast<int>(std::min<int64_t>(MR, mc - r));
+    float* dst = out + r * kc;
+    if (!trans) {
+      for (int i = 0; i < rows; i++) {
+        const float* src = A + (i0 + r + i) * lda + p0;
+        for (int64_t k = 0; k < kc; k++) dst[k * MR + i] = src[k];
+      }
+    } else {
+      for (int64_t k = 0; k < kc; k++) {
+        const float* src = A + (p0 + k) * lda + i0 + r;
+        for (int i = 0; i < rows; i++) dst[k * MR + i] = src[i];
+      }
+    }
+    for (int i = rows; i < MR; i++)
+      for (int64_t k = 0; k < kc; k++) dst[k * MR + i] = 0.0f;
+  }
+}
+
+// Packs op(B)[p0:p0+kc, j0:j0+nc] panel `q` (columns q*NR ..) into NR-wide rows.
+void pack_b_panel(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR,
+                  int64_t q, float* out) {
+  const int64_t c0 = q * NR;
+  const int cols = static_cast<int>(std::min<int64_t>(NR, nc - c0));
+  float* dst = out + c0 * kc;
+  if (!trans) {
+    for (int64_t k = 0; k < kc; k++) {
+      const float* src = B + (p0 + k) * ldb + j0 + c0;
+      float* d = dst + k * NR;
+      int j = 0;
+      for (; j < cols; j++) d[j] = src[j];
+      for (; j < NR; j++) d[j] = 0.0f;
+    }
+  } else {
+    for (int j = 0; j < cols; j++) {
+      const float* src = B + (j0 + c0 + j) * ldb + p0;
+      for (int64_t k = 0; k < kc; k++) dst[k * NR + j] = src[k];
+    }
+    for (int j = cols; j < NR; j++)
+      for (int64_t k = 0; k < kc; k++) dst[k * NR + j] = 0.0f;
+  }
+}
+
+thread_local Buffer t_pack_a;
+thread_local Buffer t_pack_b;
+
+void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++) {
+    float* c = C + i * ldc;
+    if (beta == 0.0f) {
+      std::memset(c, 0, static_cast<size_t>(N) * 4);
+    } else {
+      for (int64_t j = 0; j < N; j++) c[j] *= beta;
+    }
+  }
+}
+
+}  // namespace
+
+const char* cpu_isa_name(CpuIsa isa) {
+  switch (isa) {
+    case CPU_ISA_AVX512: return "avx512";
+    case CPU_ISA_AVX2: return "avx2";
+    default: return "generic";
+  }
+}
+
+CpuIsa cpu_isa_best() { return detect(); }
+CpuIsa cpu_isa_active() { return g_isa; }
+
+void cpu_isa_set(CpuIsa isa) {
+  check(isa >= CPU_ISA_GENERIC && isa <= detect(), ERROR_ARGUMENT,
+        std::string("this CPU does not support the ") + cpu_isa_name(isa) + " kernels");
+  g_isa = isa;
+}
+
+void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    if (beta != 1.0f) scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  // beta other than 0 or 1: scale once, then accumulate.
+  if (beta != 0.0f && beta != 1.0f) {
+    scale_c(M, N, beta, C, ldc);
+    beta = 1.0f;
+  }
+  const KernelInfo& ker = KERNELS[g_isa];
+  const int MR = ker.mr, NR = ker.nr;
+  const int64_t threads = parallel ? get_num_threads() : 1;
+
+  for (int64_t j0 = 0; j0 < N; j0 += NC) {
+    const int64_t nc = std::min(NC, N - j0);
+    const int64_t n_panels = (nc + NR - 1) / NR;
+    for (int64_t p0 = 0; p0 < K; p0 += KC) {
+      const int64_t kc = std::min(KC, K - p0);
+      const bool add = beta != 0.0f || p0 > 0;
+      // Pack the KC x NC block of B once; every task reads it.
+      float* bpack = t_pack_b.get(static_cast<size_t>(n_panels * NR * kc));
+      auto pack_b_task = [&](int64_t q) { pack_b_panel(transB, B, ldb, p0, kc, j0, nc, NR, q, bpack); };
+      if (threads > 1 && n_panels > 1 && kc * nc > 32768) {
+        parallel_for(n_panels, pack_b_task);
+      } else {
+        for (int64_t q = 0; q < n_panels; q++) pack_b_task(q);
+      }
+      // Tasks: row blocks of A, split further over columns when there are few rows.
+      const int64_t m_blocks = (M + MC_ROWS - 1) / MC_ROWS;
+      int64_t n_split = 1;
+      while (m_blocks * n_split < 2 * threads && n_panels / (n_split * 2) >= 2) n_split *= 2;
+      const int64_t panels_per = (n_panels + n_split - 1) / n_split;
+      auto task = [&](int64_t t) {
+        const int64_t ib = t / n_split, js = t % n_split;
+        const int64_t i0 = ib * MC_ROWS, mc = std::min(MC_ROWS, M - i0);
+        const int64_t q0 = js * panels_per, q1 = std::min(n_panels, q0 + panels_per);
+        if (q0 >= q1) return;
+        float* apack = t_pack_a.get(static_cast<size_t>((mc + MR - 1) / MR * MR * kc));
+        pack_a(transA, A, lda, i0, mc, p0, kc, MR, apack);
+        for (int64_t q = q0; q < q1; q++) {
+          const int64_t jj = q * NR;
+          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jj));
+          const float* bp = bpack + jj * kc;
+          for (int64_t r = 0; r < mc; r += MR) {
+            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
+            ker.micro(kc, apack + r * kc, bp, C + (i0 + r) * ldc + j0 + jj, ldc, mr, nr, alpha, add);
+          }
+        }
+      };
+      if (threads > 1 && m_blocks * n_split > 1 && M * nc * kc > (1 << 18)) {
+        parallel_for(m_blocks * n_split, task);
+      } else {
+        for (int64_t t = 0; t < m_blocks * n_split; t++) task(t);
+      }
+    }
+  }
+}
+
+}  // namespace duat

@@ -1,0 +1,24 @@
+// gemm.h: single-precision matrix product with run-time ISA dispatch.
+//   C[M,N] = alpha * op(A)[M,K] @ op(B)[K,N] + beta * C
+// op(A)[i,k] = transA ? A[k*lda + i] : A[i*lda + k]; likewise B. Row-major, float32, fp32
+// accumulation. beta = 0 overwrites C (C may hold garbage); beta = 1 accumulates.
+#pragma once
+#include <cstdint>
+#include <string>
+
+namespace duat {
+
+enum CpuIsa : int { CPU_ISA_GENERIC = 0, CPU_ISA_AVX2 = 1, CPU_ISA_AVX512 = 2 };
+
+const char* cpu_isa_name(CpuIsa isa);
+CpuIsa cpu_isa_best();    // the widest the processor supports
+CpuIsa cpu_isa_active();  // what sgemm uses now
+// Selects the kernels sgemm uses (tests run every path). Throws if the CPU lacks it.
+void cpu_isa_set(CpuIsa isa);
+
+// parallel = false keeps the product on the calling thread (for callers that already split
+// work over the pool).
+void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel = true);
+
+}  // namespace duat

@@ -1,0 +1,30 @@
+// kernels.h: CPU row kernels besides GEMM. All pointers contiguous float32; kernels trust their
+// arguments (ops validate). Backward kernels ACCUMULATE into their d* outputs (+=).
+#pragma once
+#include <cstdint>
+
+namespace duat {
+
+// y[i] = gelu(x[i]);   dx[i] += dy[i] * gelu'(x[i])
+void gelu_forward_cpu(const float* x, float* y, int64_t n);
+void gelu_backward_cpu(const float* x, const float* dy, float* dx, int64_t n);
+
+// Over rows of length `cols`: y = softmax(x) (max subtracted first, fp32 sums).
+void softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
+// dx += y * (dy - sum(dy * y))
+void softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
+// y = x - max - log(sum(exp(x - max)))
+void log_softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
+// dx += dy - exp(y) * sum(dy)
+void log_softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
+
+// LayerNorm over rows of C: y = (x - mean) * rstd * w + b, rstd = 1/sqrt(var + eps) (biased
+// variance, two-pass in fp32). w and b may be null (then 1 and 0). mean and rstd: (rows).
+void layernorm_forward_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
+                           int64_t rows, int64_t C, float eps);
+// dx += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w; dw += sum dy*xhat; db += sum dy.
+// dx, dw, db may each be null (not wanted).
+void layernorm_backward_cpu(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
+                            float* dx, float* dw, float* db, int64_t rows, int64_t C);
+
+}  // namespace duat
