@@ -1,0 +1,51 @@
+/**
+ * duat: Para-Former (parallel Transformer) networks for Node.js, on a native C++ engine with
+ * autograd. This module holds the public exports only.
+ * @packageDocumentation
+ */
+import * as F from './functional';
+import { native } from './native';
+import * as nn from './nn';
+import * as optim from './optim';
+import { checkInt } from './validate';
+
+export * from './errors';
+export {
+  full,
+  keep,
+  manualSeed,
+  memory,
+  noGrad,
+  ones,
+  rand,
+  randn,
+  tensor,
+  tidy,
+  truncNormal,
+  zeros,
+  Tensor,
+} from './tensor';
+export type { Device, DType, RandomOptions, TensorData, TensorOptions } from './tensor';
+export { F, nn, optim };
+
+/** What the loaded binary can do: CPU kernels chosen, threads, and whether CUDA is usable (and why not). */
+export interface BackendInfo {
+  napiVersion: number;
+  cpu: { isa: string; isaBest: string; threads: number };
+  cuda: { available: boolean; built: boolean; reason: string };
+}
+
+/** Describes the loaded native backend. */
+export function backendInfo(): BackendInfo {
+  return native().backendInfo();
+}
+
+/** Sets the number of threads of duat's one thread pool (0 = all cores). Returns the count in effect. */
+export function setNumThreads(n: number): number {
+  return native().setNumThreads(checkInt(n, 'threads', 0, 256));
+}
+
+/** The number of threads of duat's thread pool. */
+export function getNumThreads(): number {
+  return native().backendInfo().cpu.threads;
+}

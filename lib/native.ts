@@ -1,0 +1,142 @@
+/**
+ * The private, typed raw binding and its loader. Nothing here is exported from the package;
+ * lib/tensor.ts and friends are the only callers.
+ * @internal
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+import { NATIVE_ERROR_CLASSES, NativeLoadError } from './errors';
+
+/** An opaque native tensor handle. */
+export interface NativeTensor {
+  readonly __brand: 'NativeTensor';
+}
+
+type H = NativeTensor;
+
+export interface NativeDescription {
+  shape: number[];
+  dtype: 'float32' | 'int32';
+  device: 'cpu' | 'cuda';
+  requiresGrad: boolean;
+  isLeaf: boolean;
+}
+
+export interface NativeBackendInfo {
+  napiVersion: number;
+  cpu: { isa: string; isaBest: string; threads: number };
+  cuda: { available: boolean; built: boolean; reason: string };
+}
+
+/** Every export of native/bindings/addon.cpp, with its argument types. */
+export interface RawBinding {
+  NativeTensor: new () => H;
+  registerErrors(classes: ReadonlyArray<new (message: string) => Error>): void;
+  fromData(data: Float32Array | Int32Array, shape: number[]): H;
+  zeros(shape: number[], dtype: 0 | 1): H;
+  full(shape: number[], value: number): H;
+  randn(shape: number[], seed: number, mean: number, std: number): H;
+  rand(shape: number[], seed: number, low: number, high: number): H;
+  truncNormal(shape: number[], seed: number, mean: number, std: number, a: number, b: number): H;
+  describe(t: H): NativeDescription;
+  toArray(t: H): Float32Array | Int32Array;
+  item(t: H): number;
+  grad(t: H): H | null;
+  setRequiresGrad(t: H, on: boolean): void;
+  zeroGrad(t: H): void;
+  detach(t: H): H;
+  clone(t: H): H;
+  backward(t: H, grad: H | null): void;
+  dispose(t: H): void;
+  copyInto(dst: H, src: H): void;
+  add(a: H, b: H): H;
+  sub(a: H, b: H): H;
+  mul(a: H, b: H): H;
+  div(a: H, b: H): H;
+  addScalar(a: H, s: number): H;
+  mulScalar(a: H, s: number): H;
+  matmul(a: H, b: H): H;
+  linear(x: H, w: H, b: H | null): H;
+  sum(x: H, dims: number[], keepDim: boolean): H;
+  mean(x: H, dims: number[], keepDim: boolean): H;
+  argmax(x: H): H;
+  reshape(x: H, shape: number[]): H;
+  permute(x: H, dims: number[]): H;
+  transpose(x: H, d0: number, d1: number): H;
+  slice(x: H, dim: number, start: number, end: number, step: number): H;
+  concat(xs: H[], dim: number): H;
+  contiguous(x: H): H;
+  gelu(x: H): H;
+  softmax(x: H, dim: number): H;
+  logSoftmax(x: H, dim: number): H;
+  dropout(x: H, p: number, seed: number): H;
+  layerNorm(x: H, w: H | null, b: H | null, eps: number): H;
+  attention(qkv: H, heads: number): H;
+  attentionProbs(qkv: H, heads: number): H;
+  crossEntropy(logits: H, labels: H, smoothing: number): H;
+  patchify(images: H, patch: number): H;
+  patchEmbed(images: H, w: H, b: H | null, patch: number): H;
+  adamwUpdate(p: H, g: H, m: H, v: H, lr: number, b1: number, b2: number, eps: number, wd: number, step: number): void;
+  sgdUpdate(p: H, g: H, buf: H | null, lr: number, momentum: number, dampening: number, wd: number,
+    nesterov: boolean, firstStep: boolean): void;
+  sumOfSquares(t: H): number;
+  scaleInplace(t: H, s: number): void;
+  memory(): { tensors: number; bytes: number };
+  setGradEnabled(on: boolean): boolean;
+  setNumThreads(n: number): number;
+  setCpuIsa(isa: 0 | 1 | 2): number;
+  backendInfo(): NativeBackendInfo;
+}
+
+/** The package root (this file is lib/native.ts in a checkout, dist/native.js when built). */
+export const PACKAGE_ROOT = path.resolve(__dirname, '..');
+
+/** Where the loader looks, in order. */
+export function candidatePaths(root = PACKAGE_ROOT): string[] {
+  const out: string[] = [];
+  if (process.env.DUAT_BINDING_PATH) out.push(path.resolve(process.env.DUAT_BINDING_PATH));
+  const prebuilt = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'duat.node');
+  if (process.env.DUAT_PREBUILDS_ONLY !== '1') {
+    out.push(path.join(root, 'build', 'Release', 'duat.node'), path.join(root, 'build', 'Debug', 'duat.node'));
+  }
+  out.push(prebuilt);
+  return out;
+}
+
+/** Loads the first addon that works, or throws NativeLoadError listing every attempt. */
+export function loadBinding(paths = candidatePaths()): RawBinding {
+  const attempts: { path: string; error: string }[] = [];
+  for (const p of paths) {
+    if (!fs.existsSync(p)) {
+      attempts.push({ path: p, error: 'not found' });
+      continue;
+    }
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const binding = require(p) as RawBinding;
+      binding.registerErrors(NATIVE_ERROR_CLASSES);
+      return binding;
+    } catch (e) {
+      attempts.push({ path: p, error: e instanceof Error ? e.message : String(e) });
+    }
+  }
+  const lines = attempts.map((a) => `  - ${a.path}: ${a.error}`).join('\n');
+  throw new NativeLoadError(
+    `duat could not load its native addon for ${process.platform}-${process.arch} (Node ${process.versions.node}, ` +
+      `N-API ${process.versions.napi}). Tried:\n${lines}\n` +
+      'Possible solutions:\n' +
+      '  - reinstall the package (npm install duat) so the prebuilt binary is restored;\n' +
+      '  - build from source: npm rebuild duat --build-from-source (needs cmake and a C++17 compiler);\n' +
+      '  - point DUAT_BINDING_PATH at a working duat.node.',
+    attempts,
+  );
+}
+
+let cached: RawBinding | undefined;
+
+/** The loaded binding (loaded on first use). */
+export function native(): RawBinding {
+  if (!cached) cached = loadBinding();
+  return cached;
+}

@@ -1,0 +1,5 @@
+/** Model building blocks. */
+export { Module } from './Module';
+export type { StateDict } from './Module';
+export { LayerNorm, Linear } from './layers';
+export type { LinearOptions } from './layers';

@@ -1,0 +1,196 @@
+/**
+ * Every differentiable op: forward against the float64 reference, backward against central
+ * differences, each on fresh random inputs (seeded), including views and broadcasting.
+ */
+import * as duat from '../lib';
+import { BACKWARD_TOL, checkOp, FORWARD_TOL, OpCase, SELF_TOL } from './helpers/gradcheck';
+import * as R from './helpers/reference';
+
+const { F } = duat;
+const LABELS = Int32Array.from([2, 0, 4, 1]);
+
+const cases: OpCase[] = [
+  { name: 'add', inputs: [{ shape: [3, 4] }, { shape: [3, 4] }], run: ([a, b]) => a.add(b), ref: ([a, b]) => R.binary(a, b, (x, y) => x + y) },
+  { name: 'add (broadcast)', inputs: [{ shape: [2, 3, 4] }, { shape: [3, 1] }], run: ([a, b]) => a.add(b), ref: ([a, b]) => R.binary(a, b, (x, y) => x + y) },
+  { name: 'sub (broadcast)', inputs: [{ shape: [4] }, { shape: [2, 1, 4] }], run: ([a, b]) => a.sub(b), ref: ([a, b]) => R.binary(a, b, (x, y) => x - y) },
+  { name: 'mul (broadcast)', inputs: [{ shape: [2, 3] }, { shape: [1, 3] }], run: ([a, b]) => a.mul(b), ref: ([a, b]) => R.binary(a, b, (x, y) => x * y) },
+  {
+    name: 'div (broadcast)',
+    inputs: [{ shape: [2, 3] }, { shape: [3], range: [0.5, 1.5], awayFromZero: true }],
+    run: ([a, b]) => a.div(b),
+    ref: ([a, b]) => R.binary(a, b, (x, y) => x / y),
+  },
+  { name: 'addScalar', inputs: [{ shape: [5] }], run: ([a]) => a.add(2.5), ref: ([a]) => R.map(a, (x) => x + 2.5) },
+  { name: 'mulScalar', inputs: [{ shape: [5] }], run: ([a]) => a.mul(-3), ref: ([a]) => R.map(a, (x) => x * -3) },
+  { name: 'divScalar', inputs: [{ shape: [5] }], run: ([a]) => a.div(4), ref: ([a]) => R.map(a, (x) => x / 4) },
+  { name: 'matmul 2-D', inputs: [{ shape: [5, 7] }, { shape: [7, 3] }], run: ([a, b]) => a.matmul(b), ref: ([a, b]) => R.matmul(a, b) },
+  { name: 'matmul batched', inputs: [{ shape: [2, 3, 4] }, { shape: [2, 4, 5] }], run: ([a, b]) => a.matmul(b), ref: ([a, b]) => R.matmul(a, b) },
+  { name: 'matmul shared right operand', inputs: [{ shape: [2, 3, 4] }, { shape: [4, 6] }], run: ([a, b]) => a.matmul(b), ref: ([a, b]) => R.matmul(a, b) },
+  {
+    name: 'matmul of transposed views',
+    inputs: [{ shape: [4, 3] }, { shape: [5, 4] }],
+    run: ([a, b]) => a.transpose().matmul(b.transpose()),
+    ref: ([a, b]) => R.matmul(R.permute(a, [1, 0]), R.permute(b, [1, 0])),
+  },
+  {
+    name: 'matmul batched of permuted views',
+    inputs: [{ shape: [3, 2, 4] }, { shape: [2, 5, 4] }],
+    run: ([a, b]) => a.permute(1, 0, 2).matmul(b.transpose(1, 2).transpose(1, 2).transpose(1, 2)),
+    ref: ([a, b]) => R.matmul(R.permute(a, [1, 0, 2]), R.permute(b, [0, 2, 1])),
+  },
+  {
+    name: 'linear',
+    inputs: [{ shape: [2, 3, 6] }, { shape: [4, 6] }, { shape: [4] }],
+    run: ([x, w, b]) => F.linear(x, w, b),
+    ref: ([x, w, b]) => R.linear(x, w, b),
+  },
+  { name: 'linear without bias', inputs: [{ shape: [5, 6] }, { shape: [3, 6] }], run: ([x, w]) => F.linear(x, w), ref: ([x, w]) => R.linear(x, w) },
+  { name: 'sum (all)', inputs: [{ shape: [3, 4] }], run: ([x]) => x.sum(), ref: ([x]) => R.reduceSum(x, [], false) },
+  { name: 'sum (dims)', inputs: [{ shape: [2, 3, 4] }], run: ([x]) => x.sum([0, 2]), ref: ([x]) => R.reduceSum(x, [0, 2], false) },
+  { name: 'sum (keepDim)', inputs: [{ shape: [2, 3, 4] }], run: ([x]) => x.sum(-1, true), ref: ([x]) => R.reduceSum(x, [-1], true) },
+  { name: 'mean (dim)', inputs: [{ shape: [2, 3, 4] }], run: ([x]) => x.mean(1), ref: ([x]) => R.reduceSum(x, [1], false, true) },
+  { name: 'mean of a view', inputs: [{ shape: [3, 4] }], run: ([x]) => x.transpose().mean(0), ref: ([x]) => R.reduceSum(R.permute(x, [1, 0]), [0], false, true) },
+  { name: 'reshape', inputs: [{ shape: [2, 6] }], run: ([x]) => x.reshape(3, -1).mul(x.reshape([3, 4])), ref: ([x]) => R.map({ data: x.data, shape: [3, 4] }, (v) => v * v) },
+  { name: 'reshape of a view (copies)', inputs: [{ shape: [3, 4] }], run: ([x]) => x.transpose().reshape(12), ref: ([x]) => ({ data: R.permute(x, [1, 0]).data, shape: [12] }) },
+  { name: 'transpose', inputs: [{ shape: [2, 3, 4] }], run: ([x]) => x.transpose(0, 2).contiguous(), ref: ([x]) => R.permute(x, [2, 1, 0]) },
+  { name: 'permute', inputs: [{ shape: [2, 3, 4] }], run: ([x]) => x.permute(1, 2, 0).mul(2), ref: ([x]) => R.map(R.permute(x, [1, 2, 0]), (v) => 2 * v) },
+  { name: 'slice', inputs: [{ shape: [4, 7] }], run: ([x]) => x.slice(1, 1, 6, 2).add(0), ref: ([x]) => R.slice(x, 1, 1, 6, 2) },
+  { name: 'slice (negative start)', inputs: [{ shape: [5, 3] }], run: ([x]) => x.slice(0, -2).add(0), ref: ([x]) => R.slice(x, 0, 3, 5, 1) },
+  {
+    name: 'concat',
+    inputs: [{ shape: [2, 3] }, { shape: [2, 1] }, { shape: [2, 2] }],
+    run: (xs) => F.concat(xs, 1),
+    ref: (xs) => R.concat(xs, 1),
+  },
+  { name: 'gelu', inputs: [{ shape: [40], range: [-4, 4] }], run: ([x]) => F.gelu(x), ref: ([x]) => R.gelu(x) },
+  { name: 'softmax', inputs: [{ shape: [3, 6], range: [-3, 3] }], run: ([x]) => F.softmax(x), ref: ([x]) => R.softmax(x) },
+  {
+    name: 'softmax (dim 0)',
+    inputs: [{ shape: [4, 3], range: [-3, 3] }],
+    run: ([x]) => F.softmax(x, 0).contiguous(),
+    ref: ([x]) => R.permute(R.softmax(R.permute(x, [1, 0])), [1, 0]),
+  },
+  { name: 'logSoftmax', inputs: [{ shape: [3, 6], range: [-3, 3] }], run: ([x]) => F.logSoftmax(x), ref: ([x]) => R.logSoftmax(x) },
+  {
+    name: 'layerNorm',
+    inputs: [{ shape: [3, 8], range: [-2, 2] }, { shape: [8] }, { shape: [8] }],
+    run: ([x, w, b]) => F.layerNorm(x, w, b, 1e-6),
+    ref: ([x, w, b]) => R.layerNorm(x, w, b, 1e-6),
+  },
+  {
+    name: 'layerNorm without affine',
+    inputs: [{ shape: [2, 2, 5], range: [-2, 2] }],
+    run: ([x]) => F.layerNorm(x, null, null, 1e-5),
+    ref: ([x]) => R.layerNorm(x, null, null, 1e-5),
+  },
+  {
+    name: 'attention',
+    inputs: [{ shape: [2, 5, 12], range: [-1.5, 1.5] }],
+    run: ([qkv]) => F.attention(qkv, 2),
+    ref: ([qkv]) => R.attention(qkv, 2),
+  },
+  {
+    name: 'attention of a strided view',
+    inputs: [{ shape: [5, 2, 6], range: [-1.5, 1.5] }],
+    run: ([x]) => F.attention(x.transpose(0, 1), 1),
+    ref: ([x]) => R.attention(R.permute(x, [1, 0, 2]), 1),
+  },
+  {
+    name: 'crossEntropy',
+    inputs: [{ shape: [4, 5], range: [-3, 3] }],
+    run: ([l]) => F.crossEntropy(l, LABELS),
+    ref: ([l]) => R.crossEntropy(l, LABELS, 0),
+  },
+  {
+    name: 'crossEntropy with label smoothing',
+    inputs: [{ shape: [4, 5], range: [-3, 3] }],
+    run: ([l]) => F.crossEntropy(l, duat.tensor(LABELS, [4]), { labelSmoothing: 0.1 }),
+    ref: ([l]) => R.crossEntropy(l, LABELS, 0.1),
+  },
+  { name: 'patchify', inputs: [{ shape: [2, 3, 4, 4] }], run: ([x]) => F.patchify(x, 2), ref: ([x]) => R.patchify(x, 2) },
+  {
+    name: 'patchEmbed',
+    inputs: [{ shape: [2, 2, 6, 6] }, { shape: [4, 2, 3, 3] }, { shape: [4] }],
+    run: ([x, w, b]) => F.patchEmbed(x, w, b, 3),
+    ref: ([x, w, b]) => R.linear(R.patchify(x, 3), { data: w.data, shape: [4, 18] }, b),
+  },
+];
+
+describe.each(cases)('$name', (c) => {
+  test('forward matches float64, backward matches central differences', () => {
+    const r = checkOp(c);
+    expect(r.forward).toBeLessThan(FORWARD_TOL);
+    for (const b of r.backward) expect(b).toBeLessThan(BACKWARD_TOL);
+    for (const s of r.self) expect(s).toBeLessThan(SELF_TOL);
+  });
+});
+
+describe('the checker itself', () => {
+  test('catches a wrong backward (negated gradient)', () => {
+    // x * x with y = -x reused: a deliberately wrong "reference" derivative must fail the check.
+    const r = checkOp({
+      name: 'wrong',
+      inputs: [{ shape: [4] }],
+      run: ([x]) => x.mul(x),
+      ref: ([x]) => R.map(x, (v) => -v * v),
+    });
+    expect(r.backward[0]).toBeGreaterThan(BACKWARD_TOL);
+  });
+});
+
+describe('dropout', () => {
+  test('zeroes about p of the elements, scales the rest, and its backward uses the same mask', () => {
+    duat.tidy(() => {
+      const x = duat.ones([4000], { requiresGrad: true });
+      const y = F.dropout(x, 0.25, { seed: 7 });
+      const out = y.toArray();
+      const zeros = out.filter((v) => v === 0).length;
+      expect(zeros / out.length).toBeGreaterThan(0.2);
+      expect(zeros / out.length).toBeLessThan(0.3);
+      for (const v of out) expect(v === 0 || Math.abs(v - 1 / 0.75) < 1e-6).toBe(true);
+      y.backward(duat.ones([4000]));
+      expect(Array.from(x.grad!.toArray())).toEqual(Array.from(out));
+    });
+  });
+  test('the same seed gives the same mask; training false is the identity', () => {
+    duat.tidy(() => {
+      const x = duat.randn([100], { seed: 1 });
+      expect(F.dropout(x, 0.5, { seed: 3 }).toArray()).toEqual(F.dropout(x, 0.5, { seed: 3 }).toArray());
+      expect(F.dropout(x, 0.5, { training: false }).toArray()).toEqual(x.toArray());
+    });
+  });
+});
+
+describe('random init', () => {
+  test('randn has the requested moments and is reproducible by seed', () => {
+    duat.tidy(() => {
+      const a = duat.randn([20000], { seed: 5, mean: 1, std: 2 }).toArray();
+      const mean = a.reduce((s, v) => s + v, 0) / a.length;
+      const sd = Math.sqrt(a.reduce((s, v) => s + (v - mean) ** 2, 0) / a.length);
+      expect(Math.abs(mean - 1)).toBeLessThan(0.05);
+      expect(Math.abs(sd - 2)).toBeLessThan(0.05);
+      expect(duat.randn([10], { seed: 5 }).toArray()).toEqual(duat.randn([10], { seed: 5 }).toArray());
+      expect(duat.randn([10], { seed: 5 }).toArray()).not.toEqual(duat.randn([10], { seed: 6 }).toArray());
+    });
+  });
+  test('rand is uniform in [low, high); truncNormal stays in [a, b]', () => {
+    duat.tidy(() => {
+      const u = duat.rand([10000], { seed: 2, low: -1, high: 3 }).toArray();
+      expect(Math.min(...u)).toBeGreaterThanOrEqual(-1);
+      expect(Math.max(...u)).toBeLessThan(3);
+      expect(Math.abs(u.reduce((s, v) => s + v, 0) / u.length - 1)).toBeLessThan(0.05);
+      const t = duat.truncNormal([10000], { seed: 3, std: 1, a: -0.5, b: 0.5 }).toArray();
+      expect(Math.min(...t)).toBeGreaterThanOrEqual(-0.5);
+      expect(Math.max(...t)).toBeLessThanOrEqual(0.5);
+    });
+  });
+});
+
+describe('argmax', () => {
+  test('picks the first largest value per row', () => {
+    duat.tidy(() => {
+      const x = duat.tensor([1, 5, 5, 0, -1, -2, 9, 3], [2, 4]);
+      expect(Array.from(x.argmax().toArray())).toEqual([1, 2]);
+    });
+  });
+});
