@@ -45,6 +45,25 @@ export function setNumThreads(n: number): number {
   return native().setNumThreads(checkInt(n, 'threads', 0, 256));
 }
 
+/**
+ * The CPU block cache: freed blocks of 64 KiB and more are kept for reuse (up to `limitBytes`,
+ * default 1 GiB), so a training loop stops allocating after its first step. memory() counts
+ * live tensors only; the cache is reported here.
+ */
+export function cacheInfo(): { cachedBytes: number; limitBytes: number; hits: number; misses: number } {
+  return native().cacheStats();
+}
+
+/** Returns every cached block to the system. */
+export function emptyCache(): void {
+  native().emptyCache();
+}
+
+/** Sets the most bytes the CPU block cache keeps (0 turns caching off) and empties it. */
+export function setCacheLimit(bytes: number): void {
+  native().setCacheLimit(checkInt(bytes, 'bytes', 0, 2 ** 50));
+}
+
 /** The number of threads of duat's thread pool. */
 export function getNumThreads(): number {
   return native().backendInfo().cpu.threads;

@@ -83,6 +83,9 @@ export interface RawBinding {
   sumOfSquares(t: H): number;
   scaleInplace(t: H, s: number): void;
   memory(): { tensors: number; bytes: number };
+  cacheStats(): { cachedBytes: number; limitBytes: number; hits: number; misses: number };
+  emptyCache(): void;
+  setCacheLimit(bytes: number): void;
   setGradEnabled(on: boolean): boolean;
   setNumThreads(n: number): number;
   setCpuIsa(isa: 0 | 1 | 2): number;

@@ -155,3 +155,23 @@ describe('optimisers match their definitions', () => {
     });
   });
 });
+
+describe('the CPU block cache', () => {
+  test('a repeated step reuses cached blocks; emptyCache and setCacheLimit release them', () => {
+    const step = () => duat.tidy(() => duat.randn([256, 256], { seed: 1 }).matmul(duat.randn([256, 256], { seed: 2 })).sum().item());
+    step();
+    const before = duat.cacheInfo();
+    step();
+    const after = duat.cacheInfo();
+    expect(after.hits).toBeGreaterThan(before.hits);
+    expect(after.misses).toBe(before.misses);
+    expect(after.cachedBytes).toBeGreaterThan(0);
+    duat.emptyCache();
+    expect(duat.cacheInfo().cachedBytes).toBe(0);
+    duat.setCacheLimit(0);
+    step();
+    expect(duat.cacheInfo().cachedBytes).toBe(0);
+    duat.setCacheLimit(2 ** 30);
+    expect(() => duat.setCacheLimit(-1)).toThrow(duat.ArgumentError);
+  });
+});

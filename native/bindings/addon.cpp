@@ -357,6 +357,32 @@ Napi::Value js_memory(Info info) {
   });
 }
 
+Napi::Value js_cache_stats(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    CacheStats c = cache_stats();
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("cachedBytes", static_cast<double>(c.cached_bytes));
+    o.Set("limitBytes", static_cast<double>(c.limit_bytes));
+    o.Set("hits", static_cast<double>(c.hits));
+    o.Set("misses", static_cast<double>(c.misses));
+    return o;
+  });
+}
+
+Napi::Value js_empty_cache(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    empty_cache();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value js_set_cache_limit(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    set_cache_limit(arg_int(info, 0, "bytes", 0, int64_t{1} << 50));
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value js_set_grad_enabled(Info info) {
   return guard(info, [&]() -> Napi::Value {
     const bool prev = grad_enabled();
@@ -455,6 +481,9 @@ const Export EXPORTS[] = {
     {"sumOfSquares", js_sum_of_squares},
     {"scaleInplace", js_scale_inplace},
     {"memory", js_memory},
+    {"cacheStats", js_cache_stats},
+    {"emptyCache", js_empty_cache},
+    {"setCacheLimit", js_set_cache_limit},
     {"setGradEnabled", js_set_grad_enabled},
     {"setNumThreads", js_set_num_threads},
     {"setCpuIsa", js_set_cpu_isa},

@@ -21,6 +21,12 @@ Tensor& Grads::slot(size_t i) {
 
 float* Grads::f32(size_t i) { return slot(i)->f32(); }
 
+float* Grads::f32_for_write(size_t i, bool* fresh) {
+  *fresh = !slots_[i];
+  if (*fresh) slots_[i] = empty(shapes_[i]);
+  return slots_[i]->f32();
+}
+
 void Grads::add(size_t i, const Tensor& g) { add_into(slot(i), g); }
 
 bool any_requires_grad(const std::vector<Tensor>& inputs) {
@@ -86,10 +92,15 @@ void backward(const Tensor& root, const Tensor& seed) {
     Tensor dout = contiguous_data(it->second);
     pending.erase(it);
     if (!t->grad_fn) {
-      // A leaf: accumulate into .grad.
+      // A leaf: accumulate into .grad. A gradient the walk made itself is taken over as it is;
+      // the caller's seed is copied, so .grad never aliases a user's tensor.
       if (!t->grad) {
-        t->grad = empty(t->shape);
-        copy_into(t->grad, dout);
+        if (dout != dseed && dout->is_contiguous() && dout->offset == 0) {
+          t->grad = dout;
+        } else {
+          t->grad = empty(t->shape);
+          copy_into(t->grad, dout);
+        }
       } else {
         add_into(t->grad, dout);
       }

@@ -20,6 +20,9 @@ class Grads {
   size_t size() const { return slots_.size(); }
   // Input i's gradient buffer: contiguous float32 of the input's shape, zeroed on first use.
   float* f32(size_t i);
+  // For kernels that can either overwrite or accumulate (GEMM's beta): returns input i's buffer
+  // and sets *fresh when it was just allocated and holds garbage (write, do not add).
+  float* f32_for_write(size_t i, bool* fresh);
   Tensor& slot(size_t i);
   // slot(i) += g (any strides).
   void add(size_t i, const Tensor& g);

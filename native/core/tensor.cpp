@@ -1,8 +1,11 @@
 // tensor.cpp: storage allocation (64-byte aligned), tensor views and strided copies.
 #include "tensor.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <new>
 #include <sstream>
 
@@ -16,7 +19,53 @@ namespace {
 std::atomic<int64_t> g_live_tensors{0};
 std::atomic<int64_t> g_live_bytes{0};
 constexpr size_t ALIGNMENT = 64;  // one cache line, and a full AVX-512 register
+constexpr size_t CACHE_MIN = size_t{1} << 16;
+
+// Size classes above CACHE_MIN: eight per power of two (at most 12.5% slack), whole pages.
+size_t size_class(size_t bytes) {
+  size_t rounded = (bytes + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
+  if (rounded < CACHE_MIN) return rounded ? rounded : ALIGNMENT;
+  size_t pow2 = CACHE_MIN;
+  while (pow2 < rounded) pow2 <<= 1;
+  const size_t step = std::max<size_t>(4096, pow2 / 8);
+  return (rounded + step - 1) / step * step;
+}
+
+struct BlockCache {
+  std::mutex mutex;
+  std::multimap<size_t, void*> blocks;
+  int64_t cached = 0;
+  int64_t limit = int64_t{1} << 30;
+  int64_t hits = 0, misses = 0;
+};
+
+BlockCache& block_cache() {
+  static BlockCache* cache = new BlockCache();  // never destroyed: storages may outlive statics
+  return *cache;
+}
 }  // namespace
+
+CacheStats cache_stats() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  return {c.cached, c.limit, c.hits, c.misses};
+}
+
+void empty_cache() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  for (auto& [size, p] : c.blocks) std::free(p);
+  c.blocks.clear();
+  c.cached = 0;
+}
+
+void set_cache_limit(int64_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(block_cache().mutex);
+    block_cache().limit = std::max<int64_t>(bytes, 0);
+  }
+  empty_cache();
+}
 
 const char* dtype_name(DType dtype) { return dtype == DTYPE_F32 ? "float32" : "int32"; }
 const char* device_name(Device device) { return device == DEVICE_CPU ? "cpu" : "cuda"; }
@@ -48,18 +97,45 @@ Shape contiguous_strides(const Shape& shape) {
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   check(device == DEVICE_CPU, ERROR_DEVICE, "CUDA storage is not available in this build");
   auto s = std::make_shared<Storage>();
-  size_t rounded = (bytes + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
-  s->data = std::aligned_alloc(ALIGNMENT, rounded ? rounded : ALIGNMENT);
+  const size_t cls = size_class(bytes);
+  if (cls >= CACHE_MIN) {
+    BlockCache& c = block_cache();
+    std::lock_guard<std::mutex> lock(c.mutex);
+    auto it = c.blocks.find(cls);
+    if (it != c.blocks.end()) {
+      s->data = it->second;
+      c.blocks.erase(it);
+      c.cached -= static_cast<int64_t>(cls);
+      c.hits++;
+    } else {
+      c.misses++;
+    }
+  }
+  if (!s->data) s->data = std::aligned_alloc(ALIGNMENT, cls);
+  if (!s->data) {
+    empty_cache();  // one retry with the cache returned to the system
+    s->data = std::aligned_alloc(ALIGNMENT, cls);
+  }
   if (!s->data) fail(ERROR_OUT_OF_MEMORY, "out of memory allocating " + std::to_string(bytes) + " bytes");
   s->bytes = bytes;
+  s->capacity = cls;
   s->device = device;
   g_live_bytes += static_cast<int64_t>(bytes);
   return s;
 }
 
 Storage::~Storage() {
-  std::free(data);
   g_live_bytes -= static_cast<int64_t>(bytes);
+  if (capacity >= CACHE_MIN) {
+    BlockCache& c = block_cache();
+    std::lock_guard<std::mutex> lock(c.mutex);
+    if (c.cached + static_cast<int64_t>(capacity) <= c.limit) {
+      c.blocks.emplace(capacity, data);
+      c.cached += static_cast<int64_t>(capacity);
+      return;
+    }
+  }
+  std::free(data);
 }
 
 TensorImpl::TensorImpl() { g_live_tensors++; }

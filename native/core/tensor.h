@@ -24,7 +24,8 @@ Shape contiguous_strides(const Shape& shape);
 
 struct Storage {
   void* data = nullptr;
-  size_t bytes = 0;
+  size_t bytes = 0;     // requested
+  size_t capacity = 0;  // allocated (the size class)
   Device device = DEVICE_CPU;
   static std::shared_ptr<Storage> allocate(size_t bytes, Device device);
   ~Storage();
@@ -63,6 +64,18 @@ struct MemoryStats {
   int64_t bytes;    // bytes of live storage on all devices
 };
 MemoryStats memory_stats();
+
+// The CPU block cache: freed blocks of 64 KiB and more are kept by size class (at most
+// cache_limit bytes) and reused, so steady-state training allocates without page faults.
+struct CacheStats {
+  int64_t cached_bytes;
+  int64_t limit_bytes;
+  int64_t hits;
+  int64_t misses;
+};
+CacheStats cache_stats();
+void set_cache_limit(int64_t bytes);  // 0 disables caching
+void empty_cache();                   // returns every cached block to the system
 
 Tensor empty(const Shape& shape, DType dtype = DTYPE_F32, Device device = DEVICE_CPU);
 Tensor zeros(const Shape& shape, DType dtype = DTYPE_F32, Device device = DEVICE_CPU);

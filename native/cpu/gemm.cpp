@@ -1,6 +1,7 @@
 // gemm.cpp: packed, cache-blocked GEMM in the style of BLIS / tinyBLAS.
-// Loop nest: jc (NC columns of B) -> pc (KC of K: pack B panel, shared) -> tasks over
-// (MC block of A rows x NC/2 columns): pack A block, then MR x NR micro-kernels.
+// Loop nest: jc (NC columns of B) -> pc (KC of K: pack B panel once, shared) -> tasks over
+// (MC block of A rows x a share of the columns): pack A block, then MR x NR micro-kernels.
+// Tasks are claimed dynamically, so a core slowed by a neighbour does not hold the others up.
 // Packing zero-pads partial panels, so micro-kernels always run full tiles; the edge tiles
 // are written through a small buffer. Accumulation is fp32 throughout.
 #include "gemm.h"
@@ -22,14 +23,15 @@ namespace {
 
 struct KernelInfo {
   int mr, nr;
-  // c[mr x nr] (ldc) (+)= alpha * a_panel(kc x MR) . b_panel(kc x NR); `add` false overwrites.
+  // c[mr x nr] (ldc) (+)= alpha * a_panel(kc x MR) . b_panel(kc x NR) (+ bias[0..nr) per row, when
+  // bias is non-null); `add` false overwrites.
   void (*micro)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr, float alpha,
-                bool add);
+                bool add, const float* bias);
 };
 
 // ---- portable: 4 x 16, plain loops the compiler vectorises with SSE2 ----
 void micro_generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr, float alpha,
-                   bool add) {
+                   bool add, const float* bias) {
   constexpr int MR = 4, NR = 16;
   float acc[MR][NR] = {};
   for (int64_t k = 0; k < kc; k++) {
@@ -39,12 +41,14 @@ void micro_generic(int64_t kc, const float* a, const float* b, float* c, int64_t
     b += NR;
   }
   for (int i = 0; i < mr; i++)
-    for (int j = 0; j < nr; j++) c[i * ldc + j] = (add ? c[i * ldc + j] : 0.0f) + alpha * acc[i][j];
+    for (int j = 0; j < nr; j++)
+      c[i * ldc + j] = (add ? c[i * ldc + j] : 0.0f) + alpha * acc[i][j] + (bias ? bias[j] : 0.0f);
 }
 
 // ---- AVX2 + FMA: 6 x 16, twelve ymm accumulators ----
 __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, const float* b, float* c,
-                                                     int64_t ldc, int mr, int nr, float alpha, bool add) {
+                                                     int64_t ldc, int mr, int nr, float alpha, bool add,
+                                                     const float* bias) {
   constexpr int MR = 6;
   __m256 acc[MR][2];
   for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -61,9 +65,11 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
   }
   __m256 va = _mm256_set1_ps(alpha);
   if (mr == MR && nr == 16) {
+    const __m256 bias0 = bias ? _mm256_loadu_ps(bias) : _mm256_setzero_ps();
+    const __m256 bias1 = bias ? _mm256_loadu_ps(bias + 8) : _mm256_setzero_ps();
     for (int i = 0; i < MR; i++) {
       float* ci = c + i * ldc;
-      __m256 r0 = _mm256_mul_ps(va, acc[i][0]), r1 = _mm256_mul_ps(va, acc[i][1]);
+      __m256 r0 = _mm256_fmadd_ps(va, acc[i][0], bias0), r1 = _mm256_fmadd_ps(va, acc[i][1], bias1);
       if (add) {
         r0 = _mm256_add_ps(r0, _mm256_loadu_ps(ci));
         r1 = _mm256_add_ps(r1, _mm256_loadu_ps(ci + 8));
@@ -79,12 +85,13 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
     _mm256_store_ps(tile[i] + 8, _mm256_mul_ps(va, acc[i][1]));
   }
   for (int i = 0; i < mr; i++)
-    for (int j = 0; j < nr; j++) c[i * ldc + j] = (add ? c[i * ldc + j] : 0.0f) + tile[i][j];
+    for (int j = 0; j < nr; j++) c[i * ldc + j] = (add ? c[i * ldc + j] : 0.0f) + tile[i][j] + (bias ? bias[j] : 0.0f);
 }
 
 // ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
 __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, const float* b, float* c,
-                                                      int64_t ldc, int mr, int nr, float alpha, bool add) {
+                                                      int64_t ldc, int mr, int nr, float alpha, bool add,
+                                                      const float* bias) {
   constexpr int MR = 12;
   __m512 acc[MR][2];
 #pragma GCC unroll 12
@@ -103,11 +110,13 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
   const __m512 va = _mm512_set1_ps(alpha);
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
+  const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+  const __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 12
   for (int i = 0; i < MR; i++) {
     if (i >= mr) break;
     float* ci = c + i * ldc;
-    __m512 r0 = _mm512_mul_ps(va, acc[i][0]), r1 = _mm512_mul_ps(va, acc[i][1]);
+    __m512 r0 = _mm512_fmadd_ps(va, acc[i][0], bias0), r1 = _mm512_fmadd_ps(va, acc[i][1], bias1);
     if (add) {
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
@@ -241,10 +250,13 @@ void cpu_isa_set(CpuIsa isa) {
 }
 
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel) {
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const float* bias) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     if (beta != 1.0f) scale_c(M, N, beta, C, ldc);
+    if (bias)
+      for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) C[i * ldc + j] += bias[j];
     return;
   }
   // beta other than 0 or 1: scale once, then accumulate.
@@ -288,7 +300,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
           const float* bp = bpack + jj * kc;
           for (int64_t r = 0; r < mc; r += MR) {
             const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
-            ker.micro(kc, apack + r * kc, bp, C + (i0 + r) * ldc + j0 + jj, ldc, mr, nr, alpha, add);
+            ker.micro(kc, apack + r * kc, bp, C + (i0 + r) * ldc + j0 + jj, ldc, mr, nr, alpha, add,
+                      bias && p0 == 0 ? bias + j0 + jj : nullptr);
           }
         }
       };

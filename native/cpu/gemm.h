@@ -17,8 +17,10 @@ CpuIsa cpu_isa_active();  // what sgemm uses now
 void cpu_isa_set(CpuIsa isa);
 
 // parallel = false keeps the product on the calling thread (for callers that already split
-// work over the pool).
+// work over the pool). bias (length N, optional) is added to every row of C in the same pass:
+// C = alpha * op(A) op(B) + beta * C + bias.
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel = true);
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel = true,
+           const float* bias = nullptr);
 
 }  // namespace duat

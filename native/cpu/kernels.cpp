@@ -1,5 +1,5 @@
-// kernels.cpp: vectorised row kernels, each compiled for AVX-512, AVX2 and baseline x86-64 and
-// chosen at load time (target_clones); threaded over rows with the pool.
+// kernels.cpp: vectorised row kernels (bodies in row_kernels.inc), compiled for AVX-512, AVX2
+// and baseline x86-64 and chosen at run time with the GEMM (cpu_isa_active); threaded over rows.
 #include "kernels.h"
 
 #include <algorithm>
@@ -7,110 +7,62 @@
 #include <vector>
 
 #include "../core/parallel.h"
+#include "gemm.h"
 #include "math.h"
-
-#if defined(__x86_64__) && !defined(__clang__)
-#define DUAT_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define DUAT_CLONES
-#endif
 
 namespace duat {
 
+namespace isa_generic {
+#include "row_kernels.inc"
+}  // namespace isa_generic
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,bmi,bmi2,f16c")
+namespace isa_avx2 {
+#include "row_kernels.inc"
+}  // namespace isa_avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi,bmi2,f16c")
+namespace isa_avx512 {
+#include "row_kernels.inc"
+}  // namespace isa_avx512
+#pragma GCC pop_options
+#endif
+
 namespace {
+
 constexpr int64_t ELEM_GRAIN = 1 << 15;  // elements per task below which threading costs more
 
-DUAT_CLONES void gelu_fwd_range(const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; i++) y[i] = gelu(x[i]);
-}
+// One entry per instruction set, indexed by CpuIsa.
+struct RowKernels {
+  void (*gelu_fwd_range)(const float*, float*, int64_t);
+  void (*gelu_bwd_range)(const float*, const float*, float*, int64_t);
+  void (*softmax_row)(const float*, float*, int64_t);
+  void (*softmax_bwd_row)(const float*, const float*, float*, int64_t);
+  void (*log_softmax_row)(const float*, float*, int64_t);
+  void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
+  void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
+  void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, float*, float*, int64_t);
+};
 
-DUAT_CLONES void gelu_bwd_range(const float* x, const float* dy, float* dx, int64_t n) {
-  for (int64_t i = 0; i < n; i++) dx[i] += dy[i] * gelu_grad(x[i]);
-}
+#if !defined(__x86_64__)
+namespace isa_avx2 = isa_generic;
+namespace isa_avx512 = isa_generic;
+#endif
 
-DUAT_CLONES void softmax_row(const float* x, float* y, int64_t n) {
-  float m = -INFINITY;
-  for (int64_t i = 0; i < n; i++) m = std::max(m, x[i]);
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; i++) {
-    y[i] = fast_exp(x[i] - m);
-    s += y[i];
-  }
-  const float inv = 1.0f / s;
-  for (int64_t i = 0; i < n; i++) y[i] *= inv;
-}
+const RowKernels ROW_KERNELS[] = {
+    {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row, isa_generic::log_softmax_row,
+     isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row},
+    {isa_avx2::gelu_fwd_range, isa_avx2::gelu_bwd_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row, isa_avx2::log_softmax_row,
+     isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row},
+    {isa_avx512::gelu_fwd_range, isa_avx512::gelu_bwd_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row, isa_avx512::log_softmax_row,
+     isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row},
+};
 
-DUAT_CLONES void softmax_bwd_row(const float* y, const float* dy, float* dx, int64_t n) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; i++) s += dy[i] * y[i];
-  for (int64_t i = 0; i < n; i++) dx[i] += y[i] * (dy[i] - s);
-}
-
-DUAT_CLONES void log_softmax_row(const float* x, float* y, int64_t n) {
-  float m = -INFINITY;
-  for (int64_t i = 0; i < n; i++) m = std::max(m, x[i]);
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; i++) s += fast_exp(x[i] - m);
-  const float lse = m + std::log(s);
-  for (int64_t i = 0; i < n; i++) y[i] = x[i] - lse;
-}
-
-DUAT_CLONES void log_softmax_bwd_row(const float* y, const float* dy, float* dx, int64_t n) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; i++) s += dy[i];
-  for (int64_t i = 0; i < n; i++) dx[i] += dy[i] - fast_exp(y[i]) * s;
-}
-
-DUAT_CLONES void layernorm_row(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
-                               int64_t C, float eps) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < C; i++) s += x[i];
-  const float mu = s / static_cast<float>(C);
-  float v = 0.0f;
-#pragma omp simd reduction(+ : v)
-  for (int64_t i = 0; i < C; i++) v += (x[i] - mu) * (x[i] - mu);
-  const float r = 1.0f / std::sqrt(v / static_cast<float>(C) + eps);
-  *mean = mu;
-  *rstd = r;
-  if (w && b) {
-    for (int64_t i = 0; i < C; i++) y[i] = (x[i] - mu) * r * w[i] + b[i];
-  } else {
-    for (int64_t i = 0; i < C; i++) y[i] = (x[i] - mu) * r * (w ? w[i] : 1.0f) + (b ? b[i] : 0.0f);
-  }
-}
-
-// One row's dx; dw/db partial sums go to per-task accumulators.
-DUAT_CLONES void layernorm_bwd_row(const float* x, const float* w, float mu, float r, const float* dy, float* dx,
-                                   float* dw, float* db, int64_t C) {
-  float sg = 0.0f, sgx = 0.0f;
-#pragma omp simd reduction(+ : sg, sgx)
-  for (int64_t i = 0; i < C; i++) {
-    const float xhat = (x[i] - mu) * r;
-    const float g = dy[i] * (w ? w[i] : 1.0f);
-    sg += g;
-    sgx += g * xhat;
-  }
-  const float inv_c = 1.0f / static_cast<float>(C);
-  sg *= inv_c;
-  sgx *= inv_c;
-  if (dx) {
-    for (int64_t i = 0; i < C; i++) {
-      const float xhat = (x[i] - mu) * r;
-      dx[i] += r * (dy[i] * (w ? w[i] : 1.0f) - sg - xhat * sgx);
-    }
-  }
-  if (dw) {
-    for (int64_t i = 0; i < C; i++) dw[i] += dy[i] * (x[i] - mu) * r;
-  }
-  if (db) {
-    for (int64_t i = 0; i < C; i++) db[i] += dy[i];
-  }
-}
+const RowKernels& rk() { return ROW_KERNELS[cpu_isa_active()]; }
 
 template <typename RowFn>
 void over_rows(int64_t rows, int64_t cols, RowFn fn) {
@@ -123,33 +75,33 @@ void over_rows(int64_t rows, int64_t cols, RowFn fn) {
 }  // namespace
 
 void gelu_forward_cpu(const float* x, float* y, int64_t n) {
-  parallel_for_range(n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) { gelu_fwd_range(x + lo, y + lo, hi - lo); });
+  parallel_for_range(n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) { rk().gelu_fwd_range(x + lo, y + lo, hi - lo); });
 }
 
 void gelu_backward_cpu(const float* x, const float* dy, float* dx, int64_t n) {
   parallel_for_range(n, ELEM_GRAIN,
-                     [&](int64_t lo, int64_t hi) { gelu_bwd_range(x + lo, dy + lo, dx + lo, hi - lo); });
+                     [&](int64_t lo, int64_t hi) { rk().gelu_bwd_range(x + lo, dy + lo, dx + lo, hi - lo); });
 }
 
 void softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols) {
-  over_rows(rows, cols, [&](int64_t r) { softmax_row(x + r * cols, y + r * cols, cols); });
+  over_rows(rows, cols, [&](int64_t r) { rk().softmax_row(x + r * cols, y + r * cols, cols); });
 }
 
 void softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols) {
-  over_rows(rows, cols, [&](int64_t r) { softmax_bwd_row(y + r * cols, dy + r * cols, dx + r * cols, cols); });
+  over_rows(rows, cols, [&](int64_t r) { rk().softmax_bwd_row(y + r * cols, dy + r * cols, dx + r * cols, cols); });
 }
 
 void log_softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols) {
-  over_rows(rows, cols, [&](int64_t r) { log_softmax_row(x + r * cols, y + r * cols, cols); });
+  over_rows(rows, cols, [&](int64_t r) { rk().log_softmax_row(x + r * cols, y + r * cols, cols); });
 }
 
 void log_softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols) {
-  over_rows(rows, cols, [&](int64_t r) { log_softmax_bwd_row(y + r * cols, dy + r * cols, dx + r * cols, cols); });
+  over_rows(rows, cols, [&](int64_t r) { rk().log_softmax_bwd_row(y + r * cols, dy + r * cols, dx + r * cols, cols); });
 }
 
 void layernorm_forward_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
                            int64_t rows, int64_t C, float eps) {
-  over_rows(rows, C, [&](int64_t r) { layernorm_row(x + r * C, w, b, y + r * C, mean + r, rstd + r, C, eps); });
+  over_rows(rows, C, [&](int64_t r) { rk().layernorm_row(x + r * C, w, b, y + r * C, mean + r, rstd + r, C, eps); });
 }
 
 void layernorm_backward_cpu(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
@@ -164,7 +116,7 @@ void layernorm_backward_cpu(const float* x, const float* w, const float* mean, c
     float* pw = partial && dw ? parts.data() + c * 2 * C : nullptr;
     float* pb = partial && db ? parts.data() + c * 2 * C + C : nullptr;
     for (int64_t r = c * step; r < std::min(rows, (c + 1) * step); r++)
-      layernorm_bwd_row(x + r * C, w, mean[r], rstd[r], dy + r * C, dx ? dx + r * C : nullptr, pw, pb, C);
+      rk().layernorm_bwd_row(x + r * C, w, mean[r], rstd[r], dy + r * C, dx ? dx + r * C : nullptr, pw, pb, C);
   });
   for (int64_t c = 0; c < chunks && partial; c++) {
     for (int64_t i = 0; i < C; i++) {

@@ -23,11 +23,14 @@ DUAT_HD float bits_to_float(uint32_t u) {
 }
 
 // e^x by range reduction x = n ln2 + r, |r| <= ln2/2, and a degree-6 polynomial (Cephes).
+// Compile without -ffast-math: the rounding step below must not be reassociated away.
 // Inputs are clamped to the float range; NaN propagates.
 DUAT_HD float fast_exp(float x) {
   float xc = x > 88.3762626647949f ? 88.3762626647949f : x;
   xc = xc < -87.3365447504f ? -87.3365447504f : xc;
-  const float n = __builtin_floorf(xc * 1.44269504088896341f + 0.5f);
+  // n = round(x / ln2): adding and subtracting 1.5 * 2^23 rounds to an integer with plain
+  // arithmetic (no floor call), so the loop vectorises on every instruction set.
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   float p = 1.9875691500e-4f;

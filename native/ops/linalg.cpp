@@ -1,6 +1,8 @@
 // linalg.cpp: matmul (batched) and linear, on sgemm. Transposed views are read in place (the
 // trans flags of sgemm) instead of being copied. Backward ACCUMULATES (beta = 1).
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "../core/parallel.h"
 #include "../cpu/gemm.h"
@@ -40,6 +42,19 @@ int64_t batch_offset(const Tensor& t, int64_t i) {
     i /= t->shape[d];
   }
   return off;
+}
+
+// db[j] += sum over rows of dy[r, j]: per-thread partial sums over row ranges, then added.
+void column_sums_into(const float* dy, int64_t rows, int64_t cols, float* db) {
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), rows * cols >> 16));
+  std::vector<float> parts(static_cast<size_t>(chunks * cols), 0.0f);
+  parallel_for(chunks, [&](int64_t c) {
+    float* part = parts.data() + c * cols;
+    for (int64_t r = c * rows / chunks; r < (c + 1) * rows / chunks; r++)
+      for (int64_t j = 0; j < cols; j++) part[j] += dy[r * cols + j];
+  });
+  for (int64_t c = 0; c < chunks; c++)
+    for (int64_t j = 0; j < cols; j++) db[j] += parts[c * cols + j];
 }
 
 Tensor readable(const Tensor& t, MatView* mv) {
@@ -98,20 +113,24 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     const float* pb = static_cast<const float*>(sb->storage->data);
     const float* pd = dout->f32();
     if (g.needs(0)) {
-      // dA += dout @ B^T
-      float* da = g.f32(0);
+      // dA += dout @ B^T (each batch slice written once: overwrite a fresh buffer)
+      bool fresh = false;
+      float* da = g.f32_for_write(0, &fresh);
+      const float beta = fresh ? 0.0f : 1.0f;
       auto one = [&](int64_t i, bool par) {
         const int64_t ob = shared_b ? sb->offset : batch_offset(sb, i);
-        sgemm(false, !vb.trans, rows, K, N, 1.0f, pd + i * M * N, N, pb + ob, vb.ld, 1.0f, da + i * M * K, K, par);
+        sgemm(false, !vb.trans, rows, K, N, 1.0f, pd + i * M * N, N, pb + ob, vb.ld, beta, da + i * M * K, K, par);
       };
       if (batches == 1) one(0, true); else parallel_for(batches, [&](int64_t i) { one(i, false); });
     }
     if (g.needs(1)) {
-      // dB += A^T @ dout (summed over the batch when B is shared)
-      float* db = g.f32(1);
+      // dB += A^T @ dout (summed over the batch when B is shared: folded into one product)
+      bool fresh = false;
+      float* db = g.f32_for_write(1, &fresh);
+      const float beta = fresh ? 0.0f : 1.0f;
       auto one = [&](int64_t i, bool par) {
         const int64_t oa = fold ? sa->offset : batch_offset(sa, i);
-        sgemm(!va.trans, false, K, N, rows, 1.0f, pa + oa, va.ld, pd + i * M * N, N, 1.0f, db + i * K * N, N, par);
+        sgemm(!va.trans, false, K, N, rows, 1.0f, pa + oa, va.ld, pd + i * M * N, N, beta, db + i * K * N, N, par);
       };
       if (batches == 1) one(0, true); else parallel_for(batches, [&](int64_t i) { one(i, false); });
     }
@@ -139,28 +158,22 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   Shape out_shape = x->shape;
   out_shape.back() = outf;
   Tensor out = empty(out_shape);
-  float* y = out->f32();
-  float beta = 0.0f;
-  if (bc) {
-    const float* pb = bc->f32();
-    parallel_for_range(rows, 256, [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; r++)
-        for (int64_t j = 0; j < outf; j++) y[r * outf + j] = pb[j];
-    });
-    beta = 1.0f;
-  }
-  sgemm(false, true, rows, outf, in, 1.0f, xc->f32(), in, wc->f32(), in, beta, y, outf);
+  sgemm(false, true, rows, outf, in, 1.0f, xc->f32(), in, wc->f32(), in, 0.0f, out->f32(), outf, true,
+        bc ? bc->f32() : nullptr);
   if (!any_requires_grad({x, w, bias})) return out;
   Tensor sx = detach(xc), sw = detach(wc);
   return record(out, "linear", {x, w, bias}, [=](const Tensor& dout, Grads& g) {
     const float* dy = dout->f32();
-    if (g.needs(0)) sgemm(false, false, rows, in, outf, 1.0f, dy, outf, sw->f32(), in, 1.0f, g.f32(0), in);
-    if (g.needs(1)) sgemm(true, false, outf, in, rows, 1.0f, dy, outf, sx->f32(), in, 1.0f, g.f32(1), in);
-    if (g.size() > 2 && g.needs(2)) {
-      float* db = g.f32(2);
-      for (int64_t r = 0; r < rows; r++)
-        for (int64_t j = 0; j < outf; j++) db[j] += dy[r * outf + j];
+    bool fresh = false;
+    if (g.needs(0)) {
+      float* dx = g.f32_for_write(0, &fresh);
+      sgemm(false, false, rows, in, outf, 1.0f, dy, outf, sw->f32(), in, fresh ? 0.0f : 1.0f, dx, in);
     }
+    if (g.needs(1)) {
+      float* dw = g.f32_for_write(1, &fresh);
+      sgemm(true, false, outf, in, rows, 1.0f, dy, outf, sx->f32(), in, fresh ? 0.0f : 1.0f, dw, in);
+    }
+    if (g.needs(2)) column_sums_into(dy, rows, outf, g.f32(2));
   });
 }
 
