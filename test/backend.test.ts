@@ -32,7 +32,8 @@ describe('CPU backends', () => {
   test.each(available.map((isa) => [isa]))('linear forward and backward on %s kernels match float64', (isa) => {
     const prev = native().setCpuIsa(ISAS.indexOf(isa) as 0 | 1 | 2);
     try {
-      for (const [rows, inF, outF] of [[133, 300, 70], [64, 17, 129]]) {
+      // The last shape takes the split-K path for dW (K = rows = 2000 > 4 (M + N)).
+      for (const [rows, inF, outF] of [[133, 300, 70], [64, 17, 129], [2000, 20, 30]]) {
         const next = rng(rows + inF);
         const xd = randomData({ shape: [rows, inF] }, next), wd = randomData({ shape: [outF, inF] }, next);
         const bd = randomData({ shape: [outF] }, next), gd = randomData({ shape: [rows, outF] }, next);

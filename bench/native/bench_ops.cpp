@@ -6,7 +6,9 @@
 // Runs are interleaved (duat, reference, duat, ...) and the median is reported, so drift on a
 // shared machine hits both sides alike. OpenBLAS's worker threads spin for a while after each
 // call (about 2^28 cycles by default) and would steal a core from whatever runs next on a
-// 2-core machine, so after each OpenBLAS run the benchmark sleeps until they have parked.
+// 2-core machine, so after each OpenBLAS run the benchmark keeps every core busy (not asleep:
+// an idle pause makes this VM's next runs slow) until they have parked, then runs duat once
+// untimed, so that both sides are timed warm (OpenBLAS runs right after duat).
 // Prints a Markdown table.
 #include <algorithm>
 #include <chrono>
@@ -14,7 +16,6 @@
 #include <cstring>
 #include <functional>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "core/autograd.h"
@@ -43,7 +44,15 @@ double median(std::vector<double> v) {
 // Times a and b interleaved; returns their median seconds. settle_ms: idle time after each b.
 std::pair<double, double> race(const std::function<void()>& a, const std::function<void()>& b, int reps,
                                int settle_ms = 0) {
-  auto settle = [&] { std::this_thread::sleep_for(std::chrono::milliseconds(settle_ms)); };
+  // Busy on every pool thread, not asleep: an idle pause makes this VM's next ~20 ms slow.
+  auto settle = [&] {
+    if (!settle_ms) return;
+    const double until = now() + settle_ms / 1000.0;
+    parallel_for(get_num_threads(), [&](int64_t) {
+      while (now() < until) {
+      }
+    });
+  };
   for (int i = 0; i < 3; i++) {
     a();
     if (b) {
@@ -53,6 +62,7 @@ std::pair<double, double> race(const std::function<void()>& a, const std::functi
   }
   std::vector<double> ta, tb;
   for (int i = 0; i < reps; i++) {
+    if (settle_ms) a();  // after the pause, warm up again so both sides are timed warm
     double t0 = now();
     a();
     ta.push_back(now() - t0);
@@ -78,8 +88,9 @@ void bench_linear(int64_t M, int64_t in, int64_t out, int reps) {
   const double flops = 3.0 * 2.0 * M * in * out;
   std::function<void()> blas_step;
 #ifdef DUAT_WITH_OPENBLAS
-  std::vector<float> Y(M * out), DX(M * in), DW(out * in);
-  blas_step = [&] {
+  static std::vector<float> Y, DX, DW;
+  Y.resize(M * out), DX.resize(M * in), DW.resize(out * in);
+  if (!std::getenv("DUAT_BENCH_NO_BLAS")) blas_step = [&] {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, out, in, 1, x->f32(), in, w->f32(), in, 0, Y.data(), out);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, in, out, 1, dy->f32(), out, w->f32(), in, 0, DX.data(), in);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, M, 1, dy->f32(), out, x->f32(), in, 0, DW.data(), in);

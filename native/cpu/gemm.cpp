@@ -268,6 +268,29 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   const int MR = ker.mr, NR = ker.nr;
   const int64_t threads = parallel ? get_num_threads() : 1;
 
+  // A long K with a small C (a weight gradient summed over many tokens): split K over the
+  // threads, each summing its share into a private C, then add the parts. One parallel region
+  // instead of two per K block.
+  if (threads > 1 && K >= 1024 && K > 4 * (M + N)) {
+    std::vector<Buffer> parts(static_cast<size_t>(threads - 1));
+    parallel_for(threads, [&](int64_t t) {
+      const int64_t k0 = K * t / threads, k1 = K * (t + 1) / threads;
+      const float* a = transA ? A + k0 * lda : A + k0;
+      const float* b = transB ? B + k0 : B + k0 * ldb;
+      if (t == 0) {
+        sgemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, beta, C, ldc, false, bias);
+      } else {
+        sgemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f, parts[t - 1].get(M * N), N, false);
+      }
+    });
+    parallel_for_range(M, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; i++)
+        for (const Buffer& part : parts)
+          for (int64_t j = 0; j < N; j++) C[i * ldc + j] += part.p[i * N + j];
+    });
+    return;
+  }
+
   for (int64_t j0 = 0; j0 < N; j0 += NC) {
     const int64_t nc = std::min(NC, N - j0);
     const int64_t n_panels = (nc + NR - 1) / NR;
