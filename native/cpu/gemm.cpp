@@ -1,6 +1,8 @@
 // gemm.cpp: packed, cache-blocked GEMM in the style of BLIS / tinyBLAS.
-// Loop nest: jc (NC columns of B) -> pc (KC of K: pack B panel once, shared) -> tasks over
-// (MC block of A rows x a share of the columns): pack A block, then MR x NR micro-kernels.
+// Loop nest: jc (NC columns of B) -> chunks of K up to B_CHUNK_BYTES of packed B (packed once,
+// shared) -> tasks over (MC block of A rows x a share of the columns), each walking the chunk's
+// KC blocks: pack A block, then MR x NR micro-kernels. C rows stay in cache across K blocks,
+// and a product opens two parallel regions per chunk rather than per K block.
 // Tasks are claimed dynamically, so a core slowed by a neighbour does not hold the others up.
 // Packing zero-pads partial panels, so micro-kernels always run full tiles; the edge tiles
 // are written through a small buffer. Accumulation is fp32 throughout.
@@ -155,6 +157,7 @@ CpuIsa g_isa = initial_isa();
 constexpr int64_t KC = 256;
 constexpr int64_t MC_ROWS = 144;  // a multiple of every MR above
 constexpr int64_t NC = 4096;
+constexpr int64_t B_CHUNK_BYTES = int64_t{8} << 20;  // packed B shared by the tasks of one region
 
 struct Buffer {
   float* p = nullptr;
@@ -294,18 +297,25 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   for (int64_t j0 = 0; j0 < N; j0 += NC) {
     const int64_t nc = std::min(NC, N - j0);
     const int64_t n_panels = (nc + NR - 1) / NR;
-    for (int64_t p0 = 0; p0 < K; p0 += KC) {
-      const int64_t kc = std::min(KC, K - p0);
-      const bool add = beta != 0.0f || p0 > 0;
-      // Pack the KC x NC block of B once; every task reads it.
-      float* bpack = t_pack_b.get(static_cast<size_t>(n_panels * NR * kc));
-      auto pack_b_task = [&](int64_t q) { pack_b_panel(transB, B, ldb, p0, kc, j0, nc, NR, q, bpack); };
-      if (threads > 1 && n_panels > 1 && kc * nc > 32768) {
-        parallel_for(n_panels, pack_b_task);
+    // A chunk of K whose packed B (KS x nc) fits B_CHUNK_BYTES: packed once, shared by all tasks.
+    const int64_t ks_max = std::max<int64_t>(KC, B_CHUNK_BYTES / (4 * n_panels * NR) / KC * KC);
+    for (int64_t s0 = 0; s0 < K; s0 += ks_max) {
+      const int64_t ks = std::min(ks_max, K - s0);
+      const int64_t k_blocks = (ks + KC - 1) / KC;
+      // Block pb of the chunk holds n_panels panels of kc(pb) x NR, panel after panel.
+      float* bpack = t_pack_b.get(static_cast<size_t>(n_panels * NR * ks));
+      auto pack_b_task = [&](int64_t t) {
+        const int64_t pb = t / n_panels, q = t % n_panels;
+        const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0);
+        pack_b_panel(transB, B, ldb, p0, kc, j0, nc, NR, q, bpack + pb * KC * n_panels * NR);
+      };
+      if (threads > 1 && ks * nc > 32768) {
+        parallel_for(k_blocks * n_panels, pack_b_task);
       } else {
-        for (int64_t q = 0; q < n_panels; q++) pack_b_task(q);
+        for (int64_t t = 0; t < k_blocks * n_panels; t++) pack_b_task(t);
       }
-      // Tasks: row blocks of A, split further over columns when there are few rows.
+      // Tasks: row blocks of A (split over columns when there are few), each walking every K
+      // block of the chunk while its rows of C stay in cache.
       const int64_t m_blocks = (M + MC_ROWS - 1) / MC_ROWS;
       int64_t n_split = 1;
       while (m_blocks * n_split < 2 * threads && n_panels / (n_split * 2) >= 2) n_split *= 2;
@@ -315,20 +325,25 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         const int64_t i0 = ib * MC_ROWS, mc = std::min(MC_ROWS, M - i0);
         const int64_t q0 = js * panels_per, q1 = std::min(n_panels, q0 + panels_per);
         if (q0 >= q1) return;
-        float* apack = t_pack_a.get(static_cast<size_t>((mc + MR - 1) / MR * MR * kc));
-        pack_a(transA, A, lda, i0, mc, p0, kc, MR, apack);
-        for (int64_t q = q0; q < q1; q++) {
-          const int64_t jj = q * NR;
-          const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jj));
-          const float* bp = bpack + jj * kc;
-          for (int64_t r = 0; r < mc; r += MR) {
-            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
-            ker.micro(kc, apack + r * kc, bp, C + (i0 + r) * ldc + j0 + jj, ldc, mr, nr, alpha, add,
-                      bias && p0 == 0 ? bias + j0 + jj : nullptr);
+        for (int64_t pb = 0; pb < k_blocks; pb++) {
+          const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0);
+          const bool add = beta != 0.0f || p0 > 0;
+          float* apack = t_pack_a.get(static_cast<size_t>((mc + MR - 1) / MR * MR * kc));
+          pack_a(transA, A, lda, i0, mc, p0, kc, MR, apack);
+          const float* bblock = bpack + pb * KC * n_panels * NR;
+          for (int64_t q = q0; q < q1; q++) {
+            const int64_t jj = q * NR;
+            const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jj));
+            const float* bp = bblock + jj * kc;
+            for (int64_t r = 0; r < mc; r += MR) {
+              const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
+              ker.micro(kc, apack + r * kc, bp, C + (i0 + r) * ldc + j0 + jj, ldc, mr, nr, alpha, add,
+                        bias && p0 == 0 ? bias + j0 + jj : nullptr);
+            }
           }
         }
       };
-      if (threads > 1 && m_blocks * n_split > 1 && M * nc * kc > (1 << 18)) {
+      if (threads > 1 && m_blocks * n_split > 1 && M * nc * ks > (1 << 18)) {
         parallel_for(m_blocks * n_split, task);
       } else {
         for (int64_t t = 0; t < m_blocks * n_split; t++) task(t);
