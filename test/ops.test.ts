@@ -114,6 +114,16 @@ const cases: OpCase[] = [
     run: ([x, w, b]) => F.patchEmbed(x, w, b, 3),
     ref: ([x, w, b]) => R.linear(R.patchify(x, 3), { data: w.data, shape: [4, 18] }, b),
   },
+  {
+    // With a fixed seed dropout is linear in x; the reference reads the same mask off ones.
+    name: 'dropout (fixed seed)',
+    inputs: [{ shape: [6, 5] }],
+    run: ([x]) => F.dropout(x, 0.3, { seed: 9 }),
+    ref: ([x]) => {
+      const mask = duat.tidy(() => F.dropout(duat.ones([6, 5]), 0.3, { seed: 9 }).toArray());
+      return R.binary(x, R.arr(mask, [6, 5]), (a, m) => a * m);
+    },
+  },
 ];
 
 describe.each(cases)('$name', (c) => {
