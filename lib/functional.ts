@@ -47,15 +47,20 @@ export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | nul
 
 /**
  * Multi-head self-attention, one op: qkv (B, T, 3C) laid out [q | k | v] (timm's order) ->
- * softmax(Q K^T / sqrt(D)) V per head, heads concatenated: (B, T, C).
+ * softmax(Q K^T / sqrt(D)) V per head, heads concatenated: (B, T, C). With `branches` N, qkv is
+ * (B, T, N*3C), branch n's [q | k | v] at columns n*3C.., and the result (B, T, N*C): every
+ * branch's attention in the same launch.
  */
-export function attention(qkv: Tensor, heads: number): Tensor {
-  return new Tensor(native().attention(h(qkv, 'qkv'), checkInt(heads, 'heads', 1, 65536)));
+export function attention(qkv: Tensor, heads: number, branches = 1): Tensor {
+  return new Tensor(native().attention(h(qkv, 'qkv'), checkInt(heads, 'heads', 1, 65536), checkInt(branches, 'branches', 1, 65536)));
 }
 
-/** The attention probabilities (B, H, T, T) of attention(qkv, heads): DUAT's input-dependent parameters. */
-export function attentionProbs(qkv: Tensor, heads: number): Tensor {
-  return new Tensor(native().attentionProbs(h(qkv, 'qkv'), checkInt(heads, 'heads', 1, 65536)));
+/**
+ * The attention probabilities (B, N*H, T, T) of attention(qkv, heads, branches): DUAT's
+ * input-dependent parameters, branch-major.
+ */
+export function attentionProbs(qkv: Tensor, heads: number, branches = 1): Tensor {
+  return new Tensor(native().attentionProbs(h(qkv, 'qkv'), checkInt(heads, 'heads', 1, 65536), checkInt(branches, 'branches', 1, 65536)));
 }
 
 /** Options of {@link crossEntropy}. */

@@ -27,6 +27,8 @@ export {
 } from './tensor';
 export type { Device, DType, RandomOptions, TensorData, TensorOptions } from './tensor';
 export { F, nn, optim };
+export { ParaFormer } from './nn/ParaFormer';
+export type { ParaFormerConfig, ParaFormerOptions } from './nn/ParaFormer';
 
 /** What the loaded binary can do: CPU kernels chosen, threads, and whether CUDA is usable (and why not). */
 export interface BackendInfo {

@@ -72,8 +72,8 @@ export interface RawBinding {
   logSoftmax(x: H, dim: number): H;
   dropout(x: H, p: number, seed: number): H;
   layerNorm(x: H, w: H | null, b: H | null, eps: number): H;
-  attention(qkv: H, heads: number): H;
-  attentionProbs(qkv: H, heads: number): H;
+  attention(qkv: H, heads: number, branches?: number): H;
+  attentionProbs(qkv: H, heads: number, branches?: number): H;
   crossEntropy(logits: H, labels: H, smoothing: number): H;
   patchify(images: H, patch: number): H;
   patchEmbed(images: H, w: H, b: H | null, patch: number): H;
@@ -90,6 +90,45 @@ export interface RawBinding {
   setNumThreads(n: number): number;
   setCpuIsa(isa: 0 | 1 | 2): number;
   backendInfo(): NativeBackendInfo;
+  modelSpec(config: NativeModelConfig): { name: string; shape: number[] }[];
+  modelForward(config: NativeModelConfig, params: H[], images: H): H;
+  modelAttentionMaps(config: NativeModelConfig, params: H[], images: H): H[];
+  trainStepAsync(config: NativeModelConfig, params: H[], images: H, labels: H, labelSmoothing: number,
+    clipGradNorm: number, plan: NativeOptimizerPlan | null): Promise<{ loss: number; gradNorm: number; correct: number }>;
+  evaluateAsync(config: NativeModelConfig, params: H[], images: H, labels: H | null):
+    Promise<{ lossSum: number; correct: number; predictions: Int32Array }>;
+}
+
+/** The model configuration as native code reads it (native/model/paraformer.h). */
+export interface NativeModelConfig {
+  imageSize: number;
+  patchSize: number;
+  channels: number;
+  classes: number;
+  dim: number;
+  heads: number;
+  depth: number;
+  branches: number;
+  mlpHidden: number;
+  eps: number;
+  branchScale: number;
+}
+
+/** One optimiser update as the training-step worker applies it (per-parameter arrays). */
+export interface NativeOptimizerPlan {
+  kind: 'adamw' | 'sgd';
+  lr: number[];
+  weightDecay: number[];
+  stateA: (H | null)[];
+  stateB: (H | null)[];
+  beta1?: number;
+  beta2?: number;
+  eps?: number;
+  momentum?: number;
+  dampening?: number;
+  nesterov?: boolean;
+  firstStep?: boolean;
+  step: number;
 }
 
 /** The package root (this file is lib/native.ts in a checkout, dist/native.js when built). */

@@ -90,6 +90,12 @@ const cases: OpCase[] = [
     ref: ([qkv]) => R.attention(qkv, 2),
   },
   {
+    name: 'attention over 3 branches',
+    inputs: [{ shape: [2, 4, 3 * 12], range: [-1.5, 1.5] }],
+    run: ([qkv]) => F.attention(qkv, 2, 3),
+    ref: ([qkv]) => R.concat([0, 1, 2].map((n) => R.attention(R.slice(qkv, 2, n * 12, (n + 1) * 12, 1), 2)), 2),
+  },
+  {
     name: 'attention of a strided view',
     inputs: [{ shape: [5, 2, 6], range: [-1.5, 1.5] }],
     run: ([x]) => F.attention(x.transpose(0, 1), 1),

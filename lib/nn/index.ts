@@ -3,3 +3,5 @@ export { Module } from './Module';
 export type { StateDict } from './Module';
 export { LayerNorm, Linear } from './layers';
 export type { LinearOptions } from './layers';
+export { ParaFormer, SIZES } from './ParaFormer';
+export type { BranchAttention, ParaFormerConfig, ParaFormerOptions, StepResult, TrainStepOptions } from './ParaFormer';

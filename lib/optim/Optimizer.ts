@@ -4,7 +4,7 @@
  * in place, outside autograd.
  */
 import { ArgumentError } from '../errors';
-import { native, NativeTensor } from '../native';
+import { native, NativeOptimizerPlan, NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { checkNumber, describe } from '../validate';
 
@@ -60,6 +60,23 @@ export abstract class Optimizer<O extends object> {
   }
 
   protected abstract update(p: Tensor, grad: NativeTensor, options: O): void;
+
+  /**
+   * @internal The next step as a plan for native code (a training step applies it on its worker
+   * thread). Counts the step, as step() does. Parameters must all belong to this optimizer.
+   */
+  abstract nativePlan(params: Tensor[]): NativeOptimizerPlan;
+
+  /** @internal The group options of each parameter, in the order given. */
+  protected optionsOf(params: Tensor[]): O[] {
+    const byParam = new Map<Tensor, O>();
+    for (const g of this.groups) for (const p of g.params) byParam.set(p, g.options);
+    return params.map((p, i) => {
+      const o = byParam.get(p);
+      if (!o) throw new ArgumentError(`parameter ${i} is not managed by this optimizer`);
+      return o;
+    });
+  }
 }
 
 /**

@@ -1,5 +1,5 @@
 /** SGD (momentum, Nesterov) and AdamW (decoupled weight decay), as PyTorch defines them. */
-import { native, NativeTensor } from '../native';
+import { native, NativeOptimizerPlan, NativeTensor } from '../native';
 import { keep, Tensor } from '../tensor';
 import { checkBool, checkNumber, checkOptions } from '../validate';
 import { Optimizer, ParamGroup } from './Optimizer';
@@ -25,6 +25,35 @@ export interface AdamWOptions {
 export class AdamW extends Optimizer<AdamWOptions> {
   private readonly state = new Map<Tensor, { m: Tensor; v: Tensor; step: number }>();
 
+  private stateOf(p: Tensor): { m: Tensor; v: Tensor; step: number } {
+    let s = this.state.get(p);
+    if (!s) {
+      const shape = p.shape;
+      // Optimiser state outlives any tidy() scope the step runs in.
+      s = { m: keep(new Tensor(native().zeros(shape, 0))), v: keep(new Tensor(native().zeros(shape, 0))), step: 0 };
+      this.state.set(p, s);
+    }
+    return s;
+  }
+
+  nativePlan(params: Tensor[]): NativeOptimizerPlan {
+    this.stepCount++;
+    const opts = this.optionsOf(params);
+    const states = params.map((p) => this.stateOf(p));
+    for (const s of states) s.step = this.stepCount;
+    return {
+      kind: 'adamw',
+      lr: opts.map((o) => o.lr),
+      weightDecay: opts.map((o) => o.weightDecay),
+      stateA: states.map((s) => s.m.handle),
+      stateB: states.map((s) => s.v.handle),
+      beta1: opts[0]?.betas[0] ?? 0.9,
+      beta2: opts[0]?.betas[1] ?? 0.999,
+      eps: opts[0]?.eps ?? 1e-8,
+      step: this.stepCount,
+    };
+  }
+
   constructor(params: Tensor[] | ParamGroup<AdamWOptions>[], options?: Partial<AdamWOptions>) {
     const o = checkOptions<AdamWOptions>(options, 'AdamW options');
     const betas = o.betas ?? [0.9, 0.999];
@@ -37,13 +66,7 @@ export class AdamW extends Optimizer<AdamWOptions> {
   }
 
   protected update(p: Tensor, grad: NativeTensor, o: AdamWOptions): void {
-    let s = this.state.get(p);
-    if (!s) {
-      const shape = p.shape;
-      // Optimiser state outlives any tidy() scope the step runs in.
-      s = { m: keep(new Tensor(native().zeros(shape, 0))), v: keep(new Tensor(native().zeros(shape, 0))), step: 0 };
-      this.state.set(p, s);
-    }
+    const s = this.stateOf(p);
     s.step++;
     native().adamwUpdate(p.handle, grad, s.m.handle, s.v.handle, o.lr, o.betas[0], o.betas[1], o.eps, o.weightDecay, s.step);
   }
@@ -89,6 +112,34 @@ export class SGD extends Optimizer<SGDOptions> {
       weightDecay: checkNumber(o.weightDecay ?? 0, 'weightDecay', 0),
       nesterov: checkBool(o.nesterov ?? false, 'nesterov'),
     });
+  }
+
+  nativePlan(params: Tensor[]): NativeOptimizerPlan {
+    this.stepCount++;
+    const opts = this.optionsOf(params);
+    const first = this.stepCount === 1;
+    const bufs = params.map((p, i) => {
+      if (opts[i].momentum === 0) return null;
+      let b = this.buffers.get(p);
+      if (!b) {
+        b = keep(new Tensor(native().zeros(p.shape, 0)));
+        this.buffers.set(p, b);
+      }
+      return b.handle;
+    });
+    const o = opts[0];
+    return {
+      kind: 'sgd',
+      lr: opts.map((x) => x.lr),
+      weightDecay: opts.map((x) => x.weightDecay),
+      stateA: bufs,
+      stateB: bufs.map(() => null),
+      momentum: o?.momentum ?? 0,
+      dampening: o?.dampening ?? 0,
+      nesterov: o?.nesterov ?? false,
+      firstStep: first,
+      step: this.stepCount,
+    };
   }
 
   protected update(p: Tensor, grad: NativeTensor, o: SGDOptions): void {

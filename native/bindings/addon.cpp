@@ -9,6 +9,7 @@
 #include "../cpu/gemm.h"
 #include "../ops/ops.h"
 #include "convert.h"
+#include "model_bindings.h"
 
 namespace duat {
 
@@ -281,10 +282,11 @@ Napi::Value js_layernorm(Info info) {
   });
 }
 
-template <Tensor (*F)(const Tensor&, int64_t)>
+template <Tensor (*F)(const Tensor&, int64_t, int64_t)>
 Napi::Value heads_op(Info info) {
   return guard(info, [&]() {
-    return js_tensor(info, F(arg_tensor(info, 0, "qkv"), arg_int(info, 1, "heads", 1, 1 << 16)));
+    const int64_t branches = info.Length() > 2 && !info[2].IsUndefined() ? arg_int(info, 2, "branches", 1, 1 << 16) : 1;
+    return js_tensor(info, F(arg_tensor(info, 0, "qkv"), arg_int(info, 1, "heads", 1, 1 << 16), branches));
   });
 }
 
@@ -498,6 +500,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData(data);
   exports.Set("NativeTensor", data->tensor_ctor.Value());
   for (const Export& e : EXPORTS) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
+  register_model_exports(env, exports);
   return exports;
 }
 

@@ -35,16 +35,52 @@ Napi::Object wrap_tensor(Napi::Env env, const Tensor& t) {
   return obj;
 }
 
-void throw_js(Napi::Env env, ErrorCode code, const std::string& message) {
+Napi::Value make_js_error(Napi::Env env, ErrorCode code, const std::string& message) {
   AddonData& data = addon_data(env);
   const size_t c = static_cast<size_t>(code);
   if (c < data.error_classes.size() && !data.error_classes[c].IsEmpty()) {
-    Napi::Object err = data.error_classes[c].New({Napi::String::New(env, message)});
-    throw Napi::Error(env, err);
+    return data.error_classes[c].New({Napi::String::New(env, message)});
   }
   Napi::Error err = Napi::Error::New(env, message);
   err.Set("code", Napi::Number::New(env, code));
-  throw err;
+  return err.Value();
+}
+
+void throw_js(Napi::Env env, ErrorCode code, const std::string& message) {
+  throw Napi::Error(env, make_js_error(env, code, message));
+}
+
+Napi::Value field(const Napi::Object& o, const char* name) { return o.Has(name) ? o.Get(name) : o.Env().Undefined(); }
+
+int64_t field_int(const Napi::Object& o, const char* name, int64_t lo, int64_t hi, int64_t fallback) {
+  Napi::Value v = field(o, name);
+  if (v.IsUndefined()) return fallback;
+  const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+  if (!(d >= static_cast<double>(lo) && d <= static_cast<double>(hi)) || std::floor(d) != d)
+    fail(ERROR_ARGUMENT, std::string("Expected integer in [") + std::to_string(lo) + ", " + std::to_string(hi) +
+                             "] for " + name + " but received " + describe(v));
+  return static_cast<int64_t>(d);
+}
+
+double field_number(const Napi::Object& o, const char* name, double fallback) {
+  Napi::Value v = field(o, name);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsNumber() || std::isnan(v.As<Napi::Number>().DoubleValue()))
+    fail(ERROR_ARGUMENT, std::string("Expected number for ") + name + " but received " + describe(v));
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+bool field_bool(const Napi::Object& o, const char* name, bool fallback) {
+  Napi::Value v = field(o, name);
+  if (v.IsUndefined()) return fallback;
+  if (!v.IsBoolean()) fail(ERROR_ARGUMENT, std::string("Expected boolean for ") + name + " but received " + describe(v));
+  return v.As<Napi::Boolean>().Value();
+}
+
+Napi::Object arg_object(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = arg(info, i);
+  if (!v.IsObject() || v.IsArray()) fail(ERROR_ARGUMENT, std::string("Expected an object for ") + name + " but received " + describe(v));
+  return v.As<Napi::Object>();
 }
 
 Tensor arg_tensor_or_null(const Napi::CallbackInfo& info, size_t i, const char* name) {

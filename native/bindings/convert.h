@@ -41,6 +41,14 @@ template <typename F>
 Napi::Value guard(const Napi::CallbackInfo& info, F fn);
 
 void throw_js(Napi::Env env, ErrorCode code, const std::string& message);
+// The JS error object for a code (the registered class), for Promise rejections.
+Napi::Value make_js_error(Napi::Env env, ErrorCode code, const std::string& message);
+// An optional field of an options object: its value, or undefined when absent.
+Napi::Value field(const Napi::Object& o, const char* name);
+int64_t field_int(const Napi::Object& o, const char* name, int64_t lo, int64_t hi, int64_t fallback);
+double field_number(const Napi::Object& o, const char* name, double fallback);
+bool field_bool(const Napi::Object& o, const char* name, bool fallback);
+Napi::Object arg_object(const Napi::CallbackInfo& info, size_t i, const char* name);
 
 template <typename F>
 Napi::Value guard(const Napi::CallbackInfo& info, F fn) {

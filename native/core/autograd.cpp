@@ -1,7 +1,12 @@
 // autograd.cpp: recording and the reverse topological walk.
 #include "autograd.h"
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -9,6 +14,20 @@ namespace duat {
 
 namespace {
 thread_local bool t_grad_enabled = true;
+std::atomic<bool> g_profiling{false};
+std::mutex g_profile_mutex;
+std::map<std::string, std::pair<double, int64_t>> g_profile;
+}
+
+void set_backward_profiling(bool on) { g_profiling = on; }
+
+std::vector<NodeProfile> backward_profile() {
+  std::lock_guard<std::mutex> lock(g_profile_mutex);
+  std::vector<NodeProfile> out;
+  for (auto& [name, v] : g_profile) out.push_back({name, v.first, v.second});
+  g_profile.clear();
+  std::sort(out.begin(), out.end(), [](const NodeProfile& a, const NodeProfile& b) { return a.seconds > b.seconds; });
+  return out;
 }
 
 bool grad_enabled() { return t_grad_enabled; }
@@ -28,6 +47,22 @@ float* Grads::f32_for_write(size_t i, bool* fresh) {
 }
 
 void Grads::add(size_t i, const Tensor& g) { add_into(slot(i), g); }
+
+void Grads::pass(size_t i, const Tensor& g) {
+  const bool fits = !slots_[i] && g->is_contiguous() && g->offset == 0 && g->shape == shapes_[i];
+  // A view of the walk's own incoming gradient, handed on once...
+  if (fits && dout_owned_ && !dout_passed_ && g->storage.get() == dout_storage_) {
+    slots_[i] = g;
+    dout_passed_ = true;
+    return;
+  }
+  // ...or a tensor the backward function just made, which nothing else references.
+  if (fits && g->storage.get() != dout_storage_ && g.use_count() == 1 && g->storage.use_count() == 1) {
+    slots_[i] = g;
+    return;
+  }
+  add(i, g);
+}
 
 bool any_requires_grad(const std::vector<Tensor>& inputs) {
   if (!t_grad_enabled) return false;
@@ -110,13 +145,25 @@ void backward(const Tensor& root, const Tensor& seed) {
     check(static_cast<bool>(node->backward_fn), ERROR_STATE,
           "backward: part of the graph (" + node->name + ") was already freed by an earlier backward()");
     Grads grads(node->inputs.size());
+    grads.dout_owned_ = dout != dseed;
+    grads.dout_storage_ = dout->storage.get();
     grads.wants_.resize(node->inputs.size());
     grads.shapes_.resize(node->inputs.size());
     for (size_t i = 0; i < node->inputs.size(); i++) {
       grads.wants_[i] = node->inputs[i] != nullptr;
       if (node->inputs[i]) grads.shapes_[i] = node->inputs[i]->shape;
     }
-    node->backward_fn(dout, grads);
+    if (g_profiling) {
+      const auto t0 = std::chrono::steady_clock::now();
+      node->backward_fn(dout, grads);
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      std::lock_guard<std::mutex> lock(g_profile_mutex);
+      auto& e = g_profile[node->name];
+      e.first += dt;
+      e.second++;
+    } else {
+      node->backward_fn(dout, grads);
+    }
     node->backward_fn = nullptr;  // frees what the op saved
     for (size_t i = 0; i < node->inputs.size(); i++) {
       const Tensor& in = node->inputs[i];

@@ -26,12 +26,18 @@ class Grads {
   Tensor& slot(size_t i);
   // slot(i) += g (any strides).
   void add(size_t i, const Tensor& g);
+  // Like add, but when slot i is still empty and g is a contiguous view of the gradient the walk
+  // owns, g becomes the slot with no copy (reshape's backward, add's).
+  void pass(size_t i, const Tensor& g);
 
  private:
   friend void backward(const Tensor&, const Tensor&);
   std::vector<Tensor> slots_;
   std::vector<bool> wants_;
   std::vector<Shape> shapes_;
+  bool dout_owned_ = false;    // the incoming gradient belongs to the walk (not the caller's seed)
+  Storage* dout_storage_ = nullptr;
+  bool dout_passed_ = false;   // handed to a slot already: later passes must copy
 };
 
 using BackwardFn = std::function<void(const Tensor& dout, Grads& grads)>;
@@ -51,6 +57,15 @@ bool any_requires_grad(const std::vector<Tensor>& inputs);
 // Attaches a Node to `out` if any input requires grad. The backward function must capture what
 // it needs by value, detaching saved outputs (detach()) so the graph holds no reference cycle.
 Tensor record(const Tensor& out, const char* name, const std::vector<Tensor>& inputs, BackwardFn fn);
+
+// Backward profiling (off by default): total seconds and calls per node name.
+struct NodeProfile {
+  std::string name;
+  double seconds;
+  int64_t calls;
+};
+void set_backward_profiling(bool on);
+std::vector<NodeProfile> backward_profile();  // sorted by time, largest first; resets the totals
 
 // Runs backward from `root`. `seed` is d(root); null means 1 and requires a one-element root.
 void backward(const Tensor& root, const Tensor& seed);

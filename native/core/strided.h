@@ -44,4 +44,26 @@ inline Shape broadcast_strides(const Tensor& t, const Shape& out) {
   return s;
 }
 
+// Row-wise access for broadcasting when the last dimension is not broadcast and has unit
+// stride: out row r (of shape[:-1]) reads the operand's row at row_offset(r).
+struct RowMap {
+  Shape lead;     // out's leading dims
+  Shape strides;  // operand's broadcast strides over them (elements)
+  static bool usable(const Tensor& t, const Shape& out) {
+    return !out.empty() && !t->shape.empty() && t->shape.back() == out.back() && t->strides.back() == 1;
+  }
+  RowMap(const Tensor& t, const Shape& out) : lead(out.begin(), out.end() - 1) {
+    const Shape s = broadcast_strides(t, out);
+    strides.assign(s.begin(), s.end() - 1);
+  }
+  int64_t row_offset(int64_t r) const {
+    int64_t off = 0;
+    for (size_t d = lead.size(); d-- > 0;) {
+      off += (r % lead[d]) * strides[d];
+      r /= lead[d];
+    }
+    return off;
+  }
+};
+
 }  // namespace duat

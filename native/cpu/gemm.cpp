@@ -18,6 +18,7 @@
 
 #include "../core/errors.h"
 #include "../core/parallel.h"
+#include "kernels.h"
 
 namespace duat {
 
@@ -128,6 +129,50 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
   }
 }
 
+// ---- small products without packing: 4 rows x 64 (AVX-512) / 32 (AVX2) columns of C held in
+// registers while k runs; B rows read in place (row-major op(B)), tails masked ----
+template <int ROWS>
+__attribute__((target("avx512f"), always_inline)) inline void small_tile_avx512(
+    bool transA, int64_t i0, int64_t j0, int nv, __mmask16 tail, int64_t K, float alpha, const float* A, int64_t lda,
+    const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  __m512 acc[ROWS][4];
+  for (int r = 0; r < ROWS; r++)
+    for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k++) {
+    const float* b = B + k * ldb + j0;
+    __m512 bv[4];
+    for (int v = 0; v < 4; v++) bv[v] = v < nv ? _mm512_maskz_loadu_ps(v == nv - 1 ? tail : 0xFFFF, b + 16 * v) : _mm512_setzero_ps();
+    for (int r = 0; r < ROWS; r++) {
+      const __m512 a = _mm512_set1_ps(transA ? A[k * lda + i0 + r] : A[(i0 + r) * lda + k]);
+      for (int v = 0; v < 4; v++)
+        if (v < nv) acc[r][v] = _mm512_fmadd_ps(a, bv[v], acc[r][v]);
+    }
+  }
+  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  for (int r = 0; r < ROWS; r++)
+    for (int v = 0; v < nv; v++) {
+      float* c = C + (i0 + r) * ldc + j0 + 16 * v;
+      const __mmask16 m = v == nv - 1 ? tail : 0xFFFF;
+      __m512 out = _mm512_mul_ps(va, acc[r][v]);
+      if (beta != 0.0f) out = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c), out);
+      _mm512_mask_storeu_ps(c, m, out);
+    }
+}
+
+__attribute__((target("avx512f"))) void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha,
+                                                           const float* A, int64_t lda, const float* B, int64_t ldb,
+                                                           float beta, float* C, int64_t ldc) {
+  for (int64_t j0 = 0; j0 < N; j0 += 64) {
+    const int64_t cols = std::min<int64_t>(64, N - j0);
+    const int nv = static_cast<int>((cols + 15) / 16);
+    const int rem = static_cast<int>(cols - 16 * (nv - 1));
+    const __mmask16 tail = static_cast<__mmask16>(rem == 16 ? 0xFFFF : (1u << rem) - 1);
+    int64_t i = 0;
+    for (; i + 4 <= M; i += 4) small_tile_avx512<4>(transA, i, j0, nv, tail, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    for (; i < M; i++) small_tile_avx512<1>(transA, i, j0, nv, tail, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
 const KernelInfo KERNELS[] = {
     {4, 16, micro_generic},
     {6, 16, micro_avx2},
@@ -157,6 +202,7 @@ CpuIsa g_isa = initial_isa();
 constexpr int64_t KC = 256;
 constexpr int64_t MC_ROWS = 144;  // a multiple of every MR above
 constexpr int64_t NC = 4096;
+constexpr int64_t SMALL_GEMM_MAX = int64_t{1} << 17;  // M*N*K below which packing does not pay
 constexpr int64_t B_CHUNK_BYTES = int64_t{8} << 20;  // packed B shared by the tasks of one region
 
 struct Buffer {
@@ -260,6 +306,24 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     if (bias)
       for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++) C[i * ldc + j] += bias[j];
+    return;
+  }
+  // Small products (attention's per-head matrices, batch-1 rows): packing costs more than it
+  // saves, so they run unpacked, vectorised over N. The bias case keeps the packed path.
+  if (!bias && M * N * K <= SMALL_GEMM_MAX && (!transB || K * N <= 65536)) {
+    if (g_isa == CPU_ISA_AVX512) {
+      if (transB) {
+        thread_local std::vector<float> bt;  // op(B) row-major (K x N, small)
+        bt.resize(static_cast<size_t>(K * N));
+        for (int64_t j = 0; j < N; j++)
+          for (int64_t k = 0; k < K; k++) bt[k * N + j] = B[j * ldb + k];
+        small_gemm_avx512(transA, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
+      } else {
+        small_gemm_avx512(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      }
+      return;
+    }
+    small_gemm_cpu(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   // beta other than 0 or 1: scale once, then accumulate.

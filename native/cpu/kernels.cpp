@@ -46,6 +46,8 @@ struct RowKernels {
   void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
   void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
   void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, float*, float*, int64_t);
+  void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
+                     int64_t);
 };
 
 #if !defined(__x86_64__)
@@ -55,11 +57,11 @@ namespace isa_avx512 = isa_generic;
 
 const RowKernels ROW_KERNELS[] = {
     {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row, isa_generic::log_softmax_row,
-     isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row},
+     isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row, isa_generic::small_gemm},
     {isa_avx2::gelu_fwd_range, isa_avx2::gelu_bwd_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row, isa_avx2::log_softmax_row,
-     isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row},
+     isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row, isa_avx2::small_gemm},
     {isa_avx512::gelu_fwd_range, isa_avx512::gelu_bwd_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row, isa_avx512::log_softmax_row,
-     isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row},
+     isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row, isa_avx512::small_gemm},
 };
 
 const RowKernels& rk() { return ROW_KERNELS[cpu_isa_active()]; }
@@ -124,6 +126,20 @@ void layernorm_backward_cpu(const float* x, const float* w, const float* mean, c
       if (db) db[i] += parts[c * 2 * C + C + i];
     }
   }
+}
+
+void small_gemm_cpu(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                    const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (!transB) {
+    rk().small_gemm(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return;
+  }
+  // op(B) = B^T: lay it out row-major first (K x N, small by the caller's contract).
+  thread_local std::vector<float> bt;
+  bt.resize(static_cast<size_t>(K * N));
+  for (int64_t j = 0; j < N; j++)
+    for (int64_t k = 0; k < K; k++) bt[k * N + j] = B[j * ldb + k];
+  rk().small_gemm(transA, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
 }
 
 }  // namespace duat

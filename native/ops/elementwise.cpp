@@ -1,6 +1,7 @@
 // elementwise.cpp: add, sub, mul, div with NumPy broadcasting, and scalar add/mul.
 // Backward reduces the output gradient over broadcast dimensions back to each input's shape;
 // it ACCUMULATES into the input gradients.
+#include <algorithm>
 #include <string>
 
 #include "../core/parallel.h"
@@ -46,6 +47,20 @@ void apply_binary(const Tensor& out, const Tensor& a, const Tensor& b, F f) {
     });
     return;
   }
+  if (RowMap::usable(a, out->shape) && RowMap::usable(b, out->shape)) {
+    // Broadcast over leading dims only: threaded over rows, the inner loop contiguous.
+    const RowMap ma(a, out->shape), mb(b, out->shape);
+    const int64_t C = out->shape.back(), rows = out->numel() / std::max<int64_t>(C, 1);
+    parallel_for_range(rows, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; r++) {
+        const float* ra = pa + ma.row_offset(r);
+        const float* rb = pb + mb.row_offset(r);
+        float* ro = o + r * C;
+        for (int64_t j = 0; j < C; j++) ro[j] = f(ra[j], rb[j]);
+      }
+    });
+    return;
+  }
   const Shape sa = broadcast_strides(a, out->shape), sb = broadcast_strides(b, out->shape);
   for_each_run<3>(out->shape, {&out->strides, &sa, &sb}, [&](auto off, int64_t n, auto inc) {
     for (int64_t i = 0; i < n; i++) o[off[0] + i] = f(pa[off[1] + i * inc[1]], pb[off[2] + i * inc[2]]);
@@ -64,8 +79,24 @@ void reduce_into(float* dst, const Shape& dst_shape, const Tensor& g) {
   auto view = std::make_shared<TensorImpl>();
   view->shape = dst_shape;
   view->strides = contiguous_strides(dst_shape);
-  const Shape sd = broadcast_strides(view, g->shape);
   const float* pg = g->f32();
+  if (RowMap::usable(view, g->shape)) {
+    // Many output rows add into one input row: threads split the columns, so none collide.
+    const RowMap md(view, g->shape);
+    const int64_t C = g->shape.back(), rows = g->numel() / std::max<int64_t>(C, 1);
+    const int64_t chunks =
+        rows * C >= (1 << 15) ? std::min<int64_t>(get_num_threads(), std::max<int64_t>(1, C / 16)) : 1;
+    parallel_for(chunks, [&](int64_t t) {
+      const int64_t c0 = C * t / chunks, c1 = C * (t + 1) / chunks;
+      for (int64_t r = 0; r < rows; r++) {
+        float* rd = dst + md.row_offset(r);
+        const float* rg = pg + r * C;
+        for (int64_t j = c0; j < c1; j++) rd[j] += rg[j];
+      }
+    });
+    return;
+  }
+  const Shape sd = broadcast_strides(view, g->shape);
   for_each_run<2>(g->shape, {&g->strides, &sd}, [&](auto off, int64_t n, auto inc) {
     for (int64_t i = 0; i < n; i++) dst[off[1] + i * inc[1]] += pg[off[0] + i];
   });
@@ -109,8 +140,16 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
       }
       return t;
     };
-    if (g.needs(0)) reduce_into(g.f32(0), sa->shape, grad_at(sb, sa, true));
-    if (g.needs(1)) reduce_into(g.f32(1), sb->shape, grad_at(sa, sb, false));
+    // Same-shape gradients are handed through without a copy where possible.
+    auto give = [&](size_t i, const Shape& shape, const Tensor& grad) {
+      if (shape == grad->shape) {
+        g.pass(i, grad);
+      } else {
+        reduce_into(g.f32(i), shape, grad);
+      }
+    };
+    if (g.needs(0)) give(0, sa->shape, grad_at(sb, sa, true));
+    if (g.needs(1)) give(1, sb->shape, grad_at(sa, sb, false));
   });
 }
 

@@ -53,12 +53,13 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed);
 Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);
 
 // ---- attention.cpp ----
-// Multi-head scaled-dot-product self-attention as one op.
-// qkv: (B, T, 3C) laid out [q | k | v], each head h at columns h*D .. h*D+D-1 (timm's order).
-// Returns (B, T, C): softmax(Q K^T / sqrt(D)) V per head, heads concatenated.
-Tensor attention(const Tensor& qkv, int64_t heads);
-// The attention probabilities (B, H, T, T) of the same computation; no gradient.
-Tensor attention_probs(const Tensor& qkv, int64_t heads);
+// Multi-head scaled-dot-product self-attention as one op, over N branches at once.
+// qkv: (B, T, N*3C), branch n's [q | k | v] at columns n*3C.., each head h at columns h*D ..
+// h*D+D-1 of its part (timm's order for N = 1). Returns (B, T, N*C): softmax(Q K^T / sqrt(D)) V
+// per branch and head, heads concatenated, branch n at columns n*C.
+Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches = 1);
+// The attention probabilities (B, N*H, T, T) of the same computation; no gradient.
+Tensor attention_probs(const Tensor& qkv, int64_t heads, int64_t branches = 1);
 
 // ---- loss.cpp ----
 // Mean over the batch of cross-entropy between softmax(logits) and the one-hot labels smoothed

@@ -38,7 +38,9 @@ Tensor reduce_sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdi
   const float scale = average ? 1.0f / static_cast<float>(std::max<int64_t>(count, 1)) : 1.0f;
   if (average) check(count > 0, ERROR_SHAPE, std::string(op) + ": mean over an empty dimension");
   const int64_t n_out = shape_numel(keep);
-  std::vector<double> acc(n_out, 0.0);
+  // The fp64 accumulator comes from the block cache (a fresh vector would page-fault each call).
+  Tensor acc_buf = zeros({n_out * 2});
+  double* acc = reinterpret_cast<double*>(acc_buf->f32());
   const float* px = x->f32();
   if (n_out == 1 && x->is_contiguous()) {
     // Everything: per-thread partial sums.
@@ -51,6 +53,23 @@ Tensor reduce_sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdi
       part[c] = s;
     });
     for (double s : part) acc[0] += s;
+  } else if (!mask.back() && x->is_contiguous() && x->dim() >= 2) {
+    // The last dim is kept: rows of x add into rows of the output; threads split the columns.
+    auto keep_t = std::make_shared<TensorImpl>();
+    keep_t->shape = keep;
+    keep_t->strides = contiguous_strides(keep);
+    const RowMap mo(keep_t, x->shape);
+    const int64_t C = x->shape.back(), rows = x->numel() / std::max<int64_t>(C, 1);
+    const int64_t chunks =
+        rows * C >= (1 << 15) ? std::min<int64_t>(get_num_threads(), std::max<int64_t>(1, C / 16)) : 1;
+    parallel_for(chunks, [&](int64_t t) {
+      const int64_t c0 = C * t / chunks, c1 = C * (t + 1) / chunks;
+      for (int64_t r = 0; r < rows; r++) {
+        double* ro = acc + mo.row_offset(r);
+        const float* rx = px + r * C;
+        for (int64_t j = c0; j < c1; j++) ro[j] += rx[j];
+      }
+    });
   } else {
     auto keep_t = std::make_shared<TensorImpl>();
     keep_t->shape = keep;
@@ -73,6 +92,20 @@ Tensor reduce_sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdi
   return record(out, op, {x}, [keep, in_shape, scale](const Tensor& dout, Grads& g) {
     // Read dout (as `keep`) broadcast to the input's shape.
     auto dk = make_view(dout, keep, contiguous_strides(keep), dout->offset);
+    if (RowMap::usable(dk, in_shape)) {
+      const RowMap md(dk, in_shape);
+      const int64_t C = in_shape.back(), rows = shape_numel(in_shape) / std::max<int64_t>(C, 1);
+      float* dx = g.f32(0);
+      const float* pd = dout->f32();
+      parallel_for_range(rows, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo; r < hi; r++) {
+          const float* rd = pd + md.row_offset(r);
+          float* rx = dx + r * C;
+          for (int64_t j = 0; j < C; j++) rx[j] += scale * rd[j];
+        }
+      });
+      return;
+    }
     const Shape sd = broadcast_strides(dk, in_shape);
     const Shape sx = contiguous_strides(in_shape);
     float* dx = g.f32(0);

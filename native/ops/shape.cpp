@@ -46,7 +46,7 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   Tensor out = as_view(c, s, contiguous_strides(s), c->offset);
   const Shape in_shape = x->shape;
   return record(out, "reshape", {x}, [in_shape](const Tensor& dout, Grads& g) {
-    g.add(0, make_view(dout, in_shape, contiguous_strides(in_shape), dout->offset));
+    g.pass(0, make_view(dout, in_shape, contiguous_strides(in_shape), dout->offset));
   });
 }
 

@@ -1,0 +1,265 @@
+/**
+ * ParaFormer: Para-Former-m-n, m stages of n parallel branches (DESIGN.md, "The model"), and
+ * the ViT it becomes with n = 1. The forward, backward and training step run in native code;
+ * this class holds the parameters under their timm names, stacked over branches.
+ */
+import { ArgumentError, DeviceError, StateError } from '../errors';
+import { native, NativeModelConfig } from '../native';
+import { Optimizer } from '../optim/Optimizer';
+import { ones, Tensor, tensor, truncNormal, zeros } from '../tensor';
+import { checkInt, checkNumber, checkOneOf, checkOptions, describe } from '../validate';
+import { Module } from './Module';
+
+/** Options of {@link ParaFormer}. Defaults: a small MNIST Para-Former-1-4. */
+export interface ParaFormerOptions {
+  /** Side of the square input images. Default 28. */
+  imageSize?: number;
+  /** Side of a patch; must divide imageSize. Default 4. */
+  patchSize?: number;
+  /** Image channels. Default 1. */
+  channels?: number;
+  /** Output classes. Default 10. */
+  classes?: number;
+  /** Token width C. Default 64. */
+  dim?: number;
+  /** Attention heads per branch; must divide dim. Default 4. */
+  heads?: number;
+  /** m: stages in series. Default 1. */
+  depth?: number;
+  /** n: parallel branches per stage (1 makes a ViT block). Default 4. */
+  branches?: number;
+  /** MLP width as a multiple of dim. Default 2. */
+  mlpRatio?: number;
+  /** How a stage combines its branches: 'sum' (default, DESIGN.md) or 'mean' (1/n scaled). */
+  combine?: 'sum' | 'mean';
+  /** 'cpu' (default), 'cuda' or 'auto'. */
+  device?: 'cpu' | 'cuda' | 'auto';
+  /** Seed of the initialisation. Default 0. */
+  seed?: number;
+}
+
+/** The resolved configuration (saved in checkpoints). */
+export interface ParaFormerConfig {
+  imageSize: number;
+  patchSize: number;
+  channels: number;
+  classes: number;
+  dim: number;
+  heads: number;
+  depth: number;
+  branches: number;
+  mlpRatio: number;
+  combine: 'sum' | 'mean';
+  seed: number;
+}
+
+/** Named sizes for presets: `mnist` (small, for 28 x 28 digits), ViT `tiny` and `small`. */
+export const SIZES = {
+  mnist: { dim: 64, heads: 4, mlpRatio: 2, patchSize: 4, imageSize: 28, channels: 1, classes: 10 },
+  tiny: { dim: 192, heads: 3, mlpRatio: 4, patchSize: 16, imageSize: 224, channels: 3, classes: 1000 },
+  small: { dim: 384, heads: 6, mlpRatio: 4, patchSize: 16, imageSize: 224, channels: 3, classes: 1000 },
+} as const;
+
+/** Result of one training step. */
+export interface StepResult {
+  loss: number;
+  /** Global gradient norm before clipping. */
+  gradNorm: number;
+  /** Correct predictions in the batch. */
+  correct: number;
+}
+
+/** Options of {@link ParaFormer.trainStep}. */
+export interface TrainStepOptions {
+  /** Updates the parameters on the worker thread after backward. Without one, the step computes
+   * the loss and gradients and leaves the gradients in each parameter's `.grad`. */
+  optimizer?: Optimizer<object>;
+  /** Label smoothing in [0, 1). Default 0. */
+  labelSmoothing?: number;
+  /** Clip the global gradient norm to this (0 = off). Default 0. */
+  clipGradNorm?: number;
+}
+
+/** DUAT's input-dependent parameters of one branch: its attention maps for an input. */
+export interface BranchAttention {
+  stage: number;
+  branch: number;
+  /** (B, heads, T+1, T+1), token 0 is the class token. */
+  maps: Tensor;
+}
+
+function resolve(options: ParaFormerOptions | undefined): ParaFormerConfig {
+  const o = checkOptions<ParaFormerOptions>(options, 'ParaFormer options');
+  const big = 1 << 20;
+  const c: ParaFormerConfig = {
+    imageSize: checkInt(o.imageSize ?? 28, 'imageSize', 1, big),
+    patchSize: checkInt(o.patchSize ?? 4, 'patchSize', 1, big),
+    channels: checkInt(o.channels ?? 1, 'channels', 1, 4096),
+    classes: checkInt(o.classes ?? 10, 'classes', 1, big),
+    dim: checkInt(o.dim ?? 64, 'dim', 1, 65536),
+    heads: checkInt(o.heads ?? 4, 'heads', 1, 4096),
+    depth: checkInt(o.depth ?? 1, 'depth', 1, 4096),
+    branches: checkInt(o.branches ?? 4, 'branches', 1, 4096),
+    mlpRatio: checkNumber(o.mlpRatio ?? 2, 'mlpRatio', 1 / 64, 64),
+    combine: checkOneOf(o.combine ?? 'sum', 'combine', ['sum', 'mean'] as const),
+    seed: checkInt(o.seed ?? 0, 'seed', 0, 2 ** 53 - 1),
+  };
+  if (c.imageSize % c.patchSize !== 0) {
+    throw new ArgumentError(`Expected patchSize to divide imageSize (${c.imageSize}) but received ${describe(c.patchSize)}`);
+  }
+  if (c.dim % c.heads !== 0) throw new ArgumentError(`Expected heads to divide dim (${c.dim}) but received ${describe(c.heads)}`);
+  if (!Number.isInteger(c.dim * c.mlpRatio)) {
+    throw new ArgumentError(`Expected mlpRatio to make an integer MLP width from dim ${c.dim} but received ${describe(c.mlpRatio)}`);
+  }
+  if (o.device === 'cuda') throw new DeviceError(`device 'cuda' is not available: ${native().backendInfo().cuda.reason}`);
+  if (o.device !== undefined) checkOneOf(o.device, 'device', ['cpu', 'cuda', 'auto'] as const);
+  return c;
+}
+
+/**
+ * Para-Former-m-n: `depth` (m) stages, each summing `branches` (n) Transformer branches that all
+ * read the stage's input, so a stage's branches run together.
+ * @example
+ * const model = new duat.ParaFormer({ depth: 1, branches: 4 });   // Para-Former-1-4 for MNIST
+ * const logits = model.forward(images);                          // (B, 10)
+ */
+export class ParaFormer extends Module {
+  readonly config: ParaFormerConfig;
+  private busy = false;
+
+  constructor(options?: ParaFormerOptions) {
+    super();
+    this.config = resolve(options);
+    const spec = native().modelSpec(this.nativeConfig());
+    let seed = this.config.seed * 1000;
+    for (const { name, shape } of spec) this.registerParameter(name, initFor(name, shape, seed++));
+  }
+
+  /**
+   * A named preset: `'para-former-m-n'` or `'vit-m'` (n = 1), with a size from {@link SIZES}.
+   * @example duat.ParaFormer.preset('para-former-2-3', 'mnist')
+   */
+  static preset(name: string, size: keyof typeof SIZES = 'mnist', overrides: ParaFormerOptions = {}): ParaFormer {
+    const m = /^para-former-(\d+)-(\d+)$/.exec(String(name)) ?? /^vit-(\d+)()$/.exec(String(name));
+    if (!m) throw new ArgumentError(`Expected a preset like 'para-former-2-3' or 'vit-6' for name but received ${describe(name)}`);
+    checkOneOf(size, 'size', Object.keys(SIZES) as (keyof typeof SIZES)[]);
+    return new ParaFormer({ ...SIZES[size], depth: Number(m[1]), branches: m[2] ? Number(m[2]) : 1, ...overrides });
+  }
+
+  /** The MLP width M. */
+  get mlpHidden(): number {
+    return Math.round(this.config.dim * this.config.mlpRatio);
+  }
+
+  /** @internal */
+  nativeConfig(): NativeModelConfig {
+    const c = this.config;
+    return {
+      imageSize: c.imageSize,
+      patchSize: c.patchSize,
+      channels: c.channels,
+      classes: c.classes,
+      dim: c.dim,
+      heads: c.heads,
+      depth: c.depth,
+      branches: c.branches,
+      mlpHidden: Math.round(c.dim * c.mlpRatio),
+      eps: 1e-6,
+      branchScale: c.combine === 'mean' ? 1 / c.branches : 1,
+    };
+  }
+
+  private handles() {
+    if (this.busy) throw new StateError('The model is in the middle of a training step; await it before using the model');
+    return this.parameters().map((p) => p.handle);
+  }
+
+  /** images (B, channels, S, S) -> logits (B, classes). Differentiable. */
+  forward(images: Tensor): Tensor {
+    if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
+    return new Tensor(native().modelForward(this.nativeConfig(), this.handles(), images.handle));
+  }
+
+  /**
+   * DUAT's input-dependent parameters: every stage's and branch's attention maps for `images`.
+   */
+  dynamicParameters(images: Tensor): BranchAttention[] {
+    if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
+    const maps = native().modelAttentionMaps(this.nativeConfig(), this.handles(), images.handle).map((h) => new Tensor(h));
+    const H = this.config.heads;
+    const out: BranchAttention[] = [];
+    maps.forEach((all, stage) => {
+      for (let branch = 0; branch < this.config.branches; branch++) {
+        out.push({ stage, branch, maps: all.slice(1, branch * H, (branch + 1) * H).contiguous() });
+      }
+      all.dispose();
+    });
+    return out;
+  }
+
+  /**
+   * One training step on a worker thread (the event loop stays free): forward, cross-entropy,
+   * backward, optional clipping, and the optimiser's update. Do not use the model until the
+   * returned Promise settles.
+   */
+  async trainStep(images: Tensor, labels: Tensor | Int32Array, options?: TrainStepOptions): Promise<StepResult> {
+    const o = checkOptions<TrainStepOptions>(options, 'trainStep options');
+    if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
+    const y = labels instanceof Int32Array ? tensor(labels, [labels.length]) : labels;
+    if (!(y instanceof Tensor)) throw new ArgumentError(`Expected an Int32Array or tensor for labels but received ${describe(labels)}`);
+    if (o.optimizer !== undefined && !(o.optimizer instanceof Optimizer)) {
+      throw new ArgumentError(`Expected an optimizer for optimizer but received ${describe(o.optimizer)}`);
+    }
+    const params = this.parameters();
+    const handles = this.handles();
+    const plan = o.optimizer ? o.optimizer.nativePlan(params) : null;
+    const site = new Error('trainStep called here');
+    this.busy = true;
+    try {
+      return await native().trainStepAsync(
+        this.nativeConfig(),
+        handles,
+        images.handle,
+        y.handle,
+        checkNumber(o.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999),
+        checkNumber(o.clipGradNorm ?? 0, 'clipGradNorm', 0),
+        plan,
+      );
+    } catch (e) {
+      if (e instanceof Error && site.stack) e.stack = `${e.stack}\n    --- async ---\n${site.stack.split('\n').slice(1).join('\n')}`;
+      throw e;
+    } finally {
+      this.busy = false;
+      if (labels instanceof Int32Array) y.dispose();
+    }
+  }
+
+  /** Evaluates a batch on a worker thread: summed loss (when labels are given), correct count, predictions. */
+  async evaluate(images: Tensor, labels?: Tensor | Int32Array): Promise<{ lossSum: number; correct: number; predictions: Int32Array }> {
+    if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
+    const y = labels instanceof Int32Array ? tensor(labels, [labels.length]) : labels;
+    const handles = this.handles();
+    this.busy = true;
+    try {
+      return await native().evaluateAsync(this.nativeConfig(), handles, images.handle, y ? y.handle : null);
+    } finally {
+      this.busy = false;
+      if (labels instanceof Int32Array && y) y.dispose();
+    }
+  }
+
+  /** Parameter names that take no weight decay: norms, biases, the class token and positions. */
+  noDecayNames(): string[] {
+    return this.namedParameters()
+      .map(([n]) => n)
+      .filter((n) => n.endsWith('.bias') || n.includes('norm') || n === 'cls_token' || n === 'pos_embed');
+  }
+}
+
+/** timm's ViT initialisation: truncated normal (std 0.02) weights, zero biases, unit norms. */
+function initFor(name: string, shape: number[], seed: number): Tensor {
+  if (name.endsWith('norm1.weight') || name.endsWith('norm2.weight') || name === 'norm.weight') return ones(shape);
+  if (name.endsWith('.bias')) return zeros(shape);
+  if (name === 'cls_token') return truncNormal(shape, { std: 1e-6, a: -2e-6, b: 2e-6, seed });
+  return truncNormal(shape, { std: 0.02, a: -0.04, b: 0.04, seed });
+}

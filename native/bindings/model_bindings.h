@@ -1,0 +1,7 @@
+// model_bindings.h: adds the Para-Former model's exports to the addon's export object.
+#pragma once
+#include <napi.h>
+
+namespace duat {
+void register_model_exports(Napi::Env env, Napi::Object exports);
+}

@@ -1,0 +1,59 @@
+// paraformer.h: the Para-Former model in native code (DESIGN.md, "The model").
+//   stage(x) = x + s * sum_{b=1..N} f_b(x),  f_b(x) = a_b + MLP_b(LN2_b(x + a_b)),
+//   a_b = Attn_b(LN1_b(x)), s = 1 (sum, default) or 1/N (mean)
+// All N branches of a stage run together: one shared norm, one QKV product of width N*3C
+// (LN1's affine folded into the weights), attention over (batch, branch, head) in one op, the
+// projections and fc1 as batched products over N (LN2's affine folded into fc1), and the
+// branch sum of the MLPs as ONE product of inner size N*M. Built from ops, so autograd records
+// every step and backward needs no code of its own here.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "../core/tensor.h"
+
+namespace duat {
+
+struct ModelConfig {
+  int64_t image_size = 28, patch_size = 4, channels = 1, classes = 10;
+  int64_t dim = 64, heads = 4, depth = 1, branches = 4, mlp_hidden = 128;
+  float eps = 1e-6f;
+  float branch_scale = 1.0f;  // 1: sum of branches (default); 1/N: mean
+  int64_t tokens() const { return (image_size / patch_size) * (image_size / patch_size) + 1; }
+};
+
+// Parameters of one stage, stacked over branches (leading dimension N).
+struct StageParams {
+  Tensor norm1_w, norm1_b;  // (N, C)
+  Tensor qkv_w, qkv_b;      // (N, 3C, C), (N, 3C)
+  Tensor proj_w, proj_b;    // (N, C, C), (N, C)
+  Tensor norm2_w, norm2_b;  // (N, C)
+  Tensor fc1_w, fc1_b;      // (N, M, C), (N, M)
+  Tensor fc2_w, fc2_b;      // (N, C, M), (N, C)
+};
+
+struct ModelParams {
+  Tensor patch_w, patch_b;  // (C, channels, P, P), (C)
+  Tensor cls_token, pos_embed;  // (1, 1, C), (1, T+1, C)
+  std::vector<StageParams> stages;
+  Tensor norm_w, norm_b;  // (C)
+  Tensor head_w, head_b;  // (classes, C), (classes)
+};
+
+// The parameter names in the order of `model_param_list` (safetensors / timm names).
+std::vector<std::string> model_param_names(const ModelConfig& c);
+// The expected shape of every parameter, in the same order.
+std::vector<Shape> model_param_shapes(const ModelConfig& c);
+// Builds the structure from a flat list in name order, checking every shape (ERROR_SHAPE names
+// the first parameter that does not fit).
+ModelParams model_params_from_list(const ModelConfig& c, const std::vector<Tensor>& list);
+std::vector<Tensor> model_param_list(const ModelParams& p);
+void check_model_config(const ModelConfig& c);
+
+Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c);
+// images (B, channels, S, S) -> logits (B, classes).
+Tensor model_forward(const Tensor& images, const ModelParams& p, const ModelConfig& c);
+// Every stage's attention probabilities for `images`, each (B, N*H, T+1, T+1); no gradient.
+std::vector<Tensor> model_attention_maps(const Tensor& images, const ModelParams& p, const ModelConfig& c);
+
+}  // namespace duat
