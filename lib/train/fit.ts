@@ -1,0 +1,379 @@
+/**
+ * Training: fit() runs epochs of training steps (each on a native worker thread, so the event
+ * loop stays free), builds the next batch while a step runs, follows a warm-up + cosine
+ * schedule, evaluates each epoch, writes metrics (JSON Lines), checkpoints and a training-curve
+ * plot, and can be stopped with an AbortSignal and resumed exactly from a checkpoint.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+import { ArgumentError, CheckpointError } from '../errors';
+import { Batches, Dataset } from '../data/dataset';
+import { loadSafetensors, saveSafetensors } from '../io/safetensors';
+import { ParaFormer } from '../nn/ParaFormer';
+import { AdamW, SGD } from '../optim/optimizers';
+import { keep, Tensor, tensor } from '../tensor';
+import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe } from '../validate';
+import { curveSvg } from './plot';
+
+/** Options of {@link fit}. */
+export interface FitOptions {
+  /** Passes over the training set. Default 10. */
+  epochs?: number;
+  /** Default 128. */
+  batchSize?: number;
+  /** 'adamw' (default) or 'sgd' (momentum 0.9, Nesterov). */
+  optimizer?: 'adamw' | 'sgd';
+  /** Peak learning rate. Default 1e-3 (AdamW), 0.05 (SGD). */
+  lr?: number;
+  /** Final learning rate of the cosine schedule. Default lr / 100. */
+  minLr?: number;
+  /** Linear warm-up steps. Default 200. */
+  warmupSteps?: number;
+  /** 'cosine' (default) or 'step' (x0.1 at 50% and 75% of training). */
+  schedule?: 'cosine' | 'step';
+  /** Decoupled weight decay, not applied to norms, biases, the class token or positions. Default 0.05. */
+  weightDecay?: number;
+  /** Label smoothing. Default 0. */
+  labelSmoothing?: number;
+  /** Global gradient-norm clipping (0 = off). Default 1. */
+  clipGradNorm?: number;
+  /** Random shifts of up to this many pixels. Default 0. */
+  shift?: number;
+  /** Random horizontal flips. Default false. */
+  flip?: boolean;
+  /** Seed of batch order and augmentation. Default 0. */
+  seed?: number;
+  /** Stop after this many steps in total (for tests and budgets). */
+  maxSteps?: number;
+  /** Directory for metrics.jsonl, checkpoint.safetensors, model.safetensors and curve.svg. */
+  runDir?: string;
+  /** Save a training checkpoint every this many steps (and at each epoch's end). Default: epochs only. */
+  checkpointEvery?: number;
+  /** A training checkpoint to continue from exactly. */
+  resume?: string;
+  /** Stops training after the current step; fit() resolves with what it has. */
+  signal?: AbortSignal;
+  /** Called after every step. */
+  onStep?: (m: StepMetrics) => void;
+  /** Called after every epoch's evaluation. */
+  onEpoch?: (m: EpochMetrics) => void;
+  /** Show a progress bar on a terminal (never when stderr is not a TTY). Default true. */
+  progress?: boolean;
+  /** Evaluation batch size. Default 500. */
+  evalBatchSize?: number;
+}
+
+export interface StepMetrics {
+  step: number;
+  epoch: number;
+  batch: number;
+  loss: number;
+  accuracy: number;
+  lr: number;
+  gradNorm: number;
+  ms: number;
+}
+
+export interface EvalResult {
+  loss: number;
+  accuracy: number;
+  count: number;
+  /** confusion[true][predicted] */
+  confusion: number[][];
+}
+
+export interface EpochMetrics {
+  epoch: number;
+  step: number;
+  trainLoss: number;
+  trainAccuracy: number;
+  test?: EvalResult;
+  seconds: number;
+}
+
+export interface FitResult {
+  history: EpochMetrics[];
+  steps: number;
+  seconds: number;
+  aborted: boolean;
+  /** Every step's loss, in order (for tests and plots). */
+  losses: number[];
+  test?: EvalResult;
+}
+
+/** Evaluates a model on a data set, batch by batch on worker threads. */
+export async function evaluate(model: ParaFormer, data: Dataset, batchSize = 500): Promise<EvalResult> {
+  const batches = new Batches(data, 0, { batchSize, shuffle: false });
+  const K = model.config.classes;
+  const confusion = Array.from({ length: K }, () => new Array<number>(K).fill(0));
+  let lossSum = 0, correct = 0;
+  for (let k = 0; k < batches.count; k++) {
+    const { images, labels } = batches.batch(k);
+    try {
+      const r = await model.evaluate(images, labels);
+      lossSum += r.lossSum;
+      correct += r.correct;
+      const y = labels.toInt32Array();
+      r.predictions.forEach((p, i) => {
+        if (y[i] < K && p < K) confusion[y[i]][p]++;
+      });
+    } finally {
+      images.dispose();
+      labels.dispose();
+    }
+  }
+  return { loss: lossSum / data.count, accuracy: correct / data.count, count: data.count, confusion };
+}
+
+interface Resolved {
+  epochs: number;
+  batchSize: number;
+  optimizer: 'adamw' | 'sgd';
+  lr: number;
+  minLr: number;
+  warmupSteps: number;
+  schedule: 'cosine' | 'step';
+  weightDecay: number;
+  labelSmoothing: number;
+  clipGradNorm: number;
+  shift: number;
+  flip: boolean;
+  seed: number;
+  maxSteps: number;
+  checkpointEvery: number;
+  evalBatchSize: number;
+}
+
+function resolve(o: Partial<FitOptions>): Resolved {
+  const optimizer = checkOneOf(o.optimizer ?? 'adamw', 'optimizer', ['adamw', 'sgd'] as const);
+  const lr = checkNumber(o.lr ?? (optimizer === 'adamw' ? 1e-3 : 0.05), 'lr', 0);
+  return {
+    epochs: checkInt(o.epochs ?? 10, 'epochs', 1, 1e6),
+    batchSize: checkInt(o.batchSize ?? 128, 'batchSize', 1, 1 << 20),
+    optimizer,
+    lr,
+    minLr: checkNumber(o.minLr ?? lr / 100, 'minLr', 0),
+    warmupSteps: checkInt(o.warmupSteps ?? 200, 'warmupSteps', 0, 1e9),
+    schedule: checkOneOf(o.schedule ?? 'cosine', 'schedule', ['cosine', 'step'] as const),
+    weightDecay: checkNumber(o.weightDecay ?? 0.05, 'weightDecay', 0),
+    labelSmoothing: checkNumber(o.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999),
+    clipGradNorm: checkNumber(o.clipGradNorm ?? 1, 'clipGradNorm', 0),
+    shift: checkInt(o.shift ?? 0, 'shift', 0, 64),
+    flip: checkBool(o.flip ?? false, 'flip'),
+    seed: checkInt(o.seed ?? 0, 'seed', 0, 2 ** 53 - 1),
+    maxSteps: checkInt(o.maxSteps ?? Number.MAX_SAFE_INTEGER, 'maxSteps', 1, Number.MAX_SAFE_INTEGER),
+    checkpointEvery: checkInt(o.checkpointEvery ?? 0, 'checkpointEvery', 0, 1e9),
+    evalBatchSize: checkInt(o.evalBatchSize ?? 500, 'evalBatchSize', 1, 1 << 20),
+  };
+}
+
+/** The learning rate at a step: linear warm-up, then cosine decay or steps at 50% / 75%. */
+export function learningRate(step: number, total: number, r: Pick<Resolved, 'lr' | 'minLr' | 'warmupSteps' | 'schedule'>): number {
+  if (step < r.warmupSteps) return (r.lr * (step + 1)) / r.warmupSteps;
+  const t = Math.min(1, (step - r.warmupSteps) / Math.max(1, total - r.warmupSteps));
+  if (r.schedule === 'step') return r.lr * (t < 0.5 ? 1 : t < 0.75 ? 0.1 : 0.01);
+  return r.minLr + 0.5 * (r.lr - r.minLr) * (1 + Math.cos(Math.PI * t));
+}
+
+/** The optimizer fit() uses, with no weight decay on norms, biases, the class token and positions. */
+export function makeOptimizer(model: ParaFormer, r: Pick<Resolved, 'optimizer' | 'lr' | 'weightDecay'>): AdamW | SGD {
+  const noDecay = new Set(model.noDecayNames());
+  const named = model.namedParameters();
+  const decay = named.filter(([n]) => !noDecay.has(n)).map(([, p]) => p);
+  const plain = named.filter(([n]) => noDecay.has(n)).map(([, p]) => p);
+  const groups = [{ params: decay }, { params: plain, options: { weightDecay: 0 } }].filter((g) => g.params.length > 0);
+  return r.optimizer === 'adamw'
+    ? new AdamW(groups, { lr: r.lr, weightDecay: r.weightDecay })
+    : new SGD(groups, { lr: r.lr, weightDecay: r.weightDecay, momentum: 0.9, nesterov: true });
+}
+
+/** Saves a training checkpoint: the model, the optimiser's moments, the position and the options. */
+export function saveTrainingState(
+  file: string,
+  model: ParaFormer,
+  opt: AdamW | SGD,
+  position: { step: number; epoch: number; batch: number },
+  options: Resolved,
+  losses: number[],
+): void {
+  const entries: [string, Tensor][] = model.namedParameters();
+  const extra: Tensor[] = [];
+  if (opt instanceof AdamW) {
+    for (const [name, p] of model.namedParameters()) {
+      const s = opt.stateFor(p);
+      if (s) entries.push([`optimizer.m.${name}`, s.m], [`optimizer.v.${name}`, s.v]);
+    }
+  } else {
+    for (const [name, p] of model.namedParameters()) {
+      const b = opt.bufferFor(p);
+      if (b) entries.push([`optimizer.buf.${name}`, b]);
+    }
+  }
+  const l = tensor(Float32Array.from(losses), [losses.length]);
+  extra.push(l);
+  entries.push(['train.losses', l]);
+  try {
+    saveSafetensors(file, entries, {
+      format: 'duat-training-state',
+      config: JSON.stringify(model.config),
+      options: JSON.stringify(options),
+      position: JSON.stringify(position),
+      optimizer_steps: String(opt.stepCount),
+    });
+  } finally {
+    for (const t of extra) t.dispose();
+  }
+}
+
+/**
+ * Trains `model` on `data.train`, evaluating on `data.test` after each epoch.
+ * @example
+ * const model = duat.ParaFormer.preset('para-former-2-2');
+ * const r = await duat.fit(model, { train: duat.data.loadMnist('train'), test: duat.data.loadMnist('test') }, { epochs: 5 });
+ */
+export async function fit(model: ParaFormer, data: { train: Dataset; test?: Dataset }, options?: FitOptions): Promise<FitResult> {
+  if (!(model instanceof ParaFormer)) throw new ArgumentError(`Expected a ParaFormer for model but received ${describe(model)}`);
+  const o = checkOptions<FitOptions>(options, 'fit options');
+  if (!data || typeof data !== 'object' || !data.train) throw new ArgumentError(`Expected { train, test? } data sets but received ${describe(data)}`);
+  let r = resolve(o);
+  const { train, test } = data;
+  if (train.channels !== model.config.channels || train.size !== model.config.imageSize) {
+    throw new ArgumentError(
+      `the training images are ${train.channels} x ${train.size} x ${train.size} but the model expects ` +
+        `${model.config.channels} x ${model.config.imageSize} x ${model.config.imageSize}`,
+    );
+  }
+  let start = { step: 0, epoch: 0, batch: 0 };
+  const losses: number[] = [];
+  let opt = makeOptimizer(model, r);
+  if (o.resume) {
+    const st = loadTrainingState(o.resume, model, opt);
+    start = st.position;
+    r = { ...st.options, maxSteps: r.maxSteps, epochs: o.epochs ?? st.options.epochs };
+    losses.push(...st.losses);
+  }
+  const stepsPerEpoch = new Batches(train, 0, { batchSize: r.batchSize }).count;
+  const total = Math.min(r.maxSteps, r.epochs * stepsPerEpoch);
+  const runDir = o.runDir;
+  if (runDir) fs.mkdirSync(runDir, { recursive: true });
+  const metricsFile = runDir ? path.join(runDir, 'metrics.jsonl') : undefined;
+  const log = (rec: object) => metricsFile && fs.appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
+  const bar = o.progress !== false && process.stderr.isTTY ? await makeBar() : undefined;
+  bar?.start(total, start.step);
+
+  const history: EpochMetrics[] = [];
+  const t0 = Date.now();
+  let step = start.step;
+  let aborted = false;
+  try {
+    for (let epoch = start.epoch; epoch < r.epochs && step < total && !aborted; epoch++) {
+      const te = Date.now();
+      const batches = new Batches(train, epoch, { batchSize: r.batchSize, seed: r.seed, shift: r.shift, flip: r.flip });
+      let lossSum = 0, correct = 0, seen = 0;
+      let next: { images: Tensor; labels: Tensor } | undefined = batches.batch(epoch === start.epoch ? start.batch : 0);
+      for (let k = epoch === start.epoch ? start.batch : 0; k < batches.count && step < total; k++) {
+        if (o.signal?.aborted) {
+          aborted = true;
+          next?.images.dispose();
+          next?.labels.dispose();
+          break;
+        }
+        const cur = next!;
+        const lr = learningRate(step, total, r);
+        opt.setLearningRate(lr);
+        const ts = Date.now();
+        const B = cur.labels.shape[0];
+        const pending = model.trainStep(cur.images, cur.labels, { optimizer: opt, labelSmoothing: r.labelSmoothing, clipGradNorm: r.clipGradNorm });
+        // Build the next batch while this step runs on the worker thread.
+        next = k + 1 < batches.count ? batches.batch(k + 1) : undefined;
+        let res;
+        try {
+          res = await pending;
+        } finally {
+          cur.images.dispose();
+          cur.labels.dispose();
+        }
+        step++;
+        losses.push(res.loss);
+        lossSum += res.loss * B;
+        correct += res.correct;
+        seen += B;
+        const m: StepMetrics = { step, epoch, batch: k, loss: res.loss, accuracy: res.correct / B, lr, gradNorm: res.gradNorm, ms: Date.now() - ts };
+        if (step % 10 === 0 || step === total) log({ type: 'step', ...m });
+        bar?.update(step, { loss: res.loss.toFixed(4), epoch: epoch + 1 });
+        o.onStep?.(m);
+        if (runDir && r.checkpointEvery && step % r.checkpointEvery === 0) {
+          const pos = k + 1 < batches.count ? { step, epoch, batch: k + 1 } : { step, epoch: epoch + 1, batch: 0 };
+          saveTrainingState(path.join(runDir, 'checkpoint.safetensors'), model, opt, pos, r, losses);
+        }
+      }
+      next?.images.dispose();
+      next?.labels.dispose();
+      if (aborted || seen === 0) break;
+      const em: EpochMetrics = { epoch, step, trainLoss: lossSum / seen, trainAccuracy: correct / seen, seconds: (Date.now() - te) / 1000 };
+      if (test) em.test = await evaluate(model, test, r.evalBatchSize);
+      history.push(em);
+      log({ type: 'epoch', ...em, test: em.test && { loss: em.test.loss, accuracy: em.test.accuracy } });
+      o.onEpoch?.(em);
+      if (runDir) saveTrainingState(path.join(runDir, 'checkpoint.safetensors'), model, opt, { step, epoch: epoch + 1, batch: 0 }, r, losses);
+    }
+  } finally {
+    bar?.stop();
+    if (opt instanceof AdamW || opt instanceof SGD) opt.dispose();
+  }
+  const result: FitResult = { history, steps: step, seconds: (Date.now() - t0) / 1000, aborted, losses, test: history[history.length - 1]?.test };
+  if (runDir) {
+    fs.writeFileSync(path.join(runDir, 'curve.svg'), curveSvg(losses, history));
+    if (result.test) fs.writeFileSync(path.join(runDir, 'confusion.json'), JSON.stringify(result.test.confusion));
+  }
+  return result;
+}
+
+/** Restores a training checkpoint into `model` and `opt`. @throws CheckpointError when it does not fit */
+export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | SGD): { position: { step: number; epoch: number; batch: number }; options: Resolved; losses: number[] } {
+  const { tensors, metadata } = loadSafetensors(file);
+  try {
+    if (metadata.format !== 'duat-training-state') throw new CheckpointError(`${file}: not a duat training checkpoint (format ${JSON.stringify(metadata.format)})`);
+    const config = JSON.parse(metadata.config ?? '{}');
+    for (const [k, v] of Object.entries(model.config)) {
+      if (config[k] !== v) throw new CheckpointError(`${file}: the checkpoint's ${k} is ${JSON.stringify(config[k])} but the model's is ${JSON.stringify(v)}`);
+    }
+    const params = new Map<string, Tensor>();
+    for (const [name] of model.namedParameters()) {
+      const t = tensors.get(name);
+      if (!t) throw new CheckpointError(`${file}: missing parameter '${name}'`);
+      params.set(name, t);
+    }
+    model.loadStateDict(params);
+    opt.stepCount = Number(metadata.optimizer_steps ?? 0);
+    for (const [name, p] of model.namedParameters()) {
+      if (opt instanceof AdamW) {
+        const m = tensors.get(`optimizer.m.${name}`), v = tensors.get(`optimizer.v.${name}`);
+        if (m && v) opt.restoreState(p, keep(m.clone()), keep(v.clone()), opt.stepCount);
+      } else {
+        const b = tensors.get(`optimizer.buf.${name}`);
+        if (b) opt.restoreBuffer(p, keep(b.clone()));
+      }
+    }
+    const losses = tensors.get('train.losses');
+    return {
+      position: JSON.parse(metadata.position),
+      options: JSON.parse(metadata.options),
+      losses: losses ? Array.from(losses.toArray()) : [],
+    };
+  } catch (e) {
+    if (e instanceof SyntaxError) throw new CheckpointError(`${file}: malformed metadata (${e.message})`);
+    throw e;
+  } finally {
+    for (const t of tensors.values()) t.dispose();
+  }
+}
+
+async function makeBar() {
+  const { SingleBar, Presets } = await import('cli-progress');
+  return new SingleBar(
+    { format: 'train [{bar}] {value}/{total} steps | epoch {epoch} | loss {loss} | {eta_formatted} left', stream: process.stderr, hideCursor: true },
+    Presets.shades_classic,
+  );
+}

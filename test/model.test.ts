@@ -1,0 +1,135 @@
+/**
+ * The Para-Former against an independent PyTorch implementation (test/fixtures, made by
+ * make_paraformer_fixtures.py in float64): logits, loss and every parameter's gradient.
+ * Para-Former-2-1 is exactly a ViT of depth 2; 2-3 and 1-4 exercise the branch sum.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+import * as duat from '../lib';
+
+/** float32 forward/backward against float64: relative to each tensor's largest value. */
+const FIXTURE_TOL = 1e-4;
+
+interface Fixture {
+  config: duat.ParaFormerOptions & { depth: number; branches: number };
+  images: number[];
+  imageShape: number[];
+  labels: number[];
+  logits: number[];
+  loss: number;
+  params: Record<string, { shape: number[]; data: number[] }>;
+  grads: Record<string, number[]>;
+}
+
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let worst = 0, scale = 1e-12;
+  for (let i = 0; i < b.length; i++) scale = Math.max(scale, Math.abs(b[i]));
+  for (let i = 0; i < b.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]));
+  return a.length === b.length ? worst / scale : Infinity;
+}
+
+describe.each(['paraformer-2-1', 'paraformer-2-3', 'paraformer-1-4'])('%s against PyTorch', (name) => {
+  const fx: Fixture = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', `${name}.json`), 'utf8'));
+
+  test('logits, loss and all gradients match to 1e-4 relative', () => {
+    const model = new duat.ParaFormer(fx.config);
+    const sd = new Map(Object.entries(fx.params).map(([k, v]) => [k, duat.tensor(Float32Array.from(v.data), v.shape)]));
+    model.loadStateDict(sd);
+    for (const t of sd.values()) t.dispose();
+    duat.tidy(() => {
+      const images = duat.tensor(Float32Array.from(fx.images), fx.imageShape);
+      const logits = model.forward(images);
+      expect(relErr(logits.toArray(), fx.logits)).toBeLessThan(FIXTURE_TOL);
+      const loss = duat.F.crossEntropy(logits, Int32Array.from(fx.labels));
+      expect(Math.abs(loss.item() - fx.loss) / Math.abs(fx.loss)).toBeLessThan(FIXTURE_TOL);
+      loss.backward();
+      for (const [pname, p] of model.namedParameters()) {
+        const err = relErr(p.grad!.toArray(), fx.grads[pname]);
+        if (err >= FIXTURE_TOL) throw new Error(`gradient of ${pname}: relative error ${err}`);
+      }
+    });
+    model.dispose();
+  });
+
+  test('the async training step computes the same loss and gradients', async () => {
+    const model = new duat.ParaFormer(fx.config);
+    const sd = new Map(Object.entries(fx.params).map(([k, v]) => [k, duat.tensor(Float32Array.from(v.data), v.shape)]));
+    model.loadStateDict(sd);
+    for (const t of sd.values()) t.dispose();
+    const images = duat.tensor(Float32Array.from(fx.images), fx.imageShape);
+    const r = await model.trainStep(images, Int32Array.from(fx.labels));
+    expect(Math.abs(r.loss - fx.loss) / Math.abs(fx.loss)).toBeLessThan(FIXTURE_TOL);
+    for (const [pname, p] of model.namedParameters()) expect(relErr(p.grad!.toArray(), fx.grads[pname])).toBeLessThan(FIXTURE_TOL);
+    images.dispose();
+    model.dispose();
+  });
+});
+
+describe('ParaFormer', () => {
+  test('parameter names and shapes follow DESIGN.md, stacked over branches', () => {
+    const m = new duat.ParaFormer({ depth: 2, branches: 3, dim: 16, heads: 2, mlpRatio: 2 });
+    const shapes = Object.fromEntries(m.namedParameters().map(([n, p]) => [n, p.shape]));
+    expect(shapes['patch_embed.proj.weight']).toEqual([16, 1, 4, 4]);
+    expect(shapes['pos_embed']).toEqual([1, 50, 16]);
+    expect(shapes['stages.1.attn.qkv.weight']).toEqual([3, 48, 16]);
+    expect(shapes['stages.0.mlp.fc2.weight']).toEqual([3, 16, 32]);
+    expect(shapes['head.weight']).toEqual([10, 16]);
+    expect(Object.keys(shapes)).toHaveLength(4 + 2 * 12 + 4);
+    m.dispose();
+  });
+
+  test('presets, and dynamicParameters gives each stage and branch its attention maps', () => {
+    const m = duat.ParaFormer.preset('para-former-2-3', 'mnist', { dim: 16, heads: 2 });
+    expect(m.config.depth).toBe(2);
+    expect(m.config.branches).toBe(3);
+    duat.tidy(() => {
+      const maps = m.dynamicParameters(duat.randn([2, 1, 28, 28], { seed: 1 }));
+      expect(maps.map((x) => [x.stage, x.branch])).toEqual([[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]);
+      expect(maps[0].maps.shape).toEqual([2, 2, 50, 50]);
+      const rowSums = maps[4].maps.sum(-1).toArray();
+      for (const s of rowSums) expect(Math.abs(s - 1)).toBeLessThan(1e-5);  // each row is a distribution
+    });
+    const vit = duat.ParaFormer.preset('vit-3', 'mnist', { dim: 16, heads: 2 });
+    expect([vit.config.depth, vit.config.branches]).toEqual([3, 1]);
+    m.dispose();
+    vit.dispose();
+  });
+
+  test("'mean' combine scales the branch sum by 1/n", () => {
+    duat.tidy(() => {
+      const a = new duat.ParaFormer({ depth: 1, branches: 2, dim: 8, heads: 2, seed: 3 });
+      const b = new duat.ParaFormer({ depth: 1, branches: 2, dim: 8, heads: 2, seed: 3, combine: 'mean' });
+      const x = duat.randn([2, 1, 28, 28], { seed: 2 });
+      expect(Array.from(a.forward(x).toArray())).not.toEqual(Array.from(b.forward(x).toArray()));
+      a.dispose();
+      b.dispose();
+    });
+  });
+
+  test('bad configs and inputs give typed errors', () => {
+    expect(() => new duat.ParaFormer({ patchSize: 5 })).toThrow(/Expected patchSize to divide imageSize \(28\) but received 5/);
+    expect(() => new duat.ParaFormer({ dim: 10, heads: 4 })).toThrow(duat.ArgumentError);
+    expect(() => new duat.ParaFormer({ branches: 0 })).toThrow(/Expected integer in \[1, 4096\] for branches but received 0/);
+    expect(() => new duat.ParaFormer({ device: 'cuda' })).toThrow(duat.DeviceError);
+    expect(() => duat.ParaFormer.preset('resnet-50')).toThrow(/Expected a preset like/);
+    const m = new duat.ParaFormer({ dim: 8, heads: 2 });
+    duat.tidy(() => {
+      expect(() => m.forward(duat.zeros([2, 3, 28, 28]))).toThrow(/expected images of shape \[B, 1, 28, 28\] but got \[2, 3, 28, 28\]/);
+      expect(() => m.forward(duat.zeros([2, 1, 32, 32]))).toThrow(duat.ShapeError);
+    });
+    m.dispose();
+  });
+
+  test('a model in a training step refuses to be used until the step settles', async () => {
+    const m = new duat.ParaFormer({ dim: 8, heads: 2 });
+    const x = duat.randn([4, 1, 28, 28], { seed: 1 });
+    const p = m.trainStep(x, Int32Array.from([0, 1, 2, 3]));
+    expect(() => m.forward(x)).toThrow(duat.StateError);
+    await p;
+    m.forward(x).dispose();
+    await expect(m.trainStep(x, Int32Array.from([0, 1, 2, 99]))).rejects.toThrow(/label 99 at index 3 is outside \[0, 10\)/);
+    x.dispose();
+    m.dispose();
+  });
+});
