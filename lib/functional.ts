@@ -5,7 +5,7 @@
 import { ArgumentError } from './errors';
 import { native } from './native';
 import { nextSeed, Tensor, tensor } from './tensor';
-import { checkInt, checkNumber, checkOptions, describe } from './validate';
+import { checkInt, checkNumber, checkOptions, describe, isInt32Array } from './validate';
 
 function h(t: unknown, name: string) {
   if (!(t instanceof Tensor)) throw new ArgumentError(`Expected a tensor for ${name} but received ${describe(t)}`);
@@ -77,7 +77,7 @@ export interface CrossEntropyOptions {
 export function crossEntropy(logits: Tensor, labels: Int32Array | Tensor, options?: CrossEntropyOptions): Tensor {
   const opts = checkOptions<CrossEntropyOptions>(options, 'crossEntropy options');
   const smoothing = checkNumber(opts.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999);
-  if (labels instanceof Int32Array) {
+  if (isInt32Array(labels)) {
     const t = tensor(labels, [labels.length]);
     try {
       return new Tensor(native().crossEntropy(h(logits, 'logits'), t.handle, smoothing));

@@ -4,7 +4,7 @@
  */
 import { ArgumentError, DeviceError, DisposedError, DTypeError, ShapeError } from './errors';
 import { native, NativeTensor } from './native';
-import { checkBool, checkInt, checkNumber, checkOptions, checkShape, describe } from './validate';
+import { checkBool, checkInt, checkNumber, checkOptions, checkShape, describe, isFloat32Array, isInt32Array } from './validate';
 
 /** Element types. */
 export type DType = 'float32' | 'int32';
@@ -156,12 +156,12 @@ export class Tensor {
   /** A copy of the data as float32 (int32 values are converted). */
   toArray(): Float32Array {
     const a = native().toArray(this.handle);
-    return a instanceof Float32Array ? a : Float32Array.from(a);
+    return isFloat32Array(a) ? a : Float32Array.from(a);
   }
   /** A copy of an int32 tensor's data. @throws DTypeError for a float32 tensor */
   toInt32Array(): Int32Array {
     const a = native().toArray(this.handle);
-    if (!(a instanceof Int32Array)) throw new DTypeError('toInt32Array: the tensor is float32; use toArray()');
+    if (!isInt32Array(a)) throw new DTypeError('toInt32Array: the tensor is float32; use toArray()');
     return a;
   }
   /** The value of a one-element tensor. */
@@ -346,9 +346,9 @@ function finish(t: Tensor, opts: Partial<TensorOptions>): Tensor {
 export function tensor(data: TensorData, shape?: number[], options?: TensorOptions): Tensor {
   const opts = checkOptions<TensorOptions>(options, 'tensor options');
   let values: Float32Array | Int32Array;
-  if (data instanceof Float32Array || data instanceof Int32Array) {
+  if (isFloat32Array(data) || isInt32Array(data)) {
     values = data;
-    if (opts.dtype !== undefined && opts.dtype !== (data instanceof Float32Array ? 'float32' : 'int32')) {
+    if (opts.dtype !== undefined && opts.dtype !== (isFloat32Array(data) ? 'float32' : 'int32')) {
       throw new DTypeError(`dtype '${String(opts.dtype)}' does not match the ${data.constructor.name} given as data`);
     }
   } else if (typeof data === 'number' || Array.isArray(data)) {

@@ -70,3 +70,11 @@ export function checkShape(value: unknown, name = 'shape'): number[] {
   if (numel > MAX_DIM) throw new ShapeError(`${name} [${value.join(', ')}] has more than ${MAX_DIM} elements`);
   return value as number[];
 }
+
+/** Typed-array checks that hold across realms (vm contexts, jest): `instanceof` does not. */
+export function isFloat32Array(x: unknown): x is Float32Array {
+  return Object.prototype.toString.call(x) === '[object Float32Array]';
+}
+export function isInt32Array(x: unknown): x is Int32Array {
+  return Object.prototype.toString.call(x) === '[object Int32Array]';
+}

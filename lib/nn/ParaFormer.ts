@@ -6,8 +6,8 @@
 import { ArgumentError, DeviceError, StateError } from '../errors';
 import { native, NativeModelConfig } from '../native';
 import { Optimizer } from '../optim/Optimizer';
-import { ones, Tensor, tensor, truncNormal, zeros } from '../tensor';
-import { checkInt, checkNumber, checkOneOf, checkOptions, describe } from '../validate';
+import { ones, rand, Tensor, tensor, truncNormal, zeros } from '../tensor';
+import { checkInt, checkNumber, checkOneOf, checkOptions, describe, isInt32Array } from '../validate';
 import { Module } from './Module';
 
 /** Options of {@link ParaFormer}. Defaults: a small MNIST Para-Former-1-4. */
@@ -205,7 +205,7 @@ export class ParaFormer extends Module {
   async trainStep(images: Tensor, labels: Tensor | Int32Array, options?: TrainStepOptions): Promise<StepResult> {
     const o = checkOptions<TrainStepOptions>(options, 'trainStep options');
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
-    const y = labels instanceof Int32Array ? tensor(labels, [labels.length]) : labels;
+    const y = isInt32Array(labels) ? tensor(labels, [labels.length]) : labels;
     if (!(y instanceof Tensor)) throw new ArgumentError(`Expected an Int32Array or tensor for labels but received ${describe(labels)}`);
     if (o.optimizer !== undefined && !(o.optimizer instanceof Optimizer)) {
       throw new ArgumentError(`Expected an optimizer for optimizer but received ${describe(o.optimizer)}`);
@@ -230,21 +230,21 @@ export class ParaFormer extends Module {
       throw e;
     } finally {
       this.busy = false;
-      if (labels instanceof Int32Array) y.dispose();
+      if (isInt32Array(labels)) y.dispose();
     }
   }
 
   /** Evaluates a batch on a worker thread: summed loss (when labels are given), correct count, predictions. */
   async evaluate(images: Tensor, labels?: Tensor | Int32Array): Promise<{ lossSum: number; correct: number; predictions: Int32Array }> {
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
-    const y = labels instanceof Int32Array ? tensor(labels, [labels.length]) : labels;
+    const y = isInt32Array(labels) ? tensor(labels, [labels.length]) : labels;
     const handles = this.handles();
     this.busy = true;
     try {
       return await native().evaluateAsync(this.nativeConfig(), handles, images.handle, y ? y.handle : null);
     } finally {
       this.busy = false;
-      if (labels instanceof Int32Array && y) y.dispose();
+      if (isInt32Array(labels) && y) y.dispose();
     }
   }
 
@@ -256,9 +256,20 @@ export class ParaFormer extends Module {
   }
 }
 
-/** timm's ViT initialisation: truncated normal (std 0.02) weights, zero biases, unit norms. */
+/**
+ * timm's ViT initialisation: linear weights from a truncated normal (std 0.02), zero biases, unit
+ * norms; the patch embedding keeps PyTorch's Conv2d default, U(+-1/sqrt(fan_in)) for weight and bias.
+ */
+let patchFanIn = 1;  // the weight's fan-in, set before its bias is made (spec order)
+
 function initFor(name: string, shape: number[], seed: number): Tensor {
   if (name.endsWith('norm1.weight') || name.endsWith('norm2.weight') || name === 'norm.weight') return ones(shape);
+  if (name.startsWith('patch_embed.')) {
+    const fanIn = name.endsWith('.weight') ? shape.slice(1).reduce((a, b) => a * b, 1) : patchFanIn;
+    const bound = 1 / Math.sqrt(fanIn);
+    if (name.endsWith('.weight')) patchFanIn = fanIn;
+    return rand(shape, { low: -bound, high: bound, seed });
+  }
   if (name.endsWith('.bias')) return zeros(shape);
   if (name === 'cls_token') return truncNormal(shape, { std: 1e-6, a: -2e-6, b: 2e-6, seed });
   return truncNormal(shape, { std: 0.02, a: -0.04, b: 0.04, seed });

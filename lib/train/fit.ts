@@ -337,6 +337,7 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
     if (metadata.format !== 'duat-training-state') throw new CheckpointError(`${file}: not a duat training checkpoint (format ${JSON.stringify(metadata.format)})`);
     const config = JSON.parse(metadata.config ?? '{}');
     for (const [k, v] of Object.entries(model.config)) {
+      if (k === 'seed') continue;  // initialisation only: the checkpoint replaces every parameter
       if (config[k] !== v) throw new CheckpointError(`${file}: the checkpoint's ${k} is ${JSON.stringify(config[k])} but the model's is ${JSON.stringify(v)}`);
     }
     const params = new Map<string, Tensor>();

@@ -1,0 +1,151 @@
+/** Data files and checkpoints: good files load; truncated or corrupted ones give typed errors naming the file. */
+import { execFileSync, spawn } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+import * as duat from '../lib';
+
+const SLICE = path.join(__dirname, 'fixtures', 'mnist-slice');
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'duat-data-'));
+
+describe('IDX and MNIST', () => {
+  test('the committed slice and the full MNIST load with the right shapes', () => {
+    const s = duat.data.loadMnist('train', { dir: SLICE });
+    expect([s.count, s.channels, s.size, s.classes]).toEqual([1000, 1, 28, 10]);
+    expect(s.images.length).toBe(1000 * 784);
+    const full = duat.data.loadMnist('test');
+    expect(full.count).toBe(10000);
+    expect(Array.from(full.labels.subarray(0, 5))).toEqual([7, 2, 1, 0, 4]);  // MNIST's first test labels
+  });
+
+  const cases: [string, (b: Buffer) => Buffer, RegExp][] = [
+    ['truncated data', (b) => b.subarray(0, b.length - 100), /IDX header says \[1000, 28, 28\] .* \(truncated\)/],
+    ['a truncated header', (b) => b.subarray(0, 10), /truncated IDX header/],
+    ['bad magic', (b) => Buffer.concat([Buffer.from([1, 2, 3, 4]), b.subarray(4)]), /not an IDX file \(bad magic 1 2 3 4\)/],
+    ['float elements', (b) => { const c = Buffer.from(b); c[2] = 0x0d; return c; }, /element type 0xd is not supported/],
+    ['trailing bytes', (b) => Buffer.concat([b, Buffer.alloc(3)]), /\(trailing bytes\)/],
+  ];
+  test.each(cases)('%s gives DataError naming the file', (_, mutate, msg) => {
+    const dir = tmp();
+    for (const f of fs.readdirSync(SLICE)) fs.copyFileSync(path.join(SLICE, f), path.join(dir, f));
+    const file = path.join(dir, 'train-images-idx3-ubyte');
+    fs.writeFileSync(file, mutate(fs.readFileSync(file)));
+    expect(() => duat.data.loadMnist('train', { dir })).toThrow(duat.DataError);
+    expect(() => duat.data.loadMnist('train', { dir })).toThrow(new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: `));
+    expect(() => duat.data.loadMnist('train', { dir })).toThrow(msg);
+  });
+
+  test('mismatched image and label counts, and a missing file', () => {
+    const dir = tmp();
+    for (const f of fs.readdirSync(SLICE)) fs.copyFileSync(path.join(SLICE, f), path.join(dir, f));
+    fs.copyFileSync(path.join(SLICE, 't10k-labels-idx1-ubyte'), path.join(dir, 'train-labels-idx1-ubyte'));
+    expect(() => duat.data.loadMnist('train', { dir })).toThrow(/500 labels for 1000 images/);
+    expect(() => duat.data.loadMnist('test', { dir: path.join(dir, 'nope') })).toThrow(/cannot read/);
+  });
+
+  test('CIFAR binary: records decode per channel; a partial record is an error', () => {
+    const dir = tmp();
+    const rec = Buffer.alloc(2 * 3073);
+    rec[0] = 3;
+    rec[1] = 255;  // first red pixel of record 0
+    rec[3073] = 9;
+    const f = path.join(dir, 'data_batch_1.bin');
+    fs.writeFileSync(f, rec);
+    const d = duat.data.loadCifarBinary([f]);
+    expect([d.count, d.channels, d.size]).toEqual([2, 3, 32]);
+    expect(Array.from(d.labels)).toEqual([3, 9]);
+    expect(d.images[0]).toBeCloseTo((1 - 0.4914) / 0.247, 4);
+    fs.writeFileSync(f, rec.subarray(0, 5000));
+    expect(() => duat.data.loadCifarBinary([f])).toThrow(/5000 bytes is not a whole number of 3073-byte CIFAR records/);
+  });
+
+  test('batches are a seeded shuffle; shift augmentation moves pixels; any batch can be rebuilt alone', () => {
+    const s = duat.data.loadMnist('train', { dir: SLICE });
+    const a = new duat.data.Batches(s, 3, { batchSize: 100, seed: 7, shift: 2 });
+    const b = new duat.data.Batches(s, 3, { batchSize: 100, seed: 7, shift: 2 });
+    duat.tidy(() => {
+      expect(a.batch(4).images.toArray()).toEqual(b.batch(4).images.toArray());
+      expect(a.batch(4).labels.toInt32Array()).toEqual(b.batch(4).labels.toInt32Array());
+      const c = new duat.data.Batches(s, 4, { batchSize: 100, seed: 7 });
+      expect(Array.from(c.batch(0).labels.toInt32Array())).not.toEqual(Array.from(a.batch(0).labels.toInt32Array()));
+    });
+  });
+});
+
+describe('safetensors checkpoints', () => {
+  const model = () => new duat.ParaFormer({ dim: 8, heads: 2, depth: 1, branches: 2, seed: 1 });
+
+  test('save and load round-trip a model exactly', () => {
+    const dir = tmp();
+    const m = model();
+    duat.save(path.join(dir, 'm.safetensors'), m);
+    const back = duat.load(path.join(dir, 'm.safetensors'));
+    expect(back.config).toEqual(m.config);
+    const theirs = new Map(back.namedParameters());
+    for (const [n, p] of m.namedParameters()) expect(theirs.get(n)!.toArray()).toEqual(p.toArray());
+    m.dispose();
+    back.dispose();
+  });
+
+  const corruptions: [string, (b: Buffer) => Buffer, RegExp][] = [
+    ['truncated', (b) => b.subarray(0, b.length - 10), /do not fit its shape .* truncated\?/],
+    ['a short file', (b) => b.subarray(0, 5), /shorter than the header length/],
+    ['a header length past the end', (b) => { const c = Buffer.from(b); c.writeBigUInt64LE(10n ** 12n, 0); return c; }, /header length \d+ does not fit/],
+    ['broken JSON', (b) => { const c = Buffer.from(b); c[8] = 0x78; return c; }, /header is not JSON/],
+  ];
+  test.each(corruptions)('a %s file gives CheckpointError naming it', (_, mutate, msg) => {
+    const dir = tmp();
+    const f = path.join(dir, 'm.safetensors');
+    const m = model();
+    duat.save(f, m);
+    m.dispose();
+    fs.writeFileSync(f, mutate(fs.readFileSync(f)));
+    expect(() => duat.load(f)).toThrow(duat.CheckpointError);
+    expect(() => duat.load(f)).toThrow(msg);
+    expect(() => duat.load(f)).toThrow(f);
+  });
+
+  test('a checkpoint whose shapes do not match the model names the parameter', () => {
+    const dir = tmp();
+    const f = path.join(dir, 'm.safetensors');
+    const m = model();
+    const sd = m.namedParameters().map(([n, p]): [string, duat.Tensor] => [n, n === 'head.weight' ? duat.zeros([3, 8]) : p]);
+    duat.saveSafetensors(f, sd, { format: 'duat-model', config: JSON.stringify(m.config) });
+    expect(() => duat.load(f)).toThrow(/parameter 'head.weight' has shape \[10,8\] but the state dict has \[3,8\]/);
+    m.dispose();
+  });
+
+  test('a save killed mid-write leaves the previous file intact (temporary file, then rename)', async () => {
+    const dir = tmp();
+    const f = path.join(dir, 'big.safetensors');
+    const before = duat.tensor(Float32Array.from([1, 2, 3]), [3]);
+    duat.saveSafetensors(f, [['x', before]]);
+    const original = fs.readFileSync(f);
+    // A child process starts writing a 400 MB file over it and is killed part-way.
+    const lib = path.join(__dirname, '..', 'lib');
+    const script = `require('ts-node/register/transpile-only');` +
+      `const d=require(${JSON.stringify(lib)});const t=d.zeros([100000000]);` +
+      `process.send('go');d.saveSafetensors(${JSON.stringify(f)},[['x',t]]);`;
+    const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
+    await new Promise<void>((resolve) => child.on('message', () => resolve()));
+    await new Promise((r) => setTimeout(r, 150));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.on('exit', r));
+    expect(fs.readFileSync(f)).toEqual(original);
+    const { tensors } = duat.loadSafetensors(f);
+    expect(Array.from(tensors.get('x')!.toArray())).toEqual([1, 2, 3]);
+    before.dispose();
+  }, 60000);
+});
+
+test('the duat command: --help lists every flag with its default; bad flags are errors', () => {
+  const cli = path.join(__dirname, '..', 'lib', 'cli.ts');
+  const run = (args: string[]) => execFileSync(process.execPath, ['-r', 'ts-node/register/transpile-only', cli, ...args], { encoding: 'utf8', stdio: 'pipe' });
+  const h = run(['train', '--help']);
+  for (const flag of ['--depth', '--branches', '--dim', '--epochs', '--lr', '--resume']) expect(h).toContain(flag);
+  expect(h).toMatch(/--branches\s+n: parallel branches per stage \(default: \d+\)/);
+  expect(() => run(['train', '--bogus', '1'])).toThrow(/unknown flag --bogus/);
+  expect(() => run(['train', '--depth', 'x'])).toThrow(/Expected integer for --depth but received "x"/);
+  expect(JSON.parse(run(['info'])).cpu.threads).toBeGreaterThanOrEqual(1);
+});
