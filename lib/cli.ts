@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import * as duat from './index';
+import { attentionSvg } from './train/inspect';
 
 interface Flag {
   name: string;
@@ -21,12 +22,12 @@ const MODEL_FLAGS: Flag[] = [
   { name: 'dim', type: 'int', def: 64, help: 'token width' },
   { name: 'heads', type: 'int', def: 4, help: 'attention heads per branch' },
   { name: 'mlp-ratio', type: 'number', def: 2, help: 'MLP width / dim' },
-  { name: 'patch-size', type: 'int', def: 4, help: 'patch side (divides 28)' },
+  { name: 'patch-size', type: 'int', def: 7, help: 'patch side (divides the image size)' },
   { name: 'combine', type: 'string', def: 'sum', help: "branch combination: 'sum' or 'mean'" },
   { name: 'seed', type: 'int', def: 0, help: 'initialisation, order and augmentation seed' },
 ];
 const TRAIN_FLAGS: Flag[] = [
-  { name: 'epochs', type: 'int', def: 10, help: 'passes over the training set' },
+  { name: 'epochs', type: 'int', def: 15, help: 'passes over the training set' },
   { name: 'batch-size', type: 'int', def: 128, help: 'images per step' },
   { name: 'optimizer', type: 'string', def: 'adamw', help: "'adamw' or 'sgd'" },
   { name: 'lr', type: 'number', def: 2e-3, help: 'peak learning rate' },
@@ -34,7 +35,7 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'schedule', type: 'string', def: 'cosine', help: "'cosine' or 'step'" },
   { name: 'weight-decay', type: 'number', def: 0.05, help: 'decoupled weight decay (not on norms, biases, cls, positions)' },
   { name: 'label-smoothing', type: 'number', def: 0, help: 'label smoothing' },
-  { name: 'clip-grad-norm', type: 'number', def: 1, help: 'global gradient-norm clip (0: off)' },
+  { name: 'clip-grad-norm', type: 'number', def: 0, help: 'global gradient-norm clip (0: off)' },
   { name: 'shift', type: 'int', def: 2, help: 'random shift augmentation in pixels' },
   { name: 'limit', type: 'int', def: 0, help: 'use only the first N training images (0: all)' },
   { name: 'test-limit', type: 'int', def: 0, help: 'use only the first N test images (0: all)' },
@@ -139,6 +140,43 @@ async function evalCmd(argv: string[]): Promise<void> {
   process.stdout.write(JSON.stringify({ accuracy: r.accuracy, loss: r.loss, count: r.count, confusion: r.confusion }) + '\n');
 }
 
+function loadInput(file: string, model: duat.ParaFormer, invert: boolean): { raw: Float32Array; input: duat.Tensor } {
+  const { channels, imageSize } = model.config;
+  const raw = duat.data.prepareImage(duat.data.readImage(file), channels, imageSize, { invert });
+  const norm = Float32Array.from(raw, (v) => (v - duat.data.MNIST_MEAN) / duat.data.MNIST_STD);
+  return { raw, input: duat.tensor(norm, [1, channels, imageSize, imageSize]) };
+}
+
+const IMAGE_FLAGS: Flag[] = [
+  { name: 'model', type: 'string', def: '', help: 'model.safetensors written by duat train' },
+  { name: 'invert', type: 'bool', def: false, help: 'invert grey levels (dark digits on a light background)' },
+];
+
+async function predictCmd(argv: string[]): Promise<void> {
+  const file = argv[0];
+  if (!file || file.startsWith('--')) return void process.stdout.write('usage: duat predict <image.png|jpg> [flags]\n\n' + help('predict <image>', IMAGE_FLAGS));
+  const o = parse(argv.slice(1), IMAGE_FLAGS);
+  const model = duat.load(o.model as string);
+  const { input } = loadInput(file, model, o.invert as boolean);
+  const probs = duat.noGrad(() => duat.tidy(() => model.forward(input).softmax().toArray()));
+  const ranked = Array.from(probs).map((p, k) => ({ class: k, probability: p })).sort((a, b) => b.probability - a.probability);
+  process.stdout.write(JSON.stringify({ prediction: ranked[0].class, top: ranked.slice(0, 5) }) + '\n');
+}
+
+async function inspectCmd(argv: string[]): Promise<void> {
+  const flags = [...IMAGE_FLAGS, { name: 'out', type: 'string' as const, def: 'attention.svg', help: 'SVG file to write' }];
+  const file = argv[0];
+  if (!file || file.startsWith('--')) return void process.stdout.write('usage: duat inspect <image.png|jpg> [flags]\n\n' + help('inspect <image>', flags));
+  const o = parse(argv.slice(1), flags);
+  const model = duat.load(o.model as string);
+  const { raw, input } = loadInput(file, model, o.invert as boolean);
+  const maps = model.dynamicParameters(input);
+  const pred = duat.noGrad(() => duat.tidy(() => model.forward(input).argmax().toInt32Array()[0]));
+  const { depth, branches } = model.config;
+  fs.writeFileSync(o.out as string, attentionSvg(raw, model.config.imageSize, maps, `Para-Former-${depth}-${branches}: class-token attention per stage and branch (prediction ${pred})`));
+  process.stdout.write(JSON.stringify({ wrote: o.out, prediction: pred }) + '\n');
+}
+
 function infoCmd(): void {
   const i = duat.backendInfo();
   process.stdout.write(JSON.stringify({ ...i, node: process.versions.node, platform: `${process.platform}-${process.arch}` }, null, 2) + '\n');
@@ -150,8 +188,10 @@ async function main(): Promise<void> {
     case 'train': return train(rest);
     case 'eval': return evalCmd(rest);
     case 'info': return infoCmd();
+    case 'predict': return predictCmd(rest);
+    case 'inspect': return inspectCmd(rest);
     default:
-      process.stdout.write('usage: duat <train|eval|info> [flags]   (duat <command> --help lists the flags)\n');
+      process.stdout.write('usage: duat <train|eval|predict|inspect|info> [flags]   (duat <command> --help lists the flags)\n');
       if (cmd && cmd !== '--help' && cmd !== 'help') process.exitCode = 2;
   }
 }

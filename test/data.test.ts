@@ -89,12 +89,12 @@ describe('safetensors checkpoints', () => {
   });
 
   const corruptions: [string, (b: Buffer) => Buffer, RegExp][] = [
-    ['truncated', (b) => b.subarray(0, b.length - 10), /do not fit its shape .* truncated\?/],
+    ['a truncated file', (b) => b.subarray(0, b.length - 10), /do not fit its shape .* truncated\?/],
     ['a short file', (b) => b.subarray(0, 5), /shorter than the header length/],
     ['a header length past the end', (b) => { const c = Buffer.from(b); c.writeBigUInt64LE(10n ** 12n, 0); return c; }, /header length \d+ does not fit/],
-    ['broken JSON', (b) => { const c = Buffer.from(b); c[8] = 0x78; return c; }, /header is not JSON/],
+    ['a broken JSON header', (b) => { const c = Buffer.from(b); c[8] = 0x78; return c; }, /header is not JSON/],
   ];
-  test.each(corruptions)('a %s file gives CheckpointError naming it', (_, mutate, msg) => {
+  test.each(corruptions)('%s gives CheckpointError naming the file', (_, mutate, msg) => {
     const dir = tmp();
     const f = path.join(dir, 'm.safetensors');
     const m = model();
@@ -148,4 +148,57 @@ test('the duat command: --help lists every flag with its default; bad flags are 
   expect(() => run(['train', '--bogus', '1'])).toThrow(/unknown flag --bogus/);
   expect(() => run(['train', '--depth', 'x'])).toThrow(/Expected integer for --depth but received "x"/);
   expect(JSON.parse(run(['info'])).cpu.threads).toBeGreaterThanOrEqual(1);
+});
+
+describe('images', () => {
+  const digit = path.join(__dirname, 'fixtures', 'mnist-test-0-seven.png');
+
+  test('a PNG decodes, converts to grey and resizes; a folder of class subfolders becomes a data set', () => {
+    const img = duat.data.readImage(digit);
+    expect([img.width, img.height, img.channels]).toEqual([28, 28, 3]);
+    const grey = duat.data.prepareImage(img, 1, 28);
+    const mnist = duat.data.loadMnist('test', { dir: SLICE });
+    // Same pixels as the IDX file, up to the PNG's 8-bit rounding of the normalisation.
+    for (let i = 0; i < 784; i++) expect(Math.abs((grey[i] - duat.data.MNIST_MEAN) / duat.data.MNIST_STD - mnist.images[i])).toBeLessThan(1e-3);
+    expect(duat.data.prepareImage(img, 1, 14)).toHaveLength(196);
+    const dir = tmp();
+    for (const c of ['cats', 'dogs']) {
+      fs.mkdirSync(path.join(dir, c));
+      fs.copyFileSync(digit, path.join(dir, c, 'a.png'));
+    }
+    fs.writeFileSync(path.join(dir, 'dogs', 'notes.txt'), 'ignored');
+    const ds = duat.data.loadImageFolder(dir, { size: 16, channels: 3 });
+    expect([ds.count, ds.classes, ds.channels, ds.size]).toEqual([2, 2, 3, 16]);
+    expect(ds.classNames).toEqual(['cats', 'dogs']);
+    expect(Array.from(ds.labels)).toEqual([0, 1]);
+  });
+
+  test('a file that is not an image, or a truncated PNG, gives DataError naming it', () => {
+    const dir = tmp();
+    const bad = path.join(dir, 'x.png');
+    fs.writeFileSync(bad, 'hello');
+    expect(() => duat.data.readImage(bad)).toThrow(/x\.png: cannot decode the image \(not a PNG or JPEG file\)/);
+    fs.writeFileSync(bad, fs.readFileSync(digit).subarray(0, 60));
+    expect(() => duat.data.readImage(bad)).toThrow(duat.DataError);
+    expect(() => duat.data.loadImageFolder(path.join(dir, 'none'), { size: 8 })).toThrow(/cannot read the folder/);
+  });
+
+  test('duat predict and duat inspect on a saved model', () => {
+    const dir = tmp();
+    const model = new duat.ParaFormer({ patchSize: 7, dim: 16, heads: 2, depth: 2, branches: 2 });
+    const file = path.join(dir, 'model.safetensors');
+    duat.save(file, model);
+    model.dispose();
+    const cli = path.join(__dirname, '..', 'lib', 'cli.ts');
+    const run = (args: string[]) => execFileSync(process.execPath, ['-r', 'ts-node/register/transpile-only', cli, ...args], { encoding: 'utf8', stdio: 'pipe' });
+    const p = JSON.parse(run(['predict', digit, '--model', file]));
+    expect(p.top).toHaveLength(5);
+    expect(p.top.reduce((s: number, t: { probability: number }) => s + t.probability, 0)).toBeLessThanOrEqual(1.0001);
+    const out = path.join(dir, 'att.svg');
+    run(['inspect', digit, '--model', file, '--out', out]);
+    const svg = fs.readFileSync(out, 'utf8');
+    expect(svg).toMatch(/^<svg/);
+    expect((svg.match(/stage \d, branch \d/g) ?? []).length).toBe(4);
+    expect(() => run(['predict', digit, '--model', path.join(dir, 'missing.safetensors')])).toThrow(/CheckpointError: .*missing\.safetensors: cannot read/);
+  }, 60000);
 });

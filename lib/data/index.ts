@@ -3,3 +3,5 @@ export { Batches, loadCifarBinary, loadIdxDataset, loadMnist, mnistDir, MNIST_ME
 export type { BatchOptions, Dataset } from './dataset';
 export { parseIdx, readIdx } from './idx';
 export type { IdxArray } from './idx';
+export { loadImageFolder, prepareImage, readImage } from './images';
+export type { Image } from './images';

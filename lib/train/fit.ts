@@ -36,7 +36,7 @@ export interface FitOptions {
   weightDecay?: number;
   /** Label smoothing. Default 0. */
   labelSmoothing?: number;
-  /** Global gradient-norm clipping (0 = off). Default 1. */
+  /** Global gradient-norm clipping (0 = off, the default, as in PyTorch). */
   clipGradNorm?: number;
   /** Random shifts of up to this many pixels. Default 0. */
   shift?: number;
@@ -158,7 +158,7 @@ function resolve(o: Partial<FitOptions>): Resolved {
     schedule: checkOneOf(o.schedule ?? 'cosine', 'schedule', ['cosine', 'step'] as const),
     weightDecay: checkNumber(o.weightDecay ?? 0.05, 'weightDecay', 0),
     labelSmoothing: checkNumber(o.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999),
-    clipGradNorm: checkNumber(o.clipGradNorm ?? 1, 'clipGradNorm', 0),
+    clipGradNorm: checkNumber(o.clipGradNorm ?? 0, 'clipGradNorm', 0),
     shift: checkInt(o.shift ?? 0, 'shift', 0, 64),
     flip: checkBool(o.flip ?? false, 'flip'),
     seed: checkInt(o.seed ?? 0, 'seed', 0, 2 ** 53 - 1),

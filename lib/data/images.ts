@@ -1,0 +1,101 @@
+/**
+ * Image files (PNG, JPEG) for prediction and folder data sets, decoded with pngjs and jpeg-js
+ * (pure JavaScript), converted to the model's channels and resized (bilinear) to its size.
+ */
+import * as fs from 'fs';
+import * as path from 'path';
+
+import { DataError } from '../errors';
+import type { Dataset } from './dataset';
+
+/** A decoded image: values in [0, 1], channel-major (channels, height, width). */
+export interface Image {
+  width: number;
+  height: number;
+  channels: number;
+  data: Float32Array;
+}
+
+/** Decodes a PNG or JPEG file to RGB in [0, 1]. @throws DataError naming the file */
+export function readImage(file: string): Image {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch (e) {
+    throw new DataError(`${file}: cannot read (${(e as Error).message})`);
+  }
+  let width: number, height: number, rgba: Uint8Array;
+  try {
+    if (buf.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { PNG } = require('pngjs') as typeof import('pngjs');
+      const png = PNG.sync.read(buf);
+      ({ width, height } = png);
+      rgba = png.data;
+    } else if (buf[0] === 0xff && buf[1] === 0xd8) {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const jpeg = require('jpeg-js') as { decode(b: Buffer, o: object): { width: number; height: number; data: Uint8Array } };
+      const img = jpeg.decode(buf, { useTArray: true, maxMemoryUsageInMB: 256 });
+      ({ width, height } = img);
+      rgba = img.data;
+    } else {
+      throw new Error('not a PNG or JPEG file');
+    }
+  } catch (e) {
+    throw new DataError(`${file}: cannot decode the image (${(e as Error).message})`);
+  }
+  const data = new Float32Array(3 * width * height);
+  for (let i = 0; i < width * height; i++)
+    for (let c = 0; c < 3; c++) data[c * width * height + i] = rgba[4 * i + c] / 255;
+  return { width, height, channels: 3, data };
+}
+
+/** Converts to `channels` (1: luminance; 3: RGB) and resizes bilinearly to size x size. */
+export function prepareImage(img: Image, channels: number, size: number, options: { invert?: boolean } = {}): Float32Array {
+  const { width: W, height: H } = img;
+  const src = channels === 1 && img.channels === 3
+    ? Float32Array.from({ length: W * H }, (_, i) => 0.299 * img.data[i] + 0.587 * img.data[W * H + i] + 0.114 * img.data[2 * W * H + i])
+    : img.data;
+  const out = new Float32Array(channels * size * size);
+  for (let c = 0; c < channels; c++)
+    for (let y = 0; y < size; y++)
+      for (let x = 0; x < size; x++) {
+        const fy = Math.max(0, ((y + 0.5) * H) / size - 0.5), fx = Math.max(0, ((x + 0.5) * W) / size - 0.5);
+        const y0 = Math.min(H - 1, Math.floor(fy)), x0 = Math.min(W - 1, Math.floor(fx));
+        const y1 = Math.min(H - 1, y0 + 1), x1 = Math.min(W - 1, x0 + 1), wy = fy - y0, wx = fx - x0;
+        const at = (yy: number, xx: number) => src[(c * H + yy) * W + xx];
+        const v = (1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1)) + wy * ((1 - wx) * at(y1, x0) + wx * at(y1, x1));
+        out[(c * size + y) * size + x] = options.invert ? 1 - v : v;
+      }
+  return out;
+}
+
+/**
+ * A folder with one subfolder per class (sorted names give the class ids) of PNG / JPEG images,
+ * resized to `size` and normalised with `mean` / `std`.
+ */
+export function loadImageFolder(dir: string, options: { size: number; channels?: number; mean?: number; std?: number }): Dataset & { classNames: string[] } {
+  const channels = options.channels ?? 3, size = options.size, mean = options.mean ?? 0.5, std = options.std ?? 0.5;
+  let classNames: string[];
+  try {
+    classNames = fs.readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort();
+  } catch (e) {
+    throw new DataError(`${dir}: cannot read the folder (${(e as Error).message})`);
+  }
+  if (classNames.length === 0) throw new DataError(`${dir}: no class subfolders`);
+  const files: [string, number][] = [];
+  classNames.forEach((c, k) => {
+    for (const f of fs.readdirSync(path.join(dir, c)).sort())
+      if (/\.(png|jpe?g)$/i.test(f)) files.push([path.join(dir, c, f), k]);
+  });
+  if (files.length === 0) throw new DataError(`${dir}: no .png or .jpg images in the class subfolders`);
+  const px = channels * size * size;
+  const images = new Float32Array(files.length * px);
+  const labels = new Int32Array(files.length);
+  files.forEach(([f, k], i) => {
+    const v = prepareImage(readImage(f), channels, size);
+    for (let j = 0; j < px; j++) images[i * px + j] = (v[j] - mean) / std;
+    labels[i] = k;
+  });
+  return { name: path.basename(dir), images, labels, count: files.length, channels, size, classes: classNames.length, classNames };
+}
