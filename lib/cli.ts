@@ -178,8 +178,9 @@ async function inspectCmd(argv: string[]): Promise<void> {
 }
 
 function infoCmd(): void {
+  const checked = duat.verifyInstall();  // loads the binary in a child process first
   const i = duat.backendInfo();
-  process.stdout.write(JSON.stringify({ ...i, node: process.versions.node, platform: `${process.platform}-${process.arch}` }, null, 2) + '\n');
+  process.stdout.write(JSON.stringify({ ...i, binary: checked.path, node: process.versions.node, platform: `${process.platform}-${process.arch}` }, null, 2) + '\n');
 }
 
 async function main(): Promise<void> {

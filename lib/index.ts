@@ -4,7 +4,8 @@
  * @packageDocumentation
  */
 import * as F from './functional';
-import { native } from './native';
+import { native, verifyInstall } from './native';
+export { verifyInstall };
 import * as nn from './nn';
 import * as optim from './optim';
 import { checkInt } from './validate';

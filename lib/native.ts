@@ -175,6 +175,30 @@ export function loadBinding(paths = candidatePaths()): RawBinding {
   );
 }
 
+/**
+ * Loads the addon in a child process first, so a broken or mismatched binary (one that would
+ * crash the process on load) gives NativeLoadError with possible solutions instead.
+ */
+export function verifyInstall(): { path: string; backend: NativeBackendInfo } {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { spawnSync } = require('child_process') as typeof import('child_process');
+  const script =
+    `const n=require(${JSON.stringify(__filename.replace(/\.ts$/, '.js'))});` +
+    'const paths=n.candidatePaths();const b=n.loadBinding(paths);' +
+    'const fs=require("fs");process.stdout.write(JSON.stringify({path:paths.find(p=>fs.existsSync(p)),backend:b.backendInfo()}))';
+  const args = __filename.endsWith('.ts') ? ['-r', 'ts-node/register/transpile-only', '-e', script] : ['-e', script];
+  const r = spawnSync(process.execPath, args, { encoding: 'utf8', env: process.env });
+  if (r.status === 0) return JSON.parse(r.stdout);
+  const why = r.signal ? `the process loading it was killed by ${r.signal}` : (r.stderr || '').trim().split('\n').slice(0, 12).join('\n');
+  throw new NativeLoadError(
+    `duat's native addon failed its self-check: ${why}\n` +
+      'Possible solutions:\n' +
+      '  - reinstall the package (npm install duat) so the prebuilt binary is restored;\n' +
+      '  - build from source: npm rebuild duat --build-from-source (needs cmake and a C++17 compiler);\n' +
+      '  - point DUAT_BINDING_PATH at a working duat.node.',
+  );
+}
+
 let cached: RawBinding | undefined;
 
 /** The loaded binding (loaded on first use). */

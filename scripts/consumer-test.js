@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+// The install as a user meets it: pack duat (with its prebuilt binary), install the tarball into
+// an empty project with install scripts disabled, then run a CommonJS, an ESM and a type-checked
+// TypeScript consumer with no compiler on PATH. Each builds a small Para-Former, trains two
+// steps, saves, reloads and predicts. Finally a corrupted binary must give NativeLoadError.
+// Prints a JSON summary (tarball size, unpacked size, install time) as its last line.
+'use strict';
+const { execFileSync, spawnSync } = require('child_process');
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+
+const root = path.resolve(__dirname, '..');
+const npm = process.env.npm_execpath ? [process.execPath, process.env.npm_execpath] : ['npm'];
+const run = (cmd, args, opts = {}) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+const runNpm = (args, opts) => run(npm[0], [...npm.slice(1), ...args], opts);
+
+if (!fs.existsSync(path.join(root, 'dist', 'index.js'))) runNpm(['run', 'build:ts'], { cwd: root });
+if (!fs.existsSync(path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'duat.node'))) runNpm(['run', 'prebuildify'], { cwd: root });
+
+const work = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-consumer-'));
+const packed = JSON.parse(runNpm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], { cwd: root }))[0];
+const tarball = path.join(work, packed.filename);
+const app = path.join(work, 'app');
+fs.mkdirSync(app);
+fs.writeFileSync(path.join(app, 'package.json'), JSON.stringify({ name: 'consumer', version: '1.0.0', private: true }));
+const t0 = Date.now();
+runNpm(['install', '--ignore-scripts', '--no-audit', '--no-fund', tarball], { cwd: app });
+const installSeconds = (Date.now() - t0) / 1000;
+
+// PATH with node alone: no cc, c++, g++, cmake or make.
+const bin = path.join(work, 'bin');
+fs.mkdirSync(bin);
+fs.symlinkSync(process.execPath, path.join(bin, 'node'));
+const env = { HOME: process.env.HOME, PATH: bin, DUAT_PREBUILDS_ONLY: '1' };
+for (const tool of ['cc', 'c++', 'g++', 'gcc', 'cmake', 'make']) {
+  if (spawnSync('sh', ['-c', `command -v ${tool}`], { env: { PATH: bin } }).status === 0) throw new Error(`${tool} is on the consumer PATH`);
+}
+
+const body = `
+  const model = new duat.ParaFormer({ patchSize: 7, dim: 16, heads: 2, depth: 1, branches: 2, seed: 1 });
+  const opt = new duat.optim.AdamW(model.parameters(), { lr: 1e-3 });
+  const x = duat.randn([8, 1, 28, 28], { seed: 2 });
+  const y = Int32Array.from([0, 1, 2, 3, 4, 5, 6, 7]);
+  const losses = [];
+  for (let i = 0; i < 2; i++) losses.push((await model.trainStep(x, y, { optimizer: opt })).loss);
+  duat.save('model.safetensors', model);
+  const back = duat.load('model.safetensors');
+  const same = duat.tidy(() => Array.from(model.forward(x).toArray()).every((v, i) => v === back.forward(x).toArray()[i]));
+  const pred = duat.tidy(() => Array.from(back.forward(x).argmax().toInt32Array()));
+  if (!same || pred.length !== 8 || !(losses[0] > 0)) throw new Error('consumer check failed');
+  duat.verifyInstall();
+  console.log(JSON.stringify({ ok: true, losses, pred, isa: duat.backendInfo().cpu.isa }));
+`;
+fs.writeFileSync(path.join(app, 'cjs.cjs'), `const duat = require('duat');\n(async () => {${body}})().catch((e) => { console.error(e); process.exit(1); });\n`);
+fs.writeFileSync(path.join(app, 'esm.mjs'), `import duat from 'duat';\nimport { ParaFormer } from 'duat';\nif (ParaFormer !== duat.ParaFormer) throw new Error('named export');\n${body}`);
+fs.writeFileSync(path.join(app, 'ts.ts'), `import * as duat from 'duat';\nasync function main(): Promise<void> {\n  const cfg: duat.ParaFormerOptions = { patchSize: 7 };\n  void cfg;${body.replace('const losses = [];', 'const losses: number[] = [];')}}\nmain().catch((e: unknown) => { console.error(e); process.exit(1); });\n`);
+const results = {};
+for (const f of ['cjs.cjs', 'esm.mjs']) results[f] = JSON.parse(run(process.execPath, [f], { cwd: app, env }).trim().split('\n').pop());
+// The TypeScript consumer is type-checked against the shipped .d.ts, then run.
+const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
+run(process.execPath, [tsc, '--strict', '--target', 'es2022', '--module', 'commonjs', '--moduleResolution', 'node', '--skipLibCheck', 'false',
+  '--typeRoots', path.join(root, 'node_modules', '@types'), '--types', 'node', '--outDir', 'out', 'ts.ts'], { cwd: app });
+results['ts.ts'] = JSON.parse(run(process.execPath, [path.join('out', 'ts.js')], { cwd: app, env }).trim().split('\n').pop());
+
+// A corrupted binary: NativeLoadError with possible solutions, from the library and from `duat info`.
+const binary = path.join(app, 'node_modules', 'duat', 'prebuilds', `${process.platform}-${process.arch}`, 'duat.node');
+fs.writeFileSync(binary, Buffer.from('\x7fELF\x02\x01\x01 corrupted'));
+const probe = spawnSync(process.execPath, ['-e', "try { require('duat').verifyInstall() } catch (e) { console.log(e.name + ': ' + e.message); process.exit(3) }"], { cwd: app, env, encoding: 'utf8' });
+const info = spawnSync(process.execPath, [path.join(app, 'node_modules', 'duat', 'dist', 'cli.js'), 'info'], { cwd: app, env, encoding: 'utf8' });
+if (probe.status !== 3 || !/NativeLoadError/.test(probe.stdout) || !/Possible solutions/.test(probe.stdout)) throw new Error(`corrupted binary: ${probe.stdout} ${probe.stderr}`);
+if (info.status !== 1 || !/NativeLoadError/.test(info.stderr)) throw new Error(`duat info with a corrupted binary: ${info.stderr}`);
+
+const summary = { tarball: packed.filename, tarballBytes: packed.size, unpackedBytes: packed.unpackedSize, files: packed.entryCount, installSeconds, consumers: results };
+fs.rmSync(work, { recursive: true, force: true });
+console.log(JSON.stringify(summary));
