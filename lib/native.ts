@@ -183,7 +183,7 @@ export function verifyInstall(): { path: string; backend: NativeBackendInfo } {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { spawnSync } = require('child_process') as typeof import('child_process');
   const script =
-    `const n=require(${JSON.stringify(__filename.replace(/\.ts$/, '.js'))});` +
+    `const n=require(${JSON.stringify(__filename)});` +
     'const paths=n.candidatePaths();const b=n.loadBinding(paths);' +
     'const fs=require("fs");process.stdout.write(JSON.stringify({path:paths.find(p=>fs.existsSync(p)),backend:b.backendInfo()}))';
   const args = __filename.endsWith('.ts') ? ['-r', 'ts-node/register/transpile-only', '-e', script] : ['-e', script];

@@ -16,10 +16,19 @@ const run = (cmd, args, opts = {}) => execFileSync(cmd, args, { encoding: 'utf8'
 const runNpm = (args, opts) => run(npm[0], [...npm.slice(1), ...args], opts);
 
 if (!fs.existsSync(path.join(root, 'dist', 'index.js'))) runNpm(['run', 'build:ts'], { cwd: root });
-if (!fs.existsSync(path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'duat.node'))) runNpm(['run', 'prebuildify'], { cwd: root });
 
+// prebuildify rebuilds build/ from scratch; other tests may be loading build/Release/duat.node
+// meanwhile, so the package is prebuilt and packed from a copy.
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-consumer-'));
-const packed = JSON.parse(runNpm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], { cwd: root }))[0];
+const pkg = path.join(work, 'pkg');
+fs.mkdirSync(pkg);
+for (const f of ['package.json', 'README.md', 'CMakeLists.txt', 'binding.gyp', 'native', 'dist', 'scripts']) {
+  fs.cpSync(path.join(root, f), path.join(pkg, f), { recursive: true });
+}
+fs.symlinkSync(path.join(root, 'node_modules'), path.join(pkg, 'node_modules'));
+runNpm(['run', 'prebuildify'], { cwd: pkg });
+fs.rmSync(path.join(pkg, 'node_modules'));
+const packed = JSON.parse(runNpm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], { cwd: pkg }))[0];
 const tarball = path.join(work, packed.filename);
 const app = path.join(work, 'app');
 fs.mkdirSync(app);

@@ -2,8 +2,8 @@
  * IDX files (MNIST, Fashion-MNIST): a big-endian header (magic 0x0000 TT NN: type, rank), the
  * dimensions, then the data. Only unsigned bytes (type 0x08) are used by these data sets.
  */
-import * as fs from 'fs';
 
+import { readFileOr } from '../io/files';
 import { DataError } from '../errors';
 
 export interface IdxArray {
@@ -34,11 +34,6 @@ export function parseIdx(buf: Uint8Array, file: string): IdxArray {
 
 /** Reads an IDX file. @throws DataError naming the file */
 export function readIdx(file: string): IdxArray {
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(file);
-  } catch (e) {
-    throw new DataError(`${file}: cannot read (${(e as Error).message})`);
-  }
+  const buf = readFileOr(file, DataError);
   return parseIdx(buf, file);
 }

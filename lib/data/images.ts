@@ -5,6 +5,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
+import { readFileOr } from '../io/files';
 import { DataError } from '../errors';
 import type { Dataset } from './dataset';
 
@@ -18,12 +19,7 @@ export interface Image {
 
 /** Decodes a PNG or JPEG file to RGB in [0, 1]. @throws DataError naming the file */
 export function readImage(file: string): Image {
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(file);
-  } catch (e) {
-    throw new DataError(`${file}: cannot read (${(e as Error).message})`);
-  }
+  const buf = readFileOr(file, DataError);
   let width: number, height: number, rgba: Uint8Array;
   try {
     if (buf.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))) {

@@ -6,6 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
+import { readFileOr } from './files';
 import { CheckpointError } from '../errors';
 import { Tensor, tensor } from '../tensor';
 
@@ -63,12 +64,7 @@ export interface SafetensorsFile {
 
 /** Reads a safetensors file. F32 and I32 only. @throws CheckpointError naming the file and the problem */
 export function loadSafetensors(file: string): SafetensorsFile {
-  let buf: Buffer;
-  try {
-    buf = fs.readFileSync(file);
-  } catch (e) {
-    throw new CheckpointError(`${file}: cannot read (${(e as Error).message})`);
-  }
+  const buf = readFileOr(file, CheckpointError);
   const bad = (what: string) => new CheckpointError(`${file}: not a valid safetensors file (${what})`);
   if (buf.length < 8) throw bad(`${buf.length} bytes, shorter than the header length`);
   const n = Number(buf.readBigUInt64LE(0));

@@ -2,10 +2,12 @@
 // fn receives each inner run: the element offset under every stride set, the run length and
 // the inner stride of every set.
 #pragma once
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <vector>
 
+#include "parallel.h"
 #include "tensor.h"
 
 namespace duat {
@@ -65,5 +67,21 @@ struct RowMap {
     return off;
   }
 };
+
+// dst rows (located through `map`) += src rows (contiguous, C wide): many src rows may add into
+// one dst row, so threads split the columns and no two threads write the same element.
+template <typename T>
+void add_rows_by_columns(T* dst, const RowMap& map, const float* src, int64_t rows, int64_t C) {
+  const int64_t chunks =
+      rows * C >= (1 << 15) ? std::min<int64_t>(get_num_threads(), std::max<int64_t>(1, C / 16)) : 1;
+  parallel_for(chunks, [&](int64_t t) {
+    const int64_t c0 = C * t / chunks, c1 = C * (t + 1) / chunks;
+    for (int64_t r = 0; r < rows; r++) {
+      T* rd = dst + map.row_offset(r);
+      const float* rs = src + r * C;
+      for (int64_t j = c0; j < c1; j++) rd[j] += rs[j];
+    }
+  });
+}
 
 }  // namespace duat

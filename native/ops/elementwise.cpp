@@ -81,19 +81,9 @@ void reduce_into(float* dst, const Shape& dst_shape, const Tensor& g) {
   view->strides = contiguous_strides(dst_shape);
   const float* pg = g->f32();
   if (RowMap::usable(view, g->shape)) {
-    // Many output rows add into one input row: threads split the columns, so none collide.
-    const RowMap md(view, g->shape);
-    const int64_t C = g->shape.back(), rows = g->numel() / std::max<int64_t>(C, 1);
-    const int64_t chunks =
-        rows * C >= (1 << 15) ? std::min<int64_t>(get_num_threads(), std::max<int64_t>(1, C / 16)) : 1;
-    parallel_for(chunks, [&](int64_t t) {
-      const int64_t c0 = C * t / chunks, c1 = C * (t + 1) / chunks;
-      for (int64_t r = 0; r < rows; r++) {
-        float* rd = dst + md.row_offset(r);
-        const float* rg = pg + r * C;
-        for (int64_t j = c0; j < c1; j++) rd[j] += rg[j];
-      }
-    });
+    // Many output rows add into one input row.
+    const int64_t C = g->shape.back();
+    add_rows_by_columns(dst, RowMap(view, g->shape), pg, g->numel() / std::max<int64_t>(C, 1), C);
     return;
   }
   const Shape sd = broadcast_strides(view, g->shape);

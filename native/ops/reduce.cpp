@@ -58,18 +58,8 @@ Tensor reduce_sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdi
     auto keep_t = std::make_shared<TensorImpl>();
     keep_t->shape = keep;
     keep_t->strides = contiguous_strides(keep);
-    const RowMap mo(keep_t, x->shape);
-    const int64_t C = x->shape.back(), rows = x->numel() / std::max<int64_t>(C, 1);
-    const int64_t chunks =
-        rows * C >= (1 << 15) ? std::min<int64_t>(get_num_threads(), std::max<int64_t>(1, C / 16)) : 1;
-    parallel_for(chunks, [&](int64_t t) {
-      const int64_t c0 = C * t / chunks, c1 = C * (t + 1) / chunks;
-      for (int64_t r = 0; r < rows; r++) {
-        double* ro = acc + mo.row_offset(r);
-        const float* rx = px + r * C;
-        for (int64_t j = c0; j < c1; j++) ro[j] += rx[j];
-      }
-    });
+    const int64_t C = x->shape.back();
+    add_rows_by_columns(acc, RowMap(keep_t, x->shape), px, x->numel() / std::max<int64_t>(C, 1), C);
   } else {
     auto keep_t = std::make_shared<TensorImpl>();
     keep_t->shape = keep;
