@@ -118,7 +118,18 @@ resident set after the training measurement. Latency against layers: [${path.bas
 
 ${head}
 ${body.join('\n')}
+
+Cost per branch of one Para-Former stage (duat, batch-64 inference time / n; the stage's branches
+share one norm, one QKV product, one attention launch and one fc2 product, so this should fall
+as n grows): ${perBranch(rows)}.
 `;
+}
+
+function perBranch(rows: Row[]): string {
+  return rows
+    .filter((r) => r.depth === 1 && r.duat.infer?.infer_b64)
+    .map((r) => `n = ${r.branches}: ${(r.duat.infer!.infer_b64!.median_ms / r.branches).toFixed(1)} ms`)
+    .join(', ');
 }
 
 export function latencySvg(rows: Row[]): string {
