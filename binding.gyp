@@ -3,7 +3,7 @@
     {
       "target_name": "duat",
       "sources": [
-        "<!@(node -p \"const s=require('./native/sources.json');s.core.concat(s.bindings).join(' ')\")"
+        "<!@(node -p \"const s=require('./native/sources.json');s.core.concat(s.bindings, s.cuda_stubs).join(' ')\")"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -26,7 +26,7 @@ export interface NativeDescription {
 export interface NativeBackendInfo {
   napiVersion: number;
   cpu: { isa: string; isaBest: string; threads: number };
-  cuda: { available: boolean; built: boolean; reason: string };
+  cuda: { available: boolean; built: boolean; devices: number; device: string; runtimeVersion: number; driverVersion: number; reason: string };
 }
 
 /** Every export of native/bindings/addon.cpp, with its argument types. */

@@ -7,6 +7,7 @@
 #include "../core/autograd.h"
 #include "../core/parallel.h"
 #include "../cpu/gemm.h"
+#include "../cuda/cuda_backend.h"
 #include "../ops/ops.h"
 #include "convert.h"
 #include "model_bindings.h"
@@ -415,10 +416,15 @@ Napi::Value js_backend_info(Info info) {
     cpu.Set("isa", cpu_isa_name(cpu_isa_active()));
     cpu.Set("isaBest", cpu_isa_name(cpu_isa_best()));
     cpu.Set("threads", get_num_threads());
+    const CudaStatus& cs = cuda_status();
     Napi::Object cuda = Napi::Object::New(env);
-    cuda.Set("available", false);
-    cuda.Set("built", false);
-    cuda.Set("reason", "this binary was built without CUDA");
+    cuda.Set("available", cs.available);
+    cuda.Set("built", cs.built);
+    cuda.Set("devices", cs.devices);
+    cuda.Set("device", cs.device);
+    cuda.Set("runtimeVersion", cs.runtime_version);
+    cuda.Set("driverVersion", cs.driver_version);
+    cuda.Set("reason", cs.reason);
     Napi::Object o = Napi::Object::New(env);
     o.Set("napiVersion", NAPI_VERSION);
     o.Set("cpu", cpu);

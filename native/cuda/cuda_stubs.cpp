@@ -1,0 +1,15 @@
+// cuda_stubs.cpp: the CUDA backend of a build without nvcc.
+#include "cuda_backend.h"
+
+namespace duat {
+
+const CudaStatus& cuda_status() {
+  static const CudaStatus s = [] {
+    CudaStatus c;
+    c.reason = "this binary was built without CUDA (build with nvcc: DUAT_WITH_CUDA=ON)";
+    return c;
+  }();
+  return s;
+}
+
+}  // namespace duat
