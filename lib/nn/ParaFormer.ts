@@ -163,7 +163,7 @@ export class ParaFormer extends Module {
       heads: c.heads,
       depth: c.depth,
       branches: c.branches,
-      mlpHidden: Math.round(c.dim * c.mlpRatio),
+      mlpHidden: this.mlpHidden,
       eps: 1e-6,
       branchScale: c.combine === 'mean' ? 1 / c.branches : 1,
     };

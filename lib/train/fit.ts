@@ -290,6 +290,10 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
         let res;
         try {
           res = await pending;
+        } catch (e) {
+          next?.images.dispose();
+          next?.labels.dispose();
+          throw e;
         } finally {
           cur.images.dispose();
           cur.labels.dispose();
@@ -320,7 +324,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
     }
   } finally {
     bar?.stop();
-    if (opt instanceof AdamW || opt instanceof SGD) opt.dispose();
+    opt.dispose();
   }
   const result: FitResult = { history, steps: step, seconds: (Date.now() - t0) / 1000, aborted, losses, test: history[history.length - 1]?.test };
   if (runDir) {
