@@ -210,3 +210,15 @@ describe('argmax', () => {
     });
   });
 });
+
+describe('attention without gradients', () => {
+  test('gives the same output as with them (no probabilities kept)', () => {
+    duat.tidy(() => {
+      const qkv = duat.randn([3, 9, 2 * 24], { seed: 8 });
+      const withGrad = duat.tensor(qkv.toArray(), qkv.shape, { requiresGrad: true });
+      const a = F.attention(withGrad, 2, 2).toArray();
+      const b = duat.noGrad(() => F.attention(qkv, 2, 2).toArray());
+      expect(Array.from(b)).toEqual(Array.from(a));
+    });
+  });
+});

@@ -42,13 +42,16 @@ AttnDims attention_dims(const Tensor& qkv, int64_t heads, int64_t branches, cons
   return {qkv->shape[0], qkv->shape[1], C, heads, C / heads, branches};
 }
 
-// probs (B, N*H, T, T) and, when out is non-null, out (B, T, N*C).
+// out (B, T, N*C) when non-null; probs (B, N*H, T, T) when non-null, else each task's
+// probabilities live in a per-thread scratch buffer (inference keeps no T x T matrices).
 void attention_forward_cpu(const AttnDims& s, const float* qkv, float* probs, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(s.D));
   const int64_t ld = s.ld_in();
   parallel_for(s.tasks(), [&](int64_t task) {
     const float* q = qkv + s.in_offset(task);
-    float* p = probs + task * s.T * s.T;
+    thread_local std::vector<float> scratch;
+    if (!probs) scratch.resize(static_cast<size_t>(s.T * s.T));
+    float* p = probs ? probs + task * s.T * s.T : scratch.data();
     sgemm(false, true, s.T, s.T, s.D, scale, q, ld, q + s.C, ld, 0.0f, p, s.T, false);
     softmax_forward_cpu(p, p, s.T, s.T);
     if (out) sgemm(false, false, s.T, s.D, s.T, 1.0f, p, s.T, q + 2 * s.C, ld, 0.0f, out + s.out_offset(task), s.ld_out(), false);
@@ -61,9 +64,13 @@ Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches) {
   const AttnDims s = attention_dims(qkv, heads, branches, "attention");
   const Tensor x = contiguous_data(qkv);
   Tensor out = empty({s.B, s.T, s.N * s.C});
+  if (!any_requires_grad({qkv})) {
+    attention_forward_cpu(s, x->f32(), nullptr, out->f32());
+    return out;
+  }
+  // Backward reads the probabilities: keep them, (B, N*H, T, T).
   Tensor probs = empty({s.B, s.N * s.H, s.T, s.T});
   attention_forward_cpu(s, x->f32(), probs->f32(), out->f32());
-  if (!any_requires_grad({qkv})) return out;
   Tensor sx = detach(x);
   return record(out, "attention", {qkv}, [s, sx, probs](const Tensor& dout, Grads& g) {
     const float scale = 1.0f / std::sqrt(static_cast<float>(s.D));
