@@ -311,19 +311,19 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   // Small products (attention's per-head matrices, batch-1 rows): packing costs more than it
   // saves, so they run unpacked, vectorised over N. The bias case keeps the packed path.
   if (!bias && M * N * K <= SMALL_GEMM_MAX && (!transB || K * N <= 65536)) {
-    if (g_isa == CPU_ISA_AVX512) {
-      if (transB) {
-        thread_local std::vector<float> bt;  // op(B) row-major (K x N, small)
-        bt.resize(static_cast<size_t>(K * N));
-        for (int64_t j = 0; j < N; j++)
-          for (int64_t k = 0; k < K; k++) bt[k * N + j] = B[j * ldb + k];
-        small_gemm_avx512(transA, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
-      } else {
-        small_gemm_avx512(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-      }
-      return;
+    if (transB) {
+      thread_local std::vector<float> bt;  // op(B) laid out row-major (K x N, small)
+      bt.resize(static_cast<size_t>(K * N));
+      for (int64_t j = 0; j < N; j++)
+        for (int64_t k = 0; k < K; k++) bt[k * N + j] = B[j * ldb + k];
+      B = bt.data();
+      ldb = N;
     }
-    small_gemm_cpu(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (g_isa == CPU_ISA_AVX512) {
+      small_gemm_avx512(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    } else {
+      small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
     return;
   }
   // beta other than 0 or 1: scale once, then accumulate.

@@ -55,6 +55,8 @@ namespace isa_avx2 = isa_generic;
 namespace isa_avx512 = isa_generic;
 #endif
 
+// The AVX-512 entry's small_gemm is not used by sgemm, which has a register-blocked AVX-512
+// kernel of its own (gemm.cpp); it stays for a uniform table.
 const RowKernels ROW_KERNELS[] = {
     {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row, isa_generic::log_softmax_row,
      isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row, isa_generic::small_gemm},
@@ -128,18 +130,9 @@ void layernorm_backward_cpu(const float* x, const float* w, const float* mean, c
   }
 }
 
-void small_gemm_cpu(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                    const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (!transB) {
-    rk().small_gemm(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    return;
-  }
-  // op(B) = B^T: lay it out row-major first (K x N, small by the caller's contract).
-  thread_local std::vector<float> bt;
-  bt.resize(static_cast<size_t>(K * N));
-  for (int64_t j = 0; j < N; j++)
-    for (int64_t k = 0; k < K; k++) bt[k * N + j] = B[j * ldb + k];
-  rk().small_gemm(transA, M, N, K, alpha, A, lda, bt.data(), N, beta, C, ldc);
+void small_gemm_rows_cpu(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  rk().small_gemm(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 }  // namespace duat

@@ -27,9 +27,9 @@ void layernorm_forward_cpu(const float* x, const float* w, const float* b, float
 void layernorm_backward_cpu(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
                             float* dx, float* dw, float* db, int64_t rows, int64_t C);
 
-// C = alpha op(A) op(B) + beta C without packing, for small products (M * N * K below a few
-// hundred thousand): the caller (sgemm) decides. Single-threaded.
-void small_gemm_cpu(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                    const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+// C = alpha op(A) B + beta C without packing, B row-major, for small products (sgemm decides and
+// lays B out first). Single-threaded; the AVX2 and portable paths (AVX-512 has its own in gemm.cpp).
+void small_gemm_rows_cpu(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                         const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 }  // namespace duat
