@@ -188,6 +188,7 @@ class TrainStepWorker : public DuatWorker {
 
  protected:
   void run() override {
+    GradMode with_grad(true);  // whatever an earlier job on this pool thread left behind
     const ModelParams p = model_params_from_list(c_, params_);
     for (const Tensor& t : params_) t->grad = nullptr;
     Tensor logits = model_forward(images_, p, c_);
@@ -265,7 +266,7 @@ class EvalWorker : public DuatWorker {
 
  protected:
   void run() override {
-    set_grad_enabled(false);
+    GradMode no_grad(false);
     const ModelParams p = model_params_from_list(c_, params_);
     Tensor logits = model_forward(images_, p, c_);
     pred_ = argmax(logits);
@@ -274,7 +275,6 @@ class EvalWorker : public DuatWorker {
       const Tensor y = contiguous_data(labels_);
       for (int64_t i = 0; i < y->numel(); i++) correct_ += pred_->i32()[i] == y->i32()[i];
     }
-    set_grad_enabled(true);
   }
   void OnOK() override {
     Napi::Object r = Napi::Object::New(Env());

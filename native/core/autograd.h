@@ -51,6 +51,19 @@ struct Node {
 bool grad_enabled();
 void set_grad_enabled(bool enabled);  // per thread; default on
 
+// Sets grad mode for a scope and restores the previous mode on exit, exceptions included (worker
+// threads are reused, so a mode left behind would leak into the next job on that thread).
+class GradMode {
+ public:
+  explicit GradMode(bool enabled) : prev_(grad_enabled()) { set_grad_enabled(enabled); }
+  ~GradMode() { set_grad_enabled(prev_); }
+  GradMode(const GradMode&) = delete;
+  GradMode& operator=(const GradMode&) = delete;
+
+ private:
+  bool prev_;
+};
+
 // True if grad mode is on and any input requires grad.
 bool any_requires_grad(const std::vector<Tensor>& inputs);
 

@@ -157,22 +157,15 @@ Tensor model_forward(const Tensor& images, const ModelParams& p, const ModelConf
 }
 
 std::vector<Tensor> model_attention_maps(const Tensor& images, const ModelParams& p, const ModelConfig& c) {
-  const bool prev = grad_enabled();
-  set_grad_enabled(false);
+  GradMode no_grad(false);
   std::vector<Tensor> maps;
-  try {
-    Tensor x = embed(images, p, c);
-    const int64_t B = x->shape[0], T1 = x->shape[1], BT = B * T1;
-    for (const StageParams& s : p.stages) {
-      const Tensor qkv = branch_qkv(layernorm(reshape(x, {BT, c.dim}), nullptr, nullptr, c.eps), s, c);
-      maps.push_back(attention_probs(reshape(qkv, {B, T1, c.branches * 3 * c.dim}), c.heads, c.branches));
-      x = stage_forward(x, s, c);
-    }
-  } catch (...) {
-    set_grad_enabled(prev);
-    throw;
+  Tensor x = embed(images, p, c);
+  const int64_t B = x->shape[0], T1 = x->shape[1], BT = B * T1;
+  for (const StageParams& s : p.stages) {
+    const Tensor qkv = branch_qkv(layernorm(reshape(x, {BT, c.dim}), nullptr, nullptr, c.eps), s, c);
+    maps.push_back(attention_probs(reshape(qkv, {B, T1, c.branches * 3 * c.dim}), c.heads, c.branches));
+    x = stage_forward(x, s, c);
   }
-  set_grad_enabled(prev);
   return maps;
 }
 
