@@ -9,6 +9,8 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
+import { SIZES as MODEL_SIZES } from '../nn/ParaFormer';
+
 export interface BenchOptions {
   layers: number[];
   grid: number;
@@ -39,9 +41,10 @@ interface Row {
   torch?: { infer?: Measurement; train?: Measurement };
 }
 
+// ViT-Ti's width on 32 x 32 RGB images (the benchmark model), and the MNIST model.
 const SIZES = {
-  tiny: { imageSize: 32, patchSize: 4, channels: 3, classes: 10, dim: 192, heads: 3, mlpRatio: 4 },
-  mnist: { imageSize: 28, patchSize: 7, channels: 1, classes: 10, dim: 64, heads: 4, mlpRatio: 2 },
+  tiny: { ...MODEL_SIZES.tiny, imageSize: 32, patchSize: 4, classes: 10 },
+  mnist: { ...MODEL_SIZES.mnist, patchSize: 7 },
 };
 
 const ROOT = path.resolve(__dirname, '..', '..');

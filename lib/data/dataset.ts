@@ -154,8 +154,12 @@ export class Batches {
         [this.order[i], this.order[j]] = [this.order[j], this.order[i]];
       }
     }
-    const full = Math.floor(data.count / this.batchSize);
-    this.count = o.keepLast === false || data.count % this.batchSize === 0 ? full : full + 1;
+    this.count = Batches.countFor(data.count, this.batchSize, o.keepLast !== false);
+  }
+
+  /** Batches per epoch for `items` items. */
+  static countFor(items: number, batchSize: number, keepLast = true): number {
+    return keepLast ? Math.ceil(items / batchSize) : Math.floor(items / batchSize);
   }
 
   /** Batch k as tensors (images (B, ch, S, S), labels (B) int32). */

@@ -38,20 +38,8 @@ export interface ParaFormerOptions {
   seed?: number;
 }
 
-/** The resolved configuration (saved in checkpoints). */
-export interface ParaFormerConfig {
-  imageSize: number;
-  patchSize: number;
-  channels: number;
-  classes: number;
-  dim: number;
-  heads: number;
-  depth: number;
-  branches: number;
-  mlpRatio: number;
-  combine: 'sum' | 'mean';
-  seed: number;
-}
+/** The resolved configuration (saved in checkpoints): every option, defaults filled in. */
+export type ParaFormerConfig = Required<Omit<ParaFormerOptions, 'device'>>;
 
 /** Named sizes for presets: `mnist` (small, for 28 x 28 digits), ViT `tiny` and `small`. */
 export const SIZES = {

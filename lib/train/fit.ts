@@ -253,7 +253,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
     r = { ...st.options, maxSteps: r.maxSteps, epochs: o.epochs ?? st.options.epochs };
     losses.push(...st.losses);
   }
-  const stepsPerEpoch = new Batches(train, 0, { batchSize: r.batchSize }).count;
+  const stepsPerEpoch = Batches.countFor(train.count, r.batchSize);
   const total = Math.min(r.maxSteps, r.epochs * stepsPerEpoch);
   const runDir = o.runDir;
   if (runDir) fs.mkdirSync(runDir, { recursive: true });
