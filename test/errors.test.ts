@@ -59,6 +59,8 @@ describe('argument errors name the problem', () => {
     ['toInt32Array of float', () => t([2]).toInt32Array(), duat.DTypeError, /toInt32Array: the tensor is float32/],
     ['AdamW without params', () => new duat.optim.AdamW([]), duat.ArgumentError, /non-empty array of parameters/],
     ['AdamW with a negative lr', () => new duat.optim.AdamW([t([1])], { lr: -1 }), duat.ArgumentError, /Expected number in \[0, Infinity\] for lr but received -1/],
+    ['a parameter group with a negative lr', () => new duat.optim.AdamW([{ params: [t([1])], options: { lr: -1 } }]), duat.ArgumentError, /Expected number in \[0, Infinity\] for params\[0\]\.options\.lr but received -1/],
+    ['a parameter group with an unknown option', () => new duat.optim.SGD([{ params: [t([1])], options: { lrr: 1 } as never }]), duat.ArgumentError, /Unknown option params\[0\]\.options\.lrr/],
     ['Linear with zero features', () => new duat.nn.Linear(0, 3), duat.ArgumentError, /Expected integer in \[1, \d+\] for inFeatures but received 0/],
     ['setNumThreads(-1)', () => duat.setNumThreads(-1), duat.ArgumentError, /Expected integer in \[0, 256\] for threads but received -1/],
   ];

@@ -29,6 +29,14 @@ export abstract class Optimizer<O extends object> {
       g.params.forEach((p, i) => {
         if (!(p instanceof Tensor)) throw new ArgumentError(`Expected a tensor for params[${gi}][${i}] but received ${describe(p)}`);
       });
+      // A group's overrides are checked like the defaults: numbers non-negative, flags boolean.
+      for (const [key, value] of Object.entries(g.options ?? {})) {
+        const base = (defaults as Record<string, unknown>)[key];
+        const name = `params[${gi}].options.${key}`;
+        if (base === undefined) throw new ArgumentError(`Unknown option ${name}`);
+        if (typeof base === 'number') checkNumber(value, name, 0);
+        if (typeof base === 'boolean' && typeof value !== 'boolean') throw new ArgumentError(`Expected boolean for ${name} but received ${describe(value)}`);
+      }
       return { params: g.params, options: { ...defaults, ...(g.options ?? {}) } };
     });
   }
