@@ -1,0 +1,116 @@
+// cuda_memory.cu: the caching allocator (see cuda_memory.h).
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+#include <unordered_map>
+
+#include "cuda_kernels.h"
+#include "cuda_memory.h"
+
+namespace duat {
+namespace cuda {
+
+namespace {
+
+struct Cache {
+  std::mutex mu;
+  std::multimap<size_t, void*> free_blocks;        // size class -> block
+  std::unordered_map<void*, size_t> live;          // block -> size class
+  AllocatorStats stats;
+};
+
+Cache& cache() {
+  static Cache* c = new Cache();  // never destroyed: blocks may be freed during static teardown
+  return *c;
+}
+
+void release_cached(Cache& c) {
+  for (auto& [size, p] : c.free_blocks) {
+    cudaFree(p);
+    c.stats.cached -= size;
+  }
+  c.free_blocks.clear();
+}
+
+}  // namespace
+
+size_t allocation_class(size_t bytes) {
+  if (bytes == 0) bytes = 1;
+  if (bytes <= (1u << 20)) return (bytes + 511) / 512 * 512;
+  size_t top = 1u << 20;
+  while (top < bytes) top <<= 1;
+  const size_t step = top / 16;  // classes top/2 + k*step, k = 1..8
+  return (bytes + step - 1) / step * step;
+}
+
+void* device_alloc(size_t bytes) {
+  Cache& c = cache();
+  const size_t size = allocation_class(bytes);
+  std::lock_guard<std::mutex> lock(c.mu);
+  void* p = nullptr;
+  auto it = c.free_blocks.find(size);
+  if (it != c.free_blocks.end()) {
+    p = it->second;
+    c.free_blocks.erase(it);
+    c.stats.cached -= size;
+    c.stats.cache_hits++;
+  } else {
+    cudaError_t e = cudaMalloc(&p, size);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      release_cached(c);
+      e = cudaMalloc(&p, size);
+    }
+    check_cuda(e, "device allocation");
+    c.stats.driver_allocs++;
+  }
+  c.live[p] = size;
+  c.stats.in_use += size;
+  if (c.stats.in_use > c.stats.peak) c.stats.peak = c.stats.in_use;
+  return p;
+}
+
+void device_free(void* p) {
+  if (!p) return;
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  auto it = c.live.find(p);
+  if (it == c.live.end()) return;  // not ours: never hand foreign pointers to the cache
+  c.free_blocks.emplace(it->second, p);
+  c.stats.in_use -= it->second;
+  c.stats.cached += it->second;
+  c.live.erase(it);
+}
+
+void empty_cache() {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  release_cached(c);
+}
+
+AllocatorStats allocator_stats() {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return c.stats;
+}
+
+Workspace& gemm_workspace(int64_t partial_floats, int64_t tickets) {
+  static Workspace w;
+  if (partial_floats > w.partial_floats) {
+    device_free(w.partials);
+    w.partials = static_cast<float*>(device_alloc(partial_floats * sizeof(float)));
+    check_cuda(cudaMemset(w.partials, 0, partial_floats * sizeof(float)), "split-K accumulators");
+    w.partial_floats = partial_floats;
+  }
+  if (tickets > w.ticket_count) {
+    device_free(w.tickets);
+    w.tickets = static_cast<int*>(device_alloc(tickets * sizeof(int)));
+    check_cuda(cudaMemset(w.tickets, 0, tickets * sizeof(int)), "split-K tickets");
+    w.ticket_count = tickets;
+  }
+  return w;
+}
+
+}  // namespace cuda
+}  // namespace duat

@@ -1,0 +1,110 @@
+// device_math.h: the per-element math and index arithmetic of the CUDA kernels, written once as
+// __host__ __device__ functions. The kernels call them on the GPU; the C++ tests call the same
+// functions on the CPU (native/tests/test_core.cpp), so most of what a GPU run could get wrong
+// is checked on every machine, GPU or not.
+#pragma once
+#include <math.h>
+
+#include <cstdint>
+
+#ifdef __CUDACC__
+#define DUAT_HD __host__ __device__ __forceinline__
+#else
+#define DUAT_HD inline
+#endif
+
+namespace duat {
+namespace dm {
+
+DUAT_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// GELU, erf form (PyTorch's default), and its derivative.
+DUAT_HD float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+DUAT_HD float gelu_grad(float x) {
+  const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+  const float pdf = 0.39894228040143268f * expf(-0.5f * x * x);
+  return cdf + x * pdf;
+}
+
+// Softmax over a stream of scores without storing them: after every score, `m` is the running
+// maximum and `l` the sum of exp(s - m). Adding a score returns the factor that rescales what
+// was accumulated so far and the weight of the new score.
+struct OnlineSoftmax {
+  float m = -INFINITY;
+  float l = 0.0f;
+  DUAT_HD void add(float s, float* rescale, float* weight) {
+    const float m_new = fmaxf(m, s);
+    *rescale = expf(m - m_new);  // 0 for the first score (m = -inf)
+    *weight = expf(s - m_new);
+    l = l * *rescale + *weight;
+    m = m_new;
+  }
+  // A chunk of CH scores at once (the first `valid` count): one rescale per chunk, and CH
+  // independent exponentials instead of a chain of CH dependent updates.
+  template <int CH>
+  DUAT_HD void add_chunk(const float (&s)[CH], int valid, float* rescale, float (&weight)[CH]) {
+    float m_new = m;
+    for (int c = 0; c < CH; c++)
+      if (c < valid) m_new = fmaxf(m_new, s[c]);
+    *rescale = expf(m - m_new);
+    float sum = 0.0f;
+    for (int c = 0; c < CH; c++) {
+      weight[c] = c < valid ? expf(s[c] - m_new) : 0.0f;
+      sum += weight[c];
+    }
+    l = l * *rescale + sum;
+    m = m_new;
+  }
+  DUAT_HD float log_sum_exp() const { return m + logf(l); }
+};
+
+// Where attention's (batch b, branch n, head h) reads and writes, in the layouts of
+// native/ops/attention.cpp: qkv (B, T, N*3C) with [Q | K | V] per branch, out (B, T, N*C).
+struct AttnLayout {
+  int64_t T, C, N, H, D;
+  DUAT_HD int64_t ld_in() const { return N * 3 * C; }
+  DUAT_HD int64_t ld_out() const { return N * C; }
+  DUAT_HD int64_t q_offset(int64_t b, int64_t n, int64_t h) const { return b * T * ld_in() + n * 3 * C + h * D; }
+  DUAT_HD int64_t k_offset(int64_t b, int64_t n, int64_t h) const { return q_offset(b, n, h) + C; }
+  DUAT_HD int64_t v_offset(int64_t b, int64_t n, int64_t h) const { return q_offset(b, n, h) + 2 * C; }
+  DUAT_HD int64_t out_offset(int64_t b, int64_t n, int64_t h) const { return b * T * ld_out() + n * C + h * D; }
+  // Per-row statistics (log-sum-exp) are stored (B, N, H, T).
+  DUAT_HD int64_t stat_offset(int64_t b, int64_t n, int64_t h) const { return ((b * N + n) * H + h) * T; }
+};
+
+// The attention backward of one score: with p = exp(s - lse), dp = dout . v and
+// delta = dout . out, ds = p * (dp - delta). Returns ds (scaled by the caller).
+DUAT_HD float attention_dscore(float s, float lse, float dp, float delta) { return expf(s - lse) * (dp - delta); }
+
+// LayerNorm of one row from its sums: mean and 1/sqrt(var + eps), variance from the second
+// pass over (x - mean) so that large means lose no precision.
+DUAT_HD float layernorm_rstd(float centered_sq_sum, int64_t C, float eps) {
+  return 1.0f / sqrtf(centered_sq_sum / static_cast<float>(C) + eps);
+}
+// dx of a LayerNorm row without affine: rstd * (g - mean(g) - xhat * mean(g * xhat)), with
+// g = dy * gamma (gamma = 1 without affine).
+DUAT_HD float layernorm_dx(float g, float xhat, float mean_g, float mean_gx, float rstd) {
+  return rstd * (g - mean_g - xhat * mean_gx);
+}
+
+// The stage's last epilogue: out = x + s * (mlp + sum_b a_b).
+DUAT_HD float stage_combine(float x, float mlp, float branch_sum, float scale) { return x + scale * (mlp + branch_sum); }
+
+// AdamW on one element, PyTorch's formula as in native/ops/optim.cpp: decoupled weight decay,
+// then p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps). Updates m and v in place.
+DUAT_HD float adamw_element(float p, float g, float* m, float* v, float beta1, float beta2, float eps, float decay,
+                            float step_size, float inv_sqrt_bc2) {
+  *m = beta1 * *m + (1.0f - beta1) * g;
+  *v = beta2 * *v + (1.0f - beta2) * g * g;
+  return p * decay - step_size * *m / (sqrtf(*v) * inv_sqrt_bc2 + eps);
+}
+
+// Patch embedding input index: token t >= 1 of image b, channel c, in-patch (py, px).
+DUAT_HD int64_t patch_pixel(int64_t b, int64_t ch, int64_t t, int64_t py, int64_t px, int64_t channels, int64_t S,
+                            int64_t P) {
+  const int64_t grid = S / P, ty = (t - 1) / grid, tx = (t - 1) % grid;
+  return ((b * channels + ch) * S + ty * P + py) * S + tx * P + px;
+}
+
+}  // namespace dm
+}  // namespace duat
