@@ -572,7 +572,8 @@ __global__ void __launch_bounds__(128) layernorm_forward_kernel(const float* x, 
 }
 
 template <int VPL>
-__global__ void __launch_bounds__(128) layernorm_backward_kernel(const float* dy, const float* x, const float* mean,
+__global__ void __launch_bounds__(128) layernorm_backward_kernel(const float* dy, const float* x, const float* resid,
+                                                                 int64_t resid_rows, const float* mean,
                                                                  const float* rstd, const float* gamma, float* dx,
                                                                  int64_t rows, int C, bool accumulate) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x / 32;
@@ -584,7 +585,7 @@ __global__ void __launch_bounds__(128) layernorm_backward_kernel(const float* dy
   for (int i = 0; i < VPL; i++) {
     const int c = lane + 32 * i;
     g[i] = c < C ? dy[r * C + c] * (gamma ? gamma[c] : 1.0f) : 0.0f;
-    xh[i] = c < C ? (x[r * C + c] - mu) * rs : 0.0f;
+    xh[i] = c < C ? (x[r * C + c] + (resid ? resid[(r % resid_rows) * C + c] : 0.0f) - mu) * rs : 0.0f;
     sg += g[i];
     sgx = fmaf(g[i], xh[i], sgx);
   }
@@ -601,8 +602,11 @@ __global__ void __launch_bounds__(128) layernorm_backward_kernel(const float* dy
 // Column sums over rows, 32 columns x 8 row lanes per block, atomics across row chunks:
 // out1[c] += sum_r x1(r, c), out2[c] += sum_r x(r, c) * xhat(r, c) when `xhat_of` is given.
 __global__ void column_sums_kernel(const float* x, const float* xin, const float* mean, const float* rstd,
-                                   float* sum_x, float* sum_x_xhat, int64_t rows, int cols, int rows_per_block) {
+                                   float* sum_x, float* sum_x_xhat, int64_t rows, int cols, int rows_per_block,
+                                   int64_t x_batch) {
   __shared__ float s1[8][33], s2[8][33];
+  x += blockIdx.z * x_batch;
+  if (sum_x) sum_x += static_cast<int64_t>(blockIdx.z) * cols;
   const int c = blockIdx.x * 32 + threadIdx.x;
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_block;
   const int64_t r1 = min(rows, r0 + rows_per_block);
@@ -626,11 +630,12 @@ __global__ void column_sums_kernel(const float* x, const float* xin, const float
 }
 
 void launch_column_sums(const float* x, const float* xin, const float* mean, const float* rstd, float* sum_x,
-                        float* sum_x_xhat, int64_t rows, int64_t cols, cudaStream_t s) {
+                        float* sum_x_xhat, int64_t batch, int64_t rows, int64_t cols, int64_t x_batch, cudaStream_t s) {
   const int rows_per_block = 256;
-  const dim3 grid(static_cast<unsigned>(dm::ceil_div(cols, 32)), static_cast<unsigned>(dm::ceil_div(rows, rows_per_block)));
+  const dim3 grid(static_cast<unsigned>(dm::ceil_div(cols, 32)), static_cast<unsigned>(dm::ceil_div(rows, rows_per_block)),
+                  static_cast<unsigned>(batch));
   column_sums_kernel<<<grid, dim3(32, 8), 0, s>>>(x, xin, mean, rstd, sum_x, sum_x_xhat, rows, static_cast<int>(cols),
-                                                  rows_per_block);
+                                                  rows_per_block, x_batch);
   launched("column sums");
 }
 
@@ -662,8 +667,8 @@ __global__ void cross_entropy_kernel(const float* logits, const int32_t* labels,
 
 // One block per token: its patch's pixels in shared memory, then a thread per output channel
 // (consecutive channels read consecutive weights of the transposed matrix).
-__global__ void embed_kernel(const float* images, const float* w_t, const float* bias, const float* cls,
-                             const float* pos, float* x, int channels, int S, int P, int C) {
+__global__ void embed_kernel(const float* images, const float* w, int64_t w_k, int64_t w_c, const float* bias,
+                             const float* cls, const float* pos, float* x, int channels, int S, int P, int C) {
   extern __shared__ float pix[];  // channels * P * P
   const int grid = S / P, T1 = grid * grid + 1, K = channels * P * P;
   const int t = blockIdx.x % T1;
@@ -681,8 +686,8 @@ __global__ void embed_kernel(const float* images, const float* w_t, const float*
       int k = 0;
       for (; k + 4 <= K; k += 4)
 #pragma unroll
-        for (int j = 0; j < 4; j++) acc[j] = fmaf(w_t[static_cast<int64_t>(k + j) * C + c], pix[k + j], acc[j]);
-      for (; k < K; k++) acc[0] = fmaf(w_t[static_cast<int64_t>(k) * C + c], pix[k], acc[0]);
+        for (int j = 0; j < 4; j++) acc[j] = fmaf(w[(k + j) * w_k + c * w_c], pix[k + j], acc[j]);
+      for (; k < K; k++) acc[0] = fmaf(w[k * w_k + c * w_c], pix[k], acc[0]);
       v = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     }
     x[(b * T1 + t) * C + c] = v + pos[t * C + c];
@@ -736,6 +741,126 @@ __global__ void adamw_kernel(const AdamWBatch batch) {
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     t.param[i] = dm::adamw_element(t.param[i], t.grad[i], t.m + i, t.v + i, batch.beta1, batch.beta2, batch.eps,
                                    decay, batch.step_size, batch.inv_sqrt_bc2);
+}
+
+// ---- training helpers ---------------------------------------------------------------------------
+// One warp per output row (n, o): wf = w * g, bf = w . beta + b.
+__global__ void fold_affine_forward_kernel(const float* w, const float* b, const float* g, const float* beta,
+                                           float* wf, float* bf, int64_t N, int O, int C) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= N * O) return;
+  const int64_t n = row / O;
+  float dot = 0.0f;
+  for (int c = lane; c < C; c += 32) {
+    const float wv = w[row * C + c];
+    wf[row * C + c] = wv * g[n * C + c];
+    dot = fmaf(wv, beta[n * C + c], dot);
+  }
+  dot = warp_sum(dot);
+  if (lane == 0) bf[row] = dot + b[row];
+}
+
+// A thread per column (n, c) walks the O rows: dw written, dg and dbeta summed; db copied.
+__global__ void fold_affine_backward_kernel(const float* w, const float* g, const float* beta, const float* dwf,
+                                            const float* dbf, float* dw, float* db, float* dg, float* dbeta, int O,
+                                            int C) {
+  const int64_t n = blockIdx.y;
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (blockIdx.x == 0)
+    for (int o = threadIdx.x; o < O; o += blockDim.x) db[n * O + o] = dbf[n * O + o];
+  if (c >= C) return;
+  const float gc = g[n * C + c], bc = beta[n * C + c];
+  float sg = 0.0f, sb = 0.0f;
+#pragma unroll 4
+  for (int o = 0; o < O; o++) {
+    const int64_t at = (n * O + o) * C + c;
+    const float d = dwf[at], wv = w[at], dbo = dbf[n * O + o];
+    dw[at] = d * gc + dbo * bc;
+    sg = fmaf(d, wv, sg);
+    sb = fmaf(dbo, wv, sb);
+  }
+  dg[n * C + c] = sg;
+  dbeta[n * C + c] = sb;
+}
+
+__global__ void branch_concat_forward_kernel(const float* w, const float* b, float* cat, float* bsum, int64_t N, int64_t C,
+                                             int64_t M) {
+  const int64_t total = N * C * M;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = i % M, c = (i / M) % C, n = i / (M * C);
+    cat[c * N * M + n * M + m] = w[i];
+    if (i < C) {
+      float v = 0.0f;
+      for (int64_t k = 0; k < N; k++) v += b[k * C + i];
+      bsum[i] = v;
+    }
+  }
+}
+
+__global__ void branch_concat_backward_kernel(const float* dcat, const float* dbsum, float scale, float* dw, float* db,
+                                              int64_t N, int64_t C, int64_t M) {
+  const int64_t total = N * C * M;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t m = i % M, c = (i / M) % C, n = i / (M * C);
+    dw[i] = dcat[c * N * M + n * M + m];
+    if (i < N * C) db[i] = scale * dbsum[i % C];
+  }
+}
+
+__global__ void branch_residual_backward_kernel(const float* dv, const float* dy, float scale, float* da, float* dx,
+                                                int64_t N, int64_t n_elems) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n_elems;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float direct = scale * dy[i];
+    float sum = 0.0f;
+    for (int64_t n = 0; n < N; n++) {
+      const float v = dv[n * n_elems + i];
+      da[n * n_elems + i] = v + direct;
+      sum += v;
+    }
+    dx[i] += sum;
+  }
+}
+
+// A thread per (c, k) of the weight walks every (image, token); threads with k = 0 also sum the
+// bias gradient.
+__global__ void embed_backward_weight_kernel(const float* images, const float* dx, float* dw, float* dbias, int64_t B,
+                                             int channels, int S, int P, int C) {
+  const int K = channels * P * P, grid = S / P, T1 = grid * grid + 1;
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= C * K) return;
+  const int c = idx % C, k = idx / C;  // consecutive threads: consecutive channels (coalesced dx)
+  const int ch = k / (P * P), py = (k / P) % P, px = k % P;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}, bias = 0.0f;
+  for (int64_t b = 0; b < B; b++)
+#pragma unroll 4
+    for (int t = 1; t < T1; t++) {
+      const float g = dx[(b * T1 + t) * C + c];
+      acc[t & 3] = fmaf(g, images[dm::patch_pixel(b, ch, t, py, px, channels, S, P)], acc[t & 3]);
+      bias += g;
+    }
+  dw[static_cast<int64_t>(c) * K + k] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  if (k == 0) dbias[c] = bias;
+}
+
+__global__ void embed_backward_tokens_kernel(const float* dx, float* dcls, float* dpos, int64_t B, int T1, int C) {
+  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= T1 * C) return;
+  float v = 0.0f;
+  for (int64_t b = 0; b < B; b++) v += dx[b * T1 * C + idx];
+  dpos[idx] = v;
+  if (idx < C) dcls[idx] = v;
+}
+
+__global__ void copy_rows_kernel(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t rows,
+                                 int64_t cols) {
+  const int64_t total = rows * cols;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    dst[(i / cols) * dst_stride + i % cols] = src[(i / cols) * src_stride + i % cols];
 }
 
 unsigned elementwise_blocks(int64_t n) {
@@ -841,14 +966,16 @@ void layernorm_forward(const float* x, const float* resid, int64_t resid_rows, c
   launched("layerNorm forward");
 }
 
-void layernorm_backward(const float* dy, const float* x, const float* mean, const float* rstd, const float* gamma,
-                        float* dx, float* dgamma, float* dbeta, int64_t rows, int64_t C, bool accumulate,
-                        cudaStream_t s) {
+void layernorm_backward(const float* dy, const float* x, const float* resid, int64_t resid_rows, const float* mean,
+                        const float* rstd, const float* gamma, float* dx, float* dgamma, float* dbeta, int64_t rows,
+                        int64_t C, bool accumulate, cudaStream_t s) {
   if (rows <= 0) return;
+  if (resid && (dgamma || dbeta)) throw std::runtime_error("layerNorm backward: dgamma/dbeta with a residual input");
   const dim3 grid(static_cast<unsigned>(dm::ceil_div(rows, 4)));
-  launch_by_vpl<LayerNormBackward>(C, grid, s, dy, x, mean, rstd, gamma, dx, rows, static_cast<int>(C), accumulate);
+  launch_by_vpl<LayerNormBackward>(C, grid, s, dy, x, resid, resid_rows > 0 ? resid_rows : rows, mean, rstd, gamma, dx,
+                                   rows, static_cast<int>(C), accumulate);
   launched("layerNorm backward");
-  if (dgamma || dbeta) launch_column_sums(dy, x, mean, rstd, dbeta, dgamma, rows, C, s);
+  if (dgamma || dbeta) launch_column_sums(dy, x, mean, rstd, dbeta, dgamma, 1, rows, C, 0, s);
 }
 
 void attention_forward(const float* qkv, float* out, float* lse, int64_t B, int64_t T, int64_t N, int64_t H,
@@ -898,9 +1025,11 @@ void gelu_backward(const float* dy, const float* x, float* dx, int64_t n, cudaSt
   launched("gelu backward");
 }
 
-void sum_rows(const float* x, float* out, int64_t rows, int64_t cols, bool accumulate, cudaStream_t s) {
-  if (!accumulate) check_cuda(cudaMemsetAsync(out, 0, cols * sizeof(float), s), "sum_rows (clear)");
-  launch_column_sums(x, nullptr, nullptr, nullptr, out, nullptr, rows, cols, s);
+void sum_rows(const float* x, float* out, int64_t batch, int64_t rows, int64_t cols, int64_t x_batch, bool accumulate,
+              cudaStream_t s) {
+  if (!accumulate) check_cuda(cudaMemsetAsync(out, 0, batch * cols * sizeof(float), s), "sum_rows (clear)");
+  if (rows <= 0 || batch <= 0) return;
+  launch_column_sums(x, nullptr, nullptr, nullptr, out, nullptr, batch, rows, cols, x_batch, s);
 }
 
 void cross_entropy(const float* logits, const int32_t* labels, float* loss, float* dlogits, int64_t B, int64_t K,
@@ -911,12 +1040,12 @@ void cross_entropy(const float* logits, const int32_t* labels, float* loss, floa
   launched("cross entropy");
 }
 
-void embed_forward(const float* images, const float* patch_w_t, const float* patch_b, const float* cls,
-                   const float* pos, float* x, int64_t B, int64_t channels, int64_t S, int64_t P, int64_t C,
-                   cudaStream_t s) {
+void embed_forward(const float* images, const float* patch_w, int64_t w_k, int64_t w_c, const float* patch_b,
+                   const float* cls, const float* pos, float* x, int64_t B, int64_t channels, int64_t S, int64_t P,
+                   int64_t C, cudaStream_t s) {
   const int64_t T1 = (S / P) * (S / P) + 1;
   embed_kernel<<<static_cast<unsigned>(B * T1), static_cast<unsigned>(std::min<int64_t>(C, 256)),
-                 channels * P * P * sizeof(float), s>>>(images, patch_w_t, patch_b, cls, pos, x,
+                 channels * P * P * sizeof(float), s>>>(images, patch_w, w_k, w_c, patch_b, cls, pos, x,
                                                         static_cast<int>(channels), static_cast<int>(S),
                                                         static_cast<int>(P), static_cast<int>(C));
   launched("patch embedding");
@@ -929,6 +1058,57 @@ void head_forward(const float* x, const float* norm_w, const float* norm_b, cons
                                                                        static_cast<int>(T1), static_cast<int>(C),
                                                                        static_cast<int>(K), eps);
   launched("head");
+}
+
+void fold_affine_forward(const float* w, const float* b, const float* g, const float* beta, float* wf, float* bf,
+                         int64_t N, int64_t O, int64_t C, cudaStream_t s) {
+  fold_affine_forward_kernel<<<static_cast<unsigned>(dm::ceil_div(N * O, 4)), 128, 0, s>>>(
+      w, b, g, beta, wf, bf, N, static_cast<int>(O), static_cast<int>(C));
+  launched("fold affine forward");
+}
+
+void fold_affine_backward(const float* w, const float* g, const float* beta, const float* dwf, const float* dbf,
+                          float* dw, float* db, float* dg, float* dbeta, int64_t N, int64_t O, int64_t C,
+                          cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>(dm::ceil_div(C, 64)), static_cast<unsigned>(N));
+  fold_affine_backward_kernel<<<grid, 64, 0, s>>>(w, g, beta, dwf, dbf, dw, db, dg, dbeta, static_cast<int>(O),
+                                                   static_cast<int>(C));
+  launched("fold affine backward");
+}
+
+void branch_concat_forward(const float* w, const float* b, float* cat, float* bsum, int64_t N, int64_t C, int64_t M,
+                           cudaStream_t s) {
+  branch_concat_forward_kernel<<<elementwise_blocks(N * C * M), 256, 0, s>>>(w, b, cat, bsum, N, C, M);
+  launched("branch concat forward");
+}
+
+void branch_concat_backward(const float* dcat, const float* dbsum, float scale, float* dw, float* db, int64_t N,
+                            int64_t C, int64_t M, cudaStream_t s) {
+  branch_concat_backward_kernel<<<elementwise_blocks(N * C * M), 256, 0, s>>>(dcat, dbsum, scale, dw, db, N, C, M);
+  launched("branch concat backward");
+}
+
+void branch_residual_backward(const float* dv, const float* dy, float scale, float* da, float* dx, int64_t N,
+                              int64_t rows, int64_t C, cudaStream_t s) {
+  branch_residual_backward_kernel<<<elementwise_blocks(rows * C), 256, 0, s>>>(dv, dy, scale, da, dx, N, rows * C);
+  launched("branch residual backward");
+}
+
+void embed_backward(const float* images, const float* dx, float* dw, float* dbias, float* dcls, float* dpos, int64_t B,
+                    int64_t channels, int64_t S, int64_t P, int64_t C, cudaStream_t s) {
+  const int64_t K = channels * P * P, T1 = (S / P) * (S / P) + 1;
+  embed_backward_weight_kernel<<<static_cast<unsigned>(dm::ceil_div(C * K, 128)), 128, 0, s>>>(
+      images, dx, dw, dbias, B, static_cast<int>(channels), static_cast<int>(S), static_cast<int>(P), static_cast<int>(C));
+  launched("patch embedding backward (weights)");
+  embed_backward_tokens_kernel<<<static_cast<unsigned>(dm::ceil_div(T1 * C, 128)), 128, 0, s>>>(
+      dx, dcls, dpos, B, static_cast<int>(T1), static_cast<int>(C));
+  launched("patch embedding backward (tokens)");
+}
+
+void copy_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t rows, int64_t cols,
+               cudaStream_t s) {
+  copy_rows_kernel<<<elementwise_blocks(rows * cols), 256, 0, s>>>(src, src_stride, dst, dst_stride, rows, cols);
+  launched("copy rows");
 }
 
 void adamw_multi(const std::vector<AdamWTensor>& tensors, float lr, float beta1, float beta2, float eps,

@@ -61,11 +61,12 @@ void gemm(const GemmArgs& g, Precision p, cudaStream_t s);
 // ((C) each); mean/rstd (rows) written when non-null. C <= 1024.
 void layernorm_forward(const float* x, const float* resid, int64_t resid_rows, const float* gamma, const float* beta,
                        float* y, float* mean, float* rstd, int64_t rows, int64_t C, float eps, cudaStream_t s);
-// dx[r] (+)= LayerNorm backward of the row (input rebuilt from x, mean, rstd); accumulates when
-// `accumulate`. dgamma/dbeta ((C), accumulated) when non-null.
-void layernorm_backward(const float* dy, const float* x, const float* mean, const float* rstd, const float* gamma,
-                        float* dx, float* dgamma, float* dbeta, int64_t rows, int64_t C, bool accumulate,
-                        cudaStream_t s);
+// dx[r] (+)= LayerNorm backward of the row, its input rebuilt as x[r] + resid[r % resid_rows]
+// (resid optional) from mean and rstd; accumulates into dx when `accumulate`. dgamma and dbeta
+// ((C) each) are ACCUMULATED when non-null (clear them first); they need resid == nullptr.
+void layernorm_backward(const float* dy, const float* x, const float* resid, int64_t resid_rows, const float* mean,
+                        const float* rstd, const float* gamma, float* dx, float* dgamma, float* dbeta, int64_t rows,
+                        int64_t C, bool accumulate, cudaStream_t s);
 
 // ---- attention --------------------------------------------------------------------------------
 // qkv (B, T, N*3C) -> out (B, T, N*C): softmax(Q K^T / sqrt(D)) V for every (b, n, h), online
@@ -81,21 +82,50 @@ void attention_backward(const float* dout, const float* qkv, const float* out, c
 // ---- elementwise and reductions -----------------------------------------------------------------
 // dx = dy * gelu'(x) (n elements).
 void gelu_backward(const float* dy, const float* x, float* dx, int64_t n, cudaStream_t s);
-// out[c] (+)= sum_r x[r*cols + c]: bias gradients.
-void sum_rows(const float* x, float* out, int64_t rows, int64_t cols, bool accumulate, cudaStream_t s);
+// out[z*cols + c] (+)= sum_r x[z*x_batch + r*cols + c] for z < batch: bias gradients.
+void sum_rows(const float* x, float* out, int64_t batch, int64_t rows, int64_t cols, int64_t x_batch, bool accumulate,
+              cudaStream_t s);
 // Mean cross-entropy of logits (B, K) against labels (B): loss (1 float) and dlogits (B, K).
 void cross_entropy(const float* logits, const int32_t* labels, float* loss, float* dlogits, int64_t B, int64_t K,
                    cudaStream_t s);
-// Patch embedding with class token and positions: images (B, ch, S, S) -> x (B, T1, C).
-// patch_w_t is the convolution weight (C, ch, P, P) transposed to (ch*P*P, C), so that a warp's
-// threads (consecutive output channels) read consecutive weights.
-void embed_forward(const float* images, const float* patch_w_t, const float* patch_b, const float* cls,
-                   const float* pos, float* x, int64_t B, int64_t channels, int64_t S, int64_t P, int64_t C,
-                   cudaStream_t s);
+// Patch embedding with class token and positions: images (B, ch, S, S) -> x (B, T1, C). The
+// weight of input k = (ch, py, px) and channel c is patch_w[k*w_k + c*w_c]: (w_k, w_c) = (C, 1)
+// for the weight transposed to (ch*P*P, C), which a warp reads coalesced (inference), or (1,
+// ch*P*P) for the convolution's own layout (training, where the weight changes every step).
+void embed_forward(const float* images, const float* patch_w, int64_t w_k, int64_t w_c, const float* patch_b,
+                   const float* cls, const float* pos, float* x, int64_t B, int64_t channels, int64_t S, int64_t P,
+                   int64_t C, cudaStream_t s);
 // logits (B, K) = LayerNorm(x[:, 0]) (affine) @ head_w^T + head_b, x (B, T1, C).
 void head_forward(const float* x, const float* norm_w, const float* norm_b, const float* head_w,
                   const float* head_b, float* logits, int64_t B, int64_t T1, int64_t C, int64_t K, float eps,
                   cudaStream_t s);
+
+// ---- training helpers ----------------------------------------------------------------------------
+// An affine LayerNorm folded into the linear layer after it, per branch n:
+//   wf[n] = w[n] diag(g[n]),  bf[n] = w[n] beta[n] + b[n]      w (N, O, C), b (N, O), g, beta (N, C)
+void fold_affine_forward(const float* w, const float* b, const float* g, const float* beta, float* wf, float* bf,
+                         int64_t N, int64_t O, int64_t C, cudaStream_t s);
+// Its backward (all outputs written): dw = dwf diag(g) + dbf beta^T, db = dbf,
+// dg = sum_o dwf * w, dbeta = sum_o dbf[o] w[o].
+void fold_affine_backward(const float* w, const float* g, const float* beta, const float* dwf, const float* dbf,
+                          float* dw, float* db, float* dg, float* dbeta, int64_t N, int64_t O, int64_t C,
+                          cudaStream_t s);
+// fc2 (N, C, M) side by side as (C, N*M) and its biases summed over branches, and back:
+// dw[n, c, m] = dcat[c, n*M + m], db[n, c] = scale * dbsum[c].
+void branch_concat_forward(const float* w, const float* b, float* cat, float* bsum, int64_t N, int64_t C, int64_t M,
+                           cudaStream_t s);
+void branch_concat_backward(const float* dcat, const float* dbsum, float scale, float* dw, float* db, int64_t N,
+                            int64_t C, int64_t M, cudaStream_t s);
+// The stage's residual paths in backward: da[n] = dv[n] + scale * dy, dx += sum_n dv[n].
+void branch_residual_backward(const float* dv, const float* dy, float scale, float* da, float* dx, int64_t N,
+                              int64_t rows, int64_t C, cudaStream_t s);
+// Gradients of the patch embedding from dx (B, T1, C): dw in the convolution's layout (C, ch*P*P),
+// dbias, dcls and dpos written.
+void embed_backward(const float* images, const float* dx, float* dw, float* dbias, float* dcls, float* dpos, int64_t B,
+                    int64_t channels, int64_t S, int64_t P, int64_t C, cudaStream_t s);
+// dst[r*dst_stride + c] = src[r*src_stride + c] for r < rows, c < cols.
+void copy_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_stride, int64_t rows, int64_t cols,
+               cudaStream_t s);
 
 // ---- optimizer ----------------------------------------------------------------------------------
 // One AdamW step over many tensors in one launch. The tensor table is copied to the device.

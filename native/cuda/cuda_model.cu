@@ -164,7 +164,7 @@ void CudaModel::stage_forward(const Stage& st, const float* x, float* y, int64_t
 void CudaModel::forward(const float* images, int64_t B, float* logits, cudaStream_t s) {
   reserve(B);
   const ModelConfig& c = config_;
-  embed_forward(images, patch_w_.get(), patch_b_.get(), cls_.get(), pos_.get(), x0_.get(), B, c.channels, c.image_size,
+  embed_forward(images, patch_w_.get(), c.dim, 1, patch_b_.get(), cls_.get(), pos_.get(), x0_.get(), B, c.channels, c.image_size,
                 c.patch_size, c.dim, s);
   mark("embed", s);
   float* x = x0_.get();

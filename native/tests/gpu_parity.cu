@@ -6,6 +6,7 @@
 //
 //   duat_gpu_parity [--quick] [--seed S] [--bench] [--profile] [--precision fp32|tf32|bf16]
 //                   [--reps R] [--max-n N] [--out results.md] [--no-parity] [--batch B]
+//                   [--train-mnist IDX_DIR [--epochs E] [--batch-size B] [--lr LR] [--depth m] [--branches n]]
 // Exit status: 0 when every check passed, 1 when one failed, 2 when no GPU is usable.
 #include <cuda_runtime.h>
 
@@ -24,6 +25,7 @@
 #include "cuda/cuda_kernels.h"
 #include "cuda/cuda_memory.h"
 #include "cuda/cuda_model.h"
+#include "cuda/cuda_train.h"
 #include "cuda/device_math.h"
 #include "model/paraformer.h"
 #include "ops/ops.h"
@@ -180,8 +182,8 @@ void check_layernorm(int64_t rows, int64_t C, int64_t resid_rows, bool affine) {
   std::vector<float> gy = random_vector(rows * C);
   DeviceBuffer dgy = upload(gy.data(), gy.size()), ddx = poisoned(rows * C), ddg = upload(std::vector<float>(C, 0.0f).data(), C),
                ddb = upload(std::vector<float>(C, 0.0f).data(), C);
-  layernorm_backward(dgy.get(), dx.get(), dmean.get(), drstd.get(), affine ? dg.get() : nullptr, ddx.get(), ddg.get(),
-                     ddb.get(), rows, C, false, nullptr);
+  layernorm_backward(dgy.get(), dx.get(), nullptr, 0, dmean.get(), drstd.get(), affine ? dg.get() : nullptr, ddx.get(),
+                     ddg.get(), ddb.get(), rows, C, false, nullptr);
   std::vector<double> rdx(rows * C), rdg(C, 0.0), rdb(C, 0.0);
   for (int64_t i = 0; i < rows; i++) {
     double mg = 0, mgx = 0;
@@ -286,7 +288,7 @@ void check_small_kernels() {
     const int64_t rows = 4161, cols = 197;
     std::vector<float> x = random_vector(rows * cols);
     DeviceBuffer dx = upload(x.data(), x.size()), out = poisoned(cols);
-    sum_rows(dx.get(), out.get(), rows, cols, false, nullptr);
+    sum_rows(dx.get(), out.get(), 1, rows, cols, 0, false, nullptr);
     std::vector<double> ref(cols, 0.0);
     for (int64_t r = 0; r < rows; r++)
       for (int64_t c = 0; c < cols; c++) ref[c] += x[r * cols + c];
@@ -396,6 +398,55 @@ void check_model(const ModelConfig& c, const std::string& name, Precision p, int
   }
 }
 
+
+// ---- training: every parameter's gradient against the CPU autograd ---------------------------------
+std::vector<std::vector<float>> host_params(const ModelParams& p) {
+  std::vector<std::vector<float>> out;
+  for (const Tensor& t : model_param_list(p)) out.emplace_back(t->f32(), t->f32() + t->numel());
+  return out;
+}
+
+int64_t check_training(const ModelConfig& c, const std::string& name, Precision p, int64_t B) {
+  const ModelParams params = random_params(c, rng());
+  const Tensor images = randn({B, c.channels, c.image_size, c.image_size}, rng(), 0.0f, 1.0f);
+  const Tensor labels = empty({B}, DTYPE_I32);
+  for (int64_t i = 0; i < B; i++) labels->i32()[i] = static_cast<int32_t>(rng() % c.classes);
+  // CPU reference: autograd through the op graph.
+  std::vector<Tensor> leaves = model_param_list(params);
+  for (Tensor& t : leaves) t->requires_grad = true;
+  const Tensor loss = cross_entropy(model_forward(images, model_params_from_list(c, leaves), c), labels, 0.0f);
+  backward(loss, nullptr);
+  // GPU.
+  CudaTrainer trainer(c, host_params(params), p, AdamWConfig{});
+  DeviceBuffer dimg = upload(images->f32(), images->numel());
+  int32_t* dlabels = static_cast<int32_t*>(device_alloc(B * sizeof(int32_t)));
+  check_cuda(cudaMemcpy(dlabels, labels->i32(), B * sizeof(int32_t), cudaMemcpyHostToDevice), "labels");
+  trainer.forward_backward(dimg.get(), dlabels, B, nullptr);  // warm-up (workspaces), then measured
+  const int64_t before = launch_count();
+  const float gpu_loss = trainer.forward_backward(dimg.get(), dlabels, B, nullptr);
+  const int64_t launches = launch_count() - before;
+  device_free(dlabels);
+  const double tol = 10 * tolerance(effective_precision(p));
+  report("training " + name + " loss", p, rel_error({gpu_loss}, {static_cast<double>(loss->f32()[0])}), tol);
+  const std::vector<std::vector<float>> grads = trainer.download_grads();
+  const std::vector<std::string> names = model_param_names(c);
+  double worst = 0;
+  std::string worst_name;
+  for (size_t i = 0; i < grads.size(); i++) {
+    const Tensor& g = leaves[i]->grad;
+    std::vector<double> ref(grads[i].size(), 0.0);
+    if (g) {
+      const Tensor gc = g->is_contiguous() ? g : contiguous(g);
+      for (size_t k = 0; k < ref.size(); k++) ref[k] = gc->f32()[k];
+    }
+    const double e = rel_error(grads[i], ref);
+    if (!(e <= worst)) worst = e, worst_name = names[i];
+  }
+  report("training " + name + " gradients (" + std::to_string(launches) + " launches; worst " + worst_name + ")", p,
+         worst, tol);
+  return launches;
+}
+
 void run_parity(bool quick) {
   const std::vector<Precision> precisions = {PRECISION_FP32, PRECISION_TF32, PRECISION_BF16};
   const std::vector<GemmCase> cases = {
@@ -429,6 +480,19 @@ void run_parity(bool quick) {
     guarded("model", [&] { check_model(mean_cfg, "para-former-2-3 mean of branches, B 2", p, 2); });
     if (!quick) guarded("model", [&] { check_model(tiny_config(1, 4), "para-former-1-4 tiny 32x32, B 2", p, 2); });
   }
+  for (Precision p : precisions) {
+    guarded("training", [&] { check_training(mnist, "para-former-2-3 mnist-size, B 4", p, 4); });
+    guarded("training", [&] { check_training(mean_cfg, "para-former-2-3 mean of branches, B 3", p, 3); });
+  }
+  guarded("training launches", [&] {
+    ModelConfig one = mnist, many = mnist;
+    one.branches = 1, many.branches = 6;
+    const int64_t a = check_training(one, "para-former-2-1, B 2", PRECISION_FP32, 2);
+    const int64_t b = check_training(many, "para-former-2-6, B 2", PRECISION_FP32, 2);
+    (a == b ? g_passed : g_failed)++;
+    std::printf("%-4s launches per training step: %lld with 1 branch, %lld with 6\n", a == b ? "ok" : "FAIL",
+                static_cast<long long>(a), static_cast<long long>(b));
+  });
 }
 
 // ---- benchmark ----------------------------------------------------------------------------------
@@ -553,6 +617,140 @@ std::string run_bench(Precision p, int reps, int max_n) {
   return md;
 }
 
+
+// ---- MNIST training on the GPU, the recipe of `duat train` (lib/cli.ts, lib/train/fit.ts) -------
+struct Idx {
+  std::vector<int64_t> dims;
+  std::vector<uint8_t> data;
+};
+
+Idx read_idx(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) throw std::runtime_error("cannot open " + path);
+  unsigned char head[4];
+  Idx idx;
+  if (std::fread(head, 1, 4, f) != 4 || head[0] != 0 || head[1] != 0 || head[2] != 8) {
+    std::fclose(f);
+    throw std::runtime_error(path + " is not an IDX file of unsigned bytes");
+  }
+  int64_t n = 1;
+  for (int i = 0; i < head[3]; i++) {
+    unsigned char d[4];
+    if (std::fread(d, 1, 4, f) != 4) break;
+    idx.dims.push_back((int64_t(d[0]) << 24) | (d[1] << 16) | (d[2] << 8) | d[3]);
+    n *= idx.dims.back();
+  }
+  idx.data.resize(n);
+  const size_t got = std::fread(idx.data.data(), 1, n, f);
+  std::fclose(f);
+  if (static_cast<int64_t>(got) != n) throw std::runtime_error(path + " is truncated");
+  return idx;
+}
+
+// timm's initialisation, as lib/nn/ParaFormer.ts draws it (same distributions, not the same draws).
+std::vector<std::vector<float>> init_params(const ModelConfig& c, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  const std::vector<std::string> names = model_param_names(c);
+  const std::vector<Shape> shapes = model_param_shapes(c);
+  std::vector<std::vector<float>> out;
+  const float bound = 1.0f / std::sqrt(static_cast<float>(c.channels * c.patch_size * c.patch_size));
+  for (size_t i = 0; i < names.size(); i++) {
+    const std::string& n = names[i];
+    std::vector<float> v(shape_numel(shapes[i]), 0.0f);
+    auto trunc = [&](float std, float lim) {
+      std::normal_distribution<float> d(0.0f, std);
+      for (float& x : v) do x = d(g); while (std::fabs(x) > lim);
+    };
+    if (n.find("norm") != std::string::npos && n.find("weight") != std::string::npos) std::fill(v.begin(), v.end(), 1.0f);
+    else if (n.rfind("patch_embed.", 0) == 0) {
+      std::uniform_real_distribution<float> d(-bound, bound);
+      for (float& x : v) x = d(g);
+    } else if (n.size() > 5 && n.compare(n.size() - 5, 5, ".bias") == 0) {
+    } else if (n == "cls_token") trunc(1e-6f, 2e-6f);
+    else trunc(0.02f, 0.04f);
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+int run_mnist(const std::string& dir, int epochs, int batch, float lr, Precision p, uint64_t seed, int branches, int depth) {
+  const Idx xtr = read_idx(dir + "/train-images-idx3-ubyte"), ytr = read_idx(dir + "/train-labels-idx1-ubyte");
+  const Idx xte = read_idx(dir + "/t10k-images-idx3-ubyte"), yte = read_idx(dir + "/t10k-labels-idx1-ubyte");
+  const int64_t ntr = ytr.dims[0], nte = yte.dims[0], S = 28, px = S * S;
+  const float mean = 0.1307f, std = 0.3081f, background = -mean / std;
+  ModelConfig c;  // the CLI's default: para-former-2-2, mnist size, patch 7
+  c.image_size = 28, c.patch_size = 7, c.channels = 1, c.classes = 10, c.dim = 64, c.heads = 4, c.mlp_hidden = 128;
+  c.depth = depth, c.branches = branches;
+  CudaTrainer trainer(c, init_params(c, seed), p, AdamWConfig{});
+  const int warmup = 300;
+  const int64_t per_epoch = dm::ceil_div(ntr, batch), total = per_epoch * epochs;
+  const float min_lr = lr / 100;
+  std::mt19937_64 g(seed + 1);
+  std::vector<int64_t> order(ntr);
+  std::vector<float> images(batch * px);
+  std::vector<int32_t> labels(batch);
+  DeviceBuffer dimg(std::max<int64_t>(batch, 1000) * px);
+  int32_t* dlab = static_cast<int32_t*>(device_alloc(batch * sizeof(int32_t)));
+  std::printf("MNIST on %s: para-former-%d-%d (dim 64, 4 heads, MLP 128, patch 7), %d epochs, batch %d, AdamW lr %g "
+              "(warm-up %d, cosine to %g), weight decay 0.05, shift 2, %s products, seed %llu\n",
+              cuda_status().device.c_str(), depth, branches, epochs, batch, lr, warmup, min_lr,
+              precision_name(effective_precision(p)), static_cast<unsigned long long>(seed));
+  const auto start = std::chrono::steady_clock::now();
+  int64_t step = 0;
+  double best = 0, last = 0;
+  for (int e = 0; e < epochs; e++) {
+    for (int64_t i = 0; i < ntr; i++) order[i] = i;
+    std::shuffle(order.begin(), order.end(), g);
+    double loss_sum = 0;
+    for (int64_t k = 0; k < per_epoch; k++) {
+      const int64_t lo = k * batch, B = std::min<int64_t>(batch, ntr - lo);
+      std::uniform_int_distribution<int> shift(-2, 2);
+      for (int64_t b = 0; b < B; b++) {
+        const int64_t src = order[lo + b];
+        labels[b] = ytr.data[src];
+        const int dx = shift(g), dy = shift(g);
+        for (int y = 0; y < S; y++)
+          for (int x = 0; x < S; x++) {
+            const int sy = y + dy, sx = x + dx;
+            images[b * px + y * S + x] = sy >= 0 && sy < S && sx >= 0 && sx < S
+                                             ? (xtr.data[src * px + sy * S + sx] / 255.0f - mean) / std
+                                             : background;
+          }
+      }
+      check_cuda(cudaMemcpy(dimg.get(), images.data(), B * px * sizeof(float), cudaMemcpyHostToDevice), "batch");
+      check_cuda(cudaMemcpy(dlab, labels.data(), B * sizeof(int32_t), cudaMemcpyHostToDevice), "labels");
+      float rate;
+      if (step < warmup) rate = lr * (step + 1) / warmup;
+      else {
+        const double t = std::min(1.0, double(step - warmup) / std::max<int64_t>(1, total - warmup));
+        rate = static_cast<float>(min_lr + 0.5 * (lr - min_lr) * (1 + std::cos(M_PI * t)));
+      }
+      loss_sum += trainer.step(dimg.get(), dlab, B, rate, nullptr);
+      step++;
+    }
+    // Test accuracy, 1000 images per forward.
+    int64_t correct = 0;
+    std::vector<float> timg(1000 * px), logits(1000 * 10);
+    for (int64_t lo = 0; lo < nte; lo += 1000) {
+      const int64_t B = std::min<int64_t>(1000, nte - lo);
+      for (int64_t i = 0; i < B * px; i++) timg[i] = (xte.data[lo * px + i] / 255.0f - mean) / std;
+      check_cuda(cudaMemcpy(dimg.get(), timg.data(), B * px * sizeof(float), cudaMemcpyHostToDevice), "test batch");
+      const float* out = trainer.forward(dimg.get(), B, nullptr);
+      check_cuda(cudaMemcpy(logits.data(), out, B * 10 * sizeof(float), cudaMemcpyDeviceToHost), "logits");
+      for (int64_t b = 0; b < B; b++)
+        correct += std::max_element(&logits[b * 10], &logits[b * 10] + 10) - &logits[b * 10] == yte.data[lo + b];
+    }
+    last = 100.0 * correct / nte;
+    best = std::max(best, last);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("epoch %2d  loss %.4f  test accuracy %.2f%%  %.1f s\n", e + 1, loss_sum / per_epoch, last, secs);
+    std::fflush(stdout);
+  }
+  device_free(dlab);
+  std::printf("final test accuracy %.2f%% (best %.2f%%)\n", last, best);
+  return 0;
+}
+
 // Where one forward's time goes: an event after every launch, medians over `reps` forwards.
 struct EventTracer : LaunchTracer {
   std::vector<std::pair<std::string, cudaEvent_t>> marks;
@@ -615,12 +813,21 @@ int main(int argc, char** argv) {
   Precision precision = PRECISION_TF32;
   int reps = 50, max_n = 16;
   const char* out_path = nullptr;
+  std::string mnist_dir;
+  int epochs = 15, batch = 128, branches = 2, depth = 2;
+  float lr = 2e-3f;
   for (int i = 1; i < argc; i++) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
     else if (a == "--bench") bench = true;
     else if (a == "--profile") profile = true;
     else if (a == "--no-parity") parity = false;
+    else if (a == "--train-mnist" && i + 1 < argc) mnist_dir = argv[++i];
+    else if (a == "--epochs" && i + 1 < argc) epochs = std::stoi(argv[++i]);
+    else if (a == "--batch-size" && i + 1 < argc) batch = std::stoi(argv[++i]);
+    else if (a == "--lr" && i + 1 < argc) lr = std::stof(argv[++i]);
+    else if (a == "--branches" && i + 1 < argc) branches = std::stoi(argv[++i]);
+    else if (a == "--depth" && i + 1 < argc) depth = std::stoi(argv[++i]);
     else if (a == "--batch" && i + 1 < argc) profile_batches = {std::stoll(argv[++i])};
     else if (a == "--seed" && i + 1 < argc) seed = std::stoull(argv[++i]);
     else if (a == "--reps" && i + 1 < argc) reps = std::stoi(argv[++i]);
@@ -648,6 +855,7 @@ int main(int argc, char** argv) {
     std::printf("allocator: %lld driver allocations, %lld cache hits, peak %.1f MB\n",
                 static_cast<long long>(a.driver_allocs), static_cast<long long>(a.cache_hits), a.peak / 1e6);
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
+    if (!mnist_dir.empty()) run_mnist(mnist_dir, epochs, batch, lr, precision, seed, branches, depth);
     if (profile)
       for (int64_t b : profile_batches)
         for (int n : {1, 12}) std::printf("%s", run_profile(tiny_config(1, n), "para-former-1-" + std::to_string(n), b, precision, reps).c_str());
