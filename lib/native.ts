@@ -97,6 +97,20 @@ export interface RawBinding {
     clipGradNorm: number, plan: NativeOptimizerPlan | null): Promise<{ loss: number; gradNorm: number; correct: number }>;
   evaluateAsync(config: NativeModelConfig, params: H[], images: H, labels: H | null):
     Promise<{ lossSum: number; correct: number; predictions: Int32Array }>;
+  // GPU sessions (native/cuda/cuda_session.h); precision 0 fp32, 1 tf32, 2 bf16.
+  cudaSessionCreate(config: NativeModelConfig, precision: number): CudaSessionHandle;
+  cudaSessionUpload(s: CudaSessionHandle, params: H[], m: H[] | null, v: H[] | null): void;
+  cudaSessionDownload(s: CudaSessionHandle, params: H[], m: H[] | null, v: H[] | null): void;
+  cudaSessionForward(s: CudaSessionHandle, images: H): H;
+  cudaSessionStepAsync(s: CudaSessionHandle, images: H, labels: H, plan: NativeOptimizerPlan, paramCount: number,
+    labelSmoothing: number, clipGradNorm: number): Promise<{ loss: number; gradNorm: number; correct: number }>;
+  cudaSessionEvaluateAsync(s: CudaSessionHandle, images: H, labels: H | null):
+    Promise<{ lossSum: number; correct: number; predictions: Int32Array }>;
+}
+
+/** A model's state on the GPU (opaque; owned by native code). */
+export interface CudaSessionHandle {
+  readonly __brand: 'CudaSession';
 }
 
 /** The model configuration as native code reads it (native/model/paraformer.h). */

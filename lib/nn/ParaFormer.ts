@@ -4,8 +4,9 @@
  * this class holds the parameters under their timm names, stacked over branches.
  */
 import { ArgumentError, DeviceError, StateError } from '../errors';
-import { native, NativeModelConfig } from '../native';
+import { CudaSessionHandle, native, NativeModelConfig, NativeOptimizerPlan, NativeTensor } from '../native';
 import { Optimizer } from '../optim/Optimizer';
+import { AdamW } from '../optim/optimizers';
 import { ones, rand, Tensor, tensor, truncNormal, zeros } from '../tensor';
 import { checkInt, checkNumber, checkOneOf, checkOptions, describe, isInt32Array } from '../validate';
 import { Module } from './Module';
@@ -32,14 +33,16 @@ export interface ParaFormerOptions {
   mlpRatio?: number;
   /** How a stage combines its branches: 'sum' (default, DESIGN.md) or 'mean' (1/n scaled). */
   combine?: 'sum' | 'mean';
-  /** 'cpu' (default), 'cuda' or 'auto'. */
+  /** 'cpu' (default), 'cuda' or 'auto' (CUDA when a usable GPU is present). */
   device?: 'cpu' | 'cuda' | 'auto';
+  /** Matrix products on CUDA: 'tf32' (default, tensor cores), 'bf16' or 'fp32' (plain float32). */
+  precision?: 'fp32' | 'tf32' | 'bf16';
   /** Seed of the initialisation. Default 0. */
   seed?: number;
 }
 
 /** The resolved configuration (saved in checkpoints): every option, defaults filled in. */
-export type ParaFormerConfig = Required<Omit<ParaFormerOptions, 'device'>>;
+export type ParaFormerConfig = Required<Omit<ParaFormerOptions, 'device' | 'precision'>>;
 
 /** Named sizes for presets: `mnist` (small, for 28 x 28 digits), ViT `tiny` and `small`. */
 export const SIZES = {
@@ -99,9 +102,31 @@ function resolve(options: ParaFormerOptions | undefined): ParaFormerConfig {
   if (!Number.isInteger(c.dim * c.mlpRatio)) {
     throw new ArgumentError(`Expected mlpRatio to make an integer MLP width from dim ${c.dim} but received ${describe(c.mlpRatio)}`);
   }
-  if (o.device === 'cuda') throw new DeviceError(`device 'cuda' is not available: ${native().backendInfo().cuda.reason}`);
-  if (o.device !== undefined) checkOneOf(o.device, 'device', ['cpu', 'cuda', 'auto'] as const);
   return c;
+}
+
+/** 'cpu' or 'cuda' for a device option; 'cuda' only where CUDA is usable. @throws DeviceError */
+function resolveDevice(device: unknown): 'cpu' | 'cuda' {
+  if (device === undefined || device === 'cpu') return 'cpu';
+  checkOneOf(device, 'device', ['cpu', 'cuda', 'auto'] as const);
+  const cuda = native().backendInfo().cuda;
+  if (device === 'auto') return cuda.available ? 'cuda' : 'cpu';
+  if (!cuda.available) throw new DeviceError(`device 'cuda' is not available: ${cuda.reason}`);
+  return 'cuda';
+}
+
+const PRECISIONS = { fp32: 0, tf32: 1, bf16: 2 } as const;
+
+/** The model's state on the GPU and which side holds the newer parameters. */
+interface CudaState {
+  session: CudaSessionHandle;
+  /** The device holds newer parameters (and moments) than the host tensors. */
+  deviceNewer: boolean;
+  /** The host holds newer parameters than the device (loaded, or first use). */
+  hostNewer: boolean;
+  /** The optimizer whose moments live on the device, and its host state tensors. */
+  optimizer: Optimizer<object> | null;
+  moments: { m: NativeTensor[]; v: NativeTensor[] } | null;
 }
 
 /**
@@ -114,10 +139,15 @@ function resolve(options: ParaFormerOptions | undefined): ParaFormerConfig {
 export class ParaFormer extends Module {
   readonly config: ParaFormerConfig;
   private busy = false;
+  private place: 'cpu' | 'cuda';
+  private readonly precision: 'fp32' | 'tf32' | 'bf16';
+  private cuda: CudaState | null = null;
 
   constructor(options?: ParaFormerOptions) {
     super();
     this.config = resolve(options);
+    this.place = resolveDevice(options?.device);
+    this.precision = checkOneOf(options?.precision ?? 'tf32', 'precision', ['fp32', 'tf32', 'bf16'] as const);
     const spec = native().modelSpec(this.nativeConfig());
     let seed = this.config.seed * 1000;
     for (const { name, shape } of spec) this.registerParameter(name, initFor(name, shape, seed++));
@@ -162,9 +192,87 @@ export class ParaFormer extends Module {
     return this.parameters().map((p) => p.handle);
   }
 
-  /** images (B, channels, S, S) -> logits (B, classes). Differentiable. */
+  /** Where the model computes: 'cpu' or 'cuda'. */
+  get device(): 'cpu' | 'cuda' {
+    return this.place;
+  }
+
+  /**
+   * Moves the model's computation to `device` ('cpu', 'cuda' or 'auto'). On CUDA the parameters
+   * and the optimizer's moments live on the GPU while training; reading the parameters
+   * (namedParameters, stateDict, save) copies them back first.
+   * @throws DeviceError when CUDA is asked for and unavailable
+   */
+  to(device: 'cpu' | 'cuda' | 'auto'): this {
+    const place = resolveDevice(device);
+    if (this.busy) throw new StateError('The model is in the middle of a training step; await it before moving it');
+    if (place === 'cpu') {
+      this.syncFromDevice();
+      this.cuda = null;
+    }
+    this.place = place;
+    return this;
+  }
+
+  /** The parameters by name; on CUDA, brought up to date from the GPU first. */
+  override namedParameters(prefix = ''): [string, Tensor][] {
+    this.syncFromDevice();
+    return super.namedParameters(prefix);
+  }
+
+  override loadStateDict(sd: Parameters<Module['loadStateDict']>[0], strict = true): void {
+    super.loadStateDict(sd, strict);
+    if (this.cuda) this.cuda.hostNewer = true;
+  }
+
+  override dispose(): void {
+    this.cuda = null;
+    super.dispose();
+  }
+
+  /** Copies newer parameters (and the optimizer's moments) from the GPU into the host tensors. */
+  private syncFromDevice(): void {
+    const c = this.cuda;
+    if (!c || !c.deviceNewer) return;
+    if (this.busy) throw new StateError('The model is in the middle of a training step; await it before using the model');
+    const params = super.namedParameters().map(([, p]) => p.handle);
+    native().cudaSessionDownload(c.session, params, c.moments?.m ?? null, c.moments?.v ?? null);
+    c.deviceNewer = false;
+  }
+
+  /** The GPU session, with the parameters (and `plan`'s moments) uploaded when the host is newer. */
+  private cudaSession(optimizer: Optimizer<object> | null, plan: NativeOptimizerPlan | null): CudaSessionHandle {
+    if (!this.cuda) {
+      const session = native().cudaSessionCreate(this.nativeConfig(), PRECISIONS[this.precision]);
+      this.cuda = { session, deviceNewer: false, hostNewer: true, optimizer: null, moments: null };
+    }
+    const c = this.cuda;
+    const params = super.namedParameters().map(([, p]) => p.handle);
+    if (optimizer && plan && optimizer !== c.optimizer) {
+      // Another optimizer: its own moments (zeros, or restored from a checkpoint) go up.
+      if (c.deviceNewer) this.syncFromDevice();
+      const moments = { m: plan.stateA as NativeTensor[], v: plan.stateB as NativeTensor[] };
+      native().cudaSessionUpload(c.session, params, moments.m, moments.v);
+      c.optimizer = optimizer;
+      c.moments = moments;
+      c.hostNewer = false;
+    } else if (c.hostNewer) {
+      native().cudaSessionUpload(c.session, params, c.moments?.m ?? null, c.moments?.v ?? null);
+      c.hostNewer = false;
+    }
+    return c.session;
+  }
+
+  /**
+   * images (B, channels, S, S) -> logits (B, classes). Differentiable on the CPU; on CUDA the
+   * logits are computed on the GPU and come back without a gradient graph (train with trainStep).
+   */
   forward(images: Tensor): Tensor {
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
+    if (this.place === 'cuda') {
+      if (this.busy) throw new StateError('The model is in the middle of a training step; await it before using the model');
+      return new Tensor(native().cudaSessionForward(this.cudaSession(null, null), images.handle));
+    }
     return new Tensor(native().modelForward(this.nativeConfig(), this.handles(), images.handle));
   }
 
@@ -198,6 +306,7 @@ export class ParaFormer extends Module {
     if (o.optimizer !== undefined && !(o.optimizer instanceof Optimizer)) {
       throw new ArgumentError(`Expected an optimizer for optimizer but received ${describe(o.optimizer)}`);
     }
+    if (this.place === 'cuda') return this.trainStepCuda(images, y, labels, o);
     const params = this.parameters();
     const handles = this.handles();
     const plan = o.optimizer ? o.optimizer.nativePlan(params) : null;
@@ -222,14 +331,48 @@ export class ParaFormer extends Module {
     }
   }
 
+  /** The CUDA training step: forward, backward and AdamW on the GPU, parameters kept there. */
+  private async trainStepCuda(images: Tensor, y: Tensor, labels: Tensor | Int32Array, o: TrainStepOptions): Promise<StepResult> {
+    try {
+      if (!(o.optimizer instanceof AdamW)) {
+        throw new DeviceError('trainStep on CUDA needs an AdamW optimizer: the update runs on the GPU, where the gradients stay');
+      }
+      const smoothing = checkNumber(o.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999);
+      const clip = checkNumber(o.clipGradNorm ?? 0, 'clipGradNorm', 0);
+      if (this.busy) throw new StateError('The model is in the middle of a training step; await it before starting another');
+      const params = super.namedParameters().map(([, p]) => p);
+      const plan = o.optimizer.nativePlan(params);
+      const session = this.cudaSession(o.optimizer, plan);
+      const site = new Error('trainStep called here');
+      this.busy = true;
+      try {
+        return await native().cudaSessionStepAsync(session, images.handle, y.handle, plan, params.length, smoothing, clip);
+      } catch (e) {
+        if (e instanceof Error && site.stack) e.stack = `${e.stack}\n    --- async ---\n${site.stack.split('\n').slice(1).join('\n')}`;
+        throw e;
+      } finally {
+        this.busy = false;
+        if (this.cuda) this.cuda.deviceNewer = true;
+      }
+    } finally {
+      if (isInt32Array(labels)) y.dispose();
+    }
+  }
+
   /** Evaluates a batch on a worker thread: summed loss (when labels are given), correct count, predictions. */
   async evaluate(images: Tensor, labels?: Tensor | Int32Array): Promise<{ lossSum: number; correct: number; predictions: Int32Array }> {
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
     const y = isInt32Array(labels) ? tensor(labels, [labels.length]) : labels;
-    const handles = this.handles();
+    if (this.place === 'cuda' && this.busy) {
+      if (isInt32Array(labels) && y) y.dispose();
+      throw new StateError('The model is in the middle of a training step; await it before using the model');
+    }
+    const handles = this.place === 'cuda' ? null : this.handles();
+    const session = this.place === 'cuda' ? this.cudaSession(null, null) : null;
     this.busy = true;
     try {
-      return await native().evaluateAsync(this.nativeConfig(), handles, images.handle, y ? y.handle : null);
+      if (session) return await native().cudaSessionEvaluateAsync(session, images.handle, y ? y.handle : null);
+      return await native().evaluateAsync(this.nativeConfig(), handles!, images.handle, y ? y.handle : null);
     } finally {
       this.busy = false;
       if (isInt32Array(labels) && y) y.dispose();

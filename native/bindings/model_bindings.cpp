@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "../core/autograd.h"
+#include "../cuda/cuda_session.h"
 #include "../model/paraformer.h"
 #include "../ops/ops.h"
 #include "convert.h"
@@ -309,6 +310,133 @@ Napi::Value js_evaluate_async(Info info) {
   });
 }
 
+
+// ---- GPU sessions (native/cuda/cuda_session.h) ------------------------------------------------------
+// A session is a JS External owning a shared pointer, so a running worker keeps it alive even if
+// the model drops it meanwhile.
+using SessionRef = std::shared_ptr<CudaSession>;
+
+SessionRef arg_session(Info info, size_t i) {
+  check(info.Length() > i && info[i].IsExternal(), ERROR_ARGUMENT, "Expected a CUDA session for argument " + std::to_string(i));
+  return *info[i].As<Napi::External<SessionRef>>().Data();
+}
+
+// A list of tensors, or an empty list for null/undefined.
+std::vector<Tensor> arg_tensor_list_or_empty(Info info, size_t i, const char* name) {
+  if (info.Length() <= i || info[i].IsNull() || info[i].IsUndefined()) return {};
+  return arg_tensor_list(info, i, name);
+}
+
+Napi::Value js_cuda_session_create(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    const ModelConfig c = arg_config(info, 0);
+    const int64_t precision = static_cast<int64_t>(arg_number(info, 1, "precision"));
+    auto* ref = new SessionRef(cuda_session_create(c, static_cast<int>(precision)));
+    return Napi::External<SessionRef>::New(info.Env(), ref, [](Napi::Env, SessionRef* r) { delete r; });
+  });
+}
+
+Napi::Value js_cuda_session_upload(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    arg_session(info, 0)->upload(arg_tensor_list(info, 1, "parameters"), arg_tensor_list_or_empty(info, 2, "m"),
+                                 arg_tensor_list_or_empty(info, 3, "v"));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value js_cuda_session_download(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    arg_session(info, 0)->download(arg_tensor_list(info, 1, "parameters"), arg_tensor_list_or_empty(info, 2, "m"),
+                                   arg_tensor_list_or_empty(info, 3, "v"));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value js_cuda_session_forward(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    return wrap_tensor(info.Env(), arg_session(info, 0)->forward(arg_tensor(info, 1, "images")));
+  });
+}
+
+class CudaStepWorker : public DuatWorker {
+ public:
+  CudaStepWorker(Napi::Env env, SessionRef s, Tensor images, Tensor labels, CudaStepOptions o)
+      : DuatWorker(env), s_(std::move(s)), images_(images), labels_(labels), o_(std::move(o)) {}
+
+ protected:
+  void run() override { r_ = s_->step(images_, labels_, o_); }
+  void OnOK() override {
+    Napi::Object r = Napi::Object::New(Env());
+    r.Set("loss", r_.loss);
+    r.Set("gradNorm", r_.grad_norm);
+    r.Set("correct", static_cast<double>(r_.correct));
+    deferred_.Resolve(r);
+  }
+
+ private:
+  SessionRef s_;
+  Tensor images_, labels_;
+  CudaStepOptions o_;
+  CudaStepResult r_;
+};
+
+Napi::Value js_cuda_session_step_async(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    SessionRef s = arg_session(info, 0);
+    Tensor images = arg_tensor(info, 1, "images"), labels = arg_tensor(info, 2, "labels");
+    check_i32(labels, "trainStep", "labels");
+    const size_t n = static_cast<size_t>(arg_number(info, 4, "parameter count"));
+    const float smoothing = static_cast<float>(arg_number(info, 5, "labelSmoothing"));
+    const float clip = static_cast<float>(arg_number(info, 6, "clipGradNorm"));
+    OptimizerPlan plan = arg_plan(info, 3, n);
+    check(plan.kind == OptimizerPlan::OPT_ADAMW, ERROR_DEVICE, "trainStep on CUDA supports the AdamW optimizer only");
+    CudaStepOptions o;
+    o.lr = plan.lr, o.weight_decay = plan.weight_decay;
+    o.beta1 = plan.beta1, o.beta2 = plan.beta2, o.eps = plan.eps, o.step = plan.step;
+    o.label_smoothing = smoothing, o.clip_grad_norm = clip;
+    auto* w = new CudaStepWorker(info.Env(), std::move(s), images, labels, std::move(o));
+    Napi::Promise promise = w->promise();
+    w->Queue();
+    return promise;
+  });
+}
+
+class CudaEvalWorker : public DuatWorker {
+ public:
+  CudaEvalWorker(Napi::Env env, SessionRef s, Tensor images, Tensor labels)
+      : DuatWorker(env), s_(std::move(s)), images_(images), labels_(labels) {}
+
+ protected:
+  void run() override { r_ = s_->evaluate(images_, labels_); }
+  void OnOK() override {
+    Napi::Object r = Napi::Object::New(Env());
+    r.Set("lossSum", r_.loss_sum);
+    r.Set("correct", static_cast<double>(r_.correct));
+    const size_t n = static_cast<size_t>(r_.predictions->numel());
+    Napi::Int32Array preds = Napi::Int32Array::New(Env(), n);
+    if (n) std::memcpy(preds.Data(), r_.predictions->i32(), n * 4);
+    r.Set("predictions", preds);
+    deferred_.Resolve(r);
+  }
+
+ private:
+  SessionRef s_;
+  Tensor images_, labels_;
+  CudaEvalResult r_;
+};
+
+Napi::Value js_cuda_session_evaluate_async(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    SessionRef s = arg_session(info, 0);
+    Tensor images = arg_tensor(info, 1, "images"), labels = arg_tensor_or_null(info, 2, "labels");
+    if (labels) check_i32(labels, "evaluate", "labels");
+    auto* w = new CudaEvalWorker(info.Env(), std::move(s), images, labels);
+    Napi::Promise promise = w->promise();
+    w->Queue();
+    return promise;
+  });
+}
+
 }  // namespace
 
 void register_model_exports(Napi::Env env, Napi::Object exports) {
@@ -317,6 +445,13 @@ void register_model_exports(Napi::Env env, Napi::Object exports) {
   exports.Set("modelAttentionMaps", Napi::Function::New(env, js_model_attention_maps, "modelAttentionMaps"));
   exports.Set("trainStepAsync", Napi::Function::New(env, js_train_step_async, "trainStepAsync"));
   exports.Set("evaluateAsync", Napi::Function::New(env, js_evaluate_async, "evaluateAsync"));
+  exports.Set("cudaSessionCreate", Napi::Function::New(env, js_cuda_session_create, "cudaSessionCreate"));
+  exports.Set("cudaSessionUpload", Napi::Function::New(env, js_cuda_session_upload, "cudaSessionUpload"));
+  exports.Set("cudaSessionDownload", Napi::Function::New(env, js_cuda_session_download, "cudaSessionDownload"));
+  exports.Set("cudaSessionForward", Napi::Function::New(env, js_cuda_session_forward, "cudaSessionForward"));
+  exports.Set("cudaSessionStepAsync", Napi::Function::New(env, js_cuda_session_step_async, "cudaSessionStepAsync"));
+  exports.Set("cudaSessionEvaluateAsync",
+              Napi::Function::New(env, js_cuda_session_evaluate_async, "cudaSessionEvaluateAsync"));
 }
 
 }  // namespace duat

@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "../core/errors.h"
 #include "cuda_kernels.h"
 #include "cuda_memory.h"
 #include "device_math.h"
@@ -648,21 +649,23 @@ __global__ void gelu_backward_kernel(const float* dy, const float* x, float* dx,
 
 // One warp per row of logits.
 __global__ void cross_entropy_kernel(const float* logits, const int32_t* labels, float* loss, float* dlogits,
-                                     int64_t B, int K) {
+                                     int64_t B, int K, float smoothing) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * 4 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (r >= B) return;
   const float* z = logits + r * K;
-  float m = -INFINITY;
-  for (int c = lane; c < K; c += 32) m = fmaxf(m, z[c]);
+  float m = -INFINITY, zsum = 0.0f;
+  for (int c = lane; c < K; c += 32) m = fmaxf(m, z[c]), zsum += z[c];
   m = warp_max(m);
+  zsum = warp_sum(zsum);
   float s = 0.0f;
   for (int c = lane; c < K; c += 32) s += expf(z[c] - m);
   s = warp_sum(s);
   const int y = labels[r];
-  const float inv_b = 1.0f / static_cast<float>(B);
-  for (int c = lane; c < K; c += 32) dlogits[r * K + c] = (expf(z[c] - m) / s - (c == y ? 1.0f : 0.0f)) * inv_b;
-  if (lane == 0) atomicAdd(loss, (m + logf(s) - z[y]) * inv_b);
+  const float inv_b = 1.0f / static_cast<float>(B), off = smoothing / K, on = 1.0f - smoothing + off;
+  for (int c = lane; c < K; c += 32) dlogits[r * K + c] = (expf(z[c] - m) / s - (c == y ? on : off)) * inv_b;
+  const float lse = m + logf(s);
+  if (lane == 0) atomicAdd(loss, ((1.0f - smoothing) * (lse - z[y]) + smoothing * (lse - zsum / K)) * inv_b);
 }
 
 // One block per token: its patch's pixels in shared memory, then a thread per output channel
@@ -730,17 +733,17 @@ constexpr int ADAMW_MAX_TENSORS = 32;
 struct AdamWBatch {
   AdamWTensor t[ADAMW_MAX_TENSORS];
   int count;
-  float lr, beta1, beta2, eps, step_size, inv_sqrt_bc2;
+  float beta1, beta2, eps, bc1, inv_sqrt_bc2, grad_scale;
 };
 
 // grid.y = tensor, grid.x strides over its elements. The table travels as a kernel parameter.
 __global__ void adamw_kernel(const AdamWBatch batch) {
   const AdamWTensor& t = batch.t[blockIdx.y];
-  const float decay = 1.0f - batch.lr * t.weight_decay;
+  const float decay = 1.0f - t.lr * t.weight_decay, step_size = t.lr / batch.bc1;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < t.n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    t.param[i] = dm::adamw_element(t.param[i], t.grad[i], t.m + i, t.v + i, batch.beta1, batch.beta2, batch.eps,
-                                   decay, batch.step_size, batch.inv_sqrt_bc2);
+    t.param[i] = dm::adamw_element(t.param[i], t.grad[i] * batch.grad_scale, t.m + i, t.v + i, batch.beta1, batch.beta2, batch.eps,
+                                   decay, step_size, batch.inv_sqrt_bc2);
 }
 
 // ---- training helpers ---------------------------------------------------------------------------
@@ -863,6 +866,30 @@ __global__ void copy_rows_kernel(const float* src, int64_t src_stride, float* ds
     dst[(i / cols) * dst_stride + i % cols] = src[(i / cols) * src_stride + i % cols];
 }
 
+struct SquaresBatch {
+  const float* p[ADAMW_MAX_TENSORS];
+  int64_t n[ADAMW_MAX_TENSORS];
+};
+
+// grid.y = tensor; a block's partial sum goes to *out with one atomic.
+__global__ void sum_of_squares_kernel(const SquaresBatch batch, float* out) {
+  __shared__ float partial[8];
+  const float* p = batch.p[blockIdx.y];
+  const int64_t n = batch.n[blockIdx.y];
+  float acc = 0.0f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    acc = fmaf(p[i], p[i], acc);
+  acc = warp_sum(acc);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int w = 0; w < static_cast<int>(blockDim.x / 32); w++) total += partial[w];
+    atomicAdd(out, total);
+  }
+}
+
 unsigned elementwise_blocks(int64_t n) {
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(dm::ceil_div(n, 256), 8LL * device_sms())));
 }
@@ -881,8 +908,8 @@ Precision effective_precision(Precision p) { return device_major() >= 8 ? p : PR
 
 void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess)
-    throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorName(e) + " (" +
-                             cudaGetErrorString(e) + ")");
+    fail(e == cudaErrorMemoryAllocation ? ERROR_OUT_OF_MEMORY : ERROR_DEVICE,
+         std::string("CUDA error in ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
 }
 
 int64_t launch_count() { return g_launches.load(std::memory_order_relaxed); }
@@ -930,7 +957,7 @@ void launch_by_vpl(int64_t C, dim3 grid, cudaStream_t s, Args... args) {
   else if (vpl <= 8) Kernel<8>::launch(grid, s, args...);
   else if (vpl <= 16) Kernel<16>::launch(grid, s, args...);
   else if (vpl <= 32) Kernel<32>::launch(grid, s, args...);
-  else throw std::runtime_error("layerNorm on CUDA supports rows of at most 1024 values, got " + std::to_string(C));
+  else fail(ERROR_DEVICE, "layerNorm on CUDA supports rows of at most 1024 values, got " + std::to_string(C));
 }
 
 template <int VPL>
@@ -970,7 +997,7 @@ void layernorm_backward(const float* dy, const float* x, const float* resid, int
                         const float* rstd, const float* gamma, float* dx, float* dgamma, float* dbeta, int64_t rows,
                         int64_t C, bool accumulate, cudaStream_t s) {
   if (rows <= 0) return;
-  if (resid && (dgamma || dbeta)) throw std::runtime_error("layerNorm backward: dgamma/dbeta with a residual input");
+  if (resid && (dgamma || dbeta)) fail(ERROR_DEVICE, "layerNorm backward: dgamma/dbeta with a residual input");
   const dim3 grid(static_cast<unsigned>(dm::ceil_div(rows, 4)));
   launch_by_vpl<LayerNormBackward>(C, grid, s, dy, x, resid, resid_rows > 0 ? resid_rows : rows, mean, rstd, gamma, dx,
                                    rows, static_cast<int>(C), accumulate);
@@ -989,7 +1016,7 @@ void attention_forward(const float* qkv, float* out, float* lse, int64_t B, int6
     case 32: attention_forward_kernel<32><<<attention_grid<32>(L, B), 128, 0, s>>>(qkv, out, lse, L, scale); break;
     case 64: attention_forward_kernel<64><<<attention_grid<64>(L, B), 128, 0, s>>>(qkv, out, lse, L, scale); break;
     case 128: attention_forward_kernel<128><<<attention_grid<128>(L, B), 128, 0, s>>>(qkv, out, lse, L, scale); break;
-    default: throw std::runtime_error("attention on CUDA supports head sizes 8, 16, 32, 64 and 128, got " + std::to_string(D));
+    default: fail(ERROR_DEVICE, "attention on CUDA supports head sizes 8, 16, 32, 64 and 128, got " + std::to_string(D));
   }
   launched("attention forward");
 }
@@ -1013,7 +1040,7 @@ void attention_backward(const float* dout, const float* qkv, const float* out, c
     DUAT_ATTN_BWD(32)
     DUAT_ATTN_BWD(64)
     DUAT_ATTN_BWD(128)
-    default: throw std::runtime_error("attention on CUDA supports head sizes 8, 16, 32, 64 and 128, got " + std::to_string(D));
+    default: fail(ERROR_DEVICE, "attention on CUDA supports head sizes 8, 16, 32, 64 and 128, got " + std::to_string(D));
   }
 #undef DUAT_ATTN_BWD
   launched("attention backward (dk, dv)");
@@ -1033,10 +1060,10 @@ void sum_rows(const float* x, float* out, int64_t batch, int64_t rows, int64_t c
 }
 
 void cross_entropy(const float* logits, const int32_t* labels, float* loss, float* dlogits, int64_t B, int64_t K,
-                   cudaStream_t s) {
+                   float smoothing, cudaStream_t s) {
   check_cuda(cudaMemsetAsync(loss, 0, sizeof(float), s), "cross entropy (clear)");
   cross_entropy_kernel<<<static_cast<unsigned>(dm::ceil_div(B, 4)), 128, 0, s>>>(logits, labels, loss, dlogits, B,
-                                                                                  static_cast<int>(K));
+                                                                                  static_cast<int>(K), smoothing);
   launched("cross entropy");
 }
 
@@ -1111,15 +1138,15 @@ void copy_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_str
   launched("copy rows");
 }
 
-void adamw_multi(const std::vector<AdamWTensor>& tensors, float lr, float beta1, float beta2, float eps,
-                 int64_t step, cudaStream_t s) {
+void adamw_multi(const std::vector<AdamWTensor>& tensors, float beta1, float beta2, float eps, int64_t step,
+                 float grad_scale, cudaStream_t s) {
   AdamWBatch batch{};
-  batch.lr = lr;
+  batch.grad_scale = grad_scale;
   batch.beta1 = beta1;
   batch.beta2 = beta2;
   batch.eps = eps;
   const float bc1 = 1.0f - powf(beta1, static_cast<float>(step)), bc2 = 1.0f - powf(beta2, static_cast<float>(step));
-  batch.step_size = lr / bc1;
+  batch.bc1 = bc1;
   batch.inv_sqrt_bc2 = 1.0f / sqrtf(bc2);
   for (size_t first = 0; first < tensors.size(); first += ADAMW_MAX_TENSORS) {
     batch.count = static_cast<int>(std::min<size_t>(ADAMW_MAX_TENSORS, tensors.size() - first));
@@ -1131,6 +1158,23 @@ void adamw_multi(const std::vector<AdamWTensor>& tensors, float lr, float beta1,
     const dim3 grid(std::min<unsigned>(elementwise_blocks(largest), 64u), static_cast<unsigned>(batch.count));
     adamw_kernel<<<grid, 256, 0, s>>>(batch);
     launched("adamw");
+  }
+}
+
+void sum_of_squares(const std::vector<std::pair<const float*, int64_t>>& tensors, float* out, cudaStream_t s) {
+  check_cuda(cudaMemsetAsync(out, 0, sizeof(float), s), "sum of squares (clear)");
+  for (size_t first = 0; first < tensors.size(); first += ADAMW_MAX_TENSORS) {
+    SquaresBatch batch{};
+    const size_t count = std::min<size_t>(ADAMW_MAX_TENSORS, tensors.size() - first);
+    int64_t largest = 1;
+    for (size_t i = 0; i < count; i++) {
+      batch.p[i] = tensors[first + i].first;
+      batch.n[i] = tensors[first + i].second;
+      largest = std::max(largest, batch.n[i]);
+    }
+    const dim3 grid(std::min<unsigned>(elementwise_blocks(largest), 64u), static_cast<unsigned>(count));
+    sum_of_squares_kernel<<<grid, 256, 0, s>>>(batch, out);
+    launched("sum of squares");
   }
 }
 

@@ -3,7 +3,8 @@
 // with float32 accumulation) with branch-batched strides and fused epilogues; one flash-style
 // attention kernel over (batch, branch, head); one LayerNorm kernel; elementwise and reduction
 // kernels; a multi-tensor AdamW. Per-element math lives in device_math.h.
-// Launchers pick grid sizes, count the launch (launch_count) and check it at once (throws).
+// Launchers pick grid sizes, count the launch (launch_count) and check it at once: failures throw
+// duat::Error with ERROR_DEVICE (ERROR_OUT_OF_MEMORY when the device is out of memory).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -19,7 +20,7 @@ const char* precision_name(Precision p);
 // Tensor-core precisions need sm_80 or newer; older devices fall back to fp32 (this says which).
 Precision effective_precision(Precision p);
 
-// Throws std::runtime_error naming `what` when e is not cudaSuccess.
+// Throws duat::Error naming `what` when e is not cudaSuccess.
 void check_cuda(cudaError_t e, const char* what);
 // Kernel launches since the process started (every launcher adds its launches).
 int64_t launch_count();
@@ -85,9 +86,10 @@ void gelu_backward(const float* dy, const float* x, float* dx, int64_t n, cudaSt
 // out[z*cols + c] (+)= sum_r x[z*x_batch + r*cols + c] for z < batch: bias gradients.
 void sum_rows(const float* x, float* out, int64_t batch, int64_t rows, int64_t cols, int64_t x_batch, bool accumulate,
               cudaStream_t s);
-// Mean cross-entropy of logits (B, K) against labels (B): loss (1 float) and dlogits (B, K).
+// Mean cross-entropy of logits (B, K) against labels (B), with label smoothing eps (the target
+// is (1 - eps) one-hot + eps / K): loss (1 float) and dlogits (B, K).
 void cross_entropy(const float* logits, const int32_t* labels, float* loss, float* dlogits, int64_t B, int64_t K,
-                   cudaStream_t s);
+                   float smoothing, cudaStream_t s);
 // Patch embedding with class token and positions: images (B, ch, S, S) -> x (B, T1, C). The
 // weight of input k = (ch, py, px) and channel c is patch_w[k*w_k + c*w_c]: (w_k, w_c) = (C, 1)
 // for the weight transposed to (ch*P*P, C), which a warp reads coalesced (inference), or (1,
@@ -128,17 +130,22 @@ void copy_rows(const float* src, int64_t src_stride, float* dst, int64_t dst_str
                cudaStream_t s);
 
 // ---- optimizer ----------------------------------------------------------------------------------
-// One AdamW step over many tensors in one launch. The tensor table is copied to the device.
+// One AdamW step over many tensors in one launch (32 tensors per launch; the table travels as
+// the kernel's parameter). Each tensor has its own learning rate and weight decay (groups).
 struct AdamWTensor {
   float* param;
   const float* grad;
   float* m;
   float* v;
   int64_t n;
+  float lr;
   float weight_decay;
 };
-void adamw_multi(const std::vector<AdamWTensor>& tensors, float lr, float beta1, float beta2, float eps,
-                 int64_t step, cudaStream_t s);
+// Gradients are multiplied by grad_scale first (gradient-norm clipping).
+void adamw_multi(const std::vector<AdamWTensor>& tensors, float beta1, float beta2, float eps, int64_t step,
+                 float grad_scale, cudaStream_t s);
+// out (1 float, written) = sum of squares of every tensor's elements: the squared global norm.
+void sum_of_squares(const std::vector<std::pair<const float*, int64_t>>& tensors, float* out, cudaStream_t s);
 
 }  // namespace cuda
 }  // namespace duat

@@ -9,7 +9,7 @@
 namespace duat {
 namespace cuda {
 
-// A block of at least `bytes` (256-byte aligned). Throws std::runtime_error when the device is
+// A block of at least `bytes` (256-byte aligned). Throws duat::Error (ERROR_OUT_OF_MEMORY) when the device is
 // out of memory even after the cache was returned to the driver.
 void* device_alloc(size_t bytes);
 void device_free(void* p);

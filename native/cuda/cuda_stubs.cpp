@@ -1,5 +1,6 @@
 // cuda_stubs.cpp: the CUDA backend of a build without nvcc.
 #include "cuda_backend.h"
+#include "cuda_session.h"
 
 namespace duat {
 
@@ -10,6 +11,10 @@ const CudaStatus& cuda_status() {
     return c;
   }();
   return s;
+}
+
+std::unique_ptr<CudaSession> cuda_session_create(const ModelConfig&, int) {
+  fail(ERROR_DEVICE, "device 'cuda' is not available: " + cuda_status().reason);
 }
 
 }  // namespace duat

@@ -37,12 +37,12 @@ CudaTrainer::CudaTrainer(const ModelConfig& config, const std::vector<std::vecto
   check_model_config(config);
   const std::vector<std::string> names = model_param_names(config);
   if (params.size() != names.size())
-    throw std::runtime_error("CudaTrainer: expected " + std::to_string(names.size()) + " parameters, got " +
+    fail(ERROR_SHAPE, "CudaTrainer: expected " + std::to_string(names.size()) + " parameters, got " +
                              std::to_string(params.size()));
   for (size_t i = 0; i < names.size(); i++) {
     const size_t n = static_cast<size_t>(shape_numel(shapes_[i]));
     if (params[i].size() != n)
-      throw std::runtime_error("CudaTrainer: parameter '" + names[i] + "' has " + std::to_string(params[i].size()) +
+      fail(ERROR_SHAPE, "CudaTrainer: parameter '" + names[i] + "' has " + std::to_string(params[i].size()) +
                                " values, the config needs " + std::to_string(n));
     params_.push_back(DeviceBuffer(n));
     check_cuda(cudaMemcpy(params_.back().get(), params[i].data(), n * sizeof(float), cudaMemcpyHostToDevice), "upload");
@@ -172,12 +172,13 @@ void CudaTrainer::stage_backward(int64_t s, const float* x, const float* dy, flo
                      st);
 }
 
-float CudaTrainer::forward_backward(const float* images, const int32_t* labels, int64_t B, cudaStream_t st) {
+float CudaTrainer::forward_backward(const float* images, const int32_t* labels, int64_t B, cudaStream_t st,
+                                    float smoothing) {
   forward(images, B, st);
   const ModelConfig& c = config_;
   const int64_t C = c.dim, T1 = c.tokens(), BT = B * T1, K = c.classes;
   const int Bi = static_cast<int>(B), Ci = static_cast<int>(C), Ki = static_cast<int>(K);
-  cross_entropy(logits_.get(), labels, loss_.get(), dlogits_.get(), B, K, st);
+  cross_entropy(logits_.get(), labels, loss_.get(), dlogits_.get(), B, K, smoothing, st);
   // Head: logits = LN(x[:, 0]) W^T + b.
   gemm(product(Ki, Ci, Bi, dlogits_.get(), 1, K, yc_.get(), 1, C, grad(tail_param(2)), C), precision_, st);
   sum_rows(dlogits_.get(), grad(tail_param(3)), 1, B, K, 0, false, st);
@@ -203,12 +204,48 @@ float CudaTrainer::forward_backward(const float* images, const int32_t* labels, 
 
 float CudaTrainer::step(const float* images, const int32_t* labels, int64_t B, float lr, cudaStream_t st) {
   const float loss = forward_backward(images, labels, B, st);
+  adamw(std::vector<float>(params_.size(), lr), decay_, adamw_.beta1, adamw_.beta2, adamw_.eps, ++steps_, st);
+  return loss;
+}
+
+double CudaTrainer::grad_norm(cudaStream_t st) {
+  std::vector<std::pair<const float*, int64_t>> list;
+  for (const DeviceBuffer& g : grads_) list.push_back({g.get(), static_cast<int64_t>(g.size())});
+  sum_of_squares(list, norm_.get(), st);
+  float sq = 0.0f;
+  check_cuda(cudaMemcpyAsync(&sq, norm_.get(), sizeof(float), cudaMemcpyDeviceToHost, st), "gradient norm");
+  check_cuda(cudaStreamSynchronize(st), "gradient norm");
+  return std::sqrt(static_cast<double>(sq));
+}
+
+void CudaTrainer::adamw(const std::vector<float>& lr, const std::vector<float>& weight_decay, float beta1, float beta2,
+                        float eps, int64_t step, cudaStream_t st, float grad_scale) {
   std::vector<AdamWTensor> table;
   for (size_t i = 0; i < params_.size(); i++)
     table.push_back({params_[i].get(), grads_[i].get(), m_[i].get(), v_[i].get(),
-                     static_cast<int64_t>(params_[i].size()), decay_[i]});
-  adamw_multi(table, lr, adamw_.beta1, adamw_.beta2, adamw_.eps, ++steps_, st);
-  return loss;
+                     static_cast<int64_t>(params_[i].size()), lr.at(i), weight_decay.at(i)});
+  adamw_multi(table, beta1, beta2, eps, step, grad_scale, st);
+}
+
+void CudaTrainer::upload(const std::vector<const float*>& params, const std::vector<const float*>& m,
+                         const std::vector<const float*>& v) {
+  for (size_t i = 0; i < params_.size(); i++) {
+    const size_t bytes = params_[i].size() * sizeof(float);
+    if (i < params.size() && params[i]) check_cuda(cudaMemcpy(params_[i].get(), params[i], bytes, cudaMemcpyHostToDevice), "upload");
+    if (i < m.size() && m[i]) check_cuda(cudaMemcpy(m_[i].get(), m[i], bytes, cudaMemcpyHostToDevice), "upload");
+    if (i < v.size() && v[i]) check_cuda(cudaMemcpy(v_[i].get(), v[i], bytes, cudaMemcpyHostToDevice), "upload");
+  }
+}
+
+void CudaTrainer::download(const std::vector<float*>& params, const std::vector<float*>& m,
+                           const std::vector<float*>& v) const {
+  check_cuda(cudaDeviceSynchronize(), "download");
+  for (size_t i = 0; i < params_.size(); i++) {
+    const size_t bytes = params_[i].size() * sizeof(float);
+    if (i < params.size() && params[i]) check_cuda(cudaMemcpy(params[i], params_[i].get(), bytes, cudaMemcpyDeviceToHost), "download");
+    if (i < m.size() && m[i]) check_cuda(cudaMemcpy(m[i], m_[i].get(), bytes, cudaMemcpyDeviceToHost), "download");
+    if (i < v.size() && v[i]) check_cuda(cudaMemcpy(v[i], v_[i].get(), bytes, cudaMemcpyDeviceToHost), "download");
+  }
 }
 
 std::vector<std::vector<float>> CudaTrainer::download_params() const {

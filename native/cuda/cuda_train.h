@@ -32,12 +32,27 @@ class CudaTrainer {
   const float* forward(const float* images, int64_t B, cudaStream_t s);
   // Forward, loss and backward: gradients of every parameter (written, not accumulated).
   // Returns the mean cross-entropy (synchronises).
-  float forward_backward(const float* images, const int32_t* labels, int64_t B, cudaStream_t s);
-  // forward_backward, then one AdamW step with learning rate lr.
+  float forward_backward(const float* images, const int32_t* labels, int64_t B, cudaStream_t s, float smoothing = 0.0f);
+  // The global L2 norm of the gradients (synchronises).
+  double grad_norm(cudaStream_t s);
+  // forward_backward, then one AdamW step with learning rate lr (weight decay from the config,
+  // none on norms, biases and tokens).
   float step(const float* images, const int32_t* labels, int64_t B, float lr, cudaStream_t s);
+  // One AdamW update from the gradients in place, each parameter with its own lr and decay;
+  // `step` is the bias-correction step (1 for the first).
+  void adamw(const std::vector<float>& lr, const std::vector<float>& weight_decay, float beta1, float beta2, float eps,
+             int64_t step, cudaStream_t s, float grad_scale = 1.0f);
   std::vector<std::vector<float>> download_params() const;
   std::vector<std::vector<float>> download_grads() const;
+  // Host <-> device copies of parameters and AdamW moments, one pointer per parameter in
+  // model_param_names order (each the parameter's size). Synchronous.
+  void upload(const std::vector<const float*>& params, const std::vector<const float*>& m,
+              const std::vector<const float*>& v);
+  void download(const std::vector<float*>& params, const std::vector<float*>& m, const std::vector<float*>& v) const;
+  size_t param_count() const { return params_.size(); }
   const ModelConfig& config() const { return config_; }
+  // The logits of the last forward (device memory).
+  const float* forward_logits() const { return logits_.get(); }
 
  private:
   struct StageState {
@@ -61,7 +76,7 @@ class CudaTrainer {
   int64_t reserved_ = 0;
   std::vector<DeviceBuffer> xs_;  // stage inputs, xs_[depth] the last output
   std::vector<StageState> st_;
-  DeviceBuffer xc_, meanh_, rstdh_, yc_, logits_, dlogits_, loss_, dyc_, dxc_;
+  DeviceBuffer xc_, meanh_, rstdh_, yc_, logits_, dlogits_, loss_, dyc_, dxc_, norm_ = DeviceBuffer(1);
   DeviceBuffer dx0_, dx1_, dh_, du_, dv_, da_, datt_, dqkv_, delta_, dxn_, dwq_, dbq_, dw1_, db1_, dw2_, db2_;
 };
 
