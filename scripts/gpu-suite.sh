@@ -30,11 +30,13 @@ if [ $bench = 1 ]; then
   "$bin" --no-parity --bench --reps 30 --max-n 4 --precision bf16 --out "$out/bench-bf16.md" > /dev/null || status=1
   "$bin" --no-parity --bench --reps 30 --max-n 4 --precision fp32 --out "$out/bench-fp32.md" > /dev/null || status=1
   "$bin" --no-parity --profile --reps 50 > "$out/profile.txt" || status=1
+  "$bin" --no-parity --bench-train --reps 30 --out "$out/train-tf32.md" > /dev/null || status=1
   tail -8 "$out/bench-tf32.md"
   if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
     echo "== pytorch"
     python3 bench/reference/gpu_latency_torch.py --max-n 16 --reps 50 > "$out/torch-tf32.md" || status=1
-    tail -6 "$out/torch-tf32.md"
+    python3 bench/reference/gpu_latency_torch.py --train --reps 30 >> "$out/torch-tf32.md" || status=1
+    tail -8 "$out/torch-tf32.md"
   fi
 fi
 exit $status

@@ -6,6 +6,7 @@ unless --precision fp32. 'eager' runs the module; 'graph' replays it as a captur
 Median of --reps timings with CUDA events. Prints a Markdown table.
 
     python3 bench/reference/gpu_latency_torch.py --max-n 16 --reps 50
+    python3 bench/reference/gpu_latency_torch.py --train --reps 30     (training steps, batch 64)
 """
 import argparse
 import os
@@ -57,15 +58,47 @@ def latency(m, batch, reps):
     return eager, graph
 
 
+def train_step_ms(m, batch, reps):
+    """Median time of a full step (forward, cross-entropy, backward, AdamW), synchronised."""
+    import time
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (batch,), device="cuda")
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+        torch.cuda.synchronize()
+    for _ in range(5):
+        step()
+    t = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        t.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(t)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--max-n", type=int, default=16)
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--precision", choices=["tf32", "fp32"], default="tf32")
+    ap.add_argument("--train", action="store_true", help="training steps at batch 64 instead of forward latency")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
     torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
     torch.manual_seed(0)
+    if args.train:
+        print(f"PyTorch {torch.__version__} on {torch.cuda.get_device_name()}: training step at batch 64, "
+              f"{args.precision} products, median of {args.reps} (ms) and images/s\n")
+        print("| n | PF-1-n ms | PF-1-n img/s | ViT-n ms | ViT-n img/s |\n|---|---|---|---|---|")
+        for n in (1, 2, 4, 8, 12):
+            a, b = train_step_ms(model(1, n), 64, args.reps), train_step_ms(model(n, 1), 64, args.reps)
+            print(f"| {n} | {a:.3f} | {64e3 / a:.0f} | {b:.3f} | {64e3 / b:.0f} |", flush=True)
+        return
     batches = (1, 8, 64)
     print(f"PyTorch {torch.__version__} on {torch.cuda.get_device_name()}, {args.precision} products, "
           f"median of {args.reps} (ms)\n")

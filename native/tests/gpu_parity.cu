@@ -6,7 +6,7 @@
 //
 //   duat_gpu_parity [--quick] [--seed S] [--bench] [--profile] [--precision fp32|tf32|bf16]
 //                   [--reps R] [--max-n N] [--out results.md] [--no-parity] [--batch B]
-//                   [--train-mnist IDX_DIR [--epochs E] [--batch-size B] [--lr LR] [--depth m] [--branches n]]
+//                   [--bench-train] [--train-mnist IDX_DIR [--epochs E] [--batch-size B] [--lr LR] [--depth m] [--branches n]]
 // Exit status: 0 when every check passed, 1 when one failed, 2 when no GPU is usable.
 #include <cuda_runtime.h>
 
@@ -767,6 +767,45 @@ int run_mnist(const std::string& dir, int epochs, int batch, float lr, Precision
   return 0;
 }
 
+// Training throughput: a full step (forward, backward, AdamW) of Para-Former-1-n and the serial
+// ViT of depth n at one batch size, tiny width, images per second from the median step time.
+std::string run_train_bench(Precision p, int reps, int64_t B) {
+  std::string md = "Training step (forward, backward, AdamW) at batch " + std::to_string(B) + ", tiny width, 32x32x3, " +
+                   precision_name(effective_precision(p)) + " products; median of " + std::to_string(reps) +
+                   " steps (ms) and images/s.\n\n| n | PF-1-n ms | PF-1-n img/s | ViT-n ms | ViT-n img/s | launches PF-1-n | launches ViT-n |\n|---|---|---|---|---|---|---|\n";
+  for (int n : {1, 2, 4, 8, 12}) {
+    double ms[2];
+    int64_t launches[2];
+    for (int k = 0; k < 2; k++) {
+      const ModelConfig c = k == 0 ? tiny_config(1, n) : tiny_config(n, 1);
+      CudaTrainer trainer(c, init_params(c, rng()), p, AdamWConfig{});
+      const std::vector<float> h = random_vector(B * c.channels * c.image_size * c.image_size);
+      DeviceBuffer img = upload(h.data(), h.size());
+      std::vector<int32_t> y(B);
+      for (int64_t i = 0; i < B; i++) y[i] = static_cast<int32_t>(rng() % c.classes);
+      int32_t* dy = static_cast<int32_t*>(device_alloc(B * sizeof(int32_t)));
+      check_cuda(cudaMemcpy(dy, y.data(), B * sizeof(int32_t), cudaMemcpyHostToDevice), "labels");
+      for (int i = 0; i < 5; i++) trainer.step(img.get(), dy, B, 1e-4f, nullptr);
+      const int64_t before = launch_count();
+      trainer.step(img.get(), dy, B, 1e-4f, nullptr);
+      launches[k] = launch_count() - before;
+      std::vector<double> t;
+      for (int i = 0; i < reps; i++) {
+        const auto t0 = std::chrono::steady_clock::now();
+        trainer.step(img.get(), dy, B, 1e-4f, nullptr);  // ends with a synchronising loss read
+        t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      }
+      ms[k] = median(t);
+      device_free(dy);
+    }
+    char line[256];
+    std::snprintf(line, sizeof line, "| %d | %.3f | %.0f | %.3f | %.0f | %lld | %lld |\n", n, ms[0], 1e3 * B / ms[0], ms[1],
+                  1e3 * B / ms[1], static_cast<long long>(launches[0]), static_cast<long long>(launches[1]));
+    md += line;
+  }
+  return md;
+}
+
 // Where one forward's time goes: an event after every launch, medians over `reps` forwards.
 struct EventTracer : LaunchTracer {
   std::vector<std::pair<std::string, cudaEvent_t>> marks;
@@ -823,7 +862,7 @@ std::string run_profile(const ModelConfig& c, const std::string& name, int64_t B
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool quick = false, bench = false, profile = false, parity = true;
+  bool quick = false, bench = false, profile = false, parity = true, bench_train = false;
   std::vector<int64_t> profile_batches = {1, 64};
   uint64_t seed = std::random_device{}();
   Precision precision = PRECISION_TF32;
@@ -838,6 +877,7 @@ int main(int argc, char** argv) {
     else if (a == "--bench") bench = true;
     else if (a == "--profile") profile = true;
     else if (a == "--no-parity") parity = false;
+    else if (a == "--bench-train") bench_train = true;
     else if (a == "--train-mnist" && i + 1 < argc) mnist_dir = argv[++i];
     else if (a == "--epochs" && i + 1 < argc) epochs = std::stoi(argv[++i]);
     else if (a == "--batch-size" && i + 1 < argc) batch = std::stoi(argv[++i]);
@@ -871,6 +911,17 @@ int main(int argc, char** argv) {
     std::printf("allocator: %lld driver allocations, %lld cache hits, peak %.1f MB\n",
                 static_cast<long long>(a.driver_allocs), static_cast<long long>(a.cache_hits), a.peak / 1e6);
     std::printf("%d passed, %d failed\n", g_passed, g_failed);
+    if (bench_train) {
+      const std::string md = run_train_bench(precision, reps, 64);
+      std::printf("\n%s", md.c_str());
+      if (out_path) {
+        FILE* f = std::fopen(out_path, "w");
+        if (f) {
+          std::fprintf(f, "device %s\n\n%s", st.device.c_str(), md.c_str());
+          std::fclose(f);
+        }
+      }
+    }
     if (!mnist_dir.empty()) run_mnist(mnist_dir, epochs, batch, lr, precision, seed, branches, depth);
     if (profile)
       for (int64_t b : profile_batches)
