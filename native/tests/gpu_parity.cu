@@ -621,18 +621,31 @@ std::string run_bench(Precision p, int reps, int max_n) {
     md += "\n";
     std::fprintf(stderr, "bench n=%d done\n", n);
   }
-  md += "\nRatios to n = 1 (eager):\n\n| batch | PF-1-12 / PF-1-1 | ViT-12 / ViT-1 | PF-1-16 / PF-1-1 | ViT-16 / ViT-1 |\n|---|---|---|---|---|\n";
-  for (size_t i = 0; i < batches.size(); i++) {
-    auto ratio = [&](std::vector<std::vector<Timing>>& v, int n) {
-      return n <= max_n ? v[n][i].eager_ms / v[1][i].eager_ms : NAN;
-    };
-    std::snprintf(line, sizeof line, "| %lld | %.2fx | %.2fx | %.2fx | %.2fx |\n", static_cast<long long>(batches[i]),
-                  ratio(pf, 12), ratio(vit, 12), ratio(pf, 16), ratio(vit, 16));
-    md += line;
+  // Ratios to n = 1 at the largest n measured and at 12 (when measured).
+  std::vector<int> ns = {max_n};
+  if (max_n > 12) ns.insert(ns.begin(), 12);
+  if (max_n > 1) {
+    md += "\nRatios to n = 1 (eager):\n\n| batch |";
+    for (int n : ns) {
+      std::snprintf(line, sizeof line, " PF-1-%d / PF-1-1 | ViT-%d / ViT-1 |", n, n);
+      md += line;
+    }
+    md += "\n|---|";
+    for (size_t k = 0; k < ns.size(); k++) md += "---|---|";
+    md += "\n";
+    for (size_t i = 0; i < batches.size(); i++) {
+      std::snprintf(line, sizeof line, "| %lld |", static_cast<long long>(batches[i]));
+      md += line;
+      for (int n : ns) {
+        std::snprintf(line, sizeof line, " %.2fx | %.2fx |", pf[n][i].eager_ms / pf[1][i].eager_ms,
+                      vit[n][i].eager_ms / vit[1][i].eager_ms);
+        md += line;
+      }
+      md += "\n";
+    }
   }
   return md;
 }
-
 
 // ---- MNIST training on the GPU, the recipe of `duat train` (lib/cli.ts, lib/train/fit.ts) -------
 struct Idx {
