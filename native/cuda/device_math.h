@@ -7,10 +7,12 @@
 
 #include <cstdint>
 
+#ifndef DUAT_HD  // also defined, the same way, by cpu/math.h
 #ifdef __CUDACC__
 #define DUAT_HD __host__ __device__ __forceinline__
 #else
 #define DUAT_HD inline
+#endif
 #endif
 
 namespace duat {

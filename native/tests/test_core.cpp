@@ -1,6 +1,7 @@
 // test_core.cpp: C++ tests of the core that run without Node (CTest). Every GEMM ISA path and
 // transpose combination against a float64 reference; the shared math against libm; autograd
-// accumulation through fan-out; the thread pool.
+// accumulation through fan-out; the thread pool; and the per-element math and index arithmetic of
+// the CUDA kernels (cuda/device_math.h), run here on the CPU against the CPU ops.
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -12,6 +13,7 @@
 #include "core/parallel.h"
 #include "cpu/gemm.h"
 #include "cpu/math.h"
+#include "cuda/device_math.h"
 #include "ops/ops.h"
 
 using namespace duat;
@@ -133,6 +135,145 @@ void test_memory() {
   expect(before.tensors == after.tensors && before.bytes == after.bytes, "no tensor outlives its last reference");
 }
 
+// ---- cuda/device_math.h on the CPU: the GPU kernels' formulas against the CPU ops -------------
+double max_abs_diff(const float* a, const float* b, int64_t n) {
+  double w = 0;
+  for (int64_t i = 0; i < n; i++) w = std::max(w, std::fabs(double(a[i]) - b[i]));
+  return w;
+}
+
+void test_device_math() {
+  GradMode no_grad(false);
+  // GELU and its derivative.
+  const Tensor x = randn({1000}, 7, 0.0f, 2.0f);
+  const Tensor y = gelu(x);
+  double worst = 0, worst_grad = 0;
+  for (int64_t i = 0; i < 1000; i++) {
+    const float v = x->f32()[i];
+    worst = std::max(worst, std::fabs(double(dm::gelu(v)) - y->f32()[i]));
+    const double h = 1e-3, fd = (0.5 * (v + h) * (1 + std::erf((v + h) / std::sqrt(2.0))) -
+                                 0.5 * (v - h) * (1 + std::erf((v - h) / std::sqrt(2.0)))) / (2 * h);
+    worst_grad = std::max(worst_grad, std::fabs(dm::gelu_grad(v) - fd));
+  }
+  expect(worst < 1e-5, "device_math gelu matches the CPU op (" + std::to_string(worst) + ")");
+  expect(worst_grad < 1e-4, "device_math gelu_grad matches central differences (" + std::to_string(worst_grad) + ")");
+
+  // Attention as the kernel computes it (layout offsets, chunks of 8 keys through the online
+  // softmax) against the CPU attention op: B 2, T 19, N 3 branches, H 2 heads, D 8.
+  const int64_t B = 2, T = 19, N = 3, H = 2, D = 8, C = H * D;
+  const Tensor qkv = randn({B, T, N * 3 * C}, 11, 0.0f, 1.0f);
+  const Tensor ref = attention(qkv, H, N);
+  std::vector<float> out(B * T * N * C, NAN), lse_chunk(T), lse_single(T);
+  const dm::AttnLayout L{T, C, N, H, D};
+  const float* q = qkv->f32();
+  const float scale = 1.0f / std::sqrt(float(D));
+  double lse_gap = 0;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t n = 0; n < N; n++)
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < T; i++) {
+          dm::OnlineSoftmax chunked, single;
+          std::vector<double> acc(D, 0.0);
+          for (int64_t j0 = 0; j0 < T; j0 += 8) {
+            float s[8], w[8], r;
+            for (int c = 0; c < 8; c++) {
+              s[c] = 0;
+              if (j0 + c < T)
+                for (int64_t d = 0; d < D; d++)
+                  s[c] += q[L.q_offset(b, n, h) + i * L.ld_in() + d] * scale * q[L.k_offset(b, n, h) + (j0 + c) * L.ld_in() + d];
+            }
+            chunked.add_chunk<8>(s, static_cast<int>(T - j0), &r, w);
+            for (int64_t d = 0; d < D; d++) {
+              acc[d] *= r;
+              for (int c = 0; c < 8 && j0 + c < T; c++) acc[d] += w[c] * q[L.v_offset(b, n, h) + (j0 + c) * L.ld_in() + d];
+            }
+            for (int c = 0; c < 8 && j0 + c < T; c++) {
+              float rs, ws;
+              single.add(s[c], &rs, &ws);
+            }
+          }
+          lse_gap = std::max(lse_gap, std::fabs(double(chunked.log_sum_exp()) - single.log_sum_exp()));
+          for (int64_t d = 0; d < D; d++) out[L.out_offset(b, n, h) + i * L.ld_out() + d] = float(acc[d] / chunked.l);
+        }
+  expect(max_abs_diff(out.data(), ref->f32(), ref->numel()) < 1e-5, "device_math attention layout and online softmax match the CPU attention op");
+  expect(lse_gap < 1e-5, "device_math online softmax: chunks of 8 and one score at a time agree");
+
+  // LayerNorm of rows from the kernel's formulas against the CPU op, and its dx.
+  const int64_t R = 5, K = 37;
+  const Tensor lx = randn({R, K}, 13, 2.0f, 1.5f);
+  const Tensor ly = layernorm(lx, nullptr, nullptr, 1e-6f);
+  const Tensor gy = randn({R, K}, 14, 0.0f, 1.0f);
+  double ln_worst = 0, dx_worst = 0;
+  for (int64_t r = 0; r < R; r++) {
+    const float* row = lx->f32() + r * K;
+    double mu = 0, sq = 0;
+    for (int64_t c = 0; c < K; c++) mu += row[c];
+    mu /= K;
+    for (int64_t c = 0; c < K; c++) sq += (row[c] - mu) * (row[c] - mu);
+    const float rs = dm::layernorm_rstd(float(sq), K, 1e-6f);
+    double mg = 0, mgx = 0;
+    for (int64_t c = 0; c < K; c++) {
+      const float xh = float((row[c] - mu) * rs);
+      ln_worst = std::max(ln_worst, std::fabs(double(xh) - ly->f32()[r * K + c]));
+      mg += gy->f32()[r * K + c];
+      mgx += gy->f32()[r * K + c] * xh;
+    }
+    mg /= K;
+    mgx /= K;
+    // dx against central differences of sum(gy * LN(x)) in float64.
+    for (int64_t c = 0; c < K; c++) {
+      auto loss = [&](double dv) {
+        std::vector<double> v(row, row + K);
+        v[c] += dv;
+        double m = 0, q2 = 0, l = 0;
+        for (double e : v) m += e;
+        m /= K;
+        for (double e : v) q2 += (e - m) * (e - m);
+        const double rr = 1 / std::sqrt(q2 / K + 1e-6);
+        for (int64_t k = 0; k < K; k++) l += gy->f32()[r * K + k] * (v[k] - m) * rr;
+        return l;
+      };
+      const double fd = (loss(1e-4) - loss(-1e-4)) / 2e-4;
+      const float xh = float((row[c] - mu) * rs);
+      dx_worst = std::max(dx_worst, std::fabs(dm::layernorm_dx(gy->f32()[r * K + c], xh, float(mg), float(mgx), rs) - fd));
+    }
+  }
+  expect(ln_worst < 1e-5, "device_math layerNorm statistics match the CPU op");
+  expect(dx_worst < 1e-3, "device_math layerNorm dx matches central differences (" + std::to_string(dx_worst) + ")");
+
+  // AdamW element against the CPU optimizer op.
+  const Tensor p = randn({50}, 21, 0.0f, 1.0f), g = randn({50}, 22, 0.0f, 1.0f);
+  const Tensor m = randn({50}, 23, 0.0f, 0.1f), v = mul(randn({50}, 24, 0.0f, 0.1f), randn({50}, 24, 0.0f, 0.1f));
+  std::vector<float> pd(p->f32(), p->f32() + 50), md(m->f32(), m->f32() + 50), vd(v->f32(), v->f32() + 50);
+  const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.05f;
+  const int64_t step = 3;
+  const float bc1 = 1 - std::pow(b1, float(step)), bc2 = 1 - std::pow(b2, float(step));
+  for (int i = 0; i < 50; i++)
+    pd[i] = dm::adamw_element(pd[i], g->f32()[i], &md[i], &vd[i], b1, b2, eps, 1 - lr * wd, lr / bc1, 1 / std::sqrt(bc2));
+  adamw_update(p, g, m, v, lr, b1, b2, eps, wd, step);
+  expect(max_abs_diff(pd.data(), p->f32(), 50) < 1e-6 && max_abs_diff(vd.data(), v->f32(), 50) < 1e-7,
+         "device_math adamw_element matches the CPU optimizer");
+
+  // Patch embedding through patch_pixel against the CPU op.
+  const int64_t Bi = 2, ch = 3, S = 8, P = 4, E = 5, T1 = (S / P) * (S / P) + 1;
+  const Tensor img = randn({Bi, ch, S, S}, 31, 0.0f, 1.0f), w = randn({E, ch, P, P}, 32, 0.0f, 1.0f), bias = randn({E}, 33, 0.0f, 1.0f);
+  const Tensor pe = patch_embed(img, w, bias, P);  // (B, T, E), no class token
+  double pe_worst = 0;
+  for (int64_t b = 0; b < Bi; b++)
+    for (int64_t t = 1; t < T1; t++)
+      for (int64_t e = 0; e < E; e++) {
+        double acc = bias->f32()[e];
+        for (int64_t c = 0; c < ch; c++)
+          for (int64_t py = 0; py < P; py++)
+            for (int64_t px = 0; px < P; px++)
+              acc += w->f32()[((e * ch + c) * P + py) * P + px] * img->f32()[dm::patch_pixel(b, c, t, py, px, ch, S, P)];
+        pe_worst = std::max(pe_worst, std::fabs(acc - pe->f32()[(b * (T1 - 1) + t - 1) * E + e]));
+      }
+  expect(pe_worst < 1e-4, "device_math patch_pixel indexes the patches as the CPU patch embedding does");
+  expect(dm::stage_combine(1.0f, 2.0f, 3.0f, 0.5f) == 3.5f && dm::ceil_div(7, 2) == 4 && dm::ceil_div(8, 2) == 4,
+         "device_math stage_combine and ceil_div");
+}
+
 }  // namespace
 
 int main() {
@@ -142,6 +283,7 @@ int main() {
   test_autograd_fanout();
   test_pool();
   test_memory();
+  test_device_math();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
