@@ -351,6 +351,35 @@ struct AttnShape {
   static constexpr int KT = D > 64 ? 32 : 64;                    // keys per tile
 };
 
+// Rows r0 .. r0+KT-1 of two row-strided matrices (a at a[r*lda + d], b at b[r*ldb + d]) into
+// shared tiles, rows at or past `valid` zeroed. UNROLL loads per thread in flight at once (all
+// of them in the forward; fewer where the backward kernels would spill registers).
+template <int D, int KT, int UNROLL>
+__device__ __forceinline__ void attention_tile_pair(const float* a, int64_t lda, const float* b, int64_t ldb, int valid,
+                                                    float (*as)[D], float (*bs)[D], int tid) {
+#pragma unroll UNROLL
+  for (int it = 0; it < KT * D / 128; it++) {
+    const int i = tid + it * 128, j = i / D, d = i % D;
+    as[j][d] = j < valid ? a[j * lda + d] : 0.0f;
+    bs[j][d] = j < valid ? b[j * ldb + d] : 0.0f;
+  }
+}
+
+// Two dot products of one tile row with the thread group's registers, summed over the group.
+template <int D>
+__device__ __forceinline__ void attention_dot_pair(const float* x, const float* xs_row, const float* y,
+                                                   const float* ys_row, int part, float* dx, float* dy) {
+  using S = AttnShape<D>;
+  float s = 0.0f, t2 = 0.0f;
+#pragma unroll
+  for (int t = 0; t < S::DP; t++) {
+    s = fmaf(x[t], xs_row[t * S::TPQ + part], s);
+    t2 = fmaf(y[t], ys_row[t * S::TPQ + part], t2);
+  }
+  *dx = group_sum<S::TPQ>(s);
+  *dy = group_sum<S::TPQ>(t2);
+}
+
 template <int D>
 __global__ void __launch_bounds__(128) attention_forward_kernel(const float* qkv, float* out, float* lse,
                                                                 dm::AttnLayout L, float scale) {
@@ -372,12 +401,7 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(const float* qkv
   dm::OnlineSoftmax sm;
   for (int kt = 0; kt < L.T; kt += S::KT) {
     const int kn = min(S::KT, static_cast<int>(L.T) - kt);
-#pragma unroll
-    for (int it = 0; it < S::KT * D / 128; it++) {  // all loads of the tile in flight at once
-      const int i = tid + it * 128, j = i / D, d = i % D;
-      Ks[j][d] = j < kn ? k[(kt + j) * ld + d] : 0.0f;
-      Vs[j][d] = j < kn ? v[(kt + j) * ld + d] : 0.0f;
-    }
+    attention_tile_pair<D, S::KT, S::KT * D / 128>(k + kt * ld, ld, v + kt * ld, ld, kn, Ks, Vs, tid);
     __syncthreads();
     constexpr int CH = 8;  // keys per step: independent dot products and exponentials
     for (int j0 = 0; j0 < kn; j0 += CH) {
@@ -439,22 +463,11 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(const float*
   const float l = lse[L.stat_offset(b, n, h) + qr];
   for (int kt = 0; kt < L.T; kt += S::KT) {
     const int kn = min(S::KT, static_cast<int>(L.T) - kt);
-#pragma unroll 8
-    for (int it = 0; it < S::KT * D / 128; it++) {  // (fully unrolled, backward would spill)
-      const int i = tid + it * 128, j = i / D, d = i % D;
-      Ks[j][d] = j < kn ? k[(kt + j) * ld + d] : 0.0f;
-      Vs[j][d] = j < kn ? v[(kt + j) * ld + d] : 0.0f;
-    }
+    attention_tile_pair<D, S::KT, 8>(k + kt * ld, ld, v + kt * ld, ld, kn, Ks, Vs, tid);
     __syncthreads();
     for (int j = 0; j < kn; j++) {
-      float s = 0.0f, dp = 0.0f;
-#pragma unroll
-      for (int t = 0; t < S::DP; t++) {
-        s = fmaf(qv[t], Ks[j][t * S::TPQ + part], s);
-        dp = fmaf(dov[t], Vs[j][t * S::TPQ + part], dp);
-      }
-      s = group_sum<S::TPQ>(s);
-      dp = group_sum<S::TPQ>(dp);
+      float s, dp;
+      attention_dot_pair<D>(qv, Ks[j], dov, Vs[j], part, &s, &dp);
       const float ds = dm::attention_dscore(s, l, dp, dl);
 #pragma unroll
       for (int t = 0; t < S::DP; t++) dq[t] = fmaf(ds, Ks[j][t * S::TPQ + part], dq[t]);
@@ -494,26 +507,15 @@ __global__ void __launch_bounds__(128) attention_backward_dkv_kernel(const float
   }
   for (int qt = 0; qt < L.T; qt += S::KT) {
     const int qn = min(S::KT, static_cast<int>(L.T) - qt);
-#pragma unroll 8
-    for (int it = 0; it < S::KT * D / 128; it++) {  // (fully unrolled, backward would spill)
-      const int i = tid + it * 128, j = i / D, d = i % D;
-      Qs[j][d] = j < qn ? q[(qt + j) * ld + d] : 0.0f;
-      Gs[j][d] = j < qn ? go[(qt + j) * L.ld_out() + d] : 0.0f;
-    }
+    attention_tile_pair<D, S::KT, 8>(q + qt * ld, ld, go + qt * L.ld_out(), L.ld_out(), qn, Qs, Gs, tid);
     for (int j = tid; j < S::KT; j += 128) {
       ls[j] = j < qn ? lrow[qt + j] : 0.0f;
       ds_[j] = j < qn ? drow[qt + j] : 0.0f;
     }
     __syncthreads();
     for (int j = 0; j < qn; j++) {
-      float s = 0.0f, dp = 0.0f;
-#pragma unroll
-      for (int t = 0; t < S::DP; t++) {
-        s = fmaf(kv[t], Qs[j][t * S::TPQ + part], s);
-        dp = fmaf(vv[t], Gs[j][t * S::TPQ + part], dp);
-      }
-      s = group_sum<S::TPQ>(s);
-      dp = group_sum<S::TPQ>(dp);
+      float s, dp;
+      attention_dot_pair<D>(kv, Qs[j], vv, Gs[j], part, &s, &dp);
       const float p = expf(s - ls[j]);
       const float dsc = p * (dp - ds_[j]);
 #pragma unroll

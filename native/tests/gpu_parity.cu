@@ -544,17 +544,21 @@ Timing time_forward(const ModelConfig& c, int64_t B, Precision p, int reps) {
   const int64_t before = launch_count();
   model.forward(imgs[0].get(), B, logits.get(), s);
   t.launches = launch_count() - before;
-  std::vector<double> ms;
-  for (int i = 0; i < reps; i++) {
-    cudaEventRecord(e0, s);
-    model.forward(imgs[i % SETS].get(), B, logits.get(), s);
-    cudaEventRecord(e1, s);
-    check_cuda(cudaEventSynchronize(e1), "eager forward");
-    float v = 0;
-    cudaEventElapsedTime(&v, e0, e1);
-    ms.push_back(v);
-  }
-  t.eager_ms = median(ms);
+  // Median of `reps` runs of `launch`, timed with events on the stream.
+  auto timed = [&](const std::function<void(int)>& launch, const char* what) {
+    std::vector<double> ms;
+    for (int i = 0; i < reps; i++) {
+      cudaEventRecord(e0, s);
+      launch(i);
+      cudaEventRecord(e1, s);
+      check_cuda(cudaEventSynchronize(e1), what);
+      float v = 0;
+      cudaEventElapsedTime(&v, e0, e1);
+      ms.push_back(v);
+    }
+    return median(ms);
+  };
+  t.eager_ms = timed([&](int i) { model.forward(imgs[i % SETS].get(), B, logits.get(), s); }, "eager forward");
   // The same forward captured once as a CUDA graph and replayed (no launch gaps).
   std::vector<cudaGraphExec_t> execs(SETS);
   for (int i = 0; i < SETS; i++) {
@@ -566,17 +570,7 @@ Timing time_forward(const ModelConfig& c, int64_t B, Precision p, int reps) {
     cudaGraphDestroy(graph);
   }
   for (int i = 0; i < 5; i++) cudaGraphLaunch(execs[i % SETS], s);
-  ms.clear();
-  for (int i = 0; i < reps; i++) {
-    cudaEventRecord(e0, s);
-    cudaGraphLaunch(execs[i % SETS], s);
-    cudaEventRecord(e1, s);
-    check_cuda(cudaEventSynchronize(e1), "graph forward");
-    float v = 0;
-    cudaEventElapsedTime(&v, e0, e1);
-    ms.push_back(v);
-  }
-  t.graph_ms = median(ms);
+  t.graph_ms = timed([&](int i) { cudaGraphLaunch(execs[i % SETS], s); }, "graph forward");
   for (cudaGraphExec_t e : execs) cudaGraphExecDestroy(e);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
