@@ -7,6 +7,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import * as duat from '../lib';
+import { native } from '../lib/native';
 
 /** float32 forward/backward against float64: relative to each tensor's largest value. */
 const FIXTURE_TOL = 1e-4;
@@ -145,4 +146,42 @@ test('a failed evaluation leaves the worker threads able to train (grad mode is 
   }
   x.dispose();
   m.dispose();
+});
+
+describe('inference reuses derived weights (LN folds, fc2 concatenation) and sees every update', () => {
+  const cfg = { depth: 2, branches: 3, dim: 16, heads: 2, patchSize: 7, seed: 5 } as const;
+  // The recording forward derives the weights afresh every time: the reference.
+  const recorded = (m: duat.ParaFormer, x: duat.Tensor) => duat.tidy(() => m.forward(x).detach().toArray());
+  const inference = (m: duat.ParaFormer, x: duat.Tensor) => duat.noGrad(() => duat.tidy(() => m.forward(x).toArray()));
+
+  test('after optimizer steps, loadStateDict, copy_ and an in-place scale', async () => {
+    const m = new duat.ParaFormer(cfg);
+    const x = duat.randn([3, 1, 28, 28], { seed: 9 });
+    const first = inference(m, x);
+    expect(relErr(first, recorded(m, x))).toBeLessThan(1e-6);
+    expect(relErr(inference(m, x), first)).toBe(0);  // the cached weights give the same result
+    // An AdamW step (in place, on a worker thread).
+    const opt = new duat.optim.AdamW(m.parameters(), { lr: 0.05 });
+    await m.trainStep(x, Int32Array.from([1, 2, 3]), { optimizer: opt });
+    const stepped = inference(m, x);
+    expect(relErr(stepped, first)).toBeGreaterThan(1e-3);
+    expect(relErr(stepped, recorded(m, x))).toBeLessThan(1e-6);
+    // Other parameters loaded (copy into the same tensors).
+    const other = new duat.ParaFormer({ ...cfg, seed: 6 });
+    m.loadStateDict(other.stateDict());
+    expect(relErr(inference(m, x), recorded(other, x))).toBeLessThan(1e-6);
+    // One source of a fold changed through copy_, then through an in-place scale.
+    const g = m.namedParameters().find(([n]) => n === 'stages.1.norm2.weight')![1];
+    g.copy_(duat.full(g.shape, 0.5));
+    expect(relErr(inference(m, x), recorded(m, x))).toBeLessThan(1e-6);
+    const w2 = m.namedParameters().find(([n]) => n === 'stages.0.mlp.fc2.weight')![1];
+    duat.optim.clipGradNorm([w2], 1);  // no gradient: nothing changes
+    native().scaleInplace(w2.handle, 3);
+    expect(relErr(inference(m, x), recorded(m, x))).toBeLessThan(1e-6);
+    duat.emptyCache();  // drops the derived weights too
+    expect(relErr(inference(m, x), recorded(m, x))).toBeLessThan(1e-6);
+    x.dispose();
+    m.dispose();
+    other.dispose();
+  });
 });

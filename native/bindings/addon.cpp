@@ -9,6 +9,7 @@
 #include "../cpu/gemm.h"
 #include "../cuda/cuda_backend.h"
 #include "../ops/ops.h"
+#include "../model/paraformer.h"
 #include "convert.h"
 #include "model_bindings.h"
 
@@ -374,6 +375,7 @@ Napi::Value js_cache_stats(Info info) {
 
 Napi::Value js_empty_cache(Info info) {
   return guard(info, [&]() -> Napi::Value {
+    clear_derived_weights();  // their blocks go back to the block cache, then out
     empty_cache();
     return info.Env().Undefined();
   });

@@ -224,6 +224,7 @@ Tensor detach(const Tensor& t) { return make_view(t, t->shape, t->strides, t->of
 void copy_into(const Tensor& dst, const Tensor& src) {
   check(dst->shape == src->shape, ERROR_SHAPE, "copy between shapes " + shape_str(dst->shape) + " and " + shape_str(src->shape));
   check(dst->dtype == src->dtype, ERROR_DTYPE, "copy between different dtypes");
+  mark_written(dst);
   if (dst->is_contiguous() && src->is_contiguous()) {
     std::memcpy(static_cast<char*>(dst->storage->data) + dst->offset * 4,
                 static_cast<const char*>(src->storage->data) + src->offset * 4, static_cast<size_t>(dst->numel()) * 4);

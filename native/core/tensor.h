@@ -27,6 +27,9 @@ struct Storage {
   size_t bytes = 0;     // requested
   size_t capacity = 0;  // allocated (the size class)
   Device device = DEVICE_CPU;
+  // Bumped by every in-place write to existing data (mark_written): caches of values derived
+  // from a tensor (native/model's folded weights) compare it to know they are current.
+  std::atomic<uint64_t> version{0};
   static std::shared_ptr<Storage> allocate(size_t bytes, Device device);
   ~Storage();
 };
@@ -90,6 +93,11 @@ Tensor detach(const Tensor& t);
 Tensor contiguous_data(const Tensor& t);
 // Copy src into dst elementwise (same shape; any strides).
 void copy_into(const Tensor& dst, const Tensor& src);
+// Records an in-place write to t's storage (see Storage::version). Every op that writes into an
+// existing tensor calls it: copy_into, the optimizer updates, scale_inplace, GPU downloads.
+inline void mark_written(const Tensor& t) {
+  if (t && t->storage) t->storage->version.fetch_add(1, std::memory_order_relaxed);
+}
 // dst += src elementwise (same shape; any strides; float32).
 void add_into(const Tensor& dst, const Tensor& src);
 

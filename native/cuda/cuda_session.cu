@@ -40,6 +40,7 @@ class Session : public CudaSession {
       std::vector<float*> out;
       for (const Tensor& t : ts) {
         check(!t || t->is_contiguous(), ERROR_ARGUMENT, "cuda session: download needs contiguous tensors");
+        mark_written(t);
         out.push_back(t ? t->f32() : nullptr);
       }
       return out;

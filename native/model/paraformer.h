@@ -51,6 +51,9 @@ std::vector<Tensor> model_param_list(const ModelParams& p);
 void check_model_config(const ModelConfig& c);
 
 Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c);
+// Drops the inference cache of derived weights (folded LayerNorms, concatenated fc2), which
+// stage_forward keeps per parameter version when no graph is recorded.
+void clear_derived_weights();
 // images (B, channels, S, S) -> logits (B, classes).
 Tensor model_forward(const Tensor& images, const ModelParams& p, const ModelConfig& c);
 // Every stage's attention probabilities for `images`, each (B, N*H, T+1, T+1); no gradient.

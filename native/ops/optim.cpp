@@ -21,6 +21,7 @@ void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, cons
                   float beta2, float eps, float weight_decay, int64_t step) {
   check_f32(param, "adamw", "the parameter");
   check(param->is_contiguous(), ERROR_SHAPE, "adamw: the parameter must be contiguous");
+  mark_written(param);
   check_same_shape(param, grad, "adamw", "the gradient");
   check_same_shape(param, m, "adamw", "the first moment");
   check_same_shape(param, v, "adamw", "the second moment");
@@ -45,6 +46,7 @@ void sgd_update(const Tensor& param, const Tensor& grad, const Tensor& buf, floa
                 float dampening, float weight_decay, bool nesterov, bool first_step) {
   check_f32(param, "sgd", "the parameter");
   check(param->is_contiguous(), ERROR_SHAPE, "sgd: the parameter must be contiguous");
+  mark_written(param);
   check_same_shape(param, grad, "sgd", "the gradient");
   if (momentum != 0.0f) check_same_shape(param, buf, "sgd", "the momentum buffer");
   float* p = param->f32();
@@ -74,6 +76,7 @@ double sum_of_squares(const Tensor& t) {
 void scale_inplace(const Tensor& t, float s) {
   check_f32(t, "scale", "the tensor");
   check(t->is_contiguous(), ERROR_SHAPE, "scale: the tensor must be contiguous");
+  mark_written(t);
   float* p = t->f32();
   for (int64_t i = 0, n = t->numel(); i < n; i++) p[i] *= s;
 }
