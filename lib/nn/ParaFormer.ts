@@ -248,8 +248,9 @@ export class ParaFormer extends Module {
     }
     const c = this.cuda;
     const params = super.namedParameters().map(([, p]) => p.handle);
-    if (optimizer && plan && optimizer !== c.optimizer) {
-      // Another optimizer: its own moments (zeros, or restored from a checkpoint) go up.
+    const sameMoments = (m: NativeTensor[] | undefined, p: unknown[]) => !!m && m.length === p.length && m.every((h, i) => h === p[i]);
+    if (optimizer && plan && (optimizer !== c.optimizer || !sameMoments(c.moments?.m, plan.stateA) || !sameMoments(c.moments?.v, plan.stateB))) {
+      // Another optimizer, or its state replaced (a checkpoint restored): its moments go up.
       if (c.deviceNewer) this.syncFromDevice();
       const moments = { m: plan.stateA as NativeTensor[], v: plan.stateB as NativeTensor[] };
       native().cudaSessionUpload(c.session, params, moments.m, moments.v);
