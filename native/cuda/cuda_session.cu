@@ -27,6 +27,7 @@ class Session : public CudaSession {
       : config_(c), trainer_(c, zero_params(c), p, cuda::AdamWConfig{}) {}
 
   void upload(const std::vector<Tensor>& params, const std::vector<Tensor>& m, const std::vector<Tensor>& v) override {
+    check_layout(params, m, v);
     std::vector<Tensor> keep;
     std::vector<const float*> hp, hm, hv;
     for (const Tensor& t : params) hp.push_back(host_data(t, &keep));
@@ -36,6 +37,7 @@ class Session : public CudaSession {
   }
 
   void download(const std::vector<Tensor>& params, const std::vector<Tensor>& m, const std::vector<Tensor>& v) override {
+    check_layout(params, m, v);
     auto ptrs = [](const std::vector<Tensor>& ts) {
       std::vector<float*> out;
       for (const Tensor& t : ts) {
@@ -86,6 +88,26 @@ class Session : public CudaSession {
   }
 
  private:
+  // Every list holds one float32 tensor per parameter (or is empty for m and v), each of the
+  // parameter's size: the copies trust these sizes.
+  void check_layout(const std::vector<Tensor>& params, const std::vector<Tensor>& m, const std::vector<Tensor>& v) const {
+    const std::vector<Shape> shapes = model_param_shapes(config_);
+    const std::vector<std::string> names = model_param_names(config_);
+    check(params.size() == shapes.size(), ERROR_SHAPE,
+          "cuda session: expected " + std::to_string(shapes.size()) + " parameters, got " + std::to_string(params.size()));
+    for (const std::vector<Tensor>* list : {&params, &m, &v}) {
+      check(list->empty() || list->size() == shapes.size(), ERROR_SHAPE, "cuda session: one optimizer state per parameter");
+      for (size_t i = 0; i < list->size(); i++) {
+        const Tensor& t = (*list)[i];
+        if (!t) continue;
+        check_f32(t, "cuda session", names[i].c_str());
+        check(t->numel() == shape_numel(shapes[i]), ERROR_SHAPE,
+              "cuda session: '" + names[i] + "' has " + std::to_string(t->numel()) + " values, the model needs " +
+                  std::to_string(shape_numel(shapes[i])));
+      }
+    }
+  }
+
   static std::vector<std::vector<float>> zero_params(const ModelConfig& c) {
     std::vector<std::vector<float>> out;
     for (const Shape& s : model_param_shapes(c)) out.emplace_back(static_cast<size_t>(shape_numel(s)), 0.0f);
