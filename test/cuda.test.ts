@@ -5,6 +5,7 @@
  * part is skipped with the reason printed; DUAT_REQUIRE_CUDA=1 turns the skip into a failure.
  */
 import * as duat from '../lib';
+import { native } from '../lib/native';
 
 const cuda = duat.backendInfo().cuda;
 const gpu = cuda.available ? describe : describe.skip;
@@ -193,6 +194,13 @@ gpu('on a GPU', () => {
     await expect(dev.trainStep(x, labels(4, 0), { optimizer: opt })).rejects.toThrow(duat.StateError);
     await running;
     expect(() => dev.forward(duat.zeros([2, 1, 20, 20]))).toThrow(duat.ShapeError);
+    // The native session re-checks what it copies: count and size of every tensor.
+    const session = native().cudaSessionCreate(dev.nativeConfig(), 0);
+    const handles = dev.parameters().map((p) => p.handle);
+    expect(() => native().cudaSessionUpload(session, handles.slice(1), null, null)).toThrow(duat.ShapeError);
+    const small = duat.zeros([3]);
+    expect(() => native().cudaSessionUpload(session, [small.handle, ...handles.slice(1)], null, null)).toThrow(/values, the model needs/);
+    small.dispose();
     x.dispose();
     dev.dispose();
   });

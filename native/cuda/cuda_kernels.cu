@@ -351,6 +351,19 @@ struct AttnShape {
   static constexpr int KT = D > 64 ? 32 : 64;                    // keys per tile
 };
 
+// Which (batch, branch, head) and which row (a query, or a key in the dK/dV kernel) a thread
+// works on; `clamped` stays inside T for the loads of threads past the end, which compute but
+// do not write.
+template <int D>
+struct AttnThread {
+  int b, n, h, tid, part, row, clamped;
+  __device__ explicit AttnThread(const dm::AttnLayout& L)
+      : b(blockIdx.z), n(blockIdx.y / static_cast<int>(L.H)), h(blockIdx.y % static_cast<int>(L.H)),
+        tid(threadIdx.x), part(threadIdx.x % AttnShape<D>::TPQ),
+        row(blockIdx.x * AttnShape<D>::QPB + threadIdx.x / AttnShape<D>::TPQ),
+        clamped(min(row, static_cast<int>(L.T) - 1)) {}
+};
+
 // Rows r0 .. r0+KT-1 of two row-strided matrices (a at a[r*lda + d], b at b[r*ldb + d]) into
 // shared tiles, rows at or past `valid` zeroed. UNROLL loads per thread in flight at once (all
 // of them in the forward; fewer where the backward kernels would spill registers).
@@ -385,9 +398,8 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(const float* qkv
                                                                 dm::AttnLayout L, float scale) {
   using S = AttnShape<D>;
   __shared__ float Ks[S::KT][D], Vs[S::KT][D];
-  const int b = blockIdx.z, n = blockIdx.y / L.H, h = blockIdx.y % L.H;
-  const int tid = threadIdx.x, part = tid % S::TPQ;
-  const int qi = blockIdx.x * S::QPB + tid / S::TPQ, qr = min(qi, static_cast<int>(L.T) - 1);
+  const AttnThread<D> at(L);
+  const int b = at.b, n = at.n, h = at.h, tid = at.tid, part = at.part, qi = at.row, qr = at.clamped;
   const int64_t ld = L.ld_in();
   const float* q = qkv + L.q_offset(b, n, h) + qr * ld;
   const float* k = qkv + L.k_offset(b, n, h);
@@ -441,9 +453,8 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(const float*
                                                                     float* dqkv, dm::AttnLayout L, float scale) {
   using S = AttnShape<D>;
   __shared__ float Ks[S::KT][D], Vs[S::KT][D];
-  const int b = blockIdx.z, n = blockIdx.y / L.H, h = blockIdx.y % L.H;
-  const int tid = threadIdx.x, part = tid % S::TPQ;
-  const int qi = blockIdx.x * S::QPB + tid / S::TPQ, qr = min(qi, static_cast<int>(L.T) - 1);
+  const AttnThread<D> at(L);
+  const int b = at.b, n = at.n, h = at.h, tid = at.tid, part = at.part, qi = at.row, qr = at.clamped;
   const int64_t ld = L.ld_in();
   const float* q = qkv + L.q_offset(b, n, h) + qr * ld;
   const float* k = qkv + L.k_offset(b, n, h);
@@ -488,9 +499,8 @@ __global__ void __launch_bounds__(128) attention_backward_dkv_kernel(const float
                                                                      float* dqkv, dm::AttnLayout L, float scale) {
   using S = AttnShape<D>;
   __shared__ float Qs[S::KT][D], Gs[S::KT][D], ls[S::KT], ds_[S::KT];
-  const int b = blockIdx.z, n = blockIdx.y / L.H, h = blockIdx.y % L.H;
-  const int tid = threadIdx.x, part = tid % S::TPQ;
-  const int ki = blockIdx.x * S::QPB + tid / S::TPQ, kr = min(ki, static_cast<int>(L.T) - 1);
+  const AttnThread<D> at(L);
+  const int b = at.b, n = at.n, h = at.h, tid = at.tid, part = at.part, ki = at.row, kr = at.clamped;
   const int64_t ld = L.ld_in();
   const float* q = qkv + L.q_offset(b, n, h);
   const float* k = qkv + L.k_offset(b, n, h) + kr * ld;

@@ -95,6 +95,16 @@ AllocatorStats allocator_stats() {
   return c.stats;
 }
 
+DeviceBuffer upload(const float* host, size_t count) {
+  DeviceBuffer d(count);
+  if (count) check_cuda(cudaMemcpy(d.get(), host, count * sizeof(float), cudaMemcpyHostToDevice), "upload");
+  return d;
+}
+
+void download(const float* device, float* host, size_t count) {
+  if (count) check_cuda(cudaMemcpy(host, device, count * sizeof(float), cudaMemcpyDeviceToHost), "download");
+}
+
 Workspace& gemm_workspace(int64_t partial_floats, int64_t tickets) {
   static Workspace w;
   if (partial_floats > w.partial_floats) {

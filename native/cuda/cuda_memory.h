@@ -54,6 +54,10 @@ class DeviceBuffer {
   size_t count_ = 0;
 };
 
+// Host <-> device copies of floats (synchronous).
+DeviceBuffer upload(const float* host, size_t count);
+void download(const float* device, float* host, size_t count);
+
 // The split-K scratch of the matrix product: one accumulator tile and one ticket per output
 // tile, both zero between launches. Grown on demand, kept for the process.
 struct Workspace {

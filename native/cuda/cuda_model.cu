@@ -8,45 +8,11 @@
 namespace duat {
 namespace cuda {
 
-DeviceBuffer upload(const float* host, size_t count) {
-  DeviceBuffer d(count);
-  if (count == 0) return d;
-  check_cuda(cudaMemcpy(d.get(), host, count * sizeof(float), cudaMemcpyHostToDevice), "upload");
-  return d;
-}
-
-void download(const float* device, float* host, size_t count) {
-  check_cuda(cudaMemcpy(host, device, count * sizeof(float), cudaMemcpyDeviceToHost), "download");
-}
-
 namespace {
 
 DeviceBuffer upload_tensor(const Tensor& t) {
-  const Tensor c = t->is_contiguous() ? t : contiguous(t);
+  const Tensor c = contiguous_data(t);
   return upload(c->f32(), static_cast<size_t>(c->numel()));
-}
-
-// w (N, O, C) scaled by g (N, C) over its input columns; bias (N, O) + w_n @ beta_n: an affine
-// LayerNorm followed by a linear layer, as one linear layer on the plain norm.
-void fold_affine(const float* w, const float* bias, const float* g, const float* beta, int64_t N, int64_t O, int64_t C,
-                 std::vector<float>* w_out, std::vector<float>* b_out) {
-  w_out->resize(N * O * C);
-  b_out->resize(N * O);
-  for (int64_t n = 0; n < N; n++)
-    for (int64_t o = 0; o < O; o++) {
-      double acc = bias[n * O + o];
-      for (int64_t c = 0; c < C; c++) {
-        const float wv = w[(n * O + o) * C + c];
-        (*w_out)[(n * O + o) * C + c] = wv * g[n * C + c];
-        acc += static_cast<double>(wv) * beta[n * C + c];
-      }
-      (*b_out)[n * O + o] = static_cast<float>(acc);
-    }
-}
-
-const float* host_f32(const Tensor& t, Tensor* keep) {
-  *keep = t->is_contiguous() ? t : contiguous(t);
-  return (*keep)->f32();
 }
 
 }  // namespace
@@ -54,13 +20,12 @@ const float* host_f32(const Tensor& t, Tensor* keep) {
 CudaModel::CudaModel(const ModelConfig& config, const ModelParams& p, Precision precision)
     : config_(config), precision_(precision) {
   const int64_t N = config.branches, C = config.dim, M = config.mlp_hidden;
-  {  // (C, ch, P, P) -> (ch*P*P, C)
-    Tensor keep;
-    const float* w = host_f32(p.patch_w, &keep);
-    const int64_t K = p.patch_w->numel() / C;
+  {  // (C, ch, P, P) -> (ch*P*P, C): a warp's threads read consecutive weights
+    const Tensor w = contiguous_data(p.patch_w);
+    const int64_t K = w->numel() / C;
     std::vector<float> t(K * C);
     for (int64_t c = 0; c < C; c++)
-      for (int64_t k = 0; k < K; k++) t[k * C + c] = w[c * K + k];
+      for (int64_t k = 0; k < K; k++) t[k * C + c] = w->f32()[c * K + k];
     patch_w_ = upload(t.data(), t.size());
   }
   patch_b_ = upload_tensor(p.patch_b);
@@ -72,29 +37,19 @@ CudaModel::CudaModel(const ModelConfig& config, const ModelParams& p, Precision 
   head_b_ = upload_tensor(p.head_b);
   for (const StageParams& sp : p.stages) {
     Stage st;
-    Tensor k1, k2, k3, k4;
-    std::vector<float> w, b;
-    fold_affine(host_f32(sp.qkv_w, &k1), host_f32(sp.qkv_b, &k2), host_f32(sp.norm1_w, &k3), host_f32(sp.norm1_b, &k4),
-                N, 3 * C, C, &w, &b);
-    st.qkv_w = upload(w.data(), w.size());
-    st.qkv_b = upload(b.data(), b.size());
-    st.proj_w = upload_tensor(sp.proj_w);
-    st.proj_b = upload_tensor(sp.proj_b);
-    fold_affine(host_f32(sp.fc1_w, &k1), host_f32(sp.fc1_b, &k2), host_f32(sp.norm2_w, &k3), host_f32(sp.norm2_b, &k4),
-                N, M, C, &w, &b);
-    st.fc1_w = upload(w.data(), w.size());
-    st.fc1_b = upload(b.data(), b.size());
-    // fc2 (N, C, M) -> (C, N*M); biases summed over branches.
-    const float* w2 = host_f32(sp.fc2_w, &k1);
-    const float* b2 = host_f32(sp.fc2_b, &k2);
-    std::vector<float> cat(C * N * M), bsum(C, 0.0f);
-    for (int64_t n = 0; n < N; n++)
-      for (int64_t c = 0; c < C; c++) {
-        for (int64_t m = 0; m < M; m++) cat[c * N * M + n * M + m] = w2[(n * C + c) * M + m];
-        bsum[c] += b2[n * C + c];
-      }
-    st.fc2_w = upload(cat.data(), cat.size());
-    st.fc2_b = upload(bsum.data(), bsum.size());
+    const auto up = [](const Tensor& t) { return upload_tensor(t); };
+    const DeviceBuffer g1 = up(sp.norm1_w), b1 = up(sp.norm1_b), qkv_w = up(sp.qkv_w), qkv_b = up(sp.qkv_b);
+    const DeviceBuffer g2 = up(sp.norm2_w), b2 = up(sp.norm2_b), fc1_w = up(sp.fc1_w), fc1_b = up(sp.fc1_b);
+    const DeviceBuffer fc2_w = up(sp.fc2_w), fc2_b = up(sp.fc2_b);
+    st.qkv_w = DeviceBuffer(N * 3 * C * C), st.qkv_b = DeviceBuffer(N * 3 * C);
+    fold_affine_forward(qkv_w.get(), qkv_b.get(), g1.get(), b1.get(), st.qkv_w.get(), st.qkv_b.get(), N, 3 * C, C, nullptr);
+    st.proj_w = up(sp.proj_w);
+    st.proj_b = up(sp.proj_b);
+    st.fc1_w = DeviceBuffer(N * M * C), st.fc1_b = DeviceBuffer(N * M);
+    fold_affine_forward(fc1_w.get(), fc1_b.get(), g2.get(), b2.get(), st.fc1_w.get(), st.fc1_b.get(), N, M, C, nullptr);
+    st.fc2_w = DeviceBuffer(C * N * M), st.fc2_b = DeviceBuffer(C);
+    branch_concat_forward(fc2_w.get(), fc2_b.get(), st.fc2_w.get(), st.fc2_b.get(), N, C, M, nullptr);
+    check_cuda(cudaDeviceSynchronize(), "model upload");  // before the sources are freed
     stages_.push_back(std::move(st));
   }
 }

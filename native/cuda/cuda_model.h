@@ -1,6 +1,7 @@
-// cuda_model.h: Para-Former inference on the GPU. The CPU parameters (native/model) are folded
-// and uploaded once: LN1's affine into one QKV matrix of width N*3C, LN2's affine into fc1, and
-// the N fc2 matrices side by side as one (C, N*M) matrix with the bias sum. A stage is then
+// cuda_model.h: Para-Former inference on the GPU. The CPU parameters (native/model) are uploaded
+// and folded once on the device, by the kernels training uses every step: LN1's affine into one
+// QKV matrix of width N*3C, LN2's affine into fc1, the N fc2 matrices side by side as one
+// (C, N*M) matrix with the bias sum. A stage is then
 // seven launches whatever the branch count N:
 //   shared LayerNorm -> QKV product -> attention over (b, n, h) -> branch-batched projection ->
 //   LayerNorm of x + a_n (all branches) -> branch-batched fc1 with GELU -> fc2 over N*M with
@@ -52,10 +53,6 @@ class CudaModel {
   int64_t reserved_batch_ = 0;
   DeviceBuffer x0_, x1_, xn_, qkv_, att_, a_, u_, h_;
 };
-
-// Host <-> device copies of floats (synchronous).
-DeviceBuffer upload(const float* host, size_t count);
-void download(const float* device, float* host, size_t count);
 
 }  // namespace cuda
 }  // namespace duat

@@ -17,7 +17,7 @@ using cuda::DeviceBuffer;
 
 const float* host_data(const Tensor& t, std::vector<Tensor>* keep) {
   if (!t) return nullptr;
-  keep->push_back(t->is_contiguous() ? t : contiguous(t));
+  keep->push_back(contiguous_data(t));
   return keep->back()->f32();
 }
 

@@ -44,8 +44,7 @@ CudaTrainer::CudaTrainer(const ModelConfig& config, const std::vector<std::vecto
     if (params[i].size() != n)
       fail(ERROR_SHAPE, "CudaTrainer: parameter '" + names[i] + "' has " + std::to_string(params[i].size()) +
                                " values, the config needs " + std::to_string(n));
-    params_.push_back(DeviceBuffer(n));
-    check_cuda(cudaMemcpy(params_.back().get(), params[i].data(), n * sizeof(float), cudaMemcpyHostToDevice), "upload");
+    params_.push_back(cuda::upload(params[i].data(), n));
     grads_.push_back(DeviceBuffer(n));
     m_.push_back(DeviceBuffer(n));
     v_.push_back(DeviceBuffer(n));
@@ -241,21 +240,11 @@ void CudaTrainer::download(const std::vector<float*>& params, const std::vector<
                            const std::vector<float*>& v) const {
   check_cuda(cudaDeviceSynchronize(), "download");
   for (size_t i = 0; i < params_.size(); i++) {
-    const size_t bytes = params_[i].size() * sizeof(float);
-    if (i < params.size() && params[i]) check_cuda(cudaMemcpy(params[i], params_[i].get(), bytes, cudaMemcpyDeviceToHost), "download");
-    if (i < m.size() && m[i]) check_cuda(cudaMemcpy(m[i], m_[i].get(), bytes, cudaMemcpyDeviceToHost), "download");
-    if (i < v.size() && v[i]) check_cuda(cudaMemcpy(v[i], v_[i].get(), bytes, cudaMemcpyDeviceToHost), "download");
+    const size_t n = params_[i].size();
+    if (i < params.size() && params[i]) cuda::download(params_[i].get(), params[i], n);
+    if (i < m.size() && m[i]) cuda::download(m_[i].get(), m[i], n);
+    if (i < v.size() && v[i]) cuda::download(v_[i].get(), v[i], n);
   }
-}
-
-std::vector<std::vector<float>> CudaTrainer::download_params() const {
-  check_cuda(cudaDeviceSynchronize(), "download");
-  std::vector<std::vector<float>> out;
-  for (const DeviceBuffer& p : params_) {
-    out.emplace_back(p.size());
-    check_cuda(cudaMemcpy(out.back().data(), p.get(), p.size() * sizeof(float), cudaMemcpyDeviceToHost), "download");
-  }
-  return out;
 }
 
 std::vector<std::vector<float>> CudaTrainer::download_grads() const {
@@ -263,7 +252,7 @@ std::vector<std::vector<float>> CudaTrainer::download_grads() const {
   std::vector<std::vector<float>> out;
   for (const DeviceBuffer& g : grads_) {
     out.emplace_back(g.size());
-    check_cuda(cudaMemcpy(out.back().data(), g.get(), g.size() * sizeof(float), cudaMemcpyDeviceToHost), "download");
+    cuda::download(g.get(), out.back().data(), g.size());
   }
   return out;
 }

@@ -42,7 +42,6 @@ class CudaTrainer {
   // `step` is the bias-correction step (1 for the first).
   void adamw(const std::vector<float>& lr, const std::vector<float>& weight_decay, float beta1, float beta2, float eps,
              int64_t step, cudaStream_t s, float grad_scale = 1.0f);
-  std::vector<std::vector<float>> download_params() const;
   std::vector<std::vector<float>> download_grads() const;
   // Host <-> device copies of parameters and AdamW moments, one pointer per parameter in
   // model_param_names order (each the parameter's size). Synchronous.
