@@ -26,19 +26,32 @@ export interface NativeDescription {
 export interface NativeBackendInfo {
   napiVersion: number;
   cpu: { isa: string; isaBest: string; threads: number };
-  cuda: { available: boolean; built: boolean; devices: number; device: string; runtimeVersion: number; driverVersion: number; reason: string };
+  cuda: {
+    available: boolean;
+    built: boolean;
+    /** DEVICE_CUDA is served by the test device (host memory, CPU kernels). */
+    testDevice: boolean;
+    devices: number;
+    device: string;
+    runtimeVersion: number;
+    driverVersion: number;
+    reason: string;
+  };
 }
 
-/** Every export of native/bindings/addon.cpp, with its argument types. */
+/** A device name as native code reads it. */
+export type NativeDevice = 'cpu' | 'cuda';
+
+/** Every export of native/bindings/addon.cpp and model_bindings.cpp, with its argument types. */
 export interface RawBinding {
   NativeTensor: new () => H;
   registerErrors(classes: ReadonlyArray<new (message: string) => Error>): void;
-  fromData(data: Float32Array | Int32Array, shape: number[]): H;
-  zeros(shape: number[], dtype: 0 | 1): H;
-  full(shape: number[], value: number): H;
-  randn(shape: number[], seed: number, mean: number, std: number): H;
-  rand(shape: number[], seed: number, low: number, high: number): H;
-  truncNormal(shape: number[], seed: number, mean: number, std: number, a: number, b: number): H;
+  fromData(data: Float32Array | Int32Array, shape: number[], device?: NativeDevice): H;
+  zeros(shape: number[], dtype: 0 | 1, device?: NativeDevice): H;
+  full(shape: number[], value: number, device?: NativeDevice): H;
+  randn(shape: number[], seed: number, mean: number, std: number, device?: NativeDevice): H;
+  rand(shape: number[], seed: number, low: number, high: number, device?: NativeDevice): H;
+  truncNormal(shape: number[], seed: number, mean: number, std: number, a: number, b: number, device?: NativeDevice): H;
   describe(t: H): NativeDescription;
   toArray(t: H): Float32Array | Int32Array;
   item(t: H): number;
@@ -49,6 +62,7 @@ export interface RawBinding {
   clone(t: H): H;
   backward(t: H, grad: H | null): void;
   dispose(t: H): void;
+  toDevice(t: H, device: NativeDevice): H;
   copyInto(dst: H, src: H): void;
   add(a: H, b: H): H;
   sub(a: H, b: H): H;
@@ -77,12 +91,10 @@ export interface RawBinding {
   crossEntropy(logits: H, labels: H, smoothing: number): H;
   patchify(images: H, patch: number): H;
   patchEmbed(images: H, w: H, b: H | null, patch: number): H;
-  adamwUpdate(p: H, g: H, m: H, v: H, lr: number, b1: number, b2: number, eps: number, wd: number, step: number): void;
-  sgdUpdate(p: H, g: H, buf: H | null, lr: number, momentum: number, dampening: number, wd: number,
-    nesterov: boolean, firstStep: boolean): void;
-  sumOfSquares(t: H): number;
+  /** The squared L2 norm of all the tensors together. */
+  sumOfSquares(ts: H[]): number;
   scaleInplace(t: H, s: number): void;
-  memory(): { tensors: number; bytes: number };
+  memory(): { tensors: number; bytes: number; cudaBytes: number };
   cacheStats(): { cachedBytes: number; limitBytes: number; hits: number; misses: number };
   emptyCache(): void;
   setCacheLimit(bytes: number): void;
@@ -90,27 +102,41 @@ export interface RawBinding {
   setNumThreads(n: number): number;
   setCpuIsa(isa: 0 | 1 | 2): number;
   backendInfo(): NativeBackendInfo;
+  /** Serves 'cuda' by the test device (host memory, CPU kernels); needs no tensor on 'cuda'. */
+  setTestDevice(on: boolean): void;
+  /** Kernel launches issued on a device so far. */
+  launches(device: NativeDevice): number;
+  // The model object (native/model/model.h); precision 0 fp32, 1 tf32, 2 bf16.
   modelSpec(config: NativeModelConfig): { name: string; shape: number[] }[];
-  modelForward(config: NativeModelConfig, params: H[], images: H): H;
-  modelAttentionMaps(config: NativeModelConfig, params: H[], images: H): H[];
-  trainStepAsync(config: NativeModelConfig, params: H[], images: H, labels: H, labelSmoothing: number,
-    clipGradNorm: number, plan: NativeOptimizerPlan | null): Promise<{ loss: number; gradNorm: number; correct: number }>;
-  evaluateAsync(config: NativeModelConfig, params: H[], images: H, labels: H | null):
+  modelCreate(config: NativeModelConfig, params: H[], precision: number): ModelHandle;
+  modelForward(model: ModelHandle, images: H): H;
+  modelAttentionMaps(model: ModelHandle, images: H): H[];
+  modelTo(model: ModelHandle, device: NativeDevice): void;
+  modelSetPrecision(model: ModelHandle, precision: number): void;
+  modelTrainStepAsync(model: ModelHandle, images: H, labels: H, optimizer: OptimizerHandle | null,
+    groups: NativeGroupOptions[] | null, labelSmoothing: number, clipGradNorm: number):
+    Promise<{ loss: number; gradNorm: number; correct: number }>;
+  modelEvaluateAsync(model: ModelHandle, images: H, labels: H | null):
     Promise<{ lossSum: number; correct: number; predictions: Int32Array }>;
-  // GPU sessions (native/cuda/cuda_session.h); precision 0 fp32, 1 tf32, 2 bf16.
-  cudaSessionCreate(config: NativeModelConfig, precision: number): CudaSessionHandle;
-  cudaSessionUpload(s: CudaSessionHandle, params: H[], m: H[] | null, v: H[] | null): void;
-  cudaSessionDownload(s: CudaSessionHandle, params: H[], m: H[] | null, v: H[] | null): void;
-  cudaSessionForward(s: CudaSessionHandle, images: H): H;
-  cudaSessionStepAsync(s: CudaSessionHandle, images: H, labels: H, plan: NativeOptimizerPlan, paramCount: number,
-    labelSmoothing: number, clipGradNorm: number): Promise<{ loss: number; gradNorm: number; correct: number }>;
-  cudaSessionEvaluateAsync(s: CudaSessionHandle, images: H, labels: H | null):
-    Promise<{ lossSum: number; correct: number; predictions: Int32Array }>;
+  // The optimizer (native/train/optimizer.h); kind 0 AdamW, 1 SGD.
+  optimizerCreate(kind: 0 | 1, params: H[], groupOf: number[]): OptimizerHandle;
+  optimizerStep(opt: OptimizerHandle, groups: NativeGroupOptions[]): void;
+  /** The completed steps; sets them first when `steps` is given. */
+  optimizerSteps(opt: OptimizerHandle, steps?: number): number;
+  optimizerState(opt: OptimizerHandle, index: number): { a: H | null; b: H | null; step: number };
+  optimizerSetState(opt: OptimizerHandle, index: number, a: H | null, b: H | null, step: number): void;
+  optimizerClear(opt: OptimizerHandle): void;
+  modelDispose(model: ModelHandle): void;
 }
 
-/** A model's state on the GPU (opaque; owned by native code). */
-export interface CudaSessionHandle {
-  readonly __brand: 'CudaSession';
+/** The native model object (opaque). */
+export interface ModelHandle {
+  readonly __brand: 'Model';
+}
+
+/** The native optimizer (opaque). */
+export interface OptimizerHandle {
+  readonly __brand: 'Optimizer';
 }
 
 /** The model configuration as native code reads it (native/model/paraformer.h). */
@@ -128,21 +154,16 @@ export interface NativeModelConfig {
   branchScale: number;
 }
 
-/** One optimiser update as the training-step worker applies it (per-parameter arrays). */
-export interface NativeOptimizerPlan {
-  kind: 'adamw' | 'sgd';
-  lr: number[];
-  weightDecay: number[];
-  stateA: (H | null)[];
-  stateB: (H | null)[];
+/** One parameter group's options as the native optimizer reads them. */
+export interface NativeGroupOptions {
+  lr: number;
+  weightDecay: number;
   beta1?: number;
   beta2?: number;
   eps?: number;
   momentum?: number;
   dampening?: number;
   nesterov?: boolean;
-  firstStep?: boolean;
-  step: number;
 }
 
 /** The package root (this file is lib/native.ts in a checkout, dist/native.js when built). */

@@ -84,9 +84,25 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
-/** Live native tensors (views and graph internals included) and their bytes. */
-export function memory(): { tensors: number; bytes: number } {
+/** Live native tensors (views and graph internals included) and their bytes, of which on CUDA. */
+export function memory(): { tensors: number; bytes: number; cudaBytes: number } {
   return native().memory();
+}
+
+/**
+ * 'cpu' or 'cuda' for a device option ('auto': CUDA when usable).
+ * @throws DeviceError for 'cuda' where it is unusable, saying why (backendInfo().cuda.reason)
+ * @internal
+ */
+export function resolveDevice(device: unknown): Device {
+  if (device === undefined || device === 'cpu') return 'cpu';
+  if (device !== 'cuda' && device !== 'auto') {
+    throw new ArgumentError(`Expected one of 'cpu', 'cuda', 'auto' for device but received ${describe(device)}`);
+  }
+  const cuda = native().backendInfo().cuda;
+  if (device === 'auto') return cuda.available ? 'cuda' : 'cpu';
+  if (!cuda.available) throw new DeviceError(`device 'cuda' is not available: ${cuda.reason}`);
+  return 'cuda';
 }
 
 // ---- the tensor ----
@@ -200,7 +216,15 @@ export class Tensor {
   clone(): Tensor {
     return new Tensor(native().clone(this.handle));
   }
-  /** Copies `src` (same shape and dtype) into this tensor in place, outside autograd. */
+  /**
+   * The same values on `device` ('cpu', 'cuda' or 'auto'): this tensor's data when it already
+   * lives there, else a copy. Differentiable: the gradient flows back to this tensor's device.
+   * @throws DeviceError for 'cuda' where CUDA is unusable
+   */
+  to(device: Device | 'auto'): Tensor {
+    return new Tensor(native().toDevice(this.handle, resolveDevice(device)));
+  }
+  /** Copies `src` (same shape and dtype, any device) into this tensor in place, outside autograd. */
   copy_(src: Tensor): this {
     native().copyInto(this.handle, asHandle(src, 'src'));
     return this;
@@ -317,22 +341,21 @@ function binary(op: BinaryName, scalarOp: 'addScalar' | 'mulScalar', a: Tensor, 
 export interface TensorOptions {
   /** Track gradients for this leaf. Default false. float32 only. */
   requiresGrad?: boolean;
-  /** 'cpu' (default) or 'cuda' (when available; see backendInfo()). */
+  /** 'cpu' (default), 'cuda' (a DeviceError saying why where it is unusable) or 'auto' (CUDA when usable). */
   device?: Device | 'auto';
   /** Element type; inferred from a typed array, else 'float32'. */
   dtype?: DType;
 }
 
 function finish(t: Tensor, opts: Partial<TensorOptions>): Tensor {
-  if (opts.device !== undefined && opts.device !== 'cpu' && opts.device !== 'auto') {
-    if (opts.device === 'cuda') {
+  if (opts.requiresGrad !== undefined) {
+    try {
+      t.requiresGrad = checkBool(opts.requiresGrad, 'requiresGrad');
+    } catch (e) {
       t.dispose();
-      throw new DeviceError(`device 'cuda' is not available: ${native().backendInfo().cuda.reason}`);
+      throw e;
     }
-    t.dispose();
-    throw new ArgumentError(`Expected one of 'cpu', 'cuda', 'auto' for device but received ${describe(opts.device)}`);
   }
-  if (opts.requiresGrad !== undefined) t.requiresGrad = checkBool(opts.requiresGrad, 'requiresGrad');
   return t;
 }
 
@@ -372,7 +395,7 @@ export function tensor(data: TensorData, shape?: number[], options?: TensorOptio
   if (numel !== values.length) {
     throw new ShapeError(`data has ${values.length} elements but shape [${s.join(', ')}] needs ${numel}`);
   }
-  return finish(new Tensor(native().fromData(values, s)), opts);
+  return finish(new Tensor(native().fromData(values, s, resolveDevice(opts.device))), opts);
 }
 
 /** A tensor of zeros. */
@@ -380,13 +403,13 @@ export function zeros(shape: number[], options?: TensorOptions): Tensor {
   const opts = checkOptions<TensorOptions>(options, 'zeros options');
   const dtype = opts.dtype ?? 'float32';
   if (dtype !== 'float32' && dtype !== 'int32') throw new ArgumentError(`Expected one of 'float32', 'int32' for dtype but received ${describe(dtype)}`);
-  return finish(new Tensor(native().zeros(checkShape(shape), dtype === 'float32' ? 0 : 1)), opts);
+  return finish(new Tensor(native().zeros(checkShape(shape), dtype === 'float32' ? 0 : 1, resolveDevice(opts.device))), opts);
 }
 
 /** A float32 tensor filled with `value`. */
 export function full(shape: number[], value: number, options?: TensorOptions): Tensor {
   const opts = checkOptions<TensorOptions>(options, 'full options');
-  return finish(new Tensor(native().full(checkShape(shape), checkNumber(value, 'value'))), opts);
+  return finish(new Tensor(native().full(checkShape(shape), checkNumber(value, 'value'), resolveDevice(opts.device))), opts);
 }
 
 /** A float32 tensor of ones. */
@@ -425,14 +448,16 @@ function seedOf(opts: Partial<RandomOptions>): number {
 /** Normal(mean, std) samples. */
 export function randn(shape: number[], options?: RandomOptions & { mean?: number; std?: number }): Tensor {
   const opts = checkOptions<RandomOptions & { mean?: number; std?: number }>(options, 'randn options');
-  const t = native().randn(checkShape(shape), seedOf(opts), checkNumber(opts.mean ?? 0, 'mean'), checkNumber(opts.std ?? 1, 'std', 0));
+  const t = native().randn(checkShape(shape), seedOf(opts), checkNumber(opts.mean ?? 0, 'mean'), checkNumber(opts.std ?? 1, 'std', 0),
+    resolveDevice(opts.device));
   return finish(new Tensor(t), opts);
 }
 
 /** Uniform samples in [low, high). */
 export function rand(shape: number[], options?: RandomOptions & { low?: number; high?: number }): Tensor {
   const opts = checkOptions<RandomOptions & { low?: number; high?: number }>(options, 'rand options');
-  const t = native().rand(checkShape(shape), seedOf(opts), checkNumber(opts.low ?? 0, 'low'), checkNumber(opts.high ?? 1, 'high'));
+  const t = native().rand(checkShape(shape), seedOf(opts), checkNumber(opts.low ?? 0, 'low'), checkNumber(opts.high ?? 1, 'high'),
+    resolveDevice(opts.device));
   return finish(new Tensor(t), opts);
 }
 
@@ -449,6 +474,7 @@ export function truncNormal(
     checkNumber(opts.std ?? 1, 'std', 0),
     checkNumber(opts.a ?? -2, 'a'),
     checkNumber(opts.b ?? 2, 'b'),
+    resolveDevice(opts.device),
   );
   return finish(new Tensor(t), opts);
 }

@@ -1,13 +1,13 @@
 /**
- * ParaFormer: Para-Former-m-n, m stages of n parallel branches (DESIGN.md, "The model"), and
+ * ParaFormer: Para-Former-m-n, m stages of n parallel branches (docs/design.md, "The model"), and
  * the ViT it becomes with n = 1. The forward, backward and training step run in native code;
- * this class holds the parameters under their timm names, stacked over branches.
+ * this class holds the parameters under their timm names, stacked over branches, and the native
+ * model object that uses them.
  */
-import { ArgumentError, DeviceError, StateError } from '../errors';
-import { CudaSessionHandle, native, NativeModelConfig, NativeOptimizerPlan, NativeTensor } from '../native';
+import { ArgumentError, StateError } from '../errors';
+import { ModelHandle, native, NativeModelConfig } from '../native';
 import { Optimizer } from '../optim/Optimizer';
-import { AdamW } from '../optim/optimizers';
-import { ones, rand, Tensor, tensor, truncNormal, zeros } from '../tensor';
+import { ones, rand, resolveDevice, Tensor, tensor, truncNormal, zeros } from '../tensor';
 import { checkInt, checkNumber, checkOneOf, checkOptions, describe, isInt32Array } from '../validate';
 import { Module } from './Module';
 
@@ -105,52 +105,32 @@ function resolve(options: ParaFormerOptions | undefined): ParaFormerConfig {
   return c;
 }
 
-/** 'cpu' or 'cuda' for a device option; 'cuda' only where CUDA is usable. @throws DeviceError */
-function resolveDevice(device: unknown): 'cpu' | 'cuda' {
-  if (device === undefined || device === 'cpu') return 'cpu';
-  checkOneOf(device, 'device', ['cpu', 'cuda', 'auto'] as const);
-  const cuda = native().backendInfo().cuda;
-  if (device === 'auto') return cuda.available ? 'cuda' : 'cpu';
-  if (!cuda.available) throw new DeviceError(`device 'cuda' is not available: ${cuda.reason}`);
-  return 'cuda';
-}
-
 const PRECISIONS = { fp32: 0, tf32: 1, bf16: 2 } as const;
-
-/** The model's state on the GPU and which side holds the newer parameters. */
-interface CudaState {
-  session: CudaSessionHandle;
-  /** The device holds newer parameters (and moments) than the host tensors. */
-  deviceNewer: boolean;
-  /** The host holds newer parameters than the device (loaded, or first use). */
-  hostNewer: boolean;
-  /** The optimizer whose moments live on the device, and its host state tensors. */
-  optimizer: Optimizer<object> | null;
-  moments: { m: NativeTensor[]; v: NativeTensor[] } | null;
-}
 
 /**
  * Para-Former-m-n: `depth` (m) stages, each summing `branches` (n) Transformer branches that all
- * read the stage's input, so a stage's branches run together.
+ * read the stage's input, so a stage's branches run together. One native model object serves
+ * every device: the parameters live on the model's device and every op, the autograd graph and
+ * the training step run there.
  * @example
  * const model = new duat.ParaFormer({ depth: 1, branches: 4 });   // Para-Former-1-4 for MNIST
  * const logits = model.forward(images);                          // (B, 10)
  */
 export class ParaFormer extends Module {
   readonly config: ParaFormerConfig;
+  private readonly model: ModelHandle;
   private busy = false;
-  private place: 'cpu' | 'cuda';
-  private readonly precision: 'fp32' | 'tf32' | 'bf16';
-  private cuda: CudaState | null = null;
 
   constructor(options?: ParaFormerOptions) {
     super();
     this.config = resolve(options);
-    this.place = resolveDevice(options?.device);
-    this.precision = checkOneOf(options?.precision ?? 'tf32', 'precision', ['fp32', 'tf32', 'bf16'] as const);
+    const device = resolveDevice(options?.device);
+    const precision = checkOneOf(options?.precision ?? 'tf32', 'precision', ['fp32', 'tf32', 'bf16'] as const);
     const spec = native().modelSpec(this.nativeConfig());
     let seed = this.config.seed * 1000;
     for (const { name, shape } of spec) this.registerParameter(name, initFor(name, shape, seed++));
+    this.model = native().modelCreate(this.nativeConfig(), this.parameters().map((p) => p.handle), PRECISIONS[precision]);
+    if (device !== 'cpu') native().modelTo(this.model, device);
   }
 
   /**
@@ -187,94 +167,49 @@ export class ParaFormer extends Module {
     };
   }
 
-  private handles() {
-    if (this.busy) throw new StateError('The model is in the middle of a training step; await it before using the model');
-    return this.parameters().map((p) => p.handle);
+  private checkIdle(what: string): void {
+    if (this.busy) throw new StateError(`The model is in the middle of a training step; await it before you ${what}`);
   }
 
-  /** Where the model computes: 'cpu' or 'cuda'. */
+  /** Where the model's parameters live and its work runs: 'cpu' or 'cuda'. */
   get device(): 'cpu' | 'cuda' {
-    return this.place;
+    return this.parameters()[0].device;
   }
 
   /**
-   * Moves the model's computation to `device` ('cpu', 'cuda' or 'auto'). On CUDA the parameters
-   * and the optimizer's moments live on the GPU while training; reading the parameters
-   * (namedParameters, stateDict, save) copies them back first.
-   * @throws DeviceError when CUDA is asked for and unavailable
+   * Moves the parameters to `device` ('cpu', 'cuda' or 'auto'), in place: tensors taken from
+   * namedParameters() before the move follow it. An optimizer's state follows at its next step.
+   * @throws DeviceError when CUDA is asked for and unusable (saying why)
+   * @throws StateError while a training step is in flight
    */
   to(device: 'cpu' | 'cuda' | 'auto'): this {
     const place = resolveDevice(device);
-    if (this.busy) throw new StateError('The model is in the middle of a training step; await it before moving it');
-    if (place === 'cpu') {
-      this.syncFromDevice();
-      this.cuda = null;
-    }
-    this.place = place;
+    this.checkIdle('move it');
+    native().modelTo(this.model, place);
     return this;
   }
 
-  /** The parameters by name; on CUDA, brought up to date from the GPU first. */
-  override namedParameters(prefix = ''): [string, Tensor][] {
-    this.syncFromDevice();
-    return super.namedParameters(prefix);
-  }
-
-  override loadStateDict(sd: Parameters<Module['loadStateDict']>[0], strict = true): void {
-    super.loadStateDict(sd, strict);
-    if (this.cuda) this.cuda.hostNewer = true;
+  /** Sets the precision of matrix products on CUDA ('tf32', 'bf16' or 'fp32'; the CPU computes in fp32). */
+  setPrecision(precision: 'fp32' | 'tf32' | 'bf16'): this {
+    this.checkIdle('change its precision');
+    native().modelSetPrecision(this.model, PRECISIONS[checkOneOf(precision, 'precision', ['fp32', 'tf32', 'bf16'] as const)]);
+    return this;
   }
 
   override dispose(): void {
-    this.cuda = null;
+    if (!this.busy) native().modelDispose(this.model);
     super.dispose();
   }
 
-  /** Copies newer parameters (and the optimizer's moments) from the GPU into the host tensors. */
-  private syncFromDevice(): void {
-    const c = this.cuda;
-    if (!c || !c.deviceNewer) return;
-    if (this.busy) throw new StateError('The model is in the middle of a training step; await it before using the model');
-    const params = super.namedParameters().map(([, p]) => p.handle);
-    native().cudaSessionDownload(c.session, params, c.moments?.m ?? null, c.moments?.v ?? null);
-    c.deviceNewer = false;
-  }
-
-  /** The GPU session, with the parameters (and `plan`'s moments) uploaded when the host is newer. */
-  private cudaSession(optimizer: Optimizer<object> | null, plan: NativeOptimizerPlan | null): CudaSessionHandle {
-    if (!this.cuda) {
-      const session = native().cudaSessionCreate(this.nativeConfig(), PRECISIONS[this.precision]);
-      this.cuda = { session, deviceNewer: false, hostNewer: true, optimizer: null, moments: null };
-    }
-    const c = this.cuda;
-    const params = super.namedParameters().map(([, p]) => p.handle);
-    const sameMoments = (m: NativeTensor[] | undefined, p: unknown[]) => !!m && m.length === p.length && m.every((h, i) => h === p[i]);
-    if (optimizer && plan && (optimizer !== c.optimizer || !sameMoments(c.moments?.m, plan.stateA) || !sameMoments(c.moments?.v, plan.stateB))) {
-      // Another optimizer, or its state replaced (a checkpoint restored): its moments go up.
-      if (c.deviceNewer) this.syncFromDevice();
-      const moments = { m: plan.stateA as NativeTensor[], v: plan.stateB as NativeTensor[] };
-      native().cudaSessionUpload(c.session, params, moments.m, moments.v);
-      c.optimizer = optimizer;
-      c.moments = moments;
-      c.hostNewer = false;
-    } else if (c.hostNewer) {
-      native().cudaSessionUpload(c.session, params, c.moments?.m ?? null, c.moments?.v ?? null);
-      c.hostNewer = false;
-    }
-    return c.session;
-  }
-
   /**
-   * images (B, channels, S, S) -> logits (B, classes). Differentiable on the CPU; on CUDA the
-   * logits are computed on the GPU and come back without a gradient graph (train with trainStep).
+   * images (B, channels, S, S) -> logits (B, classes), on the model's device (images elsewhere are
+   * copied there). Records the graph unless called under noGrad, on every device, so
+   * `loss.backward()` and a custom training loop work on CUDA as on the CPU.
    */
   forward(images: Tensor): Tensor {
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
-    if (this.place === 'cuda') {
-      if (this.busy) throw new StateError('The model is in the middle of a training step; await it before using the model');
-      return new Tensor(native().cudaSessionForward(this.cudaSession(null, null), images.handle));
-    }
-    return new Tensor(native().modelForward(this.nativeConfig(), this.handles(), images.handle));
+    this.checkIdle('use it');
+    return new Tensor(native().modelForward(this.model, images.handle));
   }
 
   /**
@@ -282,7 +217,8 @@ export class ParaFormer extends Module {
    */
   dynamicParameters(images: Tensor): BranchAttention[] {
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
-    const maps = native().modelAttentionMaps(this.nativeConfig(), this.handles(), images.handle).map((h) => new Tensor(h));
+    this.checkIdle('use it');
+    const maps = native().modelAttentionMaps(this.model, images.handle).map((h) => new Tensor(h));
     const H = this.config.heads;
     const out: BranchAttention[] = [];
     maps.forEach((all, stage) => {
@@ -295,88 +231,74 @@ export class ParaFormer extends Module {
   }
 
   /**
-   * One training step on a worker thread (the event loop stays free): forward, cross-entropy,
-   * backward, optional clipping, and the optimiser's update. Do not use the model until the
-   * returned Promise settles.
+   * One training step on a worker thread (the event loop stays free), on the model's device:
+   * forward, cross-entropy, backward, optional clipping, and the optimiser's update (the same
+   * native update as `optimizer.step()`, every group option honoured). Without an optimizer the
+   * gradients stay in each parameter's `.grad`. Until the returned Promise settles the model is
+   * locked: using it, or any of its parameters, throws a StateError.
    */
   async trainStep(images: Tensor, labels: Tensor | Int32Array, options?: TrainStepOptions): Promise<StepResult> {
     const o = checkOptions<TrainStepOptions>(options, 'trainStep options');
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
-    const y = isInt32Array(labels) ? tensor(labels, [labels.length]) : labels;
-    if (!(y instanceof Tensor)) throw new ArgumentError(`Expected an Int32Array or tensor for labels but received ${describe(labels)}`);
     if (o.optimizer !== undefined && !(o.optimizer instanceof Optimizer)) {
       throw new ArgumentError(`Expected an optimizer for optimizer but received ${describe(o.optimizer)}`);
     }
-    if (this.place === 'cuda') return this.trainStepCuda(images, y, labels, o);
-    const params = this.parameters();
-    const handles = this.handles();
-    const plan = o.optimizer ? o.optimizer.nativePlan(params) : null;
+    const smoothing = checkNumber(o.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999);
+    const clip = checkNumber(o.clipGradNorm ?? 0, 'clipGradNorm', 0);
+    if (o.optimizer) {
+      const own = new Set(this.parameters());
+      o.optimizer.groups.forEach((g, gi) => g.params.forEach((p, i) => {
+        if (!own.has(p)) throw new ArgumentError(`optimizer parameter params[${gi}][${i}] is not a parameter of this model`);
+      }));
+    }
+    this.checkIdle('start another step');
+    const y = isInt32Array(labels) ? tensor(labels, [labels.length]) : labels;
+    if (!(y instanceof Tensor)) throw new ArgumentError(`Expected an Int32Array or tensor for labels but received ${describe(labels)}`);
     const site = new Error('trainStep called here');
+    const settle = () => {
+      if (isInt32Array(labels)) y.dispose();
+    };
+    let pending;
+    try {
+      pending = native().modelTrainStepAsync(this.model, images.handle, y.handle, o.optimizer?.handle ?? null,
+        o.optimizer?.nativeGroups() ?? null, smoothing, clip);
+    } catch (e) {
+      settle();
+      throw e;
+    }
     this.busy = true;
     try {
-      return await native().trainStepAsync(
-        this.nativeConfig(),
-        handles,
-        images.handle,
-        y.handle,
-        checkNumber(o.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999),
-        checkNumber(o.clipGradNorm ?? 0, 'clipGradNorm', 0),
-        plan,
-      );
+      return await pending;
     } catch (e) {
       if (e instanceof Error && site.stack) e.stack = `${e.stack}\n    --- async ---\n${site.stack.split('\n').slice(1).join('\n')}`;
       throw e;
     } finally {
       this.busy = false;
-      if (isInt32Array(labels)) y.dispose();
-    }
-  }
-
-  /** The CUDA training step: forward, backward and AdamW on the GPU, parameters kept there. */
-  private async trainStepCuda(images: Tensor, y: Tensor, labels: Tensor | Int32Array, o: TrainStepOptions): Promise<StepResult> {
-    try {
-      if (!(o.optimizer instanceof AdamW)) {
-        throw new DeviceError('trainStep on CUDA needs an AdamW optimizer: the update runs on the GPU, where the gradients stay');
-      }
-      const smoothing = checkNumber(o.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999);
-      const clip = checkNumber(o.clipGradNorm ?? 0, 'clipGradNorm', 0);
-      if (this.busy) throw new StateError('The model is in the middle of a training step; await it before starting another');
-      const params = super.namedParameters().map(([, p]) => p);
-      const plan = o.optimizer.nativePlan(params);
-      const session = this.cudaSession(o.optimizer, plan);
-      const site = new Error('trainStep called here');
-      this.busy = true;
-      try {
-        return await native().cudaSessionStepAsync(session, images.handle, y.handle, plan, params.length, smoothing, clip);
-      } catch (e) {
-        if (e instanceof Error && site.stack) e.stack = `${e.stack}\n    --- async ---\n${site.stack.split('\n').slice(1).join('\n')}`;
-        throw e;
-      } finally {
-        this.busy = false;
-        if (this.cuda) this.cuda.deviceNewer = true;
-      }
-    } finally {
-      if (isInt32Array(labels)) y.dispose();
+      settle();
     }
   }
 
   /** Evaluates a batch on a worker thread: summed loss (when labels are given), correct count, predictions. */
   async evaluate(images: Tensor, labels?: Tensor | Int32Array): Promise<{ lossSum: number; correct: number; predictions: Int32Array }> {
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
+    this.checkIdle('evaluate it');
     const y = isInt32Array(labels) ? tensor(labels, [labels.length]) : labels;
-    if (this.place === 'cuda' && this.busy) {
+    const settle = () => {
       if (isInt32Array(labels) && y) y.dispose();
-      throw new StateError('The model is in the middle of a training step; await it before using the model');
+    };
+    let pending;
+    try {
+      pending = native().modelEvaluateAsync(this.model, images.handle, y ? y.handle : null);
+    } catch (e) {
+      settle();
+      throw e;
     }
-    const handles = this.place === 'cuda' ? null : this.handles();
-    const session = this.place === 'cuda' ? this.cudaSession(null, null) : null;
     this.busy = true;
     try {
-      if (session) return await native().cudaSessionEvaluateAsync(session, images.handle, y ? y.handle : null);
-      return await native().evaluateAsync(this.nativeConfig(), handles!, images.handle, y ? y.handle : null);
+      return await pending;
     } finally {
       this.busy = false;
-      if (isInt32Array(labels) && y) y.dispose();
+      settle();
     }
   }
 

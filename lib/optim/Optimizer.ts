@@ -1,10 +1,12 @@
 /**
  * Optimizer base: parameter groups (each may override the options, e.g. weightDecay 0 for
- * norms and biases), zeroGrad, and global-norm gradient clipping. Updates run in native code
- * in place, outside autograd.
+ * norms and biases), zeroGrad, and global-norm gradient clipping. The update itself runs in the
+ * one native optimizer (native/train/optimizer.h), the same path whether `step()` is called here
+ * after a custom backward or a model's `trainStep` applies it on its worker thread, on every
+ * device; its state lives on the parameters' device.
  */
 import { ArgumentError } from '../errors';
-import { native, NativeOptimizerPlan, NativeTensor } from '../native';
+import { native, NativeGroupOptions, NativeTensor, OptimizerHandle } from '../native';
 import { Tensor } from '../tensor';
 import { checkNumber, describe } from '../validate';
 
@@ -16,10 +18,11 @@ export interface ParamGroup<O> {
 
 export abstract class Optimizer<O extends object> {
   readonly groups: { params: Tensor[]; options: O }[];
-  /** Number of step() calls so far. */
-  stepCount = 0;
+  /** @internal The native optimizer. */
+  readonly handle: OptimizerHandle;
+  private readonly index = new Map<Tensor, number>();
 
-  constructor(params: Tensor[] | ParamGroup<O>[], defaults: O) {
+  protected constructor(kind: 0 | 1, params: Tensor[] | ParamGroup<O>[], defaults: O) {
     if (!Array.isArray(params) || params.length === 0) {
       throw new ArgumentError(`Expected a non-empty array of parameters or parameter groups but received ${describe(params)}`);
     }
@@ -39,6 +42,25 @@ export abstract class Optimizer<O extends object> {
       }
       return { params: g.params, options: { ...defaults, ...(g.options ?? {}) } };
     });
+    const handles: NativeTensor[] = [];
+    const groupOf: number[] = [];
+    this.groups.forEach((g, gi) => {
+      for (const p of g.params) {
+        if (this.index.has(p)) throw new ArgumentError(`a parameter appears twice in the optimizer's groups (group ${gi})`);
+        this.index.set(p, handles.length);
+        handles.push(p.handle);
+        groupOf.push(gi);
+      }
+    });
+    this.handle = native().optimizerCreate(kind, handles, groupOf);
+  }
+
+  /** Number of updates applied so far (by step() and by training steps). */
+  get stepCount(): number {
+    return native().optimizerSteps(this.handle);
+  }
+  set stepCount(n: number) {
+    native().optimizerSteps(this.handle, n);
   }
 
   /** Drops every parameter's gradient. */
@@ -48,42 +70,41 @@ export abstract class Optimizer<O extends object> {
 
   /** Applies one update from the current gradients (parameters without a gradient are skipped). */
   step(): void {
-    this.stepCount++;
-    for (const g of this.groups) {
-      for (const p of g.params) {
-        const grad = native().grad(p.handle);
-        if (!grad) continue;
-        try {
-          this.update(p, grad, g.options);
-        } finally {
-          native().dispose(grad);  // release the handle now rather than at garbage collection
-        }
-      }
-    }
+    native().optimizerStep(this.handle, this.nativeGroups());
   }
 
   /** Sets the learning rate of every group (schedules call this). */
   setLearningRate(lr: number): void {
+    checkNumber(lr, 'lr', 0);
     for (const g of this.groups) (g.options as { lr?: number }).lr = lr;
   }
 
-  protected abstract update(p: Tensor, grad: NativeTensor, options: O): void;
+  /** @internal Every group's options as the native optimizer reads them. */
+  abstract nativeGroups(): NativeGroupOptions[];
 
-  /**
-   * @internal The next step as a plan for native code (a training step applies it on its worker
-   * thread). Counts the step, as step() does. Parameters must all belong to this optimizer.
-   */
-  abstract nativePlan(params: Tensor[]): NativeOptimizerPlan;
+  /** @internal The index of a parameter in the native optimizer, or -1. */
+  indexOf(p: Tensor): number {
+    return this.index.get(p) ?? -1;
+  }
 
-  /** @internal The group options of each parameter, in the order given. */
-  protected optionsOf(params: Tensor[]): O[] {
-    const byParam = new Map<Tensor, O>();
-    for (const g of this.groups) for (const p of g.params) byParam.set(p, g.options);
-    return params.map((p, i) => {
-      const o = byParam.get(p);
-      if (!o) throw new ArgumentError(`parameter ${i} is not managed by this optimizer`);
-      return o;
-    });
+  /** @internal A parameter's native state: two tensors (or null) and its update count. */
+  protected nativeState(p: Tensor): { a: Tensor | null; b: Tensor | null; step: number } | undefined {
+    const i = this.indexOf(p);
+    if (i < 0) return undefined;
+    const s = native().optimizerState(this.handle, i);
+    return { a: s.a ? new Tensor(s.a) : null, b: s.b ? new Tensor(s.b) : null, step: s.step };
+  }
+
+  /** @internal Restores a parameter's native state (copied; the caller keeps its tensors). */
+  protected setNativeState(p: Tensor, a: Tensor | null, b: Tensor | null, step: number): void {
+    const i = this.indexOf(p);
+    if (i < 0) throw new ArgumentError('the parameter is not managed by this optimizer');
+    native().optimizerSetState(this.handle, i, a ? a.handle : null, b ? b.handle : null, checkNumber(step, 'step', 0));
+  }
+
+  /** Frees the optimizer's state (moments, momentum buffers); the next step starts them anew. */
+  dispose(): void {
+    native().optimizerClear(this.handle);
   }
 }
 
@@ -99,9 +120,8 @@ export function clipGradNorm(params: Tensor[], maxNorm: number): number {
   checkNumber(maxNorm, 'maxNorm', 0);
   const grads = params.map((p) => native().grad(p.handle)).filter((g) => g !== null);
   try {
-    let sq = 0;
-    for (const g of grads) sq += native().sumOfSquares(g);
-    const norm = Math.sqrt(sq);
+    if (grads.length === 0) return 0;
+    const norm = Math.sqrt(native().sumOfSquares(grads));
     if (norm > maxNorm && norm > 0) {
       const s = maxNorm / (norm + 1e-6);
       for (const g of grads) native().scaleInplace(g, s);

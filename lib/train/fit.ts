@@ -12,7 +12,7 @@ import { Batches, Dataset } from '../data/dataset';
 import { loadSafetensors, saveSafetensors } from '../io/safetensors';
 import { ParaFormer } from '../nn/ParaFormer';
 import { AdamW, SGD } from '../optim/optimizers';
-import { keep, Tensor, tensor } from '../tensor';
+import { Tensor, tensor } from '../tensor';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe } from '../validate';
 import { curveSvg } from './plot';
 
@@ -202,12 +202,12 @@ export function saveTrainingState(
   if (opt instanceof AdamW) {
     for (const [name, p] of model.namedParameters()) {
       const s = opt.stateFor(p);
-      if (s) entries.push([`optimizer.m.${name}`, s.m], [`optimizer.v.${name}`, s.v]);
+      if (s) entries.push([`optimizer.m.${name}`, s.m], [`optimizer.v.${name}`, s.v]), extra.push(s.m, s.v);
     }
   } else {
     for (const [name, p] of model.namedParameters()) {
       const b = opt.bufferFor(p);
-      if (b) entries.push([`optimizer.buf.${name}`, b]);
+      if (b) entries.push([`optimizer.buf.${name}`, b]), extra.push(b);
     }
   }
   const l = tensor(Float32Array.from(losses), [losses.length]);
@@ -355,10 +355,10 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
     for (const [name, p] of model.namedParameters()) {
       if (opt instanceof AdamW) {
         const m = tensors.get(`optimizer.m.${name}`), v = tensors.get(`optimizer.v.${name}`);
-        if (m && v) opt.restoreState(p, keep(m.clone()), keep(v.clone()), opt.stepCount);
+        if (m && v) opt.restoreState(p, m, v, opt.stepCount);
       } else {
         const b = tensors.get(`optimizer.buf.${name}`);
-        if (b) opt.restoreBuffer(p, keep(b.clone()));
+        if (b) opt.restoreBuffer(p, b);
       }
     }
     const losses = tensors.get('train.losses');

@@ -7,9 +7,8 @@
 #include "../core/autograd.h"
 #include "../core/parallel.h"
 #include "../cpu/gemm.h"
-#include "../cuda/cuda_backend.h"
+#include "../model/derived.h"
 #include "../ops/ops.h"
-#include "../model/paraformer.h"
 #include "convert.h"
 #include "model_bindings.h"
 
@@ -58,20 +57,29 @@ Napi::Value from_data(Info info) {
     if (static_cast<int64_t>(ta.ElementLength()) != shape_numel(shape))
       fail(ERROR_SHAPE, "data has " + std::to_string(ta.ElementLength()) + " elements but shape " + shape_str(shape) +
                             " needs " + std::to_string(shape_numel(shape)));
-    Tensor t = empty(shape, f32 ? DTYPE_F32 : DTYPE_I32);
+    const Device device = info.Length() > 2 && !info[2].IsUndefined() ? arg_device(info, 2, "device") : DEVICE_CPU;
+    Tensor t = empty(shape, f32 ? DTYPE_F32 : DTYPE_I32, device);
     const uint8_t* src = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-    if (ta.ElementLength()) std::memcpy(t->storage->data, src, ta.ElementLength() * 4);
+    if (ta.ElementLength()) backend(device).upload(t->storage->data, src, ta.ElementLength() * 4);
     return js_tensor(info, t);
   });
 }
 
+// An optional device argument (the CPU when absent).
+Device opt_device(Info info, size_t i) {
+  return info.Length() > i && !info[i].IsUndefined() ? arg_device(info, i, "device") : DEVICE_CPU;
+}
+
 Napi::Value js_zeros(Info info) {
-  return guard(info, [&]() { return js_tensor(info, zeros(arg_shape(info, 0, "shape"), arg_dtype(info, 1))); });
+  return guard(info, [&]() {
+    return js_tensor(info, zeros(arg_shape(info, 0, "shape"), arg_dtype(info, 1), opt_device(info, 2)));
+  });
 }
 
 Napi::Value js_full(Info info) {
   return guard(info, [&]() {
-    return js_tensor(info, full(arg_shape(info, 0, "shape"), static_cast<float>(arg_number(info, 1, "value"))));
+    return js_tensor(info, full(arg_shape(info, 0, "shape"), static_cast<float>(arg_number(info, 1, "value")),
+                                opt_device(info, 2)));
   });
 }
 
@@ -79,7 +87,7 @@ Napi::Value js_randn(Info info) {
   return guard(info, [&]() {
     return js_tensor(info, randn(arg_shape(info, 0, "shape"), arg_seed(info, 1, "seed"),
                                  static_cast<float>(arg_number(info, 2, "mean")),
-                                 static_cast<float>(arg_number(info, 3, "std"))));
+                                 static_cast<float>(arg_number(info, 3, "std")), opt_device(info, 4)));
   });
 }
 
@@ -87,7 +95,7 @@ Napi::Value js_rand(Info info) {
   return guard(info, [&]() {
     return js_tensor(info, rand_uniform(arg_shape(info, 0, "shape"), arg_seed(info, 1, "seed"),
                                         static_cast<float>(arg_number(info, 2, "low")),
-                                        static_cast<float>(arg_number(info, 3, "high"))));
+                                        static_cast<float>(arg_number(info, 3, "high")), opt_device(info, 4)));
   });
 }
 
@@ -97,13 +105,13 @@ Napi::Value js_trunc_normal(Info info) {
                                         static_cast<float>(arg_number(info, 2, "mean")),
                                         static_cast<float>(arg_number(info, 3, "std")),
                                         static_cast<float>(arg_number(info, 4, "a")),
-                                        static_cast<float>(arg_number(info, 5, "b"))));
+                                        static_cast<float>(arg_number(info, 5, "b")), opt_device(info, 6)));
   });
 }
 
 Napi::Value js_describe(Info info) {
   return guard(info, [&]() -> Napi::Value {
-    Tensor t = arg_tensor(info, 0, "tensor");
+    Tensor t = arg_tensor_any(info, 0, "tensor");
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("shape", shape_array(info.Env(), t->shape));
     o.Set("dtype", dtype_name(t->dtype));
@@ -116,10 +124,10 @@ Napi::Value js_describe(Info info) {
 
 Napi::Value js_to_array(Info info) {
   return guard(info, [&]() -> Napi::Value {
-    Tensor t = contiguous_data(arg_tensor(info, 0, "tensor"));
+    Tensor t = contiguous_data(to_device(arg_tensor(info, 0, "tensor"), DEVICE_CPU));
     const size_t n = static_cast<size_t>(t->numel());
     Napi::ArrayBuffer buf = Napi::ArrayBuffer::New(info.Env(), n * 4);
-    if (n) std::memcpy(buf.Data(), static_cast<const char*>(t->storage->data) + t->offset * 4, n * 4);
+    if (n) std::memcpy(buf.Data(), t->ptr(), n * 4);
     if (t->dtype == DTYPE_F32) return Napi::Float32Array::New(info.Env(), n, buf, 0);
     return Napi::Int32Array::New(info.Env(), n, buf, 0);
   });
@@ -129,6 +137,7 @@ Napi::Value js_item(Info info) {
   return guard(info, [&]() -> Napi::Value {
     Tensor t = arg_tensor(info, 0, "tensor");
     check(t->numel() == 1, ERROR_SHAPE, "item: the tensor has " + std::to_string(t->numel()) + " elements, not one");
+    t = to_device(t, DEVICE_CPU);
     const double v = t->dtype == DTYPE_F32 ? static_cast<double>(*t->f32()) : static_cast<double>(*t->i32());
     return Napi::Number::New(info.Env(), v);
   });
@@ -167,7 +176,7 @@ Napi::Value js_detach(Info info) {
 Napi::Value js_clone(Info info) {
   return guard(info, [&]() {
     Tensor t = arg_tensor(info, 0, "tensor");
-    Tensor c = empty(t->shape, t->dtype);
+    Tensor c = empty(t->shape, t->dtype, t->device);
     copy_into(c, t);
     return js_tensor(info, c);
   });
@@ -178,6 +187,10 @@ Napi::Value js_backward(Info info) {
     backward(arg_tensor(info, 0, "tensor"), arg_tensor_or_null(info, 1, "gradient"));
     return info.Env().Undefined();
   });
+}
+
+Napi::Value js_to_device(Info info) {
+  return guard(info, [&]() { return js_tensor(info, to(arg_tensor(info, 0, "tensor"), arg_device(info, 1, "device"))); });
 }
 
 Napi::Value js_dispose(Info info) {
@@ -312,33 +325,12 @@ Napi::Value js_patch_embed(Info info) {
   });
 }
 
-// ---- optimisers ----
-
-Napi::Value js_adamw_update(Info info) {
-  return guard(info, [&]() -> Napi::Value {
-    adamw_update(arg_tensor(info, 0, "param"), arg_tensor(info, 1, "grad"), arg_tensor(info, 2, "m"),
-                 arg_tensor(info, 3, "v"), static_cast<float>(arg_number(info, 4, "lr")),
-                 static_cast<float>(arg_number(info, 5, "beta1")), static_cast<float>(arg_number(info, 6, "beta2")),
-                 static_cast<float>(arg_number(info, 7, "eps")), static_cast<float>(arg_number(info, 8, "weightDecay")),
-                 arg_int(info, 9, "step", 1, int64_t{1} << 50));
-    return info.Env().Undefined();
-  });
-}
-
-Napi::Value js_sgd_update(Info info) {
-  return guard(info, [&]() -> Napi::Value {
-    sgd_update(arg_tensor(info, 0, "param"), arg_tensor(info, 1, "grad"), arg_tensor_or_null(info, 2, "buffer"),
-               static_cast<float>(arg_number(info, 3, "lr")), static_cast<float>(arg_number(info, 4, "momentum")),
-               static_cast<float>(arg_number(info, 5, "dampening")),
-               static_cast<float>(arg_number(info, 6, "weightDecay")), arg_bool(info, 7, "nesterov"),
-               arg_bool(info, 8, "firstStep"));
-    return info.Env().Undefined();
-  });
-}
+// ---- gradient statistics ----
 
 Napi::Value js_sum_of_squares(Info info) {
   return guard(info, [&]() -> Napi::Value {
-    return Napi::Number::New(info.Env(), sum_of_squares(arg_tensor(info, 0, "tensor")));
+    const Tensor s = to_device(sum_of_squares(arg_tensor_list(info, 0, "tensors")), DEVICE_CPU);
+    return Napi::Number::New(info.Env(), static_cast<double>(*s->f32()));
   });
 }
 
@@ -357,6 +349,7 @@ Napi::Value js_memory(Info info) {
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("tensors", static_cast<double>(m.tensors));
     o.Set("bytes", static_cast<double>(m.bytes));
+    o.Set("cudaBytes", static_cast<double>(m.cuda_bytes));
     return o;
   });
 }
@@ -418,10 +411,11 @@ Napi::Value js_backend_info(Info info) {
     cpu.Set("isa", cpu_isa_name(cpu_isa_active()));
     cpu.Set("isaBest", cpu_isa_name(cpu_isa_best()));
     cpu.Set("threads", get_num_threads());
-    const CudaStatus& cs = cuda_status();
+    const CudaInfo cs = cuda_info();
     Napi::Object cuda = Napi::Object::New(env);
     cuda.Set("available", cs.available);
     cuda.Set("built", cs.built);
+    cuda.Set("testDevice", cs.test_device);
     cuda.Set("devices", cs.devices);
     cuda.Set("device", cs.device);
     cuda.Set("runtimeVersion", cs.runtime_version);
@@ -432,6 +426,19 @@ Napi::Value js_backend_info(Info info) {
     o.Set("cpu", cpu);
     o.Set("cuda", cuda);
     return o;
+  });
+}
+
+Napi::Value js_set_test_device(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    set_test_device(arg_bool(info, 0, "on"));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value js_launches(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    return Napi::Number::New(info.Env(), static_cast<double>(backend(arg_device(info, 0, "device")).launches()));
   });
 }
 
@@ -458,6 +465,7 @@ const Export EXPORTS[] = {
     {"clone", js_clone},
     {"backward", js_backward},
     {"dispose", js_dispose},
+    {"toDevice", js_to_device},
     {"copyInto", js_copy_into},
     {"add", binary_op<add>},
     {"sub", binary_op<sub>},
@@ -486,8 +494,6 @@ const Export EXPORTS[] = {
     {"crossEntropy", js_cross_entropy},
     {"patchify", js_patchify},
     {"patchEmbed", js_patch_embed},
-    {"adamwUpdate", js_adamw_update},
-    {"sgdUpdate", js_sgd_update},
     {"sumOfSquares", js_sum_of_squares},
     {"scaleInplace", js_scale_inplace},
     {"memory", js_memory},
@@ -498,6 +504,8 @@ const Export EXPORTS[] = {
     {"setNumThreads", js_set_num_threads},
     {"setCpuIsa", js_set_cpu_isa},
     {"backendInfo", js_backend_info},
+    {"setTestDevice", js_set_test_device},
+    {"launches", js_launches},
 };
 
 }  // namespace

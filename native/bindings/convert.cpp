@@ -89,13 +89,25 @@ Tensor arg_tensor_or_null(const Napi::CallbackInfo& info, size_t i, const char* 
   return arg_tensor(info, i, name);
 }
 
-Tensor arg_tensor(const Napi::CallbackInfo& info, size_t i, const char* name) {
+void check_not_busy(const Tensor& t, const std::string& what) {
+  if (t->storage->busy.load() > 0)
+    fail(ERROR_STATE, "The tensor passed as " + what +
+                          " belongs to a model in the middle of a training step; await the step before using it");
+}
+
+Tensor arg_tensor_any(const Napi::CallbackInfo& info, size_t i, const char* name) {
   Napi::Value v = arg(info, i);
   AddonData& data = addon_data(info.Env());
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(data.tensor_ctor.Value()))
     fail(ERROR_ARGUMENT, std::string("Expected a tensor for ") + name + " but received " + describe(v));
   Tensor t = TensorHandle::Unwrap(v.As<Napi::Object>())->tensor;
   if (!t) fail(ERROR_DISPOSED, std::string("The tensor passed as ") + name + " has been disposed");
+  return t;
+}
+
+Tensor arg_tensor(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Tensor t = arg_tensor_any(info, i, name);
+  check_not_busy(t, name);
   return t;
 }
 
@@ -112,6 +124,7 @@ std::vector<Tensor> arg_tensor_list(const Napi::CallbackInfo& info, size_t i, co
       fail(ERROR_ARGUMENT, "Expected a tensor for " + what + " but received " + describe(e));
     Tensor t = TensorHandle::Unwrap(e.As<Napi::Object>())->tensor;
     if (!t) fail(ERROR_DISPOSED, "The tensor passed as " + what + " has been disposed");
+    check_not_busy(t, what);
     out.push_back(t);
   }
   return out;
@@ -164,6 +177,14 @@ Shape arg_shape(const Napi::CallbackInfo& info, size_t i, const char* name) {
     n *= d;
   }
   return s;
+}
+
+Device arg_device(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  Napi::Value v = arg(info, i);
+  const std::string d = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (d == "cpu") return DEVICE_CPU;
+  if (d == "cuda") return DEVICE_CUDA;
+  fail(ERROR_ARGUMENT, std::string("Expected 'cpu' or 'cuda' for ") + name + " but received " + describe(v));
 }
 
 uint64_t arg_seed(const Napi::CallbackInfo& info, size_t i, const char* name) {

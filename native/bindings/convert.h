@@ -26,7 +26,12 @@ struct AddonData {
 AddonData& addon_data(Napi::Env env);
 Napi::Object wrap_tensor(Napi::Env env, const Tensor& t);
 
+// A live tensor that no training step holds (ERROR_STATE otherwise: the model's lock).
 Tensor arg_tensor(const Napi::CallbackInfo& info, size_t i, const char* name);
+// A live tensor, held by a step or not: for calls that touch neither data nor gradient.
+Tensor arg_tensor_any(const Napi::CallbackInfo& info, size_t i, const char* name);
+void check_not_busy(const Tensor& t, const std::string& what);
+Device arg_device(const Napi::CallbackInfo& info, size_t i, const char* name);
 Tensor arg_tensor_or_null(const Napi::CallbackInfo& info, size_t i, const char* name);
 std::vector<Tensor> arg_tensor_list(const Napi::CallbackInfo& info, size_t i, const char* name);
 double arg_number(const Napi::CallbackInfo& info, size_t i, const char* name);

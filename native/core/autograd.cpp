@@ -33,23 +33,54 @@ std::vector<NodeProfile> backward_profile() {
 bool grad_enabled() { return t_grad_enabled; }
 void set_grad_enabled(bool enabled) { t_grad_enabled = enabled; }
 
+Tensor Grads::make_slot(size_t i) const {
+  const TensorImpl& in = *inputs_[i];
+  auto like = std::make_shared<TensorImpl>();  // a metadata-only twin of the input
+  like->shape = in.shape;
+  like->strides = in.strides;
+  like->dtype = DTYPE_F32;
+  like->device = in.device;
+  return empty_like_layout(like);
+}
+
 Tensor& Grads::slot(size_t i) {
-  if (!slots_[i]) slots_[i] = zeros(shapes_[i]);
+  if (!slots_[i]) {
+    slots_[i] = make_slot(i);
+    if (slots_[i]->numel()) backend(slots_[i]->device).fill(slots_[i]->storage->data, slots_[i]->numel(), 0u);
+  }
   return slots_[i];
 }
 
-float* Grads::f32(size_t i) { return slot(i)->f32(); }
-
-float* Grads::f32_for_write(size_t i, bool* fresh) {
+Tensor& Grads::slot_for_write(size_t i, bool* fresh) {
   *fresh = !slots_[i];
-  if (*fresh) slots_[i] = empty(shapes_[i]);
-  return slots_[i]->f32();
+  if (*fresh) slots_[i] = make_slot(i);
+  return slots_[i];
+}
+
+Tensor& Grads::contiguous_slot(size_t i) {
+  if (!slots_[i]) {
+    slots_[i] = zeros(inputs_[i]->shape, DTYPE_F32, inputs_[i]->device);
+  } else if (!slots_[i]->is_contiguous()) {
+    slots_[i] = contiguous_data(slots_[i]);
+  }
+  return slots_[i];
+}
+
+Tensor& Grads::contiguous_slot_for_write(size_t i, bool* fresh) {
+  *fresh = !slots_[i];
+  if (*fresh) {
+    slots_[i] = empty(inputs_[i]->shape, DTYPE_F32, inputs_[i]->device);
+  } else if (!slots_[i]->is_contiguous()) {
+    slots_[i] = contiguous_data(slots_[i]);
+  }
+  return slots_[i];
 }
 
 void Grads::add(size_t i, const Tensor& g) { add_into(slot(i), g); }
 
 void Grads::pass(size_t i, const Tensor& g) {
-  const bool fits = !slots_[i] && g->is_contiguous() && g->offset == 0 && g->shape == shapes_[i];
+  const TensorImpl& in = *inputs_[i];
+  const bool fits = !slots_[i] && g->shape == in.shape && g->device == in.device && is_dense(g);
   // A view of the walk's own incoming gradient, handed on once...
   if (fits && dout_owned_ && !dout_passed_ && g->storage.get() == dout_storage_) {
     slots_[i] = g;
@@ -94,12 +125,14 @@ void backward(const Tensor& root, const Tensor& seed) {
   if (!dseed) {
     check(root->numel() == 1, ERROR_SHAPE,
           "backward: the tensor has shape " + shape_str(root->shape) + "; give a gradient or reduce it to one element");
-    dseed = full(root->shape, 1.0f);
+    dseed = full(root->shape, 1.0f, root->device);
   } else {
     check(dseed->shape == root->shape, ERROR_SHAPE,
           "backward: gradient shape " + shape_str(dseed->shape) + " does not match tensor shape " + shape_str(root->shape));
     check_f32(dseed, "backward", "the gradient");
+    check_same_device(root, dseed, "backward");
   }
+  GradMode no_grad(false);  // backward functions compose ops; nothing they do is recorded
 
   // Reverse topological order by iterative depth-first search over grad_fn edges.
   std::vector<Tensor> order;
@@ -124,16 +157,22 @@ void backward(const Tensor& root, const Tensor& seed) {
     Tensor t = order[k];
     auto it = pending.find(t.get());
     if (it == pending.end()) continue;
-    Tensor dout = contiguous_data(it->second);
+    Tensor dout = it->second;
     pending.erase(it);
+    // Laid out like t when t is dense (a gradient slot made for it), contiguous otherwise.
+    if (!same_layout(dout, t) && !(dout->is_contiguous() && !is_dense(t))) {
+      Tensor d = empty_like_layout(t);
+      copy_into(d, dout);
+      dout = d;
+    }
     if (!t->grad_fn) {
       // A leaf: accumulate into .grad. A gradient the walk made itself is taken over as it is;
       // the caller's seed is copied, so .grad never aliases a user's tensor.
       if (!t->grad) {
-        if (dout != dseed && dout->is_contiguous() && dout->offset == 0) {
+        if (dout != dseed && dout->is_contiguous()) {
           t->grad = dout;
         } else {
-          t->grad = empty(t->shape);
+          t->grad = empty(t->shape, DTYPE_F32, t->device);
           copy_into(t->grad, dout);
         }
       } else {
@@ -147,12 +186,8 @@ void backward(const Tensor& root, const Tensor& seed) {
     Grads grads(node->inputs.size());
     grads.dout_owned_ = dout != dseed;
     grads.dout_storage_ = dout->storage.get();
-    grads.wants_.resize(node->inputs.size());
-    grads.shapes_.resize(node->inputs.size());
-    for (size_t i = 0; i < node->inputs.size(); i++) {
-      grads.wants_[i] = node->inputs[i] != nullptr;
-      if (node->inputs[i]) grads.shapes_[i] = node->inputs[i]->shape;
-    }
+    grads.inputs_.resize(node->inputs.size());
+    for (size_t i = 0; i < node->inputs.size(); i++) grads.inputs_[i] = node->inputs[i].get();
     if (g_profiling) {
       const auto t0 = std::chrono::steady_clock::now();
       node->backward_fn(dout, grads);

@@ -11,33 +11,47 @@
 
 namespace duat {
 
-// The gradient slots handed to a backward function, one per recorded input.
+// The gradient slots handed to a backward function, one per recorded input. A slot lives on its
+// input's device and, when the input is dense, in the input's memory order (empty_like_layout),
+// so gradients of strided views need no copies. The incoming `dout` of a backward function is
+// laid out like the op's output when that output is dense, contiguous otherwise.
 class Grads {
  public:
   explicit Grads(size_t n) : slots_(n) {}
   // Whether input i wants a gradient (it requires grad and grad mode was on when recorded).
-  bool needs(size_t i) const { return wants_[i]; }
+  bool needs(size_t i) const { return inputs_[i] != nullptr; }
   size_t size() const { return slots_.size(); }
-  // Input i's gradient buffer: contiguous float32 of the input's shape, zeroed on first use.
-  float* f32(size_t i);
-  // For kernels that can either overwrite or accumulate (GEMM's beta): returns input i's buffer
-  // and sets *fresh when it was just allocated and holds garbage (write, do not add).
-  float* f32_for_write(size_t i, bool* fresh);
+  // Input i's gradient buffer, zeroed on first use.
   Tensor& slot(size_t i);
+  // For kernels that can either overwrite or accumulate (GEMM's beta): input i's buffer, and
+  // *fresh = true when it was just made and holds garbage (write, do not add).
+  Tensor& slot_for_write(size_t i, bool* fresh);
+  // The same two for kernels that need a contiguous buffer (row kernels): a slot made in
+  // another layout is replaced by a contiguous copy.
+  Tensor& contiguous_slot(size_t i);
+  Tensor& contiguous_slot_for_write(size_t i, bool* fresh);
+  // Runs fn(buffer, accumulate) on input i's buffer (any dense layout): accumulate is false when
+  // the buffer was just made (write into it), true when it holds gradient already (add to it).
+  template <typename F>
+  void into(size_t i, F fn) {
+    bool fresh = false;
+    Tensor& s = slot_for_write(i, &fresh);
+    fn(s, !fresh);
+  }
   // slot(i) += g (any strides).
   void add(size_t i, const Tensor& g);
-  // Like add, but when slot i is still empty and g is a contiguous view of the gradient the walk
-  // owns, g becomes the slot with no copy (reshape's backward, add's).
+  // Like add, but when slot i is still empty and g may become it (a view of the gradient the walk
+  // owns, handed on once, or a dense tensor the backward function just made), no copy is made.
   void pass(size_t i, const Tensor& g);
 
  private:
   friend void backward(const Tensor&, const Tensor&);
   std::vector<Tensor> slots_;
-  std::vector<bool> wants_;
-  std::vector<Shape> shapes_;
+  std::vector<const TensorImpl*> inputs_;  // null where no gradient is wanted
   bool dout_owned_ = false;    // the incoming gradient belongs to the walk (not the caller's seed)
   Storage* dout_storage_ = nullptr;
   bool dout_passed_ = false;   // handed to a slot already: later passes must copy
+  Tensor make_slot(size_t i) const;
 };
 
 using BackwardFn = std::function<void(const Tensor& dout, Grads& grads)>;

@@ -1,90 +1,59 @@
-// tensor.cpp: storage allocation (64-byte aligned), tensor views and strided copies.
+// tensor.cpp: storage through the device's backend, tensor views, strided copies within and
+// between devices, and the tensor-level front of the elementwise and reduction kernels.
 #include "tensor.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <map>
-#include <mutex>
-#include <new>
 #include <sstream>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "autograd.h"
-#include "parallel.h"
-#include "strided.h"
 
 namespace duat {
 
 namespace {
 std::atomic<int64_t> g_live_tensors{0};
 std::atomic<int64_t> g_live_bytes{0};
-constexpr size_t ALIGNMENT = 64;  // one cache line, and a full AVX-512 register
-constexpr size_t CACHE_MIN = size_t{1} << 16;
-constexpr size_t HUGE_PAGE = size_t{1} << 21;
+std::atomic<int64_t> g_cuda_bytes{0};
 
-// Large blocks are 2 MiB aligned and offered to the kernel for transparent huge pages: on a VM
-// a 4 KiB page fault costs ~10 us, so a fresh 20 MB activation would spend ~50 ms faulting.
-void* allocate_block(size_t bytes) {
-  if (bytes < 4 * HUGE_PAGE) return std::aligned_alloc(ALIGNMENT, bytes);
-  void* p = std::aligned_alloc(HUGE_PAGE, (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (p) madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-  return p;
-}
-
-// Size classes above CACHE_MIN: eight per power of two (at most 12.5% slack), whole pages.
-size_t size_class(size_t bytes) {
-  size_t rounded = (bytes + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
-  if (rounded < CACHE_MIN) return rounded ? rounded : ALIGNMENT;
-  size_t pow2 = CACHE_MIN;
-  while (pow2 < rounded) pow2 <<= 1;
-  const size_t step = std::max<size_t>(4096, pow2 / 8);
-  return (rounded + step - 1) / step * step;
-}
-
-struct BlockCache {
-  std::mutex mutex;
-  std::multimap<size_t, void*> blocks;
-  int64_t cached = 0;
-  int64_t limit = int64_t{1} << 30;
-  int64_t hits = 0, misses = 0;
+// Operands of one elementwise or reduction launch, walked together over one shape.
+struct Walk {
+  Shape shape;
+  std::vector<Shape> strides;  // one set per operand
 };
 
-BlockCache& block_cache() {
-  static BlockCache* cache = new BlockCache();  // never destroyed: storages may outlive statics
-  return *cache;
+// Drops size-1 dimensions and merges neighbours that every operand steps through as one
+// (stride[d] == stride[d+1] * shape[d+1]), so most launches see one or two dimensions.
+Walk coalesce(Walk w) {
+  Walk out;
+  out.strides.resize(w.strides.size());
+  for (size_t d = 0; d < w.shape.size(); d++) {
+    if (w.shape[d] == 1) continue;
+    out.shape.push_back(w.shape[d]);
+    for (size_t k = 0; k < w.strides.size(); k++) out.strides[k].push_back(w.strides[k][d]);
+  }
+  // Merge from the innermost dimension outwards.
+  for (size_t d = out.shape.size(); d-- > 1;) {
+    bool merge = true;
+    for (const Shape& s : out.strides) merge = merge && s[d - 1] == s[d] * out.shape[d];
+    if (!merge) continue;
+    out.shape[d - 1] *= out.shape[d];
+    out.shape.erase(out.shape.begin() + static_cast<std::ptrdiff_t>(d));
+    for (Shape& s : out.strides) {
+      s[d - 1] = s[d];
+      s.erase(s.begin() + static_cast<std::ptrdiff_t>(d));
+    }
+  }
+  check(out.shape.size() <= static_cast<size_t>(MAX_DIMS), ERROR_SHAPE,
+        "tensors of more than " + std::to_string(MAX_DIMS) + " dimensions are not supported");
+  return out;
+}
+
+void fill_dims(int64_t* dst, const Shape& src) {
+  for (size_t d = 0; d < src.size(); d++) dst[d] = src[d];
 }
 }  // namespace
 
-CacheStats cache_stats() {
-  BlockCache& c = block_cache();
-  std::lock_guard<std::mutex> lock(c.mutex);
-  return {c.cached, c.limit, c.hits, c.misses};
-}
-
-void empty_cache() {
-  BlockCache& c = block_cache();
-  std::lock_guard<std::mutex> lock(c.mutex);
-  for (auto& [size, p] : c.blocks) std::free(p);
-  c.blocks.clear();
-  c.cached = 0;
-}
-
-void set_cache_limit(int64_t bytes) {
-  {
-    std::lock_guard<std::mutex> lock(block_cache().mutex);
-    block_cache().limit = std::max<int64_t>(bytes, 0);
-  }
-  empty_cache();
-}
-
 const char* dtype_name(DType dtype) { return dtype == DTYPE_F32 ? "float32" : "int32"; }
-const char* device_name(Device device) { return device == DEVICE_CPU ? "cpu" : "cuda"; }
 
 std::string shape_str(const Shape& shape) {
   std::ostringstream s;
@@ -95,8 +64,18 @@ std::string shape_str(const Shape& shape) {
 }
 
 int64_t shape_numel(const Shape& shape) {
+  bool empty_dim = false;
+  for (int64_t d : shape) {
+    if (d < 0) fail(ERROR_SHAPE, "negative dimension in shape " + shape_str(shape));
+    empty_dim = empty_dim || d == 0;
+  }
+  if (empty_dim) return 0;
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    if (n > MAX_ELEMENTS / d)
+      fail(ERROR_SHAPE, "shape " + shape_str(shape) + " has more than 2^40 elements, the most one tensor may hold");
+    n *= d;
+  }
   return n;
 }
 
@@ -105,54 +84,30 @@ Shape contiguous_strides(const Shape& shape) {
   int64_t s = 1;
   for (size_t i = shape.size(); i-- > 0;) {
     strides[i] = s;
-    s *= shape[i];
+    s *= std::max<int64_t>(shape[i], 1);
   }
   return strides;
 }
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
-  check(device == DEVICE_CPU, ERROR_DEVICE, "CUDA storage is not available in this build");
+  Backend& be = backend(device);
   auto s = std::make_shared<Storage>();
-  const size_t cls = size_class(bytes);
-  if (cls >= CACHE_MIN) {
-    BlockCache& c = block_cache();
-    std::lock_guard<std::mutex> lock(c.mutex);
-    auto it = c.blocks.find(cls);
-    if (it != c.blocks.end()) {
-      s->data = it->second;
-      c.blocks.erase(it);
-      c.cached -= static_cast<int64_t>(cls);
-      c.hits++;
-    } else {
-      c.misses++;
-    }
-  }
-  if (!s->data) s->data = allocate_block(cls);
-  if (!s->data) {
-    empty_cache();  // one retry with the cache returned to the system
-    s->data = allocate_block(cls);
-  }
-  if (!s->data) fail(ERROR_OUT_OF_MEMORY, "out of memory allocating " + std::to_string(bytes) + " bytes");
+  s->data = be.allocate(bytes, &s->capacity);
   s->bytes = bytes;
-  s->capacity = cls;
   s->device = device;
+  s->owner = &be;
   g_live_bytes += static_cast<int64_t>(bytes);
+  if (device == DEVICE_CUDA) g_cuda_bytes += static_cast<int64_t>(bytes);
   return s;
 }
 
 Storage::~Storage() {
   g_live_bytes -= static_cast<int64_t>(bytes);
-  if (capacity >= CACHE_MIN) {
-    BlockCache& c = block_cache();
-    std::lock_guard<std::mutex> lock(c.mutex);
-    if (c.cached + static_cast<int64_t>(capacity) <= c.limit) {
-      c.blocks.emplace(capacity, data);
-      c.cached += static_cast<int64_t>(capacity);
-      return;
-    }
-  }
-  std::free(data);
+  if (device == DEVICE_CUDA) g_cuda_bytes -= static_cast<int64_t>(bytes);
+  if (owner) owner->release(data, capacity);
 }
+
+int64_t cuda_live_bytes() { return g_cuda_bytes.load(); }
 
 TensorImpl::TensorImpl() { g_live_tensors++; }
 TensorImpl::~TensorImpl() { g_live_tensors--; }
@@ -168,22 +123,41 @@ bool TensorImpl::is_contiguous() const {
   return true;
 }
 
+namespace {
+void check_host(const TensorImpl& t) {
+  check(t.device == DEVICE_CPU, ERROR_DEVICE,
+        std::string("host access to a tensor on ") + device_name(t.device) + ": copy it to the CPU first (to('cpu'))");
+}
+}  // namespace
+
 float* TensorImpl::f32() const {
+  check_host(*this);
+  return ptr_f32();
+}
+
+int32_t* TensorImpl::i32() const {
+  check_host(*this);
+  return ptr_i32();
+}
+
+float* TensorImpl::ptr_f32() const {
   check(dtype == DTYPE_F32, ERROR_DTYPE, "expected a float32 tensor but got int32");
   return static_cast<float*>(storage->data) + offset;
 }
 
-int32_t* TensorImpl::i32() const {
+int32_t* TensorImpl::ptr_i32() const {
   check(dtype == DTYPE_I32, ERROR_DTYPE, "expected an int32 tensor but got float32");
   return static_cast<int32_t*>(storage->data) + offset;
 }
 
-MemoryStats memory_stats() { return {g_live_tensors.load(), g_live_bytes.load()}; }
+void* TensorImpl::ptr() const { return static_cast<char*>(storage->data) + offset * 4; }
+
+MemoryStats memory_stats() { return {g_live_tensors.load(), g_live_bytes.load(), g_cuda_bytes.load()}; }
 
 Tensor empty(const Shape& shape, DType dtype, Device device) {
-  for (int64_t d : shape) check(d >= 0, ERROR_SHAPE, "negative dimension in shape " + shape_str(shape));
+  const int64_t n = shape_numel(shape);
   auto t = std::make_shared<TensorImpl>();
-  t->storage = Storage::allocate(static_cast<size_t>(shape_numel(shape)) * 4, device);
+  t->storage = Storage::allocate(static_cast<size_t>(n) * 4, device);
   t->shape = shape;
   t->strides = contiguous_strides(shape);
   t->dtype = dtype;
@@ -193,19 +167,51 @@ Tensor empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-  std::memset(t->storage->data, 0, t->storage->bytes);
+  if (t->numel()) backend(device).fill(t->storage->data, t->numel(), 0u);
   return t;
 }
 
-Tensor full(const Shape& shape, float value) {
-  Tensor t = empty(shape);
-  float* p = t->f32();
-  for (int64_t i = 0, n = t->numel(); i < n; i++) p[i] = value;
+Tensor full(const Shape& shape, float value, Device device) {
+  Tensor t = empty(shape, DTYPE_F32, device);
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  if (t->numel()) backend(device).fill(t->storage->data, t->numel(), bits);
   return t;
 }
 
 Tensor zeros_like(const Tensor& t) { return zeros(t->shape, t->dtype, t->device); }
 Tensor empty_like(const Tensor& t) { return empty(t->shape, t->dtype, t->device); }
+
+bool is_dense(const Tensor& t) {
+  // Sorting the dimensions by stride gives a contiguous layout: no gaps, no overlap.
+  std::vector<size_t> order(t->shape.size());
+  for (size_t i = 0; i < order.size(); i++) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return t->strides[a] > t->strides[b]; });
+  int64_t expect = 1;
+  for (size_t k = order.size(); k-- > 0;) {
+    const size_t d = order[k];
+    if (t->shape[d] != 1 && t->strides[d] != expect) return false;
+    expect *= t->shape[d];
+  }
+  return true;
+}
+
+Tensor empty_like_layout(const Tensor& t) {
+  if (!is_dense(t) || t->is_contiguous()) return empty_like(t);
+  Tensor out = empty({t->numel()}, t->dtype, t->device);
+  out->shape = t->shape;
+  out->strides = t->strides;
+  for (size_t d = 0; d < t->shape.size(); d++)
+    if (t->shape[d] == 1) out->strides[d] = 1;
+  return out;
+}
+
+bool same_layout(const Tensor& t, const Tensor& u) {
+  if (t->shape != u->shape) return false;
+  for (size_t d = 0; d < t->shape.size(); d++)
+    if (t->shape[d] != 1 && t->strides[d] != u->strides[d]) return false;
+  return true;
+}
 
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset) {
   auto t = std::make_shared<TensorImpl>();
@@ -220,60 +226,110 @@ Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, i
 
 Tensor detach(const Tensor& t) { return make_view(t, t->shape, t->strides, t->offset); }
 
+Shape broadcast_strides(const Tensor& t, const Shape& out) {
+  Shape s(out.size(), 0);
+  const size_t lead = out.size() - t->shape.size();
+  for (size_t i = 0; i < t->shape.size(); i++) s[lead + i] = t->shape[i] == 1 ? 0 : t->strides[i];
+  return s;
+}
+
+void launch_map(MapOp op, const Tensor& out, const Tensor& a, const Tensor& b, float scalar, bool accumulate) {
+  if (out->numel() == 0) return;
+  Walk w{out->shape, {out->strides, broadcast_strides(a, out->shape)}};
+  if (b) w.strides.push_back(broadcast_strides(b, out->shape));
+  w = coalesce(std::move(w));
+  MapArgs m;
+  m.op = op;
+  m.nd = static_cast<int>(w.shape.size());
+  fill_dims(m.shape, w.shape);
+  m.out = out->ptr();
+  fill_dims(m.out_strides, w.strides[0]);
+  m.a = a->ptr();
+  fill_dims(m.a_strides, w.strides[1]);
+  if (b) {
+    m.b = b->ptr();
+    fill_dims(m.b_strides, w.strides[2]);
+  }
+  m.scalar = scalar;
+  m.accumulate = accumulate;
+  backend(out->device).map(m);
+}
+
+void launch_reduce(const Tensor& out, const Tensor& in, float scale, bool accumulate) {
+  if (in->numel() == 0) {
+    if (!accumulate && out->numel()) launch_map(MAP_MUL_SCALAR, out, out, nullptr, 0.0f);  // sum of nothing
+    return;
+  }
+  Shape os = out->strides;
+  for (size_t d = 0; d < os.size(); d++)
+    if (out->shape[d] == 1) os[d] = 0;
+  Walk w = coalesce({in->shape, {in->strides, os}});
+  ReduceArgs r;
+  r.nd = static_cast<int>(w.shape.size());
+  fill_dims(r.shape, w.shape);
+  r.in = in->ptr_f32();
+  fill_dims(r.in_strides, w.strides[0]);
+  r.out = out->ptr_f32();
+  fill_dims(r.out_strides, w.strides[1]);
+  r.scale = scale;
+  r.accumulate = accumulate;
+  backend(in->device).reduce(r);
+}
 
 void copy_into(const Tensor& dst, const Tensor& src) {
   check(dst->shape == src->shape, ERROR_SHAPE, "copy between shapes " + shape_str(dst->shape) + " and " + shape_str(src->shape));
   check(dst->dtype == src->dtype, ERROR_DTYPE, "copy between different dtypes");
   mark_written(dst);
-  if (dst->is_contiguous() && src->is_contiguous()) {
-    std::memcpy(static_cast<char*>(dst->storage->data) + dst->offset * 4,
-                static_cast<const char*>(src->storage->data) + src->offset * 4, static_cast<size_t>(dst->numel()) * 4);
+  if (dst->numel() == 0) return;
+  if (dst->device == src->device) {
+    launch_map(MAP_COPY, dst, src, nullptr);
     return;
   }
-  // Both dtypes are 4 bytes: copy as raw 32-bit words, threaded over the outermost dimension,
-  // unit-stride runs by memcpy.
-  uint32_t* d = static_cast<uint32_t*>(dst->storage->data) + dst->offset;
-  const uint32_t* s = static_cast<const uint32_t*>(src->storage->data) + src->offset;
-  auto copy_runs = [](uint32_t* d, const uint32_t* s, const Shape& shape, const Shape& sd, const Shape& ss) {
-    for_each_run<2>(shape, {&sd, &ss}, [&](auto off, int64_t n, auto inc) {
-      if (inc[0] == 1 && inc[1] == 1) {
-        std::memcpy(d + off[0], s + off[1], static_cast<size_t>(n) * 4);
-      } else {
-        for (int64_t i = 0; i < n; i++) d[off[0] + i * inc[0]] = s[off[1] + i * inc[1]];
-      }
-    });
-  };
-  if (dst->dim() >= 2 && dst->shape[0] >= 2 && dst->numel() >= (1 << 16)) {
-    const Shape inner(dst->shape.begin() + 1, dst->shape.end());
-    const Shape sd(dst->strides.begin() + 1, dst->strides.end()), ss(src->strides.begin() + 1, src->strides.end());
-    parallel_for_range(dst->shape[0], 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; i++) copy_runs(d + i * dst->strides[0], s + i * src->strides[0], inner, sd, ss);
-    });
-    return;
+  // Between devices through a contiguous staging copy on the side that needs one.
+  const size_t bytes = static_cast<size_t>(dst->numel()) * 4;
+  const Tensor s = contiguous_data(src);
+  if (src->device == DEVICE_CPU) {
+    const Tensor d = dst->is_contiguous() ? dst : empty_like(dst);
+    backend(dst->device).upload(d->ptr(), s->ptr(), bytes);
+    if (d != dst) launch_map(MAP_COPY, dst, d, nullptr);
+  } else if (dst->device == DEVICE_CPU) {
+    const Tensor d = dst->is_contiguous() ? dst : empty_like(dst);
+    backend(src->device).download(d->ptr(), s->ptr(), bytes);
+    if (d != dst) launch_map(MAP_COPY, dst, d, nullptr);
+  } else {
+    copy_into(dst, to_device(src, DEVICE_CPU));
   }
-  copy_runs(d, s, dst->shape, dst->strides, src->strides);
+}
+
+Tensor to_device(const Tensor& t, Device device) {
+  if (t->device == device) return t;
+  Tensor out = empty(t->shape, t->dtype, device);
+  copy_into(out, t);
+  return out;
+}
+
+void move_storage(const Tensor& t, Device device) {
+  if (t->device == device) return;
+  const Tensor moved = to_device(t, device);
+  if (t->grad) t->grad = to_device(t->grad, device);
+  t->storage = moved->storage;
+  t->offset = 0;
+  t->strides = moved->strides;
+  t->device = device;
 }
 
 void add_into(const Tensor& dst, const Tensor& src) {
   check(dst->shape == src->shape, ERROR_SHAPE, "add between shapes " + shape_str(dst->shape) + " and " + shape_str(src->shape));
-  float* d = dst->f32();
-  const float* s = src->f32();
-  if (dst->is_contiguous() && src->is_contiguous()) {
-    const int64_t n = dst->numel();
-    parallel_for_range(n, 1 << 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; i++) d[i] += s[i];
-    });
-    return;
-  }
-  for_each_run<2>(dst->shape, {&dst->strides, &src->strides}, [&](auto off, int64_t n, auto inc) {
-    for (int64_t i = 0; i < n; i++) d[off[0] + i * inc[0]] += s[off[1] + i * inc[1]];
-  });
+  check_f32(dst, "add", "the destination");
+  check_f32(src, "add", "the source");
+  check_same_device(dst, src, "add");
+  launch_map(MAP_COPY, dst, src, nullptr, 0.0f, true);
 }
 
 Tensor contiguous_data(const Tensor& t) {
   if (t->is_contiguous()) return t;
   Tensor out = empty(t->shape, t->dtype, t->device);
-  copy_into(out, t);
+  launch_map(MAP_COPY, out, t, nullptr);
   return out;
 }
 
@@ -296,7 +352,7 @@ void check_i32(const Tensor& t, const char* op, const char* arg) {
 void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
   check(a->device == b->device, ERROR_DEVICE,
         std::string(op) + ": tensors are on different devices (" + device_name(a->device) + " and " +
-            device_name(b->device) + ")");
+            device_name(b->device) + "); move one with to()");
 }
 
 void check_dim(const Tensor& t, int64_t ndim, const char* op, const char* arg) {

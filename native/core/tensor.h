@@ -1,5 +1,6 @@
-// tensor.h: storage, tensors (shape, strides, dtype, device), views, and live-memory counters.
-// A Tensor is a shared pointer; views share storage. Shape letters follow STYLE.md.
+// tensor.h: storage, tensors (shape, strides, dtype, device), views, copies between devices and
+// live-memory counters. A Tensor is a shared pointer; views share storage. A storage lives on one
+// device and is allocated by that device's Backend (backend.h). Shape letters follow STYLE.md.
 #pragma once
 #include <atomic>
 #include <cstdint>
@@ -7,29 +8,36 @@
 #include <string>
 #include <vector>
 
+#include "backend.h"
 #include "errors.h"
 
 namespace duat {
 
 enum DType : int { DTYPE_F32 = 0, DTYPE_I32 = 1 };
-enum Device : int { DEVICE_CPU = 0, DEVICE_CUDA = 1 };
 
 using Shape = std::vector<int64_t>;
 
+// Elements one tensor may hold: beyond it shapes are refused before any arithmetic can wrap.
+constexpr int64_t MAX_ELEMENTS = int64_t{1} << 40;
+
 const char* dtype_name(DType dtype);
-const char* device_name(Device device);
 std::string shape_str(const Shape& shape);
+// The element count; ERROR_SHAPE for a negative dimension or more than MAX_ELEMENTS elements.
 int64_t shape_numel(const Shape& shape);
 Shape contiguous_strides(const Shape& shape);
 
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;     // requested
-  size_t capacity = 0;  // allocated (the size class)
+  size_t capacity = 0;  // reserved by the backend
   Device device = DEVICE_CPU;
+  Backend* owner = nullptr;  // the backend that allocated it (and frees it)
   // Bumped by every in-place write to existing data (mark_written): caches of values derived
-  // from a tensor (native/model's folded weights) compare it to know they are current.
+  // from a tensor (native/model/derived.h) compare it to know they are current.
   std::atomic<uint64_t> version{0};
+  // Non-zero while a model step owns the storage (the model's lock, native/model): the binding
+  // refuses JS access to it meanwhile (ERROR_STATE), so no call can race the step.
+  std::atomic<int> busy{0};
   static std::shared_ptr<Storage> allocate(size_t bytes, Device device);
   ~Storage();
 };
@@ -58,13 +66,21 @@ struct TensorImpl {
   int64_t dim() const { return static_cast<int64_t>(shape.size()); }
   int64_t size(int64_t d) const;  // negative d counts from the end
   bool is_contiguous() const;
-  float* f32() const;    // first element; throws unless float32
-  int32_t* i32() const;  // first element; throws unless int32
+  // Host access to the first element: ERROR_DEVICE unless the tensor is on the CPU (code that
+  // reads data on the host must copy it there first), ERROR_DTYPE for the other dtype.
+  float* f32() const;
+  int32_t* i32() const;
+  // The first element in the memory of the tensor's device: only kernels of that device may
+  // dereference it (ops hand it to their Backend).
+  float* ptr_f32() const;
+  int32_t* ptr_i32() const;
+  void* ptr() const;
 };
 
 struct MemoryStats {
-  int64_t tensors;  // live TensorImpl objects, views and graph internals included
-  int64_t bytes;    // bytes of live storage on all devices
+  int64_t tensors;     // live TensorImpl objects, views and graph internals included
+  int64_t bytes;       // bytes of live storage on all devices
+  int64_t cuda_bytes;  // of which on DEVICE_CUDA
 };
 MemoryStats memory_stats();
 
@@ -82,24 +98,47 @@ void empty_cache();                   // returns every cached block to the syste
 
 Tensor empty(const Shape& shape, DType dtype = DTYPE_F32, Device device = DEVICE_CPU);
 Tensor zeros(const Shape& shape, DType dtype = DTYPE_F32, Device device = DEVICE_CPU);
-Tensor full(const Shape& shape, float value);
+Tensor full(const Shape& shape, float value, Device device = DEVICE_CPU);
 Tensor zeros_like(const Tensor& t);
 Tensor empty_like(const Tensor& t);
+// Whether t's elements fill its span exactly once (its strides a permutation of a contiguous
+// layout): dense tensors can lend their layout to buffers made for them.
+bool is_dense(const Tensor& t);
+// Like empty_like, but with t's memory order when t is dense (its strides a permutation of a
+// contiguous layout): gradients laid out like the tensors they belong to need no copies.
+Tensor empty_like_layout(const Tensor& t);
+// Whether t and u address their elements in the same order (same shape and strides).
+bool same_layout(const Tensor& t, const Tensor& u);
 // A view: same storage, given shape/strides/offset, no autograd history.
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset);
 // The same data with no autograd history (saved tensors use this to avoid reference cycles).
 Tensor detach(const Tensor& t);
-// t itself if contiguous, else a contiguous copy (no autograd history).
+// t itself if contiguous, else a contiguous copy on the same device (no autograd history).
 Tensor contiguous_data(const Tensor& t);
-// Copy src into dst elementwise (same shape; any strides).
+// t itself if it lives on `device`, else a contiguous copy there (no autograd history).
+Tensor to_device(const Tensor& t, Device device);
+// Copy src into dst elementwise (same shape and dtype; any strides; any two devices).
 void copy_into(const Tensor& dst, const Tensor& src);
 // Records an in-place write to t's storage (see Storage::version). Every op that writes into an
-// existing tensor calls it: copy_into, the optimizer updates, scale_inplace, GPU downloads.
+// existing tensor calls it: copy_into, the optimizer updates, scale_inplace, moves between devices.
 inline void mark_written(const Tensor& t) {
   if (t && t->storage) t->storage->version.fetch_add(1, std::memory_order_relaxed);
 }
-// dst += src elementwise (same shape; any strides; float32).
+// dst += src elementwise (same shape and device; any strides; float32).
 void add_into(const Tensor& dst, const Tensor& src);
+// Moves t's data to `device` in place: t (and views made from it later) address the new storage.
+// Views made earlier keep the old one. For parameters (model.to(device)).
+void move_storage(const Tensor& t, Device device);
+
+// The elementwise kernel over tensors: out (+)= f(a, b), a and b broadcast to out's shape (b may
+// be null). Dimensions are coalesced before the backend sees them.
+void launch_map(MapOp op, const Tensor& out, const Tensor& a, const Tensor& b, float scalar = 0.0f,
+                bool accumulate = false);
+// The reduction over tensors: out (+)= scale * in summed over the dims where out has size 1 and
+// in does not (out has in's rank; its strides are used, so out may be a view).
+void launch_reduce(const Tensor& out, const Tensor& in, float scale = 1.0f, bool accumulate = false);
+// Strides that read `t` as if broadcast to `out` (0 along broadcast dimensions).
+Shape broadcast_strides(const Tensor& t, const Shape& out);
 
 // Normalise a possibly negative dimension index; throws ERROR_SHAPE naming `what`.
 int64_t wrap_dim(int64_t d, int64_t ndim, const char* what);
@@ -107,6 +146,7 @@ int64_t wrap_dim(int64_t d, int64_t ndim, const char* what);
 // Common argument checks, used by ops (kernels trust their inputs).
 void check_f32(const Tensor& t, const char* op, const char* arg);
 void check_i32(const Tensor& t, const char* op, const char* arg);
+// Both on one device; ERROR_DEVICE naming both devices otherwise.
 void check_same_device(const Tensor& a, const Tensor& b, const char* op);
 void check_dim(const Tensor& t, int64_t ndim, const char* op, const char* arg);
 

@@ -5,10 +5,12 @@
 #include <cstdint>
 #include <cstring>
 
+#ifndef DUAT_HD  // also defined, the same way, by core/device_math.h
 #ifdef __CUDACC__
 #define DUAT_HD __host__ __device__ __forceinline__
 #else
 #define DUAT_HD inline __attribute__((always_inline))
+#endif
 #endif
 
 namespace duat {

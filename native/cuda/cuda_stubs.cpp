@@ -1,20 +1,19 @@
-// cuda_stubs.cpp: the CUDA backend of a build without nvcc.
-#include "cuda_backend.h"
-#include "cuda_session.h"
+// cuda_stubs.cpp: the CUDA side of a build without nvcc: no backend, and the reason why. Every
+// request for DEVICE_CUDA then fails with a DeviceError that says so (core/device.cpp), unless
+// the test device serves it.
+#include "../core/backend.h"
 
 namespace duat {
 
-const CudaStatus& cuda_status() {
-  static const CudaStatus s = [] {
-    CudaStatus c;
+const CudaInfo& cuda_probe() {
+  static const CudaInfo info = [] {
+    CudaInfo c;
     c.reason = "this binary was built without CUDA (build with nvcc: DUAT_WITH_CUDA=ON)";
     return c;
   }();
-  return s;
+  return info;
 }
 
-std::unique_ptr<CudaSession> cuda_session_create(const ModelConfig&, int) {
-  fail(ERROR_DEVICE, "device 'cuda' is not available: " + cuda_status().reason);
-}
+Backend* cuda_backend() { return nullptr; }
 
 }  // namespace duat

@@ -2,93 +2,26 @@
 // Shapes: B batch, T1 = T + 1 tokens, C width, N branches, M MLP width, H heads.
 #include "paraformer.h"
 
-#include <functional>
-#include <mutex>
 #include <string>
-#include <unordered_map>
 
 #include "../core/autograd.h"
 #include "../ops/ops.h"
+#include "derived.h"
 
 namespace duat {
 
 namespace {
 
-// Weights derived from parameters (the LN folds, the fc2 concatenation) are recomputed on every
-// forward that records a graph (training: the parameters change every step and the derivation
-// is part of the graph). Without a graph (inference) they are derived once per version of their
-// sources and kept here: an entry is used only while every source storage is alive and at the
-// version (Storage::version, bumped by every in-place write) it was derived from.
-enum DerivedKind { DERIVED_QKV, DERIVED_FC1, DERIVED_FC2 };
-
-struct DerivedEntry {
-  std::vector<std::weak_ptr<Storage>> sources;
-  std::vector<uint64_t> versions;
-  std::vector<int64_t> offsets;
-  std::vector<Tensor> values;
-};
-
-struct DerivedCache {
-  std::mutex mu;
-  std::unordered_map<std::string, DerivedEntry> entries;
-};
-
-DerivedCache& derived_cache() {
-  static DerivedCache* c = new DerivedCache();  // never destroyed: tensors may outlive statics
-  return *c;
-}
-
-std::vector<Tensor> derived(DerivedKind kind, const std::vector<Tensor>& sources,
-                            const std::function<std::vector<Tensor>()>& derive) {
-  if (grad_enabled()) return derive();
-  std::string key = std::to_string(kind);
-  for (const Tensor& t : sources)
-    key += ":" + std::to_string(reinterpret_cast<uintptr_t>(t->storage.get())) + "+" + std::to_string(t->offset);
-  DerivedCache& c = derived_cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  auto it = c.entries.find(key);
-  if (it != c.entries.end()) {
-    const DerivedEntry& e = it->second;
-    bool current = true;
-    for (size_t i = 0; i < sources.size() && current; i++)
-      current = e.sources[i].lock() == sources[i]->storage &&
-                e.versions[i] == sources[i]->storage->version.load(std::memory_order_relaxed) &&
-                e.offsets[i] == sources[i]->offset;
-    if (current) return e.values;
-  }
-  if (c.entries.size() >= 256)  // drop entries whose sources are gone
-    for (auto i = c.entries.begin(); i != c.entries.end();)
-      i = i->second.sources[0].expired() ? c.entries.erase(i) : std::next(i);
-  DerivedEntry e;
-  for (const Tensor& t : sources) {
-    e.sources.push_back(t->storage);
-    e.versions.push_back(t->storage->version.load(std::memory_order_relaxed));
-    e.offsets.push_back(t->offset);
-  }
-  e.values = derive();
-  c.entries[key] = e;
-  return e.values;
-}
-
-// x (B, T1, C) -> (BT1, C) and the stage input of the MLP part; returns the stage output.
-Tensor branch_qkv(const Tensor& normed, const StageParams& p, const ModelConfig& c) {
-  const int64_t N = c.branches, C = c.dim;
-  // LN1_b(x) W_b^T + bias_b = norm(x) (W_b diag g_b)^T + (W_b beta_b + bias_b): one product.
-  const std::vector<Tensor> wb = derived(DERIVED_QKV, {p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b}, [&] {
-    Tensor w = mul(p.qkv_w, reshape(p.norm1_w, {N, 1, C}));                                        // (N, 3C, C)
-    Tensor b = add(reshape(matmul(p.qkv_w, reshape(p.norm1_b, {N, C, 1})), {N, 3 * C}), p.qkv_b);  // (N, 3C)
-    return std::vector<Tensor>{reshape(w, {N * 3 * C, C}), reshape(b, {N * 3 * C})};
-  });
-  return linear(normed, wb[0], wb[1]);  // (BT1, N*3C)
+// The QKV product of every branch: (N, BT, 3C), laid out (BT, N*3C) for attention. LN1's affine
+// is folded into the weights: inside the graph while training, from the cache for inference.
+Tensor branch_qkv(const Tensor& normed, const StageParams& p) {
+  if (grad_enabled()) return branch_linear(normed, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b, false, true);
+  const std::vector<Tensor> f = derived(DERIVED_QKV, {p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b},
+                                        [&] { return fold_affine(p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b); });
+  return branch_linear(normed, f[0], f[1], nullptr, nullptr, false, true);
 }
 
 }  // namespace
-
-void clear_derived_weights() {
-  DerivedCache& c = derived_cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  c.entries.clear();
-}
 
 void check_model_config(const ModelConfig& c) {
   auto positive = [](int64_t v, const char* name) {
@@ -144,6 +77,9 @@ ModelParams model_params_from_list(const ModelConfig& c, const std::vector<Tenso
             ", got " + std::to_string(list.size()));
   for (size_t i = 0; i < list.size(); i++) {
     check_f32(list[i], "model", names[i].c_str());
+    check(list[i]->device == list[0]->device, ERROR_DEVICE,
+          "model: parameter '" + names[i] + "' is on " + device_name(list[i]->device) + " but '" + names[0] + "' on " +
+              device_name(list[0]->device) + "; move the whole model with to()");
     check(list[i]->shape == shapes[i], ERROR_SHAPE,
           "model: parameter '" + names[i] + "' has shape " + shape_str(list[i]->shape) + " but the config needs " +
               shape_str(shapes[i]));
@@ -178,31 +114,32 @@ std::vector<Tensor> model_param_list(const ModelParams& p) {
   return l;
 }
 
+Device model_device(const ModelParams& p) { return p.patch_w->device; }
+
 Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c) {
   const int64_t B = x->shape[0], T1 = x->shape[1], C = c.dim, N = c.branches, M = c.mlp_hidden, BT = B * T1;
   const Tensor xf = reshape(x, {BT, C});
   // Attention of every branch: shared norm, one QKV product, one attention op.
-  const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p, c);            // (BT, N*3C)
-  const Tensor att = attention(reshape(qkv, {B, T1, N * 3 * C}), c.heads, N);              // (B, T1, N*C)
-  const Tensor att_n = permute(reshape(att, {BT, N, C}), {1, 0, 2});                       // (N, BT, C) view
-  const Tensor a = add(matmul(att_n, transpose(p.proj_w, 1, 2)), reshape(p.proj_b, {N, 1, C}));  // (N, BT, C)
-  // MLP of every branch on x + a_b, LN2's affine folded into fc1.
-  const Tensor u = layernorm(add(a, xf), nullptr, nullptr, c.eps);                          // (N, BT, C)
-  const std::vector<Tensor> wb1 = derived(DERIVED_FC1, {p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b}, [&] {
-    Tensor w = mul(p.fc1_w, reshape(p.norm2_w, {N, 1, C}));  // (N, M, C)
-    Tensor b = add(reshape(matmul(p.fc1_w, reshape(p.norm2_b, {N, C, 1})), {N, 1, M}), reshape(p.fc1_b, {N, 1, M}));
-    return std::vector<Tensor>{transpose(w, 1, 2), b};
+  const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p);                    // (N, BT, 3C)
+  const Tensor att = attention(reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C}), c.heads, N);  // (B, T1, N*C)
+  const Tensor att_n = permute(reshape(att, {BT, N, C}), {1, 0, 2});                            // (N, BT, C) view
+  const Tensor a = branch_linear(att_n, p.proj_w, p.proj_b, nullptr, nullptr, false, false);     // (N, BT, C)
+  // The MLP of every branch on LN2(x + a_b), LN2's affine folded into fc1.
+  const Tensor u = layernorm(a, nullptr, nullptr, c.eps, xf);                                    // (N, BT, C)
+  Tensor h;                                                                                      // (N, BT, M)
+  if (grad_enabled()) {
+    h = branch_linear(u, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b, true, true);
+  } else {
+    const std::vector<Tensor> f = derived(DERIVED_FC1, {p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b},
+                                          [&] { return fold_affine(p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b); });
+    h = branch_linear(u, f[0], f[1], nullptr, nullptr, true, true);
+  }
+  // sum_b fc2_b(h_b) = [h_1 .. h_N] @ [W2_1 .. W2_N]^T: one product of inner size N*M, with the
+  // branch biases summed and both residuals (x, and every a_b) in its epilogue.
+  const std::vector<Tensor> w2 = derived(DERIVED_FC2, {p.fc2_w, p.fc2_b}, [&] {
+    return std::vector<Tensor>{reshape(contiguous(permute(p.fc2_w, {1, 0, 2})), {C, N * M}), sum(p.fc2_b, {0}, false)};
   });
-  const Tensor h = gelu(add(matmul(u, wb1[0]), wb1[1]));  // (N, BT, M)
-  // sum_b fc2_b(h_b) = [h_1 .. h_N] @ [W2_1 .. W2_N]^T: one product of inner size N*M.
-  const Tensor hcat = reshape(permute(h, {1, 0, 2}), {BT, N * M});
-  const std::vector<Tensor> wb2 = derived(DERIVED_FC2, {p.fc2_w, p.fc2_b}, [&] {
-    return std::vector<Tensor>{reshape(permute(p.fc2_w, {1, 0, 2}), {C, N * M}), sum(p.fc2_b, {0}, false)};
-  });
-  const Tensor mlp = linear(hcat, wb2[0], wb2[1]);  // (BT, C)
-  Tensor branches = add(sum(a, {0}, false), mlp);
-  if (c.branch_scale != 1.0f) branches = mul_scalar(branches, c.branch_scale);
-  return reshape(add(xf, branches), {B, T1, C});
+  return reshape(stage_sum(xf, h, w2[0], w2[1], a, c.branch_scale), {B, T1, C});
 }
 
 namespace {
@@ -214,9 +151,10 @@ Tensor embed(const Tensor& images, const ModelParams& p, const ModelConfig& c) {
         "model: expected images of shape [B, " + std::to_string(c.channels) + ", " + std::to_string(c.image_size) + ", " +
             std::to_string(c.image_size) + "] but got " + shape_str(images->shape));
   const int64_t B = images->shape[0];
-  const Tensor x = patch_embed(images, p.patch_w, p.patch_b, c.patch_size);  // (B, T, C)
-  const Tensor cls = add(zeros({B, 1, c.dim}), p.cls_token);                  // (B, 1, C)
-  return add(concat({cls, x}, 1), p.pos_embed);                             // (B, T1, C)
+  const Device dev = model_device(p);
+  const Tensor x = patch_embed(to(images, dev), p.patch_w, p.patch_b, c.patch_size);  // (B, T, C)
+  const Tensor cls = add(zeros({B, 1, c.dim}, DTYPE_F32, dev), p.cls_token);           // (B, 1, C)
+  return add(concat({cls, x}, 1), p.pos_embed);                                       // (B, T1, C)
 }
 
 }  // namespace
@@ -235,8 +173,9 @@ std::vector<Tensor> model_attention_maps(const Tensor& images, const ModelParams
   Tensor x = embed(images, p, c);
   const int64_t B = x->shape[0], T1 = x->shape[1], BT = B * T1;
   for (const StageParams& s : p.stages) {
-    const Tensor qkv = branch_qkv(layernorm(reshape(x, {BT, c.dim}), nullptr, nullptr, c.eps), s, c);
-    maps.push_back(attention_probs(reshape(qkv, {B, T1, c.branches * 3 * c.dim}), c.heads, c.branches));
+    const Tensor qkv = branch_qkv(layernorm(reshape(x, {BT, c.dim}), nullptr, nullptr, c.eps), s);
+    maps.push_back(attention_probs(reshape(permute(qkv, {1, 0, 2}), {B, T1, c.branches * 3 * c.dim}), c.heads,
+                                   c.branches));
     x = stage_forward(x, s, c);
   }
   return maps;

@@ -1,11 +1,13 @@
-// paraformer.h: the Para-Former model in native code (DESIGN.md, "The model").
+// paraformer.h: the Para-Former model (docs/design.md, "The model"), the one definition for
+// every device: its parameters live on one device and every op runs there.
 //   stage(x) = x + s * sum_{b=1..N} f_b(x),  f_b(x) = a_b + MLP_b(LN2_b(x + a_b)),
 //   a_b = Attn_b(LN1_b(x)), s = 1 (sum, default) or 1/N (mean)
-// All N branches of a stage run together: one shared norm, one QKV product of width N*3C
-// (LN1's affine folded into the weights), attention over (batch, branch, head) in one op, the
-// projections and fc1 as batched products over N (LN2's affine folded into fc1), and the
-// branch sum of the MLPs as ONE product of inner size N*M. Built from ops, so autograd records
-// every step and backward needs no code of its own here.
+// All N branches of a stage run together, in a fixed number of kernel launches whatever N: one
+// shared norm, one QKV product of width N*3C (LN1's affine folded in), attention over
+// (batch, branch, head) in one op, the projections as one batched product, LN2 of every branch
+// with the residual in one op, fc1 + GELU as one batched product (LN2's affine folded in), and
+// the branch sum of the MLPs with both residuals as ONE product of inner size N*M (ops/branch.cpp).
+// Built from ops, so autograd records every step and backward needs no code of its own here.
 #pragma once
 #include <string>
 #include <vector>
@@ -45,16 +47,16 @@ std::vector<std::string> model_param_names(const ModelConfig& c);
 // The expected shape of every parameter, in the same order.
 std::vector<Shape> model_param_shapes(const ModelConfig& c);
 // Builds the structure from a flat list in name order, checking every shape (ERROR_SHAPE names
-// the first parameter that does not fit).
+// the first parameter that does not fit) and that all live on one device (ERROR_DEVICE).
 ModelParams model_params_from_list(const ModelConfig& c, const std::vector<Tensor>& list);
 std::vector<Tensor> model_param_list(const ModelParams& p);
 void check_model_config(const ModelConfig& c);
+// The device the parameters live on.
+Device model_device(const ModelParams& p);
 
 Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c);
-// Drops the inference cache of derived weights (folded LayerNorms, concatenated fc2), which
-// stage_forward keeps per parameter version when no graph is recorded.
-void clear_derived_weights();
-// images (B, channels, S, S) -> logits (B, classes).
+// images (B, channels, S, S), on any device (copied to the parameters' device, differentiably)
+// -> logits (B, classes) on the parameters' device.
 Tensor model_forward(const Tensor& images, const ModelParams& p, const ModelConfig& c);
 // Every stage's attention probabilities for `images`, each (B, N*H, T+1, T+1); no gradient.
 std::vector<Tensor> model_attention_maps(const Tensor& images, const ModelParams& p, const ModelConfig& c);

@@ -2,7 +2,6 @@
 // Backward ACCUMULATES into the input gradient.
 #include <string>
 
-#include "../cpu/kernels.h"
 #include "ops.h"
 
 namespace duat {
@@ -19,44 +18,37 @@ Tensor along_dim(const Tensor& x, int64_t dim, const char* op, F last_dim_op) {
   return transpose(last_dim_op(contiguous(transpose(x, d, -1))), d, -1);
 }
 
+Tensor softmax_last(const Tensor& x, bool log) {
+  const Tensor xc = contiguous_data(x);
+  const int64_t cols = x->size(-1), rows = cols ? x->numel() / cols : 0;
+  Tensor out = empty(x->shape, DTYPE_F32, x->device);
+  if (rows) backend(x->device).softmax_forward(xc->ptr_f32(), out->ptr_f32(), rows, cols, log);
+  Tensor sy = detach(out);
+  return record(out, log ? "log_softmax" : "softmax", {x}, [sy, rows, cols, log](const Tensor& dout, Grads& g) {
+    const Tensor dx = g.contiguous_slot(0);
+    if (rows) backend(sy->device).softmax_backward(sy->ptr_f32(), dout->ptr_f32(), dx->ptr_f32(), rows, cols, log);
+  });
+}
+
 }  // namespace
 
 Tensor gelu(const Tensor& x) {
   check_f32(x, "gelu", "the tensor");
-  const Tensor xc = contiguous_data(x);
-  Tensor out = empty(x->shape);
-  gelu_forward_cpu(xc->f32(), out->f32(), xc->numel());
+  Tensor out = empty(x->shape, DTYPE_F32, x->device);
+  launch_map(MAP_GELU, out, x, nullptr);
   if (!any_requires_grad({x})) return out;
-  Tensor sx = detach(xc);
+  Tensor sx = detach(x);
   return record(out, "gelu", {x}, [sx](const Tensor& dout, Grads& g) {
-    gelu_backward_cpu(sx->f32(), dout->f32(), g.f32(0), sx->numel());
+    g.into(0, [&](const Tensor& slot, bool acc) { launch_map(MAP_GELU_GRAD, slot, sx, dout, 0.0f, acc); });
   });
 }
 
 Tensor softmax(const Tensor& x, int64_t dim) {
-  return along_dim(x, dim, "softmax", [](const Tensor& x) {
-    const Tensor xc = contiguous_data(x);
-    const int64_t cols = x->size(-1), rows = cols ? x->numel() / cols : 0;
-    Tensor out = empty(x->shape);
-    softmax_forward_cpu(xc->f32(), out->f32(), rows, cols);
-    Tensor sy = detach(out);
-    return record(out, "softmax", {x}, [sy, rows, cols](const Tensor& dout, Grads& g) {
-      softmax_backward_cpu(sy->f32(), dout->f32(), g.f32(0), rows, cols);
-    });
-  });
+  return along_dim(x, dim, "softmax", [](const Tensor& x) { return softmax_last(x, false); });
 }
 
 Tensor log_softmax(const Tensor& x, int64_t dim) {
-  return along_dim(x, dim, "logSoftmax", [](const Tensor& x) {
-    const Tensor xc = contiguous_data(x);
-    const int64_t cols = x->size(-1), rows = cols ? x->numel() / cols : 0;
-    Tensor out = empty(x->shape);
-    log_softmax_forward_cpu(xc->f32(), out->f32(), rows, cols);
-    Tensor sy = detach(out);
-    return record(out, "log_softmax", {x}, [sy, rows, cols](const Tensor& dout, Grads& g) {
-      log_softmax_backward_cpu(sy->f32(), dout->f32(), g.f32(0), rows, cols);
-    });
-  });
+  return along_dim(x, dim, "logSoftmax", [](const Tensor& x) { return softmax_last(x, true); });
 }
 
 Tensor dropout(const Tensor& x, float p, uint64_t seed) {
@@ -64,17 +56,13 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed) {
   check(p >= 0.0f && p < 1.0f, ERROR_ARGUMENT, "dropout: p must be in [0, 1), got " + std::to_string(p));
   if (p == 0.0f) return x;
   const Tensor xc = contiguous_data(x);
-  const float keep_scale = 1.0f / (1.0f - p);
   const int64_t n = xc->numel();
-  Tensor out = empty(x->shape);
-  const float* px = xc->f32();
-  float* po = out->f32();
-  for (int64_t i = 0; i < n; i++) po[i] = uniform_at(seed, i, 0) < p ? 0.0f : px[i] * keep_scale;
+  Tensor out = empty(x->shape, DTYPE_F32, x->device);
+  backend(x->device).dropout(xc->ptr_f32(), out->ptr_f32(), n, p, seed, false);
   return record(out, "dropout", {x}, [=](const Tensor& dout, Grads& g) {
-    float* dx = g.f32(0);
-    const float* pd = dout->f32();
-    for (int64_t i = 0; i < n; i++)
-      if (uniform_at(seed, i, 0) >= p) dx[i] += pd[i] * keep_scale;
+    bool fresh = false;
+    const Tensor dx = g.contiguous_slot_for_write(0, &fresh);
+    backend(dout->device).dropout(dout->ptr_f32(), dx->ptr_f32(), n, p, seed, !fresh);
   });
 }
 

@@ -10,51 +10,41 @@ namespace duat {
 
 namespace {
 
-uint64_t mix64(uint64_t z) {  // splitmix64's finaliser
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
-
 float normal_at(uint64_t seed, uint64_t index, uint64_t draw) {
   // u1 in (0, 1] so the log is finite.
-  const float u1 = 1.0f - uniform_at(seed, index, 2 * draw);
-  const float u2 = uniform_at(seed, index, 2 * draw + 1);
+  const float u1 = 1.0f - dm::uniform_at(seed, index, 2 * draw);
+  const float u2 = dm::uniform_at(seed, index, 2 * draw + 1);
   return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.283185307179586f * u2);
 }
 
+// Generated on the host, then copied to `device`: the values are the same wherever they live.
 template <typename F>
-Tensor generate(const Shape& shape, const char* op, F f) {
+Tensor generate(const Shape& shape, Device device, const char* op, F f) {
   for (int64_t d : shape) check(d >= 0, ERROR_SHAPE, std::string(op) + ": negative dimension in " + shape_str(shape));
   Tensor out = empty(shape);
   float* p = out->f32();
   parallel_for_range(out->numel(), 1 << 14, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; i++) p[i] = f(static_cast<uint64_t>(i));
   });
-  return out;
+  return to_device(out, device);
 }
 
 }  // namespace
 
-float uniform_at(uint64_t seed, uint64_t index, uint64_t draw) {
-  const uint64_t h = mix64(mix64(seed * 0x9e3779b97f4a7c15ULL + index) + draw * 0xd1b54a32d192ed03ULL);
-  return static_cast<float>(h >> 40) * (1.0f / 16777216.0f);  // 24 bits: exact in float32
-}
-
-Tensor randn(const Shape& shape, uint64_t seed, float mean, float std) {
+Tensor randn(const Shape& shape, uint64_t seed, float mean, float std, Device device) {
   check(std >= 0.0f, ERROR_ARGUMENT, "randn: std must be non-negative");
-  return generate(shape, "randn", [=](uint64_t i) { return mean + std * normal_at(seed, i, 0); });
+  return generate(shape, device, "randn", [=](uint64_t i) { return mean + std * normal_at(seed, i, 0); });
 }
 
-Tensor rand_uniform(const Shape& shape, uint64_t seed, float low, float high) {
+Tensor rand_uniform(const Shape& shape, uint64_t seed, float low, float high, Device device) {
   check(high >= low, ERROR_ARGUMENT, "rand: high must not be below low");
-  return generate(shape, "rand", [=](uint64_t i) { return low + (high - low) * uniform_at(seed, i, 0); });
+  return generate(shape, device, "rand", [=](uint64_t i) { return low + (high - low) * dm::uniform_at(seed, i, 0); });
 }
 
-Tensor trunc_normal(const Shape& shape, uint64_t seed, float mean, float std, float a, float b) {
+Tensor trunc_normal(const Shape& shape, uint64_t seed, float mean, float std, float a, float b, Device device) {
   check(std > 0.0f && a < b && a <= mean + 6 * std && b >= mean - 6 * std, ERROR_ARGUMENT,
         "truncNormal: needs std > 0 and a < b within six standard deviations of the mean");
-  return generate(shape, "truncNormal", [=](uint64_t i) {
+  return generate(shape, device, "truncNormal", [=](uint64_t i) {
     for (uint64_t draw = 0; draw < 1000; draw++) {
       const float v = mean + std * normal_at(seed, i, draw);
       if (v >= a && v <= b) return v;

@@ -1,66 +1,86 @@
-// linalg.cpp: matmul (batched) and linear, on sgemm. Transposed views are read in place (the
-// trans flags of sgemm) instead of being copied. Backward ACCUMULATES (beta = 1).
-#include <algorithm>
+// linalg.cpp: matmul (batched) and linear on the strided matrix product (GemmArgs). Views are
+// read in place through their strides (transposed operands included) instead of being copied.
+// Backward ACCUMULATES (beta = 1, or written when the gradient buffer is fresh).
 #include <string>
-#include <vector>
 
-#include "../core/parallel.h"
-#include "../cpu/gemm.h"
+#include "matrix.h"
 #include "ops.h"
 
 namespace duat {
 
+int gemm_dim(int64_t v, const char* op) {
+  check(v <= 0x7fffffff, ERROR_SHAPE, std::string(op) + ": a matrix dimension of " + std::to_string(v) +
+                                          " is beyond the 2^31 - 1 a product supports");
+  return static_cast<int>(v);
+}
+
+bool collapse_dims(const Tensor& t, int64_t lo, int64_t hi, int64_t* count, int64_t* stride) {
+  *count = 1;
+  *stride = 0;
+  int64_t expect = -1;
+  for (int64_t d = hi; d-- > lo;) {
+    if (t->shape[d] == 1) continue;
+    if (expect < 0) {
+      *stride = t->strides[d];
+    } else if (t->strides[d] != expect) {
+      return false;
+    }
+    *count *= t->shape[d];
+    expect = t->strides[d] * t->shape[d];
+  }
+  return true;
+}
+
+bool as_mat(const Tensor& t, Mat* m) {
+  const int64_t nd = t->dim();
+  m->p = t->ptr_f32();
+  m->rows = t->shape[nd - 2];
+  m->cols = t->shape[nd - 1];
+  m->s_r = t->strides[nd - 2];
+  m->s_c = t->strides[nd - 1];
+  return collapse_dims(t, 0, nd - 2, &m->batch, &m->s_z);
+}
+
+bool as_rows(const Tensor& t, Mat* m) {
+  const int64_t nd = t->dim();
+  m->p = t->ptr_f32();
+  m->batch = 1;
+  m->s_z = 0;
+  m->cols = t->shape[nd - 1];
+  m->s_c = t->strides[nd - 1];
+  return collapse_dims(t, 0, nd - 1, &m->rows, &m->s_r);
+}
+
+void gemm_into_grad(Grads& grads, size_t i, GemmArgs g, bool fold_rows, Device device) {
+  bool fresh = false;
+  Tensor& s = grads.slot_for_write(i, &fresh);
+  Mat m;
+  if ((fold_rows ? as_rows(s, &m) : as_mat(s, &m)) && (m.s_c == 1 || m.cols == 1)) {
+    g.C = m.p, g.c_m = m.s_r, g.c_batch = m.s_z;
+    g.beta = fresh ? 0.0f : 1.0f;
+    backend(device).gemm(g);
+    return;
+  }
+  const Tensor tmp = empty(s->shape, DTYPE_F32, device);
+  fold_rows ? as_rows(tmp, &m) : as_mat(tmp, &m);
+  g.C = m.p, g.c_m = m.s_r, g.c_batch = m.s_z;
+  g.beta = 0.0f;
+  backend(device).gemm(g);
+  if (fresh) {
+    copy_into(s, tmp);
+  } else {
+    add_into(s, tmp);
+  }
+}
+
 namespace {
 
-// A matrix as sgemm reads it: the last two dimensions of a tensor, row-major or transposed.
-struct MatView {
-  bool trans;
-  int64_t ld;
-};
-
-// Whether the last two dims of t can be read by sgemm as they are.
-bool gemm_readable(const Tensor& t, MatView* mv) {
-  const int64_t nd = t->dim();
-  const int64_t r = t->shape[nd - 2], c = t->shape[nd - 1];
-  const int64_t s0 = t->strides[nd - 2], s1 = t->strides[nd - 1];
-  if (s1 == 1 || c == 1) {
-    *mv = {false, r == 1 ? std::max<int64_t>(c, 1) : s0};
-    if (mv->ld >= std::max<int64_t>(c, 1)) return true;
-  }
-  if (s0 == 1 || r == 1) {
-    *mv = {true, c == 1 ? std::max<int64_t>(r, 1) : s1};
-    if (mv->ld >= std::max<int64_t>(r, 1)) return true;
-  }
-  return false;
-}
-
-// Offset of batch item `i` (row-major over the leading dims) in t's storage.
-int64_t batch_offset(const Tensor& t, int64_t i) {
-  int64_t off = t->offset;
-  for (int64_t d = t->dim() - 3; d >= 0; d--) {
-    off += (i % t->shape[d]) * t->strides[d];
-    i /= t->shape[d];
-  }
-  return off;
-}
-
-// db[j] += sum over rows of dy[r, j]: per-thread partial sums over row ranges, then added.
-void column_sums_into(const float* dy, int64_t rows, int64_t cols, float* db) {
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), rows * cols >> 16));
-  std::vector<float> parts(static_cast<size_t>(chunks * cols), 0.0f);
-  parallel_for(chunks, [&](int64_t c) {
-    float* part = parts.data() + c * cols;
-    for (int64_t r = c * rows / chunks; r < (c + 1) * rows / chunks; r++)
-      for (int64_t j = 0; j < cols; j++) part[j] += dy[r * cols + j];
-  });
-  for (int64_t c = 0; c < chunks; c++)
-    for (int64_t j = 0; j < cols; j++) db[j] += parts[c * cols + j];
-}
-
-Tensor readable(const Tensor& t, MatView* mv) {
-  if (gemm_readable(t, mv)) return t;
-  Tensor c = contiguous_data(t);
-  gemm_readable(c, mv);
+// t itself when `ok(t)` can read it as it is, else its contiguous copy (which always can).
+template <typename F>
+Tensor readable(const Tensor& t, Mat* m, F ok) {
+  if (ok(t, m)) return t;
+  const Tensor c = contiguous_data(t);
+  ok(c, m);
   return c;
 }
 
@@ -76,64 +96,51 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   check(b->size(-2) == K, ERROR_SHAPE,
         "matmul: inner dimensions differ: " + shape_str(a->shape) + " @ " + shape_str(b->shape));
   const Shape batch(a->shape.begin(), a->shape.end() - 2);
-  const bool shared_b = b->dim() == 2;
-  if (!shared_b) {
+  // A two-dimensional right operand is shared by the batch: the left operand's batch folds into
+  // its rows and the product is one (batch*M) x N matrix; otherwise a batched product.
+  const bool shared = b->dim() == 2;
+  if (!shared) {
     check(Shape(b->shape.begin(), b->shape.end() - 2) == batch, ERROR_SHAPE,
           "matmul: batch dimensions differ: " + shape_str(a->shape) + " @ " + shape_str(b->shape));
   }
-  // A shared right operand and a left operand whose batch folds into rows: one 2-D product.
-  const Tensor aa = shared_b && a->dim() > 2 ? contiguous_data(a) : a;
-  const bool fold = shared_b;
-  const int64_t batches = fold ? 1 : shape_numel(batch);
-  const int64_t rows = fold ? aa->numel() / std::max<int64_t>(K, 1) : M;
-
+  Mat ma, mb;
+  const Tensor ra = readable(a, &ma, shared ? as_rows : as_mat);
+  const Tensor rb = readable(b, &mb, as_mat);
   Shape out_shape = batch;
   out_shape.push_back(M);
   out_shape.push_back(N);
-  Tensor out = empty(out_shape);
-  MatView va{}, vb{};
-  Tensor ra = fold && a->dim() > 2 ? aa : readable(aa, &va), rb = readable(b, &vb);
-  if (fold && a->dim() > 2) va = {false, K};
-  const float* pa = static_cast<const float*>(ra->storage->data);
-  const float* pb = static_cast<const float*>(rb->storage->data);
-  float* po = out->f32();
-  auto one = [&](int64_t i, bool par) {
-    const int64_t oa = fold ? ra->offset : batch_offset(ra, i), ob = shared_b ? rb->offset : batch_offset(rb, i);
-    sgemm(va.trans, vb.trans, rows, N, K, 1.0f, pa + oa, va.ld, pb + ob, vb.ld, 0.0f, po + i * M * N, N, par);
-  };
-  if (batches == 1) {
-    one(0, true);
-  } else {
-    parallel_for(batches, [&](int64_t i) { one(i, false); });
-  }
+  Tensor out = empty(out_shape, DTYPE_F32, a->device);
+  const int64_t batches = shared ? 1 : shape_numel(batch);
+  const int64_t rows = shared ? ma.rows : M;
+  GemmArgs g;
+  g.M = gemm_dim(rows, "matmul"), g.N = gemm_dim(N, "matmul"), g.K = gemm_dim(K, "matmul");
+  g.batch = gemm_dim(batches, "matmul");
+  g.A = ma.p, g.a_m = ma.s_r, g.a_k = ma.s_c, g.a_batch = shared ? 0 : ma.s_z;
+  g.B = mb.p, g.b_n = mb.s_c, g.b_k = mb.s_r, g.b_batch = shared ? 0 : mb.s_z;  // B(n, k) = b(k, n)
+  g.C = out->ptr_f32(), g.c_m = N, g.c_batch = M * N;
+  backend(a->device).gemm(g);
   if (!any_requires_grad({a, b})) return out;
-  Tensor sa = detach(ra), sb = detach(rb);
-  return record(out, "matmul", {a, b}, [=](const Tensor& dout, Grads& g) {
-    const float* pa = static_cast<const float*>(sa->storage->data);
-    const float* pb = static_cast<const float*>(sb->storage->data);
-    const float* pd = dout->f32();
-    if (g.needs(0)) {
-      // dA += dout @ B^T (each batch slice written once: overwrite a fresh buffer)
-      bool fresh = false;
-      float* da = g.f32_for_write(0, &fresh);
-      const float beta = fresh ? 0.0f : 1.0f;
-      auto one = [&](int64_t i, bool par) {
-        const int64_t ob = shared_b ? sb->offset : batch_offset(sb, i);
-        sgemm(false, !vb.trans, rows, K, N, 1.0f, pd + i * M * N, N, pb + ob, vb.ld, beta, da + i * M * K, K, par);
-      };
-      if (batches == 1) one(0, true); else parallel_for(batches, [&](int64_t i) { one(i, false); });
+  const Tensor sa = detach(ra), sb = detach(rb);
+  const Device dev = a->device;
+  return record(out, "matmul", {a, b}, [=](const Tensor& dout, Grads& grads) {
+    const float* pd = dout->ptr_f32();  // contiguous (batch, M, N)
+    if (grads.needs(0)) {
+      // dA(m, k) = sum_n dout(m, n) b(k, n)
+      GemmArgs d;
+      d.M = g.M, d.N = g.K, d.K = g.N, d.batch = g.batch;
+      d.A = pd, d.a_m = N, d.a_k = 1, d.a_batch = M * N;
+      d.B = mb.p, d.b_n = mb.s_r, d.b_k = mb.s_c, d.b_batch = g.b_batch;
+      gemm_into_grad(grads, 0, d, shared, dev);
     }
-    if (g.needs(1)) {
-      // dB += A^T @ dout (summed over the batch when B is shared: folded into one product)
-      bool fresh = false;
-      float* db = g.f32_for_write(1, &fresh);
-      const float beta = fresh ? 0.0f : 1.0f;
-      auto one = [&](int64_t i, bool par) {
-        const int64_t oa = fold ? sa->offset : batch_offset(sa, i);
-        sgemm(!va.trans, false, K, N, rows, 1.0f, pa + oa, va.ld, pd + i * M * N, N, beta, db + i * K * N, N, par);
-      };
-      if (batches == 1) one(0, true); else parallel_for(batches, [&](int64_t i) { one(i, false); });
+    if (grads.needs(1)) {
+      // dB(k, n) = sum_m a(m, k) dout(m, n), summed over the batch when B is shared (folded rows).
+      GemmArgs d;
+      d.M = g.K, d.N = g.N, d.K = g.M, d.batch = g.batch;
+      d.A = ma.p, d.a_m = ma.s_c, d.a_k = ma.s_r, d.a_batch = g.a_batch;
+      d.B = pd, d.b_n = 1, d.b_k = N, d.b_batch = M * N;
+      gemm_into_grad(grads, 1, d, false, dev);
     }
+    (void)sa, (void)sb;  // keep the operands' storage alive
   });
 }
 
@@ -153,27 +160,50 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
           "linear: bias shape " + shape_str(bias->shape) + " does not match the weight's output size " +
               std::to_string(outf));
   }
-  const Tensor xc = contiguous_data(x), wc = contiguous_data(w), bc = bias ? contiguous_data(bias) : nullptr;
-  const int64_t rows = xc->numel() / std::max<int64_t>(in, 1);
+  // x as rows (its leading dims folded), read in place when it can be.
+  Mat mx;
+  const Tensor x2 = x->dim() == 1 ? reshape(detach(x), {1, in}) : x;
+  const Tensor rx = readable(x2, &mx, as_rows);
+  const Tensor bc = bias ? contiguous_data(bias) : nullptr;
   Shape out_shape = x->shape;
   out_shape.back() = outf;
-  Tensor out = empty(out_shape);
-  sgemm(false, true, rows, outf, in, 1.0f, xc->f32(), in, wc->f32(), in, 0.0f, out->f32(), outf, true,
-        bc ? bc->f32() : nullptr);
+  Tensor out = empty(out_shape, DTYPE_F32, x->device);
+  GemmArgs g;
+  g.M = gemm_dim(mx.rows, "linear"), g.N = gemm_dim(outf, "linear"), g.K = gemm_dim(in, "linear");
+  g.A = mx.p, g.a_m = mx.s_r, g.a_k = mx.s_c;
+  g.B = w->ptr_f32(), g.b_n = w->strides[0], g.b_k = w->strides[1];
+  g.C = out->ptr_f32(), g.c_m = outf;
+  g.bias = bc ? bc->ptr_f32() : nullptr;
+  backend(x->device).gemm(g);
   if (!any_requires_grad({x, w, bias})) return out;
-  Tensor sx = detach(xc), sw = detach(wc);
-  return record(out, "linear", {x, w, bias}, [=](const Tensor& dout, Grads& g) {
-    const float* dy = dout->f32();
-    bool fresh = false;
-    if (g.needs(0)) {
-      float* dx = g.f32_for_write(0, &fresh);
-      sgemm(false, false, rows, in, outf, 1.0f, dy, outf, sw->f32(), in, fresh ? 0.0f : 1.0f, dx, in);
+  const Tensor sx = detach(rx), sw = detach(w);
+  const Device dev = x->device;
+  const int64_t rows = mx.rows;
+  return record(out, "linear", {x, w, bias}, [=](const Tensor& dout, Grads& grads) {
+    const float* dy = dout->ptr_f32();  // contiguous (rows, out)
+    if (grads.needs(0)) {
+      // dx(r, i) = sum_o dy(r, o) w(o, i)
+      GemmArgs d;
+      d.M = static_cast<int>(rows), d.N = static_cast<int>(in), d.K = static_cast<int>(outf);
+      d.A = dy, d.a_m = outf, d.a_k = 1;
+      d.B = sw->ptr_f32(), d.b_n = sw->strides[1], d.b_k = sw->strides[0];
+      gemm_into_grad(grads, 0, d, true, dev);
     }
-    if (g.needs(1)) {
-      float* dw = g.f32_for_write(1, &fresh);
-      sgemm(true, false, outf, in, rows, 1.0f, dy, outf, sx->f32(), in, fresh ? 0.0f : 1.0f, dw, in);
+    if (grads.needs(1)) {
+      // dw(o, i) = sum_r dy(r, o) x(r, i)
+      GemmArgs d;
+      d.M = static_cast<int>(outf), d.N = static_cast<int>(in), d.K = static_cast<int>(rows);
+      d.A = dy, d.a_m = 1, d.a_k = outf;
+      d.B = mx.p, d.b_n = mx.s_c, d.b_k = mx.s_r;
+      gemm_into_grad(grads, 1, d, false, dev);
     }
-    if (g.needs(2)) column_sums_into(dy, rows, outf, g.f32(2));
+    if (grads.needs(2)) {
+      grads.into(2, [&](const Tensor& db, bool acc) {
+        launch_reduce(make_view(db, {1, outf}, {0, db->strides[0]}, db->offset),
+                      make_view(dout, {rows, outf}, {outf, 1}, dout->offset), 1.0f, acc);
+      });
+    }
+    (void)sx;
   });
 }
 

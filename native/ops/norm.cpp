@@ -1,13 +1,13 @@
-// norm.cpp: LayerNorm over the last dimension. Saves mean and rstd (fp32, one per row);
-// backward ACCUMULATES into dx, dw, db.
+// norm.cpp: LayerNorm over the last dimension, optionally of x + a residual shared by several
+// row sets. Saves mean and rstd (fp32, one per row); backward ACCUMULATES into dx, dw, db and
+// into the residual's gradient (dx summed over the row sets).
 #include <string>
 
-#include "../cpu/kernels.h"
 #include "ops.h"
 
 namespace duat {
 
-Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps) {
+Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& resid) {
   check_f32(x, "layerNorm", "the input");
   check(x->dim() >= 1, ERROR_SHAPE, "layerNorm: the input needs at least one dimension");
   check(eps > 0.0f, ERROR_ARGUMENT, "layerNorm: eps must be positive");
@@ -20,17 +20,54 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps) {
           std::string("layerNorm: ") + (t == &w ? "weight" : "bias") + " shape " + shape_str((*t)->shape) +
               " does not match the normalised size " + std::to_string(C));
   }
+  int64_t R = 0;
+  if (resid) {
+    check_f32(resid, "layerNorm", "the residual");
+    check_same_device(x, resid, "layerNorm");
+    check(!w && !b, ERROR_ARGUMENT, "layerNorm: a residual input excludes the affine weight and bias");
+    R = resid->dim() == 2 ? resid->shape[0] : 0;
+    check(resid->dim() == 2 && resid->shape[1] == C && R > 0 && rows % R == 0, ERROR_SHAPE,
+          "layerNorm: residual shape " + shape_str(resid->shape) + " does not divide the rows of " + shape_str(x->shape));
+  }
+  const Device dev = x->device;
   const Tensor xc = contiguous_data(x), wc = w ? contiguous_data(w) : nullptr, bc = b ? contiguous_data(b) : nullptr;
-  Tensor out = empty(x->shape);
-  Tensor mean = empty({rows}), rstd = empty({rows});
-  layernorm_forward_cpu(xc->f32(), wc ? wc->f32() : nullptr, bc ? bc->f32() : nullptr, out->f32(), mean->f32(),
-                        rstd->f32(), rows, C, eps);
-  if (!any_requires_grad({x, w, b})) return out;
-  Tensor sx = detach(xc), sw = wc ? detach(wc) : nullptr;
-  return record(out, "layernorm", {x, w, b}, [=](const Tensor& dout, Grads& g) {
-    layernorm_backward_cpu(sx->f32(), sw ? sw->f32() : nullptr, mean->f32(), rstd->f32(), dout->f32(),
-                           g.needs(0) ? g.f32(0) : nullptr, g.needs(1) ? g.f32(1) : nullptr,
-                           g.needs(2) ? g.f32(2) : nullptr, rows, C);
+  const Tensor rc = resid ? contiguous_data(resid) : nullptr;
+  Tensor out = empty(x->shape, DTYPE_F32, dev);
+  const bool grad = any_requires_grad({x, w, b, resid});
+  Tensor mean = grad ? empty({rows}, DTYPE_F32, dev) : nullptr, rstd = grad ? empty({rows}, DTYPE_F32, dev) : nullptr;
+  LayerNormArgs a;
+  a.x = xc->ptr_f32(), a.resid = rc ? rc->ptr_f32() : nullptr, a.resid_rows = R;
+  a.gamma = wc ? wc->ptr_f32() : nullptr, a.beta = bc ? bc->ptr_f32() : nullptr;
+  a.y = out->ptr_f32(), a.mean = grad ? mean->ptr_f32() : nullptr, a.rstd = grad ? rstd->ptr_f32() : nullptr;
+  a.rows = rows, a.C = C, a.eps = eps;
+  if (rows) backend(dev).layernorm_forward(a);
+  if (!grad) return out;
+  const Tensor sx = detach(xc), sw = wc ? detach(wc) : nullptr, sr = rc ? detach(rc) : nullptr;
+  return record(out, "layernorm", {x, w, b, resid}, [=](const Tensor& dout, Grads& g) {
+    LayerNormGradArgs d;
+    d.dy = dout->ptr_f32(), d.x = sx->ptr_f32(), d.resid = sr ? sr->ptr_f32() : nullptr, d.resid_rows = R;
+    d.mean = mean->ptr_f32(), d.rstd = rstd->ptr_f32(), d.gamma = sw ? sw->ptr_f32() : nullptr;
+    d.rows = rows, d.C = C;
+    if (g.needs(1)) d.dgamma = g.contiguous_slot(1)->ptr_f32();
+    if (g.needs(2)) d.dbeta = g.contiguous_slot(2)->ptr_f32();
+    // With a residual, its gradient is dx summed over the row sets: dx goes to a buffer of its
+    // own first. Without one, dx goes straight into x's gradient.
+    Tensor dx;
+    if (g.needs(3)) {
+      dx = empty(sx->shape, DTYPE_F32, dev);
+    } else if (g.needs(0)) {
+      bool fresh = false;
+      dx = g.contiguous_slot_for_write(0, &fresh);
+      d.accumulate = !fresh;
+    }
+    d.dx = dx ? dx->ptr_f32() : nullptr;
+    if (rows) backend(dev).layernorm_backward(d);
+    if (!g.needs(3)) return;
+    g.into(3, [&](const Tensor& slot, bool acc) {
+      launch_reduce(make_view(slot, {1, R, C}, {0, slot->strides[0], slot->strides[1]}, slot->offset),
+                    make_view(dx, {rows / R, R, C}, {R * C, C, 1}, 0), 1.0f, acc);
+    });
+    if (g.needs(0)) g.pass(0, dx);
   });
 }
 

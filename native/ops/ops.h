@@ -1,7 +1,8 @@
 // ops.h: every differentiable op. Each validates its arguments (shapes, dtypes, devices),
-// computes its forward and records its backward beside it (see the op's .cpp). Inputs may be
-// views; outputs are contiguous unless the op is a view op (reshape, permute, slice).
-// Shape letters: B batch, T tokens, C channels, H heads, D head size, N branches.
+// computes its forward with the Backend of its inputs' device and records its backward beside it
+// (see the op's .cpp), so one definition serves every device. Inputs may be views; outputs are
+// contiguous unless the op is a view op (reshape, permute, slice) or says otherwise.
+// Shape letters: B batch, T tokens, C channels, H heads, D head size, N branches, R rows.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -26,7 +27,7 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias);
 
 // ---- reduce.cpp ----
-// Sum / mean over `dims` (empty: all); keepdim keeps them as size 1. fp64 accumulation.
+// Sum / mean over `dims` (empty: all); keepdim keeps them as size 1. fp64 accumulation on the CPU.
 Tensor sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim);
 Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim);
 // Index of the largest value along the last dimension (int32, no gradient).
@@ -39,6 +40,8 @@ Tensor transpose(const Tensor& x, int64_t d0, int64_t d1);
 Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t step);
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim);
 Tensor contiguous(const Tensor& x);
+// The same values on `device` (differentiable: the gradient goes back to x's device).
+Tensor to(const Tensor& x, Device device);
 
 // ---- activation.cpp ----
 Tensor gelu(const Tensor& x);
@@ -49,22 +52,53 @@ Tensor log_softmax(const Tensor& x, int64_t dim);
 Tensor dropout(const Tensor& x, float p, uint64_t seed);
 
 // ---- norm.cpp ----
-// LayerNorm over the last dimension C; w, b: (C) or null.
-Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps);
+// LayerNorm over the last dimension C; w, b: (C) or null. With `resid` (R, C), the input of row r
+// is x[r] + resid[r % R]: x (..., R, C) is several row sets sharing one residual (the stage's
+// x + a_n for every branch n), and resid's gradient is the sum over them. resid excludes w, b.
+Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& resid = nullptr);
 
 // ---- attention.cpp ----
 // Multi-head scaled-dot-product self-attention as one op, over N branches at once.
 // qkv: (B, T, N*3C), branch n's [q | k | v] at columns n*3C.., each head h at columns h*D ..
 // h*D+D-1 of its part (timm's order for N = 1). Returns (B, T, N*C): softmax(Q K^T / sqrt(D)) V
-// per branch and head, heads concatenated, branch n at columns n*C.
+// per branch and head, heads concatenated, branch n at columns n*C. Keeps only the log-sum-exp
+// of each row for backward (B*N*H*T floats), which recomputes the probabilities.
 Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches = 1);
 // The attention probabilities (B, N*H, T, T) of the same computation; no gradient.
 Tensor attention_probs(const Tensor& qkv, int64_t heads, int64_t branches = 1);
 
+// ---- branch.cpp: the Para-Former stage's fused ops (docs/design.md, "The fused stage") ----
+// y_n = act(x_n W'_n^T + b'_n) for every branch n in one (batched) product:
+//   x: (R, C) read by every branch, or (N, R, C) one input per branch (any strides, unit last)
+//   w: (N, O, C); b: (N, O) or null
+//   ln_w, ln_b: (N, C) or both null: a LayerNorm affine folded in, W'_n = W_n diag(g_n) and
+//     b'_n = W_n beta_n + b_n (x is then the normalised input without its affine)
+//   gelu: act = GELU (the pre-activation is kept for backward), else identity
+// Returns y as (N, R, O). `interleaved` lays it out in memory as (R, N*O) (branch n at columns
+// n*O), which the QKV product (attention reads it as (B, T, N*3C)) and fc1 (the stage sum reads
+// it as (R, N*M)) need; otherwise (N, R, O) contiguous.
+Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
+                     bool gelu, bool interleaved);
+// branch_linear's fold without autograd, for inference caches: {W' (N, O, C), b' (N, O)}.
+std::vector<Tensor> fold_affine(const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b);
+// The stage's output in one product: y = x + scale * (sum_n h_n W2_n^T + b2 + sum_n a_n), with
+//   x (R, C), h (N, R, M) laid out as (R, N*M) (branch_linear's interleaved output; copied
+//   otherwise), w2 (C, N*M) = [W2_1 .. W2_N] side by side, b2 (C) the branch biases summed,
+//   a (N, R, C) the branches' attention outputs. Returns (R, C).
+Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tensor& b2, const Tensor& a, float scale);
+
 // ---- loss.cpp ----
 // Mean over the batch of cross-entropy between softmax(logits) and the one-hot labels smoothed
-// by `smoothing` (q = (1 - s) onehot + s / K). logits: (B, K) float32; labels: (B) int32.
+// by `smoothing` (q = (1 - s) onehot + s / K). logits: (B, K) float32; labels: (B) int32, on the
+// logits' device. Labels on the CPU are checked; on another device a label outside [0, K) gives
+// a NaN loss (checking it would wait for the device).
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float smoothing);
+// Checks class labels for `classes` classes: int32, one dimension; on the CPU every value in
+// [0, classes) (ERROR_ARGUMENT naming the first that is not).
+void check_class_labels(const Tensor& labels, int64_t classes, const char* op);
+// The number of rows whose largest logit is the label's, as a float32 scalar on the logits'
+// device (no gradient; a training step reads it back with its other statistics).
+Tensor count_correct(const Tensor& logits, const Tensor& labels);
 
 // ---- patch.cpp ----
 // images (B, channels, S, S) -> (B, T, channels*P*P), T = (S/P)^2, each patch flattened in
@@ -74,19 +108,16 @@ Tensor patchify(const Tensor& images, int64_t patch);
 Tensor patch_embed(const Tensor& images, const Tensor& w, const Tensor& b, int64_t patch);
 
 // ---- init.cpp: seeded random tensors (counter-based, so identical on every device) ----
-Tensor randn(const Shape& shape, uint64_t seed, float mean, float std);
-Tensor rand_uniform(const Shape& shape, uint64_t seed, float low, float high);
+Tensor randn(const Shape& shape, uint64_t seed, float mean, float std, Device device = DEVICE_CPU);
+Tensor rand_uniform(const Shape& shape, uint64_t seed, float low, float high, Device device = DEVICE_CPU);
 // Normal(mean, std) restricted to [a, b] by resampling.
-Tensor trunc_normal(const Shape& shape, uint64_t seed, float mean, float std, float a, float b);
-// A uniform float in [0, 1) for (seed, index, draw): the generator every random op shares.
-float uniform_at(uint64_t seed, uint64_t index, uint64_t draw);
+Tensor trunc_normal(const Shape& shape, uint64_t seed, float mean, float std, float a, float b,
+                    Device device = DEVICE_CPU);
 
-// ---- optim.cpp: in-place updates, outside autograd ----
-void adamw_update(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v, float lr, float beta1,
-                  float beta2, float eps, float weight_decay, int64_t step);
-void sgd_update(const Tensor& param, const Tensor& grad, const Tensor& buf, float lr, float momentum,
-                float dampening, float weight_decay, bool nesterov, bool first_step);
-double sum_of_squares(const Tensor& t);
+// ---- optim.cpp: in-place updates and statistics, outside autograd ----
+// The squared L2 norm of all the tensors together, as a float32 scalar on their device.
+Tensor sum_of_squares(const std::vector<Tensor>& ts);
+// t *= s in place.
 void scale_inplace(const Tensor& t, float s);
 
 }  // namespace duat

@@ -3,7 +3,6 @@
 // Backward of patchify scatters (col2im) and ACCUMULATES into dimages.
 #include <string>
 
-#include "../core/parallel.h"
 #include "ops.h"
 
 namespace duat {
@@ -17,32 +16,11 @@ Tensor patchify(const Tensor& images, int64_t patch) {
         "patchify: patch size " + std::to_string(patch) + " does not divide the image size " + std::to_string(S));
   const int64_t G = S / patch, T = G * G, F = ch * patch * patch;
   const Tensor x = contiguous_data(images);
-  Tensor out = empty({B, T, F});
-  const float* px = x->f32();
-  float* po = out->f32();
-  // Each (image, patch row) copies its P-long pixel runs; the same index map serves backward.
-  auto each_run = [=](int64_t b, int64_t gy, auto fn) {
-    for (int64_t gx = 0; gx < G; gx++)
-      for (int64_t c = 0; c < ch; c++)
-        for (int64_t py = 0; py < patch; py++) {
-          const int64_t src = ((b * ch + c) * S + gy * patch + py) * S + gx * patch;
-          const int64_t dst = (b * T + gy * G + gx) * F + (c * patch + py) * patch;
-          fn(src, dst);
-        }
-  };
-  parallel_for(B * G, [&](int64_t t) {
-    each_run(t / G, t % G, [&](int64_t src, int64_t dst) {
-      for (int64_t px_ = 0; px_ < patch; px_++) po[dst + px_] = px[src + px_];
-    });
-  });
+  Tensor out = empty({B, T, F}, DTYPE_F32, images->device);
+  if (out->numel()) backend(images->device).patchify_forward(x->ptr_f32(), out->ptr_f32(), B, ch, S, patch);
   return record(out, "patchify", {images}, [=](const Tensor& dout, Grads& g) {
-    float* dx = g.f32(0);
-    const float* pd = dout->f32();
-    parallel_for(B * G, [&](int64_t t) {
-      each_run(t / G, t % G, [&](int64_t src, int64_t dst) {
-        for (int64_t px_ = 0; px_ < patch; px_++) dx[src + px_] += pd[dst + px_];
-      });
-    });
+    const Tensor dx = g.contiguous_slot(0);
+    if (dout->numel()) backend(dout->device).patchify_backward(dout->ptr_f32(), dx->ptr_f32(), B, ch, S, patch);
   });
 }
 

@@ -1,6 +1,7 @@
 // shape.cpp: reshape, permute, transpose, slice (views that share storage where the layout
-// allows), concat and contiguous (copies). Backward ACCUMULATES the gradient into the
-// matching region of each input.
+// allows), concat, contiguous and to (copies). Backward ACCUMULATES the gradient into the
+// matching region of each input; gradients of views are handed through without copies where
+// the layouts allow (Grads::pass).
 #include <string>
 
 #include "ops.h"
@@ -19,7 +20,14 @@ Tensor as_view(const Tensor& x, const Shape& shape, const Shape& strides, int64_
 Tensor contiguous(const Tensor& x) {
   if (x->is_contiguous()) return x;
   Tensor out = contiguous_data(x);
-  return record(out, "contiguous", {x}, [](const Tensor& dout, Grads& g) { g.add(0, dout); });
+  return record(out, "contiguous", {x}, [](const Tensor& dout, Grads& g) { g.pass(0, dout); });
+}
+
+Tensor to(const Tensor& x, Device device) {
+  if (x->device == device) return x;
+  Tensor out = to_device(x, device);
+  const Device from = x->device;
+  return record(out, "to", {x}, [from](const Tensor& dout, Grads& g) { g.pass(0, to_device(dout, from)); });
 }
 
 Tensor reshape(const Tensor& x, const Shape& shape) {
@@ -46,7 +54,8 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   Tensor out = as_view(c, s, contiguous_strides(s), c->offset);
   const Shape in_shape = x->shape;
   return record(out, "reshape", {x}, [in_shape](const Tensor& dout, Grads& g) {
-    g.pass(0, make_view(dout, in_shape, contiguous_strides(in_shape), dout->offset));
+    const Tensor d = contiguous_data(dout);
+    g.pass(0, make_view(d, in_shape, contiguous_strides(in_shape), d->offset));
   });
 }
 
@@ -72,7 +81,7 @@ Tensor permute(const Tensor& x, const std::vector<int64_t>& perm) {
       shape[i] = dout->shape[inverse[i]];
       strides[i] = dout->strides[inverse[i]];
     }
-    g.add(0, make_view(dout, shape, strides, dout->offset));
+    g.pass(0, make_view(dout, shape, strides, dout->offset));
   });
 }
 
@@ -102,7 +111,7 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t s
     Tensor& slot = g.slot(0);
     Shape ss = slot->strides;
     ss[d] *= step;
-    add_into(make_view(slot, dout->shape, ss, start * slot->strides[d]), dout);
+    add_into(make_view(slot, dout->shape, ss, slot->offset + start * slot->strides[d]), dout);
   });
 }
 
@@ -122,7 +131,7 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
               ", which does not match " + shape_str(first->shape) + " outside dimension " + std::to_string(d));
     shape[d] += xs[i]->shape[d];
   }
-  Tensor out = empty(shape, first->dtype);
+  Tensor out = empty(shape, first->dtype, first->device);
   std::vector<int64_t> starts;
   int64_t at = 0;
   for (const Tensor& x : xs) {

@@ -1,7 +1,7 @@
 // test_core.cpp: C++ tests of the core that run without Node (CTest). Every GEMM ISA path and
 // transpose combination against a float64 reference; the shared math against libm; autograd
 // accumulation through fan-out; the thread pool; and the per-element math and index arithmetic of
-// the CUDA kernels (cuda/device_math.h), run here on the CPU against the CPU ops.
+// the CUDA kernels (core/device_math.h), run here on the CPU against the CPU ops.
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -13,8 +13,9 @@
 #include "core/parallel.h"
 #include "cpu/gemm.h"
 #include "cpu/math.h"
-#include "cuda/device_math.h"
+#include "core/device_math.h"
 #include "ops/ops.h"
+#include "train/optimizer.h"
 
 using namespace duat;
 
@@ -135,11 +136,17 @@ void test_memory() {
   expect(before.tensors == after.tensors && before.bytes == after.bytes, "no tensor outlives its last reference");
 }
 
-// ---- cuda/device_math.h on the CPU: the GPU kernels' formulas against the CPU ops -------------
+// ---- core/device_math.h on the CPU: the GPU kernels' formulas against the CPU ops -------------
 double max_abs_diff(const float* a, const float* b, int64_t n) {
   double w = 0;
   for (int64_t i = 0; i < n; i++) w = std::max(w, std::fabs(double(a[i]) - b[i]));
   return w;
+}
+
+double max_abs_diff_d(const double* a, const float* b, int64_t n) {
+  double m = 0;
+  for (int64_t i = 0; i < n; i++) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
 }
 
 void test_device_math() {
@@ -241,18 +248,48 @@ void test_device_math() {
   expect(ln_worst < 1e-5, "device_math layerNorm statistics match the CPU op");
   expect(dx_worst < 1e-3, "device_math layerNorm dx matches central differences (" + std::to_string(dx_worst) + ")");
 
-  // AdamW element against the CPU optimizer op.
-  const Tensor p = randn({50}, 21, 0.0f, 1.0f), g = randn({50}, 22, 0.0f, 1.0f);
-  const Tensor m = randn({50}, 23, 0.0f, 0.1f), v = mul(randn({50}, 24, 0.0f, 0.1f), randn({50}, 24, 0.0f, 0.1f));
-  std::vector<float> pd(p->f32(), p->f32() + 50), md(m->f32(), m->f32() + 50), vd(v->f32(), v->f32() + 50);
-  const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.05f;
-  const int64_t step = 3;
-  const float bc1 = 1 - std::pow(b1, float(step)), bc2 = 1 - std::pow(b2, float(step));
-  for (int i = 0; i < 50; i++)
-    pd[i] = dm::adamw_element(pd[i], g->f32()[i], &md[i], &vd[i], b1, b2, eps, 1 - lr * wd, lr / bc1, 1 / std::sqrt(bc2));
-  adamw_update(p, g, m, v, lr, b1, b2, eps, wd, step);
-  expect(max_abs_diff(pd.data(), p->f32(), 50) < 1e-6 && max_abs_diff(vd.data(), v->f32(), 50) < 1e-7,
-         "device_math adamw_element matches the CPU optimizer");
+  // The optimizer (AdamW from restored state, then SGD with Nesterov momentum) against PyTorch's
+  // formulas in float64.
+  {
+    const Tensor p = randn({50}, 21, 0.0f, 1.0f), g = randn({50}, 22, 0.0f, 1.0f);
+    const Tensor m = randn({50}, 23, 0.0f, 0.1f), v = mul(randn({50}, 24, 0.0f, 0.1f), randn({50}, 24, 0.0f, 0.1f));
+    std::vector<double> pd(p->f32(), p->f32() + 50), md(m->f32(), m->f32() + 50), vd(v->f32(), v->f32() + 50);
+    const double lr = 1e-2, b1 = 0.9, b2 = 0.999, eps = 1e-8, wd = 0.05;
+    const int64_t step = 3;
+    for (int i = 0; i < 50; i++) {
+      const double gi = g->f32()[i];
+      md[i] = b1 * md[i] + (1 - b1) * gi;
+      vd[i] = b2 * vd[i] + (1 - b2) * gi * gi;
+      pd[i] = pd[i] * (1 - lr * wd) - lr / (1 - std::pow(b1, step)) * md[i] / (std::sqrt(vd[i] / (1 - std::pow(b2, step))) + eps);
+    }
+    Optimizer opt(OPTIMIZER_ADAMW, {p}, {0});
+    opt.set_state(0, {m, v, step - 1});
+    p->grad = g;
+    GroupOptions o;
+    o.lr = lr, o.weight_decay = wd, o.beta1 = b1, o.beta2 = b2, o.eps = eps;
+    opt.step({o});
+    const Optimizer::State st = opt.state(0);
+    double worst = 0;
+    for (int i = 0; i < 50; i++)
+      worst = std::max({worst, std::fabs(pd[i] - p->f32()[i]), std::fabs(vd[i] - st.b->f32()[i]) * 100});
+    expect(worst < 1e-6 && st.step == step && opt.steps() == 1, "the optimizer's AdamW matches PyTorch's formula in float64 (" + std::to_string(worst) + ")");
+
+    const Tensor q = randn({20}, 25, 0.0f, 1.0f), gq = randn({20}, 26, 0.0f, 1.0f);
+    std::vector<double> qd(q->f32(), q->f32() + 20), buf(20);
+    Optimizer sgd(OPTIMIZER_SGD, {q}, {0});
+    GroupOptions so;
+    so.lr = 0.1, so.momentum = 0.9, so.nesterov = true, so.weight_decay = 0.01;
+    for (int k = 0; k < 2; k++) {
+      q->grad = gq;
+      sgd.step({so});
+      for (int i = 0; i < 20; i++) {
+        const double d = gq->f32()[i] + 0.01 * qd[i];
+        buf[i] = k == 0 ? d : 0.9 * buf[i] + d;
+        qd[i] -= 0.1 * (d + 0.9 * buf[i]);
+      }
+    }
+    expect(max_abs_diff_d(qd.data(), q->f32(), 20) < 1e-5, "the optimizer's SGD (Nesterov, decay) matches PyTorch's formula");
+  }
 
   // Patch embedding through patch_pixel against the CPU op.
   const int64_t Bi = 2, ch = 3, S = 8, P = 4, E = 5, T1 = (S / P) * (S / P) + 1;

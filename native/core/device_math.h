@@ -1,7 +1,7 @@
-// device_math.h: the per-element math and index arithmetic of the CUDA kernels, written once as
-// __host__ __device__ functions. The kernels call them on the GPU; the C++ tests call the same
-// functions on the CPU (native/tests/test_core.cpp), so most of what a GPU run could get wrong
-// is checked on every machine, GPU or not.
+// device_math.h: per-element math and index arithmetic shared by every backend, written once as
+// __host__ __device__ functions. The CUDA kernels call them on the GPU, the CPU backend on the
+// CPU, and the C++ tests check them there (native/tests/test_core.cpp), so most of what a GPU run
+// could get wrong is checked on every machine, GPU or not.
 #pragma once
 #include <math.h>
 
@@ -11,7 +11,7 @@
 #ifdef __CUDACC__
 #define DUAT_HD __host__ __device__ __forceinline__
 #else
-#define DUAT_HD inline
+#define DUAT_HD inline __attribute__((always_inline))
 #endif
 #endif
 
@@ -19,6 +19,19 @@ namespace duat {
 namespace dm {
 
 DUAT_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The counter-based generator every random op shares: element `index` of draw `draw` under
+// `seed` is a pure function of the three, so values do not depend on threads or devices.
+DUAT_HD uint64_t mix64(uint64_t z) {  // splitmix64's finaliser
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+// A uniform float in [0, 1), 24 bits (exact in float32).
+DUAT_HD float uniform_at(uint64_t seed, uint64_t index, uint64_t draw) {
+  const uint64_t h = mix64(mix64(seed * 0x9e3779b97f4a7c15ULL + index) + draw * 0xd1b54a32d192ed03ULL);
+  return static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
+}
 
 // GELU, erf form (PyTorch's default), and its derivative.
 DUAT_HD float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
@@ -89,15 +102,33 @@ DUAT_HD float layernorm_dx(float g, float xhat, float mean_g, float mean_gx, flo
   return rstd * (g - mean_g - xhat * mean_gx);
 }
 
+// The clipping factor of a gradient with squared norm `sumsq`: min(1, max_norm / (norm + 1e-6)).
+DUAT_HD float clip_factor(float sumsq, float max_norm) {
+  const float norm = sqrtf(sumsq);
+  return norm > max_norm ? max_norm / (norm + 1e-6f) : 1.0f;
+}
+
+// SGD with momentum on one element (PyTorch's formula): d = g + wd * p; b = first ? d :
+// momentum * b + (1 - dampening) * d; p -= lr * (nesterov ? d + momentum * b : b). Updates *buf.
+DUAT_HD float sgd_element(float p, float g, float* buf, float lr, float weight_decay, float momentum, float dampening,
+                          bool nesterov, bool first) {
+  float d = g + weight_decay * p;
+  if (buf) {
+    *buf = first ? d : momentum * *buf + (1.0f - dampening) * d;
+    d = nesterov ? d + momentum * *buf : *buf;
+  }
+  return p - lr * d;
+}
+
 // The stage's last epilogue: out = x + s * (mlp + sum_b a_b).
 DUAT_HD float stage_combine(float x, float mlp, float branch_sum, float scale) { return x + scale * (mlp + branch_sum); }
 
-// AdamW on one element, PyTorch's formula as in native/ops/optim.cpp: decoupled weight decay,
-// then p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps). Updates m and v in place.
-DUAT_HD float adamw_element(float p, float g, float* m, float* v, float beta1, float beta2, float eps, float decay,
-                            float step_size, float inv_sqrt_bc2) {
-  *m = beta1 * *m + (1.0f - beta1) * g;
-  *v = beta2 * *v + (1.0f - beta2) * g * g;
+// AdamW on one element, PyTorch's formula: decoupled weight decay, then
+// p -= step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps). Updates m and v in place.
+DUAT_HD float adamw_element(float p, float g, float* m, float* v, float beta1, float one_minus_beta1, float beta2,
+                            float one_minus_beta2, float eps, float decay, float step_size, float inv_sqrt_bc2) {
+  *m = beta1 * *m + one_minus_beta1 * g;
+  *v = beta2 * *v + one_minus_beta2 * g * g;
   return p * decay - step_size * *m / (sqrtf(*v) * inv_sqrt_bc2 + eps);
 }
 

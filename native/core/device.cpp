@@ -1,0 +1,61 @@
+// device.cpp: which Backend serves which device, the matmul precision of this thread, and the
+// switch of the test device (backend.h).
+#include <atomic>
+#include <mutex>
+
+#include "backend.h"
+#include "errors.h"
+
+namespace duat {
+
+namespace {
+thread_local Precision t_precision = PRECISION_FP32;
+std::atomic<bool> g_test_device{false};
+std::mutex g_switch;
+}  // namespace
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case PRECISION_TF32: return "tf32";
+    case PRECISION_BF16: return "bf16";
+    default: return "fp32";
+  }
+}
+
+Precision matmul_precision() { return t_precision; }
+PrecisionScope::PrecisionScope(Precision p) : prev_(t_precision) { t_precision = p; }
+PrecisionScope::~PrecisionScope() { t_precision = prev_; }
+
+const char* device_name(Device device) { return device == DEVICE_CPU ? "cpu" : "cuda"; }
+
+Backend& backend(Device device) {
+  if (device == DEVICE_CPU) return cpu_backend();
+  if (g_test_device.load(std::memory_order_acquire)) return test_device_backend();
+  Backend* cuda = cuda_backend();
+  if (!cuda) fail(ERROR_DEVICE, "device 'cuda' is not available: " + cuda_probe().reason);
+  return *cuda;
+}
+
+CudaInfo cuda_info() {
+  CudaInfo info = cuda_probe();
+  if (g_test_device.load()) {
+    info.available = true;
+    info.test_device = true;
+    info.device = "test device (host memory, CPU kernels): every CUDA code path but the kernels";
+    info.reason = "";
+  }
+  return info;
+}
+
+bool test_device_enabled() { return g_test_device.load(); }
+
+void set_test_device(bool on) {
+  std::lock_guard<std::mutex> lock(g_switch);
+  if (on == g_test_device.load()) return;
+  check(cuda_live_bytes() == 0, ERROR_STATE,
+        "the test device can be switched only while no tensor lives on 'cuda' (" + std::to_string(cuda_live_bytes()) +
+            " bytes do)");
+  g_test_device.store(on, std::memory_order_release);
+}
+
+}  // namespace duat

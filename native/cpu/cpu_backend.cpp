@@ -1,0 +1,481 @@
+// cpu_backend.cpp: the CPU backend's memory (the block cache), elementwise and reduction kernels,
+// and row kernels (softmax, LayerNorm, cross-entropy). Contracts: core/backend.h.
+#include "cpu_backend.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include "../core/errors.h"
+#include "../core/parallel.h"
+#include "../core/strided.h"
+#include "../core/tensor.h"
+#include "kernels.h"
+#include "math.h"
+
+namespace duat {
+
+Backend& cpu_backend() {
+  static CpuBackend* cpu = new CpuBackend();  // never destroyed: storages may outlive statics
+  return *cpu;
+}
+
+// ================================ memory: the block cache =======================================
+namespace {
+constexpr size_t ALIGNMENT = 64;  // one cache line, and a full AVX-512 register
+constexpr size_t CACHE_MIN = size_t{1} << 16;
+constexpr size_t HUGE_PAGE = size_t{1} << 21;
+constexpr int64_t ELEM_GRAIN = 1 << 15;  // elements per task below which threading costs more
+
+// Large blocks are 2 MiB aligned and offered to the kernel for transparent huge pages: on a VM
+// a 4 KiB page fault costs ~10 us, so a fresh 20 MB activation would spend ~50 ms faulting.
+void* allocate_block(size_t bytes) {
+  if (bytes < 4 * HUGE_PAGE) return std::aligned_alloc(ALIGNMENT, bytes);
+  void* p = std::aligned_alloc(HUGE_PAGE, (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (p) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
+// Size classes above CACHE_MIN: eight per power of two (at most 12.5% slack), whole pages.
+size_t size_class(size_t bytes) {
+  size_t rounded = (bytes + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
+  if (rounded < CACHE_MIN) return rounded ? rounded : ALIGNMENT;
+  size_t pow2 = CACHE_MIN;
+  while (pow2 < rounded) pow2 <<= 1;
+  const size_t step = std::max<size_t>(4096, pow2 / 8);
+  return (rounded + step - 1) / step * step;
+}
+
+struct BlockCache {
+  std::mutex mutex;
+  std::multimap<size_t, void*> blocks;
+  int64_t cached = 0;
+  int64_t limit = int64_t{1} << 30;
+  int64_t hits = 0, misses = 0;
+};
+
+BlockCache& block_cache() {
+  static BlockCache* cache = new BlockCache();  // never destroyed: storages may outlive statics
+  return *cache;
+}
+}  // namespace
+
+CacheStats cache_stats() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  return {c.cached, c.limit, c.hits, c.misses};
+}
+
+void empty_cache() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  for (auto& [size, p] : c.blocks) std::free(p);
+  c.blocks.clear();
+  c.cached = 0;
+}
+
+void set_cache_limit(int64_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(block_cache().mutex);
+    block_cache().limit = std::max<int64_t>(bytes, 0);
+  }
+  empty_cache();
+}
+
+void* CpuBackend::allocate(size_t bytes, size_t* capacity) {
+  const size_t cls = size_class(bytes);
+  void* p = nullptr;
+  if (cls >= CACHE_MIN) {
+    BlockCache& c = block_cache();
+    std::lock_guard<std::mutex> lock(c.mutex);
+    auto it = c.blocks.find(cls);
+    if (it != c.blocks.end()) {
+      p = it->second;
+      c.blocks.erase(it);
+      c.cached -= static_cast<int64_t>(cls);
+      c.hits++;
+    } else {
+      c.misses++;
+    }
+  }
+  if (!p) p = allocate_block(cls);
+  if (!p) {
+    empty_cache();  // one retry with the cache returned to the system
+    p = allocate_block(cls);
+  }
+  if (!p) fail(ERROR_OUT_OF_MEMORY, "out of memory allocating " + std::to_string(bytes) + " bytes on the CPU");
+  *capacity = cls;
+  return p;
+}
+
+void CpuBackend::release(void* p, size_t capacity) {
+  if (capacity >= CACHE_MIN) {
+    BlockCache& c = block_cache();
+    std::lock_guard<std::mutex> lock(c.mutex);
+    if (c.cached + static_cast<int64_t>(capacity) <= c.limit) {
+      c.blocks.emplace(capacity, p);
+      c.cached += static_cast<int64_t>(capacity);
+      return;
+    }
+  }
+  std::free(p);
+}
+
+void CpuBackend::upload(void* dst, const void* host, size_t bytes) { copy(dst, host, bytes); }
+void CpuBackend::download(void* host, const void* src, size_t bytes) { copy(host, src, bytes); }
+
+void CpuBackend::copy(void* dst, const void* src, size_t bytes) {
+  if (bytes < (size_t{1} << 20)) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  const int64_t chunks = get_num_threads();
+  parallel_for(chunks, [&](int64_t c) {
+    const size_t lo = bytes * c / chunks / 64 * 64, hi = c + 1 == chunks ? bytes : bytes * (c + 1) / chunks / 64 * 64;
+    std::memcpy(static_cast<char*>(dst) + lo, static_cast<const char*>(src) + lo, hi - lo);
+  });
+}
+
+void CpuBackend::fill(void* dst, int64_t words, uint32_t bits) {
+  uint32_t* p = static_cast<uint32_t*>(dst);
+  if (bits == 0) {
+    parallel_for_range(words, ELEM_GRAIN * 4, [&](int64_t lo, int64_t hi) { std::memset(p + lo, 0, (hi - lo) * 4); });
+    return;
+  }
+  parallel_for_range(words, ELEM_GRAIN * 4, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) p[i] = bits;
+  });
+}
+
+// ================================ elementwise ==================================================
+namespace {
+
+// Calls fn(offsets, n, increments) for every innermost run of a walk over `nd` dimensions under K
+// stride sets, threaded over the outermost dimension (over the elements when there is one).
+template <size_t K, typename Fn>
+void parallel_runs(int nd, const int64_t* shape, const std::array<const int64_t*, K>& strides, Fn fn) {
+  std::array<int64_t, K> zero{}, inc{};
+  if (nd == 0) {
+    fn(zero, int64_t{1}, inc);
+    return;
+  }
+  if (nd == 1) {
+    for (size_t k = 0; k < K; k++) inc[k] = strides[k][0];
+    parallel_for_range(shape[0], ELEM_GRAIN, [&](int64_t lo, int64_t hi) {
+      std::array<int64_t, K> off;
+      for (size_t k = 0; k < K; k++) off[k] = lo * inc[k];
+      fn(off, hi - lo, inc);
+    });
+    return;
+  }
+  const Shape inner(shape + 1, shape + nd);
+  std::array<Shape, K> inner_strides;
+  std::array<const Shape*, K> ptrs;
+  for (size_t k = 0; k < K; k++) {
+    inner_strides[k].assign(strides[k] + 1, strides[k] + nd);
+    ptrs[k] = &inner_strides[k];
+  }
+  const int64_t per_row = shape_numel(inner);
+  parallel_for_range(shape[0], std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(per_row, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) {
+      std::array<int64_t, K> base;
+      for (size_t k = 0; k < K; k++) base[k] = i * strides[k][0];
+      for_each_run<K>(inner, ptrs, [&](auto off, int64_t n, auto runinc) {
+        for (size_t k = 0; k < K; k++) off[k] += base[k];
+        fn(off, n, runinc);
+      });
+    }
+  });
+}
+
+template <MapOp OP>
+inline float map_value(float a, float b, float s) {
+  switch (OP) {
+    case MAP_ADD: return a + b;
+    case MAP_SUB: return a - b;
+    case MAP_MUL: return a * b;
+    case MAP_DIV: return a / b;
+    case MAP_ADD_SCALAR: return a + s;
+    case MAP_MUL_SCALAR: return a * s;
+    case MAP_GELU: return gelu(a);
+    case MAP_GELU_GRAD: return b * gelu_grad(a);
+    default: return a;
+  }
+}
+
+constexpr bool binary_op(MapOp op) {
+  return op == MAP_ADD || op == MAP_SUB || op == MAP_MUL || op == MAP_DIV || op == MAP_GELU_GRAD;
+}
+
+template <MapOp OP, bool ACC>
+void map_float(const MapArgs& m) {
+  float* out = static_cast<float*>(m.out);
+  const float* a = static_cast<const float*>(m.a);
+  const float* b = binary_op(OP) ? static_cast<const float*>(m.b) : a;
+  const int64_t* bs = binary_op(OP) ? m.b_strides : m.a_strides;
+  const float s = m.scalar;
+  parallel_runs<3>(m.nd, m.shape, {m.out_strides, m.a_strides, bs}, [&](auto off, int64_t n, auto inc) {
+    float* po = out + off[0];
+    const float* pa = a + off[1];
+    const float* pb = b + off[2];
+    if (inc[0] == 1 && inc[1] == 1 && inc[2] == 1) {
+      if (OP == MAP_GELU && !ACC) return gelu_forward_range_cpu(pa, po, n);
+      if (OP == MAP_GELU_GRAD && ACC) return gelu_backward_range_cpu(pa, pb, po, n);
+#pragma omp simd
+      for (int64_t i = 0; i < n; i++) po[i] = (ACC ? po[i] : 0.0f) + map_value<OP>(pa[i], pb[i], s);
+    } else if (inc[0] == 1 && inc[1] == 1 && inc[2] == 0) {
+      const float bv = pb[0];
+#pragma omp simd
+      for (int64_t i = 0; i < n; i++) po[i] = (ACC ? po[i] : 0.0f) + map_value<OP>(pa[i], bv, s);
+    } else {
+      for (int64_t i = 0; i < n; i++) {
+        float& o = po[i * inc[0]];
+        o = (ACC ? o : 0.0f) + map_value<OP>(pa[i * inc[1]], pb[i * inc[2]], s);
+      }
+    }
+  });
+}
+
+template <MapOp OP>
+void map_dispatch(const MapArgs& m) {
+  if (m.accumulate) map_float<OP, true>(m);
+  else map_float<OP, false>(m);
+}
+
+// MAP_COPY without accumulation: raw 4-byte words, so int32 tensors copy too.
+void map_words(const MapArgs& m) {
+  uint32_t* out = static_cast<uint32_t*>(m.out);
+  const uint32_t* a = static_cast<const uint32_t*>(m.a);
+  parallel_runs<2>(m.nd, m.shape, {m.out_strides, m.a_strides}, [&](auto off, int64_t n, auto inc) {
+    if (inc[0] == 1 && inc[1] == 1) {
+      std::memcpy(out + off[0], a + off[1], static_cast<size_t>(n) * 4);
+    } else {
+      for (int64_t i = 0; i < n; i++) out[off[0] + i * inc[0]] = a[off[1] + i * inc[1]];
+    }
+  });
+}
+
+}  // namespace
+
+void CpuBackend::map(const MapArgs& m) {
+  switch (m.op) {
+    case MAP_COPY: return m.accumulate ? map_dispatch<MAP_COPY>(m) : map_words(m);
+    case MAP_ADD: return map_dispatch<MAP_ADD>(m);
+    case MAP_SUB: return map_dispatch<MAP_SUB>(m);
+    case MAP_MUL: return map_dispatch<MAP_MUL>(m);
+    case MAP_DIV: return map_dispatch<MAP_DIV>(m);
+    case MAP_ADD_SCALAR: return map_dispatch<MAP_ADD_SCALAR>(m);
+    case MAP_MUL_SCALAR: return map_dispatch<MAP_MUL_SCALAR>(m);
+    case MAP_GELU: return map_dispatch<MAP_GELU>(m);
+    case MAP_GELU_GRAD: return map_dispatch<MAP_GELU_GRAD>(m);
+  }
+}
+
+// ================================ reduction ====================================================
+// Sums in fp64 into a compact accumulator over the kept dimensions, then writes out once.
+// Threads own disjoint accumulators: split over the outermost dimension when it is kept, over the
+// columns of the last dimension when that one is kept, over partial sums when nothing is kept.
+void CpuBackend::reduce(const ReduceArgs& r) {
+  const int nd = r.nd;
+  Shape shape(r.shape, r.shape + nd), in_s(r.in_strides, r.in_strides + nd), out_s(r.out_strides, r.out_strides + nd);
+  Shape kept_shape, acc_s(nd, 0);
+  for (int d = nd; d-- > 0;) {
+    if (out_s[d] == 0) continue;
+    acc_s[d] = shape_numel(kept_shape);
+    kept_shape.insert(kept_shape.begin(), shape[d]);
+  }
+  const int64_t n_acc = shape_numel(kept_shape);
+  // fp64 accumulators from the block cache (a fresh vector would page-fault on every call).
+  const Tensor acc_buf = zeros({std::max<int64_t>(n_acc, 1) * 2});
+  double* acc = reinterpret_cast<double*>(acc_buf->f32());
+  const float* in = r.in;
+  auto walk = [&](const Shape& sh, const Shape& si, const Shape& sa, const float* src, double* dst) {
+    for_each_run<2>(sh, {&si, &sa}, [&](auto off, int64_t n, auto inc) {
+      if (inc[1] == 0) {
+        double s = 0.0;
+        for (int64_t i = 0; i < n; i++) s += src[off[0] + i * inc[0]];
+        dst[off[1]] += s;
+      } else {
+        for (int64_t i = 0; i < n; i++) dst[off[1] + i * inc[1]] += src[off[0] + i * inc[0]];
+      }
+    });
+  };
+  const int64_t total = shape_numel(shape);
+  const int threads = get_num_threads();
+  if (nd == 0) {
+    acc[0] = in[0];
+  } else if (total < ELEM_GRAIN || threads == 1) {
+    walk(shape, in_s, acc_s, in, acc);
+  } else if (out_s[0] != 0 && shape[0] >= threads) {
+    const Shape sh(shape.begin() + 1, shape.end()), si(in_s.begin() + 1, in_s.end()), sa(acc_s.begin() + 1, acc_s.end());
+    parallel_for_range(shape[0], 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; i++) walk(sh, si, sa, in + i * in_s[0], acc + i * acc_s[0]);
+    });
+  } else if (out_s[nd - 1] != 0 && shape[nd - 1] >= 16) {
+    const int64_t cols = shape[nd - 1];
+    const int64_t chunks = std::min<int64_t>(threads, cols / 16);
+    parallel_for(chunks, [&](int64_t c) {
+      Shape sh = shape;
+      const int64_t c0 = cols * c / chunks, c1 = cols * (c + 1) / chunks;
+      sh[nd - 1] = c1 - c0;
+      walk(sh, in_s, acc_s, in + c0 * in_s[nd - 1], acc + c0 * acc_s[nd - 1]);
+    });
+  } else if (n_acc == 1) {
+    std::vector<double> part(threads, 0.0);
+    const Shape sh(shape.begin() + 1, shape.end()), si(in_s.begin() + 1, in_s.end()), sa(nd - 1, 0);
+    parallel_for(threads, [&](int64_t t) {
+      const int64_t lo = shape[0] * t / threads, hi = shape[0] * (t + 1) / threads;
+      if (nd == 1) {
+        double s = 0.0;
+        for (int64_t i = lo; i < hi; i++) s += in[i * in_s[0]];
+        part[t] = s;
+        return;
+      }
+      double s = 0.0;
+      for (int64_t i = lo; i < hi; i++) walk(sh, si, sa, in + i * in_s[0], &s);
+      part[t] = s;
+    });
+    for (double s : part) acc[0] += s;
+  } else {
+    walk(shape, in_s, acc_s, in, acc);
+  }
+  // Write: out (+)= scale * acc over the kept dimensions.
+  Shape kept_out_s, kept_acc_s;
+  for (int d = 0; d < nd; d++)
+    if (out_s[d] != 0) kept_out_s.push_back(out_s[d]), kept_acc_s.push_back(acc_s[d]);
+  const double scale = r.scale;
+  float* out = r.out;
+  for_each_run<2>(kept_shape, {&kept_out_s, &kept_acc_s}, [&](auto off, int64_t n, auto inc) {
+    for (int64_t i = 0; i < n; i++) {
+      float& o = out[off[0] + i * inc[0]];
+      const float v = static_cast<float>(acc[off[1] + i * inc[1]] * scale);
+      o = r.accumulate ? o + v : v;
+    }
+  });
+}
+
+// ================================ rows =========================================================
+void CpuBackend::argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t cols) {
+  parallel_for_range(rows, std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; r++) {
+      const float* row = x + r * cols;
+      int64_t best = 0;
+      for (int64_t j = 1; j < cols; j++)
+        if (row[j] > row[best] || (std::isnan(row[j]) && !std::isnan(row[best]))) best = j;
+      out[r] = static_cast<int32_t>(best);
+    }
+  });
+}
+
+void CpuBackend::count_correct(const float* logits, const int32_t* labels, float* out, int64_t B, int64_t K) {
+  std::vector<int32_t> pred(static_cast<size_t>(B));
+  argmax_rows(logits, pred.data(), B, K);
+  int64_t n = 0;
+  for (int64_t i = 0; i < B; i++) n += pred[i] == labels[i];
+  *out = static_cast<float>(n);
+}
+
+void CpuBackend::softmax_forward(const float* x, float* y, int64_t rows, int64_t cols, bool log) {
+  if (log) log_softmax_forward_cpu(x, y, rows, cols);
+  else softmax_forward_cpu(x, y, rows, cols);
+}
+
+void CpuBackend::softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols, bool log) {
+  if (log) log_softmax_backward_cpu(y, dy, dx, rows, cols);
+  else softmax_backward_cpu(y, dy, dx, rows, cols);
+}
+
+void CpuBackend::layernorm_forward(const LayerNormArgs& a) {
+  std::vector<float> scratch;
+  float* mean = a.mean;
+  float* rstd = a.rstd;
+  if (!mean || !rstd) {
+    scratch.resize(static_cast<size_t>(2 * a.rows));
+    mean = mean ? mean : scratch.data();
+    rstd = rstd ? rstd : scratch.data() + a.rows;
+  }
+  if (!a.resid) {
+    layernorm_forward_cpu(a.x, a.gamma, a.beta, a.y, mean, rstd, a.rows, a.C, a.eps);
+    return;
+  }
+  // The row's input is x + resid: built in a per-thread buffer, then normalised.
+  const int64_t C = a.C;
+  parallel_for_range(a.rows, std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+    thread_local std::vector<float> v;
+    v.resize(static_cast<size_t>(C));
+    for (int64_t r = lo; r < hi; r++) {
+      const float* x = a.x + r * C;
+      const float* res = a.resid + (r % a.resid_rows) * C;
+      for (int64_t c = 0; c < C; c++) v[c] = x[c] + res[c];
+      layernorm_row_cpu(v.data(), a.gamma, a.beta, a.y + r * C, mean + r, rstd + r, C, a.eps);
+    }
+  });
+}
+
+void CpuBackend::layernorm_backward(const LayerNormGradArgs& a) {
+  const int64_t C = a.C;
+  if (a.dx && !a.accumulate) fill(a.dx, a.rows * C, 0u);
+  if (!a.resid) {
+    layernorm_backward_cpu(a.x, a.gamma, a.mean, a.rstd, a.dy, a.dx, a.dgamma, a.dbeta, a.rows, C);
+    return;
+  }
+  parallel_for_range(a.rows, std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+    thread_local std::vector<float> v;
+    v.resize(static_cast<size_t>(C));
+    for (int64_t r = lo; r < hi; r++) {
+      const float* x = a.x + r * C;
+      const float* res = a.resid + (r % a.resid_rows) * C;
+      for (int64_t c = 0; c < C; c++) v[c] = x[c] + res[c];
+      layernorm_backward_row_cpu(v.data(), a.gamma, a.mean[r], a.rstd[r], a.dy + r * C, a.dx + r * C, C);
+    }
+  });
+}
+
+void CpuBackend::cross_entropy(const float* logits, const int32_t* labels, float* loss, float* dlogits, int64_t B,
+                               int64_t K, float smoothing) {
+  const float off = smoothing / static_cast<float>(K), on = 1.0f - smoothing + off;
+  const float inv_b = 1.0f / static_cast<float>(B);
+  double total = 0.0;
+  for (int64_t i = 0; i < B; i++) {
+    const float* z = logits + i * K;
+    const int32_t y = labels[i];
+    float* d = dlogits ? dlogits + i * K : nullptr;
+    if (y < 0 || y >= K) {
+      total = NAN;
+      if (d) std::fill(d, d + K, 0.0f);
+      continue;
+    }
+    float m = -INFINITY;
+    for (int64_t k = 0; k < K; k++) m = std::max(m, z[k]);
+    double s = 0.0, zsum = 0.0;
+    for (int64_t k = 0; k < K; k++) s += fast_exp(z[k] - m), zsum += z[k];
+    const double lse = m + std::log(s);
+    total += (1.0 - smoothing) * (lse - z[y]) + smoothing * (lse - zsum / K);
+    if (d)
+      for (int64_t k = 0; k < K; k++) d[k] = (fast_exp(z[k] - m) / static_cast<float>(s) - (k == y ? on : off)) * inv_b;
+  }
+  *loss = static_cast<float>(total / static_cast<double>(B));
+}
+
+void CpuBackend::dropout(const float* x, float* out, int64_t n, float p, uint64_t seed, bool accumulate) {
+  const float keep_scale = 1.0f / (1.0f - p);
+  parallel_for_range(n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; i++) {
+      const float v = dm::uniform_at(seed, static_cast<uint64_t>(i), 0) < p ? 0.0f : x[i] * keep_scale;
+      out[i] = accumulate ? out[i] + v : v;
+    }
+  });
+}
+
+}  // namespace duat

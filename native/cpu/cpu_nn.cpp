@@ -1,0 +1,285 @@
+// cpu_nn.cpp: the CPU backend's matrix products (GemmArgs on sgemm), attention, patches, the
+// LayerNorm-affine folds and the optimizer updates. Contracts: core/backend.h.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../core/parallel.h"
+#include "cpu_backend.h"
+#include "gemm.h"
+#include "kernels.h"
+#include "math.h"
+
+namespace duat {
+
+namespace {
+constexpr int64_t ELEM_GRAIN = 1 << 15;
+
+// One operand of GemmArgs as sgemm reads it: X(r, k) = p[r*s_r + k*s_k] for `rows` x K. sgemm
+// reads a matrix row-major or transposed with one leading dimension; any other strides are
+// first copied into `scratch` (row-major).
+struct SgemmOperand {
+  const float* p;
+  bool trans;  // sgemm's transA for A; for B, whether B(n, k) is read as row n (transB)
+  int64_t ld;
+};
+
+// A(m, k): sgemm's op(A)[m, k] = trans ? A[k*ld + m] : A[m*ld + k].
+SgemmOperand operand_a(const float* p, int64_t s_m, int64_t s_k, int64_t M, int64_t K, std::vector<float>* scratch) {
+  if ((s_k == 1 || K == 1) && (M == 1 || s_m >= K)) return {p, false, M == 1 ? std::max<int64_t>(K, 1) : s_m};
+  if ((s_m == 1 || M == 1) && (K == 1 || s_k >= M)) return {p, true, K == 1 ? std::max<int64_t>(M, 1) : s_k};
+  scratch->resize(static_cast<size_t>(M * K));
+  for (int64_t m = 0; m < M; m++)
+    for (int64_t k = 0; k < K; k++) (*scratch)[m * K + k] = p[m * s_m + k * s_k];
+  return {scratch->data(), false, std::max<int64_t>(K, 1)};
+}
+
+// B(n, k): sgemm's op(B)[k, n] = trans ? B[n*ld + k] : B[k*ld + n].
+SgemmOperand operand_b(const float* p, int64_t s_n, int64_t s_k, int64_t N, int64_t K, std::vector<float>* scratch) {
+  if ((s_k == 1 || K == 1) && (N == 1 || s_n >= K)) return {p, true, N == 1 ? std::max<int64_t>(K, 1) : s_n};
+  if ((s_n == 1 || N == 1) && (K == 1 || s_k >= N)) return {p, false, K == 1 ? std::max<int64_t>(N, 1) : s_k};
+  scratch->resize(static_cast<size_t>(N * K));
+  for (int64_t n = 0; n < N; n++)
+    for (int64_t k = 0; k < K; k++) (*scratch)[n * K + k] = p[n * s_n + k * s_k];
+  return {scratch->data(), true, std::max<int64_t>(K, 1)};
+}
+
+// One batch item of a GemmArgs product; `par` lets sgemm and the epilogue use the pool.
+void gemm_one(const GemmArgs& g, int64_t z, bool par) {
+  thread_local std::vector<float> sa, sb, tmp;
+  const SgemmOperand a = operand_a(g.A + z * g.a_batch, g.a_m, g.a_k, g.M, g.K, &sa);
+  const SgemmOperand b = operand_b(g.B + z * g.b_batch, g.b_n, g.b_k, g.N, g.K, &sb);
+  float* C = g.C + z * g.c_batch;
+  const float* bias = g.bias ? g.bias + z * g.bias_batch : nullptr;
+  if (g.epilogue == EPILOGUE_NONE) {
+    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias);
+    return;
+  }
+  // Fused epilogues: the product into `dest` (the pre-activation buffer, C itself, or scratch
+  // when C's old values still count), then one pass over the rows.
+  float* dest = C;
+  int64_t ld = g.c_m;
+  if (g.epilogue == EPILOGUE_GELU && g.aux) {
+    dest = g.aux + z * g.c_batch;
+  } else if (g.beta != 0.0f) {
+    tmp.resize(static_cast<size_t>(g.M) * g.N);
+    dest = tmp.data();
+    ld = g.N;
+  }
+  sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, dest, ld, par, bias);
+  auto rows = [&](int64_t lo, int64_t hi) {
+    for (int64_t m = lo; m < hi; m++) {
+      const float* v = dest + m * ld;
+      float* c = C + m * g.c_m;
+      if (g.epilogue == EPILOGUE_GELU) {
+        for (int64_t n = 0; n < g.N; n++) c[n] = gelu(v[n]) + (g.beta != 0.0f ? g.beta * c[n] : 0.0f);
+      } else {
+        const float* r = g.resid + m * g.c_m;
+        for (int64_t n = 0; n < g.N; n++) {
+          float s = 0.0f;
+          for (int j = 0; j < g.nsum; j++) s += g.extra[j * g.extra_batch + m * g.c_m + n];
+          c[n] = dm::stage_combine(r[n], v[n], s, g.scale) + (g.beta != 0.0f ? g.beta * c[n] : 0.0f);
+        }
+      }
+    }
+  };
+  if (par) {
+    parallel_for_range(g.M, std::max<int64_t>(1, ELEM_GRAIN / std::max(g.N, 1)), rows);
+  } else {
+    rows(0, g.M);
+  }
+}
+}  // namespace
+
+void CpuBackend::gemm(const GemmArgs& g) {
+  if (g.M <= 0 || g.N <= 0 || g.batch <= 0) return;
+  if (g.batch == 1) {
+    gemm_one(g, 0, true);
+  } else {
+    parallel_for(g.batch, [&](int64_t z) { gemm_one(g, z, false); });
+  }
+}
+
+// ================================ attention =====================================================
+// One task per (b, n, h) on the pool, its products reading Q, K, V in place (ld = N*3C). The
+// T x T probabilities live in per-thread scratch only: forward keeps the log-sum-exp of each row
+// and backward rebuilds the probabilities from it (one more Q K^T product, no saved T x T).
+namespace {
+template <typename Fn>
+void for_each_head(const dm::AttnLayout& L, int64_t B, Fn fn) {
+  parallel_for(B * L.N * L.H, [&](int64_t task) {
+    const int64_t b = task / (L.N * L.H), n = (task / L.H) % L.N, h = task % L.H;
+    fn(task, b, n, h);
+  });
+}
+}  // namespace
+
+void CpuBackend::attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
+  const int64_t T = L.T, ld = L.ld_in();
+  for_each_head(L, B, [&](int64_t, int64_t b, int64_t n, int64_t h) {
+    thread_local std::vector<float> P;
+    P.resize(static_cast<size_t>(T * T));
+    const float* q = qkv + L.q_offset(b, n, h);
+    sgemm(false, true, T, T, L.D, scale, q, ld, qkv + L.k_offset(b, n, h), ld, 0.0f, P.data(), T, false);
+    for (int64_t i = 0; i < T; i++) {
+      const float l = softmax_lse_row_cpu(P.data() + i * T, P.data() + i * T, T);
+      if (lse) lse[L.stat_offset(b, n, h) + i] = l;
+    }
+    sgemm(false, false, T, L.D, T, 1.0f, P.data(), T, qkv + L.v_offset(b, n, h), ld, 0.0f,
+          out + L.out_offset(b, n, h), L.ld_out(), false);
+  });
+}
+
+void CpuBackend::attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
+                                    const float*, const float* lse, float*, float* dqkv) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
+  const int64_t T = L.T, D = L.D, ld = L.ld_in(), ldo = L.ld_out();
+  for_each_head(L, B, [&](int64_t, int64_t b, int64_t n, int64_t h) {
+    thread_local std::vector<float> P, dP, dS;
+    P.resize(static_cast<size_t>(T * T));
+    dP.resize(static_cast<size_t>(T * T));
+    dS.assign(static_cast<size_t>(T * T), 0.0f);
+    const float* q = qkv + L.q_offset(b, n, h);
+    const float* k = qkv + L.k_offset(b, n, h);
+    const float* v = qkv + L.v_offset(b, n, h);
+    const float* dO = dout + L.out_offset(b, n, h);
+    const float* l = lse + L.stat_offset(b, n, h);
+    sgemm(false, true, T, T, D, scale, q, ld, k, ld, 0.0f, P.data(), T, false);                  // S
+    for (int64_t i = 0; i < T; i++) exp_row_cpu(P.data() + i * T, P.data() + i * T, l[i], T);   // P = exp(S - lse)
+    sgemm(true, false, T, D, T, 1.0f, P.data(), T, dO, ldo, 0.0f, dqkv + L.v_offset(b, n, h), ld, false);  // dV = P^T dO
+    sgemm(false, true, T, T, D, 1.0f, dO, ldo, v, ld, 0.0f, dP.data(), T, false);                // dP = dO V^T
+    for (int64_t i = 0; i < T; i++) softmax_backward_row_cpu(P.data() + i * T, dP.data() + i * T, dS.data() + i * T, T);
+    sgemm(false, false, T, D, T, scale, dS.data(), T, k, ld, 0.0f, dqkv + L.q_offset(b, n, h), ld, false);  // dQ = s dS K
+    sgemm(true, false, T, D, T, scale, dS.data(), T, q, ld, 0.0f, dqkv + L.k_offset(b, n, h), ld, false);   // dK = s dS^T Q
+  });
+}
+
+void CpuBackend::attention_probs(const dm::AttnLayout& L, int64_t B, const float* qkv, float* probs) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
+  const int64_t T = L.T, ld = L.ld_in();
+  for_each_head(L, B, [&](int64_t task, int64_t b, int64_t n, int64_t h) {
+    float* p = probs + task * T * T;
+    sgemm(false, true, T, T, L.D, scale, qkv + L.q_offset(b, n, h), ld, qkv + L.k_offset(b, n, h), ld, 0.0f, p, T,
+          false);
+    for (int64_t i = 0; i < T; i++) softmax_lse_row_cpu(p + i * T, p + i * T, T);
+  });
+}
+
+// ================================ patches ======================================================
+// Each (image, patch row) copies its P-long pixel runs; the same index map serves backward.
+namespace {
+template <typename Fn>
+void patch_runs(int64_t B, int64_t ch, int64_t S, int64_t P, Fn fn) {
+  const int64_t G = S / P, T = G * G, F = ch * P * P;
+  parallel_for(B * G, [&](int64_t task) {
+    const int64_t b = task / G, gy = task % G;
+    for (int64_t gx = 0; gx < G; gx++)
+      for (int64_t c = 0; c < ch; c++)
+        for (int64_t py = 0; py < P; py++)
+          fn(((b * ch + c) * S + gy * P + py) * S + gx * P, (b * T + gy * G + gx) * F + (c * P + py) * P);
+  });
+}
+}  // namespace
+
+void CpuBackend::patchify_forward(const float* images, float* patches, int64_t B, int64_t ch, int64_t S, int64_t P) {
+  patch_runs(B, ch, S, P, [&](int64_t src, int64_t dst) {
+    for (int64_t i = 0; i < P; i++) patches[dst + i] = images[src + i];
+  });
+}
+
+void CpuBackend::patchify_backward(const float* dpatches, float* dimages, int64_t B, int64_t ch, int64_t S, int64_t P) {
+  patch_runs(B, ch, S, P, [&](int64_t src, int64_t dst) {
+    for (int64_t i = 0; i < P; i++) dimages[src + i] += dpatches[dst + i];
+  });
+}
+
+// ================================ LayerNorm-affine folds =======================================
+void CpuBackend::fold_affine_forward(const float* w, const float* b, const float* g, const float* beta, float* wf,
+                                     float* bf, int64_t N, int64_t O, int64_t C) {
+  parallel_for_range(N * O, std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+    for (int64_t row = lo; row < hi; row++) {
+      const int64_t n = row / O;
+      const float* wr = w + row * C;
+      const float* gn = g + n * C;
+      const float* bn = beta + n * C;
+      float* out = wf + row * C;
+      float dot = 0.0f;
+      for (int64_t c = 0; c < C; c++) {
+        out[c] = wr[c] * gn[c];
+        dot += wr[c] * bn[c];
+      }
+      bf[row] = dot + (b ? b[row] : 0.0f);
+    }
+  });
+}
+
+void CpuBackend::fold_affine_backward(const float* w, const float* g, const float* beta, const float* dwf,
+                                      const float* dbf, float* dw, float* db, float* dg, float* dbeta, int64_t N,
+                                      int64_t O, int64_t C) {
+  parallel_for(N, [&](int64_t n) {
+    const float* gn = g + n * C;
+    const float* bn = beta + n * C;
+    float* dgn = dg + n * C;
+    float* dbn = dbeta + n * C;
+    std::fill(dgn, dgn + C, 0.0f);
+    std::fill(dbn, dbn + C, 0.0f);
+    for (int64_t o = 0; o < O; o++) {
+      const int64_t row = n * O + o;
+      const float* d = dwf + row * C;
+      const float* wr = w + row * C;
+      const float dbo = dbf[row];
+      float* out = dw + row * C;
+      for (int64_t c = 0; c < C; c++) {
+        out[c] = d[c] * gn[c] + dbo * bn[c];
+        dgn[c] += d[c] * wr[c];
+        dbn[c] += dbo * wr[c];
+      }
+      if (db) db[row] = dbo;
+    }
+  });
+}
+
+// ================================ optimizers ===================================================
+namespace {
+float clip_scale(const GradScale& s) { return s.sumsq ? dm::clip_factor(*s.sumsq, s.max_norm) : 1.0f; }
+}  // namespace
+
+void CpuBackend::adamw(const std::vector<AdamWTensor>& ts, const GradScale& s) {
+  const float gs = clip_scale(s);
+  for (const AdamWTensor& t : ts) {
+    parallel_for_range(t.n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; i++)
+        t.param[i] = dm::adamw_element(t.param[i], t.grad[i] * gs, t.m + i, t.v + i, t.beta1, t.one_minus_beta1,
+                                       t.beta2, t.one_minus_beta2, t.eps, t.decay, t.step_size, t.inv_sqrt_bc2);
+    });
+  }
+}
+
+void CpuBackend::sgd(const std::vector<SgdTensor>& ts, const GradScale& s) {
+  const float gs = clip_scale(s);
+  for (const SgdTensor& t : ts) {
+    parallel_for_range(t.n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; i++)
+        t.param[i] = dm::sgd_element(t.param[i], t.grad[i] * gs, t.buf ? t.buf + i : nullptr, t.lr, t.weight_decay,
+                                     t.momentum, t.dampening, t.nesterov, t.first);
+    });
+  }
+}
+
+void CpuBackend::sum_of_squares(const std::vector<std::pair<const float*, int64_t>>& ts, float* out) {
+  double total = 0.0;
+  for (const auto& [p, n] : ts) {
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), n / ELEM_GRAIN));
+    std::vector<double> part(static_cast<size_t>(chunks), 0.0);
+    parallel_for(chunks, [&](int64_t c) {
+      double acc = 0.0;
+      for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; i++) acc += static_cast<double>(p[i]) * p[i];
+      part[c] = acc;
+    });
+    for (double v : part) total += v;
+  }
+  *out = static_cast<float>(total);
+}
+
+}  // namespace duat

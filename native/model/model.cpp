@@ -1,0 +1,65 @@
+// model.cpp: the native model object and its lock (model.h).
+#include "model.h"
+
+#include <string>
+
+#include "../core/autograd.h"
+
+namespace duat {
+
+Model::Model(const ModelConfig& config, std::vector<Tensor> params, Precision precision)
+    : config_(config), params_(std::move(params)), precision_(precision) {
+  model_params_from_list(config_, params_);  // every shape and the one device checked
+}
+
+void Model::set_precision(Precision p) {
+  check_idle("change its precision");
+  precision_ = p;
+}
+
+void Model::check_idle(const char* what) const {
+  check(!params_.empty(), ERROR_DISPOSED, "the model has been disposed");
+  check(!busy_.load(), ERROR_STATE,
+        std::string("the model is in the middle of a training step; await it before you ") + what);
+}
+
+void Model::dispose() {
+  check_idle("dispose it");
+  params_.clear();
+}
+
+Tensor Model::forward(const Tensor& images) const {
+  check_idle("use it");
+  PrecisionScope scope(precision_);
+  return model_forward(images, structured(), config_);
+}
+
+std::vector<Tensor> Model::attention_maps(const Tensor& images) const {
+  check_idle("use it");
+  PrecisionScope scope(precision_);
+  return model_attention_maps(images, structured(), config_);
+}
+
+void Model::to(Device device) {
+  check_idle("move it");
+  backend(device);  // a DeviceError that says why, before anything moves
+  for (const Tensor& t : params_) move_storage(t, device);
+}
+
+Model::Lock::Lock(Model& model, std::vector<Tensor> extra) : model_(model) {
+  check(!model.params_.empty(), ERROR_DISPOSED, "the model has been disposed");
+  check(!model.busy_.exchange(true), ERROR_STATE,
+        "the model is in the middle of a training step; await it before starting another");
+  for (const std::vector<Tensor>* list : {&model.params_, &extra})
+    for (const Tensor& t : *list) {
+      t->storage->busy.fetch_add(1);
+      storages_.push_back(t->storage);
+    }
+}
+
+Model::Lock::~Lock() {
+  for (const auto& s : storages_) s->busy.fetch_sub(1);
+  model_.busy_.store(false);
+}
+
+}  // namespace duat

@@ -1,0 +1,57 @@
+// model.h: the native model object, created once per JS ParaFormer: its configuration, its
+// parameters (the very tensors JS holds) and the precision of its products. A model is one
+// resource with one lock: a training step in flight holds it (Model::Lock) and marks every
+// parameter's storage busy, so any JS call that would read or write them meanwhile is refused
+// with ERROR_STATE by the binding (convert.cpp), and no second step can start.
+#pragma once
+#include <atomic>
+#include <vector>
+
+#include "paraformer.h"
+
+namespace duat {
+
+class Model {
+ public:
+  Model(const ModelConfig& config, std::vector<Tensor> params, Precision precision);
+  const ModelConfig& config() const { return config_; }
+  const std::vector<Tensor>& params() const { return params_; }
+  ModelParams structured() const { return model_params_from_list(config_, params_); }
+  Device device() const { return params_.empty() ? DEVICE_CPU : params_[0]->device; }
+  Precision precision() const { return precision_; }
+  void set_precision(Precision p);
+
+  // images -> logits, recording the graph when grad mode is on (custom training loops).
+  Tensor forward(const Tensor& images) const;
+  std::vector<Tensor> attention_maps(const Tensor& images) const;
+  // Moves every parameter (and its gradient) to `device` in place.
+  void to(Device device);
+
+  // Releases the parameters (the JS model was disposed); every later call is ERROR_DISPOSED.
+  void dispose();
+  // ERROR_STATE while a step holds the model, ERROR_DISPOSED after dispose().
+  void check_idle(const char* what) const;
+
+  // Held by a training step (or evaluation) from the moment it is queued until it settles:
+  // acquiring fails with ERROR_STATE when another holds the model; `extra` (the optimizer's
+  // state) is marked busy with the parameters.
+  class Lock {
+   public:
+    Lock(Model& model, std::vector<Tensor> extra);
+    ~Lock();
+    Lock(const Lock&) = delete;
+    Lock& operator=(const Lock&) = delete;
+
+   private:
+    Model& model_;
+    std::vector<std::shared_ptr<Storage>> storages_;
+  };
+
+ private:
+  ModelConfig config_;
+  std::vector<Tensor> params_;
+  Precision precision_;
+  std::atomic<bool> busy_{false};
+};
+
+}  // namespace duat

@@ -1,0 +1,264 @@
+// branch.cpp: the Para-Former stage's fused ops (ops.h; docs/design.md, "The fused stage"). All N
+// branches of a stage in one (batched) product each, whatever N:
+//   branch_linear  y_n = act(x_n W'_n^T + b'_n), LayerNorm affines folded into W' and b'
+//   stage_sum      y = x + scale * (sum_n h_n W2_n^T + b2 + sum_n a_n), one product of inner size N*M
+// Layouts: x (R, C) shared or (N, R, C) per branch; y (N, R, O), in memory either (R, N*O)
+// ("interleaved": branch n at columns n*O) or (N, R, O). Backward ACCUMULATES into every input's
+// gradient; the products write straight into the gradient buffers, which are laid out like their
+// inputs (autograd.h), so interleaved gradients need no copies either.
+#include <string>
+
+#include "matrix.h"
+#include "ops.h"
+
+namespace duat {
+
+namespace {
+
+// A (N, R, O) tensor laid out as (R, N*O).
+Tensor empty_interleaved(int64_t N, int64_t R, int64_t O, Device dev) {
+  const Tensor base = empty({R, N * O}, DTYPE_F32, dev);
+  return make_view(base, {N, R, O}, {O, N * O, 1}, 0);
+}
+
+bool is_interleaved(const Tensor& t) {
+  const int64_t N = t->shape[0], R = t->shape[1], O = t->shape[2];
+  return (O == 1 || t->strides[2] == 1) && (R == 1 || t->strides[1] == N * O) && (N == 1 || t->strides[0] == O);
+}
+
+Tensor empty_like_output(const Tensor& out) {
+  return is_interleaved(out) && !out->is_contiguous() ? empty_interleaved(out->shape[0], out->shape[1], out->shape[2], out->device)
+                                                      : empty_like(out);
+}
+
+void check_branch_param(const Tensor& t, const Tensor& x, const Shape& shape, const char* op, const char* name) {
+  check_f32(t, op, name);
+  check_same_device(x, t, op);
+  check(t->shape == shape, ERROR_SHAPE,
+        std::string(op) + ": " + name + " has shape " + shape_str(t->shape) + " but needs " + shape_str(shape));
+}
+
+// Runs fn(buffer) on input i's gradient for a kernel that writes every element: the fresh
+// contiguous buffer itself, or a temporary added in afterwards; a temporary when the gradient is
+// not wanted but the kernel writes it anyway (null `shape` means the kernel needs no buffer).
+struct WriteTarget {
+  Tensor buffer;
+  bool add_after = false;
+};
+WriteTarget write_target(Grads& g, size_t i, const Shape& shape, Device dev) {
+  if (!g.needs(i)) return {shape.empty() ? nullptr : empty(shape, DTYPE_F32, dev), false};
+  bool fresh = false;
+  Tensor& slot = g.contiguous_slot_for_write(i, &fresh);
+  if (fresh) return {slot, false};
+  return {empty(shape, DTYPE_F32, dev), true};
+}
+
+}  // namespace
+
+Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
+                     bool gelu, bool interleaved) {
+  const char* op = "branchLinear";
+  check_f32(w, op, "the weight");
+  check_dim(w, 3, op, "the weight (N, O, C)");
+  const int64_t N = w->shape[0], O = w->shape[1], C = w->shape[2];
+  check_f32(x, op, "the input");
+  check_same_device(x, w, op);
+  const bool shared = x->dim() == 2;
+  check((shared && x->shape[1] == C) || (x->dim() == 3 && x->shape[0] == N && x->shape[2] == C), ERROR_SHAPE,
+        std::string(op) + ": input shape " + shape_str(x->shape) + " is neither (R, " + std::to_string(C) + ") nor (" +
+            std::to_string(N) + ", R, " + std::to_string(C) + ")");
+  if (b) check_branch_param(b, x, {N, O}, op, "the bias");
+  check(!ln_w == !ln_b, ERROR_ARGUMENT, std::string(op) + ": the folded LayerNorm needs both its weight and its bias");
+  if (ln_w) {
+    check_branch_param(ln_w, x, {N, C}, op, "the LayerNorm weight");
+    check_branch_param(ln_b, x, {N, C}, op, "the LayerNorm bias");
+  }
+  const Device dev = x->device;
+  Backend& be = backend(dev);
+  const int64_t R = shared ? x->shape[0] : x->shape[1];
+  Mat mx;
+  Tensor rx = x;
+  if (!(shared ? as_rows(x, &mx) : as_mat(x, &mx))) {
+    rx = contiguous_data(x);
+    shared ? as_rows(rx, &mx) : as_mat(rx, &mx);
+  }
+  const Tensor wc = contiguous_data(w), bc = b ? contiguous_data(b) : nullptr;
+  const Tensor gc = ln_w ? contiguous_data(ln_w) : nullptr, betac = ln_b ? contiguous_data(ln_b) : nullptr;
+  Tensor wf = wc, bf = bc;
+  if (ln_w) {
+    wf = empty({N, O, C}, DTYPE_F32, dev);
+    bf = empty({N, O}, DTYPE_F32, dev);
+    be.fold_affine_forward(wc->ptr_f32(), bc ? bc->ptr_f32() : nullptr, gc->ptr_f32(), betac->ptr_f32(), wf->ptr_f32(),
+                           bf->ptr_f32(), N, O, C);
+  }
+  const Tensor out = interleaved ? empty_interleaved(N, R, O, dev) : empty({N, R, O}, DTYPE_F32, dev);
+  const bool grad = any_requires_grad({x, w, b, ln_w, ln_b});
+  const Tensor pre = gelu && grad ? empty_like_output(out) : nullptr;
+  GemmArgs g;
+  g.K = gemm_dim(C, op);
+  g.A = mx.p, g.a_m = mx.s_r, g.a_k = mx.s_c;
+  g.B = wf->ptr_f32(), g.b_n = C, g.b_k = 1;
+  g.C = out->ptr_f32();
+  g.bias = bf ? bf->ptr_f32() : nullptr;
+  if (shared && interleaved) {  // one product of width N*O
+    g.M = gemm_dim(R, op), g.N = gemm_dim(N * O, op);
+    g.c_m = N * O;
+  } else {  // batched over the branches
+    g.M = gemm_dim(R, op), g.N = gemm_dim(O, op), g.batch = gemm_dim(N, op);
+    g.a_batch = shared ? 0 : mx.s_z, g.b_batch = O * C;
+    g.c_m = out->strides[1], g.c_batch = out->strides[0];
+    g.bias_batch = O;
+  }
+  if (gelu) g.epilogue = EPILOGUE_GELU, g.aux = pre ? pre->ptr_f32() : nullptr;
+  be.gemm(g);
+  if (!grad) return out;
+
+  const Tensor sx = detach(rx), sw = detach(wc), sg = gc ? detach(gc) : nullptr, sbeta = betac ? detach(betac) : nullptr;
+  const Tensor swf = detach(wf), spre = pre;
+  const bool folded = static_cast<bool>(ln_w), has_bias = static_cast<bool>(b);
+  return record(out, "branch_linear", {x, w, b, ln_w, ln_b}, [=](const Tensor& dout, Grads& grads) {
+    Backend& be = backend(dev);
+    // The gradient before the activation, laid out like the output.
+    Tensor dpre = dout;
+    if (gelu) {
+      dpre = empty_like_output(dout);
+      launch_map(MAP_GELU_GRAD, dpre, spre, dout);
+    }
+    if (grads.needs(0)) {
+      if (shared) {
+        // dx(r, c) = sum over (n, o) of dpre_n(r, o) W'_n(o, c): one product of inner size N*O.
+        if (!is_interleaved(dpre)) {
+          const Tensor t = empty_interleaved(N, R, O, dev);
+          copy_into(t, dpre);
+          dpre = t;
+        }
+        GemmArgs d;
+        d.M = g.M, d.N = gemm_dim(C, op), d.K = gemm_dim(N * O, op);
+        d.A = dpre->ptr_f32(), d.a_m = N * O, d.a_k = 1;
+        d.B = swf->ptr_f32(), d.b_n = 1, d.b_k = C;
+        gemm_into_grad(grads, 0, d, true, dev);
+      } else {
+        // dx_n = dpre_n W'_n, batched over the branches.
+        GemmArgs d;
+        d.M = g.M, d.N = gemm_dim(C, op), d.K = gemm_dim(O, op), d.batch = gemm_dim(N, op);
+        d.A = dpre->ptr_f32(), d.a_m = dpre->strides[1], d.a_k = 1, d.a_batch = dpre->strides[0];
+        d.B = swf->ptr_f32(), d.b_n = 1, d.b_k = C, d.b_batch = O * C;
+        gemm_into_grad(grads, 0, d, false, dev);
+      }
+    }
+    const bool want_w = grads.needs(1) || (folded && (grads.needs(3) || grads.needs(4)));
+    const bool want_b = grads.needs(2) || (folded && (grads.needs(3) || grads.needs(4)));
+    if (!want_w && !want_b) return;
+    // dW'_n(o, c) = sum_r dpre_n(r, o) x_n(r, c), batched; db'_n(o) = sum_r dpre_n(r, o).
+    Mat sxm;
+    shared ? as_rows(sx, &sxm) : as_mat(sx, &sxm);
+    GemmArgs d;
+    d.M = gemm_dim(O, op), d.N = gemm_dim(C, op), d.K = g.M, d.batch = gemm_dim(N, op);
+    d.A = dpre->ptr_f32(), d.a_m = 1, d.a_k = dpre->strides[1], d.a_batch = dpre->strides[0];
+    d.B = sxm.p, d.b_n = sxm.s_c, d.b_k = sxm.s_r, d.b_batch = shared ? 0 : sxm.s_z;
+    auto bias_sum = [&](const Tensor& db, bool acc) {
+      launch_reduce(make_view(db, {N, 1, O}, {db->strides[0], 0, db->strides[1]}, db->offset), dpre, 1.0f, acc);
+    };
+    if (!folded) {
+      if (grads.needs(1)) gemm_into_grad(grads, 1, d, false, dev);
+      if (grads.needs(2)) grads.into(2, bias_sum);
+      return;
+    }
+    const Tensor dwf = empty({N, O, C}, DTYPE_F32, dev), dbf = empty({N, O}, DTYPE_F32, dev);
+    d.C = dwf->ptr_f32(), d.c_m = C, d.c_batch = O * C;
+    be.gemm(d);
+    bias_sum(dbf, false);
+    // Through the fold: every output written, into fresh gradient buffers or temporaries.
+    WriteTarget tw = write_target(grads, 1, {N, O, C}, dev), tb = write_target(grads, 2, has_bias ? Shape{N, O} : Shape{}, dev);
+    WriteTarget tg = write_target(grads, 3, {N, C}, dev), tbeta = write_target(grads, 4, {N, C}, dev);
+    be.fold_affine_backward(sw->ptr_f32(), sg->ptr_f32(), sbeta->ptr_f32(), dwf->ptr_f32(), dbf->ptr_f32(),
+                            tw.buffer->ptr_f32(), tb.buffer ? tb.buffer->ptr_f32() : nullptr, tg.buffer->ptr_f32(),
+                            tbeta.buffer->ptr_f32(), N, O, C);
+    for (auto [i, t] : {std::pair<size_t, WriteTarget*>{1, &tw}, {2, &tb}, {3, &tg}, {4, &tbeta}})
+      if (t->add_after) grads.add(i, t->buffer);
+  });
+}
+
+std::vector<Tensor> fold_affine(const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b) {
+  const int64_t N = w->shape[0], O = w->shape[1], C = w->shape[2];
+  const Device dev = w->device;
+  const Tensor wc = contiguous_data(w), bc = b ? contiguous_data(b) : nullptr;
+  const Tensor gc = contiguous_data(ln_w), betac = contiguous_data(ln_b);
+  Tensor wf = empty({N, O, C}, DTYPE_F32, dev), bf = empty({N, O}, DTYPE_F32, dev);
+  backend(dev).fold_affine_forward(wc->ptr_f32(), bc ? bc->ptr_f32() : nullptr, gc->ptr_f32(), betac->ptr_f32(),
+                                   wf->ptr_f32(), bf->ptr_f32(), N, O, C);
+  return {wf, bf};
+}
+
+Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tensor& b2, const Tensor& a, float scale) {
+  const char* op = "stageSum";
+  check_f32(x, op, "the stage input");
+  check_dim(x, 2, op, "the stage input (R, C)");
+  const int64_t R = x->shape[0], C = x->shape[1];
+  check_f32(h, op, "the MLP activations");
+  check_dim(h, 3, op, "the MLP activations (N, R, M)");
+  const int64_t N = h->shape[0], M = h->shape[2];
+  check(h->shape[1] == R, ERROR_SHAPE, std::string(op) + ": MLP activations " + shape_str(h->shape) + " do not have " +
+                                           std::to_string(R) + " rows");
+  check_branch_param(w2, x, {C, N * M}, op, "the concatenated fc2 weight");
+  check_branch_param(b2, x, {C}, op, "the summed fc2 bias");
+  check_branch_param(a, x, {N, R, C}, op, "the attention outputs");
+  check_same_device(x, h, op);
+  const Device dev = x->device;
+  const Tensor xc = contiguous_data(x), ac = contiguous_data(a), bc = contiguous_data(b2);
+  Tensor hc = h;
+  if (!is_interleaved(h)) {
+    hc = empty_interleaved(N, R, M, dev);
+    copy_into(hc, h);
+  }
+  Tensor out = empty({R, C}, DTYPE_F32, dev);
+  GemmArgs g;
+  g.M = gemm_dim(R, op), g.N = gemm_dim(C, op), g.K = gemm_dim(N * M, op);
+  g.A = hc->ptr_f32(), g.a_m = N * M, g.a_k = 1;
+  g.B = w2->ptr_f32(), g.b_n = w2->strides[0], g.b_k = w2->strides[1];
+  g.C = out->ptr_f32(), g.c_m = C;
+  g.bias = bc->ptr_f32();
+  g.epilogue = EPILOGUE_STAGE, g.resid = xc->ptr_f32(), g.extra = ac->ptr_f32(), g.nsum = gemm_dim(N, op);
+  g.extra_batch = R * C, g.scale = scale;
+  backend(dev).gemm(g);
+  if (!any_requires_grad({x, h, w2, b2, a})) return out;
+  const Tensor sh = detach(hc), sw = detach(w2);
+  return record(out, "stage_sum", {x, h, w2, b2, a}, [=](const Tensor& dy, Grads& grads) {
+    Backend& be = backend(dev);
+    if (grads.needs(0)) grads.pass(0, dy);
+    if (grads.needs(1)) {
+      // dh(r, j) = scale * sum_c dy(r, c) w2(c, j), written in h's (interleaved) layout.
+      GemmArgs d;
+      d.M = g.M, d.N = g.K, d.K = g.N, d.alpha = scale;
+      d.A = dy->ptr_f32(), d.a_m = C, d.a_k = 1;
+      d.B = sw->ptr_f32(), d.b_n = sw->strides[1], d.b_k = sw->strides[0];
+      bool fresh = false;
+      Tensor& slot = grads.slot_for_write(1, &fresh);
+      const bool direct = is_interleaved(slot);
+      const Tensor target = direct ? slot : empty_interleaved(N, R, M, dev);
+      d.C = target->ptr_f32(), d.c_m = N * M;
+      d.beta = direct && !fresh ? 1.0f : 0.0f;
+      be.gemm(d);
+      if (!direct) fresh ? copy_into(slot, target) : add_into(slot, target);
+    }
+    if (grads.needs(2)) {
+      // dw2(c, j) = scale * sum_r dy(r, c) h(r, j)
+      GemmArgs d;
+      d.M = g.N, d.N = g.K, d.K = g.M, d.alpha = scale;
+      d.A = dy->ptr_f32(), d.a_m = 1, d.a_k = C;
+      d.B = sh->ptr_f32(), d.b_n = 1, d.b_k = N * M;
+      gemm_into_grad(grads, 2, d, false, dev);
+    }
+    if (grads.needs(3)) {
+      grads.into(3, [&](const Tensor& db, bool acc) {
+        launch_reduce(make_view(db, {1, C}, {0, db->strides[0]}, db->offset), dy, scale, acc);
+      });
+    }
+    if (grads.needs(4)) {
+      // Every branch's attention output reaches y directly: da_n = scale * dy.
+      grads.into(4, [&](const Tensor& da, bool acc) { launch_map(MAP_MUL_SCALAR, da, dy, nullptr, scale, acc); });
+    }
+  });
+}
+
+}  // namespace duat

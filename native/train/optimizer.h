@@ -1,0 +1,69 @@
+// optimizer.h: the one optimizer path (docs/design.md, "Training"). Optimizer::step serves both
+// `opt.step()` after a custom backward and the model's training step, on every device: AdamW
+// (decoupled weight decay, bias correction per parameter, PyTorch's formula) or SGD (momentum,
+// dampening, Nesterov), each parameter with its group's options, one multi-tensor update per
+// device. State lives on the parameters' device and follows them when they move.
+#pragma once
+#include <atomic>
+#include <vector>
+
+#include "../core/tensor.h"
+
+namespace duat {
+
+enum OptimizerKind : int { OPTIMIZER_ADAMW = 0, OPTIMIZER_SGD = 1 };
+
+// One group's options (validated at the JS edge; every field means what PyTorch's does). Kept
+// in double, as PyTorch keeps them, so bias corrections such as 1 - beta2^t keep their digits.
+struct GroupOptions {
+  double lr = 1e-3, weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;  // AdamW
+  double momentum = 0.0, dampening = 0.0;         // SGD
+  bool nesterov = false;
+};
+
+class Optimizer {
+ public:
+  // params[i] belongs to group group_of[i].
+  Optimizer(OptimizerKind kind, std::vector<Tensor> params, std::vector<int> group_of);
+  OptimizerKind kind() const { return kind_; }
+  const std::vector<Tensor>& params() const { return params_; }
+  size_t group_count() const { return group_count_; }
+
+  // Updates every parameter that has a gradient, with its group's options; gradients scaled by
+  // `scale` first. Everything is checked before anything changes (ERROR_SHAPE / ERROR_DEVICE /
+  // ERROR_ARGUMENT name the parameter), so a step that throws leaves parameters, state and
+  // counters as they were.
+  void step(const std::vector<GroupOptions>& groups, const GradScale& scale = {});
+  // Completed steps.
+  int64_t steps() const { return steps_; }
+  void set_steps(int64_t n);
+
+  // Parameter i's state, for checkpoints: AdamW {m, v, step}, SGD {momentum buffer, null, step};
+  // tensors are null until the first update made them.
+  struct State {
+    Tensor a, b;
+    int64_t step = 0;
+  };
+  State state(size_t i) const;
+  // Restores parameter i's state (copied to the parameter's device): shapes and dtypes must fit
+  // the parameter, or ERROR_CHECKPOINT says which does not.
+  void set_state(size_t i, const State& s);
+  // Drops every state tensor (their memory goes back to the devices' caches).
+  void clear_state();
+  // The state tensors that exist, for the model's lock.
+  std::vector<Tensor> state_tensors() const;
+
+  // One step at a time: a training step in flight owns the optimizer (ERROR_STATE otherwise).
+  std::atomic<bool> busy{false};
+
+ private:
+  OptimizerKind kind_;
+  std::vector<Tensor> params_;
+  std::vector<int> group_of_;
+  size_t group_count_ = 0;
+  std::vector<State> state_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace duat

@@ -1,0 +1,88 @@
+// step.cpp: the training step and the evaluation of a batch (step.h).
+#include "step.h"
+
+#include <cmath>
+#include <string>
+
+#include "../core/autograd.h"
+#include "../ops/ops.h"
+
+namespace duat {
+
+namespace {
+
+// Labels are checked where they are, before they move to the model's device.
+void check_batch(const Model& m, const Tensor& images, const Tensor& labels, const char* op) {
+  check_f32(images, op, "images");
+  if (!labels) return;
+  check_class_labels(labels, m.config().classes, op);
+  check(images->dim() >= 1 && labels->shape[0] == images->shape[0], ERROR_SHAPE,
+        std::string(op) + ": " + std::to_string(labels->numel()) + " labels for images of shape " +
+            shape_str(images->shape));
+}
+
+// Scalars on one device, read back to the host together.
+std::vector<float> read_back(const std::vector<Tensor>& scalars) {
+  const Device dev = scalars[0]->device;
+  const int64_t n = static_cast<int64_t>(scalars.size());
+  Tensor packed = empty({n}, DTYPE_F32, dev);
+  for (int64_t i = 0; i < n; i++) copy_into(make_view(packed, {1}, {1}, i), reshape(scalars[i], {1}));
+  const Tensor host = to_device(packed, DEVICE_CPU);
+  return std::vector<float>(host->f32(), host->f32() + n);
+}
+
+}  // namespace
+
+StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, Optimizer* opt,
+                      const std::vector<GroupOptions>& groups, const StepOptions& o) {
+  check_batch(model, images, labels, "trainStep");
+  check(o.label_smoothing >= 0.0f && o.label_smoothing < 1.0f && o.clip_grad_norm >= 0.0f, ERROR_ARGUMENT,
+        "trainStep: label smoothing must be in [0, 1) and the clipping norm non-negative");
+  GradMode with_grad(true);  // whatever an earlier job on this pool thread left behind
+  PrecisionScope precision(model.precision());
+  const Device dev = model.device();
+  for (const Tensor& t : model.params()) t->grad = nullptr;
+  const Tensor logits = model_forward(images, model.structured(), model.config());
+  const Tensor y = to_device(labels, dev);
+  const Tensor loss = cross_entropy(logits, y, o.label_smoothing);
+  const Tensor correct = count_correct(logits, y);
+  backward(loss, nullptr);
+  std::vector<Tensor> grads;
+  for (const Tensor& t : model.params())
+    if (t->grad) grads.push_back(t->grad);
+  const Tensor sumsq = grads.empty() ? zeros({}, DTYPE_F32, dev) : sum_of_squares(grads);
+  if (opt) {
+    // Clipping reads the norm on the device: the update never waits for the host.
+    opt->step(groups, o.clip_grad_norm > 0.0f ? GradScale{sumsq->ptr_f32(), o.clip_grad_norm} : GradScale{});
+  }
+  const std::vector<float> stats = read_back({loss, correct, sumsq});
+  StepResult r;
+  r.loss = stats[0];
+  r.correct = static_cast<int64_t>(stats[1]);
+  r.grad_norm = std::sqrt(static_cast<double>(stats[2]));
+  if (opt) {
+    for (const Tensor& t : model.params()) t->grad = nullptr;
+  } else if (o.clip_grad_norm > 0.0f && r.grad_norm > o.clip_grad_norm) {
+    const float s = dm::clip_factor(stats[2], o.clip_grad_norm);
+    for (const Tensor& g : grads) scale_inplace(g, s);
+  }
+  return r;
+}
+
+EvalResult evaluate(Model& model, const Tensor& images, const Tensor& labels) {
+  check_batch(model, images, labels, "evaluate");
+  GradMode no_grad(false);
+  PrecisionScope precision(model.precision());
+  const Tensor logits = model_forward(images, model.structured(), model.config());
+  EvalResult r;
+  r.predictions = to_device(argmax(logits), DEVICE_CPU);
+  if (labels) {
+    const Tensor y = to_device(labels, model.device());
+    const std::vector<float> stats = read_back({cross_entropy(logits, y, 0.0f), count_correct(logits, y)});
+    r.loss_sum = static_cast<double>(stats[0]) * static_cast<double>(logits->shape[0]);
+    r.correct = static_cast<int64_t>(stats[1]);
+  }
+  return r;
+}
+
+}  // namespace duat
