@@ -5,7 +5,7 @@
 import { ArgumentError } from './errors';
 import { native } from './native';
 import { nextSeed, Tensor, tensor } from './tensor';
-import { checkInt, checkNumber, checkOptions, describe, isInt32Array } from './validate';
+import { checkBool, checkInt, checkNumber, checkOptions, describe, isInt32Array } from './validate';
 
 function h(t: unknown, name: string) {
   if (!(t instanceof Tensor)) throw new ArgumentError(`Expected a tensor for ${name} but received ${describe(t)}`);
@@ -40,9 +40,49 @@ export function logSoftmax(x: Tensor, dim = -1): Tensor {
   return new Tensor(native().logSoftmax(h(x, 'x'), dim));
 }
 
-/** LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias. */
-export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | null, eps = 1e-6): Tensor {
-  return new Tensor(native().layerNorm(h(x, 'x'), hOrNull(weight, 'weight'), hOrNull(bias, 'bias'), checkNumber(eps, 'eps', Number.MIN_VALUE)));
+/**
+ * LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias. With
+ * `residual` (R, C) and no affine, it normalises x + residual, where x (..., R, C) holds several
+ * row sets sharing the residual (a Para-Former stage's x + a_n of every branch n, in one launch).
+ */
+export function layerNorm(x: Tensor, weight?: Tensor | null, bias?: Tensor | null, eps = 1e-6, residual?: Tensor | null): Tensor {
+  return new Tensor(
+    native().layerNorm(h(x, 'x'), hOrNull(weight, 'weight'), hOrNull(bias, 'bias'), checkNumber(eps, 'eps', Number.MIN_VALUE), hOrNull(residual, 'residual')),
+  );
+}
+
+/** Options of {@link branchLinear}. */
+export interface BranchLinearOptions {
+  /** A LayerNorm's weight (N, C), folded into the product with `lnBias`; x is then the normalised input without its affine. */
+  lnWeight?: Tensor | null;
+  /** The LayerNorm's bias (N, C). */
+  lnBias?: Tensor | null;
+  /** Apply GELU (erf form) to the result. Default false. */
+  gelu?: boolean;
+  /** Lay the (N, R, O) result out in memory as (R, N*O), branch n at columns n*O. Default false. */
+  interleaved?: boolean;
+}
+
+/**
+ * The linear layers of N branches in one product: y_n = act(x_n W_n'^T + b_n'), with an optional
+ * LayerNorm affine folded into W' and b'. x is (R, C) read by every branch or (N, R, C), one input
+ * per branch; weight (N, O, C); bias (N, O) or null. Returns (N, R, O).
+ */
+export function branchLinear(x: Tensor, weight: Tensor, bias?: Tensor | null, options?: BranchLinearOptions): Tensor {
+  const o = checkOptions<BranchLinearOptions>(options, 'branchLinear options');
+  return new Tensor(
+    native().branchLinear(h(x, 'x'), h(weight, 'weight'), hOrNull(bias, 'bias'), hOrNull(o.lnWeight, 'lnWeight'),
+      hOrNull(o.lnBias, 'lnBias'), checkBool(o.gelu ?? false, 'gelu'), checkBool(o.interleaved ?? false, 'interleaved')),
+  );
+}
+
+/**
+ * A Para-Former stage's output in one product: x + scale * (sum_n h_n W2_n^T + b2 + sum_n a_n),
+ * with x (R, C), h (N, R, M) the branches' MLP activations, w2 (C, N*M) their fc2 weights side by
+ * side, b2 (C) their biases summed, a (N, R, C) their attention outputs. Returns (R, C).
+ */
+export function stageSum(x: Tensor, hidden: Tensor, w2: Tensor, b2: Tensor, a: Tensor, scale = 1): Tensor {
+  return new Tensor(native().stageSum(h(x, 'x'), h(hidden, 'hidden'), h(w2, 'w2'), h(b2, 'b2'), h(a, 'a'), checkNumber(scale, 'scale')));
 }
 
 /**
@@ -77,15 +117,16 @@ export interface CrossEntropyOptions {
 export function crossEntropy(logits: Tensor, labels: Int32Array | Tensor, options?: CrossEntropyOptions): Tensor {
   const opts = checkOptions<CrossEntropyOptions>(options, 'crossEntropy options');
   const smoothing = checkNumber(opts.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999);
+  const lh = h(logits, 'logits');
   if (isInt32Array(labels)) {
-    const t = tensor(labels, [labels.length]);
+    const t = tensor(labels, [labels.length], { device: logits.device });
     try {
-      return new Tensor(native().crossEntropy(h(logits, 'logits'), t.handle, smoothing));
+      return new Tensor(native().crossEntropy(lh, t.handle, smoothing));
     } finally {
       t.dispose();
     }
   }
-  return new Tensor(native().crossEntropy(h(logits, 'logits'), h(labels, 'labels'), smoothing));
+  return new Tensor(native().crossEntropy(lh, h(labels, 'labels'), smoothing));
 }
 
 /** images (B, ch, S, S) -> (B, (S/P)^2, ch*P*P), patches in row-major grid order. */

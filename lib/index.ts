@@ -42,8 +42,20 @@ export type { ParaFormerConfig, ParaFormerOptions } from './nn/ParaFormer';
 export interface BackendInfo {
   napiVersion: number;
   cpu: { isa: string; isaBest: string; threads: number };
-  /** Whether CUDA was compiled in, is usable, and if not, why; device 0's name and capability. */
-  cuda: { available: boolean; built: boolean; devices: number; device: string; runtimeVersion: number; driverVersion: number; reason: string };
+  /**
+   * Whether CUDA was compiled in, is usable, and if not, why; device 0's name and capability.
+   * `testDevice`: 'cuda' is served by the test device (host memory, CPU kernels), for tests.
+   */
+  cuda: {
+    available: boolean;
+    built: boolean;
+    testDevice: boolean;
+    devices: number;
+    device: string;
+    runtimeVersion: number;
+    driverVersion: number;
+    reason: string;
+  };
 }
 
 /** Describes the loaded native backend. */

@@ -85,7 +85,9 @@ export interface RawBinding {
   softmax(x: H, dim: number): H;
   logSoftmax(x: H, dim: number): H;
   dropout(x: H, p: number, seed: number): H;
-  layerNorm(x: H, w: H | null, b: H | null, eps: number): H;
+  layerNorm(x: H, w: H | null, b: H | null, eps: number, residual?: H | null): H;
+  branchLinear(x: H, w: H, b: H | null, lnWeight: H | null, lnBias: H | null, gelu: boolean, interleaved: boolean): H;
+  stageSum(x: H, h: H, w2: H, b2: H, a: H, scale: number): H;
   attention(qkv: H, heads: number, branches?: number): H;
   attentionProbs(qkv: H, heads: number, branches?: number): H;
   crossEntropy(logits: H, labels: H, smoothing: number): H;
@@ -125,7 +127,7 @@ export interface RawBinding {
   optimizerSteps(opt: OptimizerHandle, steps?: number): number;
   optimizerState(opt: OptimizerHandle, index: number): { a: H | null; b: H | null; step: number };
   optimizerSetState(opt: OptimizerHandle, index: number, a: H | null, b: H | null, step: number): void;
-  optimizerClear(opt: OptimizerHandle): void;
+  optimizerDispose(opt: OptimizerHandle): void;
   modelDispose(model: ModelHandle): void;
 }
 

@@ -39,7 +39,8 @@ function collect(value: unknown, out: Set<Tensor>, depth = 0): void {
 
 /**
  * Runs `fn` and disposes every tensor created inside it, except those it returns (a tensor, or
- * tensors inside a returned array or plain object), which move to the enclosing scope.
+ * tensors inside a returned array or plain object), which move to the enclosing scope. When `fn`
+ * throws, every tensor it created is disposed.
  * `fn` must be synchronous.
  * @example
  * const loss = duat.tidy(() => F.crossEntropy(model.forward(x), y)); // temporaries freed
@@ -51,6 +52,9 @@ export function tidy<T>(fn: () => T): T {
   let result: T;
   try {
     result = fn();
+  } catch (e) {
+    for (const t of scope) t.dispose();  // a throwing fn leaks nothing
+    throw e;
   } finally {
     scopes.pop();
   }

@@ -3,6 +3,7 @@
  * differences, each on fresh random inputs (seeded), including views and broadcasting.
  */
 import * as duat from '../lib';
+import { native } from '../lib/native';
 import { BACKWARD_TOL, checkOp, FORWARD_TOL, OpCase, SELF_TOL } from './helpers/gradcheck';
 import * as R from './helpers/reference';
 
@@ -110,7 +111,7 @@ const cases: OpCase[] = [
   {
     name: 'crossEntropy with label smoothing',
     inputs: [{ shape: [4, 5], range: [-3, 3] }],
-    run: ([l]) => F.crossEntropy(l, duat.tensor(LABELS, [4]), { labelSmoothing: 0.1 }),
+    run: ([l]) => F.crossEntropy(l, duat.tensor(LABELS, [4], { device: l.device }), { labelSmoothing: 0.1 }),
     ref: ([l]) => R.crossEntropy(l, LABELS, 0.1),
   },
   { name: 'patchify', inputs: [{ shape: [2, 3, 4, 4] }], run: ([x]) => F.patchify(x, 2), ref: ([x]) => R.patchify(x, 2) },
@@ -119,6 +120,42 @@ const cases: OpCase[] = [
     inputs: [{ shape: [2, 2, 6, 6] }, { shape: [4, 2, 3, 3] }, { shape: [4] }],
     run: ([x, w, b]) => F.patchEmbed(x, w, b, 3),
     ref: ([x, w, b]) => R.linear(R.patchify(x, 3), { data: w.data, shape: [4, 18] }, b),
+  },
+  {
+    name: 'layerNorm with a residual shared by row sets',
+    inputs: [{ shape: [2, 3, 5], range: [-2, 2] }, { shape: [3, 5], range: [-2, 2] }],
+    run: ([x, r]) => F.layerNorm(x, null, null, 1e-6, r),
+    ref: ([x, r]) => R.layerNormResidual(x, r, 1e-6),
+  },
+  {
+    name: 'branchLinear: shared input, folded LayerNorm, interleaved (QKV)',
+    inputs: [{ shape: [5, 6] }, { shape: [3, 4, 6] }, { shape: [3, 4] }, { shape: [3, 6], range: [0.5, 1.5] }, { shape: [3, 6] }],
+    run: ([x, w, b, g, beta]) => F.branchLinear(x, w, b, { lnWeight: g, lnBias: beta, interleaved: true }),
+    ref: ([x, w, b, g, beta]) => R.branchLinear(x, w, b, g, beta, false),
+  },
+  {
+    name: 'branchLinear: one input per branch, folded LayerNorm, GELU, interleaved (fc1)',
+    inputs: [{ shape: [3, 5, 6] }, { shape: [3, 4, 6] }, { shape: [3, 4] }, { shape: [3, 6], range: [0.5, 1.5] }, { shape: [3, 6] }],
+    run: ([x, w, b, g, beta]) => F.branchLinear(x, w, b, { lnWeight: g, lnBias: beta, gelu: true, interleaved: true }),
+    ref: ([x, w, b, g, beta]) => R.branchLinear(x, w, b, g, beta, true),
+  },
+  {
+    name: 'branchLinear: inputs as a strided view, branch-major output (proj)',
+    inputs: [{ shape: [5, 3 * 6] }, { shape: [3, 4, 6] }, { shape: [3, 4] }],
+    run: ([x, w, b]) => F.branchLinear(x.reshape(5, 3, 6).permute(1, 0, 2), w, b),
+    ref: ([x, w, b]) => R.branchLinear(R.permute({ data: x.data, shape: [5, 3, 6] }, [1, 0, 2]), w, b, null, null, false),
+  },
+  {
+    name: 'stageSum',
+    inputs: [{ shape: [5, 6] }, { shape: [2, 5, 4] }, { shape: [6, 8] }, { shape: [6] }, { shape: [2, 5, 6] }],
+    run: ([x, h, w2, b2, a]) => F.stageSum(x, h, w2, b2, a, 0.5),
+    ref: ([x, h, w2, b2, a]) => R.stageSum(x, h, w2, b2, a, 0.5),
+  },
+  {
+    name: 'stageSum of an interleaved branchLinear (fc1 + fc2)',
+    inputs: [{ shape: [4, 6] }, { shape: [2, 4, 6] }, { shape: [2, 3, 6] }, { shape: [6, 6] }, { shape: [6] }, { shape: [2, 4, 6] }],
+    run: ([x, u, w1, w2, b2, a]) => F.stageSum(x, F.branchLinear(u, w1, null, { gelu: true, interleaved: true }), w2, b2, a),
+    ref: ([x, u, w1, w2, b2, a]) => R.stageSum(x, R.branchLinear(u, w1, null, null, null, true), w2, b2, a, 1),
   },
   {
     // With a fixed seed dropout is linear in x; the reference reads the same mask off ones.
@@ -132,12 +169,24 @@ const cases: OpCase[] = [
   },
 ];
 
-describe.each(cases)('$name', (c) => {
-  test('forward matches float64, backward matches central differences', () => {
-    const r = checkOp(c);
-    expect(r.forward).toBeLessThan(FORWARD_TOL);
-    for (const b of r.backward) expect(b).toBeLessThan(BACKWARD_TOL);
-    for (const s of r.self) expect(s).toBeLessThan(SELF_TOL);
+// Every op runs on each available device: the CPU, and 'cuda' (a GPU where one is usable, the
+// test device otherwise: host memory and CPU kernels behind every CUDA code path but the kernels).
+const useTestDevice = !duat.backendInfo().cuda.available;
+beforeAll(() => {
+  if (useTestDevice) native().setTestDevice(true);
+});
+afterAll(() => {
+  if (useTestDevice) native().setTestDevice(false);
+});
+
+describe.each(['cpu', 'cuda'] as const)('on %s', (device) => {
+  describe.each(cases)('$name', (c) => {
+    test('forward matches float64, backward matches central differences', () => {
+      const r = checkOp(c, 1, device);
+      expect(r.forward).toBeLessThan(FORWARD_TOL);
+      for (const b of r.backward) expect(b).toBeLessThan(BACKWARD_TOL);
+      for (const s of r.self) expect(s).toBeLessThan(SELF_TOL);
+    });
   });
 });
 

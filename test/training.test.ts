@@ -121,6 +121,18 @@ describe('memory', () => {
     p.dispose();
     q.dispose();
   });
+
+  test('tidy frees everything its function made when the function throws', () => {
+    const before = duat.memory();
+    expect(() =>
+      duat.tidy(() => {
+        const a = duat.ones([1000]);
+        a.mul(2).add(a);
+        duat.ones([2, 3]).matmul(duat.ones([2, 3]));  // a ShapeError after four tensors were made
+      }),
+    ).toThrow(duat.ShapeError);
+    expect(duat.memory()).toEqual(before);
+  });
 });
 
 describe('optimisers match their definitions', () => {

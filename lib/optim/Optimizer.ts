@@ -102,9 +102,12 @@ export abstract class Optimizer<O extends object> {
     native().optimizerSetState(this.handle, i, a ? a.handle : null, b ? b.handle : null, checkNumber(step, 'step', 0));
   }
 
-  /** Frees the optimizer's state (moments, momentum buffers); the next step starts them anew. */
+  /**
+   * Frees the optimizer's state (moments, momentum buffers) and its hold on the parameters; the
+   * optimizer cannot be used afterwards (DisposedError).
+   */
   dispose(): void {
-    native().optimizerClear(this.handle);
+    native().optimizerDispose(this.handle);
   }
 }
 

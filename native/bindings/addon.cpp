@@ -293,7 +293,8 @@ Napi::Value js_dropout(Info info) {
 Napi::Value js_layernorm(Info info) {
   return guard(info, [&]() {
     return js_tensor(info, layernorm(arg_tensor(info, 0, "x"), arg_tensor_or_null(info, 1, "weight"),
-                                     arg_tensor_or_null(info, 2, "bias"), static_cast<float>(arg_number(info, 3, "eps"))));
+                                     arg_tensor_or_null(info, 2, "bias"), static_cast<float>(arg_number(info, 3, "eps")),
+                                     arg_tensor_or_null(info, 4, "residual")));
   });
 }
 
@@ -302,6 +303,23 @@ Napi::Value heads_op(Info info) {
   return guard(info, [&]() {
     const int64_t branches = info.Length() > 2 && !info[2].IsUndefined() ? arg_int(info, 2, "branches", 1, 1 << 16) : 1;
     return js_tensor(info, F(arg_tensor(info, 0, "qkv"), arg_int(info, 1, "heads", 1, 1 << 16), branches));
+  });
+}
+
+Napi::Value js_branch_linear(Info info) {
+  return guard(info, [&]() {
+    return js_tensor(info, branch_linear(arg_tensor(info, 0, "input"), arg_tensor(info, 1, "weight"),
+                                         arg_tensor_or_null(info, 2, "bias"), arg_tensor_or_null(info, 3, "lnWeight"),
+                                         arg_tensor_or_null(info, 4, "lnBias"), arg_bool(info, 5, "gelu"),
+                                         arg_bool(info, 6, "interleaved")));
+  });
+}
+
+Napi::Value js_stage_sum(Info info) {
+  return guard(info, [&]() {
+    return js_tensor(info, stage_sum(arg_tensor(info, 0, "x"), arg_tensor(info, 1, "h"), arg_tensor(info, 2, "w2"),
+                                     arg_tensor(info, 3, "b2"), arg_tensor(info, 4, "a"),
+                                     static_cast<float>(arg_number(info, 5, "scale"))));
   });
 }
 
@@ -491,6 +509,8 @@ const Export EXPORTS[] = {
     {"layerNorm", js_layernorm},
     {"attention", heads_op<attention>},
     {"attentionProbs", heads_op<attention_probs>},
+    {"branchLinear", js_branch_linear},
+    {"stageSum", js_stage_sum},
     {"crossEntropy", js_cross_entropy},
     {"patchify", js_patchify},
     {"patchEmbed", js_patch_embed},

@@ -326,9 +326,9 @@ Napi::Value js_optimizer_steps(Info info) {
   });
 }
 
-Napi::Value js_optimizer_clear(Info info) {
+Napi::Value js_optimizer_dispose(Info info) {
   return guard(info, [&]() -> Napi::Value {
-    idle_optimizer(info, 0)->clear_state();
+    idle_optimizer(info, 0)->dispose();
     return info.Env().Undefined();
   });
 }
@@ -375,7 +375,7 @@ void register_model_exports(Napi::Env env, Napi::Object exports) {
       {"optimizerSteps", js_optimizer_steps},
       {"optimizerState", js_optimizer_state},
       {"optimizerSetState", js_optimizer_set_state},
-      {"optimizerClear", js_optimizer_clear},
+      {"optimizerDispose", js_optimizer_dispose},
   };
   for (const auto& [name, fn] : table) exports.Set(name, Napi::Function::New(env, fn, name));
 }

@@ -33,6 +33,23 @@ DUAT_HD float uniform_at(uint64_t seed, uint64_t index, uint64_t draw) {
   return static_cast<float>(h >> 40) * (1.0f / 16777216.0f);
 }
 
+// The element offsets of linear index i (row-major over `shape`, nd dimensions) under two or
+// three stride sets (s2 may be null): how the elementwise and reduction kernels walk any view.
+DUAT_HD void strided_offsets(int64_t i, int nd, const int64_t* shape, const int64_t* s0, const int64_t* s1,
+                             const int64_t* s2, int64_t* o0, int64_t* o1, int64_t* o2) {
+  int64_t a = 0, b = 0, c = 0;
+  for (int d = nd - 1; d >= 0; d--) {
+    const int64_t k = i % shape[d];
+    i /= shape[d];
+    a += k * s0[d];
+    b += k * s1[d];
+    if (s2) c += k * s2[d];
+  }
+  *o0 = a;
+  *o1 = b;
+  *o2 = c;
+}
+
 // GELU, erf form (PyTorch's default), and its derivative.
 DUAT_HD float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 DUAT_HD float gelu_grad(float x) {

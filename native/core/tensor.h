@@ -26,6 +26,8 @@ std::string shape_str(const Shape& shape);
 int64_t shape_numel(const Shape& shape);
 Shape contiguous_strides(const Shape& shape);
 
+struct DerivedSlot;  // native/model/derived.cpp
+
 struct Storage {
   void* data = nullptr;
   size_t bytes = 0;     // requested
@@ -38,6 +40,9 @@ struct Storage {
   // Non-zero while a model step owns the storage (the model's lock, native/model): the binding
   // refuses JS access to it meanwhile (ERROR_STATE), so no call can race the step.
   std::atomic<int> busy{0};
+  // Weights derived from this storage's values for inference (native/model/derived.h): they are
+  // freed with it.
+  std::shared_ptr<DerivedSlot> derived;
   static std::shared_ptr<Storage> allocate(size_t bytes, Device device);
   ~Storage();
 };

@@ -231,7 +231,7 @@ void map_float(const MapArgs& m) {
     const float* pb = b + off[2];
     if (inc[0] == 1 && inc[1] == 1 && inc[2] == 1) {
       if (OP == MAP_GELU && !ACC) return gelu_forward_range_cpu(pa, po, n);
-      if (OP == MAP_GELU_GRAD && ACC) return gelu_backward_range_cpu(pa, pb, po, n);
+      if (OP == MAP_GELU_GRAD) return gelu_backward_range_cpu(pa, pb, po, n, ACC);
 #pragma omp simd
       for (int64_t i = 0; i < n; i++) po[i] = (ACC ? po[i] : 0.0f) + map_value<OP>(pa[i], pb[i], s);
     } else if (inc[0] == 1 && inc[1] == 1 && inc[2] == 0) {

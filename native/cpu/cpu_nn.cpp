@@ -71,8 +71,10 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par) {
     for (int64_t m = lo; m < hi; m++) {
       const float* v = dest + m * ld;
       float* c = C + m * g.c_m;
-      if (g.epilogue == EPILOGUE_GELU) {
-        for (int64_t n = 0; n < g.N; n++) c[n] = gelu(v[n]) + (g.beta != 0.0f ? g.beta * c[n] : 0.0f);
+      if (g.epilogue == EPILOGUE_GELU && g.beta == 0.0f) {
+        gelu_forward_range_cpu(v, c, g.N);
+      } else if (g.epilogue == EPILOGUE_GELU) {
+        for (int64_t n = 0; n < g.N; n++) c[n] = gelu(v[n]) + g.beta * c[n];
       } else {
         const float* r = g.resid + m * g.c_m;
         for (int64_t n = 0; n < g.N; n++) {

@@ -40,6 +40,7 @@ constexpr int64_t ELEM_GRAIN = 1 << 15;  // elements per task below which thread
 struct RowKernels {
   void (*gelu_fwd_range)(const float*, float*, int64_t);
   void (*gelu_bwd_range)(const float*, const float*, float*, int64_t);
+  void (*gelu_bwd_set_range)(const float*, const float*, float*, int64_t);
   void (*softmax_row)(const float*, float*, int64_t);
   void (*softmax_bwd_row)(const float*, const float*, float*, int64_t);
   float (*softmax_lse_row)(const float*, float*, int64_t);
@@ -60,13 +61,13 @@ namespace isa_avx512 = isa_generic;
 // The AVX-512 entry's small_gemm is not used by sgemm, which has a register-blocked AVX-512
 // kernel of its own (gemm.cpp); it stays for a uniform table.
 const RowKernels ROW_KERNELS[] = {
-    {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row,
+    {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::gelu_bwd_set_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row,
      isa_generic::softmax_lse_row, isa_generic::exp_row, isa_generic::log_softmax_row,
      isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row, isa_generic::small_gemm},
-    {isa_avx2::gelu_fwd_range, isa_avx2::gelu_bwd_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row,
+    {isa_avx2::gelu_fwd_range, isa_avx2::gelu_bwd_range, isa_avx2::gelu_bwd_set_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row,
      isa_avx2::softmax_lse_row, isa_avx2::exp_row, isa_avx2::log_softmax_row,
      isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row, isa_avx2::small_gemm},
-    {isa_avx512::gelu_fwd_range, isa_avx512::gelu_bwd_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row,
+    {isa_avx512::gelu_fwd_range, isa_avx512::gelu_bwd_range, isa_avx512::gelu_bwd_set_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row,
      isa_avx512::softmax_lse_row, isa_avx512::exp_row, isa_avx512::log_softmax_row,
      isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row, isa_avx512::small_gemm},
 };
@@ -137,7 +138,10 @@ void layernorm_backward_cpu(const float* x, const float* w, const float* mean, c
 
 void gelu_forward_range_cpu(const float* x, float* y, int64_t n) { rk().gelu_fwd_range(x, y, n); }
 
-void gelu_backward_range_cpu(const float* x, const float* dy, float* dx, int64_t n) { rk().gelu_bwd_range(x, dy, dx, n); }
+void gelu_backward_range_cpu(const float* x, const float* dy, float* dx, int64_t n, bool accumulate) {
+  if (accumulate) rk().gelu_bwd_range(x, dy, dx, n);
+  else rk().gelu_bwd_set_range(x, dy, dx, n);
+}
 
 void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t C,
                        float eps) {

@@ -16,9 +16,9 @@ void softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t ro
 // One row, on the calling thread (for callers that already split work over the pool):
 // y = softmax(x), returning the row's log-sum-exp; y = exp(x - shift); dx += y * (dy - sum(dy * y)).
 float softmax_lse_row_cpu(const float* x, float* y, int64_t n);
-// y = gelu(x); dx += dy * gelu'(x) (n elements); one LayerNorm row forward, and its dx (+=).
+// y = gelu(x); dx (+)= dy * gelu'(x) (n elements); one LayerNorm row forward, and its dx (+=).
 void gelu_forward_range_cpu(const float* x, float* y, int64_t n);
-void gelu_backward_range_cpu(const float* x, const float* dy, float* dx, int64_t n);
+void gelu_backward_range_cpu(const float* x, const float* dy, float* dx, int64_t n, bool accumulate);
 void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t C,
                        float eps);
 void layernorm_backward_row_cpu(const float* x, const float* w, float mean, float rstd, const float* dy, float* dx,

@@ -1,6 +1,7 @@
 // derived.cpp: the inference cache of derived weights (derived.h).
 #include "derived.h"
 
+#include <algorithm>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -9,8 +10,6 @@
 
 namespace duat {
 
-namespace {
-
 struct DerivedEntry {
   std::vector<std::weak_ptr<Storage>> sources;
   std::vector<uint64_t> versions;
@@ -18,14 +17,21 @@ struct DerivedEntry {
   std::vector<Tensor> values;
 };
 
-struct DerivedCache {
-  std::mutex mu;
+// The entries kept with one storage, by kind and the sources' identity.
+struct DerivedSlot {
   std::unordered_map<std::string, DerivedEntry> entries;
 };
 
-DerivedCache& derived_cache() {
-  static DerivedCache* c = new DerivedCache();  // never destroyed: tensors may outlive statics
-  return *c;
+namespace {
+
+struct DerivedRegistry {
+  std::mutex mu;
+  std::vector<std::weak_ptr<DerivedSlot>> slots;  // every slot made, for clear_derived_weights
+};
+
+DerivedRegistry& registry() {
+  static DerivedRegistry* r = new DerivedRegistry();  // never destroyed: storages may outlive statics
+  return *r;
 }
 
 }  // namespace
@@ -36,21 +42,27 @@ std::vector<Tensor> derived(DerivedKind kind, const std::vector<Tensor>& sources
   std::string key = std::to_string(kind);
   for (const Tensor& t : sources)
     key += ":" + std::to_string(reinterpret_cast<uintptr_t>(t->storage.get())) + "+" + std::to_string(t->offset);
-  DerivedCache& c = derived_cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  auto it = c.entries.find(key);
-  if (it != c.entries.end()) {
-    const DerivedEntry& e = it->second;
-    bool current = true;
-    for (size_t i = 0; i < sources.size() && current; i++)
-      current = e.sources[i].lock() == sources[i]->storage &&
-                e.versions[i] == sources[i]->storage->version.load(std::memory_order_relaxed) &&
-                e.offsets[i] == sources[i]->offset;
-    if (current) return e.values;
+  DerivedRegistry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  Storage& home = *sources[0]->storage;
+  if (home.derived) {
+    auto it = home.derived->entries.find(key);
+    if (it != home.derived->entries.end()) {
+      const DerivedEntry& e = it->second;
+      bool current = true;
+      for (size_t i = 0; i < sources.size() && current; i++)
+        current = e.sources[i].lock() == sources[i]->storage &&
+                  e.versions[i] == sources[i]->storage->version.load(std::memory_order_relaxed) &&
+                  e.offsets[i] == sources[i]->offset;
+      if (current) return e.values;
+    }
+  } else {
+    home.derived = std::make_shared<DerivedSlot>();
+    if (r.slots.size() >= 64)  // forget slots whose storage is gone
+      r.slots.erase(std::remove_if(r.slots.begin(), r.slots.end(), [](const auto& w) { return w.expired(); }),
+                    r.slots.end());
+    r.slots.push_back(home.derived);
   }
-  if (c.entries.size() >= 256)  // drop entries whose sources are gone
-    for (auto i = c.entries.begin(); i != c.entries.end();)
-      i = i->second.sources[0].expired() ? c.entries.erase(i) : std::next(i);
   DerivedEntry e;
   for (const Tensor& t : sources) {
     e.sources.push_back(t->storage);
@@ -58,14 +70,16 @@ std::vector<Tensor> derived(DerivedKind kind, const std::vector<Tensor>& sources
     e.offsets.push_back(t->offset);
   }
   e.values = derive();
-  c.entries[key] = e;
+  home.derived->entries[key] = e;
   return e.values;
 }
 
 void clear_derived_weights() {
-  DerivedCache& c = derived_cache();
-  std::lock_guard<std::mutex> lock(c.mu);
-  c.entries.clear();
+  DerivedRegistry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  for (const auto& w : r.slots)
+    if (auto slot = w.lock()) slot->entries.clear();
+  r.slots.clear();
 }
 
 }  // namespace duat

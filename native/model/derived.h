@@ -1,9 +1,10 @@
 // derived.h: the inference cache of weights derived from parameters (the folded LayerNorm
 // affines of QKV and fc1, the fc2 matrices side by side). A forward that records a graph
 // (training) derives them inside the graph every time, since the parameters change every step;
-// without a graph (inference) they are derived once per version of their sources and kept here.
-// An entry is used only while every source storage is alive and at the version (Storage::version,
-// bumped by every in-place write) it was derived from. Entries live on their sources' device.
+// without a graph (inference) they are derived once per version of their sources and kept with
+// the first source's storage (Storage::derived), so they are freed with it. An entry is used only
+// while every source storage is alive and at the version (Storage::version, bumped by every
+// in-place write) it was derived from. Entries live on their sources' device.
 #pragma once
 #include <functional>
 #include <vector>

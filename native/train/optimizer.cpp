@@ -25,12 +25,15 @@ void Optimizer::set_steps(int64_t n) {
 }
 
 Optimizer::State Optimizer::state(size_t i) const {
+  check(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
   check(i < state_.size(), ERROR_ARGUMENT, "optimizer: no parameter " + std::to_string(i));
   return state_[i];
 }
 
-void Optimizer::clear_state() {
-  for (State& s : state_) s = State{};
+void Optimizer::dispose() {
+  params_.clear();
+  state_.clear();
+  group_of_.clear();
 }
 
 std::vector<Tensor> Optimizer::state_tensors() const {
@@ -42,6 +45,7 @@ std::vector<Tensor> Optimizer::state_tensors() const {
 }
 
 void Optimizer::set_state(size_t i, const State& s) {
+  check(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
   check(i < state_.size(), ERROR_ARGUMENT, "optimizer: no parameter " + std::to_string(i));
   const Tensor& p = params_[i];
   const char* names[2] = {kind_ == OPTIMIZER_ADAMW ? "first moment" : "momentum buffer", "second moment"};
@@ -64,6 +68,7 @@ void Optimizer::set_state(size_t i, const State& s) {
 }
 
 void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& scale) {
+  check(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
   check(groups.size() >= group_count_, ERROR_ARGUMENT,
         "optimizer: options for " + std::to_string(groups.size()) + " groups given, " + std::to_string(group_count_) +
             " needed");

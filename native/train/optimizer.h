@@ -49,8 +49,9 @@ class Optimizer {
   // Restores parameter i's state (copied to the parameter's device): shapes and dtypes must fit
   // the parameter, or ERROR_CHECKPOINT says which does not.
   void set_state(size_t i, const State& s);
-  // Drops every state tensor (their memory goes back to the devices' caches).
-  void clear_state();
+  // Drops the state and the parameters (the JS optimizer was disposed): every later call but
+  // steps() is ERROR_DISPOSED.
+  void dispose();
   // The state tensors that exist, for the model's lock.
   std::vector<Tensor> state_tensors() const;
 

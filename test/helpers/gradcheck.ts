@@ -68,21 +68,26 @@ export interface CheckResult {
   self: number[];
 }
 
-/** Runs every check of one op case; returns the errors (tests compare them to the tolerances). */
-export function checkOp(c: OpCase, seed = 1): CheckResult {
+/**
+ * Runs every check of one op case on `device` (inputs, the incoming gradient and the re-runs of
+ * the spot check all live there; results are read back); returns the errors (tests compare them
+ * to the tolerances).
+ */
+export function checkOp(c: OpCase, seed = 1, device: duat.Device = 'cpu'): CheckResult {
   const next = rng(seed);
   const data = c.inputs.map((s) => randomData(s, next));
   const arrs: Arr[] = data.map((d, i) => ({ data: Float64Array.from(d), shape: c.inputs[i].shape }));
   return duat.tidy(() => {
     const ts = data.map((d, i) =>
-      duat.tensor(d, c.inputs[i].shape, { requiresGrad: c.inputs[i].grad !== false }),
+      duat.tensor(d, c.inputs[i].shape, { requiresGrad: c.inputs[i].grad !== false, device }),
     );
     const out = c.run(ts);
     const ref = c.ref(arrs);
     const forward = relErr(out.toArray(), ref.data);
     expect(out.shape).toEqual(ref.shape);
     const g = randomData({ shape: ref.shape }, next);
-    out.backward(duat.tensor(g, ref.shape));
+    expect(out.device).toBe(device);
+    out.backward(duat.tensor(g, ref.shape, { device }));
 
     const backward: number[] = [];
     const self: number[] = [];
@@ -111,7 +116,7 @@ export function checkOp(c: OpCase, seed = 1): CheckResult {
           duat.noGrad(() => {
             const d2 = data.map((d) => d.slice());
             d2[i][j] = v;
-            return dot(c.run(d2.map((d, m) => duat.tensor(d, c.inputs[m].shape))).toArray(), g);
+            return dot(c.run(d2.map((d, m) => duat.tensor(d, c.inputs[m].shape, { device }))).toArray(), g);
           });
         const fd = (evalAt(data[i][j] + hs) - evalAt(data[i][j] - hs)) / (2 * hs);
         worst = Math.max(worst, Math.abs(fd - analytic[j]) / Math.max(1, Math.abs(fd)));

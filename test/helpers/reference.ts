@@ -266,3 +266,58 @@ export function patchify(x: Arr, P: number): Arr {
               out[(b * T + gy * G + gx) * F + (c * P + py) * P + px] = x.data[((b * ch + c) * S + gy * P + py) * S + gx * P + px];
   return { data: out, shape: [B, T, F] };
 }
+
+/** Row r of a 2-D array, or element [n, r, :] of a 3-D one. */
+const rowOf = (x: Arr, n: number, r: number): Float64Array => {
+  const C = x.shape[x.shape.length - 1];
+  const R = x.shape[x.shape.length - 2];
+  const base = x.shape.length === 3 ? (n * R + r) * C : r * C;
+  return x.data.subarray(base, base + C);
+};
+
+/**
+ * Branched linear layers: y[n, r, o] = act(sum_c (x_n[r, c] * g[n, c] + beta[n, c]) w[n, o, c] + b[n, o]),
+ * x (R, C) shared or (N, R, C); the LayerNorm affine (g, beta) optional.
+ */
+export function branchLinear(x: Arr, w: Arr, b: Arr | null, g: Arr | null, beta: Arr | null, useGelu: boolean): Arr {
+  const [N, O, C] = w.shape;
+  const R = x.shape[x.shape.length - 2];
+  const out = new Float64Array(N * R * O);
+  for (let n = 0; n < N; n++)
+    for (let r = 0; r < R; r++) {
+      const xr = rowOf(x, n, r);
+      for (let o = 0; o < O; o++) {
+        let v = b ? b.data[n * O + o] : 0;
+        for (let c = 0; c < C; c++) {
+          const xa = g && beta ? xr[c] * g.data[n * C + c] + beta.data[n * C + c] : xr[c];
+          v += xa * w.data[(n * O + o) * C + c];
+        }
+        out[(n * R + r) * O + o] = useGelu ? 0.5 * v * (1 + erf(v / Math.SQRT2)) : v;
+      }
+    }
+  return { data: out, shape: [N, R, O] };
+}
+
+/** The stage sum: x + s * (sum_n h_n w2[:, n*M:(n+1)*M]^T + b2 + sum_n a_n); h (N, R, M). */
+export function stageSum(x: Arr, h: Arr, w2: Arr, b2: Arr, a: Arr, s: number): Arr {
+  const [N, R, M] = h.shape;
+  const C = x.shape[1];
+  const out = new Float64Array(R * C);
+  for (let r = 0; r < R; r++)
+    for (let c = 0; c < C; c++) {
+      let v = b2.data[c];
+      for (let n = 0; n < N; n++) {
+        for (let m = 0; m < M; m++) v += h.data[(n * R + r) * M + m] * w2.data[c * N * M + n * M + m];
+        v += a.data[(n * R + r) * C + c];
+      }
+      out[r * C + c] = x.data[r * C + c] + s * v;
+    }
+  return { data: out, shape: [R, C] };
+}
+
+/** LayerNorm without affine of x (..., R, C) + resid (R, C), the residual shared by every row set. */
+export function layerNormResidual(x: Arr, resid: Arr, eps: number): Arr {
+  const rc = resid.data.length;
+  const sum = { data: x.data.map((v, i) => v + resid.data[i % rc]), shape: x.shape };
+  return layerNorm(sum, null, null, eps);
+}

@@ -1,12 +1,14 @@
-// cuda_memory.cu: the caching allocator (see cuda_memory.h).
+// alloc.cu: the caching allocator (kernels.h). cudaMalloc and cudaFree synchronise the device and
+// cost tens of microseconds, so freed blocks go back to a cache by size class and the next request
+// of that class takes one from there. All work runs on one stream (stream()), so a block reused
+// from the cache is never still in use by earlier work.
 #include <cuda_runtime.h>
 
 #include <map>
 #include <mutex>
 #include <unordered_map>
 
-#include "cuda_kernels.h"
-#include "cuda_memory.h"
+#include "kernels.h"
 
 namespace duat {
 namespace cuda {
@@ -95,28 +97,18 @@ AllocatorStats allocator_stats() {
   return c.stats;
 }
 
-DeviceBuffer upload(const float* host, size_t count) {
-  DeviceBuffer d(count);
-  if (count) check_cuda(cudaMemcpy(d.get(), host, count * sizeof(float), cudaMemcpyHostToDevice), "upload");
-  return d;
-}
-
-void download(const float* device, float* host, size_t count) {
-  if (count) check_cuda(cudaMemcpy(host, device, count * sizeof(float), cudaMemcpyDeviceToHost), "download");
-}
-
 Workspace& gemm_workspace(int64_t partial_floats, int64_t tickets) {
   static Workspace w;
   if (partial_floats > w.partial_floats) {
     device_free(w.partials);
     w.partials = static_cast<float*>(device_alloc(partial_floats * sizeof(float)));
-    check_cuda(cudaMemset(w.partials, 0, partial_floats * sizeof(float)), "split-K accumulators");
+    check_cuda(cudaMemsetAsync(w.partials, 0, partial_floats * sizeof(float), stream()), "split-K accumulators");
     w.partial_floats = partial_floats;
   }
   if (tickets > w.ticket_count) {
     device_free(w.tickets);
     w.tickets = static_cast<int*>(device_alloc(tickets * sizeof(int)));
-    check_cuda(cudaMemset(w.tickets, 0, tickets * sizeof(int)), "split-K tickets");
+    check_cuda(cudaMemsetAsync(w.tickets, 0, tickets * sizeof(int), stream()), "split-K tickets");
     w.ticket_count = tickets;
   }
   return w;

@@ -1,10 +1,13 @@
-// cuda_backend.cu: probes the CUDA runtime and driver; with a device, checks that a kernel
-// launches and returns the right values (so `available` means usable, not merely present).
+// probe.cu: the CUDA runtime as duat finds it: probes the runtime and driver and, with a device,
+// checks that a kernel launches and returns the right values (so `available` means usable, not
+// merely present); the engine's stream, launch counting and error checks (kernels.h).
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <string>
 
-#include "cuda_backend.h"
+#include "../core/errors.h"
+#include "kernels.h"
 
 namespace duat {
 
@@ -36,9 +39,9 @@ std::string self_test() {
 
 }  // namespace
 
-const CudaStatus& cuda_status() {
-  static const CudaStatus s = [] {
-    CudaStatus c;
+const CudaInfo& cuda_probe() {
+  static const CudaInfo s = [] {
+    CudaInfo c;
     c.built = true;
     cudaRuntimeGetVersion(&c.runtime_version);
     cudaDriverGetVersion(&c.driver_version);
@@ -64,4 +67,55 @@ const CudaStatus& cuda_status() {
   return s;
 }
 
+namespace cuda {
+
+namespace {
+std::atomic<int64_t> g_launches{0};
+
+int device_major() {
+  static const int major = [] {
+    int dev = 0, m = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&m, cudaDevAttrComputeCapabilityMajor, dev);
+    return m;
+  }();
+  return major;
+}
+}  // namespace
+
+cudaStream_t stream() {
+  static const cudaStream_t s = [] {
+    cudaStream_t created = nullptr;
+    check_cuda(cudaStreamCreateWithFlags(&created, cudaStreamNonBlocking), "creating the stream");
+    return created;
+  }();
+  return s;
+}
+
+void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    fail(e == cudaErrorMemoryAllocation ? ERROR_OUT_OF_MEMORY : ERROR_DEVICE,
+         std::string("CUDA error in ") + what + ": " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ")");
+}
+
+int64_t launch_count() { return g_launches.load(std::memory_order_relaxed); }
+
+void launched(const char* what) {
+  g_launches.fetch_add(1, std::memory_order_relaxed);
+  check_cuda(cudaGetLastError(), what);
+}
+
+int device_sms() {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n > 0 ? n : 1;
+  }();
+  return sms;
+}
+
+Precision effective_precision(Precision p) { return device_major() >= 8 ? p : PRECISION_FP32; }
+
+}  // namespace cuda
 }  // namespace duat
