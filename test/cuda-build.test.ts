@@ -4,11 +4,12 @@
  * machine the same binary reports the device and a passing kernel self-test. Skipped, with the
  * reason printed, where nvcc is absent.
  */
-import { execFileSync } from 'child_process';
+import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
+import { DeviceError } from '../lib/errors';
 import { loadBinding } from '../lib/native';
 
 const root = path.resolve(__dirname, '..');
@@ -33,5 +34,26 @@ if (!nvcc) console.log('skipping the CUDA build test: nvcc not found (set CUDACX
   // The CPU engine in the same binary still works.
   const t = b.fromData(new Float32Array([1, 2, 3, 4]), [2, 2]);
   expect(Array.from(b.toArray(b.matmul(t, t)))).toEqual([7, 10, 15, 22]);
+  if (!cuda.available) {
+    // A request for 'cuda' says why it cannot be served...
+    expect(() => b.zeros([2], 0, 'cuda')).toThrow(DeviceError);
+    expect(() => b.zeros([2], 0, 'cuda')).toThrow(cuda.reason);
+    // ...and the test device serves it in this build too.
+    b.setTestDevice(true);
+    const u = b.fromData(new Float32Array([1, 2, 3, 4]), [2, 2], 'cuda');
+    expect(Array.from(b.toArray(b.matmul(u, u)))).toEqual([7, 10, 15, 22]);
+    b.dispose(u);
+  }
   fs.rmSync(out, { recursive: true, force: true });
 }, 600000);
+
+test('npm run test:gpu fails when a GPU is required and cannot be used, and skips otherwise', () => {
+  const script = path.join(root, 'scripts', 'test-gpu.js');
+  const env = { ...process.env, CUDACXX: path.join(os.tmpdir(), 'no-such-nvcc'), DUAT_REQUIRE_CUDA: '' };
+  const skipped = spawnSync(process.execPath, [script], { env, encoding: 'utf8' });
+  expect(skipped.status).toBe(0);
+  expect(skipped.stdout).toMatch(/GPU suite skipped: nvcc not found/);
+  const required = spawnSync(process.execPath, [script, '--require'], { env, encoding: 'utf8' });
+  expect(required.status).toBe(1);
+  expect(required.stdout).toMatch(/FAILED \(a GPU is required\)/);
+});

@@ -7,6 +7,7 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "kernels.h"
 
@@ -20,6 +21,8 @@ struct Cache {
   std::multimap<size_t, void*> free_blocks;        // size class -> block
   std::unordered_map<void*, size_t> live;          // block -> size class
   AllocatorStats stats;
+  bool holding = false;                            // hold_frees: freed blocks wait in `held`
+  std::vector<std::pair<size_t, void*>> held;
 };
 
 Cache& cache() {
@@ -79,10 +82,23 @@ void device_free(void* p) {
   std::lock_guard<std::mutex> lock(c.mu);
   auto it = c.live.find(p);
   if (it == c.live.end()) return;  // not ours: never hand foreign pointers to the cache
-  c.free_blocks.emplace(it->second, p);
+  if (c.holding) {
+    c.held.push_back({it->second, p});
+  } else {
+    c.free_blocks.emplace(it->second, p);
+  }
   c.stats.in_use -= it->second;
   c.stats.cached += it->second;
   c.live.erase(it);
+}
+
+void hold_frees(bool on) {
+  Cache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.holding = on;
+  if (on) return;
+  for (const auto& [size, p] : c.held) c.free_blocks.emplace(size, p);
+  c.held.clear();
 }
 
 void empty_cache() {

@@ -41,6 +41,10 @@ Precision effective_precision(Precision p);
 void* device_alloc(size_t bytes);
 void device_free(void* p);
 void empty_cache();
+// While on, freed blocks are held back instead of cached for reuse, and return to the cache when
+// it is turned off: a captured CUDA graph replays into the blocks its capture used, so they must
+// stay untouched until the graph is destroyed (bench/native/gpu_bench.cu).
+void hold_frees(bool on);
 // The size class of a request: 512-byte steps up to 1 MiB, then 1/8 power-of-two steps.
 size_t allocation_class(size_t bytes);
 struct AllocatorStats {

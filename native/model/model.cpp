@@ -10,6 +10,10 @@ namespace duat {
 Model::Model(const ModelConfig& config, std::vector<Tensor> params, Precision precision)
     : config_(config), params_(std::move(params)), precision_(precision) {
   model_params_from_list(config_, params_);  // every shape and the one device checked
+  for (const Tensor& t : params_) {
+    check(!t->grad_fn, ERROR_ARGUMENT, "model: a parameter must be a leaf tensor, not the result of an op");
+    t->requires_grad = true;
+  }
 }
 
 void Model::set_precision(Precision p) {

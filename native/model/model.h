@@ -13,6 +13,8 @@ namespace duat {
 
 class Model {
  public:
+  // params in model_param_names order, leaf tensors on one device; they are marked as requiring
+  // gradients.
   Model(const ModelConfig& config, std::vector<Tensor> params, Precision precision);
   const ModelConfig& config() const { return config_; }
   const std::vector<Tensor>& params() const { return params_; }

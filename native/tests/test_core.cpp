@@ -10,12 +10,15 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/strided.h"
+#include "model/derived.h"
 #include "core/parallel.h"
 #include "cpu/gemm.h"
 #include "cpu/math.h"
 #include "core/device_math.h"
 #include "ops/ops.h"
 #include "train/optimizer.h"
+#include "tests/parity.h"
 
 using namespace duat;
 
@@ -313,6 +316,68 @@ void test_device_math() {
 
 }  // namespace
 
+// The test device: DEVICE_CUDA on host memory, fresh memory poisoned with NaN, host access refused;
+// then the GPU parity checks (tests/parity.h) run against it, so they are exercised here.
+void test_device() {
+  set_test_device(true);
+  {
+    const Tensor t = empty({4}, DTYPE_F32, DEVICE_CUDA);
+    bool refused = false;
+    try {
+      t->f32();
+    } catch (const Error& e) {
+      refused = e.code() == ERROR_DEVICE;
+    }
+    expect(refused, "host access to a tensor on the test device is a DeviceError");
+    const Tensor h = to_device(t, DEVICE_CPU);
+    expect(std::isnan(h->f32()[0]) && std::isnan(h->f32()[3]), "fresh memory of the test device reads as NaN");
+    const Tensor z = to_device(zeros({3}, DTYPE_F32, DEVICE_CUDA), DEVICE_CPU);
+    expect(z->f32()[0] == 0.0f && z->f32()[2] == 0.0f, "zeros on the test device are zeros");
+    bool mixed = false;
+    try {
+      add(t, zeros({4}));
+    } catch (const Error& e) {
+      mixed = e.code() == ERROR_DEVICE && std::string(e.what()).find("cuda and cpu") != std::string::npos;
+    }
+    expect(mixed, "an op over two devices is a DeviceError naming both");
+  }
+  bool switch_refused = false;
+  {
+    const Tensor alive = zeros({2}, DTYPE_F32, DEVICE_CUDA);
+    try {
+      set_test_device(false);
+    } catch (const Error& e) {
+      switch_refused = e.code() == ERROR_STATE;
+    }
+  }
+  expect(switch_refused, "the test device cannot be switched while a tensor lives on it");
+  std::mt19937_64 rng(7);
+  parity::Report r;
+  r.quiet = true;
+  parity::check_all(DEVICE_CUDA, {PRECISION_FP32}, rng, r, true);
+  g_passed += r.passed;
+  g_failed += r.failed;
+  clear_derived_weights();
+  set_test_device(false);
+}
+
+// dm::strided_offsets, the index arithmetic of the CUDA elementwise and reduction kernels, visits
+// the elements of a view in the order and at the offsets of the CPU's strided walk.
+void test_strided_offsets() {
+  const Shape shape = {3, 4, 5}, s0 = {1, 15, 3}, s1 = {0, 5, 1}, s2 = {20, 5, 1};
+  std::vector<int64_t> walk0, walk1;
+  for_each_run<2>(shape, {&s0, &s1}, [&](auto off, int64_t n, auto inc) {
+    for (int64_t i = 0; i < n; i++) walk0.push_back(off[0] + i * inc[0]), walk1.push_back(off[1] + i * inc[1]);
+  });
+  bool ok = walk0.size() == 60;
+  for (int64_t i = 0; i < 60 && ok; i++) {
+    int64_t a, b, c;
+    dm::strided_offsets(i, 3, shape.data(), s0.data(), s1.data(), s2.data(), &a, &b, &c);
+    ok = a == walk0[i] && b == walk1[i] && c == i;
+  }
+  expect(ok, "dm::strided_offsets walks views as the CPU does");
+}
+
 int main() {
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm(static_cast<CpuIsa>(isa));
   cpu_isa_set(cpu_isa_best());
@@ -321,6 +386,8 @@ int main() {
   test_pool();
   test_memory();
   test_device_math();
+  test_strided_offsets();
+  test_device();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
