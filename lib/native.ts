@@ -238,8 +238,14 @@ export function verifyInstall(): { path: string; backend: NativeBackendInfo } {
 
 let cached: RawBinding | undefined;
 
-/** The loaded binding (loaded on first use). */
+/**
+ * The loaded binding (loaded on first use). DUAT_TEST_DEVICE=1 serves 'cuda' by the test device
+ * (host memory, CPU kernels) from the start: the whole CUDA path, the CLI's included, on any machine.
+ */
 export function native(): RawBinding {
-  if (!cached) cached = loadBinding();
+  if (!cached) {
+    cached = loadBinding();
+    if (process.env.DUAT_TEST_DEVICE === '1') cached.setTestDevice(true);
+  }
   return cached;
 }

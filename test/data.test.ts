@@ -1,5 +1,5 @@
 /** Data files and checkpoints: good files load; truncated or corrupted ones give typed errors naming the file. */
-import { execFileSync, spawn } from 'child_process';
+import { execFileSync, spawn, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -149,6 +149,20 @@ test('the duat command: --help lists every flag with its default; bad flags are 
   expect(() => run(['train', '--depth', 'x'])).toThrow(/Expected integer for --depth but received "x"/);
   expect(JSON.parse(run(['info'])).cpu.threads).toBeGreaterThanOrEqual(1);
 });
+
+test("duat train --device cuda trains through the CUDA path (the test device where no GPU is present)", () => {
+  const cli = path.join(__dirname, '..', 'lib', 'cli.ts');
+  const dir = tmp();
+  const r = spawnSync(process.execPath, ['-r', 'ts-node/register/transpile-only', cli, 'train', '--device', 'cuda',
+    '--data', SLICE, '--epochs', '1', '--max-steps', '4', '--batch-size', '16', '--dim', '16', '--heads', '2',
+    '--runs-dir', dir, '--name', 'gpu'], { encoding: 'utf8', env: { ...process.env, DUAT_TEST_DEVICE: '1' } });
+  expect(r.status).toBe(0);
+  expect(r.stderr).toMatch(/CUDA on test device/);
+  expect(JSON.parse(r.stdout).steps).toBe(4);
+  const model = duat.load(path.join(dir, 'gpu', 'model.safetensors'));
+  expect(model.config.dim).toBe(16);
+  model.dispose();
+}, 60000);
 
 describe('images', () => {
   const digit = path.join(__dirname, 'fixtures', 'mnist-test-0-seven.png');

@@ -68,7 +68,7 @@ describe.each(['paraformer-2-1', 'paraformer-2-3', 'paraformer-1-4'])('%s agains
 });
 
 describe('ParaFormer', () => {
-  test('parameter names and shapes follow DESIGN.md, stacked over branches', () => {
+  test('parameter names and shapes follow docs/design.md, stacked over branches', () => {
     const m = new duat.ParaFormer({ depth: 2, branches: 3, dim: 16, heads: 2, mlpRatio: 2 });
     const shapes = Object.fromEntries(m.namedParameters().map(([n, p]) => [n, p.shape]));
     expect(shapes['patch_embed.proj.weight']).toEqual([16, 1, 4, 4]);

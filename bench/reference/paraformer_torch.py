@@ -1,6 +1,6 @@
 """The Para-Former in PyTorch, the reference duat is compared with (benchmarks, training curves).
 
-Same model as duat (DESIGN.md): m stages, each x + sum_b f_b(x) over n pre-norm ViT branches,
+Same model as duat (docs/design.md): m stages, each x + sum_b f_b(x) over n pre-norm ViT branches,
 parameters stacked over branches under the same names, so safetensors files move between them.
 Branches run as one batched computation per stage (torch.bmm/einsum over the branch axis).
 

@@ -31,7 +31,7 @@ export interface ParaFormerOptions {
   branches?: number;
   /** MLP width as a multiple of dim. Default 2. */
   mlpRatio?: number;
-  /** How a stage combines its branches: 'sum' (default, DESIGN.md) or 'mean' (1/n scaled). */
+  /** How a stage combines its branches: 'sum' (default, docs/design.md) or 'mean' (1/n scaled). */
   combine?: 'sum' | 'mean';
   /** 'cpu' (default), 'cuda' or 'auto' (CUDA when a usable GPU is present). */
   device?: 'cpu' | 'cuda' | 'auto';

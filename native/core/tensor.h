@@ -1,6 +1,6 @@
 // tensor.h: storage, tensors (shape, strides, dtype, device), views, copies between devices and
 // live-memory counters. A Tensor is a shared pointer; views share storage. A storage lives on one
-// device and is allocated by that device's Backend (backend.h). Shape letters follow STYLE.md.
+// device and is allocated by that device's Backend (backend.h). Shape letters: docs/design.md, "Conventions".
 #pragma once
 #include <atomic>
 #include <cstdint>
