@@ -6,7 +6,12 @@
  * the graph on device tensors, the model object, the step and the optimizer. DUAT_REQUIRE_CUDA=1
  * (npm run test:gpu) makes a missing GPU a failure instead.
  */
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
 import * as duat from '../lib';
+import { live } from './helpers/gradcheck';
 import { native } from '../lib/native';
 import { loadTrainingState, saveTrainingState } from '../lib/train/fit';
 
@@ -83,7 +88,7 @@ describe(real ? 'on a GPU' : 'on the test device', () => {
   });
 
   test('tensors live on cuda, copy back to read, and ops refuse mixed devices naming both', () => {
-    const before = duat.memory();
+    const before = live();
     duat.tidy(() => {
       const a = duat.tensor([1, 2, 3, 4], [2, 2], { device: 'cuda' });
       expect(a.device).toBe('cuda');
@@ -99,7 +104,7 @@ describe(real ? 'on a GPU' : 'on the test device', () => {
       expect(Array.from(duat.randn([5], { seed: 4, device: 'cuda' }).toArray())).toEqual(Array.from(duat.randn([5], { seed: 4 }).toArray()));
       expect(duat.memory().cudaBytes).toBeGreaterThan(0);
     });
-    expect(duat.memory()).toEqual(before);
+    expect(live()).toEqual(before);
   });
 
   test('autograd runs on cuda and through to(): gradients land on each leaf\'s device', () => {
@@ -209,12 +214,31 @@ describe(real ? 'on a GPU' : 'on the test device', () => {
     for (const d of [x, oc, od, cpu, dev]) d.dispose();
   });
 
-  test('a custom training loop (forward, backward, opt.step) on cuda equals trainStep', async () => {
+  // One optimizer path: opt.step() after a custom backward and trainStep apply the same update,
+  // every group option included (lr, weight decay, betas, eps; momentum, dampening, Nesterov).
+  const optimizers: [string, (m: duat.ParaFormer) => duat.optim.AdamW | duat.optim.SGD][] = [
+    ['AdamW', (m) => {
+      const ps = m.parameters();
+      return new duat.optim.AdamW([
+        { params: ps.slice(0, 9), options: { lr: 3e-3, betas: [0.85, 0.95], eps: 1e-6, weightDecay: 0.1 } },
+        { params: ps.slice(9) },
+      ], { lr: 1e-2, weightDecay: 0 });
+    }],
+    ['SGD', (m) => {
+      const ps = m.parameters();
+      return new duat.optim.SGD([
+        { params: ps.slice(0, 9), options: { momentum: 0, lr: 0.05 } },
+        { params: ps.slice(9, 20), options: { dampening: 0.3, nesterov: false } },
+        { params: ps.slice(20), options: { weightDecay: 0.01 } },
+      ], { lr: 0.1, momentum: 0.9, nesterov: true });
+    }],
+  ];
+  test.each(optimizers)('%s: a custom loop (forward, backward, opt.step) on cuda equals trainStep, every group option', async (_name, make) => {
     const a = new duat.ParaFormer({ ...SMALL, device: 'cuda', precision: 'fp32' });
     const b = new duat.ParaFormer({ ...SMALL, device: 'cuda', precision: 'fp32' });
-    const oa = new duat.optim.AdamW(a.parameters(), { lr: 1e-2 }), ob = new duat.optim.AdamW(b.parameters(), { lr: 1e-2 });
+    const oa = make(a), ob = make(b);
     const x = images(4, 7), y = labels(4, 3);
-    for (let i = 0; i < 2; i++) {
+    for (let i = 0; i < 3; i++) {
       await a.trainStep(x, y, { optimizer: oa });
       duat.tidy(() => duat.F.crossEntropy(b.forward(x), y).backward());
       ob.step();
@@ -222,8 +246,8 @@ describe(real ? 'on a GPU' : 'on the test device', () => {
     }
     const pb = new Map(b.namedParameters());
     for (const [n, p] of a.namedParameters()) expect([n, relErr(p.toArray(), pb.get(n)!.toArray()) < FP32_TOL]).toEqual([n, true]);
-    expect(oa.stepCount).toBe(2);
-    expect(ob.stepCount).toBe(2);
+    expect(oa.stepCount).toBe(3);
+    expect(ob.stepCount).toBe(3);
     for (const d of [x, oa, ob, a, b]) d.dispose();
   });
 
@@ -254,9 +278,6 @@ describe(real ? 'on a GPU' : 'on the test device', () => {
   });
 
   test('a training checkpoint written from cuda resumes on cuda and on the CPU to the same step', async () => {
-    const fs = await import('fs');
-    const os = await import('os');
-    const path = await import('path');
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-cuda-'));
     const x = images(16, 9);
     const a = new duat.ParaFormer({ ...SMALL, device: 'cuda', precision: 'fp32' });
@@ -314,6 +335,10 @@ describe(real ? 'on a GPU' : 'on the test device', () => {
     expect(() => m.forward(x)).toThrow(duat.StateError);
     expect(() => m.to('cpu')).toThrow(duat.StateError);
     await expect(m.trainStep(x, labels(4, 0), { optimizer: opt })).rejects.toThrow(duat.StateError);
+    // save() never sees half a step: it is refused, and nothing is written.
+    const file = path.join(os.tmpdir(), `duat-locked-${process.pid}.safetensors`);
+    expect(() => duat.save(file, m)).toThrow(duat.StateError);
+    expect(fs.existsSync(file)).toBe(false);
     expect(p.shape).toEqual(m.parameters()[3].shape);  // metadata stays readable
     await running;
     expect(p.toArray().length).toBeGreaterThan(0);
@@ -322,8 +347,32 @@ describe(real ? 'on a GPU' : 'on the test device', () => {
     for (const d of [x, opt, m]) d.dispose();
   });
 
+  test.each(['cpu', 'cuda'] as const)('a step that fails leaves parameters, optimizer state and counters as they were (%s)', async (device) => {
+    const m = new duat.ParaFormer({ ...SMALL, device });
+    const opt = adamwGroups(m);
+    const x = images(4, 3);
+    await m.trainStep(x, labels(4, 1), { optimizer: opt });
+    const snapshot = () => duat.tidy(() => m.namedParameters().map(([, p]) => [p.toArray(), opt.stateFor(p)!.m.toArray(), opt.stateFor(p)!.step] as const));
+    const before = snapshot(), steps = opt.stepCount;
+    // Fails in the forward (images of the wrong size), and after the backward (an infinite lr that
+    // the optimizer refuses before it changes anything).
+    const small = duat.zeros([4, 1, 14, 14]);
+    await expect(m.trainStep(small, labels(4, 1), { optimizer: opt })).rejects.toThrow(duat.ShapeError);
+    small.dispose();
+    opt.groups[1].options.lr = Infinity;
+    await expect(m.trainStep(x, labels(4, 1), { optimizer: opt })).rejects.toThrow(/finite, non-negative lr/);
+    expect(opt.stepCount).toBe(steps);
+    const after = snapshot();
+    after.forEach(([p, mo, st], i) => {
+      expect(Array.from(p)).toEqual(Array.from(before[i][0]));
+      expect(Array.from(mo)).toEqual(Array.from(before[i][1]));
+      expect(st).toBe(before[i][2]);
+    });
+    for (const d of [x, opt, m]) d.dispose();
+  });
+
   test('nothing leaks: device memory is back where it started after training and disposal', async () => {
-    const before = duat.memory();
+    const before = live();
     const m = new duat.ParaFormer({ ...SMALL, device: 'cuda' });
     const opt = new duat.optim.AdamW(m.parameters());
     const x = images(4, 2);
@@ -332,6 +381,6 @@ describe(real ? 'on a GPU' : 'on the test device', () => {
     opt.dispose();
     m.dispose();
     x.dispose();
-    expect(duat.memory()).toEqual(before);
+    expect(live()).toEqual(before);
   });
 });

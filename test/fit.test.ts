@@ -9,6 +9,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 import * as duat from '../lib';
+import { loadTrainingState, makeOptimizer } from '../lib/train/fit';
 
 const SLICE = path.join(__dirname, 'fixtures', 'mnist-slice');
 const small = { imageSize: 28, patchSize: 7, dim: 32, heads: 2, depth: 1, branches: 2, seed: 1 };
@@ -69,6 +70,30 @@ test('a checkpoint that does not fit the model gives CheckpointError', async () 
   );
   m.dispose();
   other.dispose();
+});
+
+test('a checkpoint whose optimizer moments have the wrong shape is refused before anything changes', async () => {
+  const train = duat.data.loadMnist('train', { dir: SLICE, limit: 100 });
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-ckpt-'));
+  const m = new duat.ParaFormer(small);
+  await duat.fit(m, { train }, { epochs: 1, batchSize: 50, runDir, progress: false });
+  const file = path.join(runDir, 'checkpoint.safetensors');
+  // Give one parameter's first moment a wrong shape: the audit saw such a file load, and the next
+  // step fail after updating 10 of 32 parameters.
+  const { tensors, metadata } = duat.loadSafetensors(file);
+  const name = 'optimizer.m.stages.0.mlp.fc1.weight';
+  const bad = duat.zeros([3, 3]);
+  tensors.set(name, bad);
+  const broken = path.join(runDir, 'broken.safetensors');
+  duat.saveSafetensors(broken, tensors, metadata);
+  const fresh = new duat.ParaFormer(small);
+  const opt = makeOptimizer(fresh, { optimizer: 'adamw', lr: 1e-3, weightDecay: 0.05 });
+  const before = fresh.parameters().map((p) => p.toArray());
+  expect(() => loadTrainingState(broken, fresh, opt)).toThrow(/optimizer state 'optimizer\.m\.stages\.0\.mlp\.fc1\.weight' has shape \[3, 3\]/);
+  fresh.parameters().forEach((p, i) => expect(p.toArray()).toEqual(before[i]));
+  expect(opt.stepCount).toBe(0);
+  for (const t of [...tensors.values(), bad]) t.dispose();
+  for (const d of [opt, m, fresh]) d.dispose();
 });
 
 test('an HTTP server in the same process keeps answering while a training step runs', async () => {

@@ -3,7 +3,7 @@
  * 256 random labels), and a training step inside tidy() leaks nothing over 1,000 iterations.
  */
 import * as duat from '../lib';
-import { rng } from './helpers/gradcheck';
+import { live, rng } from './helpers/gradcheck';
 
 const { F, nn, optim } = duat;
 const N = 256, CLASSES = 10;
@@ -97,16 +97,16 @@ describe('memory', () => {
         opt.zeroGrad();
       });
     step();  // creates the optimiser state
-    const before = duat.memory();
+    const before = live();
     for (let i = 0; i < 1000; i++) step();
-    expect(duat.memory()).toEqual(before);
+    expect(live()).toEqual(before);
     opt.dispose();
     model.dispose();
     x.dispose();
   });
 
   test('tidy keeps what it returns and frees the rest; noGrad records nothing', () => {
-    const before = duat.memory();
+    const before = live();
     const kept = duat.tidy(() => {
       const a = duat.ones([3]);
       a.mul(2);
@@ -114,7 +114,7 @@ describe('memory', () => {
     });
     expect(Array.from(kept.out.toArray())).toEqual([2, 2, 2]);
     kept.out.dispose();
-    expect(duat.memory()).toEqual(before);
+    expect(live()).toEqual(before);
     const p = duat.ones([2], { requiresGrad: true });
     const q = duat.noGrad(() => p.mul(3));
     expect(q.requiresGrad).toBe(false);
@@ -123,7 +123,7 @@ describe('memory', () => {
   });
 
   test('tidy frees everything its function made when the function throws', () => {
-    const before = duat.memory();
+    const before = live();
     expect(() =>
       duat.tidy(() => {
         const a = duat.ones([1000]);
@@ -131,7 +131,7 @@ describe('memory', () => {
         duat.ones([2, 3]).matmul(duat.ones([2, 3]));  // a ShapeError after four tensors were made
       }),
     ).toThrow(duat.ShapeError);
-    expect(duat.memory()).toEqual(before);
+    expect(live()).toEqual(before);
   });
 });
 

@@ -344,11 +344,25 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
       if (k === 'seed') continue;  // initialisation only: the checkpoint replaces every parameter
       if (config[k] !== v) throw new CheckpointError(`${file}: the checkpoint's ${k} is ${JSON.stringify(config[k])} but the model's is ${JSON.stringify(v)}`);
     }
+    // Everything is checked before anything changes: a checkpoint that does not fit leaves the
+    // model and the optimizer as they were.
     const params = new Map<string, Tensor>();
-    for (const [name] of model.namedParameters()) {
+    const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+    for (const [name, p] of model.namedParameters()) {
       const t = tensors.get(name);
       if (!t) throw new CheckpointError(`${file}: missing parameter '${name}'`);
+      if (!sameShape(t.shape, p.shape)) {
+        throw new CheckpointError(`${file}: parameter '${name}' has shape [${t.shape.join(', ')}] but the model's is [${p.shape.join(', ')}]`);
+      }
       params.set(name, t);
+      for (const kind of opt instanceof AdamW ? ['m', 'v'] : ['buf']) {
+        const s = tensors.get(`optimizer.${kind}.${name}`);
+        if (s && (s.dtype !== 'float32' || !sameShape(s.shape, p.shape))) {
+          throw new CheckpointError(
+            `${file}: optimizer state 'optimizer.${kind}.${name}' has shape [${s.shape.join(', ')}] but its parameter has [${p.shape.join(', ')}]`,
+          );
+        }
+      }
     }
     model.loadStateDict(params);
     opt.stepCount = Number(metadata.optimizer_steps ?? 0);

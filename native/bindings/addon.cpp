@@ -368,7 +368,15 @@ Napi::Value js_memory(Info info) {
     o.Set("tensors", static_cast<double>(m.tensors));
     o.Set("bytes", static_cast<double>(m.bytes));
     o.Set("cudaBytes", static_cast<double>(m.cuda_bytes));
+    o.Set("peakBytes", static_cast<double>(m.peak_bytes));
     return o;
+  });
+}
+
+Napi::Value js_reset_peak_memory(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    reset_peak_bytes();
+    return info.Env().Undefined();
   });
 }
 
@@ -517,6 +525,7 @@ const Export EXPORTS[] = {
     {"sumOfSquares", js_sum_of_squares},
     {"scaleInplace", js_scale_inplace},
     {"memory", js_memory},
+    {"resetPeakMemory", js_reset_peak_memory},
     {"cacheStats", js_cache_stats},
     {"emptyCache", js_empty_cache},
     {"setCacheLimit", js_set_cache_limit},

@@ -148,15 +148,22 @@ Napi::Value js_model_set_precision(Info info) {
   });
 }
 
-// A worker that reports a duat::Error's code as the rejection's class. OnOK and OnError may run
-// while the environment is being torn down (worker.terminate() during a step): whatever fails
-// then is dropped, never thrown out of the callback (that would abort the process).
+// A worker that reports a duat::Error's code as the rejection's class. Completion may come while
+// the environment is being torn down (worker.terminate() during a step): whatever fails then is
+// dropped, never thrown out of a callback (that would abort the process).
 class DuatWorker : public Napi::AsyncWorker {
  public:
   explicit DuatWorker(Napi::Env env) : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise promise() { return deferred_.Promise(); }
 
  protected:
+  void OnWorkComplete(Napi::Env env, napi_status status) override {
+    try {
+      Napi::AsyncWorker::OnWorkComplete(env, status);  // OnOK / OnError, then deletes this
+    } catch (...) {
+      release();  // nothing can be reported any more; the model's lock still goes
+    }
+  }
   void Execute() override {
     try {
       run();

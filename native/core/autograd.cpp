@@ -78,6 +78,16 @@ Tensor& Grads::contiguous_slot_for_write(size_t i, bool* fresh) {
 
 void Grads::add(size_t i, const Tensor& g) { add_into(slot(i), g); }
 
+Tensor Grads::reusable(const Tensor& dout) const {
+  const bool own = dout_owned_ && !dout_passed_ && dout->storage.get() == dout_storage_ && dout.use_count() == 1 &&
+                   dout->storage.use_count() == 1;
+  if (own) return dout;
+  Tensor t = empty({dout->numel()}, dout->dtype, dout->device);
+  t->shape = dout->shape;
+  t->strides = dout->strides;  // dout is dense: laid out like the op's output (or contiguous)
+  return t;
+}
+
 void Grads::pass(size_t i, const Tensor& g) {
   const TensorImpl& in = *inputs_[i];
   const bool fits = !slots_[i] && g->shape == in.shape && g->device == in.device && is_dense(g);
@@ -154,7 +164,10 @@ void backward(const Tensor& root, const Tensor& seed) {
   std::unordered_map<TensorImpl*, Tensor> pending;
   pending[root.get()] = dseed;
   for (size_t k = order.size(); k-- > 0;) {
-    Tensor t = order[k];
+    // Taken out of `order`: once its backward has run, nothing of the walk holds t, so its
+    // storage (and what its node saved) is freed as the walk passes, not when it ends. Its inputs
+    // come later in the walk and are still held by `order`, so `pending`'s keys stay valid.
+    Tensor t = std::move(order[k]);
     auto it = pending.find(t.get());
     if (it == pending.end()) continue;
     Tensor dout = it->second;

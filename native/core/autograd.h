@@ -40,6 +40,9 @@ class Grads {
   }
   // slot(i) += g (any strides).
   void add(size_t i, const Tensor& g);
+  // dout itself when the walk owns it and nothing else references it, so a backward may compute
+  // in place over it (GELU's gradient over the incoming one); otherwise a fresh buffer like it.
+  Tensor reusable(const Tensor& dout) const;
   // Like add, but when slot i is still empty and g may become it (a view of the gradient the walk
   // owns, handed on once, or a dense tensor the backward function just made), no copy is made.
   void pass(size_t i, const Tensor& g);

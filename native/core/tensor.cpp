@@ -14,6 +14,7 @@ namespace {
 std::atomic<int64_t> g_live_tensors{0};
 std::atomic<int64_t> g_live_bytes{0};
 std::atomic<int64_t> g_cuda_bytes{0};
+std::atomic<int64_t> g_peak_bytes{0};
 
 // Operands of one elementwise or reduction launch, walked together over one shape.
 struct Walk {
@@ -96,7 +97,9 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   s->bytes = bytes;
   s->device = device;
   s->owner = &be;
-  g_live_bytes += static_cast<int64_t>(bytes);
+  const int64_t live = g_live_bytes += static_cast<int64_t>(bytes);
+  for (int64_t peak = g_peak_bytes.load(); live > peak && !g_peak_bytes.compare_exchange_weak(peak, live);) {
+  }
   if (device == DEVICE_CUDA) g_cuda_bytes += static_cast<int64_t>(bytes);
   return s;
 }
@@ -152,7 +155,11 @@ int32_t* TensorImpl::ptr_i32() const {
 
 void* TensorImpl::ptr() const { return static_cast<char*>(storage->data) + offset * 4; }
 
-MemoryStats memory_stats() { return {g_live_tensors.load(), g_live_bytes.load(), g_cuda_bytes.load()}; }
+MemoryStats memory_stats() {
+  return {g_live_tensors.load(), g_live_bytes.load(), g_cuda_bytes.load(), g_peak_bytes.load()};
+}
+
+void reset_peak_bytes() { g_peak_bytes.store(g_live_bytes.load()); }
 
 Tensor empty(const Shape& shape, DType dtype, Device device) {
   const int64_t n = shape_numel(shape);

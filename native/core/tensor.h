@@ -86,8 +86,10 @@ struct MemoryStats {
   int64_t tensors;     // live TensorImpl objects, views and graph internals included
   int64_t bytes;       // bytes of live storage on all devices
   int64_t cuda_bytes;  // of which on DEVICE_CUDA
+  int64_t peak_bytes;  // the most `bytes` has been since reset_peak_bytes()
 };
 MemoryStats memory_stats();
+void reset_peak_bytes();
 
 // The CPU block cache: freed blocks of 64 KiB and more are kept by size class (at most
 // cache_limit bytes) and reused, so steady-state training allocates without page faults.

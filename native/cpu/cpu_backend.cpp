@@ -94,14 +94,17 @@ void set_cache_limit(int64_t bytes) {
 }
 
 void* CpuBackend::allocate(size_t bytes, size_t* capacity) {
-  const size_t cls = size_class(bytes);
+  size_t cls = size_class(bytes);
   void* p = nullptr;
   if (cls >= CACHE_MIN) {
+    // The smallest cached block that fits, up to a quarter larger than the class: a step's
+    // buffers come in many sizes, and a new block for each would leave the cached ones unused.
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mutex);
-    auto it = c.blocks.find(cls);
-    if (it != c.blocks.end()) {
+    auto it = c.blocks.lower_bound(cls);
+    if (it != c.blocks.end() && it->first <= cls + cls / 4) {
       p = it->second;
+      cls = it->first;
       c.blocks.erase(it);
       c.cached -= static_cast<int64_t>(cls);
       c.hits++;

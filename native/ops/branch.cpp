@@ -118,12 +118,10 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   const bool folded = static_cast<bool>(ln_w), has_bias = static_cast<bool>(b);
   return record(out, "branch_linear", {x, w, b, ln_w, ln_b}, [=](const Tensor& dout, Grads& grads) {
     Backend& be = backend(dev);
-    // The gradient before the activation, laid out like the output.
-    Tensor dpre = dout;
-    if (gelu) {
-      dpre = empty_like_output(dout);
-      launch_map(MAP_GELU_GRAD, dpre, spre, dout);
-    }
+    // The gradient before the activation, laid out like the output (over dout itself when the
+    // walk lets it go: the largest buffer of a stage's backward is not needed twice).
+    Tensor dpre = gelu ? grads.reusable(dout) : dout;
+    if (gelu) launch_map(MAP_GELU_GRAD, dpre, spre, dout);
     if (grads.needs(0)) {
       if (shared) {
         // dx(r, c) = sum over (n, o) of dpre_n(r, o) W'_n(o, c): one product of inner size N*O.

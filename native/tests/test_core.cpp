@@ -110,6 +110,43 @@ void test_autograd_fanout() {
   expect(threw, "a second backward through a freed graph throws ERROR_STATE");
 }
 
+// The walk frees what it passes: when the backward of the first op of a chain runs, the later
+// ops' activations and saved tensors are gone (a walk that held them to the end kept a whole
+// model's activations alive through backward).
+void test_backward_frees_as_it_goes() {
+  const Tensor x = randn({1 << 18}, 5, 0.0f, 1.0f);  // 1 MiB
+  x->requires_grad = true;
+  int64_t live_at_first_op = -1;
+  Tensor y = record(add_scalar(detach(x), 0.0f), "probe", {x}, [&](const Tensor& dout, Grads& g) {
+    live_at_first_op = memory_stats().bytes;
+    g.add(0, dout);
+  });
+  for (int i = 0; i < 12; i++) y = gelu(y);  // 12 activations of 1 MiB, each saved by the next gelu
+  const int64_t before = memory_stats().bytes;
+  backward(sum(y, {}, false), nullptr);
+  y = nullptr;
+  // 14 MiB live after the forward; by the first op's backward the 12 activations after it are gone.
+  const double freed_mib = static_cast<double>(before - live_at_first_op) / (1 << 20);
+  expect(live_at_first_op >= 0 && freed_mib > 6,
+         "backward frees activations as it passes (" + std::to_string(freed_mib) + " MiB freed by the first op)");
+}
+
+// GELU's gradient is computed over the incoming gradient when the walk owns it: the backward of
+// branch_linear with GELU needs one output-sized buffer, not two (the largest of a stage).
+void test_gelu_backward_in_place() {
+  const int64_t R = 1000, N = 4, O = 512, C = 16;
+  const Tensor x = randn({R, C}, 1, 0.0f, 1.0f), w = randn({N, O, C}, 2, 0.0f, 0.1f);
+  w->requires_grad = true;
+  const Tensor loss = sum(branch_linear(x, w, nullptr, nullptr, nullptr, true, true), {}, false);
+  const double out_bytes = static_cast<double>(R * N * O * 4);
+  reset_peak_bytes();
+  const int64_t before = memory_stats().bytes;
+  backward(loss, nullptr);
+  const double grew = static_cast<double>(memory_stats().peak_bytes - before);
+  expect(grew < 1.5 * out_bytes, "branch_linear's GELU backward works over the incoming gradient (" +
+                                     std::to_string(grew / out_bytes) + " output sizes at the peak)");
+}
+
 void test_pool() {
   std::vector<int> hits(1000, 0);
   parallel_for(1000, [&](int64_t i) { hits[i]++; });
@@ -384,6 +421,8 @@ int main() {
   test_math();
   test_autograd_fanout();
   test_pool();
+  test_backward_frees_as_it_goes();
+  test_gelu_backward_in_place();
   test_memory();
   test_device_math();
   test_strided_offsets();

@@ -126,3 +126,9 @@ export function checkOp(c: OpCase, seed = 1, device: duat.Device = 'cpu'): Check
     return { forward, backward, self };
   });
 }
+
+/** Live tensors and bytes (all devices, and of which on CUDA): what a leak check compares. */
+export function live(): { tensors: number; bytes: number; cudaBytes: number } {
+  const m = duat.memory();
+  return { tensors: m.tensors, bytes: m.bytes, cudaBytes: m.cudaBytes };
+}
