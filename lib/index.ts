@@ -4,7 +4,7 @@
  * @packageDocumentation
  */
 import * as F from './functional';
-import { native, verifyInstall } from './native';
+import { native, NativeBackendInfo, verifyInstall } from './native';
 export { verifyInstall };
 import * as nn from './nn';
 import * as optim from './optim';
@@ -39,24 +39,7 @@ export { data };
 export type { ParaFormerConfig, ParaFormerOptions } from './nn/ParaFormer';
 
 /** What the loaded binary can do: CPU kernels chosen, threads, and whether CUDA is usable (and why not). */
-export interface BackendInfo {
-  napiVersion: number;
-  cpu: { isa: string; isaBest: string; threads: number };
-  /**
-   * Whether CUDA was compiled in, is usable, and if not, why; device 0's name and capability.
-   * `testDevice`: 'cuda' is served by the test device (host memory, CPU kernels), for tests.
-   */
-  cuda: {
-    available: boolean;
-    built: boolean;
-    testDevice: boolean;
-    devices: number;
-    device: string;
-    runtimeVersion: number;
-    driverVersion: number;
-    reason: string;
-  };
-}
+export type BackendInfo = NativeBackendInfo;
 
 /** Describes the loaded native backend. */
 export function backendInfo(): BackendInfo {

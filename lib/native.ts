@@ -26,10 +26,13 @@ export interface NativeDescription {
 export interface NativeBackendInfo {
   napiVersion: number;
   cpu: { isa: string; isaBest: string; threads: number };
+  /**
+   * Whether CUDA was compiled in, is usable, and if not, why; device 0's name and capability.
+   * `testDevice`: 'cuda' is served by the test device (host memory, CPU kernels), for tests.
+   */
   cuda: {
     available: boolean;
     built: boolean;
-    /** DEVICE_CUDA is served by the test device (host memory, CPU kernels). */
     testDevice: boolean;
     devices: number;
     device: string;

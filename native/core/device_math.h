@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#ifndef DUAT_HD  // also defined, the same way, by cpu/math.h
+#ifndef DUAT_HD  // inline everywhere; __host__ __device__ under nvcc
 #ifdef __CUDACC__
 #define DUAT_HD __host__ __device__ __forceinline__
 #else

@@ -263,8 +263,8 @@ void launch_map(MapOp op, const Tensor& out, const Tensor& a, const Tensor& b, f
 }
 
 void launch_reduce(const Tensor& out, const Tensor& in, float scale, bool accumulate) {
-  if (in->numel() == 0) {
-    if (!accumulate && out->numel()) launch_map(MAP_MUL_SCALAR, out, out, nullptr, 0.0f);  // sum of nothing
+  if (in->numel() == 0) {  // a sum of nothing is 0 (out may hold garbage: copy a zero, never scale it)
+    if (!accumulate && out->numel()) launch_map(MAP_COPY, out, zeros({}, DTYPE_F32, out->device), nullptr);
     return;
   }
   Shape os = out->strides;

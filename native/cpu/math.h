@@ -5,13 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef DUAT_HD  // also defined, the same way, by core/device_math.h
-#ifdef __CUDACC__
-#define DUAT_HD __host__ __device__ __forceinline__
-#else
-#define DUAT_HD inline __attribute__((always_inline))
-#endif
-#endif
+#include "../core/device_math.h"  // DUAT_HD
 
 namespace duat {
 
