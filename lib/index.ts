@@ -16,6 +16,7 @@ export {
   keep,
   manualSeed,
   memory,
+  resetPeakMemory,
   noGrad,
   ones,
   rand,
@@ -32,8 +33,8 @@ export { ParaFormer } from './nn/ParaFormer';
 export { load, loadViT, save } from './io/model';
 export type { LoadViTOptions } from './io/model';
 export { loadSafetensors, saveSafetensors } from './io/safetensors';
-export { evaluate, fit, learningRate } from './train/fit';
-export type { EpochMetrics, EvalResult, FitOptions, FitResult, StepMetrics } from './train/fit';
+export { evaluate, fit, learningRate, resolveFitOptions } from './train/fit';
+export type { EpochMetrics, EvalResult, FitOptions, FitResult, ResolvedFitOptions, StepMetrics } from './train/fit';
 import * as data from './data';
 export { data };
 export type { ParaFormerConfig, ParaFormerOptions } from './nn/ParaFormer';

@@ -99,7 +99,8 @@ export interface RawBinding {
   /** The squared L2 norm of all the tensors together. */
   sumOfSquares(ts: H[]): number;
   scaleInplace(t: H, s: number): void;
-  memory(): { tensors: number; bytes: number; cudaBytes: number };
+  memory(): { tensors: number; bytes: number; cudaBytes: number; peakBytes: number };
+  resetPeakMemory(): void;
   cacheStats(): { cachedBytes: number; limitBytes: number; hits: number; misses: number };
   emptyCache(): void;
   setCacheLimit(bytes: number): void;
@@ -120,7 +121,7 @@ export interface RawBinding {
   modelSetPrecision(model: ModelHandle, precision: number): void;
   modelTrainStepAsync(model: ModelHandle, images: H, labels: H, optimizer: OptimizerHandle | null,
     groups: NativeGroupOptions[] | null, labelSmoothing: number, clipGradNorm: number):
-    Promise<{ loss: number; gradNorm: number; correct: number }>;
+    Promise<{ loss: number; gradNorm: number; correct: number; skipped: boolean }>;
   modelEvaluateAsync(model: ModelHandle, images: H, labels: H | null):
     Promise<{ lossSum: number; correct: number; predictions: Int32Array }>;
   // The optimizer (native/train/optimizer.h); kind 0 AdamW, 1 SGD.

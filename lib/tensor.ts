@@ -4,7 +4,7 @@
  */
 import { ArgumentError, DeviceError, DisposedError, DTypeError, ShapeError } from './errors';
 import { native, NativeTensor } from './native';
-import { checkBool, checkInt, checkNumber, checkOptions, checkShape, describe, isFloat32Array, isInt32Array } from './validate';
+import { checkBool, checkInt, checkNumber, checkOptions, checkReal, checkShape, describe, isFloat32Array, isInt32Array } from './validate';
 
 /** Element types. */
 export type DType = 'float32' | 'int32';
@@ -88,9 +88,17 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
-/** Live native tensors (views and graph internals included) and their bytes, of which on CUDA. */
-export function memory(): { tensors: number; bytes: number; cudaBytes: number } {
+/**
+ * Live native tensors (views and graph internals included) and their bytes, of which on CUDA, and
+ * the most bytes live at once since {@link resetPeakMemory} (or the start).
+ */
+export function memory(): { tensors: number; bytes: number; cudaBytes: number; peakBytes: number } {
   return native().memory();
+}
+
+/** Starts a new peak for `memory().peakBytes` from the bytes live now. */
+export function resetPeakMemory(): void {
+  native().resetPeakMemory();
 }
 
 /**
@@ -332,7 +340,7 @@ function dimList(dims: number | number[] | undefined): number[] {
 type BinaryName = 'add' | 'sub' | 'mul' | 'div';
 function binary(op: BinaryName, scalarOp: 'addScalar' | 'mulScalar', a: Tensor, b: Tensor | number, sign: 1 | -1): Tensor {
   if (typeof b === 'number') {
-    checkNumber(b, 'the scalar operand');
+    checkReal(b, 'the scalar operand');
     const s = scalarOp === 'mulScalar' && sign === -1 ? 1 / b : sign * b;
     return new Tensor(native()[scalarOp](a.handle, s));
   }
@@ -413,7 +421,7 @@ export function zeros(shape: number[], options?: TensorOptions): Tensor {
 /** A float32 tensor filled with `value`. */
 export function full(shape: number[], value: number, options?: TensorOptions): Tensor {
   const opts = checkOptions<TensorOptions>(options, 'full options');
-  return finish(new Tensor(native().full(checkShape(shape), checkNumber(value, 'value'), resolveDevice(opts.device))), opts);
+  return finish(new Tensor(native().full(checkShape(shape), checkReal(value, 'value'), resolveDevice(opts.device))), opts);
 }
 
 /** A float32 tensor of ones. */

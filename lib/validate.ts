@@ -26,11 +26,20 @@ export function checkInt(value: unknown, name: string, lo: number, hi: number): 
   return value;
 }
 
+/** A finite number in [lo, hi]: NaN and the infinities are refused (a learning rate of Infinity
+ * would turn every parameter into NaN on the first step). */
 export function checkNumber(value: unknown, name: string, lo = -Infinity, hi = Infinity): number {
-  if (typeof value !== 'number' || Number.isNaN(value) || value < lo || value > hi) {
-    const range = lo === -Infinity && hi === Infinity ? 'number' : `number in [${lo}, ${hi}]`;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < lo || value > hi) {
+    const range =
+      lo === -Infinity && hi === Infinity ? 'finite number' : hi === Infinity ? `finite number >= ${lo}` : `number in [${lo}, ${hi}]`;
     throw new ArgumentError(`Expected ${range} for ${name} but received ${describe(value)}`);
   }
+  return value;
+}
+
+/** A number that may be infinite (a fill value, a scalar operand), but not NaN. */
+export function checkReal(value: unknown, name: string): number {
+  if (typeof value !== 'number' || Number.isNaN(value)) throw new ArgumentError(`Expected number for ${name} but received ${describe(value)}`);
   return value;
 }
 

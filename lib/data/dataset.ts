@@ -8,6 +8,7 @@ import * as path from 'path';
 import { ArgumentError, DataError } from '../errors';
 import { Tensor, tensor } from '../tensor';
 import { checkInt, checkOptions } from '../validate';
+import { readFileOr } from '../io/files';
 import { readIdx } from './idx';
 
 /** Images as float32 (N, channels, size, size), already normalised, and int32 labels. */
@@ -78,13 +79,9 @@ export function loadCifarBinary(files: string[], options: { labelBytes?: 1 | 2; 
   const record = labelBytes + 3072;
   const mean = options.mean ?? [0.4914, 0.4822, 0.4465], std = options.std ?? [0.247, 0.2435, 0.2616];
   const parts: Buffer[] = [];
+  if (!Array.isArray(files) || files.length === 0) throw new ArgumentError('Expected a non-empty array of CIFAR batch files');
   for (const f of files) {
-    let b: Buffer;
-    try {
-      b = fs.readFileSync(f);
-    } catch (e) {
-      throw new DataError(`${f}: cannot read (${(e as Error).message})`);
-    }
+    const b = readFileOr(f, DataError);
     if (b.length === 0 || b.length % record !== 0) {
       throw new DataError(`${f}: ${b.length} bytes is not a whole number of ${record}-byte CIFAR records (truncated or not CIFAR)`);
     }

@@ -7,6 +7,7 @@ import * as path from 'path';
 
 import { readFileOr } from '../io/files';
 import { DataError } from '../errors';
+import { checkInt } from '../validate';
 import type { Dataset } from './dataset';
 
 /** A decoded image: values in [0, 1], channel-major (channels, height, width). */
@@ -17,12 +18,61 @@ export interface Image {
   data: Float32Array;
 }
 
-/** Decodes a PNG or JPEG file to RGB in [0, 1]. @throws DataError naming the file */
-export function readImage(file: string): Image {
+/** Images with more pixels than this are refused before decoding, unless a caller allows more. */
+export const MAX_PIXELS = 2 ** 24;  // 16.8 megapixels: 4096 x 4096
+
+/** Options of {@link readImage}. */
+export interface ReadImageOptions {
+  /** Refuse images with more pixels than this, before decoding them. Default MAX_PIXELS. */
+  maxPixels?: number;
+}
+
+const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+
+/**
+ * The width and height a PNG or JPEG file declares, read from its header without decoding (so
+ * a small file that declares a huge image is refused before it costs memory); null when not found.
+ */
+export function imageSize(buf: Buffer): { width: number; height: number } | null {
+  if (buf.length >= 24 && buf.subarray(0, 8).equals(PNG_SIGNATURE) && buf.toString('latin1', 12, 16) === 'IHDR') {
+    return { width: buf.readUInt32BE(16), height: buf.readUInt32BE(20) };
+  }
+  if (buf.length >= 4 && buf[0] === 0xff && buf[1] === 0xd8) {
+    // Walk the markers to the first start-of-frame (SOF0..SOF15 but DHT, JPG and DAC).
+    for (let at = 2; at + 9 <= buf.length; ) {
+      if (buf[at] !== 0xff) return null;
+      const marker = buf[at + 1];
+      if (marker === 0xff) {
+        at++;
+        continue;
+      }
+      if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
+        return { height: buf.readUInt16BE(at + 5), width: buf.readUInt16BE(at + 7) };
+      }
+      at += 2 + buf.readUInt16BE(at + 2);
+    }
+  }
+  return null;
+}
+
+/**
+ * Decodes a PNG or JPEG file to RGB in [0, 1]. The declared size is checked before decoding.
+ * @throws DataError naming the file: unreadable, not an image, empty, larger than `maxPixels`,
+ *   or not decodable
+ */
+export function readImage(file: string, options?: ReadImageOptions): Image {
+  const maxPixels = checkInt(options?.maxPixels ?? MAX_PIXELS, 'maxPixels', 1, 2 ** 31);
   const buf = readFileOr(file, DataError);
+  const declared = imageSize(buf);
+  if (declared && (declared.width === 0 || declared.height === 0)) {
+    throw new DataError(`${file}: the image is empty (${declared.width} x ${declared.height} pixels)`);
+  }
+  if (declared && declared.width * declared.height > maxPixels) {
+    throw new DataError(`${file}: ${declared.width} x ${declared.height} pixels is more than the ${maxPixels} allowed (raise maxPixels to read it)`);
+  }
   let width: number, height: number, rgba: Uint8Array;
   try {
-    if (buf.subarray(0, 8).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]))) {
+    if (buf.subarray(0, 8).equals(PNG_SIGNATURE)) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const { PNG } = require('pngjs') as typeof import('pngjs');
       const png = PNG.sync.read(buf);
@@ -31,7 +81,7 @@ export function readImage(file: string): Image {
     } else if (buf[0] === 0xff && buf[1] === 0xd8) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const jpeg = require('jpeg-js') as { decode(b: Buffer, o: object): { width: number; height: number; data: Uint8Array } };
-      const img = jpeg.decode(buf, { useTArray: true, maxMemoryUsageInMB: 256 });
+      const img = jpeg.decode(buf, { useTArray: true, maxResolutionInMP: maxPixels / 1e6, maxMemoryUsageInMB: 512 });
       ({ width, height } = img);
       rgba = img.data;
     } else {
@@ -39,6 +89,9 @@ export function readImage(file: string): Image {
     }
   } catch (e) {
     throw new DataError(`${file}: cannot decode the image (${(e as Error).message})`);
+  }
+  if (width < 1 || height < 1 || width * height > maxPixels) {
+    throw new DataError(`${file}: decoded to ${width} x ${height} pixels, which is empty or more than the ${maxPixels} allowed`);
   }
   const data = new Float32Array(3 * width * height);
   for (let i = 0; i < width * height; i++)

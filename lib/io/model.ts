@@ -5,21 +5,26 @@ import { concat } from '../functional';
 import { native } from '../native';
 import { Tensor } from '../tensor';
 import { checkInt, checkOptions, describe } from '../validate';
+import { checkPath } from './files';
 import { loadSafetensors, saveSafetensors } from './safetensors';
 
 /** Saves a model (parameters and config) to a safetensors file, atomically. */
 export function save(file: string, model: ParaFormer): void {
-  if (typeof file !== 'string' || !file) throw new ArgumentError(`Expected a file path for file but received ${describe(file)}`);
+  checkPath(file);
   if (!(model instanceof ParaFormer)) throw new ArgumentError(`Expected a ParaFormer for model but received ${describe(model)}`);
   saveSafetensors(file, model.namedParameters(), { format: 'duat-model', config: JSON.stringify(model.config) });
 }
 
+const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+
 /**
- * Loads a model saved by save() (or the model part of a training checkpoint).
+ * Loads a model saved by save() (or the model part of a training checkpoint). The file's tensors
+ * are checked against the model its config describes before the model is made: every parameter
+ * present with its shape, nothing else but optimizer state and training records.
  * @throws CheckpointError naming the file and what does not fit
  */
 export function load(file: string): ParaFormer {
-  if (typeof file !== 'string' || !file) throw new ArgumentError(`Expected a file path for file but received ${describe(file)}`);
+  checkPath(file);
   const { tensors, metadata } = loadSafetensors(file);
   try {
     let config: ParaFormerConfig;
@@ -28,18 +33,27 @@ export function load(file: string): ParaFormer {
     } catch {
       throw new CheckpointError(`${file}: no model config in the metadata (was it written by duat.save?)`);
     }
-    let model: ParaFormer;
+    let spec: { name: string; shape: number[] }[];
     try {
-      model = new ParaFormer(config);
+      spec = ParaFormer.parameterSpec(config);
     } catch (e) {
       throw new CheckpointError(`${file}: the saved config is not valid: ${(e as Error).message}`);
     }
-    try {
-      model.loadStateDict(new Map([...tensors].filter(([n]) => !n.startsWith('optimizer.') && !n.startsWith('train.'))));
-    } catch (e) {
-      model.dispose();
-      throw new CheckpointError(`${file}: ${(e as Error).message}`);
+    const names = new Set(spec.map((p) => p.name));
+    for (const { name, shape } of spec) {
+      const t = tensors.get(name);
+      if (!t) throw new CheckpointError(`${file}: missing parameter '${name}'`);
+      if (t.dtype !== 'float32' || !sameShape(t.shape, shape)) {
+        throw new CheckpointError(`${file}: parameter '${name}' has shape [${t.shape.join(', ')}] but the config needs [${shape.join(', ')}]`);
+      }
     }
+    for (const name of tensors.keys()) {
+      if (!names.has(name) && !name.startsWith('optimizer.') && !name.startsWith('train.')) {
+        throw new CheckpointError(`${file}: unexpected tensor '${name}' (not a parameter of the saved model)`);
+      }
+    }
+    const model = new ParaFormer(config);
+    model.loadStateDict(new Map([...tensors].filter(([n]) => names.has(n))));
     return model;
   } finally {
     for (const t of tensors.values()) t.dispose();
@@ -67,6 +81,7 @@ export interface LoadViTOptions {
  * `cls_token`, `pos_embed`, `norm.*`, `head.*`) as a Para-Former for fine-tuning.
  */
 export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
+  checkPath(file);
   const o = checkOptions<LoadViTOptions>(options, 'loadViT options');
   const { tensors } = loadSafetensors(file);
   try {
@@ -89,6 +104,34 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
     const head = get('head.weight');
     const M = get('blocks.0.mlp.fc1.weight').shape[0];
     const imageSize = checkInt(o.imageSize ?? grid * P, 'imageSize', 1, 1 << 20);
+    // Every tensor the model takes, checked against the sizes above before anything is made.
+    const want = (name: string, shape: number[]) => {
+      const t = get(name);
+      if (t.dtype !== 'float32' || !sameShape(t.shape, shape)) {
+        throw new CheckpointError(`${file}: '${name}' has shape [${t.shape.join(', ')}] but a ViT of width ${C} needs [${shape.join(', ')}]`);
+      }
+    };
+    if (C < 1 || ch < 1 || P < 1 || M < 1 || head.shape[0] < 1 || grid * grid + 1 !== pos.shape[1]) {
+      throw new CheckpointError(`${file}: empty or inconsistent sizes (width ${C}, channels ${ch}, patch ${P}, MLP ${M}, ${pos.shape[1]} positions)`);
+    }
+    want('patch_embed.proj.weight', [C, ch, P, P]);
+    want('patch_embed.proj.bias', [C]);
+    want('cls_token', [1, 1, C]);
+    want('pos_embed', [1, grid * grid + 1, C]);
+    want('norm.weight', [C]);
+    want('norm.bias', [C]);
+    want('head.weight', [head.shape[0], C]);
+    want('head.bias', [head.shape[0]]);
+    for (let i = 0; i < blocks; i++) {
+      const b = `blocks.${i}.`;
+      for (const k of ['norm1.weight', 'norm1.bias', 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc2.bias']) want(b + k, [C]);
+      want(b + 'attn.qkv.weight', [3 * C, C]);
+      want(b + 'attn.qkv.bias', [3 * C]);
+      want(b + 'attn.proj.weight', [C, C]);
+      want(b + 'mlp.fc1.weight', [M, C]);
+      want(b + 'mlp.fc1.bias', [M]);
+      want(b + 'mlp.fc2.weight', [C, M]);
+    }
     const model = new ParaFormer({
       imageSize, patchSize: P, channels: o.channels ?? ch, classes: o.classes ?? head.shape[0],
       dim: C, heads, depth: m, branches: n, mlpRatio: M / C,

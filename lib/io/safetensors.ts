@@ -1,34 +1,15 @@
 /**
  * safetensors files: an 8-byte little-endian header length, a JSON header (name -> dtype, shape,
- * data_offsets; `__metadata__` -> string map), then the raw little-endian data. Writes are
- * atomic: a temporary file in the same directory, fsync, then rename.
+ * data_offsets; `__metadata__` -> string map), then the raw little-endian data. Reading is strict:
+ * the header is bounded and has no duplicate names, and the tensors' data tile the data section
+ * exactly (no overlap, no gap, no trailing bytes), all checked before any tensor is made. Writes
+ * are atomic (files.ts).
  */
-import * as fs from 'fs';
-import * as path from 'path';
-
-import { readFileOr } from './files';
+import { readFileOr, writeFileAtomic } from './files';
 import { CheckpointError } from '../errors';
 import { Tensor, tensor } from '../tensor';
 
 const DTYPES = { F32: 4, I32: 4 } as const;
-
-/** Writes `data` to `file` atomically: a crash mid-write leaves the old file (or none), never half a file. */
-export function writeFileAtomic(file: string, data: Uint8Array | Buffer[]): void {
-  const dir = path.dirname(path.resolve(file));
-  fs.mkdirSync(dir, { recursive: true });
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-  const fd = fs.openSync(tmp, 'w');
-  try {
-    for (const chunk of Array.isArray(data) ? data : [data]) fs.writeSync(fd, chunk);
-    fs.fsyncSync(fd);
-  } catch (e) {
-    fs.closeSync(fd);
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  fs.closeSync(fd);
-  fs.renameSync(tmp, file);
-}
 
 /** Serialises tensors (and string metadata) to safetensors bytes. */
 export function encodeSafetensors(tensors: Map<string, Tensor> | [string, Tensor][], metadata: Record<string, string> = {}): Buffer[] {
@@ -62,42 +43,106 @@ export interface SafetensorsFile {
   metadata: Record<string, string>;
 }
 
-/** Reads a safetensors file. F32 and I32 only. @throws CheckpointError naming the file and the problem */
+/** The largest header accepted (the format's own bound). */
+const MAX_HEADER_BYTES = 100 * 2 ** 20;
+
+/** The names at the top level of a JSON object, in order, duplicates included (JSON.parse keeps the last). */
+function topLevelKeys(json: string): string[] {
+  const keys: string[] = [];
+  let depth = 0, expectKey = false;
+  for (let i = 0; i < json.length; i++) {
+    const c = json[i];
+    if (c === '"') {
+      let j = i + 1;
+      while (j < json.length && json[j] !== '"') j += json[j] === '\\' ? 2 : 1;
+      if (depth === 1 && expectKey) keys.push(JSON.parse(json.slice(i, j + 1)));
+      expectKey = false;
+      i = j;
+    } else if (c === '{' || c === '[') {
+      depth++;
+      expectKey = depth === 1 && c === '{';
+    } else if (c === '}' || c === ']') {
+      depth--;
+    } else if (c === ',' && depth === 1) {
+      expectKey = true;
+    }
+  }
+  return keys;
+}
+
+interface Entry {
+  name: string;
+  dtype: keyof typeof DTYPES;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+/**
+ * Reads a safetensors file. F32 and I32 only.
+ * @throws CheckpointError naming the file and the problem
+ */
 export function loadSafetensors(file: string): SafetensorsFile {
   const buf = readFileOr(file, CheckpointError);
   const bad = (what: string) => new CheckpointError(`${file}: not a valid safetensors file (${what})`);
   if (buf.length < 8) throw bad(`${buf.length} bytes, shorter than the header length`);
   const n = Number(buf.readBigUInt64LE(0));
-  if (n < 2 || 8 + n > buf.length) throw bad(`header length ${n} does not fit in ${buf.length} bytes; truncated?`);
-  let header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] } | Record<string, string>>;
+  if (n < 2 || n > MAX_HEADER_BYTES || 8 + n > buf.length) throw bad(`header length ${n} does not fit in ${buf.length} bytes; truncated?`);
+  const text = buf.subarray(8, 8 + n).toString('utf8');
+  let header: Record<string, unknown>;
   try {
-    header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+    header = JSON.parse(text);
   } catch (e) {
     throw bad(`header is not JSON: ${(e as Error).message}`);
   }
   if (header === null || typeof header !== 'object' || Array.isArray(header)) throw bad('header is not an object');
+  const seen = new Set<string>();
+  for (const k of topLevelKeys(text)) {
+    if (seen.has(k)) throw bad(`the name '${k}' appears twice in the header`);
+    seen.add(k);
+  }
   const dataStart = 8 + n, dataLen = buf.length - dataStart;
+  const meta = header.__metadata__ ?? {};
+  if (meta === null || typeof meta !== 'object' || Array.isArray(meta) || Object.values(meta).some((v) => typeof v !== 'string')) {
+    throw bad('__metadata__ is not a map of strings');
+  }
+  // Every entry checked, then the data tiled exactly, before a tensor is made.
+  const entries: Entry[] = [];
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const e = info as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
+    if (!e || typeof e !== 'object' || typeof e.dtype !== 'string' || !Object.hasOwn(DTYPES, e.dtype)) {
+      throw bad(`tensor '${name}' has dtype ${JSON.stringify(e?.dtype)}; only F32 and I32 are supported`);
+    }
+    if (!Array.isArray(e.shape) || e.shape.length > 16 || e.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
+      throw bad(`tensor '${name}' has an invalid shape`);
+    }
+    const offsets = Array.isArray(e.data_offsets) ? e.data_offsets : [];
+    const [b0, b1] = offsets;
+    const count = (e.shape as number[]).reduce((a, b) => a * b, 1);
+    if (offsets.length !== 2 || !Number.isSafeInteger(b0) || !Number.isSafeInteger(b1) || b0 < 0 || b1 > dataLen || b1 - b0 !== count * 4) {
+      throw bad(`tensor '${name}' has data offsets [${b0}, ${b1}] that do not fit its shape [${(e.shape as number[]).join(', ')}] in ${dataLen} bytes of data; truncated?`);
+    }
+    entries.push({ name, dtype: e.dtype as keyof typeof DTYPES, shape: e.shape as number[], begin: b0, end: b1 });
+  }
+  const order = [...entries].sort((a, b) => a.begin - b.begin || a.end - b.end);
+  let at = 0;
+  for (const e of order) {
+    if (e.begin < at) throw bad(`tensor '${e.name}' overlaps the data of another tensor`);
+    if (e.begin > at) throw bad(`${e.begin - at} bytes before tensor '${e.name}' belong to no tensor`);
+    at = e.end;
+  }
+  if (at !== dataLen) throw bad(`${dataLen - at} trailing bytes after the last tensor`);
   const tensors = new Map<string, Tensor>();
-  const metadata = (header.__metadata__ ?? {}) as Record<string, string>;
   try {
-    for (const [name, info] of Object.entries(header)) {
-      if (name === '__metadata__') continue;
-      const e = info as { dtype: string; shape: number[]; data_offsets: [number, number] };
-      if (!e || !(e.dtype in DTYPES)) throw bad(`tensor '${name}' has dtype ${JSON.stringify(e?.dtype)}; only F32 and I32 are supported`);
-      if (!Array.isArray(e.shape) || e.shape.some((d) => !Number.isInteger(d) || d < 0)) throw bad(`tensor '${name}' has an invalid shape`);
-      const [b0, b1] = e.data_offsets ?? [];
-      const count = e.shape.reduce((a, b) => a * b, 1);
-      if (!Number.isInteger(b0) || !Number.isInteger(b1) || b0 < 0 || b1 > dataLen || b1 - b0 !== count * 4) {
-        throw bad(`tensor '${name}' has data offsets [${b0}, ${b1}] that do not fit its shape [${e.shape}] in ${dataLen} bytes of data; truncated?`);
-      }
-      const bytes = buf.subarray(dataStart + b0, dataStart + b1);
-      const copy = new Uint8Array(bytes);  // aligned copy
+    for (const e of entries) {
+      const copy = new Uint8Array(buf.subarray(dataStart + e.begin, dataStart + e.end));  // aligned copy
       const data = e.dtype === 'F32' ? new Float32Array(copy.buffer) : new Int32Array(copy.buffer);
-      tensors.set(name, tensor(data, e.shape));
+      tensors.set(e.name, tensor(data, e.shape));
     }
   } catch (err) {
     for (const t of tensors.values()) t.dispose();
     throw err;
   }
-  return { tensors, metadata };
+  return { tensors, metadata: meta as Record<string, string> };
 }

@@ -58,6 +58,10 @@ export interface StepResult {
   gradNorm: number;
   /** Correct predictions in the batch. */
   correct: number;
+  /** The loss or the gradient norm was not finite (NaN or infinite), so the optimizer left the
+   * parameters, its state and its step count as they were. Without an optimizer the gradients are
+   * left in `.grad` as computed. */
+  skipped: boolean;
 }
 
 /** Options of {@link ParaFormer.trainStep}. */
@@ -144,6 +148,16 @@ export class ParaFormer extends Module {
     return new ParaFormer({ ...SIZES[size], depth: Number(m[1]), branches: m[2] ? Number(m[2]) : 1, ...overrides });
   }
 
+  /**
+   * @internal The name and shape of every parameter the options describe, computed without
+   * making the model (file loaders check a file against it before allocating anything).
+   * @throws ArgumentError for options that describe no valid model
+   */
+  static parameterSpec(options: ParaFormerOptions): { name: string; shape: number[] }[] {
+    const c = resolve(options);
+    return native().modelSpec(nativeConfigOf(c));
+  }
+
   /** The MLP width M. */
   get mlpHidden(): number {
     return Math.round(this.config.dim * this.config.mlpRatio);
@@ -151,20 +165,7 @@ export class ParaFormer extends Module {
 
   /** @internal */
   nativeConfig(): NativeModelConfig {
-    const c = this.config;
-    return {
-      imageSize: c.imageSize,
-      patchSize: c.patchSize,
-      channels: c.channels,
-      classes: c.classes,
-      dim: c.dim,
-      heads: c.heads,
-      depth: c.depth,
-      branches: c.branches,
-      mlpHidden: this.mlpHidden,
-      eps: 1e-6,
-      branchScale: c.combine === 'mean' ? 1 / c.branches : 1,
-    };
+    return nativeConfigOf(this.config);
   }
 
   private checkIdle(what: string): void {
@@ -308,6 +309,22 @@ export class ParaFormer extends Module {
       .map(([n]) => n)
       .filter((n) => n.endsWith('.bias') || n.includes('norm') || n === 'cls_token' || n === 'pos_embed');
   }
+}
+
+function nativeConfigOf(c: ParaFormerConfig): NativeModelConfig {
+  return {
+    imageSize: c.imageSize,
+    patchSize: c.patchSize,
+    channels: c.channels,
+    classes: c.classes,
+    dim: c.dim,
+    heads: c.heads,
+    depth: c.depth,
+    branches: c.branches,
+    mlpHidden: Math.round(c.dim * c.mlpRatio),
+    eps: 1e-6,
+    branchScale: c.combine === 'mean' ? 1 / c.branches : 1,
+  };
 }
 
 /**

@@ -7,7 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
-import { ArgumentError, CheckpointError } from '../errors';
+import { ArgumentError, CheckpointError, NumericError } from '../errors';
 import { Batches, Dataset } from '../data/dataset';
 import { loadSafetensors, saveSafetensors } from '../io/safetensors';
 import { ParaFormer } from '../nn/ParaFormer';
@@ -62,6 +62,13 @@ export interface FitOptions {
   progress?: boolean;
   /** Evaluation batch size. Default 500. */
   evalBatchSize?: number;
+  /**
+   * What a step whose loss or gradient norm is NaN or infinite does. Such a step never changes the
+   * model (the update is skipped on the device). 'stop' (the default) then throws a
+   * {@link NumericError} naming the step; 'skip' goes on with the next batch and counts it in
+   * {@link FitResult.skippedSteps}.
+   */
+  onNan?: 'stop' | 'skip';
 }
 
 export interface StepMetrics {
@@ -73,6 +80,8 @@ export interface StepMetrics {
   lr: number;
   gradNorm: number;
   ms: number;
+  /** The loss or gradient norm was not finite and the update was skipped. */
+  skipped: boolean;
 }
 
 export interface EvalResult {
@@ -99,6 +108,8 @@ export interface FitResult {
   aborted: boolean;
   /** Every step's loss, in order (for tests and plots). */
   losses: number[];
+  /** Steps whose update was skipped because the loss or gradient norm was not finite (onNan: 'skip'). */
+  skippedSteps: number;
   test?: EvalResult;
 }
 
@@ -126,7 +137,8 @@ export async function evaluate(model: ParaFormer, data: Dataset, batchSize = 500
   return { loss: lossSum / data.count, accuracy: correct / data.count, count: data.count, confusion };
 }
 
-interface Resolved {
+/** fit() options with every default filled in (saved in training checkpoints). */
+export interface ResolvedFitOptions {
   epochs: number;
   batchSize: number;
   optimizer: 'adamw' | 'sgd';
@@ -143,6 +155,18 @@ interface Resolved {
   maxSteps: number;
   checkpointEvery: number;
   evalBatchSize: number;
+  onNan: 'stop' | 'skip';
+}
+
+type Resolved = ResolvedFitOptions;
+
+/**
+ * Checks fit() options and fills in the defaults, without training: callers that create files
+ * before training (the CLI's run folder) check first, so bad options leave nothing behind.
+ * @throws ArgumentError naming the first bad option
+ */
+export function resolveFitOptions(options?: FitOptions): Resolved {
+  return resolve(checkOptions<FitOptions>(options, 'fit options'));
 }
 
 function resolve(o: Partial<FitOptions>): Resolved {
@@ -165,6 +189,7 @@ function resolve(o: Partial<FitOptions>): Resolved {
     maxSteps: checkInt(o.maxSteps ?? Number.MAX_SAFE_INTEGER, 'maxSteps', 1, Number.MAX_SAFE_INTEGER),
     checkpointEvery: checkInt(o.checkpointEvery ?? 0, 'checkpointEvery', 0, 1e9),
     evalBatchSize: checkInt(o.evalBatchSize ?? 500, 'evalBatchSize', 1, 1 << 20),
+    onNan: checkOneOf(o.onNan ?? 'stop', 'onNan', ['stop', 'skip'] as const),
   };
 }
 
@@ -250,7 +275,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
   if (o.resume) {
     const st = loadTrainingState(o.resume, model, opt);
     start = st.position;
-    r = { ...st.options, maxSteps: r.maxSteps, epochs: o.epochs ?? st.options.epochs };
+    r = { ...st.options, maxSteps: r.maxSteps, epochs: o.epochs ?? st.options.epochs, onNan: r.onNan };
     losses.push(...st.losses);
   }
   const stepsPerEpoch = Batches.countFor(train.count, r.batchSize);
@@ -266,11 +291,12 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
   const t0 = Date.now();
   let step = start.step;
   let aborted = false;
+  let skippedSteps = 0;
   try {
     for (let epoch = start.epoch; epoch < r.epochs && step < total && !aborted; epoch++) {
       const te = Date.now();
       const batches = new Batches(train, epoch, { batchSize: r.batchSize, seed: r.seed, shift: r.shift, flip: r.flip });
-      let lossSum = 0, correct = 0, seen = 0;
+      let lossSum = 0, correct = 0, seen = 0, ran = 0;
       let next: { images: Tensor; labels: Tensor } | undefined = batches.batch(epoch === start.epoch ? start.batch : 0);
       for (let k = epoch === start.epoch ? start.batch : 0; k < batches.count && step < total; k++) {
         if (o.signal?.aborted) {
@@ -299,11 +325,29 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
           cur.labels.dispose();
         }
         step++;
+        ran++;
         losses.push(res.loss);
-        lossSum += res.loss * B;
-        correct += res.correct;
-        seen += B;
-        const m: StepMetrics = { step, epoch, batch: k, loss: res.loss, accuracy: res.correct / B, lr, gradNorm: res.gradNorm, ms: Date.now() - ts };
+        const m: StepMetrics = {
+          step, epoch, batch: k, loss: res.loss, accuracy: res.correct / B, lr, gradNorm: res.gradNorm, ms: Date.now() - ts, skipped: res.skipped,
+        };
+        if (res.skipped) {
+          skippedSteps++;
+          log({ type: 'skipped', ...m, loss: String(res.loss), gradNorm: String(res.gradNorm) });
+          if (r.onNan === 'stop') {
+            next?.images.dispose();
+            next?.labels.dispose();
+            throw new NumericError(
+              `training diverged at step ${step} (epoch ${epoch + 1}, batch ${k}): the loss is ${res.loss} and the gradient norm ` +
+                `${res.gradNorm}. The update was skipped, so the model holds the parameters from before this step. ` +
+                `Lower the learning rate (${lr}), set clipGradNorm, or pass onNan: 'skip' to go on with the next batch.`,
+              step,
+            );
+          }
+        } else {
+          lossSum += res.loss * B;
+          correct += res.correct;
+          seen += B;
+        }
         if (step % 10 === 0 || step === total) log({ type: 'step', ...m });
         bar?.update(step, { loss: res.loss.toFixed(4), epoch: epoch + 1 });
         o.onStep?.(m);
@@ -314,8 +358,8 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
       }
       next?.images.dispose();
       next?.labels.dispose();
-      if (aborted || seen === 0) break;
-      const em: EpochMetrics = { epoch, step, trainLoss: lossSum / seen, trainAccuracy: correct / seen, seconds: (Date.now() - te) / 1000 };
+      if (aborted || ran === 0) break;
+      const em: EpochMetrics = { epoch, step, trainLoss: seen ? lossSum / seen : NaN, trainAccuracy: seen ? correct / seen : NaN, seconds: (Date.now() - te) / 1000 };
       if (test) em.test = await evaluate(model, test, r.evalBatchSize);
       history.push(em);
       log({ type: 'epoch', ...em, test: em.test && { loss: em.test.loss, accuracy: em.test.accuracy } });
@@ -326,7 +370,9 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
     bar?.stop();
     opt.dispose();
   }
-  const result: FitResult = { history, steps: step, seconds: (Date.now() - t0) / 1000, aborted, losses, test: history[history.length - 1]?.test };
+  const result: FitResult = {
+    history, steps: step, seconds: (Date.now() - t0) / 1000, aborted, losses, skippedSteps, test: history[history.length - 1]?.test,
+  };
   if (runDir) {
     fs.writeFileSync(path.join(runDir, 'curve.svg'), curveSvg(losses, history));
     if (result.test) fs.writeFileSync(path.join(runDir, 'confusion.json'), JSON.stringify(result.test.confusion));

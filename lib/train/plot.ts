@@ -6,8 +6,9 @@ export function curveSvg(losses: number[], epochs: { step: number; test?: { accu
   const n = Math.max(losses.length, 1);
   // Exponential moving average so the curve is readable at thousands of steps.
   const smooth: number[] = [];
-  let ema = losses[0] ?? 0;
-  for (const l of losses) smooth.push((ema = 0.95 * ema + 0.05 * l));
+  // Skipped steps (a NaN or infinite loss) leave the average where it was.
+  let ema = losses.find(Number.isFinite) ?? 0;
+  for (const l of losses) smooth.push(Number.isFinite(l) ? (ema = 0.95 * ema + 0.05 * l) : ema);
   const maxLoss = Math.max(1e-6, ...smooth.slice(Math.min(5, smooth.length - 1)), ...smooth.slice(0, 1));
   const x = (i: number) => L + (pw * i) / Math.max(1, n - 1);
   const yl = (v: number) => T + ph - (ph * Math.min(v, maxLoss)) / maxLoss;

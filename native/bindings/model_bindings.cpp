@@ -215,6 +215,7 @@ class TrainStepWorker : public DuatWorker {
     r.Set("loss", r_.loss);
     r.Set("gradNorm", r_.grad_norm);
     r.Set("correct", static_cast<double>(r_.correct));
+    r.Set("skipped", r_.skipped);
     return r;
   }
   void release() override {

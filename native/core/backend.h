@@ -141,11 +141,14 @@ struct LayerNormGradArgs {
 };
 
 // ---- optimizer updates: many tensors in one call, each with its own options ----
-// Gradients are multiplied by the clipping scale first: min(1, max_norm / (sqrt(*sumsq) + 1e-6))
-// when sumsq is non-null (a device scalar: clipping never waits for the host).
+// `sumsq` (a scalar on the device: the update never waits for the host) is the squared gradient
+// norm. With max_norm > 0, gradients are multiplied by min(1, max_norm / (sqrt(*sumsq) + 1e-6))
+// first (clipping); with skip_non_finite, a non-finite *sumsq skips the whole update: parameters
+// and state stay as they were.
 struct GradScale {
   const float* sumsq = nullptr;
   float max_norm = 0.0f;
+  bool skip_non_finite = false;
 };
 // Every scalar of an update is computed once on the host in double (as PyTorch does), so the
 // kernels do per-element arithmetic only.

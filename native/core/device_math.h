@@ -125,6 +125,18 @@ DUAT_HD float clip_factor(float sumsq, float max_norm) {
   return norm > max_norm ? max_norm / (norm + 1e-6f) : 1.0f;
 }
 
+// Whether x is finite (neither infinite nor NaN), the same on host and device.
+DUAT_HD bool is_finite(float x) { return x - x == 0.0f; }
+
+// The gradient factor of an update under (sumsq, max_norm): the clipping factor when clipping.
+DUAT_HD float grad_factor(const float* sumsq, float max_norm) {
+  return sumsq && max_norm > 0.0f ? clip_factor(*sumsq, max_norm) : 1.0f;
+}
+// Whether an update under (sumsq, skip_non_finite) is skipped.
+DUAT_HD bool update_skipped(const float* sumsq, bool skip_non_finite) {
+  return sumsq && skip_non_finite && !is_finite(*sumsq);
+}
+
 // SGD with momentum on one element (PyTorch's formula): d = g + wd * p; b = first ? d :
 // momentum * b + (1 - dampening) * d; p -= lr * (nesterov ? d + momentum * b : b). Updates *buf.
 DUAT_HD float sgd_element(float p, float g, float* buf, float lr, float weight_decay, float momentum, float dampening,

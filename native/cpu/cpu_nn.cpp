@@ -243,12 +243,9 @@ void CpuBackend::fold_affine_backward(const float* w, const float* g, const floa
 }
 
 // ================================ optimizers ===================================================
-namespace {
-float clip_scale(const GradScale& s) { return s.sumsq ? dm::clip_factor(*s.sumsq, s.max_norm) : 1.0f; }
-}  // namespace
-
 void CpuBackend::adamw(const std::vector<AdamWTensor>& ts, const GradScale& s) {
-  const float gs = clip_scale(s);
+  if (dm::update_skipped(s.sumsq, s.skip_non_finite)) return;
+  const float gs = dm::grad_factor(s.sumsq, s.max_norm);
   for (const AdamWTensor& t : ts) {
     parallel_for_range(t.n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; i++)
@@ -259,7 +256,8 @@ void CpuBackend::adamw(const std::vector<AdamWTensor>& ts, const GradScale& s) {
 }
 
 void CpuBackend::sgd(const std::vector<SgdTensor>& ts, const GradScale& s) {
-  const float gs = clip_scale(s);
+  if (dm::update_skipped(s.sumsq, s.skip_non_finite)) return;
+  const float gs = dm::grad_factor(s.sumsq, s.max_norm);
   for (const SgdTensor& t : ts) {
     parallel_for_range(t.n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; i++)

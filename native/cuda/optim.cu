@@ -1,7 +1,8 @@
 // optim.cu: the optimizer updates over many tensors per launch (the table of tensors travels as
 // the kernel's parameter, 32 per launch; grid.y picks the tensor) and the sum of squares behind
 // gradient clipping. Per-element math: dm::adamw_element, dm::sgd_element, dm::clip_factor
-// (core/device_math.h). The clipping factor is read from the device: no host round trip.
+// (core/device_math.h). The clipping factor and the non-finite skip are read from the device: no
+// host round trip.
 #include <algorithm>
 
 #include "common.cuh"
@@ -20,21 +21,19 @@ struct Batch {
   GradScale scale;
 };
 
-__device__ __forceinline__ float grad_scale(const GradScale& s) {
-  return s.sumsq ? dm::clip_factor(*s.sumsq, s.max_norm) : 1.0f;
-}
-
 __global__ void adamw_kernel(const Batch<AdamWTensor> batch) {
+  if (dm::update_skipped(batch.scale.sumsq, batch.scale.skip_non_finite)) return;
   const AdamWTensor& t = batch.t[blockIdx.y];
-  const float gs = grad_scale(batch.scale);
+  const float gs = dm::grad_factor(batch.scale.sumsq, batch.scale.max_norm);
   DUAT_GRID_LOOP(i, t.n)
   t.param[i] = dm::adamw_element(t.param[i], t.grad[i] * gs, t.m + i, t.v + i, t.beta1, t.one_minus_beta1, t.beta2,
                                  t.one_minus_beta2, t.eps, t.decay, t.step_size, t.inv_sqrt_bc2);
 }
 
 __global__ void sgd_kernel(const Batch<SgdTensor> batch) {
+  if (dm::update_skipped(batch.scale.sumsq, batch.scale.skip_non_finite)) return;
   const SgdTensor& t = batch.t[blockIdx.y];
-  const float gs = grad_scale(batch.scale);
+  const float gs = dm::grad_factor(batch.scale.sumsq, batch.scale.max_norm);
   DUAT_GRID_LOOP(i, t.n)
   t.param[i] = dm::sgd_element(t.param[i], t.grad[i] * gs, t.buf ? t.buf + i : nullptr, t.lr, t.weight_decay,
                                t.momentum, t.dampening, t.nesterov, t.first);

@@ -284,6 +284,37 @@ inline void check_launches(Device target, std::mt19937_64& rng, Report& r) {
   }
 }
 
+// A step whose loss is NaN (one poisoned pixel) on `target`: the update kernels read the gate on
+// the device and skip, so every parameter is bit for bit as before and no step is counted; then a
+// finite step applies. For AdamW and for SGD with momentum.
+inline void check_non_finite_skip(Device target, std::mt19937_64& rng, Report& r) {
+  for (OptimizerKind kind : {OPTIMIZER_ADAMW, OPTIMIZER_SGD}) {
+    const std::string name = std::string("a NaN loss skips the ") + (kind == OPTIMIZER_ADAMW ? "AdamW" : "SGD") +
+                             " update on the device; the next finite step applies";
+    try {
+      const ModelConfig c = mnist_config(1, 2);
+      Model m(c, copies(random_params(c, rng), target), PRECISION_FP32);
+      const std::vector<Tensor> before = copies(m.params(), DEVICE_CPU);
+      Optimizer opt(kind, m.params(), std::vector<int>(m.params().size(), 0));
+      GroupOptions g;
+      g.lr = 0.05, g.momentum = 0.9;
+      const Tensor images = randn({2, 1, 28, 28}, rng(), 0.0f, 1.0f), labels = random_labels(2, 10, rng);
+      const Tensor poisoned = copies({images}, DEVICE_CPU)[0];
+      poisoned->f32()[17] = NAN;
+      const StepResult s = train_step(m, to_device(poisoned, target), labels, &opt, {g}, {});
+      double moved = 0;
+      for (size_t i = 0; i < before.size(); i++) moved = std::max(moved, rel_error(m.params()[i], before[i]));
+      const bool skipped = s.skipped && opt.steps() == 0 && moved == 0;
+      const StepResult t = train_step(m, to_device(images, target), labels, &opt, {g}, {});
+      double applied = 0;  // the largest change: finite and nonzero
+      for (size_t i = 0; i < before.size(); i++) applied = std::max(applied, rel_error(m.params()[i], before[i]));
+      r.check(skipped && !t.skipped && opt.steps() == 1 && applied > 0 && std::isfinite(applied), name, moved, 0);
+    } catch (const std::exception& e) {
+      r.check(false, name + ": threw " + e.what(), INFINITY, 0);
+    }
+  }
+}
+
 // Everything above against `target`, in the given precisions.
 inline void check_all(Device target, const std::vector<Precision>& precisions, std::mt19937_64& rng, Report& r,
                       bool quick) {
@@ -300,6 +331,7 @@ inline void check_all(Device target, const std::vector<Precision>& precisions, s
     }
     check_training(target, p, rng, r);
   }
+  check_non_finite_skip(target, rng, r);
   check_launches(target, rng, r);
 }
 

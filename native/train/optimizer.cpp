@@ -141,8 +141,21 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
     mark_written(params_[i]);
     next[i].step++;
   }
+  if (scale.skip_non_finite) {
+    prev_state_ = state_;
+    prev_steps_ = steps_;
+  }
   state_ = std::move(next);
   steps_++;
+}
+
+void Optimizer::settle(bool applied) {
+  if (!applied && prev_steps_ >= 0) {  // the kernels skipped it: so do the counters
+    state_ = std::move(prev_state_);
+    steps_ = prev_steps_;
+  }
+  prev_state_.clear();
+  prev_steps_ = -1;
 }
 
 }  // namespace duat

@@ -33,8 +33,11 @@ class Optimizer {
   // Updates every parameter that has a gradient, with its group's options; gradients scaled by
   // `scale` first. Everything is checked before anything changes (ERROR_SHAPE / ERROR_DEVICE /
   // ERROR_ARGUMENT name the parameter), so a step that throws leaves parameters, state and
-  // counters as they were.
+  // counters as they were. With scale.skip_non_finite the kernels may skip the update on the
+  // device; the caller, once it has read the norm back, calls settle(applied) to keep or take back
+  // the counters and new state buffers of that step.
   void step(const std::vector<GroupOptions>& groups, const GradScale& scale = {});
+  void settle(bool applied);
   // Completed steps.
   int64_t steps() const { return steps_; }
   void set_steps(int64_t n);
@@ -65,6 +68,9 @@ class Optimizer {
   size_t group_count_ = 0;
   std::vector<State> state_;
   int64_t steps_ = 0;
+  // Before a step that may be skipped on the device (until settle()).
+  std::vector<State> prev_state_;
+  int64_t prev_steps_ = -1;
 };
 
 }  // namespace duat

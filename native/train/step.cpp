@@ -51,18 +51,27 @@ StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, 
   for (const Tensor& t : model.params())
     if (t->grad) grads.push_back(t->grad);
   const Tensor sumsq = grads.empty() ? zeros({}, DTYPE_F32, dev) : sum_of_squares(grads);
-  if (opt) {
-    // Clipping reads the norm on the device: the update never waits for the host.
-    opt->step(groups, o.clip_grad_norm > 0.0f ? GradScale{sumsq->ptr_f32(), o.clip_grad_norm} : GradScale{});
+  // The update's gate: the squared norm, made NaN by a non-finite loss too (inf * 0 is NaN).
+  Tensor gate;
+  {
+    GradMode no_grad(false);
+    gate = add(sumsq, mul_scalar(loss, 0.0f));
   }
-  const std::vector<float> stats = read_back({loss, correct, sumsq});
+  if (opt) {
+    // Clipping and the non-finite skip read the gate on the device: the update never waits for
+    // the host.
+    opt->step(groups, GradScale{gate->ptr_f32(), o.clip_grad_norm, true});
+  }
+  const std::vector<float> stats = read_back({loss, correct, sumsq, gate});
   StepResult r;
   r.loss = stats[0];
   r.correct = static_cast<int64_t>(stats[1]);
   r.grad_norm = std::sqrt(static_cast<double>(stats[2]));
+  r.skipped = !dm::is_finite(stats[3]);
   if (opt) {
+    opt->settle(!r.skipped);
     for (const Tensor& t : model.params()) t->grad = nullptr;
-  } else if (o.clip_grad_norm > 0.0f && r.grad_norm > o.clip_grad_norm) {
+  } else if (!r.skipped && o.clip_grad_norm > 0.0f && r.grad_norm > o.clip_grad_norm) {
     const float s = dm::clip_factor(stats[2], o.clip_grad_norm);
     for (const Tensor& g : grads) scale_inplace(g, s);
   }

@@ -18,12 +18,14 @@ struct StepResult {
   double loss = 0.0;
   double grad_norm = 0.0;  // before clipping
   int64_t correct = 0;
+  bool skipped = false;  // the loss or the gradient norm was not finite: no update was applied
 };
 
 // Forward, cross-entropy, backward, gradient norm, clipping and, with an optimizer, its update
 // (then the gradients are dropped); without one the gradients stay in each parameter's grad.
-// images (B, channels, S, S) and labels (B) int32 may live on any device. A step that throws
-// leaves parameters, optimizer state and counters as they were.
+// When the loss or the gradient norm is not finite the update is skipped on the device and the
+// result says so. images (B, channels, S, S) and labels (B) int32 may live on any device. A step
+// that throws leaves parameters, optimizer state and counters as they were.
 StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, Optimizer* opt,
                       const std::vector<GroupOptions>& groups, const StepOptions& o);
 
