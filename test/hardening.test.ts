@@ -216,10 +216,13 @@ describe('images are checked before decoding', () => {
     expect(() => duat.data.readImage(f)).toThrow(/the image is empty \(0 x 28 pixels\)/);
   });
 
-  test('a small file declaring 100,000 x 100,000 pixels is refused before decoding; maxPixels sets the bound', () => {
+  test('a small file declaring 100,000 x 100,000 pixels, or one very long side, is refused before decoding; maxPixels and maxSide set the bounds', () => {
     const dir = tmp();
     const f = writeFile(dir, 'huge.png', pngHeader(100000, 100000));
-    expect(() => duat.data.readImage(f)).toThrow(/100000 x 100000 pixels is more than the 16777216 allowed/);
+    expect(() => duat.data.readImage(f)).toThrow(/100000 x 100000 pixels is more than the 1048576 allowed/);
+    // Found by the fuzzer: 5 x 100,000 is few pixels, but pngjs's per-row state cost 64 MB for it.
+    const tall = writeFile(dir, 'tall.png', pngHeader(5, 100000));
+    expect(() => duat.data.readImage(tall)).toThrow(/5 x 100000 pixels has a side longer than the 8192 allowed/);
     const seven = path.join(__dirname, 'fixtures', 'mnist-test-0-seven.png');
     expect(() => duat.data.readImage(seven, { maxPixels: 28 * 28 - 1 })).toThrow(/28 x 28 pixels is more than the 783 allowed/);
     expect(duat.data.readImage(seven, { maxPixels: 28 * 28 }).width).toBe(28);

@@ -18,13 +18,23 @@ export interface Image {
   data: Float32Array;
 }
 
-/** Images with more pixels than this are refused before decoding, unless a caller allows more. */
-export const MAX_PIXELS = 2 ** 24;  // 16.8 megapixels: 4096 x 4096
+/**
+ * Images with more pixels than this, or a side longer than MAX_SIDE, are refused before decoding
+ * unless a caller allows more. 2^20 = 1024 x 1024: the decoders in use (pngjs, jpeg-js) take 40-60
+ * bytes a pixel at their peak (16-bit PNG, JPEG planes and blocks, then three float32 channels),
+ * so a small file that declares the most allowed costs the process at most about 60 MB before its
+ * data can be found corrupt.
+ */
+export const MAX_PIXELS = 2 ** 20;
+/** The longest side accepted by default (pngjs keeps per-row state: a 2 x 10^6 image costs 200 MB). */
+export const MAX_SIDE = 2 ** 13;
 
 /** Options of {@link readImage}. */
 export interface ReadImageOptions {
   /** Refuse images with more pixels than this, before decoding them. Default MAX_PIXELS. */
   maxPixels?: number;
+  /** Refuse images with a longer side than this, before decoding them. Default MAX_SIDE. */
+  maxSide?: number;
 }
 
 const PNG_SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
@@ -62,6 +72,7 @@ export function imageSize(buf: Buffer): { width: number; height: number } | null
  */
 export function readImage(file: string, options?: ReadImageOptions): Image {
   const maxPixels = checkInt(options?.maxPixels ?? MAX_PIXELS, 'maxPixels', 1, 2 ** 31);
+  const maxSide = checkInt(options?.maxSide ?? MAX_SIDE, 'maxSide', 1, 2 ** 31);
   const buf = readFileOr(file, DataError);
   const declared = imageSize(buf);
   if (declared && (declared.width === 0 || declared.height === 0)) {
@@ -69,6 +80,9 @@ export function readImage(file: string, options?: ReadImageOptions): Image {
   }
   if (declared && declared.width * declared.height > maxPixels) {
     throw new DataError(`${file}: ${declared.width} x ${declared.height} pixels is more than the ${maxPixels} allowed (raise maxPixels to read it)`);
+  }
+  if (declared && Math.max(declared.width, declared.height) > maxSide) {
+    throw new DataError(`${file}: ${declared.width} x ${declared.height} pixels has a side longer than the ${maxSide} allowed (raise maxSide to read it)`);
   }
   let width: number, height: number, rgba: Uint8Array;
   try {
@@ -81,7 +95,7 @@ export function readImage(file: string, options?: ReadImageOptions): Image {
     } else if (buf[0] === 0xff && buf[1] === 0xd8) {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const jpeg = require('jpeg-js') as { decode(b: Buffer, o: object): { width: number; height: number; data: Uint8Array } };
-      const img = jpeg.decode(buf, { useTArray: true, maxResolutionInMP: maxPixels / 1e6, maxMemoryUsageInMB: 512 });
+      const img = jpeg.decode(buf, { useTArray: true, maxResolutionInMP: maxPixels / 1e6, maxMemoryUsageInMB: Math.max(64, (64 * maxPixels) / 2 ** 20) });
       ({ width, height } = img);
       rgba = img.data;
     } else {
@@ -90,7 +104,7 @@ export function readImage(file: string, options?: ReadImageOptions): Image {
   } catch (e) {
     throw new DataError(`${file}: cannot decode the image (${(e as Error).message})`);
   }
-  if (width < 1 || height < 1 || width * height > maxPixels) {
+  if (width < 1 || height < 1 || width * height > maxPixels || Math.max(width, height) > maxSide) {
     throw new DataError(`${file}: decoded to ${width} x ${height} pixels, which is empty or more than the ${maxPixels} allowed`);
   }
   const data = new Float32Array(3 * width * height);

@@ -3,5 +3,5 @@ export { Batches, loadCifarBinary, loadIdxDataset, loadMnist, mnistDir, MNIST_ME
 export type { BatchOptions, Dataset } from './dataset';
 export { parseIdx, readIdx } from './idx';
 export type { IdxArray } from './idx';
-export { imageSize, loadImageFolder, MAX_PIXELS, prepareImage, readImage } from './images';
+export { imageSize, loadImageFolder, MAX_PIXELS, MAX_SIDE, prepareImage, readImage } from './images';
 export type { Image, ReadImageOptions } from './images';

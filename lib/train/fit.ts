@@ -385,7 +385,32 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
   const { tensors, metadata } = loadSafetensors(file);
   try {
     if (metadata.format !== 'duat-training-state') throw new CheckpointError(`${file}: not a duat training checkpoint (format ${JSON.stringify(metadata.format)})`);
-    const config = JSON.parse(metadata.config ?? '{}');
+    const object = (key: string): Record<string, unknown> => {
+      let v: unknown;
+      try {
+        v = JSON.parse(metadata[key] ?? '');
+      } catch {
+        throw new CheckpointError(`${file}: the metadata's ${key} is not JSON`);
+      }
+      if (v === null || typeof v !== 'object' || Array.isArray(v)) throw new CheckpointError(`${file}: the metadata's ${key} is not an object`);
+      return v as Record<string, unknown>;
+    };
+    const config = object('config');
+    const position = object('position');
+    for (const k of ['step', 'epoch', 'batch']) {
+      const v = position[k];
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new CheckpointError(`${file}: position.${k} is ${JSON.stringify(v)}, not a count`);
+    }
+    let options: Resolved;
+    try {
+      options = resolve(object('options') as Partial<FitOptions>);
+    } catch (e) {
+      throw new CheckpointError(`${file}: the saved training options are not valid: ${(e as Error).message}`);
+    }
+    const steps = Number(metadata.optimizer_steps ?? 0);
+    if (!Number.isSafeInteger(steps) || steps < 0) throw new CheckpointError(`${file}: optimizer_steps is ${JSON.stringify(metadata.optimizer_steps)}, not a count`);
+    const losses = tensors.get('train.losses');
+    if (losses && (losses.dtype !== 'float32' || losses.shape.length !== 1)) throw new CheckpointError(`${file}: train.losses is not a float32 vector`);
     for (const [k, v] of Object.entries(model.config)) {
       if (k === 'seed') continue;  // initialisation only: the checkpoint replaces every parameter
       if (config[k] !== v) throw new CheckpointError(`${file}: the checkpoint's ${k} is ${JSON.stringify(config[k])} but the model's is ${JSON.stringify(v)}`);
@@ -411,7 +436,7 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
       }
     }
     model.loadStateDict(params);
-    opt.stepCount = Number(metadata.optimizer_steps ?? 0);
+    opt.stepCount = steps;
     for (const [name, p] of model.namedParameters()) {
       if (opt instanceof AdamW) {
         const m = tensors.get(`optimizer.m.${name}`), v = tensors.get(`optimizer.v.${name}`);
@@ -421,15 +446,11 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
         if (b) opt.restoreBuffer(p, b);
       }
     }
-    const losses = tensors.get('train.losses');
     return {
-      position: JSON.parse(metadata.position),
-      options: JSON.parse(metadata.options),
+      position: position as { step: number; epoch: number; batch: number },
+      options,
       losses: losses ? Array.from(losses.toArray()) : [],
     };
-  } catch (e) {
-    if (e instanceof SyntaxError) throw new CheckpointError(`${file}: malformed metadata (${e.message})`);
-    throw e;
   } finally {
     for (const t of tensors.values()) t.dispose();
   }
