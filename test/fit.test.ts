@@ -96,6 +96,40 @@ test('a checkpoint whose optimizer moments have the wrong shape is refused befor
   for (const d of [opt, m, fresh]) d.dispose();
 });
 
+test('a checkpoint with malformed metadata (null config, negative position, bad options or step count) gives CheckpointError and changes nothing', async () => {
+  const train = duat.data.loadMnist('train', { dir: SLICE, limit: 100 });
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-ckpt-'));
+  const m = new duat.ParaFormer(small);
+  await duat.fit(m, { train }, { epochs: 1, batchSize: 50, runDir, progress: false });
+  const file = path.join(runDir, 'checkpoint.safetensors');
+  const { tensors, metadata } = duat.loadSafetensors(file);
+  const fresh = new duat.ParaFormer(small);
+  const opt = makeOptimizer(fresh, { optimizer: 'adamw', lr: 1e-3, weightDecay: 0.05 });
+  const before = fresh.parameters().map((p) => p.toArray());
+  const cases: [Record<string, string>, RegExp][] = [
+    [{ config: 'null' }, /the metadata's config is not an object/],
+    [{ config: '{' }, /the metadata's config is not JSON/],
+    [{ position: '{"step":-1,"epoch":0,"batch":0}' }, /position\.step is -1, not a count/],
+    [{ position: '[]' }, /the metadata's position is not an object/],
+    [{ options: '{"lr":"fast"}' }, /the saved training options are not valid: Expected finite number >= 0 for lr/],
+    [{ optimizer_steps: '1.5' }, /optimizer_steps is "1.5", not a count/],
+  ];
+  for (const [change, message] of cases) {
+    const broken = path.join(runDir, 'broken.safetensors');
+    duat.saveSafetensors(broken, tensors, { ...metadata, ...change });
+    expect(() => loadTrainingState(broken, fresh, opt)).toThrow(duat.CheckpointError);
+    expect(() => loadTrainingState(broken, fresh, opt)).toThrow(message);
+  }
+  fresh.parameters().forEach((p, i) => expect(p.toArray()).toEqual(before[i]));
+  expect(opt.stepCount).toBe(0);
+  // The untouched checkpoint still loads, into the same model and optimizer.
+  const st = loadTrainingState(file, fresh, opt);
+  expect(st.position).toEqual({ step: 2, epoch: 1, batch: 0 });
+  expect(opt.stepCount).toBe(2);
+  for (const t of tensors.values()) t.dispose();
+  for (const d of [opt, m, fresh]) d.dispose();
+});
+
 test('an HTTP server in the same process keeps answering while a training step runs', async () => {
   const server = http.createServer((_, res) => res.end('ok'));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
