@@ -505,6 +505,7 @@ async function child(target, from, to, seed, statusFile, replay) {
   const counts = { cases: 0, typed: 0, accepted: 0, untyped: 0, errorClasses: {}, untypedExamples: [], maxCaseNativeBytes: 0, maxCaseRssBytes: 0, maxCaseRssAt: -1, seconds: 0 };
   const perCaseRss = resetPeakRss();
   const rss0 = process.memoryUsage.rss();
+  const live0 = duat.memory();
   const t0 = Date.now();
   let lastReport = Date.now();
   for (let i = from; i < to; i++) {
@@ -535,6 +536,10 @@ async function child(target, from, to, seed, statusFile, replay) {
       if (grew > counts.maxCaseRssBytes) counts.maxCaseRssBytes = grew, counts.maxCaseRssAt = i;
     }
     counts.cases++;
+    // Back to the event loop now and then, as any program does: Node runs N-API finalizers (the
+    // small records behind disposed tensor handles) from there, and a loop that never yields
+    // piles them up (about 500 bytes a tensor).
+    if (i % 1000 === 999) await new Promise((r) => setImmediate(r));
     if (process.send && Date.now() - lastReport > 1000) {
       lastReport = Date.now();
       process.send({ type: 'progress', at: i + 1, counts });
@@ -542,6 +547,10 @@ async function child(target, from, to, seed, statusFile, replay) {
   }
   counts.seconds = (Date.now() - t0) / 1000;  // (progress reports carry no RSS: that is read at the end)
   counts.rssBeforeMB = rss0 / MB;
+  const live1 = duat.memory();  // native tensors left alive by the cases: a leak if it grows
+  counts.liveTensorsGrowth = live1.tensors - live0.tensors;
+  counts.liveBytesGrowth = live1.bytes - live0.bytes;
+  counts.blockCacheMB = duat.cacheInfo().cachedBytes / MB;  // freed blocks kept for reuse (bounded)
   counts.maxRssMB = process.resourceUsage().maxRSS / 1024;
   if (replay) console.log(JSON.stringify(counts) + `\nthe case's input: ${path.join(dir, 'case.bin')}`);
   else fs.rmSync(dir, { recursive: true, force: true });
@@ -554,6 +563,9 @@ function merge(total, c) {
   for (const [k, v] of Object.entries(c.errorClasses)) total.errorClasses[k] = (total.errorClasses[k] ?? 0) + v;
   total.untypedExamples.push(...c.untypedExamples.slice(0, 5 - total.untypedExamples.length));
   total.maxCaseNativeBytes = Math.max(total.maxCaseNativeBytes, c.maxCaseNativeBytes);
+  total.liveTensorsGrowth = (total.liveTensorsGrowth ?? 0) + (c.liveTensorsGrowth ?? 0);
+  total.liveBytesGrowth = (total.liveBytesGrowth ?? 0) + (c.liveBytesGrowth ?? 0);
+  total.blockCacheMB = Math.max(total.blockCacheMB ?? 0, c.blockCacheMB ?? 0);
   if (c.maxCaseRssBytes > total.maxCaseRssBytes) total.maxCaseRssBytes = c.maxCaseRssBytes, total.maxCaseRssAt = c.maxCaseRssAt;
   total.maxRssAboveStartMB = Math.max(total.maxRssAboveStartMB, (c.maxRssMB ?? 0) - (c.rssBeforeMB ?? 0));
   total.seconds += c.seconds;
@@ -643,7 +655,8 @@ async function main() {
       `${t.padEnd(12)} ${r.cases} cases: ${r.typed} typed errors, ${r.accepted} accepted, ${r.untyped} untyped, ` +
         `${r.crashes.length} crashes, ${r.hangs.length} hangs; a case's peak: native ${(r.maxCaseNativeBytes / MB).toFixed(1)} MB, ` +
         `process growth ${(r.maxCaseRssBytes / MB).toFixed(1)} MB (case ${r.maxCaseRssAt}); ` +
-        `peak RSS above start ${r.maxRssAboveStartMB.toFixed(0)} MB (${r.seconds.toFixed(0)} s)\n`,
+        `peak RSS above start ${r.maxRssAboveStartMB.toFixed(0)} MB; native tensors left alive ${r.liveTensorsGrowth ?? 0}, block cache ${(r.blockCacheMB ?? 0).toFixed(0)} MB ` +
+        `(${r.seconds.toFixed(0)} s)\n`,
     );
     for (const x of [...r.crashes, ...r.hangs]) process.stderr.write(`  case ${x.case}: ${x.signal ?? 'exit ' + x.code} ${x.stderr}\n`);
     for (const x of r.untypedExamples) process.stderr.write(`  untyped at case ${x.case}: ${x.error}\n`);

@@ -28,6 +28,7 @@ describe('argument errors name the problem', () => {
     ['reshape with two -1', () => t([2, 3]).reshape(-1, -1), duat.ShapeError, /only one dimension can be -1/],
     // 2^32 x 2^32 wraps to 0 in 64-bit arithmetic: an empty tensor must not be viewed that way.
     ['reshape to 2^64 elements', () => t([0]).reshape(2 ** 32, 2 ** 32), duat.ShapeError, /\[4294967296, 4294967296\] has more than 2\^40 elements/],
+    ['an empty shape whose other dimensions multiply past 2^40 (its strides would overflow)', () => duat.zeros([0, 2 ** 40, 2 ** 40]), duat.ShapeError, /has more than 2\^40 elements/],
     ['a view of 2^64 elements', () => t([0]).reshape(2 ** 32, -1, 2 ** 32), duat.ShapeError, /reshape: cannot infer the -1|more than 2\^40 elements/],
     ['reshape with a fraction', () => t([2, 3]).reshape(1.5, 4), duat.ShapeError, /Expected integer in \[-1, \d+\] for shape\[0\] but received 1.5/],
     ['permute with a repeat', () => t([2, 3]).permute(0, 0), duat.ShapeError, /permute: dimension 0 appears twice/],

@@ -59,6 +59,7 @@ const cases: OpCase[] = [
   { name: 'permute', inputs: [{ shape: [2, 3, 4] }], run: ([x]) => x.permute(1, 2, 0).mul(2), ref: ([x]) => R.map(R.permute(x, [1, 2, 0]), (v) => 2 * v) },
   { name: 'slice', inputs: [{ shape: [4, 7] }], run: ([x]) => x.slice(1, 1, 6, 2).add(0), ref: ([x]) => R.slice(x, 1, 1, 6, 2) },
   { name: 'slice (negative start)', inputs: [{ shape: [5, 3] }], run: ([x]) => x.slice(0, -2).add(0), ref: ([x]) => R.slice(x, 0, 3, 5, 1) },
+  { name: 'slice (a step far beyond the dimension)', inputs: [{ shape: [5, 3] }], run: ([x]) => x.slice(0, 1, 5, 2 ** 40).add(0), ref: ([x]) => R.slice(x, 0, 1, 2, 1) },
   {
     name: 'concat',
     inputs: [{ shape: [2, 3] }, { shape: [2, 1] }, { shape: [2, 2] }],

@@ -65,19 +65,21 @@ std::string shape_str(const Shape& shape) {
 }
 
 int64_t shape_numel(const Shape& shape) {
-  bool empty_dim = false;
-  for (int64_t d : shape) {
-    if (d < 0) fail(ERROR_SHAPE, "negative dimension in shape " + shape_str(shape));
-    empty_dim = empty_dim || d == 0;
-  }
-  if (empty_dim) return 0;
+  // The product of the nonzero dimensions is bounded too, so that strides (which skip empty
+  // dimensions) never overflow either: [0, 2^40, 2^40] is refused though it holds nothing.
+  bool empty = false;
   int64_t n = 1;
   for (int64_t d : shape) {
+    if (d < 0) fail(ERROR_SHAPE, "negative dimension in shape " + shape_str(shape));
+    if (d == 0) {
+      empty = true;
+      continue;
+    }
     if (n > MAX_ELEMENTS / d)
       fail(ERROR_SHAPE, "shape " + shape_str(shape) + " has more than 2^40 elements, the most one tensor may hold");
     n *= d;
   }
-  return n;
+  return empty ? 0 : n;
 }
 
 Shape contiguous_strides(const Shape& shape) {

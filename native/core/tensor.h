@@ -22,7 +22,8 @@ constexpr int64_t MAX_ELEMENTS = int64_t{1} << 40;
 
 const char* dtype_name(DType dtype);
 std::string shape_str(const Shape& shape);
-// The element count; ERROR_SHAPE for a negative dimension or more than MAX_ELEMENTS elements.
+// The element count, the one checked product of a shape's dimensions: ERROR_SHAPE for a negative
+// dimension or when the nonzero dimensions multiply to more than MAX_ELEMENTS.
 int64_t shape_numel(const Shape& shape);
 Shape contiguous_strides(const Shape& shape);
 

@@ -31,17 +31,18 @@ Tensor to(const Tensor& x, Device device) {
 }
 
 Tensor reshape(const Tensor& x, const Shape& shape) {
-  Shape s = shape;
-  int64_t known = 1, infer = -1;
+  Shape s = shape, given;
+  int64_t infer = -1;
   for (size_t i = 0; i < s.size(); i++) {
     if (s[i] == -1) {
       check(infer < 0, ERROR_SHAPE, "reshape: only one dimension can be -1 in " + shape_str(shape));
       infer = static_cast<int64_t>(i);
     } else {
       check(s[i] >= 0, ERROR_SHAPE, "reshape: invalid dimension in " + shape_str(shape));
-      known *= s[i];
+      given.push_back(s[i]);
     }
   }
+  const int64_t known = shape_numel(given);  // checked: refuses a product beyond 2^40
   if (infer >= 0) {
     check(known > 0 && x->numel() % known == 0, ERROR_SHAPE,
           "reshape: cannot infer the -1 in " + shape_str(shape) + " for " + std::to_string(x->numel()) + " elements");
@@ -101,6 +102,9 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t s
   if (end < 0) end += n;
   start = std::clamp<int64_t>(start, 0, n);
   end = std::clamp<int64_t>(end, start, n);
+  // A step beyond the dimension takes at most one element, as n does: clamping it keeps the
+  // arithmetic below (and the view's stride) within the tensor's own bounds.
+  step = std::min(step, std::max<int64_t>(n, 1));
   const int64_t len = (end - start + step - 1) / step;
   Shape shape = x->shape, strides = x->strides;
   shape[d] = len;
