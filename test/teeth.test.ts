@@ -331,3 +331,97 @@ test('loadViT interpolates pos_embed bilinearly (half-pixel centres) when the gr
   src.dispose();
   big.dispose();
 });
+
+describe('optimizer arguments and state', () => {
+  const param = (v: number[]) => duat.tensor(v, [v.length], { requiresGrad: true });
+
+  test('every bad option is refused with an error naming it', () => {
+    const p = param([1]);
+    const cases: [() => unknown, RegExp][] = [
+      [() => new duat.optim.AdamW([p], 5 as unknown as object), /Expected an options object for AdamW options/],
+      [() => new duat.optim.AdamW([p], { lr: -1 }), /for lr but received -1/],
+      [() => new duat.optim.AdamW([p], { betas: [1.5, 0.9] }), /for betas\[0\] but received 1\.5/],
+      [() => new duat.optim.AdamW([p], { betas: [0.9, -1] }), /for betas\[1\] but received -1/],
+      [() => new duat.optim.AdamW([p], { eps: -1 }), /for eps but received -1/],
+      [() => new duat.optim.AdamW([p], { weightDecay: -1 }), /for weightDecay but received -1/],
+      [() => new duat.optim.SGD([p], 'x' as unknown as object), /Expected an options object for SGD options/],
+      [() => new duat.optim.SGD([p], { lr: NaN }), /for lr but received NaN/],
+      [() => new duat.optim.SGD([p], { momentum: -0.5 }), /for momentum but received -0\.5/],
+      [() => new duat.optim.SGD([p], { dampening: 2 }), /number in \[0, 1\] for dampening but received 2/],
+      [() => new duat.optim.SGD([p], { weightDecay: -2 }), /for weightDecay but received -2/],
+      [() => new duat.optim.SGD([p], { nesterov: 1 as unknown as boolean }), /Expected boolean for nesterov but received 1/],
+      [() => new duat.optim.SGD([], {}), /Expected a non-empty array of parameters or parameter groups/],
+      [() => new duat.optim.SGD([{ params: [p] }, null as unknown as { params: duat.Tensor[] }]), /Expected a parameter group for params\[1\] but received null/],
+      [() => new duat.optim.SGD([{ params: [p, 3 as unknown as duat.Tensor] }]), /Expected a tensor for params\[0\]\[1\] but received 3/],
+      [() => new duat.optim.SGD([{ params: [p], options: { nesterov: 'yes' as unknown as boolean } }]), /Expected boolean for params\[0\]\.options\.nesterov but received "yes"/],
+      [() => new duat.optim.SGD([{ params: [p], options: { lr: -3 } }]), /for params\[0\]\.options\.lr but received -3/],
+      [() => new duat.optim.SGD([{ params: [p], options: { betas: [1, 1] } as object }]), /Unknown option params\[0\]\.options\.betas/],
+      [() => new duat.optim.SGD([{ params: [p] }, { params: [p] }]), /a parameter appears twice in the optimizer's groups \(group 1\)/],
+    ];
+    for (const [call, message] of cases) {
+      expect(call).toThrow(duat.ArgumentError);
+      expect(call).toThrow(message);
+    }
+    const opt = new duat.optim.SGD([p]);
+    expect(() => opt.setLearningRate(-1)).toThrow(/for lr but received -1/);
+    const q = param([2]);
+    const adam = new duat.optim.AdamW([p]);
+    expect(() => adam.restoreState(q, q, q, 0)).toThrow(/the parameter is not managed by this optimizer/);
+    expect(() => adam.restoreState(p, p, p, -1)).toThrow(/for step but received -1/);
+    for (const d of [opt, adam, p, q]) d.dispose();
+  });
+
+  test('defaults: SGD lr 0.01 without momentum, dampening, decay or Nesterov; a group without options takes them', () => {
+    const p = param([1]), q = param([2]);
+    const opt = new duat.optim.SGD([{ params: [p] }, { params: [q], options: { lr: 0.5 } }], { momentum: 0.9 });
+    expect(opt.groups[0].options).toEqual({ lr: 0.01, momentum: 0.9, dampening: 0, weightDecay: 0, nesterov: false });
+    expect(opt.groups[1].options).toEqual({ lr: 0.5, momentum: 0.9, dampening: 0, weightDecay: 0, nesterov: false });
+    // Default Nesterov off: two momentum steps follow the plain formula.
+    for (let k = 0; k < 2; k++) {
+      duat.tidy(() => p.mul(1).sum().backward());
+      opt.step();
+      opt.zeroGrad();
+    }
+    expect(p.toArray()[0]).toBeCloseTo(1 - 0.01 * 1 - 0.01 * (0.9 + 1), 6);
+    opt.dispose();
+    for (const t of [p, q]) t.dispose();
+  });
+
+  test('state: none before the first update; AdamW moments and the SGD buffer after it; a disposed optimizer is refused', () => {
+    const p = param([1, -1]);
+    const adam = new duat.optim.AdamW([p], { lr: 0.1 });
+    expect(adam.stateFor(p)).toBeUndefined();
+    duat.tidy(() => p.mul(duat.tensor([2, 4], [2])).sum().backward());
+    adam.step();
+    const s = adam.stateFor(p)!;
+    expect(Array.from(s.m.toArray())).toEqual([Math.fround(0.1 * 2), Math.fround(0.1 * 4)]);
+    expect(s.v.toArray()[1]).toBeCloseTo(0.001 * 16, 7);
+    expect(s.step).toBe(1);
+    expect(adam.stepCount).toBe(1);
+    adam.dispose();
+    expect(() => adam.step()).toThrow(duat.DisposedError);
+    const sgd = new duat.optim.SGD([p], { lr: 0.1, momentum: 0.9 });
+    expect(sgd.bufferFor(p)).toBeUndefined();
+    sgd.step();  // p's gradient is still (2, 4)
+    expect(Array.from(sgd.bufferFor(p)!.toArray())).toEqual([2, 4]);
+    sgd.dispose();
+    p.dispose();
+  });
+
+  test('clipGradNorm scales every gradient to the norm asked and returns the norm before; below it nothing changes', () => {
+    const a = param([3, 0]), b = param([0, 4]);
+    duat.tidy(() => a.mul(duat.tensor([3, 0], [2])).sum().add(b.mul(duat.tensor([0, 4], [2])).sum()).backward());
+    expect(duat.optim.clipGradNorm([a, b], 10)).toBeCloseTo(5, 6);  // below: unchanged
+    expect(Array.from(a.grad!.toArray())).toEqual([3, 0]);
+    expect(duat.optim.clipGradNorm([a, b], 5)).toBeCloseTo(5, 6);  // equal: unchanged
+    expect(Array.from(b.grad!.toArray())).toEqual([0, 4]);
+    expect(duat.optim.clipGradNorm([a, b], 1)).toBeCloseTo(5, 6);
+    expect(a.grad!.toArray()[0]).toBeCloseTo(0.6, 5);
+    expect(b.grad!.toArray()[1]).toBeCloseTo(0.8, 5);
+    expect(duat.optim.clipGradNorm([param([1])], 1)).toBe(0);  // no gradients
+    expect(() => duat.optim.clipGradNorm(3 as unknown as duat.Tensor[], 1)).toThrow(/Expected an array of parameters but received 3/);
+    expect(() => duat.optim.clipGradNorm([a, 'x' as unknown as duat.Tensor], 1)).toThrow(/Expected a tensor for params\[1\] but received "x"/);
+    expect(() => duat.optim.clipGradNorm([a], -1)).toThrow(/for maxNorm but received -1/);
+    for (const t of [a, b]) t.dispose();
+  });
+});
