@@ -226,18 +226,27 @@ function pngBytes(rng) {
   return rng.chance(valid ? 0.3 : 0.25) ? mutateBytes(rng, file) : file;
 }
 
+/** Real JPEGs to start from (encoding one per case would cost most of the run). */
+function jpegBases(rng, jpeg) {
+  const bases = [];
+  for (const side of [1, 8, 17, 32])
+    for (const quality of [30, 75, 95]) {
+      const rgba = Buffer.alloc(side * side * 4);
+      for (let i = 0; i < rgba.length; i++) rgba[i] = rng.int(256);
+      bases.push(Buffer.from(jpeg.encode({ data: rgba, width: side, height: side }, quality).data));
+    }
+  return bases;
+}
+
 /** A JPEG: a small real one, then its frame header or bytes mutated. */
-function jpegBytes(rng, jpeg) {
-  const side = rng.pick([1, 8, 17, 32]);
-  const rgba = Buffer.alloc(side * side * 4);
-  for (let i = 0; i < rgba.length; i++) rgba[i] = rng.int(256);
-  const file = Buffer.from(jpeg.encode({ data: rgba, width: side, height: side }, 50 + rng.int(50)).data);
+function jpegBytes(rng, bases) {
+  const file = Buffer.from(rng.pick(bases));
   if (rng.chance(0.4)) {
     for (let at = 2; at + 9 <= file.length; ) {
       const marker = file[at + 1];
       if (marker === 0xc0) {
-        file.writeUInt16BE(rng.pick([0, 1, 65535, 30000, side + 1]), at + 5);
-        file.writeUInt16BE(rng.pick([0, 1, 65535, 30000, side]), at + 7);
+        file.writeUInt16BE(rng.pick([0, 1, 65535, 30000, 33, 1024]), at + 5);
+        file.writeUInt16BE(rng.pick([0, 1, 65535, 30000, 32, 1024]), at + 7);
         if (rng.chance(0.3)) file[at + 9] = rng.pick([0, 1, 2, 3, 4, 255]);  // components
         break;
       }
@@ -334,9 +343,9 @@ function makeTarget(name, { duat, fit, native }, dir) {
         if (rng.chance(0.5)) duat.data.prepareImage(img, rng.pick([1, 3]), 28, { invert: rng.chance(0.5) });
       };
     case 'jpeg': {
-      const jpeg = require('jpeg-js');
+      const bases = jpegBases(makeRng(7), require('jpeg-js'));
       return (rng) => {
-        write(jpegBytes(rng, jpeg));
+        write(jpegBytes(rng, bases));
         const img = duat.data.readImage(file);
         if (rng.chance(0.5)) duat.data.prepareImage(img, rng.pick([1, 3]), 28, {});
       };
