@@ -352,21 +352,15 @@ function makeTarget(name, { duat, fit, native }, dir) {
     }
     case 'vit': {
       const m = new duat.ParaFormer({ ...small, depth: 2, branches: 2 });
-      const entries = [], made = [];
-      for (const [n, p] of m.namedParameters()) {
-        const g = /^stages\.(\d+)\.(.*)$/.exec(n);
-        if (!g) {
-          entries.push([n, p]);  // patch_embed.*, cls_token, pos_embed, norm.*, head.*: timm's names already
-          continue;
+      duat.tidy(() => {  // the per-block slices are freed with the tidy
+        const entries = [];
+        for (const [n, p] of m.namedParameters()) {
+          const g = /^stages\.(\d+)\.(.*)$/.exec(n);
+          if (!g) entries.push([n, p]);  // patch_embed.*, cls_token, pos_embed, norm.*, head.*: timm's names already
+          else for (let b = 0; b < 2; b++) entries.push([`blocks.${Number(g[1]) * 2 + b}.${g[2]}`, p.slice(0, b, b + 1).reshape(p.shape.slice(1)).contiguous()]);
         }
-        for (let b = 0; b < 2; b++) {
-          const t = p.slice(0, b, b + 1).reshape(p.shape.slice(1)).contiguous();
-          made.push(t);
-          entries.push([`blocks.${Number(g[1]) * 2 + b}.${g[2]}`, t]);
-        }
-      }
-      duat.saveSafetensors(file, entries);
-      made.forEach((t) => t.dispose());
+        duat.saveSafetensors(file, entries);
+      });
       m.dispose();
       const base = fs.readFileSync(file);
       return (rng) => {
@@ -511,7 +505,7 @@ async function child(target, from, to, seed, statusFile, replay) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `duat-fuzz-${target}-`));
   const run = makeTarget(target, lib, dir);
   const status = fs.openSync(statusFile || path.join(dir, 'status'), 'w');
-  const counts = { cases: 0, typed: 0, accepted: 0, untyped: 0, errorClasses: {}, untypedExamples: [], maxCaseNativeBytes: 0, maxCaseRssBytes: 0, maxCaseRssAt: -1, seconds: 0 };
+  const counts = { cases: 0, typed: 0, accepted: 0, untyped: 0, errorClasses: {}, untypedExamples: [], maxCaseNativeBytes: 0, maxCaseRssBytes: 0, maxCaseRssAt: -1, keptExamples: [], seconds: 0 };
   const perCaseRss = resetPeakRss();
   const rss0 = process.memoryUsage.rss();
   const live0 = duat.memory();
@@ -523,7 +517,7 @@ async function child(target, from, to, seed, statusFile, replay) {
     fs.writeSync(status, pos, 0, 8, 0);
     const rng = makeRng(hash32(seed, target, i));
     duat.resetPeakMemory();
-    const before = duat.memory().bytes;
+    const before = duat.memory().bytes, tensorsBefore = duat.memory().tensors;
     if (perCaseRss) resetPeakRss();
     const rssBefore = perCaseRss ? rss().now : 0;
     try {
@@ -540,6 +534,8 @@ async function child(target, from, to, seed, statusFile, replay) {
       if (replay) console.log(`case ${i}: ${e && e.name}: ${e && e.message}`);
     }
     counts.maxCaseNativeBytes = Math.max(counts.maxCaseNativeBytes, duat.memory().peakBytes - before);
+    const kept = duat.memory().tensors - tensorsBefore;  // tensors a case leaves alive (state the target keeps, or a leak)
+    if (kept > 0 && counts.keptExamples.length < 5) counts.keptExamples.push({ case: i, tensors: kept });
     if (perCaseRss) {
       const grew = (rss().peak - rssBefore) * 1024;  // how far the whole process grew during the case
       if (grew > counts.maxCaseRssBytes) counts.maxCaseRssBytes = grew, counts.maxCaseRssAt = i;
@@ -571,6 +567,7 @@ function merge(total, c) {
   for (const k of ['cases', 'typed', 'accepted', 'untyped']) total[k] += c[k];
   for (const [k, v] of Object.entries(c.errorClasses)) total.errorClasses[k] = (total.errorClasses[k] ?? 0) + v;
   total.untypedExamples.push(...c.untypedExamples.slice(0, 5 - total.untypedExamples.length));
+  total.keptExamples = [...(total.keptExamples ?? []), ...(c.keptExamples ?? [])].slice(0, 5);
   total.maxCaseNativeBytes = Math.max(total.maxCaseNativeBytes, c.maxCaseNativeBytes);
   total.liveTensorsGrowth = (total.liveTensorsGrowth ?? 0) + (c.liveTensorsGrowth ?? 0);
   total.liveBytesGrowth = (total.liveBytesGrowth ?? 0) + (c.liveBytesGrowth ?? 0);

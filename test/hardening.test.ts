@@ -186,6 +186,27 @@ describe('a file cannot make the process allocate more than it holds', () => {
   });
 });
 
+test('loadViT leaves no tensor alive, whether it succeeds or fails (it left its per-block views to the GC)', () => {
+  const dir = tmp();
+  const m = new duat.ParaFormer({ imageSize: 28, patchSize: 7, channels: 1, classes: 10, dim: 16, heads: 2, depth: 2, branches: 2 });
+  const file = path.join(dir, 'vit.safetensors');
+  duat.tidy(() => {
+    const entries: [string, duat.Tensor][] = [];
+    for (const [n, p] of m.namedParameters()) {
+      const g = /^stages\.(\d+)\.(.*)$/.exec(n);
+      if (!g) entries.push([n, p]);
+      else for (let b = 0; b < 2; b++) entries.push([`blocks.${Number(g[1]) * 2 + b}.${g[2]}`, p.slice(0, b, b + 1).reshape(p.shape.slice(1)).contiguous()]);
+    }
+    duat.saveSafetensors(file, entries);
+  });
+  m.dispose();
+  const live = duat.memory().tensors;
+  duat.loadViT(file, { depth: 2, branches: 2, heads: 2 }).dispose();
+  duat.loadViT(file, { depth: 1, branches: 4, heads: 2, imageSize: 56 }).dispose();  // restacked, pos_embed interpolated
+  expect(() => duat.loadViT(file, { depth: 2, branches: 2, heads: 2, classes: 0 })).toThrow(duat.ArgumentError);
+  expect(duat.memory().tensors).toBe(live);
+});
+
 describe('images are checked before decoding', () => {
   /** A PNG signature and IHDR declaring width x height (no image data: decoding would fail). */
   function pngHeader(width: number, height: number): Buffer {

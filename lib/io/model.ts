@@ -136,29 +136,36 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
       imageSize, patchSize: P, channels: o.channels ?? ch, classes: o.classes ?? head.shape[0],
       dim: C, heads, depth: m, branches: n, mlpRatio: M / C,
     });
-    const sd = new Map<string, Tensor>();
-    const kinds = ['norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.proj.weight', 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight', 'mlp.fc2.bias'];
-    const made: Tensor[] = [];
-    for (let s = 0; s < m; s++)
-      for (const k of kinds) {
-        const parts = Array.from({ length: n }, (_, b) => get(`blocks.${s * n + b}.${k}`));
-        const stacked = concat(parts.map((t) => t.reshape([1, ...t.shape])), 0);
-        made.push(stacked);
-        sd.set(`stages.${s}.${k}`, stacked);
+    const made: Tensor[] = [];  // every tensor made here is freed here, whatever happens
+    try {
+      const sd = new Map<string, Tensor>();
+      const kinds = ['norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.proj.weight', 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight', 'mlp.fc2.bias'];
+      for (let s = 0; s < m; s++)
+        for (const k of kinds) {
+          const views = Array.from({ length: n }, (_, b) => get(`blocks.${s * n + b}.${k}`)).map((t) => t.reshape([1, ...t.shape]));
+          made.push(...views);
+          const stacked = concat(views, 0);
+          made.push(stacked);
+          sd.set(`stages.${s}.${k}`, stacked);
+        }
+      for (const k of ['patch_embed.proj.weight', 'patch_embed.proj.bias', 'cls_token', 'norm.weight', 'norm.bias']) sd.set(k, get(k));
+      const newGrid = imageSize / P;
+      sd.set('pos_embed', newGrid === grid ? pos : interpolatePos(pos, grid, newGrid, made));
+      const own = new Map(model.namedParameters());
+      if ((o.classes ?? head.shape[0]) === head.shape[0]) {
+        sd.set('head.weight', head);
+        sd.set('head.bias', get('head.bias'));
+      } else {
+        sd.set('head.weight', own.get('head.weight')!);
+        sd.set('head.bias', own.get('head.bias')!);
       }
-    for (const k of ['patch_embed.proj.weight', 'patch_embed.proj.bias', 'cls_token', 'norm.weight', 'norm.bias']) sd.set(k, get(k));
-    const newGrid = imageSize / P;
-    sd.set('pos_embed', newGrid === grid ? pos : interpolatePos(pos, grid, newGrid, made));
-    const own = new Map(model.namedParameters());
-    if ((o.classes ?? head.shape[0]) === head.shape[0]) {
-      sd.set('head.weight', head);
-      sd.set('head.bias', get('head.bias'));
-    } else {
-      sd.set('head.weight', own.get('head.weight')!);
-      sd.set('head.bias', own.get('head.bias')!);
+      model.loadStateDict(sd);
+    } catch (e) {
+      model.dispose();
+      throw e;
+    } finally {
+      for (const t of made) t.dispose();
     }
-    model.loadStateDict(sd);
-    for (const t of made) t.dispose();
     return model;
   } finally {
     for (const t of tensors.values()) t.dispose();
