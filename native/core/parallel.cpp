@@ -2,7 +2,9 @@
 // atomic counter, and the caller works too, so a pool of n threads has n - 1 workers.
 // Between regions a worker spins for a short while (SPIN_NS) before it sleeps on the condition
 // variable: a training step opens hundreds of small regions, and a futex wake-up costs tens of
-// microseconds each, while the spin costs at most SPIN_NS of one core per idle gap.
+// microseconds each, while the spin costs at most SPIN_NS of one core per idle gap. A pool larger
+// than the machine's hardware threads never spins: its spinning workers would take the cores from
+// the ones with work (256 threads on 2 cores made a training step 200 times slower).
 #include "parallel.h"
 
 #include <algorithm>
@@ -62,6 +64,8 @@ class Pool {
  private:
   void start(int n) {
     quit_ = false;
+    const unsigned hw = std::thread::hardware_concurrency();
+    spin_ns_ = hw == 0 || static_cast<unsigned>(n) <= hw ? SPIN_NS : 0;
     for (int i = 1; i < n; i++) workers_.emplace_back([this] { loop(); });
   }
 
@@ -96,7 +100,7 @@ class Pool {
     uint64_t seen = 0;
     for (;;) {
       // Spin briefly for the next region, then sleep.
-      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(SPIN_NS);
+      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);
       while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < spin_until) {
         for (int i = 0; i < 64; i++) cpu_relax();
       }
@@ -121,6 +125,7 @@ class Pool {
   int pending_ = 0;
   std::atomic<uint64_t> generation_{0};
   bool quit_ = false;
+  int64_t spin_ns_ = SPIN_NS;  // set by start(): 0 when oversubscribed
   std::exception_ptr error_;
 };
 
