@@ -66,7 +66,11 @@ class Pool {
     quit_ = false;
     const unsigned hw = std::thread::hardware_concurrency();
     spin_ns_ = hw == 0 || static_cast<unsigned>(n) <= hw ? SPIN_NS : 0;
-    for (int i = 1; i < n; i++) workers_.emplace_back([this] { loop(); });
+    // A new worker starts from the current generation: were it to start from 0 it would take the
+    // last finished region (or the next one, half begun) for a new one and count itself out of
+    // `pending_` twice, and the region after would wait for ever (or end while tasks still run).
+    const uint64_t now = generation_.load();
+    for (int i = 1; i < n; i++) workers_.emplace_back([this, now] { loop(now); });
   }
 
   void stop() {
@@ -96,8 +100,7 @@ class Pool {
     t_in_task = false;
   }
 
-  void loop() {
-    uint64_t seen = 0;
+  void loop(uint64_t seen) {
     for (;;) {
       // Spin briefly for the next region, then sleep.
       const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);

@@ -2,11 +2,14 @@
 // transpose combination against a float64 reference; the shared math against libm; autograd
 // accumulation through fan-out; the thread pool; and the per-element math and index arithmetic of
 // the CUDA kernels (core/device_math.h), run here on the CPU against the CPU ops.
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/autograd.h"
@@ -162,6 +165,33 @@ void test_pool() {
     caught = true;
   }
   expect(caught, "an exception in a task reaches the caller");
+}
+
+// Resizing the pool between regions, thousands of times: a new worker once started from
+// generation 0, took the last region for a new one and counted itself out twice, so a later region
+// waited for ever (1 run in 3 of this loop hung before the fix). A watchdog turns a hang into a
+// failure.
+void test_pool_resize() {
+  std::atomic<bool> finished{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 600 && !finished; i++) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!finished) {
+      std::printf("FAIL pool resize: a region never finished (hang)\n");
+      std::fflush(stdout);
+      std::_Exit(1);
+    }
+  });
+  bool ok = true;
+  for (int it = 0; it < 20000 && ok; it++) {
+    set_num_threads(2 + it % 3);
+    std::atomic<int> count{0};
+    parallel_for(64, [&](int64_t) { count++; });
+    ok = count == 64;
+  }
+  finished = true;
+  watchdog.join();
+  set_num_threads(0);
+  expect(ok, "resizing the pool between regions 20000 times: every region runs each task once and ends");
 }
 
 void test_memory() {
@@ -421,6 +451,7 @@ int main() {
   test_math();
   test_autograd_fanout();
   test_pool();
+  test_pool_resize();
   test_backward_frees_as_it_goes();
   test_gelu_backward_in_place();
   test_memory();
