@@ -269,7 +269,9 @@ void CpuBackend::sgd(const std::vector<SgdTensor>& ts, const GradScale& s) {
 
 void CpuBackend::sum_of_squares(const std::vector<std::pair<const float*, int64_t>>& ts, float* out) {
   double total = 0.0;
-  for (const auto& [p, n] : ts) {
+  for (const auto& t : ts) {
+    const float* p = t.first;  // (named, not a structured binding: lambdas may not capture those in C++17)
+    const int64_t n = t.second;
     const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), n / ELEM_GRAIN));
     std::vector<double> part(static_cast<size_t>(chunks), 0.0);
     parallel_for(chunks, [&](int64_t c) {

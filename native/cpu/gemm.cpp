@@ -8,7 +8,10 @@
 // are written through a small buffer. Accumulation is fp32 throughout.
 #include "gemm.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdlib>
@@ -48,6 +51,7 @@ void micro_generic(int64_t kc, const float* a, const float* b, float* c, int64_t
       c[i * ldc + j] = (add ? c[i * ldc + j] : 0.0f) + alpha * acc[i][j] + (bias ? bias[j] : 0.0f);
 }
 
+#if defined(__x86_64__)
 // ---- AVX2 + FMA: 6 x 16, twelve ymm accumulators ----
 __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, const float* b, float* c,
                                                      int64_t ldc, int mr, int nr, float alpha, bool add,
@@ -173,18 +177,51 @@ __attribute__((target("avx512f"))) void small_gemm_avx512(bool transA, int64_t M
   }
 }
 
+#else
+// Not x86-64 (arm64 and others): the portable kernel only, which the compiler vectorises for the
+// target (NEON on arm64); detect() never selects the entries below, which exist to keep the table.
+void micro_avx2(int64_t, const float*, const float*, float*, int64_t, int, int, float, bool, const float*) {}
+void micro_avx512(int64_t, const float*, const float*, float*, int64_t, int, int, float, bool, const float*) {}
+void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                       const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+#endif  // __x86_64__
+
 const KernelInfo KERNELS[] = {
     {4, 16, micro_generic},
     {6, 16, micro_avx2},
     {12, 32, micro_avx512},
 };
 
+#if defined(__x86_64__)
+// The instruction sets the kernels were compiled for (kernels.cpp: AVX2 with FMA, BMI1/2 and F16C;
+// AVX-512 F, VL, BW and DQ), each only when the OS saves the registers it uses (XCR0). Read with
+// cpuid directly: __builtin_cpu_supports needs libgcc's __cpu_model, which a clang-built shared
+// library cannot reach, and it would not check these companions.
+uint64_t os_saved_state() {
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+
 CpuIsa detect() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return CPU_ISA_AVX512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CPU_ISA_AVX2;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return CPU_ISA_GENERIC;  // no OSXSAVE
+  const bool fma = c & (1u << 12), f16c = c & (1u << 29);
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return CPU_ISA_GENERIC;
+  const bool avx2 = b & (1u << 5), bmi1 = b & (1u << 3), bmi2 = b & (1u << 8);
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 17)) && (b & (1u << 30)) && (b & (1u << 31));  // F DQ BW VL
+  const uint64_t xcr0 = os_saved_state();
+  const bool ymm = (xcr0 & 0x6) == 0x6, zmm = (xcr0 & 0xE6) == 0xE6;
+  const bool avx2_set = avx2 && fma && bmi1 && bmi2 && f16c && ymm;
+  if (avx2_set && avx512 && zmm) return CPU_ISA_AVX512;
+  if (avx2_set) return CPU_ISA_AVX2;
   return CPU_ISA_GENERIC;
 }
+#else
+CpuIsa detect() { return CPU_ISA_GENERIC; }
+#endif
 
 CpuIsa initial_isa() {
   CpuIsa best = detect();

@@ -17,19 +17,28 @@ namespace isa_generic {
 }  // namespace isa_generic
 
 #if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,bmi,bmi2,f16c")
+// GCC's target pragma; clang (the release builds use zig's clang) ignores it and takes the same
+// target as an attribute applied to every function in the region.
+#define DUAT_PRAGMA(...) _Pragma(#__VA_ARGS__)
+#if defined(__clang__)
+#define DUAT_TARGET_BEGIN(isa) DUAT_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define DUAT_TARGET_END DUAT_PRAGMA(clang attribute pop)
+#else
+#define DUAT_TARGET_BEGIN(isa) DUAT_PRAGMA(GCC push_options) DUAT_PRAGMA(GCC target(isa))
+#define DUAT_TARGET_END DUAT_PRAGMA(GCC pop_options)
+#endif
+
+DUAT_TARGET_BEGIN("avx2,fma,bmi,bmi2,f16c")
 namespace isa_avx2 {
 #include "row_kernels.inc"
 }  // namespace isa_avx2
-#pragma GCC pop_options
+DUAT_TARGET_END
 
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi,bmi2,f16c")
+DUAT_TARGET_BEGIN("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi,bmi2,f16c")
 namespace isa_avx512 {
 #include "row_kernels.inc"
 }  // namespace isa_avx512
-#pragma GCC pop_options
+DUAT_TARGET_END
 #endif
 
 namespace {
