@@ -175,15 +175,28 @@ export interface NativeGroupOptions {
 /** The package root (this file is lib/native.ts in a checkout, dist/native.js when built). */
 export const PACKAGE_ROOT = path.resolve(__dirname, '..');
 
-/** Where the loader looks, in order. */
+/** The C library this process runs on: 'glibc', 'musl', or '' off Linux. */
+export function libcFamily(): '' | 'glibc' | 'musl' {
+  if (process.platform !== 'linux') return '';
+  const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
+  return header?.glibcVersionRuntime ? 'glibc' : 'musl';
+}
+
+/**
+ * Where the loader looks, in order: DUAT_BINDING_PATH; a source build (build/Release, build/Debug)
+ * unless DUAT_PREBUILDS_ONLY=1; the prebuilt binary for this platform, architecture and C library
+ * (prebuilds/linux-x64/duat.glibc.node, as prebuildify --tag-libc names it), then an untagged one.
+ */
 export function candidatePaths(root = PACKAGE_ROOT): string[] {
   const out: string[] = [];
   if (process.env.DUAT_BINDING_PATH) out.push(path.resolve(process.env.DUAT_BINDING_PATH));
-  const prebuilt = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'duat.node');
   if (process.env.DUAT_PREBUILDS_ONLY !== '1') {
     out.push(path.join(root, 'build', 'Release', 'duat.node'), path.join(root, 'build', 'Debug', 'duat.node'));
   }
-  out.push(prebuilt);
+  const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  const libc = libcFamily();
+  if (libc) out.push(path.join(dir, `duat.${libc}.node`));
+  out.push(path.join(dir, 'duat.node'));
   return out;
 }
 

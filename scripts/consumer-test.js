@@ -17,18 +17,24 @@ const runNpm = (args, opts) => run(npm[0], [...npm.slice(1), ...args], opts);
 
 if (!fs.existsSync(path.join(root, 'dist', 'index.js'))) runNpm(['run', 'build:ts'], { cwd: root });
 
-// prebuildify rebuilds build/ from scratch; other tests may be loading build/Release/duat.node
-// meanwhile, so the package is prebuilt and packed from a copy.
+// The package is packed from a copy, with the checkout's node_modules linked in for the pack.
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-consumer-'));
 const pkg = path.join(work, 'pkg');
 fs.mkdirSync(pkg);
-for (const f of ['package.json', 'README.md', 'CMakeLists.txt', 'binding.gyp', 'native', 'dist', 'scripts']) {
+// The release binaries are built (or found up to date) in the checkout first, as `npm pack` would.
+run(process.execPath, [path.join(root, 'scripts', 'prebuild.js'), '--pack'], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
+for (const f of ['package.json', 'README.md', 'CMakeLists.txt', 'binding.gyp', 'cmake', 'native', 'dist', 'scripts', 'prebuilds']) {
   fs.cpSync(path.join(root, f), path.join(pkg, f), { recursive: true });
 }
 fs.symlinkSync(path.join(root, 'node_modules'), path.join(pkg, 'node_modules'));
-runNpm(['run', 'prebuildify'], { cwd: pkg });
+// The package's own prepack hook (it finds the binaries up to date and checks them), then the pack
+// itself; `prepare` (a source build) is what --ignore-scripts leaves out.
+runNpm(['run', 'prepack'], { cwd: pkg });
 fs.rmSync(path.join(pkg, 'node_modules'));
 const packed = JSON.parse(runNpm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], { cwd: pkg }))[0];
+for (const name of ['linux-x64', 'linux-arm64']) {
+  if (!packed.files.some((f) => f.path === `prebuilds/${name}/duat.glibc.node`)) throw new Error(`the tarball has no prebuilds/${name}/duat.glibc.node`);
+}
 const tarball = path.join(work, packed.filename);
 const app = path.join(work, 'app');
 fs.mkdirSync(app);
@@ -73,7 +79,7 @@ run(process.execPath, [tsc, '--strict', '--target', 'es2022', '--module', 'commo
 results['ts.ts'] = JSON.parse(run(process.execPath, [path.join('out', 'ts.js')], { cwd: app, env }).trim().split('\n').pop());
 
 // A corrupted binary: NativeLoadError with possible solutions, from the library and from `duat info`.
-const binary = path.join(app, 'node_modules', 'duat', 'prebuilds', `${process.platform}-${process.arch}`, 'duat.node');
+const binary = path.join(app, 'node_modules', 'duat', 'prebuilds', `${process.platform}-${process.arch}`, 'duat.glibc.node');
 fs.writeFileSync(binary, Buffer.from('\x7fELF\x02\x01\x01 corrupted'));
 const probe = spawnSync(process.execPath, ['-e', "try { require('duat').verifyInstall() } catch (e) { console.log(e.name + ': ' + e.message); process.exit(3) }"], { cwd: app, env, encoding: 'utf8' });
 const info = spawnSync(process.execPath, [path.join(app, 'node_modules', 'duat', 'dist', 'cli.js'), 'info'], { cwd: app, env, encoding: 'utf8' });
