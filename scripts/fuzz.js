@@ -508,6 +508,7 @@ async function child(target, from, to, seed, statusFile, replay) {
   const counts = { cases: 0, typed: 0, accepted: 0, untyped: 0, errorClasses: {}, untypedExamples: [], maxCaseNativeBytes: 0, maxCaseRssBytes: 0, maxCaseRssAt: -1, keptExamples: [], seconds: 0 };
   const perCaseRss = resetPeakRss();
   const rss0 = process.memoryUsage.rss();
+  let peakKb = 0;
   const live0 = duat.memory();
   const t0 = Date.now();
   let lastReport = Date.now();
@@ -537,7 +538,9 @@ async function child(target, from, to, seed, statusFile, replay) {
     const kept = duat.memory().tensors - tensorsBefore;  // tensors a case leaves alive (state the target keeps, or a leak)
     if (kept > 0 && counts.keptExamples.length < 5) counts.keptExamples.push({ case: i, tensors: kept });
     if (perCaseRss) {
-      const grew = (rss().peak - rssBefore) * 1024;  // how far the whole process grew during the case
+      const peak = rss().peak;
+      peakKb = Math.max(peakKb, peak);  // the run's peak: resetting VmHWM per case also resets getrusage's
+      const grew = (peak - rssBefore) * 1024;  // how far the whole process grew during the case
       if (grew > counts.maxCaseRssBytes) counts.maxCaseRssBytes = grew, counts.maxCaseRssAt = i;
     }
     counts.cases++;
@@ -556,7 +559,7 @@ async function child(target, from, to, seed, statusFile, replay) {
   counts.liveTensorsGrowth = live1.tensors - live0.tensors;
   counts.liveBytesGrowth = live1.bytes - live0.bytes;
   counts.blockCacheMB = duat.cacheInfo().cachedBytes / MB;  // freed blocks kept for reuse (bounded)
-  counts.maxRssMB = process.resourceUsage().maxRSS / 1024;
+  counts.maxRssMB = (perCaseRss ? Math.max(peakKb, rss().peak) : process.resourceUsage().maxRSS) / 1024;
   if (replay) console.log(JSON.stringify(counts) + `\nthe case's input: ${path.join(dir, 'case.bin')}`);
   else fs.rmSync(dir, { recursive: true, force: true });
   if (process.send) process.send({ type: 'done', counts });
