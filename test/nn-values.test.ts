@@ -66,6 +66,7 @@ describe('ParaFormer options', () => {
     expect(duat.ParaFormer.parameterSpec({ ...small, dim: 64, heads: 4, mlpRatio: 1 / 64 }).find((s) => s.name === 'stages.0.mlp.fc1.weight')!.shape).toEqual([2, 1, 64]);
     expect(duat.ParaFormer.parameterSpec({ ...small, mlpRatio: 64 }).find((s) => s.name === 'stages.0.mlp.fc1.weight')!.shape).toEqual([2, 512, 8]);
     expect(duat.ParaFormer.parameterSpec({ ...small, seed: 2 ** 53 - 1 }).length).toBe(20);
+    expect(() => duat.ParaFormer.parameterSpec({ ...small, seed: 2 ** 53 })).toThrow(/seed/);
   });
 
   test('presets: para-former-m-n and vit-m with a size and overrides; bad names and sizes are refused', () => {
@@ -79,14 +80,27 @@ describe('ParaFormer options', () => {
     expect(() => duat.ParaFormer.preset('resnet-50')).toThrow(/Expected a preset like 'para-former-2-3' or 'vit-6' for name but received "resnet-50"/);
     expect(() => duat.ParaFormer.preset('para-former-2')).toThrow(/Expected a preset/);
     expect(() => duat.ParaFormer.preset('xvit-2')).toThrow(/Expected a preset/);
+    for (const bad of ['xpara-former-1-1', 'para-former-1-1x', 'vit-1x', 'para-former-a-1', 'vit-']) expect(() => duat.ParaFormer.preset(bad)).toThrow(/Expected a preset/);
+    const wide = duat.ParaFormer.preset('para-former-1-12', 'mnist', { dim: 8, heads: 2, patchSize: 14 });
+    expect([wide.config.depth, wide.config.branches]).toEqual([1, 12]);
+    wide.dispose();
+    const deep = duat.ParaFormer.preset('vit-10', 'mnist', { dim: 8, heads: 2, patchSize: 14 });
+    expect([deep.config.depth, deep.config.branches]).toEqual([10, 1]);
+    deep.dispose();
     expect(() => duat.ParaFormer.preset('vit-2', 'huge' as 'tiny')).toThrow(/size/);
   });
 });
 
 describe('initialisation (timm ViT)', () => {
-  const m = new duat.ParaFormer({ dim: 48, heads: 3, patchSize: 4, depth: 2, branches: 2, seed: 3 });
-  const p = new Map(m.namedParameters());
-  afterAll(() => m.dispose());
+  // Each test makes its own model (not one in the describe body), so that mutation testing's
+  // per-test coverage sees the initialisation run inside the tests that check it.
+  let m: duat.ParaFormer;
+  let p: Map<string, duat.Tensor>;
+  beforeEach(() => {
+    m = new duat.ParaFormer({ dim: 48, heads: 3, patchSize: 4, depth: 2, branches: 2, seed: 3 });
+    p = new Map(m.namedParameters());
+  });
+  afterEach(() => m.dispose());
 
   test('norms one, biases zero, linear weights truncated normal std 0.02 within +-0.04', () => {
     for (const [name, t] of p) {
@@ -189,7 +203,23 @@ describe('model behaviour', () => {
     expect(() => m.setPrecision('fp32')).toThrow(/before you change its precision/);
     await expect(m.evaluate(x)).rejects.toThrow(/before you evaluate it/);
     await expect(m.trainStep(x, y)).rejects.toThrow(/before you start another step/);
+    expect(() => m.dynamicParameters(x)).toThrow(/await it before you use it/);
     await step;
+    // A tensor of labels is the caller's: still usable after the step.
+    const yt = duat.tensor(y, [4]);
+    await m.trainStep(x, yt);
+    expect(Array.from(yt.toInt32Array())).toEqual([1, 2, 3, 4]);
+    yt.dispose();
+    // An error from the worker thread carries the caller's stack after an '--- async ---' line.
+    const failed = await m.trainStep(x, Int32Array.from([1, 2, 3, 99])).then(() => null, (e: Error) => e);
+    expect(failed).toBeInstanceOf(duat.DuatError);
+    expect(failed!.stack).toMatch(/--- async ---\n(.|\n)*nn-values\.test/);
+    // zeroGrad drops every gradient.
+    m.zeroGrad();
+    for (const q of m.parameters()) {
+      const g = q.grad;
+      expect(g === null || g.toArray().every((v) => v === 0)).toBe(true);
+    }
     expect(() => m.setPrecision('fp16' as 'fp32')).toThrow(/precision/);
     expect(m.setPrecision('bf16')).toBe(m);
     expect(m.to('cpu')).toBe(m);
@@ -244,6 +274,12 @@ describe('Module, Linear, LayerNorm', () => {
     const wrong = new Map(src.stateDict());
     wrong.set('a.weight', duat.zeros([3, 2]));
     expect(() => m.loadStateDict(wrong)).toThrow(/loadStateDict: parameter 'a.weight' has shape \[2,3\] but the state dict has \[3,2\]/);
+    const oneDim = new Map(src.stateDict());
+    oneDim.set('a.weight', duat.zeros([2, 4]));
+    expect(() => m.loadStateDict(oneDim)).toThrow(/parameter 'a.weight' has shape \[2,3\] but the state dict has \[2,4\]/);
+    const longer = new Map(src.stateDict());
+    longer.set('a.bias', duat.zeros([2, 1]));
+    expect(() => m.loadStateDict(longer)).toThrow(/parameter 'a.bias' has shape \[2\] but the state dict has \[2,1\]/);
     const flat = new Map(src.stateDict());
     flat.set('a.bias', duat.zeros([1, 2]));
     expect(() => m.loadStateDict(flat)).toThrow(/parameter 'a.bias' has shape \[2\] but the state dict has \[1,2\]/);
