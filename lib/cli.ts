@@ -232,8 +232,13 @@ async function main(): Promise<void> {
     case 'bench': return benchCmd(rest);
     case 'predict': return predictCmd(rest);
     case 'inspect': return inspectCmd(rest);
+    case '--version':
+    case '-v':
+    case 'version':
+      process.stdout.write(`${duat.version}\n`);
+      return;
     default:
-      process.stdout.write('usage: duat <train|eval|predict|inspect|bench|info> [flags]   (duat <command> --help lists the flags)\n');
+      process.stdout.write('usage: duat <train|eval|predict|inspect|bench|info> [flags]   (duat <command> --help lists the flags; duat --version)\n');
       if (cmd && cmd !== '--help' && cmd !== 'help') process.exitCode = 2;
   }
 }

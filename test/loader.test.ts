@@ -1,4 +1,5 @@
 /** The loader: a clear NativeLoadError listing every path tried, for missing and corrupt binaries. */
+import { execFileSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
@@ -49,5 +50,30 @@ describe('native loader', () => {
     } finally {
       process.env = saved;
     }
+  });
+});
+
+describe('the package as a user names it', () => {
+  test("duat.version is package.json's version, and `duat --version` prints it", () => {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const duat = require('../lib') as typeof import('../lib');
+    const pkg = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'package.json'), 'utf8')) as { version: string; license: string };
+    expect(duat.version).toBe(pkg.version);
+    expect(duat.version).toMatch(/^\d+\.\d+\.\d+/);
+    const cli = path.join(__dirname, '..', 'lib', 'cli.ts');
+    for (const flag of ['--version', '-v', 'version']) {
+      const out = execFileSync(process.execPath, ['-r', 'ts-node/register/transpile-only', cli, flag], { encoding: 'utf8' });
+      expect(out).toBe(`${pkg.version}\n`);
+    }
+    expect(pkg.license).toBe('MIT');
+    expect(fs.readFileSync(path.join(__dirname, '..', 'LICENSE'), 'utf8')).toMatch(/^MIT License\n\nCopyright \(c\) 2026 the duat authors/);
+  });
+
+  test('the loader looks for the prebuilt binary of this C library first, then an untagged one', () => {
+    const paths = candidatePaths('/pkg');
+    const dir = path.join('/pkg', 'prebuilds', `${process.platform}-${process.arch}`);
+    const tagged = path.join(dir, 'duat.glibc.node'), plain = path.join(dir, 'duat.node');
+    expect(paths.indexOf(tagged)).toBeGreaterThan(-1);  // this machine runs glibc
+    expect(paths.indexOf(tagged)).toBe(paths.indexOf(plain) - 1);
   });
 });
