@@ -8,13 +8,14 @@ import * as path from 'path';
 
 import * as F from './functional';
 import { native, NativeBackendInfo, PACKAGE_ROOT, verifyInstall } from './native';
+import * as nn from './nn';
+import * as optim from './optim';
+import { checkInt } from './validate';
+
 export { verifyInstall };
 
 /** This package's version, from its package.json (`npx duat --version` prints it too). */
 export const version: string = (JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string }).version;
-import * as nn from './nn';
-import * as optim from './optim';
-import { checkInt } from './validate';
 
 export * from './errors';
 export {

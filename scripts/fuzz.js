@@ -518,7 +518,7 @@ async function child(target, from, to, seed, statusFile, replay) {
     fs.writeSync(status, pos, 0, 8, 0);
     const rng = makeRng(hash32(seed, target, i));
     duat.resetPeakMemory();
-    const before = duat.memory().bytes, tensorsBefore = duat.memory().tensors;
+    const before = duat.memory();
     if (perCaseRss) resetPeakRss();
     const rssBefore = perCaseRss ? rss().now : 0;
     try {
@@ -534,8 +534,9 @@ async function child(target, from, to, seed, statusFile, replay) {
       }
       if (replay) console.log(`case ${i}: ${e && e.name}: ${e && e.message}`);
     }
-    counts.maxCaseNativeBytes = Math.max(counts.maxCaseNativeBytes, duat.memory().peakBytes - before);
-    const kept = duat.memory().tensors - tensorsBefore;  // tensors a case leaves alive (state the target keeps, or a leak)
+    const after = duat.memory();
+    counts.maxCaseNativeBytes = Math.max(counts.maxCaseNativeBytes, after.peakBytes - before.bytes);
+    const kept = after.tensors - before.tensors;  // tensors a case leaves alive (state the target keeps, or a leak)
     if (kept > 0 && counts.keptExamples.length < 5) counts.keptExamples.push({ case: i, tensors: kept });
     if (perCaseRss) {
       const peak = rss().peak;
@@ -570,18 +571,18 @@ function merge(total, c) {
   for (const k of ['cases', 'typed', 'accepted', 'untyped']) total[k] += c[k];
   for (const [k, v] of Object.entries(c.errorClasses)) total.errorClasses[k] = (total.errorClasses[k] ?? 0) + v;
   total.untypedExamples.push(...c.untypedExamples.slice(0, 5 - total.untypedExamples.length));
-  total.keptExamples = [...(total.keptExamples ?? []), ...(c.keptExamples ?? [])].slice(0, 5);
+  total.keptExamples.push(...c.keptExamples.slice(0, 5 - total.keptExamples.length));
   total.maxCaseNativeBytes = Math.max(total.maxCaseNativeBytes, c.maxCaseNativeBytes);
-  total.liveTensorsGrowth = (total.liveTensorsGrowth ?? 0) + (c.liveTensorsGrowth ?? 0);
-  total.liveBytesGrowth = (total.liveBytesGrowth ?? 0) + (c.liveBytesGrowth ?? 0);
-  total.blockCacheMB = Math.max(total.blockCacheMB ?? 0, c.blockCacheMB ?? 0);
+  total.liveTensorsGrowth += c.liveTensorsGrowth ?? 0;  // (a progress report of a crashed child has none)
+  total.liveBytesGrowth += c.liveBytesGrowth ?? 0;
+  total.blockCacheMB = Math.max(total.blockCacheMB, c.blockCacheMB ?? 0);
   if (c.maxCaseRssBytes > total.maxCaseRssBytes) total.maxCaseRssBytes = c.maxCaseRssBytes, total.maxCaseRssAt = c.maxCaseRssAt;
   total.maxRssAboveStartMB = Math.max(total.maxRssAboveStartMB, (c.maxRssMB ?? 0) - (c.rssBeforeMB ?? 0));
   total.seconds += c.seconds;
 }
 
 function runTarget(target, cases, seed, hangMs) {
-  const total = { target, cases: 0, unclassified: 0, typed: 0, accepted: 0, untyped: 0, crashes: [], hangs: [], errorClasses: {}, untypedExamples: [], maxCaseNativeBytes: 0, maxCaseRssBytes: 0, maxCaseRssAt: -1, maxRssAboveStartMB: 0, seconds: 0 };
+  const total = { target, cases: 0, unclassified: 0, typed: 0, accepted: 0, untyped: 0, crashes: [], hangs: [], errorClasses: {}, untypedExamples: [], maxCaseNativeBytes: 0, maxCaseRssBytes: 0, maxCaseRssAt: -1, maxRssAboveStartMB: 0, keptExamples: [], liveTensorsGrowth: 0, liveBytesGrowth: 0, blockCacheMB: 0, seconds: 0 };
   const statusFile = path.join(os.tmpdir(), `duat-fuzz-status-${process.pid}-${target}`);
   const start = (from) => new Promise((resolve) => {
     const c = fork(__filename, ['--child', target, '--from', String(from), '--to', String(cases), '--seed', String(seed), '--status', statusFile], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] });
@@ -664,7 +665,7 @@ async function main() {
       `${t.padEnd(12)} ${r.cases} cases: ${r.typed} typed errors, ${r.accepted} accepted, ${r.untyped} untyped, ` +
         `${r.crashes.length} crashes, ${r.hangs.length} hangs; a case's peak: native ${(r.maxCaseNativeBytes / MB).toFixed(1)} MB, ` +
         `process growth ${(r.maxCaseRssBytes / MB).toFixed(1)} MB (case ${r.maxCaseRssAt}); ` +
-        `peak RSS above start ${r.maxRssAboveStartMB.toFixed(0)} MB; native tensors left alive ${r.liveTensorsGrowth ?? 0}, block cache ${(r.blockCacheMB ?? 0).toFixed(0)} MB ` +
+        `peak RSS above start ${r.maxRssAboveStartMB.toFixed(0)} MB; native tensors left alive ${r.liveTensorsGrowth}, block cache ${r.blockCacheMB.toFixed(0)} MB ` +
         `(${r.seconds.toFixed(0)} s)\n`,
     );
     for (const x of [...r.crashes, ...r.hangs]) process.stderr.write(`  case ${x.case}: ${x.signal ?? 'exit ' + x.code} ${x.stderr}\n`);

@@ -6,6 +6,7 @@
  * lib/nn (docs/reliability.md).
  */
 import * as duat from '../lib';
+import * as R from './helpers/reference';
 
 const small = { dim: 8, heads: 2, patchSize: 7, depth: 1, branches: 2 };
 
@@ -188,19 +189,11 @@ describe('model behaviour', () => {
     await m.trainStep(x, y, { labelSmoothing: 0.1, clipGradNorm: 1 });  // (the first of a kind warms caches)
     const before = duat.memory().tensors;
     const r = await m.trainStep(x, y, { labelSmoothing: 0.1, clipGradNorm: 1 });
-    // The losses against the logits (the parameters did not move: no optimizer): cross-entropy,
-    // and with smoothing e, (1 - e) CE + e * mean_j(-log p_j) as PyTorch defines it.
-    const logits = duat.tidy(() => m.forward(x).toArray());
-    let ce = 0, smooth = 0;
-    for (let i = 0; i < 4; i++) {
-      const row = Array.from(logits.subarray(i * 10, (i + 1) * 10));
-      const mx = Math.max(...row), lse = mx + Math.log(row.reduce((a, v) => a + Math.exp(v - mx), 0));
-      const nll = lse - row[y[i]], uniform = lse - row.reduce((a, v) => a + v, 0) / 10;
-      ce += nll / 4;
-      smooth += (0.9 * nll + 0.1 * uniform) / 4;
-    }
-    expect(first.loss).toBeCloseTo(ce, 5);
-    expect(r.loss).toBeCloseTo(smooth, 5);
+    // The losses against the float64 reference on the logits (the parameters did not move: no
+    // optimizer): cross-entropy, and with smoothing PyTorch's (1 - e) CE + e * mean_j(-log p_j).
+    const logits = duat.tidy(() => R.arr(m.forward(x).toArray(), [4, 10]));
+    expect(first.loss).toBeCloseTo(R.crossEntropy(logits, y, 0).data[0], 5);
+    expect(r.loss).toBeCloseTo(R.crossEntropy(logits, y, 0.1).data[0], 5);
     expect(r.gradNorm).toBeGreaterThan(0);
     expect(duat.memory().tensors).toBe(before);  // the labels tensor made from the Int32Array is gone
     await m.evaluate(x, y);  // the first evaluation makes the inference-time derived weights (kept)
