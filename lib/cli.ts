@@ -50,6 +50,7 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'device', type: 'string', def: 'auto', help: "'cpu', 'cuda' or 'auto' (CUDA when a usable GPU is present)" },
   { name: 'precision', type: 'string', def: 'tf32', help: "matrix products on CUDA: 'tf32', 'bf16' or 'fp32'" },
   { name: 'on-nan', type: 'string', def: 'stop', help: "a NaN or infinite loss: 'stop' (with an error) or 'skip' the batch" },
+  { name: 'parallel', type: 'string', def: 'none', help: "under mpirun: 'data' (shard each batch) or 'branches' (share out each stage's branches); 'none'" },
 ];
 
 /** Run names are one plain path component: no separators, no '..', nothing hidden. */
@@ -94,6 +95,13 @@ async function train(argv: string[]): Promise<void> {
       `Expected a run name of letters, digits, '.', '_' and '-' (not starting with '.' or '-', at most 128) for --name but received ${JSON.stringify(o.name)}`,
     );
   }
+  const parallel = o.parallel as 'none' | 'data' | 'branches';
+  if (!['none', 'data', 'branches'].includes(parallel)) {
+    throw new duat.ArgumentError(`Expected 'none', 'data' or 'branches' for --parallel but received ${JSON.stringify(parallel)}`);
+  }
+  // Under mpirun every rank runs this command; rank 0 alone makes the run folder, prints and saves.
+  const job = parallel === 'none' ? undefined : duat.distributed.init();
+  const main = !job || job.rank === 0;
   if (o.threads) duat.setNumThreads(o.threads as number);
   const trainSet = loadData(o.data as string, 'train', o.limit as number);
   const testSet = loadData(o.data as string, 'test', o['test-limit'] as number);
@@ -109,40 +117,46 @@ async function train(argv: string[]): Promise<void> {
     weightDecay: o['weight-decay'] as number, labelSmoothing: o['label-smoothing'] as number,
     clipGradNorm: o['clip-grad-norm'] as number, shift: o.shift as number, seed: o.seed as number,
     maxSteps: (o['max-steps'] as number) || undefined, checkpointEvery: o['checkpoint-every'] as number,
-    resume: (o.resume as string) || undefined, onNan: o['on-nan'] as 'stop' | 'skip',
+    resume: (o.resume as string) || undefined, onNan: o['on-nan'] as 'stop' | 'skip', parallel,
   };
   duat.resolveFitOptions(fitOptions);  // bad options fail here, before the run folder exists
   const name = (o.name as string) || `para-former-${o.depth}-${o.branches}-${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
   const runDir = path.join(o['runs-dir'] as string, name);
-  fs.mkdirSync(runDir, { recursive: true });
-  fs.writeFileSync(path.join(runDir, 'config.json'), JSON.stringify({ model: model.config, flags: o }, null, 2));
+  const say = (text: string) => main && process.stderr.write(text);
+  if (main) {
+    fs.mkdirSync(runDir, { recursive: true });
+    fs.writeFileSync(path.join(runDir, 'config.json'), JSON.stringify({ model: model.config, flags: o }, null, 2));
+  }
   const info = duat.backendInfo();
-  process.stderr.write(
+  say(
     `Para-Former-${o.depth}-${o.branches} (${model.parameterCount().toLocaleString()} parameters) on ${trainSet.name} ` +
       `(${trainSet.count} train, ${testSet.count} test); ` +
       (model.device === 'cuda' ? `CUDA on ${info.cuda.device} (${o.precision})` : `${info.cpu.isa} kernels, ${info.cpu.threads} threads`) +
+      (job ? `; ${job.size} processes, parallel '${parallel}' over ${job.transport}` : '') +
       `; run folder ${runDir}\n`,
   );
   const controller = new AbortController();
   process.once('SIGINT', () => {
-    process.stderr.write('\nstopping after this step (checkpoint kept); Ctrl-C again to quit at once\n');
+    say('\nstopping after this step (checkpoint kept); Ctrl-C again to quit at once\n');
     controller.abort();
     process.once('SIGINT', () => process.exit(130));
   });
   const result = await duat.fit(model, { train: trainSet, test: testSet }, {
     ...fitOptions, runDir, signal: controller.signal,
-    onEpoch: (e) => process.stderr.write(
+    onEpoch: (e) => say(
       `epoch ${e.epoch + 1}: train loss ${e.trainLoss.toFixed(4)}, train acc ${(100 * e.trainAccuracy).toFixed(2)}%` +
         (e.test ? `, test loss ${e.test.loss.toFixed(4)}, test acc ${(100 * e.test.accuracy).toFixed(2)}%` : '') + ` (${e.seconds.toFixed(0)} s)\n`,
     ),
   });
-  duat.save(path.join(runDir, 'model.safetensors'), model);
-  const summary = {
-    model: `Para-Former-${o.depth}-${o.branches}`, steps: result.steps, skippedSteps: result.skippedSteps, seconds: result.seconds, aborted: result.aborted,
-    testAccuracy: result.test?.accuracy, testLoss: result.test?.loss,
-  };
-  fs.writeFileSync(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));
-  process.stdout.write(JSON.stringify(summary) + '\n');
+  if (main) {
+    duat.save(path.join(runDir, 'model.safetensors'), model);
+    const summary = {
+      model: `Para-Former-${o.depth}-${o.branches}`, steps: result.steps, skippedSteps: result.skippedSteps, seconds: result.seconds, aborted: result.aborted,
+      testAccuracy: result.test?.accuracy, testLoss: result.test?.loss, ...(job ? { processes: job.size, parallel } : {}),
+    };
+    fs.writeFileSync(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));
+    process.stdout.write(JSON.stringify(summary) + '\n');
+  }
   model.dispose();
 }
 

@@ -77,6 +77,16 @@ export class StateError extends DuatError {
   }
 }
 
+/**
+ * Distributed training cannot go on: no usable MPI (the message says what to install), a
+ * collective called outside a distributed job, or options that cannot be split over its ranks.
+ */
+export class DistributedError extends DuatError {
+  constructor(message: string) {
+    super(message, 'DUAT_DISTRIBUTED');
+  }
+}
+
 /** Training diverged: a loss or gradient norm that is NaN or infinite. Says at which step. */
 export class NumericError extends DuatError {
   /** The training step (counted from 1) whose loss was not finite. */
@@ -107,4 +117,5 @@ export const NATIVE_ERROR_CLASSES = [
   OutOfMemoryError,
   CheckpointError,
   StateError,
+  DistributedError,
 ] as const;

@@ -6,6 +6,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
+import * as distributed from './distributed';
 import * as F from './functional';
 import { native, NativeBackendInfo, PACKAGE_ROOT, verifyInstall } from './native';
 import * as nn from './nn';
@@ -35,7 +36,8 @@ export {
   Tensor,
 } from './tensor';
 export type { Device, DType, RandomOptions, TensorData, TensorOptions } from './tensor';
-export { F, nn, optim };
+export { distributed, F, nn, optim };
+export type { DistributedInfo } from './distributed';
 export { ParaFormer } from './nn/ParaFormer';
 export { load, loadViT, save } from './io/model';
 export type { LoadViTOptions } from './io/model';

@@ -120,10 +120,21 @@ export interface RawBinding {
   modelTo(model: ModelHandle, device: NativeDevice): void;
   modelSetPrecision(model: ModelHandle, precision: number): void;
   modelTrainStepAsync(model: ModelHandle, images: H, labels: H, optimizer: OptimizerHandle | null,
-    groups: NativeGroupOptions[] | null, labelSmoothing: number, clipGradNorm: number):
+    groups: NativeGroupOptions[] | null, labelSmoothing: number, clipGradNorm: number, dataParallel?: boolean):
     Promise<{ loss: number; gradNorm: number; correct: number; skipped: boolean }>;
   modelEvaluateAsync(model: ModelHandle, images: H, labels: H | null):
     Promise<{ lossSum: number; correct: number; predictions: Int32Array }>;
+  // duat.distributed (native/distributed/comm.h, native/bindings/dist_bindings.cpp).
+  distributedInit(library?: string): NativeDistributedInfo;
+  distributedInfo(): NativeDistributedInfo | null;
+  distributedStats(): { calls: number; bytes: number; seconds: number };
+  distributedAllreduce<A extends Float32Array | Float64Array>(data: A): A;
+  distributedAllreduceTensor(t: H): void;
+  distributedBroadcast<A extends ArrayBufferView>(data: A, root: number): A;
+  distributedBarrier(): void;
+  distributedAbort(code: number): never;
+  distributedFinalize(): void;
+  distributedBranchShare(branches: number, rank: number, size: number): { offset: number; count: number };
   // The optimizer (native/train/optimizer.h); kind 0 AdamW, 1 SGD.
   optimizerCreate(kind: 0 | 1, params: H[], groupOf: number[]): OptimizerHandle;
   optimizerStep(opt: OptimizerHandle, groups: NativeGroupOptions[]): void;
@@ -146,6 +157,14 @@ export interface OptimizerHandle {
 }
 
 /** The model configuration as native code reads it (native/model/paraformer.h). */
+/** The distributed job as the native communicator sees it. */
+export interface NativeDistributedInfo {
+  rank: number;
+  size: number;
+  /** What carries the collectives, e.g. "Open MPI v4.1.4". */
+  transport: string;
+}
+
 export interface NativeModelConfig {
   imageSize: number;
   patchSize: number;
@@ -158,6 +177,8 @@ export interface NativeModelConfig {
   mlpHidden: number;
   eps: number;
   branchScale: number;
+  /** One rank's share of the branches of a branch-parallel model (native/distributed/comm.h). */
+  branchParallel?: boolean;
 }
 
 /** One parameter group's options as the native optimizer reads them. */

@@ -209,6 +209,33 @@ describe('batches against the documented draws', () => {
     expect(() => new duat.data.Batches(big, 0, { seed: 2 ** 53 })).toThrow(/seed/);
     expect(new duat.data.Batches(big, 0, { seed: 2 ** 53 - 1 }).count).toBe(3);
   });
+
+  test.each([[2], [3], [5]])('data-parallel shards of %i ranks: consecutive rows whose images, labels and draws make up the whole batch', (ranks) => {
+    const batches = new duat.data.Batches(ramp(1), 2, { batchSize: 7, seed: 3, shift: 2, flip: true });
+    expect([batches.rowsOf(0), batches.rowsOf(1)]).toEqual([7, 5]);
+    expect(() => batches.rowsOf(2)).toThrow(/batch 2 is outside \[0, 2\)/);
+    for (let k = 0; k < batches.count; k++) {
+      const whole = batches.batch(k);
+      const x = whole.images.toArray(), y = whole.labels.toInt32Array();
+      whole.images.dispose();
+      whole.labels.dispose();
+      const rows = batches.rowsOf(k), px = S * S;
+      let next = 0;
+      for (let r = 0; r < ranks; r++) {
+        const { start, end } = duat.data.Batches.shardRange(rows, r, ranks);
+        expect([start, end]).toEqual([Math.floor((r * rows) / ranks), Math.floor(((r + 1) * rows) / ranks)]);
+        expect(start).toBe(next);
+        next = end;
+        const part = batches.batch(k, { index: r, count: ranks });
+        expect(part.labels.shape).toEqual([end - start]);
+        expect(Array.from(part.labels.toInt32Array())).toEqual(Array.from(y.subarray(start, end)));
+        expect(Array.from(part.images.toArray())).toEqual(Array.from(x.subarray(start * px, end * px)));
+        part.images.dispose();
+        part.labels.dispose();
+      }
+      expect(next).toBe(rows);
+    }
+  });
 });
 
 describe('image headers, decoding, resizing and folders', () => {

@@ -159,24 +159,43 @@ export class Batches {
     return keepLast ? Math.ceil(items / batchSize) : Math.floor(items / batchSize);
   }
 
-  /** Batch k as tensors (images (B, ch, S, S), labels (B) int32). */
-  batch(k: number): { images: Tensor; labels: Tensor } {
+  /** The rows [start, end) of a batch of `rows` rows that part `index` of `parts` holds (data-parallel shards). */
+  static shardRange(rows: number, index: number, parts: number): { start: number; end: number } {
+    return { start: Math.floor((index * rows) / parts), end: Math.floor(((index + 1) * rows) / parts) };
+  }
+
+  /** Rows in batch k. */
+  rowsOf(k: number): number {
     if (k < 0 || k >= this.count) throw new ArgumentError(`batch ${k} is outside [0, ${this.count})`);
+    return Math.min(this.data.count, (k + 1) * this.batchSize) - k * this.batchSize;
+  }
+
+  /**
+   * Batch k as tensors (images (B, ch, S, S), labels (B) int32). With `part`, only that share of
+   * its rows ({@link Batches.shardRange}): the same rows, augmented the same way, as the whole
+   * batch holds there, so the shards of a data-parallel job make up the single-process batch.
+   */
+  batch(k: number, part?: { index: number; count: number }): { images: Tensor; labels: Tensor } {
+    const rows = this.rowsOf(k);
     const { data } = this;
-    const lo = k * this.batchSize, hi = Math.min(data.count, lo + this.batchSize);
-    const B = hi - lo, S = data.size, ch = data.channels, px = ch * S * S;
+    const lo = k * this.batchSize;
+    const { start, end } = part ? Batches.shardRange(rows, part.index, part.count) : { start: 0, end: rows };
+    const B = end - start, S = data.size, ch = data.channels, px = ch * S * S;
     const images = new Float32Array(B * px);
     const labels = new Int32Array(B);
     const shift = this.options.shift ?? 0, flip = this.options.flip ?? false;
-    // Augmentation draws depend on (seed, epoch, batch) only, so any batch can be rebuilt alone.
+    // Augmentation draws depend on (seed, epoch, batch) only, so any batch can be rebuilt alone;
+    // a shard makes the draws of the rows before it too.
     const rng = new Rng((this.seed * 2654435761 + this.epoch * 40503 + k * 97 + 12345) >>> 0);
     const background = -MNIST_MEAN / MNIST_STD;
-    for (let b = 0; b < B; b++) {
-      const src = this.order[lo + b];
-      labels[b] = data.labels[src];
+    for (let row = 0; row < end; row++) {
+      const src = this.order[lo + row];
       const dx = shift ? rng.int(2 * shift + 1) - shift : 0;
       const dy = shift ? rng.int(2 * shift + 1) - shift : 0;
       const mirror = flip && rng.next() < 0.5;
+      if (row < start) continue;
+      const b = row - start;
+      labels[b] = data.labels[src];
       if (!dx && !dy && !mirror) {
         images.set(data.images.subarray(src * px, (src + 1) * px), b * px);
         continue;

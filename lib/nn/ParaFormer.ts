@@ -4,11 +4,12 @@
  * this class holds the parameters under their timm names, stacked over branches, and the native
  * model object that uses them.
  */
+import { branchShare } from '../distributed';
 import { ArgumentError, StateError } from '../errors';
 import { ModelHandle, native, NativeModelConfig } from '../native';
 import { Optimizer } from '../optim/Optimizer';
 import { ones, rand, resolveDevice, Tensor, tensor, truncNormal, zeros } from '../tensor';
-import { checkInt, checkNumber, checkOneOf, checkOptions, describe, isInt32Array } from '../validate';
+import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe, isInt32Array } from '../validate';
 import { Module } from './Module';
 
 /** Options of {@link ParaFormer}. Defaults: a small MNIST Para-Former-1-4. */
@@ -73,6 +74,24 @@ export interface TrainStepOptions {
   labelSmoothing?: number;
   /** Clip the global gradient norm to this (0 = off). Default 0. */
   clipGradNorm?: number;
+  /**
+   * Data-parallel training (docs/design.md, "Distributed training"): this batch is this rank's
+   * shard of a global batch; the step sums every rank's gradients, loss and correct count,
+   * weighted by shard size, so the result and the update are those of the whole batch on every
+   * rank. A collective: every rank of the job (`duat.distributed.init()`) calls it. Default false.
+   */
+  dataParallel?: boolean;
+}
+
+/** @internal Where a branch-parallel share sits in the whole model: its first branch and the whole model's count. */
+export interface BranchShard {
+  offset: number;
+  total: number;
+}
+
+/** @internal Whether a parameter is stacked over a stage's branches (leading dimension N). */
+export function isBranchParameter(name: string): boolean {
+  return name.startsWith('stages.');
 }
 
 /** DUAT's input-dependent parameters of one branch: its attention maps for an input. */
@@ -122,12 +141,15 @@ const PRECISIONS = { fp32: 0, tf32: 1, bf16: 2 } as const;
  */
 export class ParaFormer extends Module {
   readonly config: ParaFormerConfig;
+  /** @internal Set on one rank's share of a branch-parallel model ({@link ParaFormer.shardOf}). */
+  readonly shard?: BranchShard;
   private readonly model: ModelHandle;
   private busy = false;
 
-  constructor(options?: ParaFormerOptions) {
+  constructor(options?: ParaFormerOptions, shard?: BranchShard) {
     super();
     this.config = resolve(options);
+    this.shard = shard;
     const device = resolveDevice(options?.device);
     const precision = checkOneOf(options?.precision ?? 'tf32', 'precision', ['fp32', 'tf32', 'bf16'] as const);
     const spec = native().modelSpec(this.nativeConfig());
@@ -158,6 +180,25 @@ export class ParaFormer extends Module {
     return native().modelSpec(nativeConfigOf(c));
   }
 
+  /**
+   * @internal One rank's share of `full` for branch-parallel training: the branches
+   * {@link branchShare} gives `rank` of `size`, copied from `full`, in a model whose stages sum
+   * their branches over the job's ranks (so its forward and training step are collectives).
+   */
+  static shardOf(full: ParaFormer, rank: number, size: number): ParaFormer {
+    if (full.shard) throw new ArgumentError('Expected a whole model to share out but received a branch-parallel share');
+    const { offset, count } = branchShare(full.config.branches, rank, size);
+    const part = new ParaFormer({ ...full.config, branches: count, device: full.device }, { offset, total: full.config.branches });
+    const views = new Map<string, Tensor>();
+    for (const [name, p] of full.namedParameters()) views.set(name, isBranchParameter(name) ? p.slice(0, offset, offset + count) : p);
+    try {
+      part.loadStateDict(views);
+    } finally {
+      for (const [name, t] of views) if (isBranchParameter(name)) t.dispose();
+    }
+    return part;
+  }
+
   /** The MLP width M. */
   get mlpHidden(): number {
     return Math.round(this.config.dim * this.config.mlpRatio);
@@ -165,7 +206,7 @@ export class ParaFormer extends Module {
 
   /** @internal */
   nativeConfig(): NativeModelConfig {
-    return nativeConfigOf(this.config);
+    return nativeConfigOf(this.config, this.shard);
   }
 
   private checkIdle(what: string): void {
@@ -246,6 +287,7 @@ export class ParaFormer extends Module {
     }
     const smoothing = checkNumber(o.labelSmoothing ?? 0, 'labelSmoothing', 0, 0.999999);
     const clip = checkNumber(o.clipGradNorm ?? 0, 'clipGradNorm', 0);
+    const dataParallel = checkBool(o.dataParallel ?? false, 'dataParallel');
     if (o.optimizer) {
       const own = new Set(this.parameters());
       o.optimizer.groups.forEach((g, gi) => g.params.forEach((p, i) => {
@@ -262,7 +304,7 @@ export class ParaFormer extends Module {
     let pending;
     try {
       pending = native().modelTrainStepAsync(this.model, images.handle, y.handle, o.optimizer?.handle ?? null,
-        o.optimizer?.nativeGroups() ?? null, smoothing, clip);
+        o.optimizer?.nativeGroups() ?? null, smoothing, clip, dataParallel);
     } catch (e) {
       settle();
       throw e;
@@ -311,7 +353,7 @@ export class ParaFormer extends Module {
   }
 }
 
-function nativeConfigOf(c: ParaFormerConfig): NativeModelConfig {
+function nativeConfigOf(c: ParaFormerConfig, shard?: BranchShard): NativeModelConfig {
   return {
     imageSize: c.imageSize,
     patchSize: c.patchSize,
@@ -323,7 +365,8 @@ function nativeConfigOf(c: ParaFormerConfig): NativeModelConfig {
     branches: c.branches,
     mlpHidden: Math.round(c.dim * c.mlpRatio),
     eps: 1e-6,
-    branchScale: c.combine === 'mean' ? 1 / c.branches : 1,
+    branchScale: c.combine === 'mean' ? 1 / (shard?.total ?? c.branches) : 1,
+    branchParallel: shard !== undefined,
   };
 }
 

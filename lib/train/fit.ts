@@ -7,6 +7,7 @@
 import * as fs from 'fs';
 import * as path from 'path';
 
+import * as distributed from '../distributed';
 import { ArgumentError, CheckpointError, NumericError } from '../errors';
 import { Batches, Dataset } from '../data/dataset';
 import { loadSafetensors, saveSafetensors } from '../io/safetensors';
@@ -14,6 +15,7 @@ import { ParaFormer } from '../nn/ParaFormer';
 import { AdamW, SGD } from '../optim/optimizers';
 import { Tensor, tensor } from '../tensor';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe } from '../validate';
+import { broadcastParameters, gatherEntries, gatherInto, ParallelMode, shareOptimizerState, sumOverRanks } from './parallel';
 import { curveSvg } from './plot';
 
 /** Options of {@link fit}. */
@@ -69,6 +71,15 @@ export interface FitOptions {
    * {@link FitResult.skippedSteps}.
    */
   onNan?: 'stop' | 'skip';
+  /**
+   * Training over the processes of an MPI job (docs/design.md, "Distributed training"; start them
+   * with mpirun, every rank calling fit() with the same arguments): 'data' shards every batch over
+   * the ranks and sums their gradients; 'branches' gives each rank a share of every stage's
+   * branches and the whole batch. Either gives the single-process result (to float32 rounding);
+   * rank 0 alone writes files and shows progress, and `model` holds the trained parameters on
+   * every rank when fit() returns. 'none' (the default) trains in this process alone.
+   */
+  parallel?: ParallelMode;
 }
 
 export interface StepMetrics {
@@ -213,7 +224,27 @@ export function makeOptimizer(model: ParaFormer, r: Pick<Resolved, 'optimizer' |
     : new SGD(groups, { lr: r.lr, weightDecay: r.weightDecay, momentum: 0.9, nesterov: true });
 }
 
-/** Saves a training checkpoint: the model, the optimiser's moments, the position and the options. */
+/** The model's parameters and the optimizer's state under their checkpoint names; `owned` are new handles to dispose. */
+function stateEntries(model: ParaFormer, opt: AdamW | SGD): { entries: [string, Tensor][]; owned: Tensor[] } {
+  const entries: [string, Tensor][] = model.namedParameters();
+  const owned: Tensor[] = [];
+  for (const [name, p] of model.namedParameters()) {
+    if (opt instanceof AdamW) {
+      const s = opt.stateFor(p);
+      if (s) entries.push([`optimizer.m.${name}`, s.m], [`optimizer.v.${name}`, s.v]), owned.push(s.m, s.v);
+    } else {
+      const b = opt.bufferFor(p);
+      if (b) entries.push([`optimizer.buf.${name}`, b]), owned.push(b);
+    }
+  }
+  return { entries, owned };
+}
+
+/**
+ * Saves a training checkpoint: the model, the optimiser's moments, the position and the options.
+ * A branch-parallel share gathers the whole model from every rank (so every rank must call it)
+ * and rank 0 writes the file a single process would.
+ */
 export function saveTrainingState(
   file: string,
   model: ParaFormer,
@@ -222,32 +253,26 @@ export function saveTrainingState(
   options: Resolved,
   losses: number[],
 ): void {
-  const entries: [string, Tensor][] = model.namedParameters();
-  const extra: Tensor[] = [];
-  if (opt instanceof AdamW) {
-    for (const [name, p] of model.namedParameters()) {
-      const s = opt.stateFor(p);
-      if (s) entries.push([`optimizer.m.${name}`, s.m], [`optimizer.v.${name}`, s.v]), extra.push(s.m, s.v);
-    }
-  } else {
-    for (const [name, p] of model.namedParameters()) {
-      const b = opt.bufferFor(p);
-      if (b) entries.push([`optimizer.buf.${name}`, b]), extra.push(b);
-    }
-  }
-  const l = tensor(Float32Array.from(losses), [losses.length]);
-  extra.push(l);
-  entries.push(['train.losses', l]);
+  const { entries, owned } = stateEntries(model, opt);
+  let out = entries;
   try {
-    saveSafetensors(file, entries, {
+    if (model.shard) {
+      out = gatherEntries(entries, model.shard);
+      owned.push(...out.map(([, t]) => t));
+    }
+    if (!distributed.isMain()) return;
+    const l = tensor(Float32Array.from(losses), [losses.length]);
+    owned.push(l);
+    const config = model.shard ? { ...model.config, branches: model.shard.total } : model.config;
+    saveSafetensors(file, [...out, ['train.losses', l]], {
       format: 'duat-training-state',
-      config: JSON.stringify(model.config),
+      config: JSON.stringify(config),
       options: JSON.stringify(options),
       position: JSON.stringify(position),
       optimizer_steps: String(opt.stepCount),
     });
   } finally {
-    for (const t of extra) t.dispose();
+    for (const t of owned) t.dispose();
   }
 }
 
@@ -262,6 +287,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
   const o = checkOptions<FitOptions>(options, 'fit options');
   if (!data || typeof data !== 'object' || !data.train) throw new ArgumentError(`Expected { train, test? } data sets but received ${describe(data)}`);
   let r = resolve(o);
+  const parallel = checkOneOf(o.parallel ?? 'none', 'parallel', ['none', 'data', 'branches'] as const);
   const { train, test } = data;
   if (train.channels !== model.config.channels || train.size !== model.config.imageSize) {
     throw new ArgumentError(
@@ -269,23 +295,51 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
         `${model.config.channels} x ${model.config.imageSize} x ${model.config.imageSize}`,
     );
   }
+  if (model.shard) throw new ArgumentError('Expected a whole model but received a branch-parallel share; fit() shares a model out itself');
+  const job = parallel === 'none' ? undefined : distributed.init();
+  const rank = job?.rank ?? 0, ranks = job?.size ?? 1, main = rank === 0;
+  if (parallel === 'branches') distributed.branchShare(model.config.branches, rank, ranks);  // refuses too few branches
   let start = { step: 0, epoch: 0, batch: 0 };
   const losses: number[] = [];
   let opt = makeOptimizer(model, r);
-  if (o.resume) {
-    const st = loadTrainingState(o.resume, model, opt);
-    start = st.position;
-    r = { ...st.options, maxSteps: r.maxSteps, epochs: o.epochs ?? st.options.epochs, onNan: r.onNan };
-    losses.push(...st.losses);
+  // The model the steps train: `model` itself, or this rank's share of its branches.
+  let trained = model;
+  try {
+    if (o.resume) {
+      const st = loadTrainingState(o.resume, model, opt);
+      start = st.position;
+      r = { ...st.options, maxSteps: r.maxSteps, epochs: o.epochs ?? st.options.epochs, onNan: r.onNan };
+      losses.push(...st.losses);
+    }
+    if (parallel === 'data' && r.batchSize < ranks) {
+      throw new ArgumentError(`parallel 'data' needs batchSize (${r.batchSize}) of at least the job's ${ranks} ranks`);
+    }
+    if (parallel === 'data') broadcastParameters(model);
+    if (parallel === 'branches') {
+      trained = ParaFormer.shardOf(model, rank, ranks);
+      const partOpt = makeOptimizer(trained, r);
+      shareOptimizerState(model, opt, trained, partOpt);
+      opt.dispose();
+      opt = partOpt;
+    }
+  } catch (e) {
+    opt.dispose();
+    if (trained !== model) trained.dispose();
+    throw e;
   }
   const stepsPerEpoch = Batches.countFor(train.count, r.batchSize);
   const total = Math.min(r.maxSteps, r.epochs * stepsPerEpoch);
   const runDir = o.runDir;
-  if (runDir) fs.mkdirSync(runDir, { recursive: true });
-  const metricsFile = runDir ? path.join(runDir, 'metrics.jsonl') : undefined;
+  const files = runDir !== undefined && main;
+  if (files) fs.mkdirSync(runDir, { recursive: true });
+  const metricsFile = files ? path.join(runDir, 'metrics.jsonl') : undefined;
   const log = (rec: object) => metricsFile && fs.appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
-  const bar = o.progress !== false && process.stderr.isTTY ? await makeBar() : undefined;
+  const bar = main && o.progress !== false && process.stderr.isTTY ? await makeBar() : undefined;
   bar?.start(total, start.step);
+  const checkpoint = (pos: { step: number; epoch: number; batch: number }) => {
+    if (runDir) saveTrainingState(path.join(runDir, 'checkpoint.safetensors'), trained, opt, pos, r, losses);
+  };
+  const part = parallel === 'data' ? { index: rank, count: ranks } : undefined;
 
   const history: EpochMetrics[] = [];
   const t0 = Date.now();
@@ -297,9 +351,10 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
       const te = Date.now();
       const batches = new Batches(train, epoch, { batchSize: r.batchSize, seed: r.seed, shift: r.shift, flip: r.flip });
       let lossSum = 0, correct = 0, seen = 0, ran = 0;
-      let next: { images: Tensor; labels: Tensor } | undefined = batches.batch(epoch === start.epoch ? start.batch : 0);
+      let next: { images: Tensor; labels: Tensor } | undefined = batches.batch(epoch === start.epoch ? start.batch : 0, part);
       for (let k = epoch === start.epoch ? start.batch : 0; k < batches.count && step < total; k++) {
-        if (o.signal?.aborted) {
+        // Ranks stop together: a signal on any rank stops the job after the same step.
+        if (job ? sumOverRanks([o.signal?.aborted ? 1 : 0])[0] > 0 : o.signal?.aborted) {
           aborted = true;
           next?.images.dispose();
           next?.labels.dispose();
@@ -309,10 +364,12 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
         const lr = learningRate(step, total, r);
         opt.setLearningRate(lr);
         const ts = Date.now();
-        const B = cur.labels.shape[0];
-        const pending = model.trainStep(cur.images, cur.labels, { optimizer: opt, labelSmoothing: r.labelSmoothing, clipGradNorm: r.clipGradNorm });
+        const B = batches.rowsOf(k);
+        const pending = trained.trainStep(cur.images, cur.labels, {
+          optimizer: opt, labelSmoothing: r.labelSmoothing, clipGradNorm: r.clipGradNorm, dataParallel: parallel === 'data',
+        });
         // Build the next batch while this step runs on the worker thread.
-        next = k + 1 < batches.count ? batches.batch(k + 1) : undefined;
+        next = k + 1 < batches.count ? batches.batch(k + 1, part) : undefined;
         let res;
         try {
           res = await pending;
@@ -351,33 +408,59 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
         if (step % 10 === 0 || step === total) log({ type: 'step', ...m });
         bar?.update(step, { loss: res.loss.toFixed(4), epoch: epoch + 1 });
         o.onStep?.(m);
-        if (runDir && r.checkpointEvery && step % r.checkpointEvery === 0) {
-          const pos = k + 1 < batches.count ? { step, epoch, batch: k + 1 } : { step, epoch: epoch + 1, batch: 0 };
-          saveTrainingState(path.join(runDir, 'checkpoint.safetensors'), model, opt, pos, r, losses);
+        if (r.checkpointEvery && step % r.checkpointEvery === 0) {
+          checkpoint(k + 1 < batches.count ? { step, epoch, batch: k + 1 } : { step, epoch: epoch + 1, batch: 0 });
         }
       }
       next?.images.dispose();
       next?.labels.dispose();
       if (aborted || ran === 0) break;
       const em: EpochMetrics = { epoch, step, trainLoss: seen ? lossSum / seen : NaN, trainAccuracy: seen ? correct / seen : NaN, seconds: (Date.now() - te) / 1000 };
-      if (test) em.test = await evaluate(model, test, r.evalBatchSize);
+      if (test) em.test = parallel === 'data' ? await evaluateShared(trained, test, r.evalBatchSize, rank, ranks) : await evaluate(trained, test, r.evalBatchSize);
       history.push(em);
       log({ type: 'epoch', ...em, test: em.test && { loss: em.test.loss, accuracy: em.test.accuracy } });
       o.onEpoch?.(em);
-      if (runDir) saveTrainingState(path.join(runDir, 'checkpoint.safetensors'), model, opt, { step, epoch: epoch + 1, batch: 0 }, r, losses);
+      checkpoint({ step, epoch: epoch + 1, batch: 0 });
     }
+    if (trained !== model) gatherInto(model, trained);
   } finally {
     bar?.stop();
     opt.dispose();
+    if (trained !== model) trained.dispose();
   }
   const result: FitResult = {
     history, steps: step, seconds: (Date.now() - t0) / 1000, aborted, losses, skippedSteps, test: history[history.length - 1]?.test,
   };
-  if (runDir) {
+  if (files) {
     fs.writeFileSync(path.join(runDir, 'curve.svg'), curveSvg(losses, history));
     if (result.test) fs.writeFileSync(path.join(runDir, 'confusion.json'), JSON.stringify(result.test.confusion));
   }
   return result;
+}
+
+/** evaluate() split over the ranks of a data-parallel job: each takes every `ranks`-th batch; the totals are summed. */
+async function evaluateShared(model: ParaFormer, data: Dataset, batchSize: number, rank: number, ranks: number): Promise<EvalResult> {
+  const batches = new Batches(data, 0, { batchSize, shuffle: false });
+  const K = model.config.classes;
+  const totals = new Array<number>(2 + K * K).fill(0);
+  for (let k = rank; k < batches.count; k += ranks) {
+    const { images, labels } = batches.batch(k);
+    try {
+      const r = await model.evaluate(images, labels);
+      totals[0] += r.lossSum;
+      totals[1] += r.correct;
+      const y = labels.toInt32Array();
+      r.predictions.forEach((p, i) => {
+        if (y[i] < K && p < K) totals[2 + y[i] * K + p]++;
+      });
+    } finally {
+      images.dispose();
+      labels.dispose();
+    }
+  }
+  const sum = sumOverRanks(totals);
+  const confusion = Array.from({ length: K }, (_, i) => sum.slice(2 + i * K, 2 + (i + 1) * K));
+  return { loss: sum[0] / data.count, accuracy: sum[1] / data.count, count: data.count, confusion };
 }
 
 /** Restores a training checkpoint into `model` and `opt`. @throws CheckpointError when it does not fit */

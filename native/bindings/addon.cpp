@@ -546,6 +546,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("NativeTensor", data->tensor_ctor.Value());
   for (const Export& e : EXPORTS) exports.Set(e.name, Napi::Function::New(env, e.fn, e.name));
   register_model_exports(env, exports);
+  register_distributed_exports(env, exports);
   return exports;
 }
 

@@ -39,6 +39,7 @@ ModelConfig arg_config(Info info, size_t i) {
   c.mlp_hidden = field_int(o, "mlpHidden", 1, big, c.mlp_hidden);
   c.eps = static_cast<float>(field_number(o, "eps", c.eps));
   c.branch_scale = static_cast<float>(field_number(o, "branchScale", c.branch_scale));
+  c.branch_parallel = field_bool(o, "branchParallel", false);
   check(c.eps > 0.0f, ERROR_ARGUMENT, "model config: eps must be positive");
   check_model_config(c);
   return c;
@@ -243,6 +244,7 @@ Napi::Value js_model_train_step_async(Info info) {
     StepOptions o;
     o.label_smoothing = static_cast<float>(arg_number(info, 5, "labelSmoothing"));
     o.clip_grad_norm = static_cast<float>(arg_number(info, 6, "clipGradNorm"));
+    o.data_parallel = info.Length() > 7 && arg_bool(info, 7, "dataParallel");
     auto* w = new TrainStepWorker(info.Env(), std::move(m), std::move(opt), std::move(groups), images, labels, o);
     Napi::Promise promise = w->promise();
     w->Queue();

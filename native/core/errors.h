@@ -15,6 +15,7 @@ enum ErrorCode {
   ERROR_OUT_OF_MEMORY, // an allocation failed
   ERROR_CHECKPOINT,    // a file that cannot be read as what it claims to be
   ERROR_STATE,         // an op called at the wrong time (backward twice through a freed graph)
+  ERROR_DISTRIBUTED,   // no usable MPI, or a collective called outside a distributed job
 };
 
 class Error : public std::runtime_error {

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "../core/autograd.h"
+#include "../distributed/comm.h"
 #include "../ops/ops.h"
 #include "derived.h"
 
@@ -116,9 +117,15 @@ std::vector<Tensor> model_param_list(const ModelParams& p) {
 
 Device model_device(const ModelParams& p) { return p.patch_w->device; }
 
-Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c) {
-  const int64_t B = x->shape[0], T1 = x->shape[1], C = c.dim, N = c.branches, M = c.mlp_hidden, BT = B * T1;
+Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig& c) {
+  const int64_t B = x_in->shape[0], T1 = x_in->shape[1], C = c.dim, N = c.branches, M = c.mlp_hidden, BT = B * T1;
+  // Branch-parallel: every rank's branches read the same input, whose gradient is summed over
+  // the ranks in backward; their partial sums are summed in forward, and every rank adds the
+  // residual to the whole sum.
+  Communicator* comm = c.branch_parallel ? &require_communicator("a branch-parallel forward") : nullptr;
+  const Tensor x = comm ? branch_input(x_in, *comm) : x_in;
   const Tensor xf = reshape(x, {BT, C});
+  const Tensor resid = comm ? zeros({BT, C}, DTYPE_F32, x->device) : xf;
   // Attention of every branch: shared norm, one QKV product, one attention op.
   const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p);                    // (N, BT, 3C)
   const Tensor att = attention(reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C}), c.heads, N);  // (B, T1, N*C)
@@ -139,7 +146,9 @@ Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c
   const std::vector<Tensor> w2 = derived(DERIVED_FC2, {p.fc2_w, p.fc2_b}, [&] {
     return std::vector<Tensor>{reshape(contiguous(permute(p.fc2_w, {1, 0, 2})), {C, N * M}), sum(p.fc2_b, {0}, false)};
   });
-  return reshape(stage_sum(xf, h, w2[0], w2[1], a, c.branch_scale), {B, T1, C});
+  const Tensor y = stage_sum(resid, h, w2[0], w2[1], a, c.branch_scale);
+  if (!comm) return reshape(y, {B, T1, C});
+  return add(x_in, reshape(branch_reduce(y, *comm), {B, T1, C}));
 }
 
 namespace {

@@ -21,6 +21,11 @@ struct ModelConfig {
   int64_t dim = 64, heads = 4, depth = 1, branches = 4, mlp_hidden = 128;
   float eps = 1e-6f;
   float branch_scale = 1.0f;  // 1: sum of branches (default); 1/N: mean
+  // Branch-parallel training: this model holds one rank's share of every stage's branches
+  // (`branches` of them) and each stage sums its branches over the ranks of the process's
+  // communicator (branch_input / branch_reduce), then adds the residual. branch_scale is then
+  // 1/N of the whole model's N for 'mean'.
+  bool branch_parallel = false;
   int64_t tokens() const { return (image_size / patch_size) * (image_size / patch_size) + 1; }
 };
 
@@ -54,6 +59,7 @@ void check_model_config(const ModelConfig& c);
 // The device the parameters live on.
 Device model_device(const ModelParams& p);
 
+// x (B, T1, C) -> the stage's output; with c.branch_parallel a collective over every rank.
 Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c);
 // images (B, channels, S, S), on any device (copied to the parameters' device, differentiably)
 // -> logits (B, classes) on the parameters' device.

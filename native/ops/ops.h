@@ -87,6 +87,14 @@ std::vector<Tensor> fold_affine(const Tensor& w, const Tensor& b, const Tensor& 
 //   a (N, R, C) the branches' attention outputs. Returns (R, C).
 Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tensor& b2, const Tensor& a, float scale);
 
+// ---- collective.cpp: branch-parallel training's pair of collectives (docs/design.md,
+// "Distributed training"); every rank must call them in the same order ----
+class Communicator;
+// The identity forward; backward sums x's gradient over every rank of `comm`.
+Tensor branch_input(const Tensor& x, Communicator& comm);
+// A new tensor holding `partial` summed over every rank; backward passes the gradient on as it is.
+Tensor branch_reduce(const Tensor& partial, Communicator& comm);
+
 // ---- loss.cpp ----
 // Mean over the batch of cross-entropy between softmax(logits) and the one-hot labels smoothed
 // by `smoothing` (q = (1 - s) onehot + s / K). logits: (B, K) float32; labels: (B) int32, on the

@@ -1,13 +1,16 @@
 // test_core.cpp: C++ tests of the core that run without Node (CTest). Every GEMM ISA path and
 // transpose combination against a float64 reference; the shared math against libm; autograd
 // accumulation through fan-out; the thread pool; and the per-element math and index arithmetic of
-// the CUDA kernels (core/device_math.h), run here on the CPU against the CPU ops.
+// the CUDA kernels (core/device_math.h), run here on the CPU against the CPU ops; distributed
+// training's step against a stand-in job of two ranks holding the same values.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -19,6 +22,7 @@
 #include "core/parallel.h"
 #include "cpu/gemm.h"
 #include "cpu/math.h"
+#include "distributed/comm.h"
 #include "core/device_math.h"
 #include "ops/ops.h"
 #include "train/optimizer.h"
@@ -450,6 +454,107 @@ void test_strided_offsets() {
   expect(ok, "dm::strided_offsets walks views as the CPU does");
 }
 
+// A stand-in for a job of two ranks holding the same values: an allreduce doubles them; every
+// collective is counted.
+class TwinCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  std::string description() const override { return "twin"; }
+  void allreduce_sum(float* d, int64_t n) override { twice(d, n); }
+  void allreduce_sum(double* d, int64_t n) override { twice(d, n); }
+  void broadcast(void*, int64_t, int) override { calls_++; }
+  void barrier() override { calls_++; }
+  [[noreturn]] void abort(int code) override { std::exit(code); }
+  void finalize() override {}
+  CommStats stats() const override { return CommStats{calls_, 0, 0.0}; }
+
+ private:
+  template <typename T>
+  void twice(T* d, int64_t n) {
+    calls_++;
+    for (int64_t i = 0; i < n; i++) d[i] *= 2;
+  }
+  int64_t calls_ = 0;
+};
+
+double max_diff(const Tensor& a, const Tensor& b) {
+  const Tensor x = to_device(a, DEVICE_CPU), y = to_device(b, DEVICE_CPU);
+  if (x->shape != y->shape) return INFINITY;
+  double m = 0;
+  for (int64_t i = 0; i < x->numel(); i++) m = std::max(m, std::fabs(static_cast<double>(x->f32()[i]) - y->f32()[i]));
+  return m;
+}
+
+// On a job of two twins, a data-parallel step is the single step (each twin's half of the weight
+// doubled), and a branch-parallel model whose two shares are the same N branches is the whole
+// model with those branches twice: same logits, loss, norm and gradients. On the CPU and on the
+// test device, whose tensors the communicator reduces through the host.
+void test_distributed_step() {
+  using parity::copies;
+  using parity::random_params;
+  install_communicator(std::make_unique<TwinCommunicator>());
+  Communicator& comm = *communicator();
+  for (const Device dev : {DEVICE_CPU, DEVICE_CUDA}) {
+    set_test_device(dev == DEVICE_CUDA);
+    const std::string on = dev == DEVICE_CPU ? " (cpu)" : " (test device)";
+    std::mt19937_64 rng(11);
+    ModelConfig c;
+    c.image_size = 8, c.patch_size = 4, c.classes = 3, c.dim = 16, c.heads = 2, c.depth = 2, c.branches = 2, c.mlp_hidden = 24;
+    const std::vector<Tensor> init = random_params(c, rng);
+    const Tensor x = randn({5, 1, 8, 8}, 3, 0.0f, 1.0f);
+    Tensor y = empty({5}, DTYPE_I32);
+    for (int i = 0; i < 5; i++) y->i32()[i] = i % 3;
+    StepOptions o;
+    o.label_smoothing = 0.1f;
+    Model single(c, copies(init, dev), PRECISION_FP32), data(c, copies(init, dev), PRECISION_FP32);
+    const StepResult a = train_step(single, x, y, nullptr, {}, o);
+    o.data_parallel = true;
+    const int64_t calls = comm.stats().calls;
+    const StepResult b = train_step(data, x, y, nullptr, {}, o);
+    expect(comm.stats().calls - calls == 2, "a data-parallel step is one bucketed allreduce (and the batch size)" + on);
+    double worst = 0;
+    for (size_t i = 0; i < init.size(); i++) worst = std::max(worst, max_diff(single.params()[i]->grad, data.params()[i]->grad));
+    expect(std::fabs(a.loss - b.loss) < 1e-6 && b.correct == 2 * a.correct && std::fabs(a.grad_norm - b.grad_norm) < 1e-5 &&
+               worst < 1e-6,
+           "data parallel on twin ranks: the single step's loss, norm and gradients" + on);
+
+    // The whole model: every stage's branches [share; share].
+    ModelConfig whole_c = c, part_c = c;
+    whole_c.branches = 4;
+    part_c.branch_parallel = true;
+    std::vector<Tensor> whole_init;
+    for (size_t i = 0; i < init.size(); i++)
+      whole_init.push_back(i >= 4 && i < 4 + 12 * 2 ? concat({init[i], init[i]}, 0) : init[i]);
+    Model whole(whole_c, copies(whole_init, dev), PRECISION_FP32), part(part_c, copies(init, dev), PRECISION_FP32);
+    {
+      GradMode no_grad(false);
+      expect(max_diff(whole.forward(x), part.forward(x)) < 1e-5, "branch parallel on twin ranks: the whole model's logits" + on);
+    }
+    o.data_parallel = false;
+    const StepResult w = train_step(whole, x, y, nullptr, {}, o);
+    const StepResult p = train_step(part, x, y, nullptr, {}, o);
+    worst = 0;
+    for (size_t i = 0; i < init.size(); i++) {
+      const Tensor gw = whole.params()[i]->grad, gp = part.params()[i]->grad;
+      worst = std::max(worst, i >= 4 && i < 4 + 12 * 2 ? max_diff(slice(gw, 0, 0, 2, 1), gp) : max_diff(gw, gp));
+    }
+    expect(std::fabs(w.loss - p.loss) < 1e-6 && w.correct == p.correct && std::fabs(w.grad_norm - p.grad_norm) < 1e-4 &&
+               worst < 1e-5,
+           "branch parallel on twin ranks: the whole model's loss, norm and gradients (worst " + std::to_string(worst) + ")" + on);
+  }
+  set_test_device(false);
+  distributed_finalize();
+  expect(communicator() == nullptr, "finalize drops the communicator");
+  bool refused = false;
+  try {
+    distributed_init_mpi("");
+  } catch (const Error& e) {
+    refused = e.code() == ERROR_DISTRIBUTED;
+  }
+  expect(refused, "no second job after finalize");
+}
+
 int main() {
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm(static_cast<CpuIsa>(isa));
   cpu_isa_set(cpu_isa_best());
@@ -463,6 +568,7 @@ int main() {
   test_device_math();
   test_strided_offsets();
   test_device();
+  test_distributed_step();
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "../core/autograd.h"
+#include "../distributed/comm.h"
 #include "../ops/ops.h"
 
 namespace duat {
@@ -31,6 +32,36 @@ std::vector<float> read_back(const std::vector<Tensor>& scalars) {
   return std::vector<float>(host->f32(), host->f32() + n);
 }
 
+// Data parallel: one bucket holding every gradient, the loss and the correct count, each rank's
+// share weighted by its part of the global batch, summed over the ranks; the gradients are
+// written back and {loss, correct} returned as device scalars.
+std::vector<Tensor> allreduce_data_parallel(Communicator& comm, const std::vector<Tensor>& grads, const Tensor& loss,
+                                            const Tensor& correct, int64_t batch) {
+  double sizes[1] = {static_cast<double>(batch)};
+  comm.allreduce_sum(sizes, 1);
+  const float w = static_cast<float>(static_cast<double>(batch) / sizes[0]);
+  int64_t total = 0;
+  for (const Tensor& g : grads) total += g->numel();
+  const Device dev = loss->device;
+  const Tensor flat = empty({total + 2}, DTYPE_F32, dev);
+  auto piece = [&](int64_t at, const Tensor& like) { return make_view(flat, like->shape, contiguous_strides(like->shape), at); };
+  int64_t at = 0;
+  for (const Tensor& g : grads) {
+    copy_into(piece(at, g), g);
+    at += g->numel();
+  }
+  copy_into(make_view(flat, {1}, {1}, total), reshape(loss, {1}));
+  scale_inplace(flat, w);  // the correct count is copied after: it is summed unweighted
+  copy_into(make_view(flat, {1}, {1}, total + 1), reshape(correct, {1}));
+  allreduce_sum(comm, flat);
+  at = 0;
+  for (const Tensor& g : grads) {
+    copy_into(g, piece(at, g));
+    at += g->numel();
+  }
+  return {make_view(flat, {}, {}, total), make_view(flat, {}, {}, total + 1)};
+}
+
 }  // namespace
 
 StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, Optimizer* opt,
@@ -41,16 +72,38 @@ StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, 
   GradMode with_grad(true);  // whatever an earlier job on this pool thread left behind
   PrecisionScope precision(model.precision());
   const Device dev = model.device();
+  const bool branches = model.config().branch_parallel;
+  Communicator* comm = o.data_parallel || branches ? &require_communicator("a distributed training step") : nullptr;
+  check(!(o.data_parallel && branches), ERROR_ARGUMENT,
+        "trainStep: a branch-parallel model cannot also be trained data-parallel");
   for (const Tensor& t : model.params()) t->grad = nullptr;
   const Tensor logits = model_forward(images, model.structured(), model.config());
   const Tensor y = to_device(labels, dev);
-  const Tensor loss = cross_entropy(logits, y, o.label_smoothing);
-  const Tensor correct = count_correct(logits, y);
+  Tensor loss = cross_entropy(logits, y, o.label_smoothing);
+  Tensor correct = count_correct(logits, y);
   backward(loss, nullptr);
-  std::vector<Tensor> grads;
-  for (const Tensor& t : model.params())
-    if (t->grad) grads.push_back(t->grad);
-  const Tensor sumsq = grads.empty() ? zeros({}, DTYPE_F32, dev) : sum_of_squares(grads);
+  std::vector<Tensor> grads, shared_grads, own_grads;
+  const std::vector<Tensor>& params = model.params();
+  const size_t first_stage = 4, end_stage = 4 + 12 * static_cast<size_t>(model.config().depth);
+  for (size_t i = 0; i < params.size(); i++) {
+    if (!params[i]->grad) continue;
+    grads.push_back(params[i]->grad);
+    (branches && i >= first_stage && i < end_stage ? own_grads : shared_grads).push_back(params[i]->grad);
+  }
+  if (o.data_parallel) {
+    const std::vector<Tensor> summed = allreduce_data_parallel(*comm, grads, loss, correct, images->shape[0]);
+    loss = summed[0];
+    correct = summed[1];
+  }
+  Tensor sumsq;
+  if (branches) {
+    // The shared parameters' gradients are equal on every rank; each rank's branches are its own.
+    Tensor own = own_grads.empty() ? zeros({}, DTYPE_F32, dev) : sum_of_squares(own_grads);
+    allreduce_sum(*comm, own);
+    sumsq = shared_grads.empty() ? own : add(sum_of_squares(shared_grads), own);
+  } else {
+    sumsq = grads.empty() ? zeros({}, DTYPE_F32, dev) : sum_of_squares(grads);
+  }
   // The update's gate: the squared norm, made NaN by a non-finite loss too (inf * 0 is NaN).
   Tensor gate;
   {

@@ -1,0 +1,160 @@
+/**
+ * Distributed training on MPI (docs/design.md, "Distributed training"): data-parallel and
+ * branch-parallel runs under `mpirun` give the single process's losses and parameters, resume
+ * from each other's checkpoints, and a killed rank ends the job instead of hanging it. Each run
+ * is test/helpers/distributed-worker.js (20 steps of a Para-Former-2-4 on a synthetic set). The
+ * MPI runs are skipped, saying why, where `mpirun` is missing; CI installs Open MPI.
+ */
+import { spawn, spawnSync } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
+import * as path from 'path';
+
+import * as duat from '../lib';
+
+const root = path.resolve(__dirname, '..');
+const worker = path.join(__dirname, 'helpers', 'distributed-worker.js');
+const mpirun = spawnSync('mpirun', ['--version'], { encoding: 'utf8' });
+const hasMpi = mpirun.status === 0;
+const mpiTest = hasMpi ? test : test.skip;
+if (!hasMpi) console.warn('distributed.test.ts: mpirun not found, MPI runs skipped (apt-get install openmpi-bin libopenmpi-dev)');
+const MPI_FLAGS = ['--oversubscribe', ...(process.getuid?.() === 0 ? ['--allow-run-as-root'] : [])];
+
+interface Run {
+  losses: number[];
+  steps: number;
+  accuracy: number;
+  params: Record<string, number[]>;
+}
+
+let dir: string;
+beforeAll(() => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-dist-'));
+});
+afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+function run(ranks: number, mode: string, name: string, extra: string[] = []): Run {
+  const out = path.join(dir, `${name}.json`);
+  const args = [worker, mode, out, ...extra];
+  const r = ranks === 0
+    ? spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', timeout: 120_000 })
+    : spawnSync('mpirun', [...MPI_FLAGS, '-np', String(ranks), process.execPath, ...args], { cwd: root, encoding: 'utf8', timeout: 120_000 });
+  if (r.status !== 0) throw new Error(`${name} exited with ${r.status} ${r.signal ?? ''}:\n${r.stderr}\n${r.stdout}`);
+  return JSON.parse(fs.readFileSync(out, 'utf8')) as Run;
+}
+
+// float32 sums in another order: the step's values agree to rounding, and 20 steps keep them close.
+function expectSameTraining(a: Run, b: Run): void {
+  expect(b.steps).toBe(a.steps);
+  expect(b.losses).toHaveLength(a.losses.length);
+  b.losses.forEach((l, i) => expect(Math.abs(l - a.losses[i])).toBeLessThan(2e-5));
+  for (const [name, values] of Object.entries(a.params)) {
+    const other = b.params[name];
+    expect(other).toHaveLength(values.length);
+    let worst = 0;
+    values.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - other[i]))));
+    if (worst > 5e-5) throw new Error(`parameter ${name} differs by ${worst}`);
+  }
+  expect(b.accuracy).toBeCloseTo(a.accuracy, 6);
+}
+
+let single: Run;
+const reference = () => (single ??= run(0, 'none', 'single'));
+
+describe('without a job', () => {
+  test('the binary does not link MPI: it loads and trains where none is installed', () => {
+    const needed = spawnSync('readelf', ['-d', path.join(root, 'build', 'Release', 'duat.node')], { encoding: 'utf8' });
+    if (needed.status === 0) expect(needed.stdout).not.toMatch(/libmpi/);
+    expect(reference().steps).toBe(20);
+    // The loss moves: the runs below compare training, not a model standing still.
+    expect(Math.min(...single.losses.slice(10))).toBeLessThan(single.losses[0] - 0.01);
+  });
+
+  test('rank and size describe a job of one; collectives and parallel steps say a job is needed', async () => {
+    expect(duat.distributed.info()).toBeNull();
+    expect([duat.distributed.rank(), duat.distributed.size(), duat.distributed.isMain()]).toEqual([0, 1, true]);
+    expect(() => duat.distributed.allreduce(new Float32Array(2))).toThrow(duat.DistributedError);
+    expect(() => duat.distributed.barrier()).toThrow(/needs a distributed job: call duat.distributed.init\(\)/);
+    expect(() => duat.distributed.allreduce([1, 2] as unknown as Float32Array)).toThrow(duat.ArgumentError);
+    const m = new duat.ParaFormer({ imageSize: 8, patchSize: 4, dim: 8, heads: 2, depth: 1, branches: 2 });
+    const x = duat.randn([2, 1, 8, 8], { seed: 1 });
+    await expect(m.trainStep(x, Int32Array.of(0, 1), { dataParallel: true })).rejects.toThrow(duat.DistributedError);
+    await expect(m.trainStep(x, Int32Array.of(0, 1), { dataParallel: 1 as unknown as boolean })).rejects.toThrow(/dataParallel/);
+    x.dispose();
+    m.dispose();
+  });
+
+  test('branch shares: contiguous, the first ranks one more, never empty', () => {
+    expect([0, 1, 2].map((r) => duat.distributed.branchShare(4, r, 3))).toEqual([
+      { offset: 0, count: 2 }, { offset: 2, count: 1 }, { offset: 3, count: 1 },
+    ]);
+    expect(duat.distributed.branchShare(6, 1, 2)).toEqual({ offset: 3, count: 3 });
+    expect(() => duat.distributed.branchShare(2, 0, 3)).toThrow(/2 branches per stage cannot be split over 3 ranks/);
+  });
+
+  test('without an MPI library, asking for a parallel mode says what to install', () => {
+    const script = `process.env.TS_NODE_PROJECT = ${JSON.stringify(path.join(root, 'tsconfig.json'))};
+      require('ts-node/register/transpile-only');
+      const duat = require(${JSON.stringify(path.join(root, 'lib'))});
+      try { duat.distributed.init(); } catch (e) { console.log(e.name + ': ' + e.message); }`;
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, DUAT_MPI_LIBRARY: '/nonexistent/libmpi.so' } });
+    expect(r.stdout).toMatch(/^DistributedError: distributed training needs MPI, and none could be loaded \(\/nonexistent\/libmpi.so: .*\): install Open MPI \(Debian and Ubuntu: apt-get install openmpi-bin libopenmpi-dev\)/);
+  });
+});
+
+describe('under mpirun', () => {
+  mpiTest('data parallel on 2 ranks trains as one process on the whole batch', () => {
+    expectSameTraining(reference(), run(2, 'data', 'data2'));
+  });
+
+  mpiTest('branch parallel on 2 ranks (2 + 2 branches) trains as one process', () => {
+    expectSameTraining(reference(), run(2, 'branches', 'branches2'));
+  });
+
+  mpiTest('branch parallel on 3 ranks (2 + 1 + 1 branches) trains as one process', () => {
+    expectSameTraining(reference(), run(3, 'branches', 'branches3'));
+  });
+
+  mpiTest('a data-parallel checkpoint resumes branch-parallel, and the result is the single run', () => {
+    const runDir = path.join(dir, 'resume');
+    const first = run(2, 'data', 'first', ['--run-dir', runDir, '--abort-at', '10']);
+    expect(first.steps).toBe(10);
+    const ckpt = path.join(runDir, 'checkpoint.safetensors');
+    expect(JSON.parse(duat.loadSafetensors(ckpt).metadata.position)).toEqual({ step: 10, epoch: 2, batch: 2 });
+    expectSameTraining(reference(), run(2, 'branches', 'resumed', ['--run-dir', runDir, '--resume', ckpt]));
+    // Rank 0 alone writes: one metrics line per 10 steps and per epoch, not one per rank.
+    const lines = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    expect(lines.filter((l) => l.type === 'step').map((l) => l.step)).toEqual([10, 20]);
+  });
+
+  mpiTest('a rank killed mid-training ends the job within seconds, and the last checkpoint loads', async () => {
+    const runDir = path.join(dir, 'killed');
+    const pids = path.join(dir, 'pids');
+    fs.mkdirSync(pids);
+    const job = spawn('mpirun', [...MPI_FLAGS, '-np', '2', process.execPath, worker, 'data', path.join(dir, 'never.json'),
+      '--run-dir', runDir, '--epochs', '100000', '--pid-dir', pids], { cwd: root, stdio: 'ignore' });
+    const ended = new Promise<number | null>((resolve) => job.on('exit', (code) => resolve(code)));
+    const ckpt = path.join(runDir, 'checkpoint.safetensors');
+    const deadline = Date.now() + 60_000;
+    while (!(fs.existsSync(ckpt) && fs.existsSync(path.join(pids, '1.pid'))) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    expect(fs.existsSync(ckpt)).toBe(true);
+    const killedAt = Date.now();
+    process.kill(Number(fs.readFileSync(path.join(pids, '1.pid'), 'utf8')), 'SIGKILL');
+    const timer = setTimeout(() => job.kill('SIGKILL'), 30_000);
+    const code = await ended;
+    clearTimeout(timer);
+    expect(Date.now() - killedAt).toBeLessThan(30_000);
+    expect(code).not.toBe(0);
+    const model = duat.load(ckpt);
+    expect(model.config.branches).toBe(4);
+    model.dispose();
+  }, 120_000);
+
+  mpiTest('more ranks than branches: a typed error on every rank and a failed job, not a hang', () => {
+    const r = spawnSync('mpirun', [...MPI_FLAGS, '-np', '5', process.execPath, worker, 'branches', path.join(dir, 'five.json')],
+      { cwd: root, encoding: 'utf8', timeout: 60_000 });
+    expect(r.status).not.toBe(0);
+    expect(r.signal).toBeNull();
+    expect(r.stderr).toMatch(/ArgumentError: branch-parallel training: 4 branches per stage cannot be split over 5 ranks/);
+  });
+});
