@@ -33,12 +33,18 @@ beforeAll(() => {
 });
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
+// The environment of a fresh job: without what a job of one started in this process (the last
+// tests) leaves in it, which would make a child think it belongs to that job.
+function cleanEnv(): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(OMPI_|PMIX_|OPAL_|ORTE_)/.test(k)));
+}
+
 function run(ranks: number, mode: string, name: string, extra: string[] = []): Run {
   const out = path.join(dir, `${name}.json`);
   const args = [worker, mode, out, ...extra];
   const r = ranks === 0
-    ? spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', timeout: 120_000 })
-    : spawnSync('mpirun', [...MPI_FLAGS, '-np', String(ranks), process.execPath, ...args], { cwd: root, encoding: 'utf8', timeout: 120_000 });
+    ? spawnSync(process.execPath, args, { cwd: root, encoding: 'utf8', timeout: 120_000, env: cleanEnv() })
+    : spawnSync('mpirun', [...MPI_FLAGS, '-np', String(ranks), process.execPath, ...args], { cwd: root, encoding: 'utf8', timeout: 120_000, env: cleanEnv() });
   if (r.status !== 0) throw new Error(`${name} exited with ${r.status} ${r.signal ?? ''}:\n${r.stderr}\n${r.stdout}`);
   return JSON.parse(fs.readFileSync(out, 'utf8')) as Run;
 }
@@ -97,7 +103,7 @@ describe('without a job', () => {
       require('ts-node/register/transpile-only');
       const duat = require(${JSON.stringify(path.join(root, 'lib'))});
       try { duat.distributed.init(); } catch (e) { console.log(e.name + ': ' + e.message); }`;
-    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, DUAT_MPI_LIBRARY: '/nonexistent/libmpi.so' } });
+    const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...cleanEnv(), DUAT_MPI_LIBRARY: '/nonexistent/libmpi.so' } });
     expect(r.stdout).toMatch(/^DistributedError: distributed training needs MPI, and none could be loaded \(\/nonexistent\/libmpi.so: .*\): install Open MPI \(Debian and Ubuntu: apt-get install openmpi-bin libopenmpi-dev\)/);
   });
 });
@@ -132,7 +138,7 @@ describe('under mpirun', () => {
     const pids = path.join(dir, 'pids');
     fs.mkdirSync(pids);
     const job = spawn('mpirun', [...MPI_FLAGS, '-np', '2', process.execPath, worker, 'data', path.join(dir, 'never.json'),
-      '--run-dir', runDir, '--epochs', '100000', '--pid-dir', pids], { cwd: root, stdio: 'ignore' });
+      '--run-dir', runDir, '--epochs', '100000', '--pid-dir', pids], { cwd: root, stdio: 'ignore', env: cleanEnv() });
     const ended = new Promise<number | null>((resolve) => job.on('exit', (code) => resolve(code)));
     const ckpt = path.join(runDir, 'checkpoint.safetensors');
     const deadline = Date.now() + 60_000;
@@ -152,9 +158,111 @@ describe('under mpirun', () => {
 
   mpiTest('more ranks than branches: a typed error on every rank and a failed job, not a hang', () => {
     const r = spawnSync('mpirun', [...MPI_FLAGS, '-np', '5', process.execPath, worker, 'branches', path.join(dir, 'five.json')],
-      { cwd: root, encoding: 'utf8', timeout: 60_000 });
+      { cwd: root, encoding: 'utf8', timeout: 60_000, env: cleanEnv() });
     expect(r.status).not.toBe(0);
     expect(r.signal).toBeNull();
     expect(r.stderr).toMatch(/ArgumentError: branch-parallel training: 4 branches per stage cannot be split over 5 ranks/);
+  });
+});
+
+// The last tests of this file join a job of one in this process (Open MPI's singleton start), as a
+// script run without mpirun does: every parallel path of fit() then runs here, where a change to
+// it is seen (mutation testing runs in this process), and must give the plain run's result.
+describe('a job of one, in this process', () => {
+  const data = (count: number, seed: number): duat.data.Dataset => {
+    const S = 8, px = S * S;
+    const images = new Float32Array(count * px), labels = new Int32Array(count);
+    let s = seed;
+    const rnd = () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 4294967296;
+    for (let i = 0; i < count; i++) {
+      labels[i] = i % 3;
+      for (let p = 0; p < px; p++) images[i * px + p] = rnd() - 0.5 + (p % 3 === labels[i] ? 0.8 : 0);
+    }
+    return { name: 'synthetic', images, labels, count, channels: 1, size: S, classes: 3 };
+  };
+  const make = () => new duat.ParaFormer({ imageSize: 8, patchSize: 4, classes: 3, dim: 16, heads: 2, depth: 2, branches: 3, combine: 'mean', seed: 4 });
+  const train = async (parallel: 'none' | 'data' | 'branches', extra: duat.FitOptions = {}) => {
+    const model = make();
+    const r = await duat.fit(model, { train: data(40, 1), test: data(21, 2) }, {
+      epochs: 2, batchSize: 8, warmupSteps: 2, lr: 3e-3, shift: 1, clipGradNorm: 0.5, evalBatchSize: 4, progress: false, parallel, ...extra,
+    });
+    const params = model.namedParameters().map(([n, p]) => [n, Array.from(p.toArray())] as const);
+    model.dispose();
+    return { r, params };
+  };
+
+  test('data and branches give the plain run: losses, parameters, evaluation; files as one process writes them', async () => {
+    const plain = await train('none');
+    const job = duat.distributed.init();
+    expect(job).toEqual({ rank: 0, size: 1, transport: expect.stringMatching(/^Open MPI v\d/) });
+    expect(duat.distributed.init()).toEqual(job);
+    expect(duat.distributed.info()).toEqual(job);
+    const before = duat.distributed.stats();
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-one-'));
+    try {
+      const data1 = await train('data', { runDir: path.join(dir, 'data'), checkpointEvery: 3 });
+      const calls = duat.distributed.stats().calls - before.calls;
+      // Per step: the stop check, the batch size and the gradient bucket; per epoch: the evaluation sums.
+      expect(calls).toBeGreaterThanOrEqual(3 * 10);
+      expect(data1.r.losses).toEqual(plain.r.losses);
+      expect(data1.params).toEqual(plain.params);
+      expect(data1.r.test).toEqual(plain.r.test);
+      const branches = await train('branches', { runDir: path.join(dir, 'branches'), checkpointEvery: 3 });
+      branches.r.losses.forEach((l, i) => expect(Math.abs(l - plain.r.losses[i])).toBeLessThan(1e-5));
+      branches.params.forEach(([name, v], i) => {
+        expect(name).toBe(plain.params[i][0]);
+        v.forEach((x, j) => expect(Math.abs(x - plain.params[i][1][j])).toBeLessThan(1e-5));
+      });
+      expect(branches.r.test!.accuracy).toBeCloseTo(plain.r.test!.accuracy, 6);
+      expect(branches.r.test!.confusion).toEqual(plain.r.test!.confusion);
+      // The branch-parallel checkpoint is the whole model's, with the optimizer state, as 'data' writes it.
+      const a = duat.loadSafetensors(path.join(dir, 'data', 'checkpoint.safetensors'));
+      const b = duat.loadSafetensors(path.join(dir, 'branches', 'checkpoint.safetensors'));
+      expect([...b.tensors.keys()].sort()).toEqual([...a.tensors.keys()].sort());
+      expect(JSON.parse(b.metadata.config)).toEqual(JSON.parse(a.metadata.config));
+      expect(JSON.parse(b.metadata.config).branches).toBe(3);
+      for (const [name, t] of a.tensors) {
+        expect(b.tensors.get(name)!.shape).toEqual(t.shape);
+        const x = t.toArray(), y = b.tensors.get(name)!.toArray();
+        let worst = 0;
+        x.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - y[i]))));
+        if (worst > 1e-4) throw new Error(`${name} differs by ${worst}`);
+      }
+      for (const f of [a, b]) for (const t of f.tensors.values()) t.dispose();
+      // And it resumes: from step 9 of 10, in branch mode, to the plain run's end.
+      const resumed = await train('branches', { resume: path.join(dir, 'data', 'checkpoint.safetensors'), runDir: path.join(dir, 'data') });
+      expect(resumed.r.steps).toBe(10);
+      resumed.params.forEach(([, v], i) => v.forEach((x, j) => expect(Math.abs(x - plain.params[i][1][j])).toBeLessThan(1e-5)));
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the collectives on a job of one; shares and parallel options refused with what is wrong', async () => {
+    duat.distributed.init();
+    expect(Array.from(duat.distributed.allreduce(Float32Array.of(1.5, -2)))).toEqual([1.5, -2]);
+    const t = duat.tensor([1, 2, 3], [3]);
+    expect(duat.distributed.allreduce(t)).toBe(t);
+    expect(Array.from(t.toArray())).toEqual([1, 2, 3]);
+    t.dispose();
+    const bytes = Uint8Array.of(7, 8);
+    expect(duat.distributed.broadcast(bytes)).toBe(bytes);
+    expect(() => duat.distributed.broadcast(bytes, 1)).toThrow(/root/);
+    expect(() => duat.distributed.broadcast([1] as unknown as Uint8Array)).toThrow(duat.ArgumentError);
+    expect(() => duat.distributed.barrier()).not.toThrow();
+    expect(() => duat.distributed.init({ library: 5 as unknown as string })).toThrow(/Expected a path for library/);
+    const model = make();
+    const share = duat.ParaFormer.shardOf(model, 0, 1);
+    expect(share.shard).toEqual({ offset: 0, total: 3 });
+    expect(share.config.branches).toBe(3);
+    expect(() => duat.ParaFormer.shardOf(share, 0, 1)).toThrow(/received a branch-parallel share/);
+    await expect(duat.fit(share, { train: data(8, 1) }, { parallel: 'branches', progress: false })).rejects.toThrow(/fit\(\) shares a model out itself/);
+    await expect(duat.fit(model, { train: data(8, 1) }, { parallel: 'both' as 'data' })).rejects.toThrow(/parallel/);
+    // The share computes what the model computes (one rank: every branch, summed through the job).
+    const x = duat.randn([2, 1, 8, 8], { seed: 3 });
+    const a = duat.noGrad(() => model.forward(x)), b = duat.noGrad(() => share.forward(x));
+    const av = a.toArray(), bv = b.toArray();
+    av.forEach((v, i) => expect(Math.abs(v - bv[i])).toBeLessThan(1e-5));
+    for (const z of [x, a, b, share, model]) z.dispose();
   });
 });
