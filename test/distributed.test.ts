@@ -73,7 +73,8 @@ describe('without a job', () => {
     if (needed.status === 0) expect(needed.stdout).not.toMatch(/libmpi/);
     expect(reference().steps).toBe(20);
     // The loss moves: the runs below compare training, not a model standing still.
-    expect(Math.min(...single.losses.slice(10))).toBeLessThan(single.losses[0] - 0.01);
+    expect(Math.min(...single.losses.slice(10))).toBeLessThan(single.losses[0] - 0.3);
+    expect(single.accuracy).toBeGreaterThan(0.9);
   });
 
   test('rank and size describe a job of one; collectives and parallel steps say a job is needed', async () => {
@@ -113,6 +114,10 @@ describe('under mpirun', () => {
     expectSameTraining(reference(), run(2, 'data', 'data2'));
   });
 
+  mpiTest('data parallel on 3 ranks (shards of 5, 5 and 6 rows; 0, 0 and 1 in the last batch) trains as one process', () => {
+    expectSameTraining(reference(), run(3, 'data', 'data3'));
+  });
+
   mpiTest('branch parallel on 2 ranks (2 + 2 branches) trains as one process', () => {
     expectSameTraining(reference(), run(2, 'branches', 'branches2'));
   });
@@ -126,7 +131,7 @@ describe('under mpirun', () => {
     const first = run(2, 'data', 'first', ['--run-dir', runDir, '--abort-at', '10']);
     expect(first.steps).toBe(10);
     const ckpt = path.join(runDir, 'checkpoint.safetensors');
-    expect(JSON.parse(duat.loadSafetensors(ckpt).metadata.position)).toEqual({ step: 10, epoch: 2, batch: 2 });
+    expect(JSON.parse(duat.loadSafetensors(ckpt).metadata.position)).toEqual({ step: 10, epoch: 2, batch: 0 });
     expectSameTraining(reference(), run(2, 'branches', 'resumed', ['--run-dir', runDir, '--resume', ckpt]));
     // Rank 0 alone writes: one metrics line per 10 steps and per epoch, not one per rank.
     const lines = fs.readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
@@ -176,7 +181,7 @@ describe('a job of one, in this process', () => {
     const rnd = () => (s = (Math.imul(s, 1103515245) + 12345) >>> 0) / 4294967296;
     for (let i = 0; i < count; i++) {
       labels[i] = i % 3;
-      for (let p = 0; p < px; p++) images[i * px + p] = rnd() - 0.5 + (p % 3 === labels[i] ? 0.8 : 0);
+      for (let p = 0; p < px; p++) images[i * px + p] = rnd() - 0.5 + (labels[i] - 1);
     }
     return { name: 'synthetic', images, labels, count, channels: 1, size: S, classes: 3 };
   };

@@ -77,11 +77,20 @@ StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, 
   check(!(o.data_parallel && branches), ERROR_ARGUMENT,
         "trainStep: a branch-parallel model cannot also be trained data-parallel");
   for (const Tensor& t : model.params()) t->grad = nullptr;
-  const Tensor logits = model_forward(images, model.structured(), model.config());
-  const Tensor y = to_device(labels, dev);
-  Tensor loss = cross_entropy(logits, y, o.label_smoothing);
-  Tensor correct = count_correct(logits, y);
-  backward(loss, nullptr);
+  Tensor loss, correct;
+  if (o.data_parallel && images->shape[0] == 0) {
+    // A shard with no rows (a last batch smaller than the job): it adds nothing, but joins the sum.
+    check(images->dim() == 4, ERROR_SHAPE, "trainStep: expected images of shape [0, channels, size, size] for an empty shard");
+    for (const Tensor& t : model.params()) t->grad = zeros_like(t);
+    loss = zeros({}, DTYPE_F32, dev);
+    correct = zeros({}, DTYPE_F32, dev);
+  } else {
+    const Tensor logits = model_forward(images, model.structured(), model.config());
+    const Tensor y = to_device(labels, dev);
+    loss = cross_entropy(logits, y, o.label_smoothing);
+    correct = count_correct(logits, y);
+    backward(loss, nullptr);
+  }
   std::vector<Tensor> grads, shared_grads, own_grads;
   const std::vector<Tensor>& params = model.params();
   const size_t first_stage = 4, end_stage = 4 + 12 * static_cast<size_t>(model.config().depth);
