@@ -346,6 +346,8 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
   let step = start.step;
   let aborted = false;
   let skippedSteps = 0;
+  // Where the next step starts: what a checkpoint saved now records.
+  let position = { ...start };
   try {
     for (let epoch = start.epoch; epoch < r.epochs && step < total && !aborted; epoch++) {
       const te = Date.now();
@@ -408,9 +410,8 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
         if (step % 10 === 0 || step === total) log({ type: 'step', ...m });
         bar?.update(step, { loss: res.loss.toFixed(4), epoch: epoch + 1 });
         o.onStep?.(m);
-        if (r.checkpointEvery && step % r.checkpointEvery === 0) {
-          checkpoint(k + 1 < batches.count ? { step, epoch, batch: k + 1 } : { step, epoch: epoch + 1, batch: 0 });
-        }
+        position = k + 1 < batches.count ? { step, epoch, batch: k + 1 } : { step, epoch: epoch + 1, batch: 0 };
+        if (r.checkpointEvery && step % r.checkpointEvery === 0) checkpoint(position);
       }
       next?.images.dispose();
       next?.labels.dispose();
@@ -420,7 +421,9 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
       history.push(em);
       log({ type: 'epoch', ...em, test: em.test && { loss: em.test.loss, accuracy: em.test.accuracy } });
       o.onEpoch?.(em);
-      checkpoint({ step, epoch: epoch + 1, batch: 0 });
+      // At the epoch's end, or mid-epoch where maxSteps ended the run (so a resume with a larger
+      // maxSteps goes on with the epoch's next batch).
+      checkpoint(position);
     }
     if (trained !== model) gatherInto(model, trained);
   } finally {
