@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Distributed training on this machine (docs/design.md, "Distributed training"): time per step
 // and what the collectives carry, for one process and for `mpirun -np 2` in both modes, one
-// thread per process, in interleaved rounds. Writes bench/results/distributed.md (and .json).
+// thread per process, in interleaved rounds. Prints a markdown table (bench/results/distributed.md
+// holds it with its reading) and writes the raw figures to bench/results/distributed.json.
 //   node scripts/bench-distributed.js [--rounds 3] [--steps 20] [--out bench/results]
 // A child (`--child MODE MODEL`) runs under mpirun (or alone for MODE none) and prints one JSON line.
 'use strict';
@@ -117,8 +118,7 @@ function main() {
     `| ${r.name} | ${r.params.toLocaleString('en-US')} | ${r.one.toFixed(1)} | ${r.t2.ms.toFixed(1)} (${r.t2.speedup.toFixed(2)}x) | ${r.d.ms.toFixed(1)} (${r.d.speedup.toFixed(2)}x) | ` +
     `${r.d.mb.toFixed(3)} (${r.dataAnalytic.toFixed(3)}) in ${r.d.calls} calls, ${r.d.comm.toFixed(1)} ms | ` +
     `${r.b.ms.toFixed(1)} (${r.b.speedup.toFixed(2)}x) | ${r.b.mb.toFixed(3)} (${r.branchAnalytic.toFixed(3)}) in ${r.b.calls} calls, ${r.b.comm.toFixed(1)} ms |`).join('\n');
-  const md = `<!-- written by scripts/bench-distributed.js; the reading below the table is by hand -->
-| model | parameters | 1 process ms/step | 1 process, 2 threads ms/step (speed-up) | data, 2 processes ms/step (speed-up) | data: MB per step and rank into allreduce (formula), collective ms | branches, 2 processes ms/step (speed-up) | branches: MB per step and rank (formula), collective ms |
+  const md = `| model | parameters | 1 process ms/step | 1 process, 2 threads ms/step (speed-up) | data, 2 processes ms/step (speed-up) | data: MB per step and rank into allreduce (formula), collective ms | branches, 2 processes ms/step (speed-up) | branches: MB per step and rank (formula), collective ms |
 |---|---|---|---|---|---|---|---|
 ${table}
 
@@ -129,7 +129,6 @@ steps; a two-process step is its slower rank's. "collective ms" is the time a ra
 other rank included.
 `;
   fs.mkdirSync(outDir, { recursive: true });
-  fs.writeFileSync(path.join(outDir, 'distributed-table.md'), md);
   fs.writeFileSync(path.join(outDir, 'distributed.json'), JSON.stringify({ commit, rounds, steps, results }, null, 1));
   process.stdout.write(md);
 }
