@@ -250,8 +250,14 @@ function testArm64(zig) {
   }
   const build = path.join(root, 'build-arm64');
   const gen = spawnSync('sh', ['-c', 'command -v ninja'], { encoding: 'utf8' }).stdout.trim() ? ['-G', 'Ninja'] : [];
-  if (run('cmake', ['-S', root, '-B', build, ...gen, `-DCMAKE_TOOLCHAIN_FILE=${path.join(root, 'cmake', 'zig-toolchain.cmake')}`,
-    `-DDUAT_ZIG=${zig}`, '-DDUAT_ZIG_TARGET=aarch64-linux-gnu.2.28'], { stdio: ['ignore', 'ignore', 'inherit'] }) !== 0) fail('configuring the arm64 tests failed');
+  const args = ['-S', root, '-B', build, ...gen, `-DCMAKE_TOOLCHAIN_FILE=${path.join(root, 'cmake', 'zig-toolchain.cmake')}`,
+    `-DDUAT_ZIG=${zig}`, '-DDUAT_ZIG_TARGET=aarch64-linux-gnu.2.28'];
+  // A folder configured with another zig (an older one, or one since moved) names a compiler that
+  // is gone, and cmake will not reconfigure it: start that folder afresh once.
+  if (run('cmake', args, { stdio: ['ignore', 'ignore', 'ignore'] }) !== 0) {
+    fs.rmSync(build, { recursive: true, force: true });
+    if (run('cmake', args, { stdio: ['ignore', 'ignore', 'inherit'] }) !== 0) fail('configuring the arm64 tests failed');
+  }
   if (run('cmake', ['--build', build, '--parallel', '--target', 'duat_tests'], { stdio: ['ignore', 'ignore', 'inherit'] }) !== 0) fail('building the arm64 tests failed');
   // A pool resize costs ~6 ms under emulation: fewer of them (test_pool_resize).
   const tests = spawnSync(qemu, ['-L', sysroot, path.join(build, 'duat_tests')], { encoding: 'utf8', env: { ...process.env, DUAT_POOL_RESIZES: '2000' } });
