@@ -11,6 +11,8 @@ import * as os from 'os';
 import * as path from 'path';
 
 import * as duat from '../lib';
+import { makeOptimizer } from '../lib/train/fit';
+import { gatherEntries, shareOptimizerState } from '../lib/train/parallel';
 
 const root = path.resolve(__dirname, '..');
 const worker = path.join(__dirname, 'helpers', 'distributed-worker.js');
@@ -202,6 +204,7 @@ describe('a job of one, in this process', () => {
     }
     return { name: 'synthetic', images, labels, count, channels: 1, size: S, classes: 3 };
   };
+  const makeOpt = (m: duat.ParaFormer, kind: 'adamw' | 'sgd') => makeOptimizer(m, { optimizer: kind, lr: 0.01, weightDecay: 0.1 });
   const make = () => new duat.ParaFormer({ imageSize: 8, patchSize: 4, classes: 3, dim: 16, heads: 2, depth: 2, branches: 3, combine: 'mean', seed: 4 });
   const train = async (parallel: 'none' | 'data' | 'branches', extra: duat.FitOptions = {}) => {
     const model = make();
@@ -258,6 +261,64 @@ describe('a job of one, in this process', () => {
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  test("rank 1's share of 2: the right branches, its optimizer state cut from the whole, gathered back into place", async () => {
+    duat.distributed.init();
+    const model = make();  // 3 branches: rank 0 holds 2, rank 1 the last one
+    const share = duat.ParaFormer.shardOf(model, 1, 2);
+    expect(share.shard).toEqual({ offset: 2, total: 3 });
+    expect(share.config.branches).toBe(1);
+    const whole = new Map(model.namedParameters());
+    for (const [name, p] of share.namedParameters()) {
+      const w = whole.get(name)!;
+      const expected = name.startsWith('stages.') ? w.slice(0, 2, 3).contiguous() : w;
+      expect(p.shape).toEqual(expected.shape);
+      expect(Array.from(p.toArray())).toEqual(Array.from(expected.toArray()));
+      if (expected !== w) expected.dispose();
+    }
+    for (const kind of ['adamw', 'sgd'] as const) {
+      const opt = makeOpt(model, kind);
+      await model.trainStep(duat.randn([4, 1, 8, 8], { seed: 9 }), Int32Array.of(0, 1, 2, 0), { optimizer: opt });
+      const partOpt = makeOpt(share, kind);
+      shareOptimizerState(model, opt, share, partOpt);
+      expect(partOpt.stepCount).toBe(1);
+      for (const [name, p] of share.namedParameters()) {
+        const w = whole.get(name)!;
+        const full = kind === 'adamw' ? (opt as duat.optim.AdamW).stateFor(w)!.m : (opt as duat.optim.SGD).bufferFor(w)!;
+        const mine = kind === 'adamw' ? (partOpt as duat.optim.AdamW).stateFor(p)!.m : (partOpt as duat.optim.SGD).bufferFor(p)!;
+        const cut = name.startsWith('stages.') ? full.slice(0, 2, 3).contiguous() : full;
+        expect(Array.from(mine.toArray())).toEqual(Array.from(cut.toArray()));
+        for (const t of new Set([full, mine, cut])) t.dispose();
+      }
+      expect(() => shareOptimizerState(model, opt, share, makeOpt(share, kind === 'adamw' ? 'sgd' : 'adamw'))).toThrow(/different kinds/);
+      opt.dispose();
+      partOpt.dispose();
+    }
+    // In a job of one the other ranks' shares are missing: zeros where they go, this share in place.
+    const entries = share.namedParameters().filter(([n]) => n === 'stages.0.norm1.weight' || n === 'head.bias');
+    const extra = duat.ones([1, 16]);
+    const gathered = gatherEntries([...entries, ['optimizer.m.stages.0.norm1.weight', extra], ['optimizer.v.head.bias', entries[1][1]]], share.shard!);
+    expect(gathered.map(([n, t]) => [n, t.shape])).toEqual([
+      ['stages.0.norm1.weight', [3, 16]], ['head.bias', [3]], ['optimizer.m.stages.0.norm1.weight', [3, 16]], ['optimizer.v.head.bias', [3]],
+    ]);
+    const norm = gathered[0][1].toArray();
+    expect(Array.from(norm.subarray(0, 32))).toEqual(new Array(32).fill(0));
+    expect(Array.from(norm.subarray(32))).toEqual(Array.from(entries[0][1].toArray()));
+    expect(Array.from(gathered[2][1].toArray())).toEqual([...new Array(32).fill(0), ...new Array(16).fill(1)]);
+    expect(Array.from(gathered[1][1].toArray())).toEqual(Array.from(entries[1][1].toArray()));
+    expect(gathered[1][1]).not.toBe(entries[1][1]);  // a copy the caller disposes
+    for (const [, t] of gathered) t.dispose();
+    for (const t of [extra, share, model]) t.dispose();
+  });
+
+  test('a signal stops a parallel run after the same step on every rank', async () => {
+    duat.distributed.init();
+    const stop = new AbortController();
+    const model = make();
+    const r = await duat.fit(model, { train: data(40, 1) }, { epochs: 2, batchSize: 8, parallel: 'data', progress: false, signal: stop.signal, onStep: (m) => m.step === 3 && stop.abort() });
+    expect([r.steps, r.aborted]).toEqual([3, true]);
+    model.dispose();
   });
 
   test('the collectives on a job of one; shares and parallel options refused with what is wrong', async () => {
