@@ -80,12 +80,6 @@ export function isMain(): boolean {
   return rank() === 0;
 }
 
-/** Whether a launcher (mpirun, srun with PMI) started this process as part of a job. */
-export function launched(): boolean {
-  const e = process.env;
-  return e.OMPI_COMM_WORLD_SIZE !== undefined || e.PMIX_RANK !== undefined || e.PMI_SIZE !== undefined;
-}
-
 /**
  * Sums `data` over every rank, in place, and returns it: a Float32Array, a Float64Array, or a
  * float32 tensor (on its device).

@@ -113,7 +113,7 @@ describe('fit() reports and writes', () => {
     expect(fs.readFileSync(path.join(runDir, 'curve.svg'), 'utf8')).toBe(curveSvg(r.losses, r.history));
     expect(JSON.parse(fs.readFileSync(path.join(runDir, 'confusion.json'), 'utf8'))).toEqual(r.test!.confusion);
     model.dispose();
-    expect(duat.memory().tensors).toBe(tensorsBefore);  // nothing of fit's is left
+    expect(duat.memory().tensors).toBeLessThanOrEqual(tensorsBefore);  // nothing of fit's is left (tensors an earlier file left to the GC may go meanwhile)
   });
 
   test('evaluate(): the mean loss, accuracy and confusion of one big batch, whatever the batch size', async () => {
@@ -196,7 +196,7 @@ describe('fit() reports and writes', () => {
     const r = await duat.fit(m, { train: data(8) }, { epochs: 2, batchSize: 4, signal: stop.signal, progress: false });
     expect([r.steps, r.aborted, r.history.length]).toEqual([0, true, 0]);
     expect(r.test).toBeUndefined();
-    expect(duat.memory().tensors).toBe(before);
+    expect(duat.memory().tensors).toBeLessThanOrEqual(before);
     m.dispose();
   });
 
@@ -205,7 +205,7 @@ describe('fit() reports and writes', () => {
     const bad = { ...data(8), labels: Int32Array.from({ length: 8 }, () => 7) };  // 3 classes
     const before = duat.memory().tensors;
     await expect(duat.fit(m, { train: bad }, { epochs: 1, batchSize: 4, progress: false })).rejects.toThrow(/label/);
-    expect(duat.memory().tensors).toBe(before);
+    expect(duat.memory().tensors).toBeLessThanOrEqual(before);
     m.dispose();
   });
 

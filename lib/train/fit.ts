@@ -124,28 +124,40 @@ export interface FitResult {
   test?: EvalResult;
 }
 
-/** Evaluates a model on a data set, batch by batch on worker threads. */
-export async function evaluate(model: ParaFormer, data: Dataset, batchSize = 500): Promise<EvalResult> {
+/**
+ * Evaluation totals over batches first, first + stride, ... of a data set: [lossSum, correct,
+ * confusion[true][predicted] row by row].
+ */
+async function evaluationTotals(model: ParaFormer, data: Dataset, batchSize: number, first: number, stride: number): Promise<number[]> {
   const batches = new Batches(data, 0, { batchSize, shuffle: false });
   const K = model.config.classes;
-  const confusion = Array.from({ length: K }, () => new Array<number>(K).fill(0));
-  let lossSum = 0, correct = 0;
-  for (let k = 0; k < batches.count; k++) {
+  const totals = new Array<number>(2 + K * K).fill(0);
+  for (let k = first; k < batches.count; k += stride) {
     const { images, labels } = batches.batch(k);
     try {
       const r = await model.evaluate(images, labels);
-      lossSum += r.lossSum;
-      correct += r.correct;
+      totals[0] += r.lossSum;
+      totals[1] += r.correct;
       const y = labels.toInt32Array();
       r.predictions.forEach((p, i) => {
-        if (y[i] < K && p < K) confusion[y[i]][p]++;
+        if (y[i] < K && p < K) totals[2 + y[i] * K + p]++;
       });
     } finally {
       images.dispose();
       labels.dispose();
     }
   }
-  return { loss: lossSum / data.count, accuracy: correct / data.count, count: data.count, confusion };
+  return totals;
+}
+
+function evalResult(totals: number[], count: number, K: number): EvalResult {
+  const confusion = Array.from({ length: K }, (_, i) => totals.slice(2 + i * K, 2 + (i + 1) * K));
+  return { loss: totals[0] / count, accuracy: totals[1] / count, count, confusion };
+}
+
+/** Evaluates a model on a data set, batch by batch on worker threads. */
+export async function evaluate(model: ParaFormer, data: Dataset, batchSize = 500): Promise<EvalResult> {
+  return evalResult(await evaluationTotals(model, data, batchSize, 0, 1), data.count, model.config.classes);
 }
 
 /** fit() options with every default filled in (saved in training checkpoints). */
@@ -443,27 +455,8 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
 
 /** evaluate() split over the ranks of a data-parallel job: each takes every `ranks`-th batch; the totals are summed. */
 async function evaluateShared(model: ParaFormer, data: Dataset, batchSize: number, rank: number, ranks: number): Promise<EvalResult> {
-  const batches = new Batches(data, 0, { batchSize, shuffle: false });
-  const K = model.config.classes;
-  const totals = new Array<number>(2 + K * K).fill(0);
-  for (let k = rank; k < batches.count; k += ranks) {
-    const { images, labels } = batches.batch(k);
-    try {
-      const r = await model.evaluate(images, labels);
-      totals[0] += r.lossSum;
-      totals[1] += r.correct;
-      const y = labels.toInt32Array();
-      r.predictions.forEach((p, i) => {
-        if (y[i] < K && p < K) totals[2 + y[i] * K + p]++;
-      });
-    } finally {
-      images.dispose();
-      labels.dispose();
-    }
-  }
-  const sum = sumOverRanks(totals);
-  const confusion = Array.from({ length: K }, (_, i) => sum.slice(2 + i * K, 2 + (i + 1) * K));
-  return { loss: sum[0] / data.count, accuracy: sum[1] / data.count, count: data.count, confusion };
+  const totals = await evaluationTotals(model, data, batchSize, rank, ranks);
+  return evalResult(sumOverRanks(totals), data.count, model.config.classes);
 }
 
 /** Restores a training checkpoint into `model` and `opt`. @throws CheckpointError when it does not fit */

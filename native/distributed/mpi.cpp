@@ -47,7 +47,8 @@ struct MpiApi {
 
 class MpiCommunicator final : public Communicator {
  public:
-  MpiCommunicator(void* lib, const MpiApi& api, bool owns_init) : lib_(lib), api_(api), owns_init_(owns_init) {
+  // The library stays loaded for the life of the process (MPI cannot be initialised twice).
+  MpiCommunicator(const MpiApi& api, bool owns_init) : api_(api), owns_init_(owns_init) {
     call(api_.Comm_rank(api_.comm_world, &rank_), "MPI_Comm_rank");
     call(api_.Comm_size(api_.comm_world, &size_), "MPI_Comm_size");
     std::vector<char> v(8192, '\0');
@@ -119,7 +120,6 @@ class MpiCommunicator final : public Communicator {
     check(rc == 0, ERROR_DISTRIBUTED, std::string("distributed: ") + what + " failed with MPI error " + std::to_string(rc));
   }
 
-  void* lib_;
   MpiApi api_;
   bool owns_init_;
   int rank_ = 0, size_ = 1;
@@ -200,7 +200,7 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::string& library) 
           "distributed: " + path + " provides thread level " + std::to_string(provided) +
               "; duat needs MPI_THREAD_SERIALIZED (2) because collectives run on worker threads");
   }
-  return std::make_unique<MpiCommunicator>(lib, api, owns);
+  return std::make_unique<MpiCommunicator>(api, owns);
 }
 
 }  // namespace duat

@@ -56,6 +56,9 @@ std::vector<std::string> model_param_names(const ModelConfig& c) {
   return n;
 }
 
+// model_param_names: 4 parameters before the stages, 12 per stage.
+IndexRange model_branch_params(const ModelConfig& c) { return {4, 4 + 12 * static_cast<size_t>(c.depth)}; }
+
 std::vector<Shape> model_param_shapes(const ModelConfig& c) {
   const int64_t C = c.dim, N = c.branches, M = c.mlp_hidden, P = c.patch_size;
   std::vector<Shape> s = {{C, c.channels, P, P}, {C}, {1, 1, C}, {1, c.tokens(), C}};

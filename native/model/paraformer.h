@@ -49,6 +49,13 @@ struct ModelParams {
 
 // The parameter names in the order of `model_param_list` (safetensors / timm names).
 std::vector<std::string> model_param_names(const ModelConfig& c);
+// The positions in that order of the parameters stacked over a stage's branches ("stages.*"):
+// [first, end).
+struct IndexRange {
+  size_t first, end;
+  bool contains(size_t i) const { return i >= first && i < end; }
+};
+IndexRange model_branch_params(const ModelConfig& c);
 // The expected shape of every parameter, in the same order.
 std::vector<Shape> model_param_shapes(const ModelConfig& c);
 // Builds the structure from a flat list in name order, checking every shape (ERROR_SHAPE names

@@ -91,14 +91,9 @@ StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, 
     correct = count_correct(logits, y);
     backward(loss, nullptr);
   }
-  std::vector<Tensor> grads, shared_grads, own_grads;
-  const std::vector<Tensor>& params = model.params();
-  const size_t first_stage = 4, end_stage = 4 + 12 * static_cast<size_t>(model.config().depth);
-  for (size_t i = 0; i < params.size(); i++) {
-    if (!params[i]->grad) continue;
-    grads.push_back(params[i]->grad);
-    (branches && i >= first_stage && i < end_stage ? own_grads : shared_grads).push_back(params[i]->grad);
-  }
+  std::vector<Tensor> grads;
+  for (const Tensor& t : model.params())
+    if (t->grad) grads.push_back(t->grad);
   if (o.data_parallel) {
     const std::vector<Tensor> summed = allreduce_data_parallel(*comm, grads, loss, correct, images->shape[0]);
     loss = summed[0];
@@ -107,6 +102,11 @@ StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, 
   Tensor sumsq;
   if (branches) {
     // The shared parameters' gradients are equal on every rank; each rank's branches are its own.
+    const std::vector<Tensor>& params = model.params();
+    const IndexRange stages = model_branch_params(model.config());
+    std::vector<Tensor> shared_grads, own_grads;
+    for (size_t i = 0; i < params.size(); i++)
+      if (params[i]->grad) (stages.contains(i) ? own_grads : shared_grads).push_back(params[i]->grad);
     Tensor own = own_grads.empty() ? zeros({}, DTYPE_F32, dev) : sum_of_squares(own_grads);
     allreduce_sum(*comm, own);
     sumsq = shared_grads.empty() ? own : add(sum_of_squares(shared_grads), own);
