@@ -74,7 +74,15 @@ Timing time_forward(Model& m, int64_t B, int reps) {
     t.launches = cuda::launch_count() - l0;
   }
   t.eager_ms = median(eager);
-  // The same launches captured once and replayed.
+  // The same launches captured once and replayed. Blocks a captured forward frees are held until
+  // the graph is gone (its replays write them), so that forward needs a block for every tensor it
+  // makes, not the few an eager forward reuses. One forward with frees held first, outside the
+  // capture, leaves those blocks in the allocator's cache: no cudaMalloc while capturing, which
+  // the driver refuses.
+  cuda::hold_frees(true);
+  m.forward(images);
+  cuda::hold_frees(false);
+  cuda::check_cuda(cudaStreamSynchronize(s), "forward before capture");
   cuda::hold_frees(true);
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;

@@ -3,6 +3,10 @@
 // matrix is stored; forward keeps the log-sum-exp of every row, and backward recomputes the
 // probabilities from it in two launches (dQ with delta = dout . out, then dK and dV). Layouts:
 // dm::AttnLayout (the same as the CPU op's). Verified on an H100 before it moved here.
+//
+// The kernels are built for head sizes 8, 16, 32, 64 and 128. Any other size up to 128 runs in
+// the next of these up (PAD): dimensions past the head's own read as zero, add nothing to a dot
+// product, and are never written.
 #include <string>
 #include <type_traits>
 
@@ -37,17 +41,25 @@ struct AttnThread {
         clamped(min(row, static_cast<int>(L.T) - 1)) {}
 };
 
+// Whether dimension d of a head of `dim` dimensions exists (always, unless the kernel is padded).
+template <bool PAD>
+__device__ __forceinline__ bool in_head(int d, int64_t dim) {
+  return !PAD || d < dim;
+}
+
 // Rows r0 .. r0+KT-1 of two row-strided matrices (a at a[r*lda + d], b at b[r*ldb + d]) into
-// shared tiles, rows at or past `valid` zeroed. UNROLL loads per thread in flight at once (all
-// of them in the forward; fewer where the backward kernels would spill registers).
-template <int D, int KT, int UNROLL>
+// shared tiles, rows at or past `valid` and dimensions past `dim` zeroed. UNROLL loads per thread
+// in flight at once (all of them in the forward; fewer where the backward kernels would spill
+// registers).
+template <int D, bool PAD, int KT, int UNROLL>
 __device__ __forceinline__ void attention_tile_pair(const float* a, int64_t lda, const float* b, int64_t ldb, int valid,
-                                                    float (*as)[D], float (*bs)[D], int tid) {
+                                                    int64_t dim, float (*as)[D], float (*bs)[D], int tid) {
 #pragma unroll UNROLL
   for (int it = 0; it < KT * D / 128; it++) {
     const int i = tid + it * 128, j = i / D, d = i % D;
-    as[j][d] = j < valid ? a[j * lda + d] : 0.0f;
-    bs[j][d] = j < valid ? b[j * ldb + d] : 0.0f;
+    const bool load = j < valid && in_head<PAD>(d, dim);
+    as[j][d] = load ? a[j * lda + d] : 0.0f;
+    bs[j][d] = load ? b[j * ldb + d] : 0.0f;
   }
 }
 
@@ -66,7 +78,7 @@ __device__ __forceinline__ void attention_dot_pair(const float* x, const float* 
   *dy = group_sum<S::TPQ>(t2);
 }
 
-template <int D>
+template <int D, bool PAD>
 __global__ void __launch_bounds__(128) attention_forward_kernel(const float* qkv, float* out, float* lse,
                                                                 dm::AttnLayout L, float scale) {
   using S = AttnShape<D>;
@@ -80,13 +92,14 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(const float* qkv
   float qv[S::DP], acc[S::DP];
 #pragma unroll
   for (int t = 0; t < S::DP; t++) {
-    qv[t] = q[t * S::TPQ + part] * scale;
+    const int d = t * S::TPQ + part;
+    qv[t] = in_head<PAD>(d, L.D) ? q[d] * scale : 0.0f;
     acc[t] = 0.0f;
   }
   dm::OnlineSoftmax sm;
   for (int kt = 0; kt < L.T; kt += S::KT) {
     const int kn = min(S::KT, static_cast<int>(L.T) - kt);
-    attention_tile_pair<D, S::KT, S::KT * D / 128>(k + kt * ld, ld, v + kt * ld, ld, kn, Ks, Vs, tid);
+    attention_tile_pair<D, PAD, S::KT, S::KT * D / 128>(k + kt * ld, ld, v + kt * ld, ld, kn, L.D, Ks, Vs, tid);
     __syncthreads();
     constexpr int CH = 8;  // keys per step: independent dot products and exponentials
     for (int j0 = 0; j0 < kn; j0 += CH) {
@@ -115,12 +128,15 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(const float* qkv
   float* o = out + L.out_offset(b, n, h) + qi * L.ld_out();
   const float inv = 1.0f / sm.l;
 #pragma unroll
-  for (int t = 0; t < S::DP; t++) o[t * S::TPQ + part] = acc[t] * inv;
+  for (int t = 0; t < S::DP; t++) {
+    const int d = t * S::TPQ + part;
+    if (in_head<PAD>(d, L.D)) o[d] = acc[t] * inv;
+  }
   if (lse && part == 0) lse[L.stat_offset(b, n, h) + qi] = sm.log_sum_exp();
 }
 
 // dQ (and delta = dout . out per query): a query's thread group walks all keys.
-template <int D>
+template <int D, bool PAD>
 __global__ void __launch_bounds__(128) attention_backward_dq_kernel(const float* dout, const float* qkv,
                                                                     const float* out, const float* lse, float* delta,
                                                                     float* dqkv, dm::AttnLayout L, float scale) {
@@ -138,16 +154,18 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(const float*
   float dl = 0.0f;
 #pragma unroll
   for (int t = 0; t < S::DP; t++) {
-    qv[t] = q[t * S::TPQ + part] * scale;
-    dov[t] = go[t * S::TPQ + part];
-    dl = fmaf(dov[t], o[t * S::TPQ + part], dl);
+    const int d = t * S::TPQ + part;
+    const bool in = in_head<PAD>(d, L.D);
+    qv[t] = in ? q[d] * scale : 0.0f;
+    dov[t] = in ? go[d] : 0.0f;
+    dl = fmaf(dov[t], in ? o[d] : 0.0f, dl);
     dq[t] = 0.0f;
   }
   dl = group_sum<S::TPQ>(dl);
   const float l = lse[L.stat_offset(b, n, h) + qr];
   for (int kt = 0; kt < L.T; kt += S::KT) {
     const int kn = min(S::KT, static_cast<int>(L.T) - kt);
-    attention_tile_pair<D, S::KT, 8>(k + kt * ld, ld, v + kt * ld, ld, kn, Ks, Vs, tid);
+    attention_tile_pair<D, PAD, S::KT, 8>(k + kt * ld, ld, v + kt * ld, ld, kn, L.D, Ks, Vs, tid);
     __syncthreads();
     for (int j = 0; j < kn; j++) {
       float s, dp;
@@ -161,12 +179,15 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(const float*
   if (qi >= L.T) return;
   float* g = dqkv + L.q_offset(b, n, h) + qi * ld;
 #pragma unroll
-  for (int t = 0; t < S::DP; t++) g[t * S::TPQ + part] = dq[t] * scale;
+  for (int t = 0; t < S::DP; t++) {
+    const int d = t * S::TPQ + part;
+    if (in_head<PAD>(d, L.D)) g[d] = dq[t] * scale;
+  }
   if (part == 0) delta[L.stat_offset(b, n, h) + qi] = dl;
 }
 
 // dK and dV: a key's thread group walks all queries (their q, dout, lse and delta in tiles).
-template <int D>
+template <int D, bool PAD>
 __global__ void __launch_bounds__(128) attention_backward_dkv_kernel(const float* dout, const float* qkv,
                                                                      const float* lse, const float* delta,
                                                                      float* dqkv, dm::AttnLayout L, float scale) {
@@ -184,13 +205,15 @@ __global__ void __launch_bounds__(128) attention_backward_dkv_kernel(const float
   float kv[S::DP], vv[S::DP], dk[S::DP], dv[S::DP];
 #pragma unroll
   for (int t = 0; t < S::DP; t++) {
-    kv[t] = k[t * S::TPQ + part] * scale;
-    vv[t] = v[t * S::TPQ + part];
+    const int d = t * S::TPQ + part;
+    const bool in = in_head<PAD>(d, L.D);
+    kv[t] = in ? k[d] * scale : 0.0f;
+    vv[t] = in ? v[d] : 0.0f;
     dk[t] = dv[t] = 0.0f;
   }
   for (int qt = 0; qt < L.T; qt += S::KT) {
     const int qn = min(S::KT, static_cast<int>(L.T) - qt);
-    attention_tile_pair<D, S::KT, 8>(q + qt * ld, ld, go + qt * L.ld_out(), L.ld_out(), qn, Qs, Gs, tid);
+    attention_tile_pair<D, PAD, S::KT, 8>(q + qt * ld, ld, go + qt * L.ld_out(), L.ld_out(), qn, L.D, Qs, Gs, tid);
     for (int j = tid; j < S::KT; j += 128) {
       ls[j] = j < qn ? lrow[qt + j] : 0.0f;
       ds_[j] = j < qn ? drow[qt + j] : 0.0f;
@@ -214,8 +237,10 @@ __global__ void __launch_bounds__(128) attention_backward_dkv_kernel(const float
   float* gv = dqkv + L.v_offset(b, n, h) + ki * ld;
 #pragma unroll
   for (int t = 0; t < S::DP; t++) {
-    gk[t * S::TPQ + part] = dk[t] * scale;
-    gv[t * S::TPQ + part] = dv[t];
+    const int d = t * S::TPQ + part;
+    if (!in_head<PAD>(d, L.D)) continue;
+    gk[d] = dk[t] * scale;
+    gv[d] = dv[t];
   }
 }
 
@@ -227,17 +252,20 @@ dim3 attention_grid(const dm::AttnLayout& L, int64_t B) {
               static_cast<unsigned>(B));
 }
 
-// Calls fn with the head size as a compile-time constant; the kernels are built for these.
+// Calls fn(size, pad) with the built head size that holds D and whether it is padded, both as
+// compile-time constants.
 template <typename F>
 void with_head_size(int64_t D, F fn) {
-  switch (D) {
-    case 8: return fn(std::integral_constant<int, 8>{});
-    case 16: return fn(std::integral_constant<int, 16>{});
-    case 32: return fn(std::integral_constant<int, 32>{});
-    case 64: return fn(std::integral_constant<int, 64>{});
-    case 128: return fn(std::integral_constant<int, 128>{});
-    default: fail(ERROR_DEVICE, "attention on CUDA supports head sizes 8, 16, 32, 64 and 128, got " + std::to_string(D));
-  }
+  const auto in = [&](auto size) {
+    if (size.value == D) fn(size, std::false_type{});
+    else fn(size, std::true_type{});
+  };
+  if (D < 1 || D > 128) fail(ERROR_DEVICE, "attention on CUDA supports head sizes 1 to 128, got " + std::to_string(D));
+  if (D <= 8) return in(std::integral_constant<int, 8>{});
+  if (D <= 16) return in(std::integral_constant<int, 16>{});
+  if (D <= 32) return in(std::integral_constant<int, 32>{});
+  if (D <= 64) return in(std::integral_constant<int, 64>{});
+  return in(std::integral_constant<int, 128>{});
 }
 
 // probs[(b, n*H+h), i, j] = scale * q_i . k_j for every (b, n, h): one thread per score.
@@ -260,9 +288,10 @@ void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, flo
   if (B <= 0 || L.T <= 0) return;
   cudaStream_t s = stream();
   const float scale = 1.0f / sqrtf(static_cast<float>(L.D));
-  with_head_size(L.D, [&](auto d) {
+  with_head_size(L.D, [&](auto d, auto pad) {
     constexpr int DV = decltype(d)::value;
-    attention_forward_kernel<DV><<<attention_grid<DV>(L, B), 128, 0, s>>>(qkv, out, lse, L, scale);
+    constexpr bool PAD = decltype(pad)::value;
+    attention_forward_kernel<DV, PAD><<<attention_grid<DV>(L, B), 128, 0, s>>>(qkv, out, lse, L, scale);
   });
   launched("attention forward");
 }
@@ -272,12 +301,13 @@ void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, c
   if (B <= 0 || L.T <= 0) return;
   cudaStream_t s = stream();
   const float scale = 1.0f / sqrtf(static_cast<float>(L.D));
-  with_head_size(L.D, [&](auto d) {
+  with_head_size(L.D, [&](auto d, auto pad) {
     constexpr int DV = decltype(d)::value;
+    constexpr bool PAD = decltype(pad)::value;
     const dim3 grid = attention_grid<DV>(L, B);
-    attention_backward_dq_kernel<DV><<<grid, 128, 0, s>>>(dout, qkv, out, lse, delta, dqkv, L, scale);
+    attention_backward_dq_kernel<DV, PAD><<<grid, 128, 0, s>>>(dout, qkv, out, lse, delta, dqkv, L, scale);
     launched("attention backward (dq)");
-    attention_backward_dkv_kernel<DV><<<grid, 128, 0, s>>>(dout, qkv, lse, delta, dqkv, L, scale);
+    attention_backward_dkv_kernel<DV, PAD><<<grid, 128, 0, s>>>(dout, qkv, lse, delta, dqkv, L, scale);
     launched("attention backward (dk, dv)");
   });
 }

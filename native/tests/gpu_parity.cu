@@ -311,7 +311,24 @@ void run_kernel_checks(bool quick) {
   guarded("attention", [&] { check_attention(3, 50, 2, 4, 16); });
   guarded("attention", [&] { check_attention(1, 33, 1, 2, 32); });
   guarded("attention", [&] { check_attention(2, 17, 2, 1, 8); });
-  if (!quick) guarded("attention", [&] { check_attention(1, 70, 1, 2, 128); });
+  // Head sizes the kernels are not built for run padded to the next one up.
+  guarded("attention", [&] { check_attention(2, 19, 2, 3, 2); });
+  guarded("attention", [&] { check_attention(1, 40, 1, 2, 12); });
+  guarded("attention", [&] { check_attention(2, 65, 1, 3, 48); });
+  if (!quick) {
+    guarded("attention", [&] { check_attention(1, 70, 1, 2, 128); });
+    guarded("attention", [&] { check_attention(1, 50, 2, 2, 80); });
+    guarded("attention", [&] { check_attention(1, 9, 1, 1, 1); });
+  }
+  // Past 128 the shared tiles would not fit: a typed refusal, before any launch.
+  bool refused = false;
+  try {
+    attention_forward(dm::AttnLayout{4, 129, 1, 1, 129}, 1, nullptr, nullptr, nullptr);
+  } catch (const Error& e) {
+    refused = e.code() == ERROR_DEVICE;
+  } catch (const std::exception&) {
+  }
+  g_report.check(refused, "kernel attention refuses head size 129 with a device error", refused ? 0 : INFINITY, 0);
 }
 
 }  // namespace
