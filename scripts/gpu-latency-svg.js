@@ -7,10 +7,15 @@
 const fs = require('fs');
 const path = require('path');
 
-// Rows of a Markdown table whose first cell is n: { n: [cells...] }, with the header's names.
+// Rows of the file's first Markdown table (the latency table; a training table may follow) whose
+// first cell is n: { n: [cells...] }, with the header's names.
 function table(file) {
   if (!fs.existsSync(file)) return null;
-  const lines = fs.readFileSync(file, 'utf8').split('\n').filter((l) => l.startsWith('| '));
+  const all = fs.readFileSync(file, 'utf8').split('\n');
+  const start = all.findIndex((l) => l.startsWith('| '));
+  if (start < 0) return null;
+  const end = all.findIndex((l, i) => i > start && !l.startsWith('|'));
+  const lines = all.slice(start, end < 0 ? all.length : end);
   const header = lines[0].split('|').slice(1, -1).map((s) => s.trim());
   const rows = lines.slice(1).map((l) => l.split('|').slice(1, -1).map((s) => s.trim())).filter((r) => /^\d+$/.test(r[0]));
   const col = (name) => header.indexOf(name);

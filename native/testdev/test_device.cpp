@@ -33,6 +33,13 @@ class TestDevice : public CpuBackend {
   void release(void* p, size_t) override { std::free(p); }
   int64_t launches() const override { return launches_.load(); }
 
+  // A fill with a non-zero word is a kernel on the GPU; zeros and copies are not (cudaMemsetAsync,
+  // cudaMemcpyAsync). An H200 counted the one such fill of a training step that this device
+  // missed (107 launches against 106).
+  void fill(void* dst, int64_t words, uint32_t bits) override {
+    if (words > 0 && bits != 0) count();
+    CpuBackend::fill(dst, words, bits);
+  }
   void map(const MapArgs& a) override { count(), CpuBackend::map(a); }
   void reduce(const ReduceArgs& a) override { count(), CpuBackend::reduce(a); }
   void argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t cols) override {
