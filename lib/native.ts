@@ -122,8 +122,8 @@ export interface RawBinding {
   modelTrainStepAsync(model: ModelHandle, images: H, labels: H, optimizer: OptimizerHandle | null,
     groups: NativeGroupOptions[] | null, labelSmoothing: number, clipGradNorm: number, dataParallel?: boolean):
     Promise<{ loss: number; gradNorm: number; correct: number; skipped: boolean }>;
-  modelEvaluateAsync(model: ModelHandle, images: H, labels: H | null):
-    Promise<{ lossSum: number; correct: number; predictions: Int32Array }>;
+  modelEvaluateAsync(model: ModelHandle, images: H, labels: H | null, probabilities?: boolean):
+    Promise<{ lossSum: number; correct: number; predictions: Int32Array; probabilities?: Float32Array }>;
   // duat.distributed (native/distributed/comm.h, native/bindings/dist_bindings.cpp).
   distributedInit(library?: string): NativeDistributedInfo;
   distributedInfo(): NativeDistributedInfo | null;

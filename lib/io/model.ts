@@ -1,6 +1,6 @@
 /** Model checkpoints: safetensors with the model config in `__metadata__`; loading timm ViTs. */
 import { ArgumentError, CheckpointError } from '../errors';
-import { ParaFormer, ParaFormerConfig } from '../nn/ParaFormer';
+import { checkInputSpec, ParaFormer, ParaFormerConfig } from '../nn/ParaFormer';
 import { concat } from '../functional';
 import { native } from '../native';
 import { Tensor } from '../tensor';
@@ -12,7 +12,13 @@ import { loadSafetensors, saveSafetensors } from './safetensors';
 export function save(file: string, model: ParaFormer): void {
   checkPath(file);
   if (!(model instanceof ParaFormer)) throw new ArgumentError(`Expected a ParaFormer for model but received ${describe(model)}`);
-  saveSafetensors(file, model.namedParameters(), { format: 'duat-model', config: JSON.stringify(model.config) });
+  saveSafetensors(file, model.namedParameters(), { format: 'duat-model', config: JSON.stringify(model.config), ...inputMetadata(model) });
+}
+
+/** The `input` metadata entry of a model with an input spec (normalisation and class names). */
+export function inputMetadata(model: ParaFormer): { input?: string } {
+  const spec = model.inputSpec;
+  return spec ? { input: JSON.stringify(spec) } : {};
 }
 
 const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
@@ -52,7 +58,16 @@ export function load(file: string): ParaFormer {
         throw new CheckpointError(`${file}: unexpected tensor '${name}' (not a parameter of the saved model)`);
       }
     }
+    let input;
+    if (metadata.input !== undefined) {
+      try {
+        input = checkInputSpec(JSON.parse(metadata.input), ParaFormer.resolveConfig(config), 'input');
+      } catch (e) {
+        throw new CheckpointError(`${file}: the saved input spec is not valid: ${(e as Error).message}`);
+      }
+    }
     const model = new ParaFormer(config);
+    model.inputSpec = input;
     model.loadStateDict(new Map([...tensors].filter(([n]) => names.has(n))));
     return model;
   } finally {

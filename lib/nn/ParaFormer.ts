@@ -9,7 +9,7 @@ import { ArgumentError, StateError } from '../errors';
 import { ModelHandle, native, NativeModelConfig } from '../native';
 import { Optimizer } from '../optim/Optimizer';
 import { ones, rand, resolveDevice, Tensor, tensor, truncNormal, zeros } from '../tensor';
-import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe, isInt32Array } from '../validate';
+import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe, isFloat32Array, isInt32Array } from '../validate';
 import { Module } from './Module';
 
 /** Options of {@link ParaFormer}. Defaults: a small MNIST Para-Former-1-4. */
@@ -44,6 +44,57 @@ export interface ParaFormerOptions {
 
 /** The resolved configuration (saved in checkpoints): every option, defaults filled in. */
 export type ParaFormerConfig = Required<Omit<ParaFormerOptions, 'device' | 'precision'>>;
+
+/**
+ * What turns a picture into the model's input and its outputs into answers. fit() takes it from
+ * the training set when the model has none; `duat.save` and training checkpoints keep it;
+ * {@link ParaFormer.predict} and `duat predict` use it.
+ */
+export interface InputSpec {
+  /** Per-channel mean of pixel values scaled to [0, 1]; one value serves every channel. */
+  mean: number[];
+  /** Per-channel standard deviation, likewise; every value positive. */
+  std: number[];
+  /** A name per class, in class order. */
+  classNames?: string[];
+}
+
+/**
+ * Checks an input spec against a model config; returns a copy.
+ * @throws ArgumentError naming the field that does not fit
+ */
+export function checkInputSpec(value: unknown, config: ParaFormerConfig, name = 'inputSpec'): InputSpec {
+  const o = checkOptions<InputSpec>(value, name);
+  const values = (v: unknown, field: string, positive: boolean): number[] => {
+    const ok = Array.isArray(v) && (v.length === 1 || v.length === config.channels) &&
+      v.every((x) => typeof x === 'number' && Number.isFinite(x) && (!positive || x > 0));
+    if (!ok) {
+      throw new ArgumentError(`Expected ${name}.${field} to be 1 or ${config.channels} finite${positive ? ' positive' : ''} numbers but received ${describe(v)}`);
+    }
+    return [...(v as number[])];
+  };
+  const spec: InputSpec = { mean: values(o.mean, 'mean', false), std: values(o.std, 'std', true) };
+  if (o.classNames !== undefined) {
+    const names = o.classNames as unknown;
+    if (!Array.isArray(names) || names.length !== config.classes || !names.every((s) => typeof s === 'string')) {
+      throw new ArgumentError(`Expected ${name}.classNames to be ${config.classes} strings (one per class) but received ${describe(names)}`);
+    }
+    spec.classNames = [...names];
+  }
+  return spec;
+}
+
+/** One image's answer from {@link ParaFormer.predict}. */
+export interface Prediction {
+  /** The most probable class. */
+  class: number;
+  /** Its name (the class number as a string where the model has no names). */
+  label: string;
+  /** Its probability. */
+  probability: number;
+  /** Every class's probability (softmax of the logits), in class order. */
+  probabilities: Float32Array;
+}
 
 /** Named sizes for presets: `mnist` (small, for 28 x 28 digits), ViT `tiny` and `small`. */
 export const SIZES = {
@@ -145,6 +196,7 @@ export class ParaFormer extends Module {
   readonly shard?: BranchShard;
   private readonly model: ModelHandle;
   private busy = false;
+  private spec?: InputSpec;
 
   constructor(options?: ParaFormerOptions, shard?: BranchShard) {
     super();
@@ -181,6 +233,14 @@ export class ParaFormer extends Module {
   }
 
   /**
+   * @internal The config the options resolve to, without making the model.
+   * @throws ArgumentError for options that describe no valid model
+   */
+  static resolveConfig(options: ParaFormerOptions): ParaFormerConfig {
+    return resolve(options);
+  }
+
+  /**
    * @internal One rank's share of `full` for branch-parallel training: the branches
    * {@link branchShare} gives `rank` of `size`, copied from `full`, in a model whose stages sum
    * their branches over the job's ranks (so its forward and training step are collectives).
@@ -189,6 +249,7 @@ export class ParaFormer extends Module {
     if (full.shard) throw new ArgumentError('Expected a whole model to share out but received a branch-parallel share');
     const { offset, count } = branchShare(full.config.branches, rank, size);
     const part = new ParaFormer({ ...full.config, branches: count, device: full.device }, { offset, total: full.config.branches });
+    part.spec = full.spec;
     const views = new Map<string, Tensor>();
     for (const [name, p] of full.namedParameters()) views.set(name, isBranchParameter(name) ? p.slice(0, offset, offset + count) : p);
     try {
@@ -324,14 +385,89 @@ export class ParaFormer extends Module {
   /** Evaluates a batch on a worker thread: summed loss (when labels are given), correct count, predictions. */
   async evaluate(images: Tensor, labels?: Tensor | Int32Array): Promise<{ lossSum: number; correct: number; predictions: Int32Array }> {
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
-    this.checkIdle('evaluate it');
+    const { lossSum, correct, predictions } = await this.evaluateOnWorker(images, labels, false);
+    return { lossSum, correct, predictions };
+  }
+
+  /**
+   * The input spec saved with the model (normalisation and class names), or undefined. Setting it
+   * checks it against the config.
+   */
+  get inputSpec(): InputSpec | undefined {
+    return this.spec && { ...this.spec, mean: [...this.spec.mean], std: [...this.spec.std], ...(this.spec.classNames ? { classNames: [...this.spec.classNames] } : {}) };
+  }
+
+  set inputSpec(value: InputSpec | undefined) {
+    this.spec = value === undefined ? undefined : checkInputSpec(value, this.config);
+  }
+
+  /**
+   * Classifies images on a worker thread (the event loop stays free): pixel values in [0, 1],
+   * (N, channels, size, size) or one image of (channels, size, size), as a Float32Array or a tensor,
+   * normalised with the model's {@link inputSpec} (as is where it has none, or with
+   * `normalized: true`). Returns each image's class, name and probabilities.
+   * @example
+   * const [p] = await model.predict(pixels);   // { class: 7, label: '7', probability: 0.99, probabilities }
+   * @throws ArgumentError when the images do not have the model's channels and size
+   */
+  async predict(images: Float32Array | Tensor, options?: { normalized?: boolean }): Promise<Prediction[]> {
+    const o = checkOptions<{ normalized?: boolean }>(options, 'predict options');
+    const normalized = o.normalized === undefined ? false : checkBool(o.normalized, 'normalized');
+    const { channels: C, imageSize: S, classes: K } = this.config;
+    const per = C * S * S;
+    let data: Float32Array;
+    if (images instanceof Tensor) {
+      const s = images.shape;
+      const ok = images.dtype === 'float32' && (s.length === 3 || s.length === 4) && s[s.length - 3] === C && s[s.length - 2] === S && s[s.length - 1] === S;
+      if (!ok) throw new ArgumentError(`Expected float32 images of shape (N, ${C}, ${S}, ${S}) or (${C}, ${S}, ${S}) but received ${describe(images)}`);
+      data = images.toArray() as Float32Array;
+    } else if (isFloat32Array(images) && images.length > 0 && images.length % per === 0) {
+      data = images;
+    } else {
+      throw new ArgumentError(`Expected a Float32Array of N x ${C} x ${S} x ${S} pixel values (N >= 1) but received ${describe(images)}`);
+    }
+    const N = data.length / per;
+    if (!normalized) data = this.normalize(data);
+    const x = tensor(data, [N, C, S, S], { device: this.device });
+    let r;
+    try {
+      r = await this.evaluateOnWorker(x, undefined, true);
+    } finally {
+      x.dispose();
+    }
+    const probs = r.probabilities as Float32Array;
+    return Array.from({ length: N }, (_, i) => {
+      const k = r.predictions[i];
+      return { class: k, label: this.spec?.classNames?.[k] ?? String(k), probability: probs[i * K + k], probabilities: probs.slice(i * K, (i + 1) * K) };
+    });
+  }
+
+  /**
+   * Pixel values in [0, 1] of images (N, channels, size, size) normalised with the model's
+   * {@link inputSpec}: (v - mean[c]) / std[c]; a copy as is where the model has none.
+   */
+  normalize(pixels: Float32Array): Float32Array {
+    const spec = this.spec;
+    if (!spec) return pixels.slice();
+    const { channels: C, imageSize: S } = this.config;
+    const out = new Float32Array(pixels.length);
+    for (let i = 0; i < pixels.length; i++) {
+      const c = Math.floor(i / (S * S)) % C;
+      const mean = spec.mean.length === 1 ? spec.mean[0] : spec.mean[c], std = spec.std.length === 1 ? spec.std[0] : spec.std[c];
+      out[i] = (pixels[i] - mean) / std;
+    }
+    return out;
+  }
+
+  private async evaluateOnWorker(images: Tensor, labels: Tensor | Int32Array | undefined, probabilities: boolean) {
+    this.checkIdle(probabilities ? 'predict with it' : 'evaluate it');
     const y = isInt32Array(labels) ? tensor(labels, [labels.length]) : labels;
     const settle = () => {
       if (isInt32Array(labels) && y) y.dispose();
     };
     let pending;
     try {
-      pending = native().modelEvaluateAsync(this.model, images.handle, y ? y.handle : null);
+      pending = native().modelEvaluateAsync(this.model, images.handle, y ? y.handle : null, probabilities);
     } catch (e) {
       settle();
       throw e;

@@ -11,12 +11,14 @@ import * as distributed from '../distributed';
 import { ArgumentError, CheckpointError, NumericError } from '../errors';
 import { Batches, Dataset } from '../data/dataset';
 import { loadSafetensors, saveSafetensors } from '../io/safetensors';
-import { ParaFormer } from '../nn/ParaFormer';
+import { checkInputSpec, ParaFormer } from '../nn/ParaFormer';
+import { inputMetadata } from '../io/model';
 import { AdamW, SGD } from '../optim/optimizers';
 import { Tensor, tensor } from '../tensor';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe } from '../validate';
 import { broadcastParameters, gatherEntries, gatherInto, ParallelMode, shareOptimizerState, sumOverRanks } from './parallel';
 import { curveSvg } from './plot';
+import { Progress } from './progress';
 
 /** Options of {@link fit}. */
 export interface FitOptions {
@@ -60,8 +62,13 @@ export interface FitOptions {
   onStep?: (m: StepMetrics) => void;
   /** Called after every epoch's evaluation. */
   onEpoch?: (m: EpochMetrics) => void;
-  /** Show a progress bar on a terminal (never when stderr is not a TTY). Default true. */
+  /** Show progress on stderr: a line redrawn in place on a terminal. Default true. */
   progress?: boolean;
+  /**
+   * Where stderr is not a terminal (a log file, CI): print a progress line every this many
+   * seconds (0: none). Default 0; `duat train` uses 30.
+   */
+  progressEvery?: number;
   /** Evaluation batch size. Default 500. */
   evalBatchSize?: number;
   /**
@@ -279,6 +286,7 @@ export function saveTrainingState(
     saveSafetensors(file, [...out, ['train.losses', l]], {
       format: 'duat-training-state',
       config: JSON.stringify(config),
+      ...inputMetadata(model),
       options: JSON.stringify(options),
       position: JSON.stringify(position),
       optimizer_steps: String(opt.stepCount),
@@ -299,15 +307,24 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
   const o = checkOptions<FitOptions>(options, 'fit options');
   if (!data || typeof data !== 'object' || !data.train) throw new ArgumentError(`Expected { train, test? } data sets but received ${describe(data)}`);
   let r = resolve(o);
+  const every = o.progressEvery === undefined ? 0 : checkNumber(o.progressEvery, 'progressEvery', 0, 1e9);
+  const showProgress = o.progress === undefined || checkBool(o.progress, 'progress');
   const parallel = checkOneOf(o.parallel ?? 'none', 'parallel', ['none', 'data', 'branches'] as const);
   const { train, test } = data;
-  if (train.channels !== model.config.channels || train.size !== model.config.imageSize) {
-    throw new ArgumentError(
-      `the training images are ${train.channels} x ${train.size} x ${train.size} but the model expects ` +
-        `${model.config.channels} x ${model.config.imageSize} x ${model.config.imageSize}`,
-    );
+  for (const [what, ds] of [['training', train], ['test', test]] as const) {
+    if (ds && (ds.channels !== model.config.channels || ds.size !== model.config.imageSize)) {
+      throw new ArgumentError(
+        `the ${what} images are ${ds.channels} x ${ds.size} x ${ds.size} but the model expects ` +
+          `${model.config.channels} x ${model.config.imageSize} x ${model.config.imageSize}`,
+      );
+    }
   }
   if (model.shard) throw new ArgumentError('Expected a whole model but received a branch-parallel share; fit() shares a model out itself');
+  // The model learns the training set's normalisation and class names where it has none, so that
+  // files saved from it can be used without knowing how it was trained.
+  if (!model.inputSpec && train.mean && train.std) {
+    model.inputSpec = { mean: train.mean, std: train.std, ...(train.classNames?.length === model.config.classes ? { classNames: train.classNames } : {}) };
+  }
   const job = parallel === 'none' ? undefined : distributed.init();
   const rank = job?.rank ?? 0, ranks = job?.size ?? 1, main = rank === 0;
   if (parallel === 'branches') distributed.branchShare(model.config.branches, rank, ranks);  // refuses too few branches
@@ -346,8 +363,8 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
   if (files) fs.mkdirSync(runDir, { recursive: true });
   const metricsFile = files ? path.join(runDir, 'metrics.jsonl') : undefined;
   const log = (rec: object) => metricsFile && fs.appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
-  const bar = main && o.progress !== false && process.stderr.isTTY ? await makeBar() : undefined;
-  bar?.start(total, start.step);
+  const tty = Boolean(process.stderr.isTTY);
+  const bar = main && showProgress && (tty || every > 0) ? new Progress(process.stderr, total, start.step, { tty, every }) : undefined;
   const checkpoint = (pos: { step: number; epoch: number; batch: number }) => {
     if (runDir) saveTrainingState(path.join(runDir, 'checkpoint.safetensors'), trained, opt, pos, r, losses);
   };
@@ -420,7 +437,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
           seen += B;
         }
         if (step % 10 === 0 || step === total) log({ type: 'step', ...m });
-        bar?.update(step, { loss: res.loss.toFixed(4), epoch: epoch + 1 });
+        bar?.update({ step, epoch, loss: res.loss });
         o.onStep?.(m);
         position = k + 1 < batches.count ? { step, epoch, batch: k + 1 } : { step, epoch: epoch + 1, batch: 0 };
         if (r.checkpointEvery && step % r.checkpointEvery === 0) checkpoint(position);
@@ -432,6 +449,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
       if (test) em.test = parallel === 'data' ? await evaluateShared(trained, test, r.evalBatchSize, rank, ranks) : await evaluate(trained, test, r.evalBatchSize);
       history.push(em);
       log({ type: 'epoch', ...em, test: em.test && { loss: em.test.loss, accuracy: em.test.accuracy } });
+      bar?.clear();  // what onEpoch prints starts on its own line
       o.onEpoch?.(em);
       // At the epoch's end, or mid-epoch where maxSteps ended the run (so a resume with a larger
       // maxSteps goes on with the epoch's next batch).
@@ -494,6 +512,14 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
       if (k === 'seed') continue;  // initialisation only: the checkpoint replaces every parameter
       if (config[k] !== v) throw new CheckpointError(`${file}: the checkpoint's ${k} is ${JSON.stringify(config[k])} but the model's is ${JSON.stringify(v)}`);
     }
+    let input;
+    if (metadata.input !== undefined) {
+      try {
+        input = checkInputSpec(JSON.parse(metadata.input), model.config, 'input');
+      } catch (e) {
+        throw new CheckpointError(`${file}: the saved input spec is not valid: ${(e as Error).message}`);
+      }
+    }
     // Everything is checked before anything changes: a checkpoint that does not fit leaves the
     // model and the optimizer as they were.
     const params = new Map<string, Tensor>();
@@ -515,6 +541,7 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
       }
     }
     model.loadStateDict(params);
+    if (input && !model.inputSpec) model.inputSpec = input;
     opt.stepCount = steps;
     for (const [name, p] of model.namedParameters()) {
       if (opt instanceof AdamW) {
@@ -535,10 +562,3 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
   }
 }
 
-async function makeBar() {
-  const { SingleBar, Presets } = await import('cli-progress');
-  return new SingleBar(
-    { format: 'train [{bar}] {value}/{total} steps | epoch {epoch} | loss {loss} | {eta_formatted} left', stream: process.stderr, hideCursor: true },
-    Presets.shades_classic,
-  );
-}

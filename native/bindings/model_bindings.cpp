@@ -254,12 +254,12 @@ Napi::Value js_model_train_step_async(Info info) {
 
 class EvalWorker : public DuatWorker {
  public:
-  EvalWorker(Napi::Env env, ModelRef m, Tensor images, Tensor labels)
-      : DuatWorker(env), m_(std::move(m)), images_(images), labels_(labels),
+  EvalWorker(Napi::Env env, ModelRef m, Tensor images, Tensor labels, bool probabilities)
+      : DuatWorker(env), m_(std::move(m)), images_(images), labels_(labels), probabilities_(probabilities),
         lock_(std::make_unique<Model::Lock>(*m_, std::vector<Tensor>{})) {}
 
  protected:
-  void run() override { r_ = evaluate(*m_, images_, labels_); }
+  void run() override { r_ = evaluate(*m_, images_, labels_, probabilities_); }
   Napi::Value result() override {
     Napi::Object r = Napi::Object::New(Env());
     r.Set("lossSum", r_.loss_sum);
@@ -268,6 +268,12 @@ class EvalWorker : public DuatWorker {
     Napi::Int32Array preds = Napi::Int32Array::New(Env(), n);
     if (n) std::memcpy(preds.Data(), r_.predictions->i32(), n * 4);
     r.Set("predictions", preds);
+    if (r_.probabilities) {
+      const size_t k = static_cast<size_t>(r_.probabilities->numel());
+      Napi::Float32Array probs = Napi::Float32Array::New(Env(), k);
+      if (k) std::memcpy(probs.Data(), r_.probabilities->f32(), k * 4);
+      r.Set("probabilities", probs);
+    }
     return r;
   }
   void release() override { lock_.reset(); }
@@ -275,6 +281,7 @@ class EvalWorker : public DuatWorker {
  private:
   ModelRef m_;
   Tensor images_, labels_;
+  bool probabilities_;
   std::unique_ptr<Model::Lock> lock_;
   EvalResult r_;
 };
@@ -284,7 +291,8 @@ Napi::Value js_model_evaluate_async(Info info) {
     ModelRef m = arg_ref<Model>(info, 0, "model");
     Tensor images = arg_tensor(info, 1, "images"), labels = arg_tensor_or_null(info, 2, "labels");
     if (labels) check_i32(labels, "evaluate", "labels");
-    auto* w = new EvalWorker(info.Env(), std::move(m), images, labels);
+    const bool probabilities = info.Length() > 3 && arg_bool(info, 3, "probabilities");
+    auto* w = new EvalWorker(info.Env(), std::move(m), images, labels, probabilities);
     Napi::Promise promise = w->promise();
     w->Queue();
     return promise;

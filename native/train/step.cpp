@@ -140,13 +140,14 @@ StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, 
   return r;
 }
 
-EvalResult evaluate(Model& model, const Tensor& images, const Tensor& labels) {
+EvalResult evaluate(Model& model, const Tensor& images, const Tensor& labels, bool probabilities) {
   check_batch(model, images, labels, "evaluate");
   GradMode no_grad(false);
   PrecisionScope precision(model.precision());
   const Tensor logits = model_forward(images, model.structured(), model.config());
   EvalResult r;
   r.predictions = to_device(argmax(logits), DEVICE_CPU);
+  if (probabilities) r.probabilities = contiguous_data(to_device(softmax(logits, 1), DEVICE_CPU));
   if (labels) {
     const Tensor y = to_device(labels, model.device());
     const std::vector<float> stats = read_back({cross_entropy(logits, y, 0.0f), count_correct(logits, y)});

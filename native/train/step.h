@@ -38,8 +38,9 @@ StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, 
 struct EvalResult {
   double loss_sum = 0.0;  // when labels were given
   int64_t correct = 0;
-  Tensor predictions;  // int32 (B), on the CPU
+  Tensor predictions;    // int32 (B), on the CPU
+  Tensor probabilities;  // (B, classes) softmax of the logits, on the CPU, when asked for
 };
-EvalResult evaluate(Model& model, const Tensor& images, const Tensor& labels);
+EvalResult evaluate(Model& model, const Tensor& images, const Tensor& labels, bool probabilities = false);
 
 }  // namespace duat
