@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `duat` command: train, eval, predict, inspect, bench, info. Every model and training option
+ * The `duat` command: train, eval, predict, inspect, serve, bench, info. Every model and training option
  * is a flag; `duat <command> --help` (or -h) lists them with their defaults, and an unknown flag
  * is refused with the closest known one.
  */
@@ -286,6 +286,37 @@ async function inspectCmd(file: string, cmd: Command, flags: Flag[]): Promise<vo
   process.stdout.write(JSON.stringify({ wrote: o.out, prediction: label }) + '\n');
 }
 
+const SERVE_FLAGS: Flag[] = [
+  { name: 'model', type: 'string', def: '', help: 'model.safetensors written by duat train' },
+  { name: 'port', type: 'int', def: 8080, help: 'TCP port (0: a free one)' },
+  { name: 'host', type: 'string', def: '127.0.0.1', help: "address to listen on ('0.0.0.0': every interface)" },
+  { name: 'max-batch', type: 'int', def: 64, help: 'most images in one forward' },
+  { name: 'max-wait-ms', type: 'int', def: 0, help: 'how long an idle model waits for more requests before a forward' },
+  { name: 'threads', type: 'int', def: 0, help: 'threads (0: all cores)' },
+  { name: 'invert', type: 'bool', def: false, help: 'invert grey levels of every upload' },
+];
+
+async function serveCmd(cmd: Command): Promise<void> {
+  const o = valuesOf(cmd, SERVE_FLAGS);
+  if (o.threads) duat.setNumThreads(o.threads as number);
+  const model = loadForImages(o.model as string);
+  const server = await duat.serve(model, {
+    port: o.port as number, host: o.host as string, maxBatch: o['max-batch'] as number, maxWaitMs: o['max-wait-ms'] as number, invert: o.invert as boolean,
+  });
+  process.stderr.write(`listening on ${server.url}: POST /predict with a PNG or JPEG as the body (curl --data-binary @digit.png ${server.url}/predict); GET /health
+`);
+  const stop = () => {
+    process.stderr.write('closing (answering what is queued)\n');
+    void server.close().then(() => {
+      const s = server.stats();
+      process.stderr.write(`served ${s.predictions} predictions in ${s.batches} batches (${s.errors} errors)\n`);
+      model.dispose();
+    });
+  };
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+}
+
 const BENCH_FLAGS: Flag[] = [
   { name: 'layers', type: 'string', def: '1,2,4,8,12', help: 'values of n: Para-Former-1-n against ViT-n' },
   { name: 'grid', type: 'int', def: 12, help: 'total layers of the m-n grid (every m dividing it)' },
@@ -337,6 +368,8 @@ export function program(): Command {
     .action((file: string, _o, cmd: Command) => predictCmd(file, cmd));
   required(addFlags(p.command('inspect').argument('<image>', 'a PNG or JPEG file').description("draw the class token's attention of every stage and branch"), inspectFlags))
     .action((file: string, _o, cmd: Command) => inspectCmd(file, cmd, inspectFlags));
+  required(addFlags(p.command('serve').description('answer predictions over HTTP, batching requests that arrive together'), SERVE_FLAGS))
+    .action((_o, cmd: Command) => serveCmd(cmd));
   addFlags(p.command('bench').description('time Para-Former-1-n against ViT-n here, next to PyTorch'), BENCH_FLAGS).action((_o, cmd: Command) => benchCmd(cmd));
   p.command('info').description('the backend: binary, CPU kernels, CUDA').action(() => infoCmd());
   p.command('version').description('print the version').action(() => void process.stdout.write(`${duat.version}\n`));

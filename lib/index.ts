@@ -43,6 +43,8 @@ export { load, loadViT, save } from './io/model';
 export type { LoadViTOptions } from './io/model';
 export { loadSafetensors, saveSafetensors } from './io/safetensors';
 export { evaluate, fit, learningRate, resolveFitOptions } from './train/fit';
+export { serve } from './serve';
+export type { ModelServer, ServeOptions, ServeStats } from './serve';
 export type { EpochMetrics, EvalResult, FitOptions, FitResult, ResolvedFitOptions, StepMetrics } from './train/fit';
 import * as data from './data';
 export { data };

@@ -2,6 +2,8 @@
  * Tensors: a thin typed handle over a native tensor. Every op runs in native code and records
  * its own backward there; this file only converts arguments and tracks lifetimes (tidy).
  */
+import { inspect } from 'util';
+
 import { ArgumentError, DeviceError, DisposedError, DTypeError, ShapeError } from './errors';
 import { native, NativeTensor } from './native';
 import { checkBool, checkInt, checkNumber, checkOptions, checkReal, checkShape, describe, isFloat32Array, isInt32Array } from './validate';
@@ -255,7 +257,27 @@ export class Tensor {
   }
   toString(): string {
     if (this.h === null) return 'Tensor(disposed)';
-    return `Tensor(shape=[${this.shape.join(', ')}], dtype=${this.dtype}, device=${this.device})`;
+    return `Tensor(shape=[${this.shape.join(', ')}], dtype=${this.dtype}, device=${this.device}${this.requiresGrad ? ', requiresGrad' : ''})`;
+  }
+
+  /**
+   * What console.log and util.inspect show: the description and the first and last values (all
+   * of them up to 8). Tensors of more than a million elements show none (toArray() reads them).
+   */
+  [inspect.custom](): string {
+    if (this.h === null || this.size > 1e6) return this.toString();
+    let values: Float32Array | Int32Array;
+    try {
+      values = this.toArray();
+    } catch (e) {
+      return `${this.toString()} (values unavailable: ${(e as Error).message})`;
+    }
+    const show = (v: number) => (this.dtype === 'int32' ? String(v) : Number(v.toPrecision(5)).toString());
+    const n = values.length;
+    const list = n <= 8
+      ? Array.from(values, show).join(', ')
+      : `${Array.from(values.subarray(0, 4), show).join(', ')}, ..., ${Array.from(values.subarray(n - 3), show).join(', ')}`;
+    return `${this.toString()} [${list}]${n > 8 ? ` (${n} values)` : ''}`;
   }
 
   // ---- arithmetic (broadcasting) ----

@@ -146,3 +146,22 @@ describe('model.predict', () => {
     m.dispose();
   });
 });
+
+describe('a tensor as console.log shows it', () => {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { inspect } = require('util') as typeof import('util');
+
+  test('shape, dtype, device, requiresGrad and its values (first four and last three past eight)', () => {
+    const small = duat.tensor([1, 2.5, -3, 4, 5, 6], [2, 3]);
+    expect(inspect(small)).toBe('Tensor(shape=[2, 3], dtype=float32, device=cpu) [1, 2.5, -3, 4, 5, 6]');
+    const long = duat.tensor(Float32Array.from({ length: 20 }, (_, i) => i / 3), [4, 5]);
+    expect(inspect(long)).toBe('Tensor(shape=[4, 5], dtype=float32, device=cpu) [0, 0.33333, 0.66667, 1, ..., 5.6667, 6, 6.3333] (20 values)');
+    const ints = duat.tensor(new Int32Array([7, -1]), [2]);
+    expect(inspect({ ints })).toBe('{ ints: Tensor(shape=[2], dtype=int32, device=cpu) [7, -1] }');
+    const leaf = duat.zeros([1]);
+    leaf.requiresGrad = true;
+    expect(String(leaf)).toBe('Tensor(shape=[1], dtype=float32, device=cpu, requiresGrad)');
+    for (const t of [small, long, ints, leaf]) t.dispose();
+    expect(inspect(small)).toBe('Tensor(disposed)');
+  });
+});

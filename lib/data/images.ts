@@ -71,9 +71,17 @@ export function imageSize(buf: Buffer): { width: number; height: number } | null
  *   or not decodable
  */
 export function readImage(file: string, options?: ReadImageOptions): Image {
+  return decodeImage(readFileOr(file, DataError), file, options);
+}
+
+/**
+ * Decodes a PNG or JPEG held in memory (an upload, say) to RGB in [0, 1], with the checks of
+ * {@link readImage}; `file` names it in errors.
+ * @throws DataError naming `file`: not an image, empty, too large, or not decodable
+ */
+export function decodeImage(buf: Buffer, file: string, options?: ReadImageOptions): Image {
   const maxPixels = checkInt(options?.maxPixels ?? MAX_PIXELS, 'maxPixels', 1, 2 ** 31);
   const maxSide = checkInt(options?.maxSide ?? MAX_SIDE, 'maxSide', 1, 2 ** 31);
-  const buf = readFileOr(file, DataError);
   const declared = imageSize(buf);
   if (declared && (declared.width === 0 || declared.height === 0)) {
     throw new DataError(`${file}: the image is empty (${declared.width} x ${declared.height} pixels)`);

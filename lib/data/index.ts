@@ -3,5 +3,5 @@ export { Batches, CIFAR10_NAMES, loadCifarBinary, loadIdxDataset, loadMnist, mni
 export type { BatchOptions, Dataset } from './dataset';
 export { parseIdx, readIdx } from './idx';
 export type { IdxArray } from './idx';
-export { imageSize, loadImageFolder, MAX_PIXELS, MAX_SIDE, prepareImage, readImage } from './images';
+export { decodeImage, imageSize, loadImageFolder, MAX_PIXELS, MAX_SIDE, prepareImage, readImage } from './images';
 export type { Image, ReadImageOptions } from './images';
