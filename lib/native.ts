@@ -259,8 +259,7 @@ export function verifyInstall(): { path: string; backend: NativeBackendInfo } {
   const { spawnSync } = require('child_process') as typeof import('child_process');
   const script =
     `const n=require(${JSON.stringify(__filename)});` +
-    'const paths=n.candidatePaths();const b=n.loadBinding(paths);' +
-    'const fs=require("fs");process.stdout.write(JSON.stringify({path:paths.find(p=>fs.existsSync(p)),backend:b.backendInfo()}))';
+    'const b=n.native();process.stdout.write(JSON.stringify({path:n.bindingPath(),backend:b.backendInfo()}))';
   const args = __filename.endsWith('.ts') ? ['-r', 'ts-node/register/transpile-only', '-e', script] : ['-e', script];
   const r = spawnSync(process.execPath, args, { encoding: 'utf8', env: process.env });
   if (r.status === 0) return JSON.parse(r.stdout);
@@ -274,15 +273,83 @@ export function verifyInstall(): { path: string; backend: NativeBackendInfo } {
   );
 }
 
-let cached: RawBinding | undefined;
+/** The optional package with CUDA compiled in, for this platform and architecture. */
+export const CUDA_PACKAGE = `@duat/${process.platform}-${process.arch}-cuda`;
 
 /**
- * The loaded binding (loaded on first use). DUAT_TEST_DEVICE=1 serves 'cuda' by the test device
- * (host memory, CPU kernels) from the start: the whole CUDA path, the CLI's included, on any machine.
+ * The CUDA package's binary and its version, where the package is installed (found from duat's
+ * own folder, as require would find it); null otherwise.
+ */
+export function cudaPackage(root = PACKAGE_ROOT): { binary: string; version: string } | null {
+  let manifest: string;
+  try {
+    manifest = require.resolve(`${CUDA_PACKAGE}/package.json`, { paths: [root] });
+  } catch {
+    return null;
+  }
+  const version = (JSON.parse(fs.readFileSync(manifest, 'utf8')) as { version?: string }).version ?? '';
+  return { binary: path.join(path.dirname(manifest), 'duat.node'), version };
+}
+
+/**
+ * Picks the binary to load: the CUDA package's when it is installed, of duat's version, loads,
+ * and finds CUDA usable; else the CPU binary (loadBinding), with the reason the CUDA package was
+ * not taken. DUAT_BINDING_PATH, or DUAT_CUDA_PACKAGE=0, leaves the package out.
+ */
+export function chooseBinding(root = PACKAGE_ROOT): { binding: RawBinding; path: string; cudaPackageNote: string } {
+  let note = '';
+  if (!process.env.DUAT_BINDING_PATH && process.env.DUAT_CUDA_PACKAGE !== '0') {
+    const pkg = cudaPackage(root);
+    const own = (JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string }).version;
+    if (!pkg) {
+      note = `the CUDA package is not installed (npm install ${CUDA_PACKAGE}: CUDA built in, for an NVIDIA driver 580 or newer)`;
+    } else if (pkg.version !== own) {
+      note = `${CUDA_PACKAGE} ${pkg.version} is installed, but duat is ${own}: install ${CUDA_PACKAGE}@${own}`;
+    } else {
+      try {
+        const binding = loadBinding([pkg.binary]);
+        const cuda = binding.backendInfo().cuda;
+        if (cuda.available) return { binding, path: pkg.binary, cudaPackageNote: '' };
+        note = `${CUDA_PACKAGE} is installed, but CUDA is unusable: ${cuda.reason}`;
+      } catch (e) {
+        const first = e instanceof NativeLoadError && e.attempts.length ? e.attempts[0].error : String(e);
+        note = `${CUDA_PACKAGE} is installed, but its binary does not load: ${first.split('\n')[0]}`;
+      }
+    }
+  }
+  const paths = candidatePaths(root);
+  const binding = loadBinding(paths);
+  return { binding, path: paths.find((p) => fs.existsSync(p)) ?? '', cudaPackageNote: note };
+}
+
+let cached: RawBinding | undefined;
+let loadedFrom = '';
+
+/** Where the loaded binding came from. */
+export function bindingPath(): string {
+  native();
+  return loadedFrom;
+}
+
+/**
+ * The loaded binding (loaded on first use; see chooseBinding). When CUDA is unusable in a binary
+ * built without it, backendInfo().cuda.reason says why the CUDA package was not taken too.
+ * DUAT_TEST_DEVICE=1 serves 'cuda' by the test device (host memory, CPU kernels) from the start:
+ * the whole CUDA path, the CLI's included, on any machine.
  */
 export function native(): RawBinding {
   if (!cached) {
-    cached = loadBinding();
+    const { binding, path: from, cudaPackageNote } = chooseBinding();
+    if (cudaPackageNote) {
+      const info = binding.backendInfo.bind(binding);
+      binding.backendInfo = () => {
+        const i = info();
+        if (!i.cuda.available && !i.cuda.built) i.cuda.reason = `${i.cuda.reason}; ${cudaPackageNote}`;
+        return i;
+      };
+    }
+    cached = binding;
+    loadedFrom = from;
     if (process.env.DUAT_TEST_DEVICE === '1') cached.setTestDevice(true);
   }
   return cached;

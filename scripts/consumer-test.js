@@ -2,7 +2,10 @@
 // The install as a user meets it: pack duat (with its prebuilt binary), install the tarball into
 // an empty project with install scripts disabled, then run a CommonJS, an ESM and a type-checked
 // TypeScript consumer with no compiler on PATH. Each builds a small Para-Former, trains two
-// steps, saves, reloads and predicts. Finally a corrupted binary must give NativeLoadError.
+// steps, saves, reloads and predicts. Where nvcc is at hand, the optional CUDA package
+// (scripts/prebuild-cuda.js) is packed and installed the same way: it must load, and on a machine
+// without a usable GPU duat must keep its CPU binary and say why. Finally a corrupted binary must
+// give NativeLoadError.
 // Prints a JSON summary (tarball size, unpacked size, install time) as its last line.
 'use strict';
 const { execFileSync, spawnSync } = require('child_process');
@@ -84,11 +87,53 @@ run(process.execPath, [tsc, '--strict', '--target', 'es2022', '--module', 'commo
   '--typeRoots', path.join(root, 'node_modules', '@types'), '--types', 'node', '--outDir', 'out', 'ts.ts'], { cwd: app });
 results['ts.ts'] = JSON.parse(run(process.execPath, [path.join('out', 'ts.js')], { cwd: app, env }).trim().split('\n').pop());
 
+// The CUDA package. Without it, backendInfo says how to get it.
+const cudaState = () => JSON.parse(run(process.execPath, ['-e',
+  "const d=require('duat');const n=require('duat/dist/native');const c=d.backendInfo().cuda;" +
+  'console.log(JSON.stringify({ path: n.bindingPath(), built: c.built, available: c.available, reason: c.reason }))'], { cwd: app, env }).trim());
+const pkgName = `@duat/${process.platform}-${process.arch}-cuda`;
+const without = cudaState();
+if (!without.reason.includes(`the CUDA package is not installed (npm install ${pkgName}`)) throw new Error(`no CUDA package: ${without.reason}`);
+results.cudaPackage = { without: without.reason };
+const nvcc = [process.env.CUDACXX, '/usr/local/cuda/bin/nvcc', '/usr/bin/nvcc'].find((p) => p && fs.existsSync(p));
+if (nvcc && process.platform === 'linux' && process.arch === 'x64') {
+  const tgz = run(process.execPath, [path.join(root, 'scripts', 'prebuild-cuda.js'), '--pack', work], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] }).trim().split('\n').pop();
+  const t1 = Date.now();
+  runNpm(['install', '--ignore-scripts', '--no-audit', '--no-fund', tgz], { cwd: app });
+  results.cudaPackage.installSeconds = (Date.now() - t1) / 1000;
+  results.cudaPackage.tarballBytes = fs.statSync(tgz).size;
+  const pkgBinary = path.join(app, 'node_modules', pkgName, 'duat.node');
+  // Its binary on its own: CUDA built in; the CPU engine works; 'cuda' either works or says why.
+  const direct = JSON.parse(run(process.execPath, ['-e',
+    "const d=require('duat');const c=d.backendInfo().cuda;const t=d.tensor([1,2,3,4],[2,2]);const m=Array.from(t.matmul(t).toArray());" +
+    "let err='';try{d.zeros([2],{device:'cuda'})}catch(e){err=e.name+': '+e.message}" +
+    'console.log(JSON.stringify({ built: c.built, available: c.available, reason: c.reason, matmul: m, err }))'],
+  { cwd: app, env: { ...env, DUAT_BINDING_PATH: pkgBinary } }).trim());
+  if (!direct.built || direct.matmul.join() !== '7,10,15,22') throw new Error(`the CUDA package's binary: ${JSON.stringify(direct)}`);
+  if (!direct.available && !direct.err.startsWith(`DeviceError: device 'cuda' is not available: ${direct.reason}`)) throw new Error(`cuda request: ${direct.err}`);
+  const withPkg = cudaState();
+  if (withPkg.available) {
+    if (withPkg.path !== pkgBinary) throw new Error(`CUDA is usable but duat loaded ${withPkg.path}`);
+  } else {
+    // No usable GPU here: duat keeps its CPU binary and says why the package was not taken.
+    if (withPkg.built || !withPkg.path.endsWith('duat.glibc.node')) throw new Error(`without a GPU duat should keep its CPU binary: ${JSON.stringify(withPkg)}`);
+    if (!withPkg.reason.includes(`${pkgName} is installed, but CUDA is unusable: ${direct.reason}`)) throw new Error(`reason: ${withPkg.reason}`);
+  }
+  results.cudaPackage.withPackage = withPkg.reason || `CUDA on ${withPkg.path}`;
+  // A package binary that does not load: duat goes on with its own, and says so.
+  const saved = fs.readFileSync(pkgBinary);
+  fs.writeFileSync(pkgBinary, Buffer.from('\x7fELF\x02\x01\x01 corrupted'));
+  const broken = cudaState();
+  if (!broken.reason.includes(`${pkgName} is installed, but its binary does not load`)) throw new Error(`corrupted CUDA package: ${broken.reason}`);
+  fs.writeFileSync(pkgBinary, saved);
+}
+
 // A corrupted binary: NativeLoadError with possible solutions, from the library and from `duat info`.
 const binary = path.join(app, 'node_modules', 'duat', 'prebuilds', `${process.platform}-${process.arch}`, 'duat.glibc.node');
 fs.writeFileSync(binary, Buffer.from('\x7fELF\x02\x01\x01 corrupted'));
-const probe = spawnSync(process.execPath, ['-e', "try { require('duat').verifyInstall() } catch (e) { console.log(e.name + ': ' + e.message); process.exit(3) }"], { cwd: app, env, encoding: 'utf8' });
-const info = spawnSync(process.execPath, [path.join(app, 'node_modules', 'duat', 'dist', 'cli.js'), 'info'], { cwd: app, env, encoding: 'utf8' });
+const cpuOnly = { ...env, DUAT_CUDA_PACKAGE: '0' };  // on a GPU machine the CUDA package would be taken
+const probe = spawnSync(process.execPath, ['-e', "try { require('duat').verifyInstall() } catch (e) { console.log(e.name + ': ' + e.message); process.exit(3) }"], { cwd: app, env: cpuOnly, encoding: 'utf8' });
+const info = spawnSync(process.execPath, [path.join(app, 'node_modules', 'duat', 'dist', 'cli.js'), 'info'], { cwd: app, env: cpuOnly, encoding: 'utf8' });
 if (probe.status !== 3 || !/NativeLoadError/.test(probe.stdout) || !/Possible solutions/.test(probe.stdout)) throw new Error(`corrupted binary: ${probe.stdout} ${probe.stderr}`);
 if (info.status !== 1 || !/NativeLoadError/.test(info.stderr)) throw new Error(`duat info with a corrupted binary: ${info.stderr}`);
 

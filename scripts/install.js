@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // npm install hook. Does nothing that can fail an install: a prebuilt binary (prebuilds/) is
 // used as it is. Building from source happens only when asked (DUAT_BUILD_FROM_SOURCE=1 or
-// `npm rebuild duat --build-from-source`); otherwise, if no binary loads, it says what to do.
+// `npm rebuild duat --build-from-source`; with DUAT_CUDA=1 the CUDA backend is built too, with
+// nvcc from CUDACXX or /usr/local/cuda); otherwise, if no binary loads, it says what to do.
 'use strict';
 const { spawnSync } = require('child_process');
 const fs = require('fs');
@@ -12,7 +13,16 @@ if (fs.existsSync(path.join(root, 'lib', 'index.ts'))) process.exit(0);  // a de
 
 const fromSource = process.env.DUAT_BUILD_FROM_SOURCE === '1' || process.env.npm_config_build_from_source === 'true';
 if (fromSource) {
-  const r = spawnSync(process.execPath, [require.resolve('cmake-js/bin/cmake-js'), 'compile', '--log-level', 'error'], { cwd: root, stdio: 'inherit' });
+  const cuda = [];
+  if (process.env.DUAT_CUDA === '1') {
+    const nvcc = [process.env.CUDACXX, '/usr/local/cuda/bin/nvcc', '/usr/bin/nvcc'].find((p) => p && fs.existsSync(p));
+    if (!nvcc) {
+      process.stderr.write('duat: DUAT_CUDA=1 needs nvcc (CUDA 12 or newer): set CUDACXX or install the CUDA toolkit\n');
+      process.exit(1);
+    }
+    cuda.push('--CDDUAT_WITH_CUDA=ON', `--CDCMAKE_CUDA_COMPILER=${nvcc}`);
+  }
+  const r = spawnSync(process.execPath, [require.resolve('cmake-js/bin/cmake-js'), 'compile', '--log-level', 'error', ...cuda], { cwd: root, stdio: 'inherit' });
   process.exit(r.status === null ? 1 : r.status);
 }
 const probe = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(path.join(root, 'dist', 'native.js'))}).loadBinding()`], { encoding: 'utf8' });

@@ -196,8 +196,7 @@ function buildTarget(t, zig) {
 }
 
 /** Serialises builds of one checkout (jest runs test files side by side). */
-function withLock(fn) {
-  const lock = path.join(root, 'prebuilds', '.lock');
+function withLock(fn, lock = path.join(root, 'prebuilds', '.lock')) {
   fs.mkdirSync(path.dirname(lock), { recursive: true });
   const deadline = Date.now() + 30 * 60 * 1000;
   for (;;) {
@@ -208,7 +207,7 @@ function withLock(fn) {
       if (e.code !== 'EEXIST') throw e;
       const age = Date.now() - fs.statSync(lock).mtimeMs;
       if (age > 30 * 60 * 1000) fs.rmSync(lock, { recursive: true, force: true });  // left by a killed build
-      else if (Date.now() > deadline) fail('another build held prebuilds/.lock for 30 minutes');
+      else if (Date.now() > deadline) fail(`another build held ${path.relative(root, lock)} for 30 minutes`);
       else Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
     }
   }
@@ -308,4 +307,4 @@ function main() {
 }
 
 if (require.main === module) main();
-module.exports = { TARGETS, elfInfo, checkBinary, binaryPath, sourcesHash };
+module.exports = { TARGETS, elfInfo, checkBinary, binaryPath, sourcesHash, withLock };

@@ -5,7 +5,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 import { NativeLoadError } from '../lib/errors';
-import { candidatePaths, loadBinding } from '../lib/native';
+import { candidatePaths, chooseBinding, loadBinding } from '../lib/native';
 
 describe('native loader', () => {
   test('nothing to load: NativeLoadError lists every path and the fixes', () => {
@@ -75,5 +75,53 @@ describe('the package as a user names it', () => {
     const tagged = path.join(dir, 'duat.glibc.node'), plain = path.join(dir, 'duat.node');
     expect(paths.indexOf(tagged)).toBeGreaterThan(-1);  // this machine runs glibc
     expect(paths.indexOf(tagged)).toBe(paths.indexOf(plain) - 1);
+  });
+});
+
+describe('the optional CUDA package', () => {
+  // A package root like an installed duat's, whose own binary is this checkout's build.
+  function fakeRoot(cuda?: { version: string; binary?: Buffer }): string {
+    const root = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-root-'));
+    fs.writeFileSync(path.join(root, 'package.json'), JSON.stringify({ name: 'duat', version: '0.1.0' }));
+    fs.mkdirSync(path.join(root, 'build', 'Release'), { recursive: true });
+    fs.symlinkSync(path.join(__dirname, '..', 'build', 'Release', 'duat.node'), path.join(root, 'build', 'Release', 'duat.node'));
+    if (cuda) {
+      const dir = path.join(root, 'node_modules', '@duat', `${process.platform}-${process.arch}-cuda`);
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ name: `@duat/${process.platform}-${process.arch}-cuda`, version: cuda.version }));
+      if (cuda.binary) fs.writeFileSync(path.join(dir, 'duat.node'), cuda.binary);
+    }
+    return root;
+  }
+  const env = { DUAT_BINDING_PATH: process.env.DUAT_BINDING_PATH, DUAT_CUDA_PACKAGE: process.env.DUAT_CUDA_PACKAGE };
+  beforeEach(() => {
+    delete process.env.DUAT_BINDING_PATH;
+    delete process.env.DUAT_CUDA_PACKAGE;
+  });
+  afterAll(() => Object.assign(process.env, env));
+
+  test('each reason it is not taken is reported, and duat keeps its own binary', () => {
+    const cases: [ReturnType<typeof fakeRoot>, RegExp][] = [
+      [fakeRoot(), /^the CUDA package is not installed \(npm install @duat\/linux-x64-cuda: CUDA built in, for an NVIDIA driver 580 or newer\)$/],
+      [fakeRoot({ version: '0.0.9', binary: Buffer.from('x') }), /^@duat\/linux-x64-cuda 0\.0\.9 is installed, but duat is 0\.1\.0: install @duat\/linux-x64-cuda@0\.1\.0$/],
+      [fakeRoot({ version: '0.1.0', binary: Buffer.from('\x7fELF\x02\x01\x01 corrupted') }), /^@duat\/linux-x64-cuda is installed, but its binary does not load: /],
+      [fakeRoot({ version: '0.1.0' }), /^@duat\/linux-x64-cuda is installed, but its binary does not load: not found$/],
+    ];
+    for (const [root, why] of cases) {
+      const chosen = chooseBinding(root);
+      expect(chosen.cudaPackageNote).toMatch(why);
+      expect(chosen.path).toBe(path.join(root, 'build', 'Release', 'duat.node'));
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  test('DUAT_CUDA_PACKAGE=0 and DUAT_BINDING_PATH leave it out, with nothing to report', () => {
+    const root = fakeRoot({ version: '0.0.1' });
+    process.env.DUAT_CUDA_PACKAGE = '0';
+    expect(chooseBinding(root).cudaPackageNote).toBe('');
+    delete process.env.DUAT_CUDA_PACKAGE;
+    process.env.DUAT_BINDING_PATH = path.join(root, 'build', 'Release', 'duat.node');
+    expect(chooseBinding(root).cudaPackageNote).toBe('');
+    fs.rmSync(root, { recursive: true, force: true });
   });
 });
