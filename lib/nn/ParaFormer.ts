@@ -103,6 +103,9 @@ export const SIZES = {
   small: { dim: 384, heads: 6, mlpRatio: 4, patchSize: 16, imageSize: 224, channels: 3, classes: 1000 },
 } as const;
 
+/** The name of a preset size: 'mnist', 'tiny' or 'small'. */
+export type SizeName = keyof typeof SIZES;
+
 /** Result of one training step. */
 export interface StepResult {
   loss: number;
@@ -215,10 +218,10 @@ export class ParaFormer extends Module {
    * A named preset: `'para-former-m-n'` or `'vit-m'` (n = 1), with a size from {@link SIZES}.
    * @example duat.ParaFormer.preset('para-former-2-3', 'mnist')
    */
-  static preset(name: string, size: keyof typeof SIZES = 'mnist', overrides: ParaFormerOptions = {}): ParaFormer {
+  static preset(name: string, size: SizeName = 'mnist', overrides: ParaFormerOptions = {}): ParaFormer {
     const m = /^para-former-(\d+)-(\d+)$/.exec(String(name)) ?? /^vit-(\d+)()$/.exec(String(name));
     if (!m) throw new ArgumentError(`Expected a preset like 'para-former-2-3' or 'vit-6' for name but received ${describe(name)}`);
-    checkOneOf(size, 'size', Object.keys(SIZES) as (keyof typeof SIZES)[]);
+    checkOneOf(size, 'size', Object.keys(SIZES) as SizeName[]);
     return new ParaFormer({ ...SIZES[size], depth: Number(m[1]), branches: m[2] ? Number(m[2]) : 1, ...overrides });
   }
 
