@@ -1,6 +1,6 @@
 /** Model checkpoints: safetensors with the model config in `__metadata__`; loading timm ViTs. */
 import { ArgumentError, CheckpointError } from '../errors';
-import { checkInputSpec, ParaFormer, ParaFormerConfig } from '../nn/ParaFormer';
+import { checkInputSpec, InputSpec, ParaFormer, ParaFormerConfig } from '../nn/ParaFormer';
 import { concat } from '../functional';
 import { native } from '../native';
 import { Tensor } from '../tensor';
@@ -19,6 +19,20 @@ export function save(file: string, model: ParaFormer): void {
 export function inputMetadata(model: ParaFormer): { input?: string } {
   const spec = model.inputSpec;
   return spec ? { input: JSON.stringify(spec) } : {};
+}
+
+/**
+ * The input spec a file's `input` metadata entry holds, checked against the model config;
+ * undefined where the file has none.
+ * @throws CheckpointError naming the file when the entry is not a valid spec
+ */
+export function readInputSpec(file: string, metadata: Record<string, string>, config: ParaFormerConfig): InputSpec | undefined {
+  if (metadata.input === undefined) return undefined;
+  try {
+    return checkInputSpec(JSON.parse(metadata.input), config, 'input');
+  } catch (e) {
+    throw new CheckpointError(`${file}: the saved input spec is not valid: ${(e as Error).message}`);
+  }
 }
 
 const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
@@ -58,14 +72,7 @@ export function load(file: string): ParaFormer {
         throw new CheckpointError(`${file}: unexpected tensor '${name}' (not a parameter of the saved model)`);
       }
     }
-    let input;
-    if (metadata.input !== undefined) {
-      try {
-        input = checkInputSpec(JSON.parse(metadata.input), ParaFormer.resolveConfig(config), 'input');
-      } catch (e) {
-        throw new CheckpointError(`${file}: the saved input spec is not valid: ${(e as Error).message}`);
-      }
-    }
+    const input = readInputSpec(file, metadata, ParaFormer.resolveConfig(config));
     const model = new ParaFormer(config);
     model.inputSpec = input;
     model.loadStateDict(new Map([...tensors].filter(([n]) => names.has(n))));

@@ -11,8 +11,8 @@ import * as distributed from '../distributed';
 import { ArgumentError, CheckpointError, NumericError } from '../errors';
 import { Batches, Dataset } from '../data/dataset';
 import { loadSafetensors, saveSafetensors } from '../io/safetensors';
-import { checkInputSpec, ParaFormer } from '../nn/ParaFormer';
-import { inputMetadata } from '../io/model';
+import { ParaFormer } from '../nn/ParaFormer';
+import { inputMetadata, readInputSpec } from '../io/model';
 import { AdamW, SGD } from '../optim/optimizers';
 import { Tensor, tensor } from '../tensor';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe } from '../validate';
@@ -512,14 +512,7 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
       if (k === 'seed') continue;  // initialisation only: the checkpoint replaces every parameter
       if (config[k] !== v) throw new CheckpointError(`${file}: the checkpoint's ${k} is ${JSON.stringify(config[k])} but the model's is ${JSON.stringify(v)}`);
     }
-    let input;
-    if (metadata.input !== undefined) {
-      try {
-        input = checkInputSpec(JSON.parse(metadata.input), model.config, 'input');
-      } catch (e) {
-        throw new CheckpointError(`${file}: the saved input spec is not valid: ${(e as Error).message}`);
-      }
-    }
+    const input = readInputSpec(file, metadata, model.config);
     // Everything is checked before anything changes: a checkpoint that does not fit leaves the
     // model and the optimizer as they were.
     const params = new Map<string, Tensor>();
