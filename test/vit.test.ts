@@ -55,3 +55,47 @@ test('a ViT file loads as Para-Former-m-n with the blocks mapped onto branches',
   expect(() => duat.loadViT(file, { depth: 4, branches: 2 })).toThrow(/depth 4 x branches 2 must equal the ViT's 6 blocks/);
   for (const m of [src, same, vit, small]) m.dispose();
 });
+
+describe('loadViT is strict', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-vit-strict-'));
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  /** A timm file of a 2-block ViT with `extra` tensors added and the names in `drop` left out. */
+  function variant(name: string, extra: [string, number[]][], drop: string[] = []): string {
+    const src = new duat.ParaFormer({ ...cfg, depth: 2, branches: 1, seed: 7 });
+    const base = path.join(dir, `${name}-base.safetensors`);
+    writeTimm(src, base);
+    src.dispose();
+    const { tensors, metadata } = duat.loadSafetensors(base);
+    const entries = [...tensors].filter(([k]) => !drop.includes(k));
+    const added = extra.map(([k, shape]) => [k, duat.ones(shape)] as [string, duat.Tensor]);
+    const file = path.join(dir, `${name}.safetensors`);
+    duat.saveSafetensors(file, [...entries, ...added], metadata);
+    for (const t of [...tensors.values(), ...added.map(([, t]) => t)]) t.dispose();
+    return file;
+  }
+
+  test.each([
+    ['LayerScale', [['blocks.0.ls1.gamma', [16]], ['blocks.0.ls2.gamma', [16]]], /2 tensors of this ViT have no place in a Para-Former: 'blocks\.0\.ls1\.gamma' \(LayerScale\), 'blocks\.0\.ls2\.gamma' \(LayerScale\)\. Loading without them would give other logits/],
+    ['fc_norm', [['fc_norm.weight', [16]]], /'fc_norm\.weight' \(global-average pooling with fc_norm\)/],
+    ['pre-norm', [['norm_pre.weight', [16]]], /'norm_pre\.weight' \(a pre-norm \(as in CLIP image towers\)\)/],
+    ['a stray block', [['blocks.5.mlp.fc1.bias', [32]]], /1 tensor of this ViT has no place in a Para-Former: 'blocks\.5\.mlp\.fc1\.bias'\. Loading without it/],
+  ] as [string, [string, number[]][], RegExp][])('a file with %s is refused, naming what has no place', (name, extra, why) => {
+    const file = variant(name.replace(/\W/g, ''), extra);
+    expect(() => duat.loadViT(file, { heads: 2 })).toThrow(duat.CheckpointError);
+    expect(() => duat.loadViT(file, { heads: 2 })).toThrow(why);
+  });
+
+  test('a backbone without a head needs classes, and then gets a fresh head over the same blocks', () => {
+    const file = variant('headless', [], ['head.weight', 'head.bias']);
+    expect(() => duat.loadViT(file, { heads: 2 })).toThrow(/no 'head\.weight' \(a backbone without a classifier\): pass classes to make a fresh head/);
+    const m = duat.loadViT(file, { heads: 2, classes: 5 });
+    expect(m.config.classes).toBe(5);
+    const full = duat.loadViT(path.join(dir, 'headless-base.safetensors'), { heads: 2 });
+    const a = new Map(m.namedParameters()), b = new Map(full.namedParameters());
+    expect(Array.from(a.get('stages.1.mlp.fc1.weight')!.toArray())).toEqual(Array.from(b.get('stages.1.mlp.fc1.weight')!.toArray()));
+    duat.tidy(() => expect(m.forward(duat.randn([2, 1, 28, 28], { seed: 3 })).shape).toEqual([2, 5]));
+    m.dispose();
+    full.dispose();
+  });
+});

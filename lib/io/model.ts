@@ -88,7 +88,7 @@ export interface LoadViTOptions {
   depth?: number;
   /** n: branches per stage; blocks i maps to branch i mod n of stage floor(i / n). Default 1. */
   branches?: number;
-  /** Replace the head for this many classes (fresh head). */
+  /** Replace the head for this many classes (fresh head); needed for a file without a head. */
   classes?: number;
   /** Image size of the new model; pos_embed is interpolated when the patch grid differs. */
   imageSize?: number;
@@ -100,7 +100,11 @@ export interface LoadViTOptions {
 
 /**
  * Loads a timm / Hugging Face ViT safetensors file (names `blocks.i.*`, `patch_embed.proj.*`,
- * `cls_token`, `pos_embed`, `norm.*`, `head.*`) as a Para-Former for fine-tuning.
+ * `cls_token`, `pos_embed`, `norm.*`, `head.*`) as a Para-Former for fine-tuning. Strict: every
+ * tensor of the file is used, or the load fails naming what has no place (LayerScale, fc_norm,
+ * a pre-norm...), since leaving one out would give other logits. A file without a head (a
+ * backbone) loads with a fresh head for `classes`.
+ * @throws CheckpointError naming the file and what does not fit
  */
 export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
   checkPath(file);
@@ -123,17 +127,23 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
     const heads = checkInt(o.heads ?? Math.max(1, Math.round(C / 64)), 'heads', 1, C);
     const pos = get('pos_embed');
     const grid = Math.round(Math.sqrt(pos.shape[1] - 1));
-    const head = get('head.weight');
+    // A backbone without a classifier (DINO, MAE) takes a fresh head for `classes`.
+    const head = tensors.get('head.weight');
+    if (!head && o.classes === undefined) throw new CheckpointError(`${file}: no 'head.weight' (a backbone without a classifier): pass classes to make a fresh head`);
+    const classes = o.classes ?? head!.shape[0];
     const M = get('blocks.0.mlp.fc1.weight').shape[0];
     const imageSize = checkInt(o.imageSize ?? grid * P, 'imageSize', 1, 1 << 20);
     // Every tensor the model takes, checked against the sizes above before anything is made.
+    const used = new Set<string>();
     const want = (name: string, shape: number[]) => {
       const t = get(name);
-      if (t.dtype !== 'float32' || !sameShape(t.shape, shape)) {
+      used.add(name);
+      if (t.dtype !== 'float32') throw new CheckpointError(`${file}: '${name}' is ${t.dtype}; loadViT reads float32 tensors`);
+      if (!sameShape(t.shape, shape)) {
         throw new CheckpointError(`${file}: '${name}' has shape [${t.shape.join(', ')}] but a ViT of width ${C} needs [${shape.join(', ')}]`);
       }
     };
-    if (C < 1 || ch < 1 || P < 1 || M < 1 || head.shape[0] < 1 || grid * grid + 1 !== pos.shape[1]) {
+    if (C < 1 || ch < 1 || P < 1 || M < 1 || (head && head.shape[0] < 1) || grid * grid + 1 !== pos.shape[1]) {
       throw new CheckpointError(`${file}: empty or inconsistent sizes (width ${C}, channels ${ch}, patch ${P}, MLP ${M}, ${pos.shape[1]} positions)`);
     }
     want('patch_embed.proj.weight', [C, ch, P, P]);
@@ -142,8 +152,10 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
     want('pos_embed', [1, grid * grid + 1, C]);
     want('norm.weight', [C]);
     want('norm.bias', [C]);
-    want('head.weight', [head.shape[0], C]);
-    want('head.bias', [head.shape[0]]);
+    if (head) {
+      want('head.weight', [head.shape[0], C]);
+      want('head.bias', [head.shape[0]]);
+    }
     for (let i = 0; i < blocks; i++) {
       const b = `blocks.${i}.`;
       for (const k of ['norm1.weight', 'norm1.bias', 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc2.bias']) want(b + k, [C]);
@@ -154,8 +166,24 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
       want(b + 'mlp.fc1.bias', [M]);
       want(b + 'mlp.fc2.weight', [C, M]);
     }
+    // Nothing in the file may go unused: a tensor duat has no place for changes what the ViT
+    // computes, and ignoring it would load a model that gives other logits.
+    const unused = [...tensors.keys()].filter((k) => !used.has(k));
+    if (unused.length > 0) {
+      const hint = (k: string) =>
+        /\.ls[12]\.(gamma|scale)$/.test(k) ? 'LayerScale'
+          : /^fc_norm\./.test(k) ? 'global-average pooling with fc_norm'
+            : /^norm_pre\./.test(k) ? 'a pre-norm (as in CLIP image towers)'
+              : /^(reg_token|dist_token|head_dist)/.test(k) ? 'register or distillation tokens'
+                : /q_norm|k_norm/.test(k) ? 'normalised queries and keys' : '';
+      const named = unused.slice(0, 4).map((k) => `'${k}'${hint(k) ? ` (${hint(k)})` : ''}`).join(', ');
+      throw new CheckpointError(
+        `${file}: ${unused.length} tensor${unused.length > 1 ? 's' : ''} of this ViT ha${unused.length > 1 ? 've' : 's'} no place in a Para-Former: ` +
+          `${named}${unused.length > 4 ? ', ...' : ''}. Loading without ${unused.length > 1 ? 'them' : 'it'} would give other logits, so the file is refused.`,
+      );
+    }
     const model = new ParaFormer({
-      imageSize, patchSize: P, channels: o.channels ?? ch, classes: o.classes ?? head.shape[0],
+      imageSize, patchSize: P, channels: o.channels ?? ch, classes,
       dim: C, heads, depth: m, branches: n, mlpRatio: M / C,
     });
     const made: Tensor[] = [];  // every tensor made here is freed here, whatever happens
@@ -174,7 +202,7 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
       const newGrid = imageSize / P;
       sd.set('pos_embed', newGrid === grid ? pos : interpolatePos(pos, grid, newGrid, made));
       const own = new Map(model.namedParameters());
-      if ((o.classes ?? head.shape[0]) === head.shape[0]) {
+      if (head && classes === head.shape[0]) {
         sd.set('head.weight', head);
         sd.set('head.bias', get('head.bias'));
       } else {
