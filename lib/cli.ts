@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `duat` command: train, eval, predict, inspect, serve, bench, info. Every model and training option
+ * The `duat` command: train, eval, predict, inspect, serve, compress, bench, info. Every model and training option
  * is a flag; `duat <command> --help` (or -h) lists them with their defaults, and an unknown flag
  * is refused with the closest known one.
  */
@@ -287,6 +287,41 @@ async function inspectCmd(file: string, cmd: Command, flags: Flag[]): Promise<vo
   process.stdout.write(JSON.stringify({ wrote: o.out, prediction: label }) + '\n');
 }
 
+/** The last `n` images of a data set (a validation slice of the training set). */
+function tail(ds: duat.data.Dataset, n: number): duat.data.Dataset {
+  const count = Math.min(n, ds.count), per = ds.channels * ds.size * ds.size, from = ds.count - count;
+  return { ...ds, name: `${ds.name} (last ${count})`, images: ds.images.slice(from * per), labels: ds.labels.slice(from), count };
+}
+
+const COMPRESS_FLAGS: Flag[] = [
+  { name: 'model', type: 'string', def: '', help: 'model.safetensors to compress' },
+  { name: 'keep', type: 'int', def: 1, help: 'branches kept in every stage' },
+  { name: 'method', type: 'string', def: 'greedy', help: "'greedy' (measures validation accuracy) or 'norm' (weights only)" },
+  { name: 'data', type: 'string', def: 'mnist', help: "'mnist', 'fashion-mnist' or a folder with MNIST-style IDX files" },
+  { name: 'val-limit', type: 'int', def: 2000, help: 'validation images: the last N of the training set (the test set is only reported)' },
+  { name: 'out', type: 'string', def: '', help: 'where the smaller model goes (default: beside the model, -k<keep>)' },
+];
+
+async function compressCmd(cmd: Command): Promise<void> {
+  const o = valuesOf(cmd, COMPRESS_FLAGS);
+  const file = o.model as string;
+  const model = duat.load(file);
+  const val = tail(loadData(o.data as string, 'train', 0), o['val-limit'] as number);
+  const test = loadData(o.data as string, 'test', 0);
+  const out = (o.out as string) || file.replace(/(\.safetensors)?$/, `-k${o.keep}.safetensors`);
+  const r = await duat.compress(model, val, o.keep as number, { method: o.method as 'greedy' | 'norm' });
+  const [testBefore, testAfter] = [await duat.evaluate(model, test), await duat.evaluate(r.model, test)];
+  duat.save(out, r.model);
+  const bytes = [fs.statSync(file).size, fs.statSync(out).size];
+  process.stdout.write(JSON.stringify({
+    model: `Para-Former-${model.config.depth}-${model.config.branches} -> ${model.config.depth}-${r.model.config.branches}`, kept: r.kept, method: o.method,
+    validation: { before: r.before, after: r.accuracy }, test: { before: testBefore.accuracy, after: testAfter.accuracy },
+    bytes, ratio: bytes[0] / bytes[1], parameters: [model.parameterCount(), r.model.parameterCount()], out,
+  }) + '\n');
+  model.dispose();
+  r.model.dispose();
+}
+
 const SERVE_FLAGS: Flag[] = [
   { name: 'model', type: 'string', def: '', help: 'model.safetensors written by duat train' },
   { name: 'port', type: 'int', def: 8080, help: 'TCP port (0: a free one)' },
@@ -371,6 +406,8 @@ export function program(): Command {
     .action((file: string, _o, cmd: Command) => inspectCmd(file, cmd, inspectFlags));
   required(addFlags(p.command('serve').description('answer predictions over HTTP, batching requests that arrive together'), SERVE_FLAGS))
     .action((_o, cmd: Command) => serveCmd(cmd));
+  required(addFlags(p.command('compress').description("keep each stage's most useful branches: a smaller Para-Former"), COMPRESS_FLAGS))
+    .action((_o, cmd: Command) => compressCmd(cmd));
   addFlags(p.command('bench').description('time Para-Former-1-n against ViT-n here, next to PyTorch'), BENCH_FLAGS).action((_o, cmd: Command) => benchCmd(cmd));
   p.command('info').description('the backend: binary, CPU kernels, CUDA').action(() => infoCmd());
   p.command('version').description('print the version').action(() => void process.stdout.write(`${duat.version}\n`));

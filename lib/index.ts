@@ -44,6 +44,8 @@ export type { LoadViTOptions } from './io/model';
 export { loadSafetensors, saveSafetensors } from './io/safetensors';
 export { evaluate, fit, learningRate, resolveFitOptions } from './train/fit';
 export { serve } from './serve';
+export { compress, rankBranches } from './train/compress';
+export type { RankOptions } from './train/compress';
 export type { ModelServer, ServeOptions, ServeStats } from './serve';
 export type { EpochMetrics, EvalResult, FitOptions, FitResult, ResolvedFitOptions, StepMetrics } from './train/fit';
 import * as data from './data';

@@ -7,8 +7,9 @@
 import { branchShare } from '../distributed';
 import { ArgumentError, StateError } from '../errors';
 import { ModelHandle, native, NativeModelConfig } from '../native';
+import { concat } from '../functional';
 import { Optimizer } from '../optim/Optimizer';
-import { ones, rand, resolveDevice, Tensor, tensor, truncNormal, zeros } from '../tensor';
+import { ones, rand, resolveDevice, Tensor, tensor, tidy, truncNormal, zeros } from '../tensor';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe, isFloat32Array, isInt32Array } from '../validate';
 import { Module } from './Module';
 
@@ -443,6 +444,43 @@ export class ParaFormer extends Module {
       const k = r.predictions[i];
       return { class: k, label: this.spec?.classNames?.[k] ?? String(k), probability: probs[i * K + k], probabilities: probs.slice(i * K, (i + 1) * K) };
     });
+  }
+
+  /**
+   * A Para-Former-m-k with the branches `keep` names: the same indices in every stage (number[])
+   * or per stage (number[][], each of the same length k). With combine 'sum' it computes this
+   * model's function without the dropped branches' terms; with 'mean' it averages the k kept
+   * ones. The input spec goes with it; this model is left as it is. duat.compress ranks branches.
+   * @throws ArgumentError for indices out of range, repeated, or of different counts per stage
+   */
+  selectBranches(keep: number[] | number[][]): ParaFormer {
+    const { depth, branches } = this.config;
+    if (!Array.isArray(keep) || keep.length === 0) throw new ArgumentError(`Expected branch indices (one list, or one per stage) but received ${describe(keep)}`);
+    const perStage: number[][] = keep.every((k) => Array.isArray(k)) ? (keep as number[][]) : Array.from({ length: depth }, () => keep as number[]);
+    if (perStage.length !== depth) throw new ArgumentError(`Expected one list of branches for each of the ${depth} stages but received ${perStage.length}`);
+    const k = perStage[0].length;
+    perStage.forEach((list, s) => {
+      if (!Array.isArray(list) || list.length !== k || k === 0) throw new ArgumentError(`Expected ${k || 'at least one'} branches for every stage but stage ${s} keeps ${describe(list)}`);
+      list.forEach((b) => checkInt(b, `stage ${s}'s branch`, 0, branches - 1));
+      if (new Set(list).size !== k) throw new ArgumentError(`stage ${s} keeps a branch twice: [${list.join(', ')}]`);
+    });
+    this.checkIdle('select its branches');
+    const out = new ParaFormer({ ...this.config, branches: k, device: this.device });
+    try {
+      tidy(() => {
+        const sd = new Map(this.namedParameters());
+        for (const [name, p] of this.namedParameters()) {
+          const m = /^stages\.(\d+)\./.exec(name);
+          if (m) sd.set(name, concat(perStage[Number(m[1])].map((b) => p.slice(0, b, b + 1)), 0));
+        }
+        out.loadStateDict(sd);
+      });
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+    out.spec = this.spec;
+    return out;
   }
 
   /**
