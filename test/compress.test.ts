@@ -138,3 +138,31 @@ describe('ranking and compress', () => {
     small.dispose();
   }, 60000);
 });
+
+describe('addBranches (expansion)', () => {
+  test('new branches start with zero output: the same logits, and they train', async () => {
+    const m = new duat.ParaFormer({ ...cfg, depth: 2, branches: 2 });
+    m.inputSpec = { mean: [0.1], std: [0.3] };
+    const big = m.addBranches(3, { seed: 11 });
+    expect([big.config.depth, big.config.branches]).toEqual([2, 5]);
+    expect(big.inputSpec).toEqual(m.inputSpec);
+    const x = duat.randn([4, 1, 28, 28], { seed: 12 });
+    const [a, b] = [logits(m, x), logits(big, x)];
+    b.forEach((v, i) => expect(v).toBeCloseTo(a[i], 5));
+    // The old branches are rows 0-1 of every stage, unchanged; the new ones are not copies of them.
+    const p = new Map(big.namedParameters()), q = new Map(m.namedParameters());
+    duat.tidy(() => {
+      expect(Array.from(p.get('stages.1.attn.qkv.weight')!.slice(0, 0, 2).contiguous().toArray())).toEqual(Array.from(q.get('stages.1.attn.qkv.weight')!.toArray()));
+      expect(Array.from(p.get('stages.1.mlp.fc2.weight')!.slice(0, 2, 5).contiguous().toArray()).every((v) => v === 0)).toBe(true);
+      expect(p.get('stages.1.mlp.fc1.weight')!.slice(0, 2, 3).mul(p.get('stages.1.mlp.fc1.weight')!.slice(0, 2, 3)).sum().item()).toBeGreaterThan(0);
+    });
+    const opt = new duat.optim.AdamW(big.parameters(), { lr: 1e-2 });
+    await big.trainStep(x, Int32Array.from([1, 2, 3, 4]), { optimizer: opt });
+    duat.tidy(() => expect(Array.from(p.get('stages.1.mlp.fc2.weight')!.slice(0, 2, 5).contiguous().toArray()).some((v) => v !== 0)).toBe(true));
+    opt.dispose();
+    expect(() => m.addBranches(0)).toThrow(duat.ArgumentError);
+    const mean = new duat.ParaFormer({ ...cfg, depth: 1, branches: 2, combine: 'mean' });
+    expect(() => mean.addBranches(1)).toThrow(/only for combine 'sum'/);
+    for (const t of [m, big, x, mean]) t.dispose();
+  });
+});

@@ -484,6 +484,44 @@ export class ParaFormer extends Module {
   }
 
   /**
+   * A Para-Former-m-(n+count): this model's branches and `count` new ones in every stage, for
+   * continual learning (the follow-up paper's expansion). A new branch starts with zero output
+   * (its attention projection and fc2 zeroed; the rest initialised as a fresh model's, from
+   * `seed`), so the new model computes this one's function until it trains. Only for combine
+   * 'sum': with 'mean' the 1/n would change. This model is left as it is.
+   * @throws ArgumentError for a count out of range or combine 'mean'
+   */
+  addBranches(count: number, options?: { seed?: number }): ParaFormer {
+    const n = checkInt(count, 'count', 1, 4096 - this.config.branches);
+    const o = checkOptions<{ seed?: number }>(options, 'addBranches options');
+    if (this.config.combine !== 'sum') throw new ArgumentError("addBranches keeps the model's function only for combine 'sum' (with 'mean' every branch's share would change)");
+    this.checkIdle('add branches to it');
+    const N = this.config.branches;
+    const seed = o.seed === undefined ? this.config.seed + 1 : checkInt(o.seed, 'seed', 0, 2 ** 53 - 1);
+    const fresh = new ParaFormer({ ...this.config, branches: n, seed, device: this.device });
+    const out = new ParaFormer({ ...this.config, branches: N + n, device: this.device });
+    try {
+      tidy(() => {
+        const sd = new Map(this.namedParameters());
+        const added = new Map(fresh.namedParameters());
+        for (const [name, p] of this.namedParameters()) {
+          if (!/^stages\./.test(name)) continue;
+          const extra = /\.(attn\.proj|mlp\.fc2)\./.test(name) ? zeros(added.get(name)!.shape, { device: this.device }) : added.get(name)!;
+          sd.set(name, concat([p, extra], 0));
+        }
+        out.loadStateDict(sd);
+      });
+    } catch (e) {
+      out.dispose();
+      throw e;
+    } finally {
+      fresh.dispose();
+    }
+    out.spec = this.spec;
+    return out;
+  }
+
+  /**
    * Pixel values in [0, 1] of images (N, channels, size, size) normalised with the model's
    * {@link inputSpec}: (v - mean[c]) / std[c]; a copy as is where the model has none.
    */
