@@ -87,6 +87,8 @@ describe('ranking and compress', () => {
     expect(ranking[0]).toHaveLength(4);
     expect(ranking[0][3]).toBe(2);
     await expect(duat.rankBranches(silent, undefined, { method: 'greedy' })).rejects.toThrow(/needs a validation set/);
+    await expect(duat.rankBranches({} as duat.ParaFormer, undefined)).rejects.toThrow(/Expected a ParaFormer/);
+    await expect(duat.rankBranches(silent, undefined, { method: 'best' as 'norm' })).rejects.toThrow(duat.ArgumentError);
     silent.dispose();
   });
 

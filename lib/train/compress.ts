@@ -31,6 +31,7 @@ function rowNorm(p: Tensor, b: number): number {
  * about n^2 / 2 evaluations of it.
  */
 export async function rankBranches(model: ParaFormer, val: Dataset | undefined, options?: RankOptions): Promise<number[][]> {
+  if (!(model instanceof ParaFormer)) throw new ArgumentError(`Expected a ParaFormer for model but received ${describe(model)}`);
   const o = checkOptions<RankOptions>(options, 'rank options');
   const method = checkOneOf(o.method ?? 'greedy', 'method', ['norm', 'greedy'] as const);
   const batchSize = checkInt(o.batchSize ?? 500, 'batchSize', 1, 1 << 20);
