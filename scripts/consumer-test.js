@@ -91,11 +91,11 @@ results['ts.ts'] = JSON.parse(run(process.execPath, [path.join('out', 'ts.js')],
 const cudaState = () => JSON.parse(run(process.execPath, ['-e',
   "const d=require('duat');const n=require('duat/dist/native');const c=d.backendInfo().cuda;" +
   'console.log(JSON.stringify({ path: n.bindingPath(), built: c.built, available: c.available, reason: c.reason }))'], { cwd: app, env }).trim());
-const pkgName = `@duat/${process.platform}-${process.arch}-cuda`;
+const pkgName = require(path.join(root, 'dist', 'native.js')).CUDA_PACKAGE;
 const without = cudaState();
 if (!without.reason.includes(`the CUDA package is not installed (npm install ${pkgName}`)) throw new Error(`no CUDA package: ${without.reason}`);
 results.cudaPackage = { without: without.reason };
-const nvcc = [process.env.CUDACXX, '/usr/local/cuda/bin/nvcc', '/usr/bin/nvcc'].find((p) => p && fs.existsSync(p));
+const nvcc = require('./find-nvcc').findNvcc();
 if (nvcc && process.platform === 'linux' && process.arch === 'x64') {
   const tgz = run(process.execPath, [path.join(root, 'scripts', 'prebuild-cuda.js'), '--pack', work], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] }).trim().split('\n').pop();
   const t1 = Date.now();

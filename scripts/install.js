@@ -15,7 +15,7 @@ const fromSource = process.env.DUAT_BUILD_FROM_SOURCE === '1' || process.env.npm
 if (fromSource) {
   const cuda = [];
   if (process.env.DUAT_CUDA === '1') {
-    const nvcc = [process.env.CUDACXX, '/usr/local/cuda/bin/nvcc', '/usr/bin/nvcc'].find((p) => p && fs.existsSync(p));
+    const nvcc = require('./find-nvcc').findNvcc();
     if (!nvcc) {
       process.stderr.write('duat: DUAT_CUDA=1 needs nvcc (CUDA 12 or newer): set CUDACXX or install the CUDA toolkit\n');
       process.exit(1);

@@ -11,6 +11,7 @@ const { execFileSync, spawnSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
 
+const { findNvcc } = require('./find-nvcc');
 const { elfInfo, sourcesHash, withLock } = require('./prebuild');
 
 const root = path.resolve(__dirname, '..');
@@ -24,10 +25,6 @@ function fail(message) {
   process.exit(1);
 }
 
-/** nvcc: CUDACXX, or the usual places. */
-function findNvcc() {
-  return [process.env.CUDACXX, '/usr/local/cuda/bin/nvcc', '/usr/bin/nvcc'].find((p) => p && fs.existsSync(p)) ?? null;
-}
 
 function main() {
   const args = process.argv.slice(2);

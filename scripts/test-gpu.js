@@ -16,10 +16,9 @@ const skip = (why) => {
   console.log(`GPU suite ${required ? 'FAILED (a GPU is required)' : 'skipped'}: ${why}`);
   process.exit(required ? 1 : 0);
 };
-// CUDACXX, when set, is the only compiler considered.
-const candidates = process.env.CUDACXX ? [process.env.CUDACXX] : ['/usr/local/cuda/bin/nvcc', '/usr/bin/nvcc'];
-const nvcc = candidates.find((p) => fs.existsSync(p));
-if (!nvcc) skip(`nvcc not found (looked for ${candidates.join(', ')}; set CUDACXX)`);
+const { findNvcc, nvccCandidates } = require('./find-nvcc');
+const nvcc = findNvcc();
+if (!nvcc) skip(`nvcc not found (looked for ${nvccCandidates().join(', ')}; set CUDACXX)`);
 const run = (cmd, args, env = {}) => spawnSync(cmd, args, { cwd: root, stdio: 'inherit', env: { ...process.env, ...env } }).status;
 const dir = path.join(root, 'build-cuda');
 if (!fs.existsSync(path.join(dir, 'CMakeCache.txt'))) {

@@ -4,7 +4,6 @@
  * with no compiler on PATH; a corrupted binary gives NativeLoadError with possible solutions.
  */
 import { execFileSync } from 'child_process';
-import * as fs from 'fs';
 import * as path from 'path';
 
 test('pack, install without scripts or compilers, and run CommonJS, ESM and TypeScript consumers', () => {
@@ -17,7 +16,8 @@ test('pack, install without scripts or compilers, and run CommonJS, ESM and Type
   // without scripts, loaded, and (without a GPU) the reason duat kept its CPU binary.
   const cuda = summary.consumers.cudaPackage;
   expect(cuda.without).toMatch(/the CUDA package is not installed \(npm install @duat\/linux-x64-cuda/);
-  const nvcc = [process.env.CUDACXX, '/usr/local/cuda/bin/nvcc', '/usr/bin/nvcc'].some((p) => !!p && fs.existsSync(p));
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const nvcc = (require('../scripts/find-nvcc') as { findNvcc(): string | null }).findNvcc() !== null;
   if (nvcc) {
     expect(cuda.withPackage).toMatch(/@duat\/linux-x64-cuda is installed, but CUDA is unusable: .*driver|^CUDA on /);
     console.log(`CUDA package: ${(cuda.tarballBytes / 2 ** 20).toFixed(1)} MB tarball, installed in ${cuda.installSeconds.toFixed(1)} s; ${cuda.withPackage}`);

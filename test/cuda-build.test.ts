@@ -14,11 +14,12 @@ import { DeviceError } from '../lib/errors';
 import { loadBinding } from '../lib/native';
 
 const root = path.resolve(__dirname, '..');
-const nvcc = [process.env.CUDACXX, '/usr/local/cuda/bin/nvcc', '/usr/bin/nvcc'].find((p): p is string => !!p && fs.existsSync(p));
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const nvcc = (require('../scripts/find-nvcc') as { findNvcc(): string | null }).findNvcc();
 if (!nvcc) console.log('skipping the CUDA build test: nvcc not found (set CUDACXX)');
 
 (nvcc ? test : test.skip)('the CUDA build compiles with nvcc and loads without a GPU, saying why CUDA is unusable', () => {
-  execFileSync(process.execPath, [path.join(root, 'scripts', 'prebuild-cuda.js')], { cwd: root, stdio: 'pipe', env: { ...process.env, CUDACXX: nvcc } });
+  execFileSync(process.execPath, [path.join(root, 'scripts', 'prebuild-cuda.js')], { cwd: root, stdio: 'pipe', env: { ...process.env, CUDACXX: nvcc! } });
   const built = JSON.parse(fs.readFileSync(path.join(root, 'packages', 'linux-x64-cuda', 'BUILD.json'), 'utf8'));
   expect(built.archs).toBe('75-real;80-real;86-real;89-real;90-real;90-virtual');
   expect(built.newestGlibc).toBe('2.34');  // the README's promise for the package

@@ -151,6 +151,14 @@ export class Rng {
   int(n: number): number {
     return Math.floor(this.next() * n);
   }
+  /** Shuffles `a` in place (Fisher-Yates, from the end) and returns it. */
+  shuffle<T extends unknown[] | Int32Array>(a: T): T {
+    for (let i = a.length - 1; i > 0; i--) {
+      const j = this.int(i + 1);
+      [a[i], a[j]] = [a[j], a[i]];
+    }
+    return a;
+  }
 }
 
 /** The batches of one epoch: the order and augmentation come from (seed, epoch) alone, so a resumed run repeats them exactly. */
@@ -166,12 +174,7 @@ export class Batches {
     this.order = Int32Array.from({ length: data.count }, (_, i) => i);
     this.seed = checkInt(o.seed ?? 0, 'seed', 0, 2 ** 53 - 1);
     const rng = new Rng((this.seed * 1000003 + epoch * 7919 + 1) >>> 0);
-    if (o.shuffle !== false) {
-      for (let i = this.order.length - 1; i > 0; i--) {
-        const j = rng.int(i + 1);
-        [this.order[i], this.order[j]] = [this.order[j], this.order[i]];
-      }
-    }
+    if (o.shuffle !== false) rng.shuffle(this.order);
     this.count = Batches.countFor(data.count, this.batchSize, o.keepLast !== false);
   }
 

@@ -58,21 +58,11 @@ function readSplits(dir: string): { train: Split; test: Split; skipped: number }
       Array.isArray(im) && im.length === PIXELS && im.every((v) => Number.isInteger(v) && v >= 0 && v <= 255));
     skipped += data.length - valid.length;
     if (valid.length <= TEST_PER_CLASS) throw new DataError(`${file}: ${valid.length} valid images, too few to split`);
-    // The class's seeded shuffle (Fisher-Yates): the first TEST_PER_CLASS go to the test set.
-    const rng = new Rng(1000 + c);
-    for (let i = valid.length - 1; i > 0; i--) {
-      const j = rng.int(i + 1);
-      [valid[i], valid[j]] = [valid[j], valid[i]];
-    }
-    perClass.push({ images: valid, label: c });
+    // The class's seeded shuffle: the first TEST_PER_CLASS go to the test set.
+    perClass.push({ images: new Rng(1000 + c).shuffle(valid), label: c });
   }
   const build = (pick: (images: number[][]) => number[][], seed: number): Split => {
-    const items = perClass.flatMap(({ images, label }) => pick(images).map((im) => ({ im, label })));
-    const rng = new Rng(seed);
-    for (let i = items.length - 1; i > 0; i--) {
-      const j = rng.int(i + 1);
-      [items[i], items[j]] = [items[j], items[i]];
-    }
+    const items = new Rng(seed).shuffle(perClass.flatMap(({ images, label }) => pick(images).map((im) => ({ im, label }))));
     const pixels = new Uint8Array(items.length * PIXELS), labels = new Int32Array(items.length);
     items.forEach(({ im, label }, i) => {
       pixels.set(im, i * PIXELS);

@@ -149,6 +149,21 @@ export function isBranchParameter(name: string): boolean {
   return name.startsWith('stages.');
 }
 
+/**
+ * @internal Whether a parameter is one of a branch's two output projections (attn.proj, mlp.fc2;
+ * weight and bias): zeroing a branch's rows of these makes f_b = 0 (docs/design.md).
+ */
+export function isBranchOutput(name: string): boolean {
+  return /^stages\.\d+\.(attn\.proj|mlp\.fc2)\./.test(name);
+}
+
+/** The most probable `k` classes of a prediction, with their names where the model has them. */
+export function topClasses(p: Prediction, k: number, classNames?: string[]): { class: number; label: string; probability: number }[] {
+  return Array.from(p.probabilities, (probability, c) => ({ class: c, label: classNames?.[c] ?? String(c), probability }))
+    .sort((a, b) => b.probability - a.probability)
+    .slice(0, k);
+}
+
 /** DUAT's input-dependent parameters of one branch: its attention maps for an input. */
 export interface BranchAttention {
   stage: number;
@@ -465,22 +480,7 @@ export class ParaFormer extends Module {
       if (new Set(list).size !== k) throw new ArgumentError(`stage ${s} keeps a branch twice: [${list.join(', ')}]`);
     });
     this.checkIdle('select its branches');
-    const out = new ParaFormer({ ...this.config, branches: k, device: this.device });
-    try {
-      tidy(() => {
-        const sd = new Map(this.namedParameters());
-        for (const [name, p] of this.namedParameters()) {
-          const m = /^stages\.(\d+)\./.exec(name);
-          if (m) sd.set(name, concat(perStage[Number(m[1])].map((b) => p.slice(0, b, b + 1)), 0));
-        }
-        out.loadStateDict(sd);
-      });
-    } catch (e) {
-      out.dispose();
-      throw e;
-    }
-    out.spec = this.spec;
-    return out;
+    return this.withBranches(k, (name, p) => concat(perStage[Number(name.split('.')[1])].map((b) => p.slice(0, b, b + 1)), 0));
   }
 
   /**
@@ -499,23 +499,32 @@ export class ParaFormer extends Module {
     const N = this.config.branches;
     const seed = o.seed === undefined ? this.config.seed + 1 : checkInt(o.seed, 'seed', 0, 2 ** 53 - 1);
     const fresh = new ParaFormer({ ...this.config, branches: n, seed, device: this.device });
-    const out = new ParaFormer({ ...this.config, branches: N + n, device: this.device });
+    try {
+      const added = new Map(fresh.namedParameters());
+      return this.withBranches(N + n, (name, p) => {
+        const extra = added.get(name)!;
+        return concat([p, isBranchOutput(name) ? zeros(extra.shape, { device: this.device }) : extra], 0);
+      });
+    } finally {
+      fresh.dispose();
+    }
+  }
+
+  /**
+   * This model's config with `count` branches, its shared parameters and input spec, and each
+   * branch-stacked parameter made by `rows` from this model's (inside a tidy).
+   */
+  private withBranches(count: number, rows: (name: string, p: Tensor) => Tensor): ParaFormer {
+    const out = new ParaFormer({ ...this.config, branches: count, device: this.device });
     try {
       tidy(() => {
         const sd = new Map(this.namedParameters());
-        const added = new Map(fresh.namedParameters());
-        for (const [name, p] of this.namedParameters()) {
-          if (!/^stages\./.test(name)) continue;
-          const extra = /\.(attn\.proj|mlp\.fc2)\./.test(name) ? zeros(added.get(name)!.shape, { device: this.device }) : added.get(name)!;
-          sd.set(name, concat([p, extra], 0));
-        }
+        for (const [name, p] of sd) if (isBranchParameter(name)) sd.set(name, rows(name, p));
         out.loadStateDict(sd);
       });
     } catch (e) {
       out.dispose();
       throw e;
-    } finally {
-      fresh.dispose();
     }
     out.spec = this.spec;
     return out;
@@ -529,11 +538,10 @@ export class ParaFormer extends Module {
     const spec = this.spec;
     if (!spec) return pixels.slice();
     const { channels: C, imageSize: S } = this.config;
-    const out = new Float32Array(pixels.length);
-    for (let i = 0; i < pixels.length; i++) {
-      const c = Math.floor(i / (S * S)) % C;
-      const mean = spec.mean.length === 1 ? spec.mean[0] : spec.mean[c], std = spec.std.length === 1 ? spec.std[0] : spec.std[c];
-      out[i] = (pixels[i] - mean) / std;
+    const out = new Float32Array(pixels.length), plane = S * S;
+    for (let start = 0, c = 0; start < pixels.length; start += plane, c = (c + 1) % C) {
+      const mean = spec.mean[spec.mean.length === 1 ? 0 : c], std = spec.std[spec.std.length === 1 ? 0 : c];
+      for (let i = start; i < start + plane; i++) out[i] = (pixels[i] - mean) / std;
     }
     return out;
   }

@@ -8,7 +8,7 @@
  */
 import { ArgumentError } from '../errors';
 import { Dataset } from '../data/dataset';
-import { ParaFormer } from '../nn/ParaFormer';
+import { isBranchOutput, ParaFormer } from '../nn/ParaFormer';
 import { noGrad, tensor, Tensor, tidy } from '../tensor';
 import { checkInt, checkOneOf, checkOptions, describe } from '../validate';
 import { evaluate } from './fit';
@@ -55,9 +55,9 @@ export async function rankBranches(model: ParaFormer, val: Dataset | undefined, 
       tidy(() => {
         const sd = new Map(model.namedParameters());
         for (const [name, p] of model.namedParameters()) {
-          const m = /^stages\.(\d+)\.(attn\.proj|mlp\.fc2)\./.exec(name);
-          if (!m || dead[Number(m[1])].size === 0) continue;
-          const mask = Float32Array.from({ length: branches }, (_, b) => (dead[Number(m[1])].has(b) ? 0 : 1));
+          const stage = Number(name.split('.')[1]);
+          if (!isBranchOutput(name) || dead[stage].size === 0) continue;
+          const mask = Float32Array.from({ length: branches }, (_, b) => (dead[stage].has(b) ? 0 : 1));
           sd.set(name, p.mul(tensor(mask, [branches, ...p.shape.slice(1).map(() => 1)], { device: model.device })));
         }
         probe.loadStateDict(sd);
