@@ -195,26 +195,54 @@ function buildTarget(t, zig) {
   fs.rmSync(stage, { recursive: true, force: true });
 }
 
-/** Serialises builds of one checkout (jest runs test files side by side). */
+/**
+ * Serialises builds of one checkout (jest runs test files side by side). The lock is a folder
+ * holding its owner's pid: a lock whose owner is gone (killed, or exited through fail()) is
+ * taken over at once.
+ */
 function withLock(fn, lock = path.join(root, 'prebuilds', '.lock')) {
   fs.mkdirSync(path.dirname(lock), { recursive: true });
   const deadline = Date.now() + 30 * 60 * 1000;
+  const ownerAlive = () => {
+    let pid;
+    try {
+      pid = Number(fs.readFileSync(path.join(lock, 'pid'), 'utf8'));
+    } catch {
+      pid = NaN;
+    }
+    if (!Number.isInteger(pid) || pid <= 0) {  // being made this moment, or left half-made
+      try {
+        return Date.now() - fs.statSync(lock).mtimeMs < 10 * 1000;
+      } catch {
+        return false;
+      }
+    }
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch (e) {
+      return e.code === 'EPERM';
+    }
+  };
   for (;;) {
     try {
       fs.mkdirSync(lock);
+      fs.writeFileSync(path.join(lock, 'pid'), String(process.pid));
       break;
     } catch (e) {
       if (e.code !== 'EEXIST') throw e;
-      const age = Date.now() - fs.statSync(lock).mtimeMs;
-      if (age > 30 * 60 * 1000) fs.rmSync(lock, { recursive: true, force: true });  // left by a killed build
+      if (!ownerAlive()) fs.rmSync(lock, { recursive: true, force: true });  // left by a build that died
       else if (Date.now() > deadline) fail(`another build held ${path.relative(root, lock)} for 30 minutes`);
       else Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
     }
   }
+  const release = () => fs.rmSync(lock, { recursive: true, force: true });
+  process.on('exit', release);  // fail() exits from inside fn
   try {
     return fn();
   } finally {
-    fs.rmSync(lock, { recursive: true, force: true });
+    process.off('exit', release);
+    release();
   }
 }
 

@@ -28,6 +28,18 @@ beforeAll(() => {
   execFileSync(process.execPath, [script, '--pack'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
 });
 
+test('a lock left by a build that died is taken over at once, and released', () => {
+  const lock = path.join(root, 'prebuilds', '.lock');
+  fs.mkdirSync(lock);
+  // The pid of a process that has exited.
+  const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+  fs.writeFileSync(path.join(lock, 'pid'), dead);
+  const t0 = Date.now();
+  execFileSync(process.execPath, [script, '--pack'], { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+  expect(Date.now() - t0).toBeLessThan(5 * 60 * 1000);  // not the 30 minutes a live owner gets
+  expect(fs.existsSync(lock)).toBe(false);
+});
+
 const version = (v: string): number[] => v.split('.').map(Number);
 const newerThan228 = (v: string): boolean => {
   const [a, b] = version(v);
