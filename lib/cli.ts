@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 /**
- * The `duat` command: train, eval, predict, inspect, serve, compress, bench, info. Every model and training option
+ * The `duat` command: train, eval, predict, inspect, serve, compress, expand, bench, info. Every model and training option
  * is a flag; `duat <command> --help` (or -h) lists them with their defaults, and an unknown flag
  * is refused with the closest known one.
  */
@@ -62,6 +62,18 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'on-nan', type: 'string', def: 'stop', help: "a NaN or infinite loss: 'stop' (with an error) or 'skip' the batch" },
   { name: 'parallel', type: 'string', def: 'none', help: "under mpirun: 'data' (shard each batch) or 'branches' (share out each stage's branches); 'none'" },
   { name: 'progress-every', type: 'number', def: 30, help: 'seconds between progress lines when stderr is not a terminal (0: none)' },
+  { name: 'classes', type: 'string', def: '', help: "train and test on these classes only, e.g. '0-4' or '5,6,7' (labels kept)" },
+  { name: 'fraction', type: 'number', def: 1, help: 'a stratified random fraction of the training images (0, 1]' },
+  { name: 'init', type: 'string', def: '', help: 'start from this saved model (fine-tuning, continual learning) instead of a new one' },
+  { name: 'add-branches', type: 'int', def: 0, help: 'add N zero-output branches to every stage of the --init model (expansion)' },
+  { name: 'freeze-branches', type: 'int', def: 0, help: "leave each stage's first N branches as they are" },
+  { name: 'freeze-embedding', type: 'bool', def: false, help: 'leave the patch embedding, class token and positions as they are' },
+  { name: 'progressive', type: 'int', def: 0, help: 'progressive training: activate more branches every N epochs (0: all from the start)' },
+  { name: 'progressive-unit', type: 'string', def: 'epochs', help: "the unit of --progressive: 'epochs' or 'steps'" },
+  { name: 'progressive-start', type: 'int', def: 1, help: 'branches per stage active from the first step' },
+  { name: 'progressive-add', type: 'int', def: 1, help: 'branches per stage activated at each phase' },
+  { name: 'progressive-freeze', type: 'bool', def: false, help: "freeze earlier phases' branches when a phase starts" },
+  { name: 'progressive-random-init', type: 'bool', def: false, help: 'new branches keep their random initialisation (default: zero output)' },
 ];
 
 /** Run names are one plain path component: no separators, no '..', nothing hidden. */
@@ -125,8 +137,24 @@ function resumeTarget(arg: string): { runDir: string; checkpoint: string } {
   return { runDir: path.dirname(checkpoint), checkpoint };
 }
 
-/** Flags of a run that `--resume` takes from the run's config.json unless given again. */
-const NOT_RESUMED = new Set(['resume', 'name', 'runs-dir']);
+/**
+ * Flags of a run that `--resume` does not take from the run's config.json: the model (with any
+ * added branches) comes from the checkpoint.
+ */
+const NOT_RESUMED = new Set(['resume', 'name', 'runs-dir', 'init', 'add-branches']);
+
+/** Class lists like '0-4' or '1,3,5-7'. */
+function parseClasses(text: string): number[] {
+  const out: number[] = [];
+  for (const part of text.split(',')) {
+    const m = /^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$/.exec(part);
+    if (!m || (m[2] !== undefined && Number(m[2]) < Number(m[1]))) {
+      throw new duat.ArgumentError(`Expected classes like '0-4' or '1,3,5-7' for --classes but received ${JSON.stringify(text)}`);
+    }
+    for (let c = Number(m[1]); c <= Number(m[2] ?? m[1]); c++) out.push(c);
+  }
+  return out;
+}
 
 async function train(cmd: Command): Promise<void> {
   const flags = [...MODEL_FLAGS, ...TRAIN_FLAGS];
@@ -140,7 +168,7 @@ async function train(cmd: Command): Promise<void> {
   // from its config.json unless given again.
   const resume = o.resume ? resumeTarget(o.resume as string) : undefined;
   if (resume) {
-    const changed = MODEL_FLAGS.find((f) => given(cmd, f.name));
+    const changed = [...MODEL_FLAGS, { name: 'init' }, { name: 'add-branches' }].find((f) => given(cmd, f.name));
     if (changed) throw new duat.ArgumentError(`--${changed.name} cannot be given with --resume: the model comes from the checkpoint ${resume.checkpoint}`);
     if (given(cmd, 'name')) throw new duat.ArgumentError('--name cannot be given with --resume: the run goes on in its own folder');
     let saved: Record<string, unknown> = {};
@@ -159,25 +187,43 @@ async function train(cmd: Command): Promise<void> {
   const job = parallel === 'none' ? undefined : duat.distributed.init();
   const main = !job || job.rank === 0;
   if (o.threads) duat.setNumThreads(o.threads as number);
-  const trainSet = loadData(o.data as string, 'train', o.limit as number);
-  const testSet = loadData(o.data as string, 'test', o['test-limit'] as number);
+  if (o.init && !resume) {
+    const changed = MODEL_FLAGS.find((f) => f.name !== 'seed' && given(cmd, f.name));
+    if (changed) throw new duat.ArgumentError(`--${changed.name} cannot be given with --init: the model comes from ${o.init}`);
+  }
+  if ((o['add-branches'] as number) && !o.init) throw new duat.ArgumentError('--add-branches needs --init: the model to expand');
+  const part = (ds: duat.data.Dataset, fraction: number) =>
+    o.classes || fraction !== 1 ? duat.data.select(ds, { classes: o.classes ? parseClasses(o.classes as string) : undefined, fraction, seed: o.seed as number }) : ds;
+  const trainSet = part(loadData(o.data as string, 'train', o.limit as number), o.fraction as number);
+  const testSet = part(loadData(o.data as string, 'test', o['test-limit'] as number), 1);
   const device = o.device as 'cpu' | 'cuda' | 'auto', precision = o.precision as 'fp32' | 'tf32' | 'bf16';
   const model = resume
     ? duat.load(resume.checkpoint).to(device).setPrecision(precision)
-    : new duat.ParaFormer({
+    : o.init
+      ? initModel(o.init as string, o['add-branches'] as number, o.seed as number).to(device).setPrecision(precision)
+      : new duat.ParaFormer({
       imageSize: trainSet.size, channels: trainSet.channels, classes: trainSet.classes,
       depth: o.depth as number, branches: o.branches as number, dim: o.dim as number, heads: o.heads as number,
       mlpRatio: o['mlp-ratio'] as number, patchSize: o['patch-size'] as number, combine: o.combine as 'sum' | 'mean', seed: o.seed as number,
       device, precision,
     });
   const { depth, branches } = model.config;
+  if (o['freeze-branches'] || o['freeze-embedding']) {
+    model.freezeBranches(o['freeze-branches'] as number, { embedding: o['freeze-embedding'] as boolean });
+  }
+  const progressive: duat.ProgressiveOptions | undefined = (o.progressive as number) > 0
+    ? {
+      every: o.progressive as number, unit: o['progressive-unit'] as 'epochs' | 'steps', start: o['progressive-start'] as number,
+      add: o['progressive-add'] as number, freeze: o['progressive-freeze'] as boolean, zeroInit: !(o['progressive-random-init'] as boolean),
+    }
+    : undefined;
   const fitOptions: duat.FitOptions = {
     epochs: o.epochs as number, batchSize: o['batch-size'] as number, optimizer: o.optimizer as 'adamw' | 'sgd',
     lr: o.lr as number, warmupSteps: o['warmup-steps'] as number, schedule: o.schedule as 'cosine' | 'step',
     weightDecay: o['weight-decay'] as number, labelSmoothing: o['label-smoothing'] as number,
     clipGradNorm: o['clip-grad-norm'] as number, shift: o.shift as number, seed: o.seed as number,
     maxSteps: (o['max-steps'] as number) || undefined, checkpointEvery: o['checkpoint-every'] as number,
-    resume: resume?.checkpoint, onNan: o['on-nan'] as 'stop' | 'skip', parallel, progressEvery: o['progress-every'] as number,
+    resume: resume?.checkpoint, onNan: o['on-nan'] as 'stop' | 'skip', parallel, progressEvery: o['progress-every'] as number, progressive,
   };
   duat.resolveFitOptions(fitOptions);  // bad options fail here, before the run folder exists
   const name = (o.name as string) || `para-former-${depth}-${branches}-${new Date().toISOString().replace(/[:.]/g, '-').slice(0, 19)}`;
@@ -247,6 +293,40 @@ async function evalCmd(cmd: Command, flags: Flag[]): Promise<void> {
   const model = duat.load(o.model as string);
   const r = await duat.evaluate(model, loadData(o.data as string, 'test', o.limit as number));
   process.stdout.write(JSON.stringify({ accuracy: r.accuracy, loss: r.loss, count: r.count, confusion: r.confusion }) + '\n');
+}
+
+/** The --init model, with --add-branches zero-output branches added to every stage. */
+function initModel(file: string, add: number, seed: number): duat.ParaFormer {
+  const model = duat.load(file);
+  if (!add) return model;
+  try {
+    return model.addBranches(add, { seed: seed + 1 });
+  } finally {
+    model.dispose();
+  }
+}
+
+const EXPAND_FLAGS: Flag[] = [
+  MODEL_FILE,
+  { name: 'add', type: 'int', def: 1, help: 'branches added to every stage (each starts with zero output)' },
+  { name: 'seed', type: 'int', def: 1, help: "seed of the new branches' initialisation" },
+  { name: 'out', type: 'string', def: '', help: 'where the larger model goes (default: beside the model, +<add>)' },
+];
+
+function expandCmd(cmd: Command): void {
+  const o = valuesOf(cmd, EXPAND_FLAGS);
+  const file = o.model as string;
+  const model = duat.load(file);
+  const out = (o.out as string) || file.replace(/(\.safetensors)?$/, `+${o.add}.safetensors`);
+  const bigger = model.addBranches(o.add as number, { seed: o.seed as number });
+  duat.save(out, bigger);
+  process.stdout.write(JSON.stringify({
+    model: `Para-Former-${model.config.depth}-${model.config.branches} -> ${bigger.config.depth}-${bigger.config.branches}`,
+    parameters: [model.parameterCount(), bigger.parameterCount()], out,
+    next: `npx duat train --init ${out} --freeze-branches ${model.config.branches} --data ...`,
+  }) + '\n');
+  model.dispose();
+  bigger.dispose();
 }
 
 /**
@@ -411,6 +491,8 @@ export function program(): Command {
     .action((_o, cmd: Command) => serveCmd(cmd));
   required(addFlags(p.command('compress').description("keep each stage's most useful branches: a smaller Para-Former"), COMPRESS_FLAGS))
     .action((_o, cmd: Command) => compressCmd(cmd));
+  required(addFlags(p.command('expand').description('add zero-output branches to every stage of a saved model (continual learning)'), EXPAND_FLAGS))
+    .action((_o, cmd: Command) => expandCmd(cmd));
   addFlags(p.command('bench').description('time Para-Former-1-n against ViT-n here, next to PyTorch'), BENCH_FLAGS).action((_o, cmd: Command) => benchCmd(cmd));
   p.command('info').description('the backend: binary, CPU kernels, CUDA').action(() => infoCmd());
   p.command('version').description('print the version').action(() => void process.stdout.write(`${duat.version}\n`));

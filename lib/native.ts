@@ -119,6 +119,7 @@ export interface RawBinding {
   modelAttentionMaps(model: ModelHandle, images: H): H[];
   modelTo(model: ModelHandle, device: NativeDevice): void;
   modelSetPrecision(model: ModelHandle, precision: number): void;
+  modelSetBranches(model: ModelHandle, active: number, frozen: number, freezeEmbedding: boolean): void;
   modelTrainStepAsync(model: ModelHandle, images: H, labels: H, optimizer: OptimizerHandle | null,
     groups: NativeGroupOptions[] | null, labelSmoothing: number, clipGradNorm: number, dataParallel?: boolean):
     Promise<{ loss: number; gradNorm: number; correct: number; skipped: boolean }>;
@@ -140,8 +141,8 @@ export interface RawBinding {
   optimizerStep(opt: OptimizerHandle, groups: NativeGroupOptions[]): void;
   /** The completed steps; sets them first when `steps` is given. */
   optimizerSteps(opt: OptimizerHandle, steps?: number): number;
-  optimizerState(opt: OptimizerHandle, index: number): { a: H | null; b: H | null; step: number };
-  optimizerSetState(opt: OptimizerHandle, index: number, a: H | null, b: H | null, step: number): void;
+  optimizerState(opt: OptimizerHandle, index: number): { a: H | null; b: H | null; step: number; rowSteps: number[] | null };
+  optimizerSetState(opt: OptimizerHandle, index: number, a: H | null, b: H | null, step: number, rowSteps?: number[] | null): void;
   optimizerDispose(opt: OptimizerHandle): void;
   modelDispose(model: ModelHandle): void;
 }
@@ -179,6 +180,11 @@ export interface NativeModelConfig {
   branchScale: number;
   /** One rank's share of the branches of a branch-parallel model (native/distributed/comm.h). */
   branchParallel?: boolean;
+  /** ViT variants (native/model/paraformer.h). */
+  layerScale?: boolean;
+  preNorm?: boolean;
+  patchBias?: boolean;
+  avgPool?: boolean;
 }
 
 /** One parameter group's options as the native optimizer reads them. */

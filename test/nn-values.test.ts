@@ -26,7 +26,10 @@ function stats(t: duat.Tensor): { min: number; max: number; mean: number; std: n
 describe('ParaFormer options', () => {
   test('defaults: a Para-Former-1-4 for 28 x 28 digits, width 64, 4 heads, MLP 128, sum', () => {
     const m = new duat.ParaFormer();
-    expect(m.config).toEqual({ imageSize: 28, patchSize: 4, channels: 1, classes: 10, dim: 64, heads: 4, depth: 1, branches: 4, mlpRatio: 2, combine: 'sum', seed: 0 });
+    expect(m.config).toEqual({
+      imageSize: 28, patchSize: 4, channels: 1, classes: 10, dim: 64, heads: 4, depth: 1, branches: 4, mlpRatio: 2, combine: 'sum',
+      layerScale: 0, preNorm: false, patchBias: true, pool: 'token', eps: 1e-6, seed: 0,
+    });
     expect(m.mlpHidden).toBe(128);
     expect(m.nativeConfig()).toMatchObject({ mlpHidden: 128, eps: 1e-6, branchScale: 1 });
     expect(m.device).toBe('cpu');

@@ -226,7 +226,7 @@ describe('fit options', () => {
   test('every default, and the SGD learning rate', () => {
     expect(resolveFitOptions()).toEqual({
       epochs: 10, batchSize: 128, optimizer: 'adamw', lr: 1e-3, minLr: 1e-5, warmupSteps: 200, schedule: 'cosine', weightDecay: 0.05,
-      labelSmoothing: 0, clipGradNorm: 0, shift: 0, flip: false, seed: 0, maxSteps: Number.MAX_SAFE_INTEGER, checkpointEvery: 0,
+      labelSmoothing: 0, clipGradNorm: 0, shift: 0, flip: false, seed: 0, maxSteps: Number.MAX_SAFE_INTEGER, checkpointEvery: 0, progressive: null,
       evalBatchSize: 500, onNan: 'stop',
     });
     expect(resolveFitOptions({ optimizer: 'sgd' })).toMatchObject({ lr: 0.05, minLr: 0.05 / 100 });

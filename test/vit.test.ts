@@ -76,10 +76,14 @@ describe('loadViT is strict', () => {
   }
 
   test.each([
-    ['LayerScale', [['blocks.0.ls1.gamma', [16]], ['blocks.0.ls2.gamma', [16]]], /2 tensors of this ViT have no place in a Para-Former: 'blocks\.0\.ls1\.gamma' \(LayerScale\), 'blocks\.0\.ls2\.gamma' \(LayerScale\)\. Loading without them would give other logits/],
-    ['fc_norm', [['fc_norm.weight', [16]]], /'fc_norm\.weight' \(global-average pooling with fc_norm\)/],
-    ['pre-norm', [['norm_pre.weight', [16]]], /'norm_pre\.weight' \(a pre-norm \(as in CLIP image towers\)\)/],
+    // Variants duat reads (test/vit-timm.test.ts), but incomplete: refused, naming what is missing.
+    ['LayerScale in block 0 only', [['blocks.0.ls1.gamma', [16]], ['blocks.0.ls2.gamma', [16]]], /missing 'blocks\.1\.ls1\.gamma'/],
+    ['fc_norm without its bias', [['fc_norm.weight', [16]]], /missing 'fc_norm\.bias'/],
+    ['a pre-norm without its bias', [['norm_pre.weight', [16]]], /missing 'norm_pre\.bias'/],
+    // What duat has no place for.
     ['a stray block', [['blocks.5.mlp.fc1.bias', [32]]], /1 tensor of this ViT has no place in a Para-Former: 'blocks\.5\.mlp\.fc1\.bias'\. Loading without it/],
+    ['register tokens', [['reg_token', [1, 4, 16]]], /'reg_token' \(register or distillation tokens\)/],
+    ['normalised queries', [['blocks.0.attn.q_norm.weight', [8]]], /'blocks\.0\.attn\.q_norm\.weight' \(normalised queries and keys\)/],
   ] as [string, [string, number[]][], RegExp][])('a file with %s is refused, naming what has no place', (name, extra, why) => {
     const file = variant(name.replace(/\W/g, ''), extra);
     expect(() => duat.loadViT(file, { heads: 2 })).toThrow(duat.CheckpointError);

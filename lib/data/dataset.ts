@@ -161,6 +161,52 @@ export class Rng {
   }
 }
 
+/** Options of {@link select}. */
+export interface SelectOptions {
+  /** Keep only images of these classes (labels stay as they are). */
+  classes?: number[];
+  /**
+   * Keep this fraction (0, 1] of each class's images (after `classes`), chosen at random from
+   * `seed` and stratified, so every class keeps its share. Default 1.
+   */
+  fraction?: number;
+  /** Seed of the fraction's choice. Default 0. */
+  seed?: number;
+}
+
+/**
+ * A part of a data set: some classes (continual learning on a split task) and a stratified
+ * random fraction of each (fine-tuning with little data). Images are copied; class count, names
+ * and normalisation stay those of `data`.
+ * @throws ArgumentError for classes out of range, no classes, or a fraction outside (0, 1]
+ */
+export function select(data: Dataset, options: SelectOptions): Dataset {
+  const o = checkOptions<SelectOptions>(options, 'select options');
+  const classes = o.classes ?? Array.from({ length: data.classes }, (_, k) => k);
+  if (!Array.isArray(classes) || classes.length === 0) throw new ArgumentError(`Expected a non-empty list of classes but received ${JSON.stringify(classes)}`);
+  classes.forEach((c, i) => checkInt(c, `classes[${i}]`, 0, data.classes - 1));
+  const fraction = o.fraction ?? 1;
+  if (typeof fraction !== 'number' || !(fraction > 0 && fraction <= 1)) throw new ArgumentError(`Expected a fraction in (0, 1] but received ${JSON.stringify(fraction)}`);
+  const rng = new Rng(checkInt(o.seed ?? 0, 'seed', 0, 2 ** 32 - 1));
+  const byClass = new Map<number, number[]>(classes.map((c) => [c, []]));
+  for (let i = 0; i < data.count; i++) byClass.get(data.labels[i])?.push(i);
+  const kept: number[] = [];
+  for (const list of byClass.values()) {
+    const n = fraction === 1 ? list.length : Math.max(list.length > 0 ? 1 : 0, Math.round(list.length * fraction));
+    kept.push(...(n === list.length ? list : rng.shuffle(list).slice(0, n)));
+  }
+  kept.sort((a, b) => a - b);
+  const per = data.channels * data.size * data.size;
+  const images = new Float32Array(kept.length * per);
+  const labels = new Int32Array(kept.length);
+  kept.forEach((i, k) => {
+    images.set(data.images.subarray(i * per, (i + 1) * per), k * per);
+    labels[k] = data.labels[i];
+  });
+  const what = [o.classes ? `classes ${classes.join(',')}` : '', fraction < 1 ? `${+(fraction * 100).toFixed(2)}%` : ''].filter(Boolean).join(', ');
+  return { ...data, name: what ? `${data.name} (${what})` : data.name, images, labels, count: kept.length };
+}
+
 /** The batches of one epoch: the order and augmentation come from (seed, epoch) alone, so a resumed run repeats them exactly. */
 export class Batches {
   readonly batchSize: number;

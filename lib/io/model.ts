@@ -96,14 +96,19 @@ export interface LoadViTOptions {
   channels?: number;
   /** Attention heads (timm files do not record them). Default dim / 64. */
   heads?: number;
+  /** LayerNorm epsilon. Default 1e-6 (timm's). */
+  eps?: number;
 }
 
 /**
- * Loads a timm / Hugging Face ViT safetensors file (names `blocks.i.*`, `patch_embed.proj.*`,
- * `cls_token`, `pos_embed`, `norm.*`, `head.*`) as a Para-Former for fine-tuning. Strict: every
- * tensor of the file is used, or the load fails naming what has no place (LayerScale, fc_norm,
- * a pre-norm...), since leaving one out would give other logits. A file without a head (a
- * backbone) loads with a fresh head for `classes`.
+ * Loads a timm ViT safetensors file (names `blocks.i.*`, `patch_embed.proj.*`, `cls_token`,
+ * `pos_embed`, `norm.*`, `head.*`; float32, float16 or bfloat16) as a Para-Former for
+ * fine-tuning. The ViT variants of pretrained checkpoints are read into the model's config:
+ * LayerScale (`blocks.i.ls1.gamma`, DeiT-III, DINOv2), a pre-norm (`norm_pre.*`) and a patch
+ * embedding without bias (CLIP image towers), global average pooling into `fc_norm`. Strict:
+ * every tensor of the file is used, or the load fails naming what has no place (register tokens,
+ * normalised queries and keys...), since leaving one out would give other logits. A file without
+ * a head (a backbone) loads with a fresh head for `classes`.
  * @throws CheckpointError naming the file and what does not fit
  */
 export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
@@ -132,13 +137,17 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
     if (!head && o.classes === undefined) throw new CheckpointError(`${file}: no 'head.weight' (a backbone without a classifier): pass classes to make a fresh head`);
     const classes = o.classes ?? head!.shape[0];
     const M = get('blocks.0.mlp.fc1.weight').shape[0];
+    // The variant, from the names the file has.
+    const layerScale = tensors.has('blocks.0.ls1.gamma'), preNorm = tensors.has('norm_pre.weight');
+    const patchBias = tensors.has('patch_embed.proj.bias'), avg = tensors.has('fc_norm.weight');
+    const finalNorm = avg ? 'fc_norm' : 'norm';
     const imageSize = checkInt(o.imageSize ?? grid * P, 'imageSize', 1, 1 << 20);
     // Every tensor the model takes, checked against the sizes above before anything is made.
     const used = new Set<string>();
     const want = (name: string, shape: number[]) => {
       const t = get(name);
       used.add(name);
-      if (t.dtype !== 'float32') throw new CheckpointError(`${file}: '${name}' is ${t.dtype}; loadViT reads float32 tensors`);
+      if (t.dtype !== 'float32') throw new CheckpointError(`${file}: '${name}' is ${t.dtype}; loadViT reads float tensors (F32, F16 or BF16)`);
       if (!sameShape(t.shape, shape)) {
         throw new CheckpointError(`${file}: '${name}' has shape [${t.shape.join(', ')}] but a ViT of width ${C} needs [${shape.join(', ')}]`);
       }
@@ -147,11 +156,12 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
       throw new CheckpointError(`${file}: empty or inconsistent sizes (width ${C}, channels ${ch}, patch ${P}, MLP ${M}, ${pos.shape[1]} positions)`);
     }
     want('patch_embed.proj.weight', [C, ch, P, P]);
-    want('patch_embed.proj.bias', [C]);
+    if (patchBias) want('patch_embed.proj.bias', [C]);
     want('cls_token', [1, 1, C]);
     want('pos_embed', [1, grid * grid + 1, C]);
-    want('norm.weight', [C]);
-    want('norm.bias', [C]);
+    if (preNorm) ['norm_pre.weight', 'norm_pre.bias'].forEach((k) => want(k, [C]));
+    want(`${finalNorm}.weight`, [C]);
+    want(`${finalNorm}.bias`, [C]);
     if (head) {
       want('head.weight', [head.shape[0], C]);
       want('head.bias', [head.shape[0]]);
@@ -165,17 +175,17 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
       want(b + 'mlp.fc1.weight', [M, C]);
       want(b + 'mlp.fc1.bias', [M]);
       want(b + 'mlp.fc2.weight', [C, M]);
+      if (layerScale) ['ls1.gamma', 'ls2.gamma'].forEach((k) => want(b + k, [C]));
     }
     // Nothing in the file may go unused: a tensor duat has no place for changes what the ViT
     // computes, and ignoring it would load a model that gives other logits.
     const unused = [...tensors.keys()].filter((k) => !used.has(k));
     if (unused.length > 0) {
       const hint = (k: string) =>
-        /\.ls[12]\.(gamma|scale)$/.test(k) ? 'LayerScale'
-          : /^fc_norm\./.test(k) ? 'global-average pooling with fc_norm'
-            : /^norm_pre\./.test(k) ? 'a pre-norm (as in CLIP image towers)'
-              : /^(reg_token|dist_token|head_dist)/.test(k) ? 'register or distillation tokens'
-                : /q_norm|k_norm/.test(k) ? 'normalised queries and keys' : '';
+        /\.ls[12]\.(gamma|scale)$/.test(k) ? 'LayerScale in some blocks only'
+          : /^norm\./.test(k) && avg ? 'a norm before average pooling as well as fc_norm'
+            : /^(reg_token|dist_token|head_dist)/.test(k) ? 'register or distillation tokens'
+              : /q_norm|k_norm/.test(k) ? 'normalised queries and keys' : '';
       const named = unused.slice(0, 4).map((k) => `'${k}'${hint(k) ? ` (${hint(k)})` : ''}`).join(', ');
       throw new CheckpointError(
         `${file}: ${unused.length} tensor${unused.length > 1 ? 's' : ''} of this ViT ha${unused.length > 1 ? 've' : 's'} no place in a Para-Former: ` +
@@ -185,11 +195,13 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
     const model = new ParaFormer({
       imageSize, patchSize: P, channels: o.channels ?? ch, classes,
       dim: C, heads, depth: m, branches: n, mlpRatio: M / C,
+      layerScale: layerScale ? 1 : 0, preNorm, patchBias, pool: avg ? 'avg' : 'token', eps: o.eps,
     });
     const made: Tensor[] = [];  // every tensor made here is freed here, whatever happens
     try {
       const sd = new Map<string, Tensor>();
       const kinds = ['norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias', 'attn.proj.weight', 'attn.proj.bias', 'norm2.weight', 'norm2.bias', 'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight', 'mlp.fc2.bias'];
+      if (layerScale) kinds.push('ls1.gamma', 'ls2.gamma');
       for (let s = 0; s < m; s++)
         for (const k of kinds) {
           const views = Array.from({ length: n }, (_, b) => get(`blocks.${s * n + b}.${k}`)).map((t) => t.reshape([1, ...t.shape]));
@@ -198,7 +210,9 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
           made.push(stacked);
           sd.set(`stages.${s}.${k}`, stacked);
         }
-      for (const k of ['patch_embed.proj.weight', 'patch_embed.proj.bias', 'cls_token', 'norm.weight', 'norm.bias']) sd.set(k, get(k));
+      for (const k of ['patch_embed.proj.weight', 'cls_token', `${finalNorm}.weight`, `${finalNorm}.bias`]) sd.set(k, get(k));
+      if (patchBias) sd.set('patch_embed.proj.bias', get('patch_embed.proj.bias'));
+      if (preNorm) for (const k of ['norm_pre.weight', 'norm_pre.bias']) sd.set(k, get(k));
       const newGrid = imageSize / P;
       sd.set('pos_embed', newGrid === grid ? pos : interpolatePos(pos, grid, newGrid, made));
       const own = new Map(model.namedParameters());

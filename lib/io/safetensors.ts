@@ -9,7 +9,26 @@ import { readFileOr, writeFileAtomic } from './files';
 import { CheckpointError } from '../errors';
 import { Tensor, tensor } from '../tensor';
 
-const DTYPES = { F32: 4, I32: 4 } as const;
+/** Bytes per element of the dtypes read; F16 and BF16 are widened to float32 (exactly). */
+const DTYPES = { F32: 4, I32: 4, F16: 2, BF16: 2 } as const;
+
+/** IEEE half-precision values (little-endian) as float32. */
+function halfToFloat(bytes: Uint8Array): Float32Array {
+  const out = new Float32Array(bytes.length / 2);
+  for (let i = 0; i < out.length; i++) {
+    const h = bytes[2 * i] | (bytes[2 * i + 1] << 8);
+    const sign = h & 0x8000 ? -1 : 1, exp = (h >> 10) & 0x1f, frac = h & 0x3ff;
+    out[i] = exp === 0 ? sign * frac * 2 ** -24 : exp === 31 ? (frac ? NaN : sign * Infinity) : sign * (1 + frac / 1024) * 2 ** (exp - 15);
+  }
+  return out;
+}
+
+/** bfloat16 values (little-endian): the upper halves of float32s. */
+function bfloatToFloat(bytes: Uint8Array): Float32Array {
+  const bits = new Uint32Array(bytes.length / 2);
+  for (let i = 0; i < bits.length; i++) bits[i] = ((bytes[2 * i] | (bytes[2 * i + 1] << 8)) << 16) >>> 0;
+  return new Float32Array(bits.buffer);
+}
 
 /** Serialises tensors (and string metadata) to safetensors bytes. */
 export function encodeSafetensors(tensors: Map<string, Tensor> | [string, Tensor][], metadata: Record<string, string> = {}): Buffer[] {
@@ -41,6 +60,8 @@ export function saveSafetensors(file: string, tensors: Map<string, Tensor> | [st
 export interface SafetensorsFile {
   tensors: Map<string, Tensor>;
   metadata: Record<string, string>;
+  /** Each tensor's dtype in the file ('F32', 'I32', 'F16' or 'BF16'). */
+  dtypes: Map<string, string>;
 }
 
 /** The largest header accepted (the format's own bound). */
@@ -79,7 +100,8 @@ interface Entry {
 }
 
 /**
- * Reads a safetensors file. F32 and I32 only.
+ * Reads a safetensors file: F32 and I32 tensors, and F16 and BF16 ones widened to float32
+ * (`dtypes` says what the file held).
  * @throws CheckpointError naming the file and the problem
  */
 export function loadSafetensors(file: string): SafetensorsFile {
@@ -112,7 +134,7 @@ export function loadSafetensors(file: string): SafetensorsFile {
     if (name === '__metadata__') continue;
     const e = info as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
     if (!e || typeof e !== 'object' || typeof e.dtype !== 'string' || !Object.hasOwn(DTYPES, e.dtype)) {
-      throw bad(`tensor '${name}' has dtype ${JSON.stringify(e?.dtype)}; only F32 and I32 are supported`);
+      throw bad(`tensor '${name}' has dtype ${JSON.stringify(e?.dtype)}; only F32, F16, BF16 and I32 are supported`);
     }
     if (!Array.isArray(e.shape) || e.shape.length > 16 || e.shape.some((d) => !Number.isSafeInteger(d) || d < 0)) {
       throw bad(`tensor '${name}' has an invalid shape`);
@@ -120,7 +142,7 @@ export function loadSafetensors(file: string): SafetensorsFile {
     const offsets = Array.isArray(e.data_offsets) ? e.data_offsets : [];
     const [b0, b1] = offsets;
     const count = (e.shape as number[]).reduce((a, b) => a * b, 1);
-    if (offsets.length !== 2 || !Number.isSafeInteger(b0) || !Number.isSafeInteger(b1) || b0 < 0 || b1 > dataLen || b1 - b0 !== count * 4) {
+    if (offsets.length !== 2 || !Number.isSafeInteger(b0) || !Number.isSafeInteger(b1) || b0 < 0 || b1 > dataLen || b1 - b0 !== count * DTYPES[e.dtype as keyof typeof DTYPES]) {
       throw bad(`tensor '${name}' has data offsets [${b0}, ${b1}] that do not fit its shape [${(e.shape as number[]).join(', ')}] in ${dataLen} bytes of data; truncated?`);
     }
     entries.push({ name, dtype: e.dtype as keyof typeof DTYPES, shape: e.shape as number[], begin: b0, end: b1 });
@@ -137,12 +159,13 @@ export function loadSafetensors(file: string): SafetensorsFile {
   try {
     for (const e of entries) {
       const copy = new Uint8Array(buf.subarray(dataStart + e.begin, dataStart + e.end));  // aligned copy
-      const data = e.dtype === 'F32' ? new Float32Array(copy.buffer) : new Int32Array(copy.buffer);
+      const data = e.dtype === 'F32' ? new Float32Array(copy.buffer) : e.dtype === 'I32' ? new Int32Array(copy.buffer)
+        : e.dtype === 'F16' ? halfToFloat(copy) : bfloatToFloat(copy);
       tensors.set(e.name, tensor(data, e.shape));
     }
   } catch (err) {
     for (const t of tensors.values()) t.dispose();
     throw err;
   }
-  return { tensors, metadata: meta as Record<string, string> };
+  return { tensors, metadata: meta as Record<string, string>, dtypes: new Map(entries.map((e) => [e.name, e.dtype])) };
 }

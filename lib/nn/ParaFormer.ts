@@ -9,7 +9,7 @@ import { ArgumentError, StateError } from '../errors';
 import { ModelHandle, native, NativeModelConfig } from '../native';
 import { concat } from '../functional';
 import { Optimizer } from '../optim/Optimizer';
-import { ones, rand, resolveDevice, Tensor, tensor, tidy, truncNormal, zeros } from '../tensor';
+import { full, ones, rand, resolveDevice, Tensor, tensor, tidy, truncNormal, zeros } from '../tensor';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe, isFloat32Array, isInt32Array } from '../validate';
 import { Module } from './Module';
 
@@ -35,6 +35,22 @@ export interface ParaFormerOptions {
   mlpRatio?: number;
   /** How a stage combines its branches: 'sum' (default, docs/design.md) or 'mean' (1/n scaled). */
   combine?: 'sum' | 'mean';
+  /**
+   * LayerScale (DeiT-III, DINOv2): each branch's attention and MLP outputs scaled per channel by
+   * learned gammas (`ls1.gamma`, `ls2.gamma`) that start at this value; 0 (the default): none.
+   */
+  layerScale?: number;
+  /** A LayerNorm (`norm_pre`) after the embedding, as in CLIP image towers. Default false. */
+  preNorm?: boolean;
+  /** A bias in the patch embedding. Default true. */
+  patchBias?: boolean;
+  /**
+   * What the head reads: 'token' (default), the class token through `norm`; 'avg', the mean of
+   * the patch tokens through `fc_norm` (timm's global_pool 'avg').
+   */
+  pool?: 'token' | 'avg';
+  /** LayerNorm epsilon. Default 1e-6 (timm); Hugging Face ViTs use 1e-12. */
+  eps?: number;
   /** 'cpu' (default), 'cuda' or 'auto' (CUDA when a usable GPU is present). */
   device?: 'cpu' | 'cuda' | 'auto';
   /** Matrix products on CUDA: 'tf32' (default, tensor cores), 'bf16' or 'fp32' (plain float32). */
@@ -186,6 +202,11 @@ function resolve(options: ParaFormerOptions | undefined): ParaFormerConfig {
     branches: checkInt(o.branches ?? 4, 'branches', 1, 4096),
     mlpRatio: checkNumber(o.mlpRatio ?? 2, 'mlpRatio', 1 / 64, 64),
     combine: checkOneOf(o.combine ?? 'sum', 'combine', ['sum', 'mean'] as const),
+    layerScale: checkNumber(o.layerScale ?? 0, 'layerScale', 0, 1e6),
+    preNorm: checkBool(o.preNorm ?? false, 'preNorm'),
+    patchBias: checkBool(o.patchBias ?? true, 'patchBias'),
+    pool: checkOneOf(o.pool ?? 'token', 'pool', ['token', 'avg'] as const),
+    eps: checkNumber(o.eps ?? 1e-6, 'eps', 1e-30, 1),
     seed: checkInt(o.seed ?? 0, 'seed', 0, 2 ** 53 - 1),
   };
   if (c.imageSize % c.patchSize !== 0) {
@@ -216,6 +237,7 @@ export class ParaFormer extends Module {
   private readonly model: ModelHandle;
   private busy = false;
   private spec?: InputSpec;
+  private branchState = { active: 0, frozen: 0, embedding: false };
 
   constructor(options?: ParaFormerOptions, shard?: BranchShard) {
     super();
@@ -225,7 +247,7 @@ export class ParaFormer extends Module {
     const precision = checkOneOf(options?.precision ?? 'tf32', 'precision', ['fp32', 'tf32', 'bf16'] as const);
     const spec = native().modelSpec(this.nativeConfig());
     let seed = this.config.seed * 1000;
-    for (const { name, shape } of spec) this.registerParameter(name, initFor(name, shape, seed++));
+    for (const { name, shape } of spec) this.registerParameter(name, name.endsWith('.gamma') ? full(shape, this.config.layerScale) : initFor(name, shape, seed++));
     this.model = native().modelCreate(this.nativeConfig(), this.parameters().map((p) => p.handle), PRECISIONS[precision]);
     if (device !== 'cpu') native().modelTo(this.model, device);
   }
@@ -315,6 +337,59 @@ export class ParaFormer extends Module {
   setPrecision(precision: 'fp32' | 'tf32' | 'bf16'): this {
     this.checkIdle('change its precision');
     native().modelSetPrecision(this.model, PRECISIONS[checkOneOf(precision, 'precision', ['fp32', 'tf32', 'bf16'] as const)]);
+    return this;
+  }
+
+  /**
+   * Branches of every stage that compute: all of them unless {@link setActiveBranches} said
+   * fewer (progressive training).
+   */
+  get activeBranches(): number {
+    return this.branchState.active || this.config.branches;
+  }
+
+  /** Leading branches of every stage that optimizers leave as they are ({@link freezeBranches}). */
+  get frozenBranches(): number {
+    return this.branchState.frozen;
+  }
+
+  /** Whether optimizers leave the embedding (patch embedding, class token, positions) as it is. */
+  get embeddingFrozen(): boolean {
+    return this.branchState.embedding;
+  }
+
+  /**
+   * Makes every stage compute only its first `count` branches (all of them: the model's
+   * `branches`): the others cost nothing, get no gradient and are not updated, and the model's
+   * function is that of {@link selectBranches} of the first `count`. fit()'s progressive schedule
+   * sets it step by step (docs/design.md, "Branches").
+   * @throws ArgumentError for a count out of range or below the frozen branches
+   */
+  setActiveBranches(count: number): this {
+    const k = checkInt(count, 'count', 1, this.config.branches);
+    if (k < this.branchState.frozen) throw new ArgumentError(`Expected at least the ${this.branchState.frozen} frozen branches to stay active but received ${k}`);
+    return this.applyBranchState({ ...this.branchState, active: k === this.config.branches ? 0 : k });
+  }
+
+  /**
+   * Freezes the first `count` branches of every stage (0 unfreezes): optimizers, in fit() and in
+   * {@link trainStep} or `opt.step()`, leave their parameters and state as they are, and their
+   * gradients do not count in the gradient norm; the other branches, the final norm and the head
+   * train. With `embedding: true` the patch embedding, class token and positions are frozen too.
+   * Continual learning ({@link addBranches} with `freezeExisting`) and progressive training use it.
+   * @throws ArgumentError for a count above the active branches
+   */
+  freezeBranches(count: number, options?: { embedding?: boolean }): this {
+    const o = checkOptions<{ embedding?: boolean }>(options, 'freezeBranches options');
+    const n = checkInt(count, 'count', 0, this.activeBranches);
+    return this.applyBranchState({ ...this.branchState, frozen: n, embedding: checkBool(o.embedding ?? false, 'embedding') });
+  }
+
+  private applyBranchState(state: { active: number; frozen: number; embedding: boolean }): this {
+    this.checkIdle('change its active or frozen branches');
+    if (this.shard && (state.active !== 0 || state.frozen !== 0)) throw new ArgumentError('a branch-parallel share trains all its branches');
+    native().modelSetBranches(this.model, state.active, state.frozen, state.embedding);
+    this.branchState = state;
     return this;
   }
 
@@ -487,13 +562,16 @@ export class ParaFormer extends Module {
    * A Para-Former-m-(n+count): this model's branches and `count` new ones in every stage, for
    * continual learning (the follow-up paper's expansion). A new branch starts with zero output
    * (its attention projection and fc2 zeroed; the rest initialised as a fresh model's, from
-   * `seed`), so the new model computes this one's function until it trains. Only for combine
-   * 'sum': with 'mean' the 1/n would change. This model is left as it is.
+   * `seed`), so the new model computes this one's function until it trains. With
+   * `freezeExisting` the new model's first n branches are frozen ({@link freezeBranches}): only
+   * the new ones, the final norm and the head train. Only for combine 'sum': with 'mean' the 1/n
+   * would change. This model is left as it is.
    * @throws ArgumentError for a count out of range or combine 'mean'
    */
-  addBranches(count: number, options?: { seed?: number }): ParaFormer {
+  addBranches(count: number, options?: { seed?: number; freezeExisting?: boolean }): ParaFormer {
     const n = checkInt(count, 'count', 1, 4096 - this.config.branches);
-    const o = checkOptions<{ seed?: number }>(options, 'addBranches options');
+    const o = checkOptions<{ seed?: number; freezeExisting?: boolean }>(options, 'addBranches options');
+    const freeze = checkBool(o.freezeExisting ?? false, 'freezeExisting');
     if (this.config.combine !== 'sum') throw new ArgumentError("addBranches keeps the model's function only for combine 'sum' (with 'mean' every branch's share would change)");
     this.checkIdle('add branches to it');
     const N = this.config.branches;
@@ -501,10 +579,11 @@ export class ParaFormer extends Module {
     const fresh = new ParaFormer({ ...this.config, branches: n, seed, device: this.device });
     try {
       const added = new Map(fresh.namedParameters());
-      return this.withBranches(N + n, (name, p) => {
+      const out = this.withBranches(N + n, (name, p) => {
         const extra = added.get(name)!;
         return concat([p, isBranchOutput(name) ? zeros(extra.shape, { device: this.device }) : extra], 0);
       });
+      return freeze ? out.freezeBranches(N) : out;
     } finally {
       fresh.dispose();
     }
@@ -568,11 +647,11 @@ export class ParaFormer extends Module {
     }
   }
 
-  /** Parameter names that take no weight decay: norms, biases, the class token and positions. */
+  /** Parameter names that take no weight decay: norms, biases, LayerScale gammas, the class token and positions. */
   noDecayNames(): string[] {
     return this.namedParameters()
       .map(([n]) => n)
-      .filter((n) => n.endsWith('.bias') || n.includes('norm') || n === 'cls_token' || n === 'pos_embed');
+      .filter((n) => n.endsWith('.bias') || n.includes('norm') || n.endsWith('.gamma') || n === 'cls_token' || n === 'pos_embed');
   }
 }
 
@@ -587,9 +666,13 @@ function nativeConfigOf(c: ParaFormerConfig, shard?: BranchShard): NativeModelCo
     depth: c.depth,
     branches: c.branches,
     mlpHidden: Math.round(c.dim * c.mlpRatio),
-    eps: 1e-6,
+    eps: c.eps,
     branchScale: c.combine === 'mean' ? 1 / (shard?.total ?? c.branches) : 1,
     branchParallel: shard !== undefined,
+    layerScale: c.layerScale > 0,
+    preNorm: c.preNorm,
+    patchBias: c.patchBias,
+    avgPool: c.pool === 'avg',
   };
 }
 
@@ -600,7 +683,7 @@ function nativeConfigOf(c: ParaFormerConfig, shard?: BranchShard): NativeModelCo
 let patchFanIn = 1;  // the weight's fan-in, set before its bias is made (spec order)
 
 function initFor(name: string, shape: number[], seed: number): Tensor {
-  if (name.endsWith('norm1.weight') || name.endsWith('norm2.weight') || name === 'norm.weight') return ones(shape);
+  if (/(^|\.)(norm1|norm2|norm|norm_pre|fc_norm)\.weight$/.test(name)) return ones(shape);
   if (name.startsWith('patch_embed.')) {
     const fanIn = name.endsWith('.weight') ? shape.slice(1).reduce((a, b) => a * b, 1) : patchFanIn;
     const bound = 1 / Math.sqrt(fanIn);

@@ -87,19 +87,31 @@ export abstract class Optimizer<O extends object> {
     return this.index.get(p) ?? -1;
   }
 
-  /** @internal A parameter's native state: two tensors (or null) and its update count. */
-  protected nativeState(p: Tensor): { a: Tensor | null; b: Tensor | null; step: number } | undefined {
+  /**
+   * @internal A parameter's native state: two tensors (or null), its update count, and the update
+   * count of each row where it was updated row by row (a model's frozen or inactive branches).
+   */
+  protected nativeState(p: Tensor): { a: Tensor | null; b: Tensor | null; step: number; rowSteps: number[] | null } | undefined {
     const i = this.indexOf(p);
     if (i < 0) return undefined;
     const s = native().optimizerState(this.handle, i);
-    return { a: s.a ? new Tensor(s.a) : null, b: s.b ? new Tensor(s.b) : null, step: s.step };
+    return { a: s.a ? new Tensor(s.a) : null, b: s.b ? new Tensor(s.b) : null, step: s.step, rowSteps: s.rowSteps };
   }
 
   /** @internal Restores a parameter's native state (copied; the caller keeps its tensors). */
-  protected setNativeState(p: Tensor, a: Tensor | null, b: Tensor | null, step: number): void {
+  protected setNativeState(p: Tensor, a: Tensor | null, b: Tensor | null, step: number, rowSteps?: number[] | null): void {
     const i = this.indexOf(p);
     if (i < 0) throw new ArgumentError('the parameter is not managed by this optimizer');
-    native().optimizerSetState(this.handle, i, a ? a.handle : null, b ? b.handle : null, checkNumber(step, 'step', 0));
+    native().optimizerSetState(this.handle, i, a ? a.handle : null, b ? b.handle : null, checkNumber(step, 'step', 0), rowSteps ?? null);
+  }
+
+  /** @internal Each row's update count where `p` has been updated row by row, else null. */
+  rowStepsFor(p: Tensor): number[] | null {
+    const s = this.nativeState(p);
+    if (!s) return null;
+    s.a?.dispose();
+    s.b?.dispose();
+    return s.rowSteps;
   }
 
   /**

@@ -48,9 +48,13 @@ export class AdamW extends Optimizer<AdamWOptions> {
     return s && s.a && s.b ? { m: s.a, v: s.b, step: s.step } : undefined;
   }
 
-  /** Restores a parameter's moments (from a checkpoint): copied to the parameter's device. */
-  restoreState(p: Tensor, m: Tensor, v: Tensor, step: number): void {
-    this.setNativeState(p, m, v, step);
+  /**
+   * Restores a parameter's moments (from a checkpoint): copied to the parameter's device.
+   * `rowSteps`: each row's update count, for a parameter updated row by row (frozen or inactive
+   * branches).
+   */
+  restoreState(p: Tensor, m: Tensor, v: Tensor, step: number, rowSteps?: number[] | null): void {
+    this.setNativeState(p, m, v, step, rowSteps);
   }
 }
 
@@ -96,8 +100,8 @@ export class SGD extends Optimizer<SGDOptions> {
     return this.nativeState(p)?.a ?? undefined;
   }
 
-  /** Restores a parameter's momentum buffer: copied to the parameter's device. */
-  restoreBuffer(p: Tensor, buf: Tensor): void {
-    this.setNativeState(p, buf, null, 1);
+  /** Restores a parameter's momentum buffer: copied to the parameter's device (`rowSteps` as for AdamW). */
+  restoreBuffer(p: Tensor, buf: Tensor, rowSteps?: number[] | null): void {
+    this.setNativeState(p, buf, null, 1, rowSteps);
   }
 }

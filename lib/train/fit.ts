@@ -11,10 +11,11 @@ import * as distributed from '../distributed';
 import { ArgumentError, CheckpointError, NumericError } from '../errors';
 import { Batches, Dataset } from '../data/dataset';
 import { loadSafetensors, saveSafetensors } from '../io/safetensors';
-import { ParaFormer } from '../nn/ParaFormer';
+import { isBranchOutput, ParaFormer, ParaFormerOptions } from '../nn/ParaFormer';
+import { concat } from '../functional';
 import { inputMetadata, readInputSpec } from '../io/model';
 import { AdamW, SGD } from '../optim/optimizers';
-import { Tensor, tensor } from '../tensor';
+import { Tensor, tensor, tidy, zeros } from '../tensor';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe } from '../validate';
 import { broadcastParameters, gatherEntries, gatherInto, ParallelMode, shareOptimizerState, sumOverRanks } from './parallel';
 import { curveSvg } from './plot';
@@ -87,6 +88,40 @@ export interface FitOptions {
    * every rank when fit() returns. 'none' (the default) trains in this process alone.
    */
   parallel?: ParallelMode;
+  /**
+   * Progressive approximation (the follow-up paper; docs/design.md, "Branches"): every stage
+   * starts with its first `start` branches and activates `add` more every `every` epochs (or
+   * steps); the branches not yet active cost no compute. Not with parallel 'branches'.
+   */
+  progressive?: ProgressiveOptions;
+}
+
+/** The schedule of progressive training ({@link FitOptions.progressive}). */
+export interface ProgressiveOptions {
+  /** Branches per stage active from the first step. Default 1. */
+  start?: number;
+  /** Branches per stage activated at each later phase. Default 1. */
+  add?: number;
+  /** The length of a phase, in `unit`s. */
+  every: number;
+  /** 'epochs' (default) or 'steps'. */
+  unit?: 'epochs' | 'steps';
+  /** Freeze the branches of earlier phases when a phase starts (only the newest train). Default false. */
+  freeze?: boolean;
+  /**
+   * New branches start with zero output (their attention projection and fc2 zeroed at the start
+   * of training), so the model's function is unchanged when they join. Default true.
+   */
+  zeroInit?: boolean;
+}
+
+/** The active and frozen branches per stage at a step of a progressive schedule. */
+export function progressivePhase(p: Required<ProgressiveOptions>, branches: number, stepsPerEpoch: number, step: number): { phase: number; active: number; frozen: number } {
+  const length = p.every * (p.unit === 'epochs' ? stepsPerEpoch : 1);
+  const last = Math.ceil((branches - p.start) / p.add);
+  const phase = Math.min(Math.floor(step / length), last);
+  const activeAt = (k: number) => Math.min(branches, p.start + p.add * k);
+  return { phase, active: activeAt(phase), frozen: p.freeze && phase > 0 ? activeAt(phase - 1) : 0 };
 }
 
 export interface StepMetrics {
@@ -112,6 +147,8 @@ export interface EvalResult {
 
 export interface EpochMetrics {
   epoch: number;
+  /** Branches per stage that computed at the epoch's end (progressive training). */
+  activeBranches?: number;
   step: number;
   trainLoss: number;
   trainAccuracy: number;
@@ -186,6 +223,7 @@ export interface ResolvedFitOptions {
   checkpointEvery: number;
   evalBatchSize: number;
   onNan: 'stop' | 'skip';
+  progressive: Required<ProgressiveOptions> | null;
 }
 
 type Resolved = ResolvedFitOptions;
@@ -220,6 +258,19 @@ function resolve(o: Partial<FitOptions>): Resolved {
     checkpointEvery: checkInt(o.checkpointEvery ?? 0, 'checkpointEvery', 0, 1e9),
     evalBatchSize: checkInt(o.evalBatchSize ?? 500, 'evalBatchSize', 1, 1 << 20),
     onNan: checkOneOf(o.onNan ?? 'stop', 'onNan', ['stop', 'skip'] as const),
+    progressive: o.progressive === undefined || o.progressive === null ? null : resolveProgressive(o.progressive),
+  };
+}
+
+function resolveProgressive(value: unknown): Required<ProgressiveOptions> {
+  const p = checkOptions<ProgressiveOptions>(value, 'progressive');
+  return {
+    start: checkInt(p.start ?? 1, 'progressive.start', 1, 4096),
+    add: checkInt(p.add ?? 1, 'progressive.add', 1, 4096),
+    every: checkInt(p.every, 'progressive.every', 1, 1e9),
+    unit: checkOneOf(p.unit ?? 'epochs', 'progressive.unit', ['epochs', 'steps'] as const),
+    freeze: checkBool(p.freeze ?? false, 'progressive.freeze'),
+    zeroInit: checkBool(p.zeroInit ?? true, 'progressive.zeroInit'),
   };
 }
 
@@ -260,6 +311,19 @@ function stateEntries(model: ParaFormer, opt: AdamW | SGD): { entries: [string, 
 }
 
 /**
+ * The update count of each row of the parameters updated row by row (frozen or inactive
+ * branches), as checkpoint metadata; none where every parameter was updated whole.
+ */
+function rowStepsMetadata(model: ParaFormer, opt: AdamW | SGD): Record<string, string> {
+  const rows: Record<string, number[]> = {};
+  for (const [name, p] of model.namedParameters()) {
+    const r = opt.rowStepsFor(p);
+    if (r) rows[name] = r;
+  }
+  return Object.keys(rows).length > 0 ? { optimizer_row_steps: JSON.stringify(rows) } : {};
+}
+
+/**
  * Saves a training checkpoint: the model, the optimiser's moments, the position and the options.
  * A branch-parallel share gathers the whole model from every rank (so every rank must call it)
  * and rank 0 writes the file a single process would.
@@ -290,6 +354,7 @@ export function saveTrainingState(
       options: JSON.stringify(options),
       position: JSON.stringify(position),
       optimizer_steps: String(opt.stepCount),
+      ...rowStepsMetadata(model, opt),
     });
   } finally {
     for (const t of owned) t.dispose();
@@ -358,11 +423,33 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
   }
   const stepsPerEpoch = Batches.countFor(train.count, r.batchSize);
   const total = Math.min(r.maxSteps, r.epochs * stepsPerEpoch);
+  const prog = r.progressive;
+  const before = { active: model.activeBranches, frozen: model.frozenBranches, embedding: model.embeddingFrozen };
+  if (prog) {
+    try {
+      checkProgressive(prog, model.config.branches, stepsPerEpoch, r.epochs * stepsPerEpoch, parallel);
+      if (!o.resume && prog.zeroInit) zeroOutputs(model, prog.start);
+    } catch (e) {
+      opt.dispose();
+      if (trained !== model) trained.dispose();
+      throw e;
+    }
+  }
   const runDir = o.runDir;
   const files = runDir !== undefined && main;
   if (files) fs.mkdirSync(runDir, { recursive: true });
   const metricsFile = files ? path.join(runDir, 'metrics.jsonl') : undefined;
   const log = (rec: object) => metricsFile && fs.appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
+  // The schedule's branches at a step (with the model's own frozen ones kept frozen).
+  let phase = -1;
+  const applyPhase = (at: number) => {
+    if (!prog) return;
+    const ph = progressivePhase(prog, model.config.branches, stepsPerEpoch, at);
+    if (ph.phase === phase) return;
+    phase = ph.phase;
+    model.setActiveBranches(ph.active).freezeBranches(Math.min(ph.active, Math.max(before.frozen, ph.frozen)), { embedding: before.embedding });
+    log({ type: 'phase', step: at, phase: ph.phase, activeBranches: ph.active, frozenBranches: model.frozenBranches });
+  };
   const tty = Boolean(process.stderr.isTTY);
   const bar = main && showProgress && (tty || every > 0) ? new Progress(process.stderr, total, start.step, { tty, every }) : undefined;
   const checkpoint = (pos: { step: number; epoch: number; batch: number }) => {
@@ -392,6 +479,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
           break;
         }
         const cur = next!;
+        applyPhase(step);
         const lr = learningRate(step, total, r);
         opt.setLearningRate(lr);
         const ts = Date.now();
@@ -445,7 +533,10 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
       next?.images.dispose();
       next?.labels.dispose();
       if (aborted || ran === 0) break;
-      const em: EpochMetrics = { epoch, step, trainLoss: seen ? lossSum / seen : NaN, trainAccuracy: seen ? correct / seen : NaN, seconds: (Date.now() - te) / 1000 };
+      const em: EpochMetrics = {
+        epoch, step, ...(prog ? { activeBranches: model.activeBranches } : {}),
+        trainLoss: seen ? lossSum / seen : NaN, trainAccuracy: seen ? correct / seen : NaN, seconds: (Date.now() - te) / 1000,
+      };
       if (test) em.test = parallel === 'data' ? await evaluateShared(trained, test, r.evalBatchSize, rank, ranks) : await evaluate(trained, test, r.evalBatchSize);
       history.push(em);
       log({ type: 'epoch', ...em, test: em.test && { loss: em.test.loss, accuracy: em.test.accuracy } });
@@ -458,6 +549,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
     if (trained !== model) gatherInto(model, trained);
   } finally {
     bar?.stop();
+    if (prog) model.setActiveBranches(before.active).freezeBranches(before.frozen, { embedding: before.embedding });
     opt.dispose();
     if (trained !== model) trained.dispose();
   }
@@ -469,6 +561,36 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
     if (result.test) fs.writeFileSync(path.join(runDir, 'confusion.json'), JSON.stringify(result.test.confusion));
   }
   return result;
+}
+
+/**
+ * Refuses a progressive schedule that does not fit the model or the run's epochs (maxSteps is a
+ * budget that may stop a run early, to be resumed, as a signal does).
+ */
+function checkProgressive(p: Required<ProgressiveOptions>, branches: number, stepsPerEpoch: number, total: number, parallel: ParallelMode): void {
+  if (parallel === 'branches') throw new ArgumentError("progressive training cannot be combined with parallel 'branches'");
+  if (p.start > branches) throw new ArgumentError(`progressive.start is ${p.start} but the model has ${branches} branches per stage`);
+  const last = Math.ceil((branches - p.start) / p.add);
+  const at = last * p.every * (p.unit === 'epochs' ? stepsPerEpoch : 1);
+  if (last > 0 && at >= total) {
+    throw new ArgumentError(
+      `the progressive schedule activates the last branches at step ${at} (phase ${last}, every ${p.every} ${p.unit}) ` +
+        `but the run has ${total} steps: shorten progressive.every or train longer`,
+    );
+  }
+}
+
+/** Zeroes the output projections of branches [from, N) of every stage: they start with zero output. */
+function zeroOutputs(model: ParaFormer, from: number): void {
+  const N = model.config.branches;
+  if (from >= N) return;
+  tidy(() => {
+    const sd = new Map<string, Tensor>();
+    for (const [name, p] of model.namedParameters()) {
+      if (isBranchOutput(name)) sd.set(name, concat([p.slice(0, 0, from), zeros([N - from, ...p.shape.slice(1)], { device: model.device })], 0));
+    }
+    model.loadStateDict(sd, false);
+  });
 }
 
 /** evaluate() split over the ranks of a data-parallel job: each takes every `ranks`-th batch; the totals are summed. */
@@ -508,9 +630,16 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
     if (!Number.isSafeInteger(steps) || steps < 0) throw new CheckpointError(`${file}: optimizer_steps is ${JSON.stringify(metadata.optimizer_steps)}, not a count`);
     const losses = tensors.get('train.losses');
     if (losses && (losses.dtype !== 'float32' || losses.shape.length !== 1)) throw new CheckpointError(`${file}: train.losses is not a float32 vector`);
+    // Options a checkpoint predates have their defaults.
+    let saved: Record<string, unknown>;
+    try {
+      saved = ParaFormer.resolveConfig(config as ParaFormerOptions);
+    } catch (e) {
+      throw new CheckpointError(`${file}: the saved model config is not valid: ${(e as Error).message}`);
+    }
     for (const [k, v] of Object.entries(model.config)) {
       if (k === 'seed') continue;  // initialisation only: the checkpoint replaces every parameter
-      if (config[k] !== v) throw new CheckpointError(`${file}: the checkpoint's ${k} is ${JSON.stringify(config[k])} but the model's is ${JSON.stringify(v)}`);
+      if (saved[k] !== v) throw new CheckpointError(`${file}: the checkpoint's ${k} is ${JSON.stringify(saved[k])} but the model's is ${JSON.stringify(v)}`);
     }
     const input = readInputSpec(file, metadata, model.config);
     // Everything is checked before anything changes: a checkpoint that does not fit leaves the
@@ -533,16 +662,23 @@ export function loadTrainingState(file: string, model: ParaFormer, opt: AdamW | 
         }
       }
     }
+    const rowSteps = metadata.optimizer_row_steps === undefined ? {} : object('optimizer_row_steps');
+    for (const [name, rows] of Object.entries(rowSteps)) {
+      const p = params.get(name);
+      const ok = p && Array.isArray(rows) && rows.length === p.shape[0] && rows.every((v) => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= steps);
+      if (!ok) throw new CheckpointError(`${file}: optimizer_row_steps.${name} is not one update count per row of a parameter`);
+    }
     model.loadStateDict(params);
     if (input && !model.inputSpec) model.inputSpec = input;
     opt.stepCount = steps;
     for (const [name, p] of model.namedParameters()) {
+      const rows = (rowSteps[name] as number[] | undefined) ?? null;
       if (opt instanceof AdamW) {
         const m = tensors.get(`optimizer.m.${name}`), v = tensors.get(`optimizer.v.${name}`);
-        if (m && v) opt.restoreState(p, m, v, opt.stepCount);
+        if (m && v) opt.restoreState(p, m, v, opt.stepCount, rows);
       } else {
         const b = tensors.get(`optimizer.buf.${name}`);
-        if (b) opt.restoreBuffer(p, b);
+        if (b) opt.restoreBuffer(p, b, rows);
       }
     }
     return {

@@ -40,6 +40,10 @@ ModelConfig arg_config(Info info, size_t i) {
   c.eps = static_cast<float>(field_number(o, "eps", c.eps));
   c.branch_scale = static_cast<float>(field_number(o, "branchScale", c.branch_scale));
   c.branch_parallel = field_bool(o, "branchParallel", false);
+  c.layer_scale = field_bool(o, "layerScale", false);
+  c.pre_norm = field_bool(o, "preNorm", false);
+  c.patch_bias = field_bool(o, "patchBias", true);
+  c.avg_pool = field_bool(o, "avgPool", false);
   check(c.eps > 0.0f, ERROR_ARGUMENT, "model config: eps must be positive");
   check_model_config(c);
   return c;
@@ -145,6 +149,14 @@ Napi::Value js_model_dispose(Info info) {
 Napi::Value js_model_set_precision(Info info) {
   return guard(info, [&]() -> Napi::Value {
     arg_ref<Model>(info, 0, "model")->set_precision(arg_precision(info, 1));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value js_model_set_branches(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    arg_ref<Model>(info, 0, "model")->set_branches(arg_int(info, 1, "active", 0, 4096), arg_int(info, 2, "frozen", 0, 4096),
+                                                   arg_bool(info, 3, "freezeEmbedding"));
     return info.Env().Undefined();
   });
 }
@@ -359,6 +371,13 @@ Napi::Value js_optimizer_state(Info info) {
     o.Set("a", s.a ? wrap_tensor(info.Env(), s.a) : info.Env().Null());
     o.Set("b", s.b ? wrap_tensor(info.Env(), s.b) : info.Env().Null());
     o.Set("step", static_cast<double>(s.step));
+    if (s.row_steps.empty()) {
+      o.Set("rowSteps", info.Env().Null());
+    } else {
+      Napi::Array rows = Napi::Array::New(info.Env(), s.row_steps.size());
+      for (size_t r = 0; r < s.row_steps.size(); r++) rows.Set(static_cast<uint32_t>(r), static_cast<double>(s.row_steps[r]));
+      o.Set("rowSteps", rows);
+    }
     return o;
   });
 }
@@ -370,6 +389,18 @@ Napi::Value js_optimizer_set_state(Info info) {
     s.a = arg_tensor_or_null(info, 2, "state a");
     s.b = arg_tensor_or_null(info, 3, "state b");
     s.step = arg_int(info, 4, "step", 0, int64_t{1} << 50);
+    if (info.Length() > 5 && !info[5].IsNull() && !info[5].IsUndefined()) {
+      check(info[5].IsArray(), ERROR_ARGUMENT, "Expected an array of row step counts (or null) for argument 5");
+      Napi::Array rows = info[5].As<Napi::Array>();
+      for (uint32_t r = 0; r < rows.Length(); r++) {
+        Napi::Value v = rows.Get(r);
+        check(v.IsNumber(), ERROR_ARGUMENT, "row step count " + std::to_string(r) + " is not a number");
+        const double d = v.As<Napi::Number>().DoubleValue();
+        check(d >= 0 && d <= 1e15 && d == static_cast<double>(static_cast<int64_t>(d)), ERROR_ARGUMENT,
+              "row step count " + std::to_string(r) + " is not a count");
+        s.row_steps.push_back(static_cast<int64_t>(d));
+      }
+    }
     opt->set_state(static_cast<size_t>(arg_int(info, 1, "index", 0, int64_t{1} << 30)), s);
     return info.Env().Undefined();
   });
@@ -386,6 +417,7 @@ void register_model_exports(Napi::Env env, Napi::Object exports) {
       {"modelTo", js_model_to},
       {"modelSetPrecision", js_model_set_precision},
       {"modelDispose", js_model_dispose},
+      {"modelSetBranches", js_model_set_branches},
       {"modelTrainStepAsync", js_model_train_step_async},
       {"modelEvaluateAsync", js_model_evaluate_async},
       {"optimizerCreate", js_optimizer_create},

@@ -62,6 +62,9 @@ struct TensorImpl {
   bool requires_grad = false;
   Tensor grad;                     // leaves only; accumulated by backward()
   std::shared_ptr<Node> grad_fn;   // non-leaves: the op that made this tensor
+  // The rows (along dimension 0) that optimizers update: [update_begin, update_end), -1 for the
+  // last row. A model's frozen and inactive branches are the rows outside (Model::set_branches).
+  int64_t update_begin = 0, update_end = -1;
 
   TensorImpl();
   ~TensorImpl();

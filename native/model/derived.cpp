@@ -41,7 +41,8 @@ std::vector<Tensor> derived(DerivedKind kind, const std::vector<Tensor>& sources
   if (grad_enabled()) return derive();
   std::string key = std::to_string(kind);
   for (const Tensor& t : sources)
-    key += ":" + std::to_string(reinterpret_cast<uintptr_t>(t->storage.get())) + "+" + std::to_string(t->offset);
+    key += ":" + std::to_string(reinterpret_cast<uintptr_t>(t->storage.get())) + "+" + std::to_string(t->offset) + "x" +
+           std::to_string(t->numel());  // a model's first k branches are a view at the same offset
   DerivedRegistry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   Storage& home = *sources[0]->storage;

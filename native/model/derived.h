@@ -13,7 +13,7 @@
 
 namespace duat {
 
-enum DerivedKind { DERIVED_QKV, DERIVED_FC1, DERIVED_FC2 };
+enum DerivedKind { DERIVED_QKV, DERIVED_FC1, DERIVED_FC2, DERIVED_LS1, DERIVED_LS2 };
 
 // derive() itself while grad mode is on; otherwise the cached result for (kind, sources), derived
 // anew when a source changed.

@@ -21,6 +21,29 @@ void Model::set_precision(Precision p) {
   precision_ = p;
 }
 
+void Model::set_branches(int64_t active, int64_t frozen, bool freeze_embedding) {
+  check_idle("change its active or frozen branches");
+  const int64_t N = config_.branches;
+  check(active >= 0 && active <= N, ERROR_ARGUMENT,
+        "model: active branches must be 0 (all) to " + std::to_string(N) + ", got " + std::to_string(active));
+  const int64_t k = active == 0 ? N : active;
+  check(frozen >= 0 && frozen <= k, ERROR_ARGUMENT,
+        "model: frozen branches must be 0 to the " + std::to_string(k) + " active ones, got " + std::to_string(frozen));
+  check(!config_.branch_parallel || (k == N && frozen == 0), ERROR_ARGUMENT,
+        "model: a branch-parallel share trains all its branches");
+  config_.active_branches = k == N ? 0 : k;
+  frozen_ = frozen;
+  const IndexRange stacked = model_branch_params(config_);
+  for (size_t i = 0; i < params_.size(); i++) {
+    Tensor& p = params_[i];
+    if (stacked.contains(i)) {
+      p->update_begin = frozen, p->update_end = k;
+    } else {
+      p->update_begin = 0, p->update_end = freeze_embedding && i < stacked.first ? 0 : -1;
+    }
+  }
+}
+
 void Model::check_idle(const char* what) const {
   check(!params_.empty(), ERROR_DISPOSED, "the model has been disposed");
   check(!busy_.load(), ERROR_STATE,

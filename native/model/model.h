@@ -23,6 +23,13 @@ class Model {
   Precision precision() const { return precision_; }
   void set_precision(Precision p);
 
+  // Progressive training and expansion (docs/design.md, "Branches"): each stage computes only its
+  // first `active` branches (0: all) and optimizers update only branches [frozen, active) of the
+  // stacked parameters; the embedding (patch embedding, class token, positions) is updated unless
+  // `freeze_embedding`; the final norm and the head always are.
+  void set_branches(int64_t active, int64_t frozen, bool freeze_embedding);
+  int64_t frozen_branches() const { return frozen_; }
+
   // images -> logits, recording the graph when grad mode is on (custom training loops).
   Tensor forward(const Tensor& images) const;
   std::vector<Tensor> attention_maps(const Tensor& images) const;
@@ -53,6 +60,7 @@ class Model {
   ModelConfig config_;
   std::vector<Tensor> params_;
   Precision precision_;
+  int64_t frozen_ = 0;
   std::atomic<bool> busy_{false};
 };
 

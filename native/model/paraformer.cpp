@@ -22,6 +22,17 @@ Tensor branch_qkv(const Tensor& normed, const StageParams& p) {
   return branch_linear(normed, f[0], f[1], nullptr, nullptr, false, true);
 }
 
+// LayerScale folded into a branch output's projection: gamma (N, C) scales the rows of its
+// weights (N, C, K) and its biases (N, C), so gamma * (W x + b) costs no pass of its own. Inside
+// the graph while training, from the cache for inference; the projection itself without gamma.
+std::pair<Tensor, Tensor> layer_scaled(const Tensor& w, const Tensor& b, const Tensor& gamma, DerivedKind kind) {
+  if (!gamma) return {w, b};
+  const std::vector<Tensor> f = derived(kind, {w, b, gamma}, [&] {
+    return std::vector<Tensor>{mul(w, reshape(gamma, {gamma->shape[0], gamma->shape[1], 1})), mul(b, gamma)};
+  });
+  return {f[0], f[1]};
+}
+
 }  // namespace
 
 void check_model_config(const ModelConfig& c) {
@@ -43,29 +54,79 @@ void check_model_config(const ModelConfig& c) {
         "model config: heads " + std::to_string(c.heads) + " do not divide dim " + std::to_string(c.dim));
 }
 
-std::vector<std::string> model_param_names(const ModelConfig& c) {
-  std::vector<std::string> n = {"patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed"};
-  for (int64_t s = 0; s < c.depth; s++) {
-    const std::string pre = "stages." + std::to_string(s) + ".";
-    for (const char* k : {"norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias", "attn.proj.weight",
-                          "attn.proj.bias", "norm2.weight", "norm2.bias", "mlp.fc1.weight", "mlp.fc1.bias",
-                          "mlp.fc2.weight", "mlp.fc2.bias"})
-      n.push_back(pre + k);
+namespace {
+
+// The kinds of a stage's parameters, in name order, with their fields.
+struct StageKind {
+  const char* name;
+  Tensor StageParams::*field;
+};
+std::vector<StageKind> stage_kinds(const ModelConfig& c) {
+  std::vector<StageKind> k = {
+      {"norm1.weight", &StageParams::norm1_w},  {"norm1.bias", &StageParams::norm1_b},
+      {"attn.qkv.weight", &StageParams::qkv_w}, {"attn.qkv.bias", &StageParams::qkv_b},
+      {"attn.proj.weight", &StageParams::proj_w}, {"attn.proj.bias", &StageParams::proj_b},
+      {"norm2.weight", &StageParams::norm2_w},  {"norm2.bias", &StageParams::norm2_b},
+      {"mlp.fc1.weight", &StageParams::fc1_w},  {"mlp.fc1.bias", &StageParams::fc1_b},
+      {"mlp.fc2.weight", &StageParams::fc2_w},  {"mlp.fc2.bias", &StageParams::fc2_b}};
+  if (c.layer_scale) {
+    k.push_back({"ls1.gamma", &StageParams::ls1});
+    k.push_back({"ls2.gamma", &StageParams::ls2});
   }
-  for (const char* k : {"norm.weight", "norm.bias", "head.weight", "head.bias"}) n.push_back(k);
+  return k;
+}
+
+// The parameters outside the stages, in name order: before the stages, then after.
+struct SharedKind {
+  const char* name;
+  Tensor ModelParams::*field;
+};
+std::vector<SharedKind> leading_kinds(const ModelConfig& c) {
+  std::vector<SharedKind> k = {{"patch_embed.proj.weight", &ModelParams::patch_w}};
+  if (c.patch_bias) k.push_back({"patch_embed.proj.bias", &ModelParams::patch_b});
+  k.push_back({"cls_token", &ModelParams::cls_token});
+  k.push_back({"pos_embed", &ModelParams::pos_embed});
+  if (c.pre_norm) {
+    k.push_back({"norm_pre.weight", &ModelParams::norm_pre_w});
+    k.push_back({"norm_pre.bias", &ModelParams::norm_pre_b});
+  }
+  return k;
+}
+std::vector<SharedKind> trailing_kinds(const ModelConfig& c) {
+  if (c.avg_pool) return {{"fc_norm.weight", &ModelParams::norm_w}, {"fc_norm.bias", &ModelParams::norm_b},
+                          {"head.weight", &ModelParams::head_w},   {"head.bias", &ModelParams::head_b}};
+  return {{"norm.weight", &ModelParams::norm_w}, {"norm.bias", &ModelParams::norm_b},
+          {"head.weight", &ModelParams::head_w}, {"head.bias", &ModelParams::head_b}};
+}
+
+}  // namespace
+
+std::vector<std::string> model_param_names(const ModelConfig& c) {
+  std::vector<std::string> n;
+  for (const SharedKind& k : leading_kinds(c)) n.push_back(k.name);
+  for (int64_t s = 0; s < c.depth; s++)
+    for (const StageKind& k : stage_kinds(c)) n.push_back("stages." + std::to_string(s) + "." + k.name);
+  for (const SharedKind& k : trailing_kinds(c)) n.push_back(k.name);
   return n;
 }
 
-// model_param_names: 4 parameters before the stages, 12 per stage.
-IndexRange model_branch_params(const ModelConfig& c) { return {4, 4 + 12 * static_cast<size_t>(c.depth)}; }
+IndexRange model_branch_params(const ModelConfig& c) {
+  const size_t first = leading_kinds(c).size();
+  return {first, first + stage_kinds(c).size() * static_cast<size_t>(c.depth)};
+}
 
 std::vector<Shape> model_param_shapes(const ModelConfig& c) {
   const int64_t C = c.dim, N = c.branches, M = c.mlp_hidden, P = c.patch_size;
-  std::vector<Shape> s = {{C, c.channels, P, P}, {C}, {1, 1, C}, {1, c.tokens(), C}};
+  std::vector<Shape> s = {{C, c.channels, P, P}};
+  if (c.patch_bias) s.push_back({C});
+  s.push_back({1, 1, C});
+  s.push_back({1, c.tokens(), C});
+  if (c.pre_norm) s.insert(s.end(), {{C}, {C}});
   for (int64_t i = 0; i < c.depth; i++) {
     const std::vector<Shape> stage = {{N, C}, {N, C}, {N, 3 * C, C}, {N, 3 * C}, {N, C, C}, {N, C},
                                       {N, C}, {N, C}, {N, M, C},     {N, M},     {N, C, M}, {N, C}};
     s.insert(s.end(), stage.begin(), stage.end());
+    if (c.layer_scale) s.insert(s.end(), {{N, C}, {N, C}});
   }
   const std::vector<Shape> tail = {{C}, {C}, {c.classes, C}, {c.classes}};
   s.insert(s.end(), tail.begin(), tail.end());
@@ -90,30 +151,24 @@ ModelParams model_params_from_list(const ModelConfig& c, const std::vector<Tenso
   }
   ModelParams p;
   size_t k = 0;
-  p.patch_w = list[k++];
-  p.patch_b = list[k++];
-  p.cls_token = list[k++];
-  p.pos_embed = list[k++];
+  for (const SharedKind& kind : leading_kinds(c)) p.*kind.field = list[k++];
   for (int64_t s = 0; s < c.depth; s++) {
     StageParams st;
-    for (Tensor* t : {&st.norm1_w, &st.norm1_b, &st.qkv_w, &st.qkv_b, &st.proj_w, &st.proj_b, &st.norm2_w,
-                      &st.norm2_b, &st.fc1_w, &st.fc1_b, &st.fc2_w, &st.fc2_b})
-      *t = list[k++];
+    for (const StageKind& kind : stage_kinds(c)) st.*kind.field = list[k++];
     p.stages.push_back(st);
   }
-  p.norm_w = list[k++];
-  p.norm_b = list[k++];
-  p.head_w = list[k++];
-  p.head_b = list[k++];
+  for (const SharedKind& kind : trailing_kinds(c)) p.*kind.field = list[k++];
   return p;
 }
 
 std::vector<Tensor> model_param_list(const ModelParams& p) {
-  std::vector<Tensor> l = {p.patch_w, p.patch_b, p.cls_token, p.pos_embed};
+  std::vector<Tensor> l = {p.patch_w};
+  for (const Tensor& t : {p.patch_b, p.cls_token, p.pos_embed, p.norm_pre_w, p.norm_pre_b})
+    if (t) l.push_back(t);
   for (const StageParams& s : p.stages)
     for (const Tensor& t : {s.norm1_w, s.norm1_b, s.qkv_w, s.qkv_b, s.proj_w, s.proj_b, s.norm2_w, s.norm2_b, s.fc1_w,
-                            s.fc1_b, s.fc2_w, s.fc2_b})
-      l.push_back(t);
+                            s.fc1_b, s.fc2_w, s.fc2_b, s.ls1, s.ls2})
+      if (t) l.push_back(t);
   for (const Tensor& t : {p.norm_w, p.norm_b, p.head_w, p.head_b}) l.push_back(t);
   return l;
 }
@@ -133,7 +188,8 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p);                    // (N, BT, 3C)
   const Tensor att = attention(reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C}), c.heads, N);  // (B, T1, N*C)
   const Tensor att_n = permute(reshape(att, {BT, N, C}), {1, 0, 2});                            // (N, BT, C) view
-  const Tensor a = branch_linear(att_n, p.proj_w, p.proj_b, nullptr, nullptr, false, false);     // (N, BT, C)
+  const std::pair<Tensor, Tensor> proj = layer_scaled(p.proj_w, p.proj_b, p.ls1, DERIVED_LS1);
+  const Tensor a = branch_linear(att_n, proj.first, proj.second, nullptr, nullptr, false, false);  // (N, BT, C)
   // The MLP of every branch on LN2(x + a_b), LN2's affine folded into fc1.
   const Tensor u = layernorm(a, nullptr, nullptr, c.eps, xf);                                    // (N, BT, C)
   Tensor h;                                                                                      // (N, BT, M)
@@ -146,8 +202,10 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   }
   // sum_b fc2_b(h_b) = [h_1 .. h_N] @ [W2_1 .. W2_N]^T: one product of inner size N*M, with the
   // branch biases summed and both residuals (x, and every a_b) in its epilogue.
-  const std::vector<Tensor> w2 = derived(DERIVED_FC2, {p.fc2_w, p.fc2_b}, [&] {
-    return std::vector<Tensor>{reshape(contiguous(permute(p.fc2_w, {1, 0, 2})), {C, N * M}), sum(p.fc2_b, {0}, false)};
+  const std::pair<Tensor, Tensor> fc2 = layer_scaled(p.fc2_w, p.fc2_b, p.ls2, DERIVED_LS2);
+  const Tensor &fc2_w = fc2.first, &fc2_b = fc2.second;
+  const std::vector<Tensor> w2 = derived(DERIVED_FC2, {fc2_w, fc2_b}, [&] {
+    return std::vector<Tensor>{reshape(contiguous(permute(fc2_w, {1, 0, 2})), {C, N * M}), sum(fc2_b, {0}, false)};
   });
   const Tensor y = stage_sum(resid, h, w2[0], w2[1], a, c.branch_scale);
   if (!comm) return reshape(y, {B, T1, C});
@@ -166,17 +224,40 @@ Tensor embed(const Tensor& images, const ModelParams& p, const ModelConfig& c) {
   const Device dev = model_device(p);
   const Tensor x = patch_embed(to(images, dev), p.patch_w, p.patch_b, c.patch_size);  // (B, T, C)
   const Tensor cls = add(zeros({B, 1, c.dim}, DTYPE_F32, dev), p.cls_token);           // (B, 1, C)
-  return add(concat({cls, x}, 1), p.pos_embed);                                       // (B, T1, C)
+  const Tensor embedded = add(concat({cls, x}, 1), p.pos_embed);                        // (B, T1, C)
+  return p.norm_pre_w ? layernorm(embedded, p.norm_pre_w, p.norm_pre_b, c.eps) : embedded;
+}
+
+// The stage's first c.active_branches branches as a stage of that many (views of the stacked
+// parameters, so gradients reach their rows), or the stage itself.
+std::pair<StageParams, ModelConfig> active_stage(const StageParams& p, const ModelConfig& c) {
+  const int64_t k = c.active_branches;
+  if (k <= 0 || k >= c.branches) return {p, c};
+  StageParams v;
+  Tensor StageParams::*const fields[] = {&StageParams::norm1_w, &StageParams::norm1_b, &StageParams::qkv_w,
+                                         &StageParams::qkv_b,   &StageParams::proj_w,  &StageParams::proj_b,
+                                         &StageParams::norm2_w, &StageParams::norm2_b, &StageParams::fc1_w,
+                                         &StageParams::fc1_b,   &StageParams::fc2_w,   &StageParams::fc2_b};
+  for (auto f : fields) v.*f = slice(p.*f, 0, 0, k, 1);
+  if (p.ls1) v.ls1 = slice(p.ls1, 0, 0, k, 1), v.ls2 = slice(p.ls2, 0, 0, k, 1);
+  ModelConfig ck = c;
+  ck.branches = k;
+  if (c.branch_scale != 1.0f) ck.branch_scale = 1.0f / static_cast<float>(k);  // 'mean' over the active ones
+  return {v, ck};
 }
 
 }  // namespace
 
 Tensor model_forward(const Tensor& images, const ModelParams& p, const ModelConfig& c) {
   Tensor x = embed(images, p, c);
-  for (const StageParams& s : p.stages) x = stage_forward(x, s, c);
+  for (const StageParams& s : p.stages) {
+    const std::pair<StageParams, ModelConfig> active = active_stage(s, c);
+    x = stage_forward(x, active.first, active.second);
+  }
   const int64_t B = x->shape[0];
-  const Tensor cls = reshape(slice(x, 1, 0, 1, 1), {B, c.dim});
-  return linear(layernorm(cls, p.norm_w, p.norm_b, c.eps), p.head_w, p.head_b);
+  // The class token, or the mean of the patch tokens (fc_norm then takes norm's place).
+  const Tensor pooled = c.avg_pool ? mean(slice(x, 1, 1, x->shape[1], 1), {1}, false) : reshape(slice(x, 1, 0, 1, 1), {B, c.dim});
+  return linear(layernorm(pooled, p.norm_w, p.norm_b, c.eps), p.head_w, p.head_b);
 }
 
 std::vector<Tensor> model_attention_maps(const Tensor& images, const ModelParams& p, const ModelConfig& c) {
@@ -184,11 +265,14 @@ std::vector<Tensor> model_attention_maps(const Tensor& images, const ModelParams
   std::vector<Tensor> maps;
   Tensor x = embed(images, p, c);
   const int64_t B = x->shape[0], T1 = x->shape[1], BT = B * T1;
-  for (const StageParams& s : p.stages) {
+  for (const StageParams& full : p.stages) {
+    const std::pair<StageParams, ModelConfig> active = active_stage(full, c);
+    const StageParams& s = active.first;
+    const ModelConfig& sc = active.second;
     const Tensor qkv = branch_qkv(layernorm(reshape(x, {BT, c.dim}), nullptr, nullptr, c.eps), s);
-    maps.push_back(attention_probs(reshape(permute(qkv, {1, 0, 2}), {B, T1, c.branches * 3 * c.dim}), c.heads,
-                                   c.branches));
-    x = stage_forward(x, s, c);
+    maps.push_back(attention_probs(reshape(permute(qkv, {1, 0, 2}), {B, T1, sc.branches * 3 * c.dim}), c.heads,
+                                   sc.branches));
+    x = stage_forward(x, s, sc);
   }
   return maps;
 }

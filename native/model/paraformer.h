@@ -21,11 +21,19 @@ struct ModelConfig {
   int64_t dim = 64, heads = 4, depth = 1, branches = 4, mlp_hidden = 128;
   float eps = 1e-6f;
   float branch_scale = 1.0f;  // 1: sum of branches (default); 1/N: mean
+  // ViT variants (docs/design.md, "ViT variants"), for pretrained checkpoints: LayerScale on each
+  // branch's two outputs (ls1, ls2), a LayerNorm after the embedding (norm_pre), a patch
+  // embedding without bias, and global average pooling of the patch tokens into fc_norm instead
+  // of the class token into norm.
+  bool layer_scale = false, pre_norm = false, patch_bias = true, avg_pool = false;
   // Branch-parallel training: this model holds one rank's share of every stage's branches
   // (`branches` of them) and each stage sums its branches over the ranks of the process's
   // communicator (branch_input / branch_reduce), then adds the residual. branch_scale is then
   // 1/N of the whole model's N for 'mean'.
   bool branch_parallel = false;
+  // Progressive training and expansion (docs/design.md, "Branches"): only each stage's first
+  // `active_branches` branches compute (0: all); the others cost nothing and get no gradient.
+  int64_t active_branches = 0;
   int64_t tokens() const { return (image_size / patch_size) * (image_size / patch_size) + 1; }
 };
 
@@ -37,13 +45,15 @@ struct StageParams {
   Tensor norm2_w, norm2_b;  // (N, C)
   Tensor fc1_w, fc1_b;      // (N, M, C), (N, M)
   Tensor fc2_w, fc2_b;      // (N, C, M), (N, C)
+  Tensor ls1, ls2;          // (N, C) LayerScale, or null
 };
 
 struct ModelParams {
-  Tensor patch_w, patch_b;  // (C, channels, P, P), (C)
+  Tensor patch_w, patch_b;  // (C, channels, P, P), (C) or null
   Tensor cls_token, pos_embed;  // (1, 1, C), (1, T+1, C)
+  Tensor norm_pre_w, norm_pre_b;  // (C), or null
   std::vector<StageParams> stages;
-  Tensor norm_w, norm_b;  // (C)
+  Tensor norm_w, norm_b;  // (C): norm, or fc_norm with avg_pool
   Tensor head_w, head_b;  // (classes, C), (classes)
 };
 

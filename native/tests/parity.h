@@ -213,10 +213,13 @@ inline void check_model(Device target, Precision precision, const ModelConfig& c
 
 // Two training steps (AdamW, two groups with their own options, smoothing, clipping) on the CPU
 // and on `target` from the same parameters: the statistics read back and the parameters after.
-inline void check_training(Device target, Precision precision, std::mt19937_64& rng, Report& r) {
+// With `rows`, the second step trains 2 of the 3 branches with the first frozen (the optimizer
+// by rows, per-row bias corrections, zeroed frozen gradients).
+inline void check_training(Device target, Precision precision, std::mt19937_64& rng, Report& r, bool rows = false) {
   const ModelConfig c = mnist_config(2, 3);
   const double tol = 10 * tolerance(precision);
-  const std::string tag = " (" + std::string(precision_name(precision)) + ")";
+  const std::string tag = std::string(rows ? ", second step with branch 0 frozen and branch 2 inactive" : "") + " (" +
+                          std::string(precision_name(precision)) + ")";
   try {
     const std::vector<Tensor> init = random_params(c, rng);
     Model a(c, copies(init, DEVICE_CPU), precision), b(c, copies(init, DEVICE_CPU), precision);
@@ -238,6 +241,7 @@ inline void check_training(Device target, Precision precision, std::mt19937_64& 
     so.label_smoothing = 0.1f, so.clip_grad_norm = 0.5f;
     double worst_stat = 0;
     for (int step = 0; step < 2; step++) {
+      if (rows && step == 1) a.set_branches(2, 1, false), b.set_branches(2, 1, false);
       const Tensor images = randn({6, 1, 28, 28}, rng(), 0.0f, 1.0f);
       const Tensor labels = random_labels(6, 10, rng);
       const StepResult ra = train_step(a, images, labels, &oa, {g0, g1}, so);
@@ -335,7 +339,13 @@ inline void check_all(Device target, const std::vector<Precision>& precisions, s
       tiny.image_size = 32, tiny.channels = 3, tiny.dim = 192, tiny.heads = 3, tiny.mlp_hidden = 768, tiny.branches = 4;
       check_model(target, p, tiny, "para-former-1-4 tiny 32x32, B 2", 2, 0.0f, rng, r);
     }
+    ModelConfig variant = mnist_config(2, 3);  // the ViT variants, two branches active
+    variant.layer_scale = variant.pre_norm = variant.avg_pool = true;
+    variant.patch_bias = false;
+    variant.active_branches = 2;
+    check_model(target, p, variant, "para-former-2-3 LayerScale, pre-norm, average pooling, 2 active, B 3", 3, 0.0f, rng, r);
     check_training(target, p, rng, r);
+    check_training(target, p, rng, r, true);
   }
   check_non_finite_skip(target, rng, r);
   check_launches(target, rng, r);

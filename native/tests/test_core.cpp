@@ -342,7 +342,7 @@ void test_device_math() {
       pd[i] = pd[i] * (1 - lr * wd) - lr / (1 - std::pow(b1, step)) * md[i] / (std::sqrt(vd[i] / (1 - std::pow(b2, step))) + eps);
     }
     Optimizer opt(OPTIMIZER_ADAMW, {p}, {0});
-    opt.set_state(0, {m, v, step - 1});
+    opt.set_state(0, {m, v, step - 1, {}});
     p->grad = g;
     GroupOptions o;
     o.lr = lr, o.weight_decay = wd, o.beta1 = b1, o.beta2 = b2, o.eps = eps;

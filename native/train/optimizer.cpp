@@ -1,10 +1,38 @@
 // optimizer.cpp: the one optimizer path (optimizer.h).
 #include "optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
 namespace duat {
+
+namespace {
+
+// The rows of p that optimizers update: [first, end) along dimension 0.
+std::pair<int64_t, int64_t> update_rows(const Tensor& p) {
+  const int64_t rows = p->dim() == 0 ? 1 : p->shape[0];
+  const int64_t end = p->update_end < 0 ? rows : std::min(p->update_end, rows);
+  return {std::clamp<int64_t>(p->update_begin, 0, end), end};
+}
+
+bool all_rows(const Tensor& p) {
+  const auto [first, end] = update_rows(p);
+  return first == 0 && end == (p->dim() == 0 ? 1 : p->shape[0]);
+}
+
+}  // namespace
+
+void Optimizer::drop_frozen_gradients(const std::vector<Tensor>& params) {
+  for (const Tensor& p : params) {
+    if (!p->grad || all_rows(p)) continue;
+    const auto [first, end] = update_rows(p);
+    const int64_t rows = p->shape[0], row = p->numel() / std::max<int64_t>(rows, 1);
+    for (const auto& [a, b] : {std::pair<int64_t, int64_t>{0, first}, {end, rows}})
+      if (b > a) copy_into(make_view(p->grad, {(b - a) * row}, {1}, p->grad->offset + a * row),
+                           zeros({(b - a) * row}, DTYPE_F32, p->device));
+  }
+}
 
 Optimizer::Optimizer(OptimizerKind kind, std::vector<Tensor> params, std::vector<int> group_of)
     : kind_(kind), params_(std::move(params)), group_of_(std::move(group_of)), state_(params_.size()) {
@@ -63,7 +91,12 @@ void Optimizer::set_state(size_t i, const State& s) {
   check(kind_ != OPTIMIZER_ADAMW || static_cast<bool>(moved.a) == static_cast<bool>(moved.b), ERROR_CHECKPOINT,
         "optimizer state: AdamW needs both moments of parameter " + std::to_string(i));
   check(s.step >= 0, ERROR_CHECKPOINT, "optimizer state: a negative step count");
+  check(s.row_steps.empty() || (p->dim() > 0 && static_cast<int64_t>(s.row_steps.size()) == p->shape[0]), ERROR_CHECKPOINT,
+        "optimizer state: " + std::to_string(s.row_steps.size()) + " row step counts for parameter " + std::to_string(i) +
+            " of shape " + shape_str(p->shape));
+  for (int64_t r : s.row_steps) check(r >= 0, ERROR_CHECKPOINT, "optimizer state: a negative row step count");
   moved.step = s.step;
+  moved.row_steps = s.row_steps;
   state_[i] = moved;
 }
 
@@ -83,6 +116,8 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
               " but the parameter " + shape_str(p->shape));
     check_same_device(p, g, "optimizer");
     check(p->is_contiguous(), ERROR_SHAPE, "optimizer: parameter " + std::to_string(i) + " is not contiguous");
+    const auto [first, end] = update_rows(p);
+    if (first >= end) continue;  // frozen whole
     const GroupOptions& o = groups[group_of_[i]];
     check(std::isfinite(o.lr) && o.lr >= 0 && std::isfinite(o.weight_decay) && o.weight_decay >= 0, ERROR_ARGUMENT,
           "optimizer: group " + std::to_string(group_of_[i]) + " needs a finite, non-negative lr and weight decay");
@@ -103,22 +138,47 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
   if (scale.sumsq)  // the clipping factor is a scalar on one device
     for (size_t i : todo)
       check_same_device(params_[todo[0]], params_[i], "optimizer (gradient clipping)");
-  // One multi-tensor update per device.
+  // One multi-tensor update per device. A parameter updated by rows gives one entry per run of
+  // updated rows with the same update count.
+  struct Run {
+    size_t param;
+    int64_t first, end, step;  // rows [first, end), each updated `step` times before
+  };
+  std::vector<Run> runs;
+  for (size_t i : todo) {
+    const Tensor& p = params_[i];
+    State& s = next[i];
+    if (all_rows(p) && s.row_steps.empty()) {
+      runs.push_back({i, 0, -1, s.step});
+      continue;
+    }
+    if (s.row_steps.empty()) s.row_steps.assign(static_cast<size_t>(p->shape[0]), s.step);
+    const auto [first, end] = update_rows(p);
+    for (int64_t r = first; r < end;) {
+      int64_t e = r + 1;
+      while (e < end && s.row_steps[e] == s.row_steps[r]) e++;
+      runs.push_back({i, r, e, s.row_steps[r]});
+      r = e;
+    }
+  }
   for (Device dev : {DEVICE_CPU, DEVICE_CUDA}) {
     std::vector<AdamWTensor> adam;
     std::vector<SgdTensor> sgd;
-    for (size_t i : todo) {
+    for (const Run& run : runs) {
+      const size_t i = run.param;
       const Tensor& p = params_[i];
       if (p->device != dev) continue;
       const GroupOptions& o = groups[group_of_[i]];
       const State& s = next[i];
+      const int64_t row = run.end < 0 ? 0 : p->numel() / p->shape[0];
+      const int64_t at = run.end < 0 ? 0 : run.first * row, n = run.end < 0 ? p->numel() : (run.end - run.first) * row;
       if (kind_ == OPTIMIZER_ADAMW) {
         // Bias corrections in double, as PyTorch computes them: 1 - beta2^t loses digits in float.
-        const double t = static_cast<double>(s.step + 1);
+        const double t = static_cast<double>(run.step + 1);
         const double bc1 = 1.0 - std::pow(o.beta1, t), bc2 = 1.0 - std::pow(o.beta2, t);
         AdamWTensor a;
-        a.param = p->ptr_f32(), a.grad = p->grad->ptr_f32(), a.m = s.a->ptr_f32(), a.v = s.b->ptr_f32();
-        a.n = p->numel();
+        a.param = p->ptr_f32() + at, a.grad = p->grad->ptr_f32() + at, a.m = s.a->ptr_f32() + at, a.v = s.b->ptr_f32() + at;
+        a.n = n;
         a.beta1 = static_cast<float>(o.beta1), a.one_minus_beta1 = static_cast<float>(1.0 - o.beta1);
         a.beta2 = static_cast<float>(o.beta2), a.one_minus_beta2 = static_cast<float>(1.0 - o.beta2);
         a.eps = static_cast<float>(o.eps);
@@ -127,9 +187,12 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
         a.inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
         adam.push_back(a);
       } else {
-        sgd.push_back({p->ptr_f32(), p->grad->ptr_f32(), s.a ? s.a->ptr_f32() : nullptr, p->numel(),
+        // The buffer starts as the gradient on a row's first update (a whole parameter's: when
+        // its buffer was made by this step).
+        const bool first = run.end < 0 ? !state_[i].a : run.step == 0;
+        sgd.push_back({p->ptr_f32() + at, p->grad->ptr_f32() + at, s.a ? s.a->ptr_f32() + at : nullptr, n,
                        static_cast<float>(o.lr), static_cast<float>(o.weight_decay), static_cast<float>(o.momentum),
-                       static_cast<float>(o.dampening), o.nesterov, !state_[i].a});
+                       static_cast<float>(o.dampening), o.nesterov, first});
       }
     }
     if (adam.empty() && sgd.empty()) continue;
@@ -137,6 +200,8 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
     if (!adam.empty()) be.adamw(adam, scale);
     if (!sgd.empty()) be.sgd(sgd, scale);
   }
+  for (const Run& run : runs)
+    for (int64_t r = run.first; r < run.end; r++) next[run.param].row_steps[r]++;
   for (size_t i : todo) {
     mark_written(params_[i]);
     next[i].step++;

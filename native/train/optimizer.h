@@ -3,6 +3,10 @@
 // (decoupled weight decay, bias correction per parameter, PyTorch's formula) or SGD (momentum,
 // dampening, Nesterov), each parameter with its group's options, one multi-tensor update per
 // device. State lives on the parameters' device and follows them when they move.
+// A parameter whose update rows (TensorImpl::update_begin/end) leave some out, a model's frozen or
+// inactive branches, is updated row by row: the rows outside keep their values and state, and
+// each row counts its own updates for the bias correction, as separate per-branch parameters
+// would in PyTorch.
 #pragma once
 #include <atomic>
 #include <vector>
@@ -47,6 +51,9 @@ class Optimizer {
   struct State {
     Tensor a, b;
     int64_t step = 0;
+    // Updates per row (dimension 0) once the parameter has been updated by rows; empty until
+    // then (every row has had `step`).
+    std::vector<int64_t> row_steps;
   };
   State state(size_t i) const;
   // Restores parameter i's state (copied to the parameter's device): shapes and dtypes must fit
@@ -57,6 +64,10 @@ class Optimizer {
   void dispose();
   // The state tensors that exist, for the model's lock.
   std::vector<Tensor> state_tensors() const;
+
+  // Zeroes the gradients' rows that the optimizer does not update, so that norms and clipping
+  // see only what trains (a frozen parameter has no gradient in PyTorch).
+  static void drop_frozen_gradients(const std::vector<Tensor>& params);
 
   // One step at a time: a training step in flight owns the optimizer (ERROR_STATE otherwise).
   std::atomic<bool> busy{false};

@@ -91,6 +91,7 @@ StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, 
     correct = count_correct(logits, y);
     backward(loss, nullptr);
   }
+  Optimizer::drop_frozen_gradients(model.params());
   std::vector<Tensor> grads;
   for (const Tensor& t : model.params())
     if (t->grad) grads.push_back(t->grad);
