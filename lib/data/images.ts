@@ -6,7 +6,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import { readFileOr } from '../io/files';
-import { DataError } from '../errors';
+import { ArgumentError, DataError } from '../errors';
 import { checkInt } from '../validate';
 import type { Dataset } from './dataset';
 
@@ -143,10 +143,20 @@ export function prepareImage(img: Image, channels: number, size: number, options
 
 /**
  * A folder with one subfolder per class (sorted names give the class ids) of PNG / JPEG images,
- * resized to `size` and normalised with `mean` / `std`.
+ * resized to `size` and normalised with `mean` / `std` (one value, or one per channel).
  */
-export function loadImageFolder(dir: string, options: { size: number; channels?: number; mean?: number; std?: number }): Dataset & { classNames: string[] } {
-  const channels = options.channels ?? 3, size = options.size, mean = options.mean ?? 0.5, std = options.std ?? 0.5;
+export function loadImageFolder(dir: string, options: { size: number; channels?: number; mean?: number | number[]; std?: number | number[] }): Dataset & { classNames: string[] } {
+  const channels = options.channels ?? 3, size = options.size;
+  const perChannel = (v: number | number[] | undefined, name: string): number[] => {
+    const list = Array.isArray(v) ? v : [v ?? 0.5];
+    if (![1, channels].includes(list.length) || !list.every((x) => typeof x === 'number' && Number.isFinite(x))) {
+      throw new ArgumentError(`Expected ${name} to be one number or ${channels} but received ${JSON.stringify(v)}`);
+    }
+    return list;
+  };
+  const means = perChannel(options.mean, 'mean'), stds = perChannel(options.std, 'std');
+  if (!stds.every((x) => x > 0)) throw new ArgumentError(`Expected a positive std but received ${JSON.stringify(options.std)}`);
+  const mean = (c: number) => means[means.length === 1 ? 0 : c], std = (c: number) => stds[stds.length === 1 ? 0 : c];
   let classNames: string[];
   try {
     classNames = fs.readdirSync(dir, { withFileTypes: true }).filter((d) => d.isDirectory()).map((d) => d.name).sort();
@@ -165,11 +175,14 @@ export function loadImageFolder(dir: string, options: { size: number; channels?:
   const labels = new Int32Array(files.length);
   files.forEach(([f, k], i) => {
     const v = prepareImage(readImage(f), channels, size);
-    for (let j = 0; j < px; j++) images[i * px + j] = (v[j] - mean) / std;
+    for (let j = 0; j < px; j++) {
+      const c = Math.floor(j / (size * size));
+      images[i * px + j] = (v[j] - mean(c)) / std(c);
+    }
     labels[i] = k;
   });
   return {
     name: path.basename(dir), images, labels, count: files.length, channels, size, classes: classNames.length, classNames,
-    mean: [mean], std: [std],
+    mean: means, std: stds,
   };
 }

@@ -1,5 +1,5 @@
 /** Data sets and batches. */
-export { Batches, CIFAR10_NAMES, loadCifarBinary, loadIdxDataset, loadMnist, mnistDir, MNIST_MEAN, MNIST_STD, numberNames, Rng, select } from './dataset';
+export { Batches, CIFAR10_NAMES, loadCifarBinary, loadIdxDataset, loadMnist, mnistDir, MNIST_MEAN, MNIST_STD, numberNames, Rng, select, split } from './dataset';
 export type { BatchOptions, Dataset, SelectOptions } from './dataset';
 export { fashionMnistDir, FASHION_MNIST_MEAN, FASHION_MNIST_NAMES, FASHION_MNIST_STD, loadFashionMnist } from './fashion';
 export { parseIdx, readIdx } from './idx';

@@ -6,6 +6,7 @@ import { native } from '../native';
 import { Tensor } from '../tensor';
 import { checkInt, checkOptions, describe } from '../validate';
 import { checkPath } from './files';
+import { readViTFiles } from './huggingface';
 import { loadSafetensors, saveSafetensors } from './safetensors';
 
 /** Saves a model (parameters and config) to a safetensors file, atomically. */
@@ -94,16 +95,19 @@ export interface LoadViTOptions {
   imageSize?: number;
   /** Image channels. Default: the checkpoint's. */
   channels?: number;
-  /** Attention heads (timm files do not record them). Default dim / 64. */
+  /** Attention heads (timm files do not record them). Default: config.json's, else dim / 64. */
   heads?: number;
-  /** LayerNorm epsilon. Default 1e-6 (timm's). */
+  /** LayerNorm epsilon. Default: config.json's layer_norm_eps beside the weights, else 1e-6 (timm's). */
   eps?: number;
 }
 
 /**
  * Loads a timm ViT safetensors file (names `blocks.i.*`, `patch_embed.proj.*`, `cls_token`,
  * `pos_embed`, `norm.*`, `head.*`; float32, float16 or bfloat16) as a Para-Former for
- * fine-tuning. The ViT variants of pretrained checkpoints are read into the model's config:
+ * fine-tuning, or a Hugging Face `ViTForImageClassification` (`save_pretrained`'s folder, its
+ * model.safetensors, or a sharded checkpoint's index): query, key and value are fused, and
+ * config.json gives the LayerNorm eps (1e-12 there), the heads and the class names,
+ * preprocessor_config.json the normalisation (kept as the model's {@link ParaFormer.inputSpec}). The ViT variants of pretrained checkpoints are read into the model's config:
  * LayerScale (`blocks.i.ls1.gamma`, DeiT-III, DINOv2), a pre-norm (`norm_pre.*`) and a patch
  * embedding without bias (CLIP image towers), global average pooling into `fc_norm`. Strict:
  * every tensor of the file is used, or the load fails naming what has no place (register tokens,
@@ -114,7 +118,9 @@ export interface LoadViTOptions {
 export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
   checkPath(file);
   const o = checkOptions<LoadViTOptions>(options, 'loadViT options');
-  const { tensors } = loadSafetensors(file);
+  const files = readViTFiles(file);
+  const { tensors } = files;
+  file = files.source;
   try {
     const get = (n: string) => {
       const t = tensors.get(n);
@@ -129,7 +135,7 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
     const n = checkInt(o.branches ?? 1, 'branches', 1, blocks);
     const m = checkInt(o.depth ?? Math.ceil(blocks / n), 'depth', 1, 4096);
     if (m * n !== blocks) throw new ArgumentError(`depth ${m} x branches ${n} must equal the ViT's ${blocks} blocks`);
-    const heads = checkInt(o.heads ?? Math.max(1, Math.round(C / 64)), 'heads', 1, C);
+    const heads = checkInt(o.heads ?? files.heads ?? Math.max(1, Math.round(C / 64)), 'heads', 1, C);
     const pos = get('pos_embed');
     const grid = Math.round(Math.sqrt(pos.shape[1] - 1));
     // A backbone without a classifier (DINO, MAE) takes a fresh head for `classes`.
@@ -195,7 +201,7 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
     const model = new ParaFormer({
       imageSize, patchSize: P, channels: o.channels ?? ch, classes,
       dim: C, heads, depth: m, branches: n, mlpRatio: M / C,
-      layerScale: layerScale ? 1 : 0, preNorm, patchBias, pool: avg ? 'avg' : 'token', eps: o.eps,
+      layerScale: layerScale ? 1 : 0, preNorm, patchBias, pool: avg ? 'avg' : 'token', eps: o.eps ?? files.eps,
     });
     const made: Tensor[] = [];  // every tensor made here is freed here, whatever happens
     try {
@@ -224,6 +230,11 @@ export function loadViT(file: string, options?: LoadViTOptions): ParaFormer {
         sd.set('head.bias', own.get('head.bias')!);
       }
       model.loadStateDict(sd);
+      // A Hugging Face folder's preprocessing and label names go with the model.
+      if (files.mean && files.std && [1, model.config.channels].includes(files.mean.length) && [1, model.config.channels].includes(files.std.length)) {
+        const kept = head && classes === head.shape[0] && files.classNames?.length === classes ? { classNames: files.classNames } : {};
+        model.inputSpec = { mean: files.mean, std: files.std, ...kept };
+      }
     } catch (e) {
       model.dispose();
       throw e;

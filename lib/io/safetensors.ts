@@ -5,6 +5,8 @@
  * exactly (no overlap, no gap, no trailing bytes), all checked before any tensor is made. Writes
  * are atomic (files.ts).
  */
+import * as fs from 'fs';
+
 import { readFileOr, writeFileAtomic } from './files';
 import { CheckpointError } from '../errors';
 import { Tensor, tensor } from '../tensor';
@@ -62,6 +64,29 @@ export interface SafetensorsFile {
   metadata: Record<string, string>;
   /** Each tensor's dtype in the file ('F32', 'I32', 'F16' or 'BF16'). */
   dtypes: Map<string, string>;
+}
+
+/**
+ * A safetensors file's `__metadata__`, read from its header alone (whatever the file's size);
+ * undefined for a file that is not safetensors.
+ */
+export function safetensorsMetadata(file: string): Record<string, string> | undefined {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(file, 'r');
+    const len = Buffer.alloc(8);
+    if (fs.readSync(fd, len, 0, 8, 0) !== 8) return undefined;
+    const n = Number(len.readBigUInt64LE(0));
+    if (n < 2 || n > MAX_HEADER_BYTES) return undefined;
+    const text = Buffer.alloc(n);
+    if (fs.readSync(fd, text, 0, n, 8) !== n) return undefined;
+    const meta = (JSON.parse(text.toString('utf8')) as { __metadata__?: unknown }).__metadata__;
+    return meta && typeof meta === 'object' && !Array.isArray(meta) ? (meta as Record<string, string>) : {};
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
 }
 
 /** The largest header accepted (the format's own bound). */

@@ -590,6 +590,26 @@ export class ParaFormer extends Module {
   }
 
   /**
+   * A copy of this model with a fresh head for `classes` classes (fine-tuning on another task):
+   * every other parameter copied, the head initialised as a new model's (from the config's seed).
+   * The input spec goes with it without class names. This model is left as it is.
+   * @throws ArgumentError for a class count out of range
+   */
+  withClasses(classes: number): ParaFormer {
+    const k = checkInt(classes, 'classes', 1, 1 << 20);
+    this.checkIdle('copy it');
+    const out = new ParaFormer({ ...this.config, classes: k, device: this.device });
+    try {
+      out.loadStateDict(new Map(this.namedParameters().filter(([n]) => !n.startsWith('head.'))), false);
+    } catch (e) {
+      out.dispose();
+      throw e;
+    }
+    if (this.spec) out.spec = { mean: this.spec.mean, std: this.spec.std };
+    return out;
+  }
+
+  /**
    * This model's config with `count` branches, its shared parameters and input spec, and each
    * branch-stacked parameter made by `rows` from this model's (inside a tidy).
    */
