@@ -131,24 +131,25 @@ interface FolderShape {
 }
 
 /**
- * The train and test sets of folder:PATH: PATH/train with PATH/val (or PATH/test) where they
- * exist, else PATH split class by class.
+ * The train and test sets of folder:PATH, streamed (decoded batch by batch on worker threads, the
+ * training set augmented): PATH/train with PATH/val (or PATH/test) where they exist, else PATH
+ * split class by class.
  */
-function loadFolder(dir: string, shape: FolderShape, valFraction: number, seed: number): { train: duat.data.Dataset; test: duat.data.Dataset } {
-  const load = (d: string) => duat.data.loadImageFolder(d, shape);
+async function loadFolder(dir: string, shape: FolderShape, valFraction: number, seed: number): Promise<{ train: duat.data.ImageStream; test: duat.data.ImageStream }> {
+  const open = (d: string, augment: boolean) => duat.data.imageFolder(d, { ...shape, augment });
   if (fs.existsSync(path.join(dir, 'train'))) {
     const held = ['val', 'test'].map((n) => path.join(dir, n)).find((d) => fs.existsSync(d));
-    const train = load(path.join(dir, 'train'));
+    const train = await open(path.join(dir, 'train'), true);
     if (held) {
-      const test = load(held);
+      const test = await open(held, false);
       if (test.classNames.join('/') !== train.classNames.join('/')) {
         throw new duat.DataError(`${held} has the classes [${test.classNames.join(', ')}] but ${path.join(dir, 'train')} has [${train.classNames.join(', ')}]`);
       }
       return { train, test };
     }
-    return duat.data.split(train, valFraction, seed);
+    return train.split(valFraction, seed);
   }
-  return duat.data.split(load(dir), valFraction, seed);
+  return (await open(dir, true)).split(valFraction, seed);
 }
 
 function loadData(which: string, split: 'train' | 'test', limit: number): duat.data.Dataset {
@@ -225,19 +226,18 @@ async function train(cmd: Command): Promise<void> {
   const init = o.init && !resume ? initModel(cmd, o) : undefined;
   const part = (ds: duat.data.Dataset, fraction: number) =>
     o.classes || fraction !== 1 ? duat.data.select(ds, { classes: o.classes ? parseClasses(o.classes as string) : undefined, fraction, seed: o.seed as number }) : ds;
-  let sets: { train: duat.data.Dataset; test: duat.data.Dataset };
   const data = o.data as string;
+  let trainSet: duat.Data, testSet: duat.Data;
   if (data.startsWith('folder:')) {
+    const unsupported = ['classes', 'fraction', 'limit', 'test-limit'].find((f) => given(cmd, f));
+    if (unsupported) throw new duat.ArgumentError(`--${unsupported} is for the built-in data sets; folder:PATH streams every image of its folders`);
     const size = (o['image-size'] as number) || init?.config.imageSize || 32, channels = init?.config.channels ?? 3;
     const shape = { size, channels, mean: init?.inputSpec?.mean ?? [0.5], std: init?.inputSpec?.std ?? [0.5] };
-    const loaded = loadFolder(data.slice('folder:'.length), shape, o['val-fraction'] as number, o.seed as number);
-    const limit = (ds: duat.data.Dataset, n: number) => (n > 0 ? duat.data.select(ds, { fraction: Math.min(1, n / ds.count), seed: o.seed as number }) : ds);
-    sets = { train: limit(loaded.train, o.limit as number), test: limit(loaded.test, o['test-limit'] as number) };
+    ({ train: trainSet, test: testSet } = await loadFolder(data.slice('folder:'.length), shape, o['val-fraction'] as number, o.seed as number));
   } else {
-    sets = { train: loadData(data, 'train', o.limit as number), test: loadData(data, 'test', o['test-limit'] as number) };
+    trainSet = part(loadData(data, 'train', o.limit as number), o.fraction as number);
+    testSet = part(loadData(data, 'test', o['test-limit'] as number), 1);
   }
-  const trainSet = part(sets.train, o.fraction as number);
-  const testSet = part(sets.test, 1);
   const device = o.device as 'cpu' | 'cuda' | 'auto', precision = o.precision as 'fp32' | 'tf32' | 'bf16';
   const model = resume
     ? duat.load(resume.checkpoint).to(device).setPrecision(precision)
@@ -309,6 +309,8 @@ async function train(cmd: Command): Promise<void> {
   } catch (e) {
     if (fresh && steps === 0) fs.rmSync(runDir, { recursive: true, force: true });
     throw e;
+  } finally {
+    if (duat.data.isImageStream(trainSet)) await trainSet.close();  // its decoding threads (the test set shares them)
   }
   if (main) {
     const modelFile = path.join(runDir, 'model.safetensors');
@@ -365,7 +367,7 @@ function initModel(cmd: Command, o: Record<string, unknown>): duat.ParaFormer {
  * The --init model made for the training set: a fresh head where the classes differ, and the
  * data's normalisation and class names as its input spec (it answers for this data now).
  */
-function forData(model: duat.ParaFormer, train: duat.data.Dataset): duat.ParaFormer {
+function forData(model: duat.ParaFormer, train: duat.Data): duat.ParaFormer {
   let out = model;
   if (train.classes !== model.config.classes) {
     out = model.withClasses(train.classes);

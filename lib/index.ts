@@ -47,7 +47,7 @@ export { serve } from './serve';
 export { compress, rankBranches } from './train/compress';
 export type { RankOptions } from './train/compress';
 export type { ModelServer, ServeOptions, ServeStats } from './serve';
-export type { EpochMetrics, EvalResult, FitOptions, FitResult, ProgressiveOptions, ResolvedFitOptions, StepMetrics } from './train/fit';
+export type { Data, EpochMetrics, EvalResult, FitOptions, FitResult, ProgressiveOptions, ResolvedFitOptions, StepMetrics } from './train/fit';
 import * as data from './data';
 export { data };
 export type { InputSpec, ParaFormerConfig, ParaFormerOptions, Prediction } from './nn/ParaFormer';

@@ -10,6 +10,10 @@ import { Tensor, tensor } from '../tensor';
 import { checkInt, checkOptions } from '../validate';
 import { readFileOr } from '../io/files';
 import { readIdx } from './idx';
+import { Rng } from './rng';
+import { ImageStream, isImageStream } from './stream';
+
+export { Rng };
 
 /** Images as float32 (N, channels, size, size), already normalised, and int32 labels. */
 export interface Dataset {
@@ -138,28 +142,6 @@ export interface BatchOptions {
   keepLast?: boolean;
 }
 
-/** A seeded 32-bit generator (mulberry32) whose state can be saved and restored. */
-export class Rng {
-  constructor(public state: number) {}
-  next(): number {
-    this.state = (this.state + 0x6d2b79f5) >>> 0;
-    let t = this.state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  /** Shuffles `a` in place (Fisher-Yates, from the end) and returns it. */
-  shuffle<T extends unknown[] | Int32Array>(a: T): T {
-    for (let i = a.length - 1; i > 0; i--) {
-      const j = this.int(i + 1);
-      [a[i], a[j]] = [a[j], a[i]];
-    }
-    return a;
-  }
-}
 
 /** Options of {@link select}. */
 export interface SelectOptions {
@@ -243,7 +225,7 @@ export class Batches {
   private readonly order: Int32Array;
   private readonly seed: number;
 
-  constructor(readonly data: Dataset, readonly epoch: number, private readonly options: BatchOptions = {}) {
+  constructor(readonly data: Dataset | ImageStream, readonly epoch: number, private readonly options: BatchOptions = {}) {
     const o = checkOptions<BatchOptions>(options, 'batch options');
     this.batchSize = checkInt(o.batchSize ?? 128, 'batchSize', 1, 1 << 20);
     this.order = Int32Array.from({ length: data.count }, (_, i) => i);
@@ -276,7 +258,8 @@ export class Batches {
    */
   batch(k: number, part?: { index: number; count: number }): { images: Tensor; labels: Tensor } {
     const rows = this.rowsOf(k);
-    const { data } = this;
+    const data = this.data;
+    if (isImageStream(data)) throw new ArgumentError('a streamed data set is read with load(), which decodes on worker threads');
     const lo = k * this.batchSize;
     const { start, end } = part ? Batches.shardRange(rows, part.index, part.count) : { start: 0, end: rows };
     const B = end - start, S = data.size, ch = data.channels, px = ch * S * S;
@@ -285,7 +268,7 @@ export class Batches {
     const shift = this.options.shift ?? 0, flip = this.options.flip ?? false;
     // Augmentation draws depend on (seed, epoch, batch) only, so any batch can be rebuilt alone;
     // a shard makes the draws of the rows before it too.
-    const rng = new Rng((this.seed * 2654435761 + this.epoch * 40503 + k * 97 + 12345) >>> 0);
+    const rng = new Rng(this.seedOf(k));
     const background = -MNIST_MEAN / MNIST_STD;
     for (let row = 0; row < end; row++) {
       const src = this.order[lo + row];
@@ -308,5 +291,26 @@ export class Batches {
           }
     }
     return { images: tensor(images, [B, ch, S, S]), labels: tensor(labels, [B]) };
+  }
+
+  /** The augmentation seed of batch k: (seed, epoch, batch) alone. */
+  private seedOf(k: number): number {
+    return (this.seed * 2654435761 + this.epoch * 40503 + k * 97 + 12345) >>> 0;
+  }
+
+  /**
+   * Batch k as {@link batch} makes it, for in-memory and streamed data alike: a streamed data
+   * set's images are decoded on its worker threads (augmented from the batch's seed), and rows
+   * whose files it skips are left out.
+   */
+  async load(k: number, part?: { index: number; count: number }): Promise<{ images: Tensor; labels: Tensor }> {
+    const data = this.data;
+    if (!isImageStream(data)) return this.batch(k, part);
+    const rows = this.rowsOf(k), lo = k * this.batchSize;
+    const { start, end } = part ? Batches.shardRange(rows, part.index, part.count) : { start: 0, end: rows };
+    const r = await data.load(this.order.subarray(lo + start, lo + end), this.seedOf(k) + (part?.index ?? 0));
+    if (r.labels.length === 0 && end > start) throw new DataError(`${data.name}: every image of batch ${k} was skipped as unreadable`);
+    const S = data.size;
+    return { images: tensor(r.images, [r.labels.length, data.channels, S, S]), labels: tensor(r.labels, [r.labels.length]) };
   }
 }

@@ -121,9 +121,21 @@ export function decodeImage(buf: Buffer, file: string, options?: ReadImageOption
   return { width, height, channels: 3, data };
 }
 
-/** Converts to `channels` (1: luminance; 3: RGB) and resizes bilinearly to size x size. */
-export function prepareImage(img: Image, channels: number, size: number, options: { invert?: boolean } = {}): Float32Array {
+/** A region of an image in its own pixels: left, top, width, height. */
+export interface CropBox {
+  x: number;
+  y: number;
+  w: number;
+  h: number;
+}
+
+/**
+ * Converts to `channels` (1: luminance; 3: RGB) and resizes bilinearly to size x size: the whole
+ * image, or the `crop` box of it; `flip` mirrors it left to right.
+ */
+export function prepareImage(img: Image, channels: number, size: number, options: { invert?: boolean; crop?: CropBox; flip?: boolean } = {}): Float32Array {
   const { width: W, height: H } = img;
+  const box = options.crop ?? { x: 0, y: 0, w: W, h: H };
   const src = channels === 1 && img.channels === 3
     ? Float32Array.from({ length: W * H }, (_, i) => 0.299 * img.data[i] + 0.587 * img.data[W * H + i] + 0.114 * img.data[2 * W * H + i])
     : img.data;
@@ -131,7 +143,8 @@ export function prepareImage(img: Image, channels: number, size: number, options
   for (let c = 0; c < channels; c++)
     for (let y = 0; y < size; y++)
       for (let x = 0; x < size; x++) {
-        const fy = Math.max(0, ((y + 0.5) * H) / size - 0.5), fx = Math.max(0, ((x + 0.5) * W) / size - 0.5);
+        const xs = options.flip ? size - 1 - x : x;
+        const fy = Math.max(0, box.y + ((y + 0.5) * box.h) / size - 0.5), fx = Math.max(0, box.x + ((xs + 0.5) * box.w) / size - 0.5);
         const y0 = Math.min(H - 1, Math.floor(fy)), x0 = Math.min(W - 1, Math.floor(fx));
         const y1 = Math.min(H - 1, y0 + 1), x1 = Math.min(W - 1, x0 + 1), wy = fy - y0, wx = fx - x0;
         const at = (yy: number, xx: number) => src[(c * H + yy) * W + xx];

@@ -6,3 +6,6 @@ export { parseIdx, readIdx } from './idx';
 export type { IdxArray } from './idx';
 export { decodeImage, imageSize, loadImageFolder, MAX_PIXELS, MAX_SIDE, prepareImage, readImage } from './images';
 export type { Image, ReadImageOptions } from './images';
+export { ImageStream, imageFolder, imageList, isImageStream } from './stream';
+export type { ImageStreamOptions, LabelledFile, StreamStats } from './stream';
+export type { CropBox } from './images';

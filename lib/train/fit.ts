@@ -10,6 +10,7 @@ import * as path from 'path';
 import * as distributed from '../distributed';
 import { ArgumentError, CheckpointError, NumericError } from '../errors';
 import { Batches, Dataset } from '../data/dataset';
+import { ImageStream, isImageStream } from '../data/stream';
 import { loadSafetensors, saveSafetensors } from '../io/safetensors';
 import { isBranchOutput, ParaFormer, ParaFormerOptions } from '../nn/ParaFormer';
 import { concat } from '../functional';
@@ -72,6 +73,8 @@ export interface FitOptions {
   progressEvery?: number;
   /** Evaluation batch size. Default 500. */
   evalBatchSize?: number;
+  /** Batches a streamed training set decodes ahead of the step (bounded memory). Default 2. */
+  prefetch?: number;
   /**
    * What a step whose loss or gradient norm is NaN or infinite does. Such a step never changes the
    * model (the update is skipped on the device). 'stop' (the default) then throws a
@@ -133,6 +136,8 @@ export interface StepMetrics {
   lr: number;
   gradNorm: number;
   ms: number;
+  /** Milliseconds this step waited for its batch. */
+  waitMs: number;
   /** The loss or gradient norm was not finite and the update was skipped. */
   skipped: boolean;
 }
@@ -165,43 +170,106 @@ export interface FitResult {
   losses: number[];
   /** Steps whose update was skipped because the loss or gradient norm was not finite (onNan: 'skip'). */
   skippedSteps: number;
+  /** Seconds the steps waited for their batch (a streamed data set decoding slower than training). */
+  dataWaitSeconds: number;
   test?: EvalResult;
+}
+
+/** A data set in memory, or streamed from image files ({@link ImageStream}). */
+export type Data = Dataset | ImageStream;
+
+type Batch = { images: Tensor; labels: Tensor };
+
+/**
+ * Batches made ahead of the step that will use them: up to `depth` after the one taken, every
+ * `stride`-th. In-memory batches are made on this thread (depth 1: while the step runs); a
+ * stream's decode on its worker threads.
+ */
+class Ahead {
+  private readonly made = new Map<number, Promise<Batch>>();
+
+  constructor(private readonly batches: Batches, private readonly part: { index: number; count: number } | undefined,
+    private readonly depth: number, private readonly stride = 1) {}
+
+  private start(k: number): void {
+    if (this.made.has(k) || k >= this.batches.count) return;
+    const p = this.batches.load(k, this.part);
+    p.catch(() => undefined);  // handled where it is taken; a batch never taken must not crash the process
+    this.made.set(k, p);
+  }
+
+  /** Batch k (waiting for it where it is still being made). */
+  take(k: number): Promise<Batch> {
+    this.start(k);
+    const p = this.made.get(k)!;
+    this.made.delete(k);
+    return p;
+  }
+
+  /** Starts the batches after k, up to the depth. */
+  fill(k: number): void {
+    for (let j = 1; j <= this.depth; j++) this.start(k + j * this.stride);
+  }
+
+  /** Frees what was made ahead and not taken. */
+  async drop(): Promise<void> {
+    const pending = [...this.made.values()];
+    this.made.clear();
+    for (const p of pending) {
+      try {
+        const b = await p;
+        b.images.dispose();
+        b.labels.dispose();
+      } catch {
+        // a batch that failed to load holds nothing
+      }
+    }
+  }
 }
 
 /**
  * Evaluation totals over batches first, first + stride, ... of a data set: [lossSum, correct,
  * confusion[true][predicted] row by row].
  */
-async function evaluationTotals(model: ParaFormer, data: Dataset, batchSize: number, first: number, stride: number): Promise<number[]> {
+async function evaluationTotals(model: ParaFormer, data: Data, batchSize: number, first: number, stride: number): Promise<number[]> {
   const batches = new Batches(data, 0, { batchSize, shuffle: false });
   const K = model.config.classes;
   const totals = new Array<number>(2 + K * K).fill(0);
-  for (let k = first; k < batches.count; k += stride) {
-    const { images, labels } = batches.batch(k);
-    try {
-      const r = await model.evaluate(images, labels);
-      totals[0] += r.lossSum;
-      totals[1] += r.correct;
-      const y = labels.toInt32Array();
-      r.predictions.forEach((p, i) => {
-        if (y[i] < K && p < K) totals[2 + y[i] * K + p]++;
-      });
-    } finally {
-      images.dispose();
-      labels.dispose();
+  const ahead = new Ahead(batches, undefined, isImageStream(data) ? 2 : 0, stride);
+  try {
+    for (let k = first; k < batches.count; k += stride) {
+      const { images, labels } = await ahead.take(k);
+      ahead.fill(k);
+      try {
+        const r = await model.evaluate(images, labels);
+        totals[0] += r.lossSum;
+        totals[1] += r.correct;
+        const y = labels.toInt32Array();
+        r.predictions.forEach((p, i) => {
+          if (y[i] < K && p < K) totals[2 + y[i] * K + p]++;
+        });
+      } finally {
+        images.dispose();
+        labels.dispose();
+      }
     }
+  } catch (e) {
+    await ahead.drop();
+    throw e;
   }
   return totals;
 }
 
-function evalResult(totals: number[], count: number, K: number): EvalResult {
+/** The result of evaluation totals; the count is the images evaluated (a stream may skip unreadable files). */
+function evalResult(totals: number[], K: number): EvalResult {
   const confusion = Array.from({ length: K }, (_, i) => totals.slice(2 + i * K, 2 + (i + 1) * K));
+  const count = confusion.flat().reduce((a, b) => a + b, 0);
   return { loss: totals[0] / count, accuracy: totals[1] / count, count, confusion };
 }
 
-/** Evaluates a model on a data set, batch by batch on worker threads. */
-export async function evaluate(model: ParaFormer, data: Dataset, batchSize = 500): Promise<EvalResult> {
-  return evalResult(await evaluationTotals(model, data, batchSize, 0, 1), data.count, model.config.classes);
+/** Evaluates a model on a data set (in memory or streamed), batch by batch on worker threads. */
+export async function evaluate(model: ParaFormer, data: Data, batchSize = 500): Promise<EvalResult> {
+  return evalResult(await evaluationTotals(model, data, batchSize, 0, 1), model.config.classes);
 }
 
 /** fit() options with every default filled in (saved in training checkpoints). */
@@ -367,12 +435,13 @@ export function saveTrainingState(
  * const model = duat.ParaFormer.preset('para-former-2-2');
  * const r = await duat.fit(model, { train: duat.data.loadMnist('train'), test: duat.data.loadMnist('test') }, { epochs: 5 });
  */
-export async function fit(model: ParaFormer, data: { train: Dataset; test?: Dataset }, options?: FitOptions): Promise<FitResult> {
+export async function fit(model: ParaFormer, data: { train: Data; test?: Data }, options?: FitOptions): Promise<FitResult> {
   if (!(model instanceof ParaFormer)) throw new ArgumentError(`Expected a ParaFormer for model but received ${describe(model)}`);
   const o = checkOptions<FitOptions>(options, 'fit options');
   if (!data || typeof data !== 'object' || !data.train) throw new ArgumentError(`Expected { train, test? } data sets but received ${describe(data)}`);
   let r = resolve(o);
   const every = o.progressEvery === undefined ? 0 : checkNumber(o.progressEvery, 'progressEvery', 0, 1e9);
+  const prefetch = checkInt(o.prefetch ?? 2, 'prefetch', 1, 64);
   const showProgress = o.progress === undefined || checkBool(o.progress, 'progress');
   const parallel = checkOneOf(o.parallel ?? 'none', 'parallel', ['none', 'data', 'branches'] as const);
   const { train, test } = data;
@@ -462,6 +531,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
   let step = start.step;
   let aborted = false;
   let skippedSteps = 0;
+  let dataWait = 0;  // ms the steps waited for their batch
   // Where the next step starts: what a checkpoint saved now records.
   let position = { ...start };
   try {
@@ -469,32 +539,39 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
       const te = Date.now();
       const batches = new Batches(train, epoch, { batchSize: r.batchSize, seed: r.seed, shift: r.shift, flip: r.flip });
       let lossSum = 0, correct = 0, seen = 0, ran = 0;
-      let next: { images: Tensor; labels: Tensor } | undefined = batches.batch(epoch === start.epoch ? start.batch : 0, part);
+      // In-memory batches are built while the previous step runs; a stream's decode `prefetch` ahead.
+      const ahead = new Ahead(batches, part, isImageStream(train) ? prefetch : 1);
       for (let k = epoch === start.epoch ? start.batch : 0; k < batches.count && step < total; k++) {
         // Ranks stop together: a signal on any rank stops the job after the same step.
         if (job ? sumOverRanks([o.signal?.aborted ? 1 : 0])[0] > 0 : o.signal?.aborted) {
           aborted = true;
-          next?.images.dispose();
-          next?.labels.dispose();
           break;
         }
-        const cur = next!;
+        const tw = Date.now();
+        let cur: Batch;
+        try {
+          cur = await ahead.take(k);
+        } catch (e) {
+          await ahead.drop();
+          throw e;
+        }
+        const waitMs = Date.now() - tw;
+        dataWait += waitMs;
         applyPhase(step);
         const lr = learningRate(step, total, r);
         opt.setLearningRate(lr);
         const ts = Date.now();
-        const B = batches.rowsOf(k);
+        const B = cur.labels.shape[0];
         const pending = trained.trainStep(cur.images, cur.labels, {
           optimizer: opt, labelSmoothing: r.labelSmoothing, clipGradNorm: r.clipGradNorm, dataParallel: parallel === 'data',
         });
-        // Build the next batch while this step runs on the worker thread.
-        next = k + 1 < batches.count ? batches.batch(k + 1, part) : undefined;
+        // Build (or start decoding) the next batches while this step runs on the worker thread.
+        ahead.fill(k);
         let res;
         try {
           res = await pending;
         } catch (e) {
-          next?.images.dispose();
-          next?.labels.dispose();
+          await ahead.drop();
           throw e;
         } finally {
           cur.images.dispose();
@@ -504,14 +581,13 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
         ran++;
         losses.push(res.loss);
         const m: StepMetrics = {
-          step, epoch, batch: k, loss: res.loss, accuracy: res.correct / B, lr, gradNorm: res.gradNorm, ms: Date.now() - ts, skipped: res.skipped,
+          step, epoch, batch: k, loss: res.loss, accuracy: res.correct / B, lr, gradNorm: res.gradNorm, ms: Date.now() - ts, waitMs, skipped: res.skipped,
         };
         if (res.skipped) {
           skippedSteps++;
           log({ type: 'skipped', ...m, loss: String(res.loss), gradNorm: String(res.gradNorm) });
           if (r.onNan === 'stop') {
-            next?.images.dispose();
-            next?.labels.dispose();
+            await ahead.drop();
             throw new NumericError(
               `training diverged at step ${step} (epoch ${epoch + 1}, batch ${k}): the loss is ${res.loss} and the gradient norm ` +
                 `${res.gradNorm}. The update was skipped, so the model holds the parameters from before this step. ` +
@@ -530,8 +606,7 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
         position = k + 1 < batches.count ? { step, epoch, batch: k + 1 } : { step, epoch: epoch + 1, batch: 0 };
         if (r.checkpointEvery && step % r.checkpointEvery === 0) checkpoint(position);
       }
-      next?.images.dispose();
-      next?.labels.dispose();
+      await ahead.drop();
       if (aborted || ran === 0) break;
       const em: EpochMetrics = {
         epoch, step, ...(prog ? { activeBranches: model.activeBranches } : {}),
@@ -554,7 +629,8 @@ export async function fit(model: ParaFormer, data: { train: Dataset; test?: Data
     if (trained !== model) trained.dispose();
   }
   const result: FitResult = {
-    history, steps: step, seconds: (Date.now() - t0) / 1000, aborted, losses, skippedSteps, test: history[history.length - 1]?.test,
+    history, steps: step, seconds: (Date.now() - t0) / 1000, aborted, losses, skippedSteps, dataWaitSeconds: dataWait / 1000,
+    test: history[history.length - 1]?.test,
   };
   if (files) {
     fs.writeFileSync(path.join(runDir, 'curve.svg'), curveSvg(losses, history));
@@ -594,9 +670,9 @@ function zeroOutputs(model: ParaFormer, from: number): void {
 }
 
 /** evaluate() split over the ranks of a data-parallel job: each takes every `ranks`-th batch; the totals are summed. */
-async function evaluateShared(model: ParaFormer, data: Dataset, batchSize: number, rank: number, ranks: number): Promise<EvalResult> {
+async function evaluateShared(model: ParaFormer, data: Data, batchSize: number, rank: number, ranks: number): Promise<EvalResult> {
   const totals = await evaluationTotals(model, data, batchSize, rank, ranks);
-  return evalResult(sumOverRanks(totals), data.count, model.config.classes);
+  return evalResult(sumOverRanks(totals), model.config.classes);
 }
 
 /** Restores a training checkpoint into `model` and `opt`. @throws CheckpointError when it does not fit */
