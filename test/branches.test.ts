@@ -265,6 +265,8 @@ describe('progressive training', () => {
     await expect(duat.fit(m, data, { ...opts, progressive: { every: 0 } })).rejects.toThrow(duat.ArgumentError);
     await expect(duat.fit(m, data, { ...opts, progressive: { every: 1, unit: 'hours' as 'steps' } })).rejects.toThrow(/unit/);
     await expect(duat.fit(m, data, { ...opts, progressive: { every: 1, zeroInit: 'no' as unknown as boolean } })).rejects.toThrow(/zeroInit/);
+    m.freezeBranches(2);
+    await expect(duat.fit(m, data, { ...opts, epochs: 4, progressive: { start: 1, every: 1 } })).rejects.toThrow(/first 2 branches are frozen, so progressive.start must be at least 2/);
     expect(values(m)).toEqual(before);
     m.dispose();
   });

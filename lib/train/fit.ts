@@ -497,6 +497,9 @@ export async function fit(model: ParaFormer, data: { train: Data; test?: Data },
   if (prog) {
     try {
       checkProgressive(prog, model.config.branches, stepsPerEpoch, r.epochs * stepsPerEpoch, parallel);
+      if (before.frozen > prog.start) {
+        throw new ArgumentError(`the model's first ${before.frozen} branches are frozen, so progressive.start must be at least ${before.frozen}, not ${prog.start}`);
+      }
       if (!o.resume && prog.zeroInit) zeroOutputs(model, prog.start);
     } catch (e) {
       opt.dispose();
