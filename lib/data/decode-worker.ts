@@ -72,6 +72,8 @@ export function decodeJob(job: DecodeJob): DecodeResult {
       const c = Math.floor(j / (S * S));
       data[i * px + j] = (v[j] - job.mean[job.mean.length === 1 ? 0 : c]) / job.std[job.std.length === 1 ? 0 : c];
     }
+    // Never a silent NaN input: a decoder that gave non-finite values fails the file.
+    if (!data.subarray(i * px, (i + 1) * px).every(Number.isFinite)) failed.push([i, `${file}: decoding gave values that are not finite numbers`]);
   });
   return { id: job.id, data, failed };
 }

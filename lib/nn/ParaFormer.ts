@@ -563,8 +563,8 @@ export class ParaFormer extends Module {
    * continual learning (the follow-up paper's expansion). A new branch starts with zero output
    * (its attention projection and fc2 zeroed; the rest initialised as a fresh model's, from
    * `seed`), so the new model computes this one's function until it trains. With
-   * `freezeExisting` the new model's first n branches are frozen ({@link freezeBranches}): only
-   * the new ones, the final norm and the head train. Only for combine 'sum': with 'mean' the 1/n
+   * `freezeExisting` the new model's first n branches are frozen ({@link freezeBranches}): the
+   * new ones, the embedding, the final norm and the head train. Only for combine 'sum': with 'mean' the 1/n
    * would change. This model is left as it is.
    * @throws ArgumentError for a count out of range or combine 'mean'
    */
