@@ -214,6 +214,29 @@ ${series.map((s, i) => `<polyline points="${s.points.map((p) => `${X(p[0]).toFix
 `;
 }
 
+/** A bar chart: one bar per label (means), with each seed's value as a dot. */
+function barSvg(title, yLabel, bars, yRange) {
+  const W = 720, H = 340, L = 60, R = 20, T = 30, B = 70, pw = W - L - R, ph = H - T - B;
+  const [y0, y1] = yRange;
+  const Y = (v) => T + ph - (ph * (Math.min(Math.max(v, y0), y1) - y0)) / (y1 - y0);
+  const slot = pw / bars.length, bw = slot * 0.6;
+  const ticks = [0, 0.25, 0.5, 0.75, 1].map((t) => y0 + t * (y1 - y0));
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">
+<rect width="${W}" height="${H}" fill="white"/>
+<text x="${L}" y="18" font-size="13">${title}</text>
+<rect x="${L}" y="${T}" width="${pw}" height="${ph}" fill="none" stroke="#999"/>
+${ticks.map((t) => `<text x="${L - 6}" y="${Y(t) + 4}" text-anchor="end">${(100 * t).toFixed(1)}%</text>`).join('\n')}
+<text x="14" y="${T + ph / 2}" transform="rotate(-90 14 ${T + ph / 2})" text-anchor="middle">${yLabel}</text>
+${bars.map((b, i) => {
+    const x = L + slot * i + (slot - bw) / 2, m = mean(b.values);
+    return `<rect x="${x.toFixed(1)}" y="${Y(m).toFixed(1)}" width="${bw.toFixed(1)}" height="${(T + ph - Y(m)).toFixed(1)}" fill="${b.color ?? COLORS[0]}" opacity="0.8"/>
+${b.values.map((v) => `<circle cx="${(x + bw / 2).toFixed(1)}" cy="${Y(v).toFixed(1)}" r="2.5" fill="black"/>`).join('')}
+<text x="${(x + bw / 2).toFixed(1)}" y="${T + ph + 14}" text-anchor="middle">${b.label}</text>${b.sub ? `<text x="${(x + bw / 2).toFixed(1)}" y="${T + ph + 28}" text-anchor="middle" fill="#555">${b.sub}</text>` : ''}`;
+  }).join('\n')}
+</svg>
+`;
+}
+
 function writePage(results) {
   const out = [];
   const svg = (name, text) => fs.writeFileSync(path.join(ROOT, 'docs', name), text);
@@ -221,7 +244,8 @@ function writePage(results) {
   out.push('What the papers do with a Para-Former\'s additive branches (arXiv 2510.15425 and 2407.21670), measured with duat',
     'on 2 CPU cores. Models are MNIST-sized (width 64, 4 heads, MLP 128, 7 x 7 patches) with the README\'s recipe (AdamW, lr 2e-3,',
     '300 warm-up steps, cosine, weight decay 0.05, shifts of 2 pixels, batch 128) unless a section says otherwise. Each',
-    'section gives the command that made it; the numbers are in `docs/results-branches.json`.', '');
+    'section gives the command that made it; the numbers are in `docs/results-branches.json`.', '',
+    `Machine: ${[...new Set(Object.values(results).map((r) => r && r.machine).filter(Boolean))].join('; ')}.`, '');
   const p = results.progressive;
   if (p) {
     out.push('## Progressive approximation', '', `\`${p.command}\` (seeds ${[...new Set(p.runs.map((r) => r.seed))].join(', ')}; ${p.epochs} epochs of MNIST)`, '');
@@ -255,7 +279,12 @@ function writePage(results) {
       const rs = c.runs.filter((r) => r.way === w);
       out.push(`| ${w} | ${rs.map((r) => pct(r.after2.low.all)).join(', ')}% | ${rs.map((r) => pct(r.after2.low.within)).join(', ')}% | ${rs.map((r) => pct(r.after2.high.all)).join(', ')}% | ${rs[0].parameters.toLocaleString('en-US')} |`);
     }
-    out.push('', ...(results.readings?.continual ?? []), '');
+    const ways = [...new Set(c.runs.map((r) => r.way))];
+    svg('results-branches-continual.svg', barSvg('Digits 0-4 after learning 5-9: accuracy within the half (task-incremental)', 'accuracy on 0-4', [
+      { label: 'before 5-9', values: a1.map((r) => r.after1.low.within), color: '#7f7f7f' },
+      ...ways.map((w, i) => ({ label: ['fine-tune all', 'add 4, freeze old', 'add 4, freeze old + embedding'][i] ?? w, values: c.runs.filter((r) => r.way === w).map((r) => r.after2.low.within), color: COLORS[i] })),
+    ], [0.5, 1]));
+    out.push('', '![accuracy on 0-4 after each way of learning 5-9](results-branches-continual.svg)', '', ...(results.readings?.continual ?? []), '');
   }
   const f = results.finetune;
   if (f) {
@@ -265,7 +294,13 @@ function writePage(results) {
       const s = f.runs.filter((r) => r.fraction === fr && r.init === 'scratch'), v = f.runs.filter((r) => r.fraction === fr && r.init !== 'scratch');
       out.push(`| ${fr * 100}% (${s[0].images.toLocaleString('en-US')}) | ${s.map((r) => pct(r.accuracy)).join(', ')}% | ${v.map((r) => pct(r.accuracy)).join(', ')}% | ${(100 * (mean(v.map((r) => r.accuracy)) - mean(s.map((r) => r.accuracy)))).toFixed(2)} points |`);
     }
-    out.push('', ...(results.readings?.finetune ?? []), '');
+    const fr = [...new Set(f.runs.map((r) => r.fraction))];
+    svg('results-branches-finetune.svg', barSvg('Fashion-MNIST after 1,000 steps: from scratch (blue) and from a ViT-4 pretrained on MNIST (red)', 'test accuracy',
+      fr.flatMap((x) => ['scratch', 'ViT-4 blocks'].map((init, i) => ({
+        label: init === 'scratch' ? 'scratch' : 'ViT blocks', sub: i === 0 ? `${x * 100}% of the data` : '', color: COLORS[i],
+        values: f.runs.filter((r) => r.fraction === x && (r.init === 'scratch') === (init === 'scratch')).map((r) => r.accuracy),
+      }))), [0.7, 0.85]));
+    out.push('', '![accuracy against data size](results-branches-finetune.svg)', '', ...(results.readings?.finetune ?? []), '');
   }
   const fa = results.fashion;
   if (fa) {
@@ -276,7 +311,12 @@ function writePage(results) {
       const name = rs[0].branches === 1 ? `ViT-${rs[0].depth}` : `Para-Former-${key}`;
       out.push(`| ${name} | ${rs[0].depth * rs[0].branches} | ${rs.map((r) => pct(r.accuracy)).join(', ')}% | ${pct(mean(rs.map((r) => r.accuracy)))}% | ${mean(rs.map((r) => r.seconds)).toFixed(0)} | ${rs[0].parameters.toLocaleString('en-US')} |`);
     }
-    out.push('', 'The MNIST table at equal layers is in [results-mnist.md](results-mnist.md).', '', ...(results.readings?.fashion ?? []), '');
+    const keys = [...new Set(fa.runs.map((r) => `${r.depth}-${r.branches}`))];
+    svg('results-branches-fashion.svg', barSvg(`Fashion-MNIST, ${fa.epochs} epochs: Para-Former-m-n (blue) and ViT (red) by total layers`, 'test accuracy', keys.map((key) => {
+      const rs = fa.runs.filter((r) => `${r.depth}-${r.branches}` === key);
+      return { label: rs[0].branches === 1 ? `ViT-${rs[0].depth}` : `PF-${key}`, sub: `${rs[0].depth * rs[0].branches} layers`, values: rs.map((r) => r.accuracy), color: rs[0].branches === 1 ? COLORS[1] : COLORS[0] };
+    }), [0.7, 0.9]));
+    out.push('', '![accuracy by arrangement](results-branches-fashion.svg)', '', 'The MNIST table at equal layers is in [results-mnist.md](results-mnist.md).', '', ...(results.readings?.fashion ?? []), '');
   }
   out.push('## Compression', '', 'Branch selection by norm and by a greedy search on validation accuracy: [results-compress.md](results-compress.md) (a Para-Former-1-8 trained all at once). The "first k branches alone" column above measures the same thing for progressively trained models, whose first branches were trained to work alone.', '');
   fs.writeFileSync(path.join(ROOT, 'docs', 'results-branches.md'), out.join('\n'));

@@ -121,7 +121,7 @@ async function main() {
   const md = [
     '# Streamed image folders: memory, decoding and the data wait',
     '',
-    `\`node scripts/bench-data.js --images ${IMAGES} --steps ${STEPS}\` on ${row.cpu} (2 threads), Node ${row.node}, duat ${row.duat}, ${row.date}.`,
+    `\`node scripts/bench-data.js --images ${IMAGES} --steps ${STEPS} --batch ${BATCH}\` on ${row.cpu} (2 threads), Node ${row.node}, duat ${row.duat}, ${row.date}.`,
     '',
     `A folder of ${row.images.toLocaleString('en-US')} JPEG images of ${SIZE} x ${SIZE} in 10 class folders (made by the script), read by`,
     '`duat.data.imageFolder` (random resized crop and flip, ImageNet normalisation, 2 decoding threads) while a',
