@@ -26,6 +26,8 @@ interface Run {
   losses: number[];
   steps: number;
   accuracy: number;
+  /** Each epoch's training accuracy (the whole batch's counts, whatever rank reports it). */
+  trainAccuracy: number[];
   params: Record<string, number[]>;
 }
 
@@ -64,6 +66,9 @@ function expectSameTraining(a: Run, b: Run): void {
     if (worst > 5e-5) throw new Error(`parameter ${name} differs by ${worst}`);
   }
   expect(b.accuracy).toBeCloseTo(a.accuracy, 6);
+  // A resumed run has the epochs it ran: the last ones.
+  const last = a.trainAccuracy.slice(a.trainAccuracy.length - b.trainAccuracy.length);
+  b.trainAccuracy.forEach((t, i) => expect(t).toBeCloseTo(last[i], 6));
 }
 
 let single: Run;

@@ -564,7 +564,9 @@ export async function fit(model: ParaFormer, data: { train: Data; test?: Data },
         const lr = learningRate(step, total, r);
         opt.setLearningRate(lr);
         const ts = Date.now();
-        const B = cur.labels.shape[0];
+        // A data-parallel step's counts are the whole batch's (every rank's share summed); a stream
+        // may have left unreadable files out of a batch.
+        const B = part ? batches.rowsOf(k) : cur.labels.shape[0];
         const pending = trained.trainStep(cur.images, cur.labels, {
           optimizer: opt, labelSmoothing: r.labelSmoothing, clipGradNorm: r.clipGradNorm, dataParallel: parallel === 'data',
         });
