@@ -224,6 +224,9 @@ async function train(cmd: Command): Promise<void> {
   if ((o['add-branches'] as number) && !o.init) throw new duat.ArgumentError('--add-branches needs --init: the model to expand');
   // The model to fine-tune first: folder images are made the way it reads them.
   const init = o.init && !resume ? initModel(cmd, o) : undefined;
+  // A resumed run's model, read first too: folder images are made the way it reads them.
+  const resumed = resume ? duat.load(resume.checkpoint) : undefined;
+  const reads = resumed ?? init;
   const part = (ds: duat.data.Dataset, fraction: number) =>
     o.classes || fraction !== 1 ? duat.data.select(ds, { classes: o.classes ? parseClasses(o.classes as string) : undefined, fraction, seed: o.seed as number }) : ds;
   const data = o.data as string;
@@ -231,8 +234,8 @@ async function train(cmd: Command): Promise<void> {
   if (data.startsWith('folder:')) {
     const unsupported = ['classes', 'fraction', 'limit', 'test-limit'].find((f) => given(cmd, f));
     if (unsupported) throw new duat.ArgumentError(`--${unsupported} is for the built-in data sets; folder:PATH streams every image of its folders`);
-    const size = (o['image-size'] as number) || init?.config.imageSize || 32, channels = init?.config.channels ?? 3;
-    const shape = { size, channels, mean: init?.inputSpec?.mean ?? [0.5], std: init?.inputSpec?.std ?? [0.5] };
+    const size = (o['image-size'] as number) || reads?.config.imageSize || 32, channels = reads?.config.channels ?? 3;
+    const shape = { size, channels, mean: reads?.inputSpec?.mean ?? [0.5], std: reads?.inputSpec?.std ?? [0.5] };
     ({ train: trainSet, test: testSet } = await loadFolder(data.slice('folder:'.length), shape, o['val-fraction'] as number, o.seed as number));
   } else {
     trainSet = part(loadData(data, 'train', o.limit as number), o.fraction as number);
@@ -240,7 +243,7 @@ async function train(cmd: Command): Promise<void> {
   }
   const device = o.device as 'cpu' | 'cuda' | 'auto', precision = o.precision as 'fp32' | 'tf32' | 'bf16';
   const model = resume
-    ? duat.load(resume.checkpoint).to(device).setPrecision(precision)
+    ? resumed!.to(device).setPrecision(precision)
     : init
       ? forData(init, trainSet).to(device).setPrecision(precision)
       : new duat.ParaFormer({

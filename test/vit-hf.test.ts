@@ -166,6 +166,10 @@ describe('fine-tuning from the CLI: duat train --data folder:PATH --init', () =>
     const conf = JSON.parse(fs.readFileSync(path.join(tmp, 'runs', 'ft', 'confusion.json'), 'utf8')) as number[][];
     expect(conf.flat().reduce((a, b) => a + b, 0)).toBe(6);  // 20% of each class held out
     model.dispose();
+    // Resumed, the folder's images are made the way the run's model reads them (28 x 28 grey).
+    const resumed = run(['train', '--resume', path.join(tmp, 'runs', 'ft'), '--epochs', '3', '--progress-every', '0']);
+    expect(resumed.stderr).not.toMatch(/Error/);
+    expect(JSON.parse(resumed.stdout.trim().split('\n').pop()!).steps).toBeGreaterThan(summary.steps);
     const p = run(['predict', path.join(dir, 'square', '0.png'), '--model', modelFile]);
     expect(p.status).toBe(0);
     expect(['circle', 'square']).toContain(JSON.parse(p.stdout).prediction);
