@@ -1,7 +1,8 @@
 /**
  * A short run of the seeded fuzzers (scripts/fuzz.js; `npm run fuzz` runs the long one): every
  * target's cases end in a typed error or are accepted, none crashes, hangs or throws anything
- * untyped, and no case grows the process by 64 MB. Each target must reach both outcomes, so a
+ * untyped, and no case grows duat's native memory, or the process (outside AddressSanitizer), by 64 MB.
+ * Each target must reach both outcomes, so a
  * generator that only ever makes garbage (or only valid files) fails here.
  */
 import { spawnSync } from 'child_process';
@@ -10,6 +11,7 @@ import * as os from 'os';
 import * as path from 'path';
 
 const CASES = 200;
+const underAsan = /libasan/.test(process.env.LD_PRELOAD ?? '');
 
 test(`every parser and the public API: ${CASES} seeded cases each, no crash, hang or untyped error`, () => {
   const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'duat-fuzz-test-')), 'fuzz.json');
@@ -28,8 +30,12 @@ test(`every parser and the public API: ${CASES} seeded cases each, no crash, han
     expect(t.typed + t.accepted).toBe(CASES);
     expect(t.typed).toBeGreaterThan(0);
     expect(t.accepted).toBeGreaterThan(0);
-    expect(t.maxCaseNativeBytes).toBeLessThan(64 * 2 ** 20);
-    expect(t.maxCaseRssBytes).toBeLessThan(64 * 2 ** 20);
+    expect([t.target, t.maxCaseNativeBytes < 64 * 2 ** 20]).toEqual([t.target, true]);
+    // The process's growth, where it means what it says: under AddressSanitizer (the sanitizer
+    // job preloads libasan) freed memory is held in ASan's quarantine and counted in RSS, so a
+    // case's RSS there depends on what earlier cases freed (one CI run saw 101 MB where the same
+    // seed takes 23 MB); duat's own allocations (above) are bounded there too.
+    if (!underAsan) expect([t.target, t.maxCaseRssBytes < 64 * 2 ** 20, t.maxCaseRssBytes]).toEqual([t.target, true, t.maxCaseRssBytes]);
     // A parser's cases leave no tensor alive (the checkpoint and api targets keep optimizer state).
     if (!['checkpoint', 'api'].includes(t.target)) expect([t.target, t.liveTensorsGrowth, t.keptExamples]).toEqual([t.target, 0, []]);
   }
