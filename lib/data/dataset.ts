@@ -10,7 +10,7 @@ import { Tensor, tensor } from '../tensor';
 import { checkInt, checkOptions } from '../validate';
 import { readFileOr } from '../io/files';
 import { readIdx } from './idx';
-import { Rng } from './rng';
+import { pickPerClass, Rng } from './rng';
 import { ImageStream, isImageStream } from './stream';
 
 export { Rng };
@@ -170,23 +170,10 @@ export function select(data: Dataset, options: SelectOptions): Dataset {
   const fraction = o.fraction ?? 1;
   if (typeof fraction !== 'number' || !(fraction > 0 && fraction <= 1)) throw new ArgumentError(`Expected a fraction in (0, 1] but received ${JSON.stringify(fraction)}`);
   const rng = new Rng(checkInt(o.seed ?? 0, 'seed', 0, 2 ** 32 - 1));
-  const byClass = new Map<number, number[]>(classes.map((c) => [c, []]));
-  for (let i = 0; i < data.count; i++) byClass.get(data.labels[i])?.push(i);
-  const kept: number[] = [];
-  for (const list of byClass.values()) {
-    const n = fraction === 1 ? list.length : Math.max(list.length > 0 ? 1 : 0, Math.round(list.length * fraction));
-    kept.push(...(n === list.length ? list : rng.shuffle(list).slice(0, n)));
-  }
-  kept.sort((a, b) => a - b);
-  const per = data.channels * data.size * data.size;
-  const images = new Float32Array(kept.length * per);
-  const labels = new Int32Array(kept.length);
-  kept.forEach((i, k) => {
-    images.set(data.images.subarray(i * per, (i + 1) * per), k * per);
-    labels[k] = data.labels[i];
-  });
+  const kept = pickPerClass(data.labels, classes, (n) => (fraction === 1 ? n : Math.max(n > 0 ? 1 : 0, Math.round(n * fraction))), rng);
+  const picked = rowsOf(data, kept.sort((a, b) => a - b));
   const what = [o.classes ? `classes ${classes.join(',')}` : '', fraction < 1 ? `${+(fraction * 100).toFixed(2)}%` : ''].filter(Boolean).join(', ');
-  return { ...data, name: what ? `${data.name} (${what})` : data.name, images, labels, count: kept.length };
+  return { ...picked, name: what ? `${data.name} (${what})` : data.name };
 }
 
 /**
@@ -197,25 +184,24 @@ export function select(data: Dataset, options: SelectOptions): Dataset {
 export function split(data: Dataset, fraction: number, seed = 0): { train: Dataset; test: Dataset } {
   if (typeof fraction !== 'number' || !(fraction > 0 && fraction < 1)) throw new ArgumentError(`Expected a fraction in (0, 1) but received ${JSON.stringify(fraction)}`);
   const rng = new Rng(checkInt(seed, 'seed', 0, 2 ** 32 - 1));
-  const byClass = new Map<number, number[]>();
-  for (let i = 0; i < data.count; i++) {
-    const list = byClass.get(data.labels[i]);
-    if (list) list.push(i);
-    else byClass.set(data.labels[i], [i]);
-  }
-  const held = new Set<number>();
-  for (const list of byClass.values()) for (const i of rng.shuffle(list).slice(0, Math.round(list.length * fraction))) held.add(i);
+  const classes = [...new Set(data.labels)];  // in order of first appearance
+  const held = new Set(pickPerClass(data.labels, classes, (n) => Math.round(n * fraction), rng));
   const part = (keep: (i: number) => boolean, name: string): Dataset => {
     const rows = Array.from({ length: data.count }, (_, i) => i).filter(keep);
-    const per = data.channels * data.size * data.size;
-    const images = new Float32Array(rows.length * per), labels = new Int32Array(rows.length);
-    rows.forEach((i, k) => {
-      images.set(data.images.subarray(i * per, (i + 1) * per), k * per);
-      labels[k] = data.labels[i];
-    });
-    return { ...data, name: `${data.name} (${name})`, images, labels, count: rows.length };
+    return { ...rowsOf(data, rows), name: `${data.name} (${name})` };
   };
   return { train: part((i) => !held.has(i), 'train split'), test: part((i) => held.has(i), `${+(fraction * 100).toFixed(2)}% held out`) };
+}
+
+/** The data set of `rows` of `data`, in that order (images copied). */
+function rowsOf(data: Dataset, rows: number[]): Dataset {
+  const per = data.channels * data.size * data.size;
+  const images = new Float32Array(rows.length * per), labels = new Int32Array(rows.length);
+  rows.forEach((i, k) => {
+    images.set(data.images.subarray(i * per, (i + 1) * per), k * per);
+    labels[k] = data.labels[i];
+  });
+  return { ...data, images, labels, count: rows.length };
 }
 
 /** The batches of one epoch: the order and augmentation come from (seed, epoch) alone, so a resumed run repeats them exactly. */

@@ -68,9 +68,9 @@ export function decodeJob(job: DecodeJob): DecodeResult {
     }
     const crop = job.augment ? randomCrop(img, job.scale, rng) : centreCrop(img, job.cropPct);
     const v = prepareImage(img, C, S, { crop, flip });
-    for (let j = 0; j < px; j++) {
-      const c = Math.floor(j / (S * S));
-      data[i * px + j] = (v[j] - job.mean[job.mean.length === 1 ? 0 : c]) / job.std[job.std.length === 1 ? 0 : c];
+    for (let c = 0, plane = S * S; c < C; c++) {
+      const mean = job.mean[job.mean.length === 1 ? 0 : c], std = job.std[job.std.length === 1 ? 0 : c];
+      for (let j = c * plane; j < (c + 1) * plane; j++) data[i * px + j] = (v[j] - mean) / std;
     }
     // Never a silent NaN input: a decoder that gave non-finite values fails the file.
     if (!data.subarray(i * px, (i + 1) * px).every(Number.isFinite)) failed.push([i, `${file}: decoding gave values that are not finite numbers`]);

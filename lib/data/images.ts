@@ -155,20 +155,25 @@ export function prepareImage(img: Image, channels: number, size: number, options
 }
 
 /**
+ * A normalisation value given as one number or one per channel (default 0.5), checked: finite,
+ * and positive where `positive` (a std).
+ * @throws ArgumentError saying what it must be
+ */
+export function perChannel(v: unknown, name: string, channels: number, positive: boolean): number[] {
+  const list = Array.isArray(v) ? v : [v ?? 0.5];
+  if (![1, channels].includes(list.length) || !list.every((x) => typeof x === 'number' && Number.isFinite(x) && (!positive || x > 0))) {
+    throw new ArgumentError(`Expected ${name} to be one${positive ? ' positive' : ''} number or ${channels} but received ${JSON.stringify(v)}`);
+  }
+  return list as number[];
+}
+
+/**
  * A folder with one subfolder per class (sorted names give the class ids) of PNG / JPEG images,
  * resized to `size` and normalised with `mean` / `std` (one value, or one per channel).
  */
 export function loadImageFolder(dir: string, options: { size: number; channels?: number; mean?: number | number[]; std?: number | number[] }): Dataset & { classNames: string[] } {
   const channels = options.channels ?? 3, size = options.size;
-  const perChannel = (v: number | number[] | undefined, name: string): number[] => {
-    const list = Array.isArray(v) ? v : [v ?? 0.5];
-    if (![1, channels].includes(list.length) || !list.every((x) => typeof x === 'number' && Number.isFinite(x))) {
-      throw new ArgumentError(`Expected ${name} to be one number or ${channels} but received ${JSON.stringify(v)}`);
-    }
-    return list;
-  };
-  const means = perChannel(options.mean, 'mean'), stds = perChannel(options.std, 'std');
-  if (!stds.every((x) => x > 0)) throw new ArgumentError(`Expected a positive std but received ${JSON.stringify(options.std)}`);
+  const means = perChannel(options.mean, 'mean', channels, false), stds = perChannel(options.std, 'std', channels, true);
   const mean = (c: number) => means[means.length === 1 ? 0 : c], std = (c: number) => stds[stds.length === 1 ? 0 : c];
   let classNames: string[];
   try {
@@ -188,10 +193,8 @@ export function loadImageFolder(dir: string, options: { size: number; channels?:
   const labels = new Int32Array(files.length);
   files.forEach(([f, k], i) => {
     const v = prepareImage(readImage(f), channels, size);
-    for (let j = 0; j < px; j++) {
-      const c = Math.floor(j / (size * size));
-      images[i * px + j] = (v[j] - mean(c)) / std(c);
-    }
+    for (let c = 0, plane = size * size; c < channels; c++)
+      for (let j = c * plane; j < (c + 1) * plane; j++) images[i * px + j] = (v[j] - mean(c)) / std(c);
     labels[i] = k;
   });
   return {

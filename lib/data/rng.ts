@@ -20,3 +20,19 @@ export class Rng {
     return a;
   }
 }
+
+/**
+ * The stratified choice of data.select, data.split and ImageStream.split: per class (in
+ * `classes` order), `count(n)` of its n row indices, chosen by one shuffle from `rng` where that
+ * is fewer than n. Returns them class by class.
+ */
+export function pickPerClass(labels: ArrayLike<number>, classes: number[], count: (n: number) => number, rng: Rng): number[] {
+  const byClass = new Map<number, number[]>(classes.map((c) => [c, []]));
+  for (let i = 0; i < labels.length; i++) byClass.get(labels[i])?.push(i);
+  const out: number[] = [];
+  for (const list of byClass.values()) {
+    const n = count(list.length);
+    out.push(...(n >= list.length ? list : rng.shuffle(list).slice(0, n)));
+  }
+  return out;
+}

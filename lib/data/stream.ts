@@ -13,7 +13,8 @@ import { Worker } from 'worker_threads';
 import { ArgumentError, DataError } from '../errors';
 import { checkBool, checkInt, checkNumber, checkOneOf, checkOptions, describe } from '../validate';
 import type { DecodeJob, DecodeResult } from './decode-worker';
-import { Rng } from './rng';
+import { perChannel } from './images';
+import { pickPerClass, Rng } from './rng';
 
 /** Options of {@link imageFolder} and {@link imageList}. */
 export interface ImageStreamOptions {
@@ -145,13 +146,6 @@ export class ImageStream {
     const o = checkOptions<ImageStreamOptions>(options, 'image stream options');
     const channels = checkInt(o.channels ?? 3, 'channels', 1, 3);
     if (channels === 2) throw new ArgumentError('Expected 1 or 3 channels but received 2');
-    const perChannel = (v: unknown, name: string, positive: boolean): number[] => {
-      const list = Array.isArray(v) ? v : [v ?? 0.5];
-      if (![1, channels].includes(list.length) || !list.every((x) => typeof x === 'number' && Number.isFinite(x) && (!positive || x > 0))) {
-        throw new ArgumentError(`Expected ${name} to be one${positive ? ' positive' : ''} number or ${channels} but received ${describe(v)}`);
-      }
-      return list as number[];
-    };
     const scale = o.scale ?? [0.08, 1];
     if (!Array.isArray(scale) || scale.length !== 2 || !(scale[0] > 0 && scale[0] <= scale[1] && scale[1] <= 1)) {
       throw new ArgumentError(`Expected scale to be [low, high] with 0 < low <= high <= 1 but received ${describe(scale)}`);
@@ -162,8 +156,8 @@ export class ImageStream {
       workers: checkInt(o.workers ?? Math.min(4, Math.max(1, os.cpus().length)), 'workers', 1, 64),
       onBadFile: checkOneOf(o.onBadFile ?? 'throw', 'onBadFile', ['throw', 'skip'] as const),
     };
-    this.mean = perChannel(o.mean, 'mean', false);
-    this.std = perChannel(o.std, 'std', true);
+    this.mean = perChannel(o.mean, 'mean', channels, false);
+    this.std = perChannel(o.std, 'std', channels, true);
     if (files.length === 0) throw new DataError(`${o.name ?? 'the image list'}: no images`);
     files.forEach(({ file, label }) => {
       if (!Number.isInteger(label) || label < 0 || label >= classNames.length) throw new ArgumentError(`${file}: label ${JSON.stringify(label)} is not a class in [0, ${classNames.length})`);
@@ -238,13 +232,10 @@ export class ImageStream {
   split(fraction: number, seed = 0): { train: ImageStream; test: ImageStream } {
     if (typeof fraction !== 'number' || !(fraction > 0 && fraction < 1)) throw new ArgumentError(`Expected a fraction in (0, 1) but received ${describe(fraction)}`);
     const rng = new Rng(checkInt(seed, 'seed', 0, 2 ** 32 - 1));
-    const held = new Set<number>();
-    for (let c = 0; c < this.classes; c++) {
-      const rows = Array.from(this.labels.keys()).filter((i) => this.labels[i] === c);
-      for (const i of rng.shuffle(rows).slice(0, Math.round(rows.length * fraction))) held.add(i);
-    }
+    const classes = Array.from({ length: this.classes }, (_, c) => c);
+    const held = new Set(pickPerClass(this.labels, classes, (n) => Math.round(n * fraction), rng));
     const part = (keep: (i: number) => boolean, augment: boolean, name: string) => new ImageStream(
-      this.files.map((file, i) => ({ file, label: this.labels[i] })).filter((_, i) => keep(i)), this.classNames,
+      this.entries().filter((_, i) => keep(i)), this.classNames,
       { ...this.o, mean: this.mean, std: this.std, augment, name: `${this.name} (${name})` }, this.pool,
     );
     return { train: part((i) => !held.has(i), this.augment, 'train split'), test: part((i) => held.has(i), false, `${+(fraction * 100).toFixed(2)}% held out`) };
@@ -252,8 +243,12 @@ export class ImageStream {
 
   /** The same files read another way (for example the evaluation transform of a training stream); shares the threads. */
   with(options: Partial<Pick<ImageStreamOptions, 'augment' | 'cropPct' | 'scale'>>): ImageStream {
-    return new ImageStream(this.files.map((file, i) => ({ file, label: this.labels[i] })), this.classNames,
+    return new ImageStream(this.entries(), this.classNames,
       { ...this.o, mean: this.mean, std: this.std, name: this.name, ...options }, this.pool);
+  }
+
+  private entries(): LabelledFile[] {
+    return this.files.map((file, i) => ({ file, label: this.labels[i] }));
   }
 
   /** Stops the decoding threads (of every stream sharing them); pending loads are rejected. */
