@@ -11,7 +11,7 @@ import * as F from './functional';
 import { native, NativeBackendInfo, PACKAGE_ROOT, verifyInstall } from './native';
 import * as nn from './nn';
 import * as optim from './optim';
-import { checkInt } from './validate';
+import { checkInt, checkNumber } from './validate';
 
 export { verifyInstall };
 
@@ -44,6 +44,8 @@ export type { LoadViTOptions } from './io/model';
 export { loadSafetensors, safetensorsMetadata, saveSafetensors } from './io/safetensors';
 export { evaluate, fit, learningRate, progressivePhase, resolveFitOptions } from './train/fit';
 export { serve } from './serve';
+export { profile } from './profile';
+export type { ProfileFamily, ProfileReport } from './profile';
 export { compress, rankBranches } from './train/compress';
 export type { RankOptions } from './train/compress';
 export type { ModelServer, ServeOptions, ServeStats } from './serve';
@@ -58,6 +60,34 @@ export type BackendInfo = NativeBackendInfo;
 /** Describes the loaded native backend. */
 export function backendInfo(): BackendInfo {
   return native().backendInfo();
+}
+
+/** The machine's measured arithmetic limit, in GFLOP/s over `threads` threads (see {@link cpuPeak}). */
+export interface CpuPeak {
+  threads: number;
+  /** The faster of the two float32 widths: the figure efficiencies are computed against (null off x86-64). */
+  fp32: number | null;
+  fp32Avx2: number | null;
+  fp32Avx512: number | null;
+  /** `vdpbf16ps` (AVX512_BF16): bf16 products summed in float32; null without the instructions. */
+  bf16: number | null;
+}
+
+/**
+ * Measures the CPU's peak: chains of independent FMAs on `threads` threads of the pool (default:
+ * all of them) for about `seconds` each, registers only. CPUs differ (some execute a 512-bit FMA
+ * as two 256-bit halves, others at full width), so benchmarks report efficiency against this
+ * figure, measured where they run, never against a datasheet.
+ */
+export function cpuPeak(options: { threads?: number; seconds?: number } = {}): CpuPeak {
+  const threads = checkInt(options.threads ?? getNumThreads(), 'threads', 1, 256);
+  const seconds = checkNumber(options.seconds ?? 0.5, 'seconds', 0.01, 60);
+  const n = native();
+  const fp32Avx2 = n.cpuPeak(0, threads, seconds), fp32Avx512 = n.cpuPeak(1, threads, seconds);
+  return {
+    threads: Math.min(threads, getNumThreads()), fp32: fp32Avx2 === null && fp32Avx512 === null ? null : Math.max(fp32Avx2 ?? 0, fp32Avx512 ?? 0), fp32Avx2, fp32Avx512,
+    bf16: n.cpuPeak(2, threads, seconds),
+  };
 }
 
 /** Sets the number of threads of duat's one thread pool (0 = all cores). Returns the count in effect. */

@@ -42,6 +42,15 @@ export interface NativeBackendInfo {
   };
 }
 
+/** Totals of the CPU backend's calls between profileStart and profileStop (native/core/profile.h). */
+export interface NativeProfile {
+  seconds: number;
+  kernelSeconds: number;
+  pageFaults: number;
+  families: { family: string; seconds: number; calls: number; flops: number; pageFaults: number; kernelSeconds: number }[];
+  products: { shape: string; seconds: number; calls: number; flops: number }[];
+}
+
 /** A device name as native code reads it. */
 export type NativeDevice = 'cpu' | 'cuda';
 
@@ -107,6 +116,9 @@ export interface RawBinding {
   setGradEnabled(on: boolean): boolean;
   setNumThreads(n: number): number;
   setCpuIsa(isa: 0 | 1 | 2): number;
+  cpuPeak(kind: 0 | 1 | 2, threads: number, seconds: number): number | null;
+  profileStart(): void;
+  profileStop(): NativeProfile;
   backendInfo(): NativeBackendInfo;
   /** Serves 'cuda' by the test device (host memory, CPU kernels); needs no tensor on 'cuda'. */
   setTestDevice(on: boolean): void;

@@ -6,7 +6,9 @@
 
 #include "../core/autograd.h"
 #include "../core/parallel.h"
+#include "../core/profile.h"
 #include "../cpu/gemm.h"
+#include "../cpu/peak.h"
 #include "../model/derived.h"
 #include "../ops/ops.h"
 #include "convert.h"
@@ -430,6 +432,60 @@ Napi::Value js_set_cpu_isa(Info info) {
   });
 }
 
+// cpuPeak(kind, threads, seconds): GFLOP/s of the chain-of-FMAs microbenchmark, or null when
+// this CPU lacks the instructions (peak.h).
+Napi::Value js_cpu_peak(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    const auto kind = static_cast<PeakKind>(arg_int(info, 0, "kind", 0, 2));
+    const int threads = static_cast<int>(arg_int(info, 1, "threads", 0, 256));
+    const double seconds = arg_number(info, 2, "seconds");
+    if (!peak_supported(kind)) return info.Env().Null();
+    return Napi::Number::New(info.Env(), measure_peak_gflops(kind, threads, seconds));
+  });
+}
+
+Napi::Value js_profile_start(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    profile_start();
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value js_profile_stop(Info info) {
+  return guard(info, [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    const ProfileReport r = profile_stop();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("seconds", r.seconds);
+    o.Set("kernelSeconds", r.process_kernel_seconds);
+    o.Set("pageFaults", static_cast<double>(r.process_page_faults));
+    Napi::Array families = Napi::Array::New(env, r.families.size());
+    for (size_t i = 0; i < r.families.size(); i++) {
+      const ProfileEntry& e = r.families[i];
+      Napi::Object f = Napi::Object::New(env);
+      f.Set("family", e.family);
+      f.Set("seconds", e.seconds);
+      f.Set("calls", static_cast<double>(e.calls));
+      f.Set("flops", e.flops);
+      f.Set("pageFaults", static_cast<double>(e.page_faults));
+      f.Set("kernelSeconds", e.kernel_seconds);
+      families.Set(static_cast<uint32_t>(i), f);
+    }
+    o.Set("families", families);
+    Napi::Array products = Napi::Array::New(env, r.products.size());
+    for (size_t i = 0; i < r.products.size(); i++) {
+      Napi::Object p = Napi::Object::New(env);
+      p.Set("shape", r.products[i].shape);
+      p.Set("seconds", r.products[i].seconds);
+      p.Set("calls", static_cast<double>(r.products[i].calls));
+      p.Set("flops", r.products[i].flops);
+      products.Set(static_cast<uint32_t>(i), p);
+    }
+    o.Set("products", products);
+    return o;
+  });
+}
+
 Napi::Value js_backend_info(Info info) {
   return guard(info, [&]() -> Napi::Value {
     Napi::Env env = info.Env();
@@ -533,6 +589,9 @@ const Export EXPORTS[] = {
     {"setNumThreads", js_set_num_threads},
     {"setCpuIsa", js_set_cpu_isa},
     {"backendInfo", js_backend_info},
+    {"cpuPeak", js_cpu_peak},
+    {"profileStart", js_profile_start},
+    {"profileStop", js_profile_stop},
     {"setTestDevice", js_set_test_device},
     {"launches", js_launches},
 };

@@ -5,6 +5,7 @@
 
 #include "backend.h"
 #include "errors.h"
+#include "profile.h"
 
 namespace duat {
 
@@ -29,7 +30,7 @@ PrecisionScope::~PrecisionScope() { t_precision = prev_; }
 const char* device_name(Device device) { return device == DEVICE_CPU ? "cpu" : "cuda"; }
 
 Backend& backend(Device device) {
-  if (device == DEVICE_CPU) return cpu_backend();
+  if (device == DEVICE_CPU) return profiling() ? profiling_backend(cpu_backend()) : cpu_backend();
   if (g_test_device.load(std::memory_order_acquire)) return test_device_backend();
   Backend* cuda = cuda_backend();
   if (!cuda) fail(ERROR_DEVICE, "device 'cuda' is not available: " + cuda_probe().reason);

@@ -1,0 +1,288 @@
+// profile.cpp: the timing wrapper around the CPU backend (profile.h).
+#include "profile.h"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+
+#include "backend.h"
+
+namespace duat {
+
+namespace {
+
+std::atomic<bool> g_on{false};
+
+struct Totals {
+  std::atomic<int64_t> ns{0}, calls{0}, faults{0}, kernel_us{0};
+  std::atomic<double> flops{0};
+};
+Totals g_totals[PROFILE_FAMILIES];
+
+struct Usage {
+  int64_t faults, kernel_us;
+};
+Usage usage() {
+  rusage r{};
+  getrusage(RUSAGE_SELF, &r);
+  return {static_cast<int64_t>(r.ru_minflt), static_cast<int64_t>(r.ru_stime.tv_sec) * 1000000 + r.ru_stime.tv_usec};
+}
+
+std::mutex g_shapes_mutex;
+std::map<std::string, ProfileShape> g_shapes;
+
+std::string shape_label(const GemmArgs& g) {
+  std::string s = std::to_string(g.M) + "x" + std::to_string(g.N) + "x" + std::to_string(g.K);
+  if (g.batch > 1) s += " (x" + std::to_string(g.batch) + ")";
+  if (g.a_k != 1) s += " A^T";  // A read down its columns
+  if (g.b_k != 1) s += " B";    // B(n, k) read across n: op(B) row-major
+  if (g.epilogue == EPILOGUE_GELU) s += " +gelu";
+  if (g.epilogue == EPILOGUE_STAGE) s += " +stage";
+  return s;
+}
+
+std::chrono::steady_clock::time_point g_started;
+Usage g_usage_started{};
+thread_local int t_depth = 0;
+
+// Times one backend call; nested calls (a backend calling itself) count once, in the outermost.
+class Scope {
+ public:
+  Scope(ProfileFamily f, double flops) : family_(f), flops_(flops), outer_(t_depth++ == 0) {
+    if (outer_) {
+      u0_ = usage();
+      t0_ = std::chrono::steady_clock::now();
+    }
+  }
+  ~Scope() {
+    t_depth--;
+    if (!outer_) return;
+    const auto dt = std::chrono::steady_clock::now() - t0_;
+    const Usage u1 = usage();
+    Totals& t = g_totals[family_];
+    t.ns += std::chrono::duration_cast<std::chrono::nanoseconds>(dt).count();
+    t.calls++;
+    t.faults += u1.faults - u0_.faults;
+    t.kernel_us += u1.kernel_us - u0_.kernel_us;
+    double cur = t.flops.load();
+    while (!t.flops.compare_exchange_weak(cur, cur + flops_)) {
+    }
+  }
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+
+ private:
+  ProfileFamily family_;
+  double flops_;
+  bool outer_;
+  Usage u0_{};
+  std::chrono::steady_clock::time_point t0_;
+};
+
+ProfileFamily map_family(MapOp op) {
+  switch (op) {
+    case MAP_COPY: return PROFILE_COPIES;
+    case MAP_GELU:
+    case MAP_GELU_GRAD: return PROFILE_GELU;
+    default: return PROFILE_ELEMENTWISE;
+  }
+}
+
+double attention_flops(const dm::AttnLayout& L, int64_t B) {
+  return 4.0 * static_cast<double>(B * L.N * L.H) * static_cast<double>(L.T * L.T * L.D);  // QK^T and PV
+}
+
+class ProfilingBackend final : public Backend {
+ public:
+  explicit ProfilingBackend(Backend& inner) : in_(inner) {}
+  const char* name() const override { return in_.name(); }
+
+  void* allocate(size_t bytes, size_t* capacity) override {
+    Scope s(PROFILE_ALLOCATION, 0);
+    return in_.allocate(bytes, capacity);
+  }
+  void release(void* p, size_t capacity) override {
+    Scope s(PROFILE_ALLOCATION, 0);
+    in_.release(p, capacity);
+  }
+  void upload(void* dst, const void* host, size_t bytes) override {
+    Scope s(PROFILE_COPIES, 0);
+    in_.upload(dst, host, bytes);
+  }
+  void download(void* host, const void* src, size_t bytes) override {
+    Scope s(PROFILE_COPIES, 0);
+    in_.download(host, src, bytes);
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    Scope s(PROFILE_COPIES, 0);
+    in_.copy(dst, src, bytes);
+  }
+  void fill(void* dst, int64_t words, uint32_t bits) override {
+    Scope s(PROFILE_COPIES, 0);
+    in_.fill(dst, words, bits);
+  }
+  void synchronize() override { in_.synchronize(); }
+  int64_t launches() const override { return in_.launches(); }
+
+  void map(const MapArgs& a) override {
+    Scope s(map_family(a.op), 0);
+    in_.map(a);
+  }
+  void reduce(const ReduceArgs& a) override {
+    Scope s(PROFILE_ELEMENTWISE, 0);
+    in_.reduce(a);
+  }
+  void argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t cols) override {
+    Scope s(PROFILE_ELEMENTWISE, 0);
+    in_.argmax_rows(x, out, rows, cols);
+  }
+  void count_correct(const float* logits, const int32_t* labels, float* out, int64_t B, int64_t K) override {
+    Scope s(PROFILE_ELEMENTWISE, 0);
+    in_.count_correct(logits, labels, out, B, K);
+  }
+  void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols, bool log) override {
+    Scope s(PROFILE_SOFTMAX, 0);
+    in_.softmax_forward(x, y, rows, cols, log);
+  }
+  void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols, bool log) override {
+    Scope s(PROFILE_SOFTMAX, 0);
+    in_.softmax_backward(y, dy, dx, rows, cols, log);
+  }
+  void layernorm_forward(const LayerNormArgs& a) override {
+    Scope s(PROFILE_NORMS, 0);
+    in_.layernorm_forward(a);
+  }
+  void layernorm_backward(const LayerNormGradArgs& a) override {
+    Scope s(PROFILE_NORMS, 0);
+    in_.layernorm_backward(a);
+  }
+  void cross_entropy(const float* logits, const int32_t* labels, float* loss, float* dlogits, int64_t B, int64_t K,
+                     float smoothing) override {
+    Scope s(PROFILE_SOFTMAX, 0);
+    in_.cross_entropy(logits, labels, loss, dlogits, B, K, smoothing);
+  }
+  void dropout(const float* x, float* out, int64_t n, float p, uint64_t seed, bool accumulate) override {
+    Scope s(PROFILE_ELEMENTWISE, 0);
+    in_.dropout(x, out, n, p, seed, accumulate);
+  }
+  void gemm(const GemmArgs& g) override {
+    const double flops = 2.0 * g.M * static_cast<double>(g.N) * g.K * g.batch;
+    const auto t0 = std::chrono::steady_clock::now();
+    {
+      Scope s(PROFILE_PRODUCTS, flops);
+      in_.gemm(g);
+    }
+    if (t_depth > 0) return;
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::lock_guard<std::mutex> lock(g_shapes_mutex);
+    ProfileShape& e = g_shapes[shape_label(g)];
+    e.seconds += dt;
+    e.calls++;
+    e.flops += flops;
+  }
+  void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) override {
+    Scope s(PROFILE_ATTENTION, attention_flops(L, B));
+    in_.attention_forward(L, B, qkv, out, lse);
+  }
+  void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv, const float* out,
+                          const float* lse, float* delta, float* dqkv) override {
+    Scope s(PROFILE_ATTENTION, 2 * attention_flops(L, B));  // dV, dP, dQ, dK (recomputed scores not counted)
+    in_.attention_backward(L, B, dout, qkv, out, lse, delta, dqkv);
+  }
+  void attention_probs(const dm::AttnLayout& L, int64_t B, const float* qkv, float* probs) override {
+    Scope s(PROFILE_ATTENTION, attention_flops(L, B) / 2);
+    in_.attention_probs(L, B, qkv, probs);
+  }
+  void patchify_forward(const float* images, float* patches, int64_t B, int64_t ch, int64_t S, int64_t P) override {
+    Scope s(PROFILE_COPIES, 0);
+    in_.patchify_forward(images, patches, B, ch, S, P);
+  }
+  void patchify_backward(const float* dpatches, float* dimages, int64_t B, int64_t ch, int64_t S, int64_t P) override {
+    Scope s(PROFILE_COPIES, 0);
+    in_.patchify_backward(dpatches, dimages, B, ch, S, P);
+  }
+  void fold_affine_forward(const float* w, const float* b, const float* g, const float* beta, float* wf, float* bf,
+                           int64_t N, int64_t O, int64_t C) override {
+    Scope s(PROFILE_ELEMENTWISE, 0);
+    in_.fold_affine_forward(w, b, g, beta, wf, bf, N, O, C);
+  }
+  void fold_affine_backward(const float* w, const float* g, const float* beta, const float* dwf, const float* dbf,
+                            float* dw, float* db, float* dg, float* dbeta, int64_t N, int64_t O, int64_t C) override {
+    Scope s(PROFILE_ELEMENTWISE, 0);
+    in_.fold_affine_backward(w, g, beta, dwf, dbf, dw, db, dg, dbeta, N, O, C);
+  }
+  void adamw(const std::vector<AdamWTensor>& t, const GradScale& g) override {
+    Scope s(PROFILE_OPTIMIZER, 0);
+    in_.adamw(t, g);
+  }
+  void sgd(const std::vector<SgdTensor>& t, const GradScale& g) override {
+    Scope s(PROFILE_OPTIMIZER, 0);
+    in_.sgd(t, g);
+  }
+  void sum_of_squares(const std::vector<std::pair<const float*, int64_t>>& t, float* out) override {
+    Scope s(PROFILE_OPTIMIZER, 0);
+    in_.sum_of_squares(t, out);
+  }
+
+ private:
+  Backend& in_;
+};
+
+}  // namespace
+
+const char* profile_family_name(ProfileFamily f) {
+  static const char* const NAMES[PROFILE_FAMILIES] = {"products", "attention", "norms", "gelu", "softmax",
+                                                       "elementwise", "copies", "allocation", "optimizer"};
+  return f >= 0 && f < PROFILE_FAMILIES ? NAMES[f] : "?";
+}
+
+Backend& profiling_backend(Backend& inner) {
+  static ProfilingBackend* wrapper = new ProfilingBackend(inner);  // never destroyed: storages keep it as owner
+  return *wrapper;
+}
+
+bool profiling() { return g_on.load(std::memory_order_relaxed); }
+
+void profile_start() {
+  for (Totals& t : g_totals) {
+    t.ns = 0;
+    t.calls = 0;
+    t.faults = 0;
+    t.kernel_us = 0;
+    t.flops = 0;
+  }
+  {
+    std::lock_guard<std::mutex> lock(g_shapes_mutex);
+    g_shapes.clear();
+  }
+  g_usage_started = usage();
+  g_started = std::chrono::steady_clock::now();
+  g_on.store(true);
+}
+
+ProfileReport profile_stop() {
+  g_on.store(false);
+  ProfileReport r;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - g_started).count();
+  const Usage u = usage();
+  r.process_page_faults = u.faults - g_usage_started.faults;
+  r.process_kernel_seconds = static_cast<double>(u.kernel_us - g_usage_started.kernel_us) / 1e6;
+  for (int f = 0; f < PROFILE_FAMILIES; f++) {
+    const Totals& t = g_totals[f];
+    r.families.push_back({profile_family_name(static_cast<ProfileFamily>(f)), static_cast<double>(t.ns.load()) / 1e9,
+                          t.calls.load(), t.flops.load(), t.faults.load(), static_cast<double>(t.kernel_us.load()) / 1e6});
+  }
+  std::lock_guard<std::mutex> lock(g_shapes_mutex);
+  for (auto& [label, e] : g_shapes) {
+    r.products.push_back(e);
+    r.products.back().shape = label;
+  }
+  std::sort(r.products.begin(), r.products.end(), [](const ProfileShape& a, const ProfileShape& b) { return a.seconds > b.seconds; });
+  return r;
+}
+
+}  // namespace duat

@@ -1,0 +1,130 @@
+// peak.cpp: chain-of-FMAs microbenchmarks (peak.h). Each thread runs independent accumulator
+// chains, at least the FMA latency times the issue width of any current x86 core,
+// so the units, not the dependencies, set the pace. Operands stay in registers: no memory traffic.
+#include "peak.h"
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+
+#include "../core/errors.h"
+#include "../core/parallel.h"
+#include "gemm.h"
+
+namespace duat {
+
+namespace {
+constexpr int CHAINS = 16;       // AVX-512: 32 registers hold the chains and the operands
+constexpr int CHAINS_AVX2 = 12;  // AVX2 has 16: more chains would spill
+
+#if defined(__x86_64__)
+// Returns a value that depends on every chain, so the compiler keeps all of them.
+__attribute__((target("avx2,fma"))) float fp32_avx2(int64_t iters) {
+  __m256 acc[CHAINS_AVX2];
+  for (int i = 0; i < CHAINS_AVX2; i++) acc[i] = _mm256_set1_ps(static_cast<float>(i) * 1e-3f);
+  const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 12
+    for (int i = 0; i < CHAINS_AVX2; i++) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+  }
+  __m256 s = acc[0];
+  for (int i = 1; i < CHAINS_AVX2; i++) s = _mm256_add_ps(s, acc[i]);
+  return _mm256_cvtss_f32(s);
+}
+
+__attribute__((target("avx512f"))) float fp32_avx512(int64_t iters) {
+  __m512 acc[CHAINS];
+  for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_ps(static_cast<float>(i) * 1e-3f);
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, s);
+  return lanes[0] + lanes[15];
+}
+
+__attribute__((target("avx512f,avx512bf16"))) float bf16_avx512(int64_t iters) {
+  __m512 acc[CHAINS];
+  for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_ps(static_cast<float>(i) * 1e-3f);
+  const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
+  const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-4f), _mm512_set1_ps(1e-4f));
+  for (int64_t it = 0; it < iters; it++) {
+#pragma GCC unroll 16
+    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, s);
+  return lanes[0] + lanes[15];
+}
+
+bool has_bf16() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
+  return a & (1u << 5);  // AVX512_BF16
+}
+#endif
+
+constexpr double FLOPS_PER_INSTRUCTION[] = {16, 32, 64};
+constexpr int CHAINS_OF[] = {CHAINS_AVX2, CHAINS, CHAINS};
+
+float run(PeakKind kind, int64_t iters) {
+#if defined(__x86_64__)
+  switch (kind) {
+    case PEAK_FP32_AVX2: return fp32_avx2(iters);
+    case PEAK_FP32_AVX512: return fp32_avx512(iters);
+    case PEAK_BF16_AVX512: return bf16_avx512(iters);
+  }
+#endif
+  (void)kind;
+  (void)iters;
+  return 0.0f;
+}
+
+// Seconds for `iters` iterations on `threads` threads at once (the slowest thread sets it).
+double timed(PeakKind kind, int threads, int64_t iters) {
+  std::atomic<int64_t> sink{0};
+  const auto t0 = std::chrono::steady_clock::now();
+  parallel_for(threads, [&](int64_t) { sink += run(kind, iters) > 1e30f ? 1 : 0; });
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+bool peak_supported(PeakKind kind) {
+  const CpuIsa isa = cpu_isa_best();
+  switch (kind) {
+    case PEAK_FP32_AVX2: return isa >= CPU_ISA_AVX2;
+    case PEAK_FP32_AVX512: return isa >= CPU_ISA_AVX512;
+#if defined(__x86_64__)
+    case PEAK_BF16_AVX512: return isa >= CPU_ISA_AVX512 && has_bf16();
+#endif
+    default: return false;
+  }
+}
+
+double measure_peak_gflops(PeakKind kind, int threads, double seconds) {
+  check(kind >= PEAK_FP32_AVX2 && kind <= PEAK_BF16_AVX512, ERROR_ARGUMENT, "unknown peak kind");
+  check(peak_supported(kind), ERROR_ARGUMENT, "this CPU lacks the instructions of this peak measurement");
+  check(seconds > 0 && seconds <= 60, ERROR_ARGUMENT, "peak measurement: seconds must be in (0, 60]");
+  if (threads <= 0) threads = get_num_threads();
+  threads = std::min(threads, get_num_threads());
+  // Calibrate to about a tenth of the time, then take the best of a few timed runs: a shared
+  // machine only ever slows a run down.
+  int64_t iters = 1 << 14;
+  while (timed(kind, threads, iters) < seconds / 10 && iters < (int64_t{1} << 40)) iters *= 2;
+  double best = 1e300;
+  for (int r = 0; r < 5; r++) best = std::min(best, timed(kind, threads, iters));
+  return static_cast<double>(iters) * CHAINS_OF[kind] * FLOPS_PER_INSTRUCTION[kind] * threads / best / 1e9;
+}
+
+}  // namespace duat

@@ -1,0 +1,70 @@
+/**
+ * The profiler and the peak measurement the benchmarks report against: the profile must see every
+ * product of a training step (its FLOPs equal the model's analytic count), attribute time without
+ * counting any twice, and leave the backend as it was.
+ */
+import * as duat from '../lib';
+
+const cfg = { imageSize: 16, patchSize: 4, channels: 1, classes: 5, dim: 24, heads: 2, depth: 2, branches: 3, mlpRatio: 2, seed: 4 };
+
+/** A training step's products, counted from the model's shape: forward, then dX and dW of each. */
+function analyticFlops(B: number): { products: number; attention: number } {
+  const { imageSize: S, patchSize: P, channels: ch, classes: K, dim: C, heads: H, depth, branches: N, mlpRatio } = cfg;
+  const M = C * mlpRatio, Tp = (S / P) ** 2, T = Tp + 1, D = C / H;
+  const perBranch = 2 * B * T * (3 * C * C + C * C + 2 * C * M);  // qkv, proj, fc1, fc2
+  const stages = depth * N * perBranch * 3;                          // forward, dX, dW
+  const patch = 2 * B * Tp * C * P * P * ch * 2;                     // forward and dW (images need no gradient)
+  const head = 2 * B * C * K * 3;
+  const attention = depth * N * 4 * B * H * T * T * D * 3;           // QK^T and PV, then four products back
+  return { products: stages + patch + head, attention };
+}
+
+async function profiledStep(model: duat.ParaFormer, opt: duat.optim.AdamW, x: duat.Tensor, y: Int32Array) {
+  return (await duat.profile(() => model.trainStep(x, y, { optimizer: opt }))).report;
+}
+
+test('a training step profiled: every product and attention FLOP counted once, families within the wall time', async () => {
+  const model = new duat.ParaFormer(cfg);
+  const x = duat.randn([8, 1, 16, 16], { seed: 2 });
+  const y = Int32Array.from({ length: 8 }, (_, i) => i % 5);
+  const opt = new duat.optim.AdamW(model.parameters(), { lr: 1e-3 });
+  await model.trainStep(x, y, { optimizer: opt });
+  const report = await profiledStep(model, opt, x, y);
+  const fam = new Map(report.families.map((f) => [f.family, f]));
+  const want = analyticFlops(8);
+  expect(fam.get('products')!.flops).toBe(want.products);
+  expect(fam.get('attention')!.flops).toBe(want.attention);
+  expect(report.products.reduce((s, p) => s + p.flops, 0)).toBe(want.products);
+  for (const name of ['products', 'attention', 'norms', 'optimizer', 'allocation', 'softmax']) expect(fam.get(name)!.calls).toBeGreaterThan(0);
+  const inside = report.families.reduce((s, f) => s + f.seconds, 0);
+  expect(inside).toBeLessThanOrEqual(report.seconds);
+  expect(report.outsideSeconds).toBeCloseTo(report.seconds - inside, 9);
+  expect(report.families.map((f) => f.seconds)).toEqual([...report.families.map((f) => f.seconds)].sort((a, b) => b - a));
+  // A second profile starts from zero: the same step makes the same calls.
+  const again = await profiledStep(model, opt, x, y);
+  expect(again.families.map((f) => [f.family, f.calls]).sort()).toEqual(report.families.map((f) => [f.family, f.calls]).sort());
+  x.dispose();
+  model.dispose();
+});
+
+test('profiles do not nest, and a failing function still stops the profile', async () => {
+  await expect(duat.profile(() => duat.profile(() => 1))).rejects.toThrow(duat.StateError);
+  await expect(duat.profile(() => {
+    throw new Error('inside');
+  })).rejects.toThrow('inside');
+  const { result, report } = await duat.profile(() => 42);
+  expect(result).toBe(42);
+  expect(report.families.every((f) => f.calls === 0)).toBe(true);
+});
+
+const x86 = process.arch === 'x64';
+(x86 ? test : test.skip)('cpuPeak measures float32 (and bf16 where the CPU has it) on the pool threads', () => {
+  const one = duat.cpuPeak({ threads: 1, seconds: 0.05 });
+  expect(one.threads).toBe(1);
+  expect(one.fp32Avx2).toBeGreaterThan(1);
+  expect(one.fp32).toBe(Math.max(one.fp32Avx2 ?? 0, one.fp32Avx512 ?? 0));
+  if (duat.backendInfo().cpu.isaBest === 'avx512') expect(one.fp32Avx512).toBeGreaterThan(1);
+  if (one.bf16 !== null) expect(one.bf16).toBeGreaterThan(1);
+  expect(() => duat.cpuPeak({ seconds: 0 })).toThrow(duat.ArgumentError);
+  expect(() => duat.cpuPeak({ threads: 1.5 })).toThrow(duat.ArgumentError);
+});
