@@ -10,7 +10,7 @@ import * as path from 'path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 
 import * as duat from './index';
-import { runBench, writeResults } from './bench/bench';
+import { BENCH_SIZES, BenchOptions, runBench, writeResults } from './bench/bench';
 import { topClasses } from './nn/ParaFormer';
 import { attentionSvg } from './train/inspect';
 
@@ -513,23 +513,36 @@ async function serveCmd(cmd: Command): Promise<void> {
 }
 
 const BENCH_FLAGS: Flag[] = [
-  { name: 'layers', type: 'string', def: '1,2,4,8,12', help: 'values of n: Para-Former-1-n against ViT-n' },
-  { name: 'grid', type: 'int', def: 12, help: 'total layers of the m-n grid (every m dividing it)' },
-  { name: 'size', type: 'string', def: 'tiny', help: "'tiny' (ViT-Ti width, 32 x 32 RGB) or 'mnist'" },
-  { name: 'reps', type: 'int', def: 20, help: 'timed runs per measurement (after 3 warm-ups)' },
-  { name: 'threads', type: 'int', def: 2, help: 'threads for both frameworks' },
+  { name: 'layers', type: 'string', def: '1,4,12', help: 'values of n: Para-Former-1-n against ViT-n' },
+  { name: 'grid', type: 'int', def: 0, help: 'total layers of an m-n grid to add (every m dividing it; 0: none)' },
+  { name: 'size', type: 'string', def: 'tiny-mnist', help: `model size: ${BENCH_SIZES.join(', ')}` },
+  { name: 'batch', type: 'int', def: 64, help: 'batch of training and of batched inference' },
+  { name: 'reps', type: 'int', def: 10, help: 'timed runs per measurement (after 3 warm-ups)' },
+  { name: 'rounds', type: 'int', def: 3, help: 'interleaved rounds (each measures every runner of every row)' },
+  { name: 'threads', type: 'int', def: 2, help: 'threads for every framework' },
+  { name: 'torch-variants', type: 'string', def: 'eager,einsum,compile,eager+bf16,einsum+bf16,compile+bf16', help: 'PyTorch variants timed (the fastest of each row is compared with)' },
+  { name: 'ort', type: 'string', def: '', help: "onnxruntime-node's path (default: node_modules, then bench/.ort; 'none' skips it)" },
   { name: 'out', type: 'string', def: 'bench/results', help: 'where cpu.md, cpu.json and cpu-latency.svg go' },
   { name: 'python', type: 'string', def: '', help: 'a Python with torch (default: $DUAT_PYTHON, .venv, python3)' },
 ];
 
 function benchCmd(cmd: Command): void {
   const o = valuesOf(cmd, BENCH_FLAGS);
-  const opts = {
-    layers: String(o.layers).split(',').map(Number), grid: o.grid as number, reps: o.reps as number, threads: o.threads as number,
-    size: o.size as 'tiny' | 'mnist', out: o.out as string, python: (o.python as string) || undefined,
+  if (!BENCH_SIZES.includes(o.size as string)) throw new duat.ArgumentError(`Expected --size to be one of ${BENCH_SIZES.join(', ')} but received '${String(o.size)}'`);
+  const variants = String(o['torch-variants']).split(',').filter(Boolean);
+  for (const v of variants) {
+    if (!/^(eager|einsum|compile)(\+bf16)?$/.test(v)) throw new duat.ArgumentError(`Expected --torch-variants to list eager, einsum or compile (each optionally +bf16) but received '${v}'`);
+  }
+  const opts: BenchOptions = {
+    layers: String(o.layers).split(',').map(Number), grid: o.grid as number, reps: o.reps as number, rounds: o.rounds as number,
+    batch: o.batch as number, threads: o.threads as number, size: o.size as BenchOptions['size'], out: o.out as string,
+    python: (o.python as string) || undefined, torchVariants: variants, ort: (o.ort as string) || undefined,
   };
-  const rows = runBench(opts, (s) => process.stderr.write(s + '\n'));
-  const files = writeResults(rows, opts, `duat bench ${process.argv.slice(3).join(' ')}`.trim());
+  for (const n of opts.layers) {
+    if (!Number.isInteger(n) || n < 1 || n > 64) throw new duat.ArgumentError(`Expected --layers to list integers in [1, 64] but received '${String(o.layers)}'`);
+  }
+  const run = runBench(opts, (s) => process.stderr.write(s + '\n'));
+  const files = writeResults(run, opts, `duat bench ${process.argv.slice(3).join(' ')}`.trim());
   process.stdout.write(JSON.stringify(files) + '\n');
 }
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Writes test/fixtures/bench-parity/: a small duat Para-Former-2-3 (model.safetensors), input
 // images (input.safetensors) and the logits the PyTorch benchmark reference
-// (bench/reference/paraformer_torch.py) computes for them, so CI checks without torch that the
+// (bench/reference/paraformer_torch.py, einsum-batched, and bench_torch.py, per-branch modules) computes for them, so CI checks without torch that the
 // benchmark compares the same computation. Needs `npm run build` and a Python with torch.
 'use strict';
 const { execFileSync } = require('child_process');
@@ -25,4 +25,8 @@ if (!py) throw new Error('needs a Python with torch');
 const out = execFileSync(py, [path.join(__dirname, '..', 'bench', 'reference', 'paraformer_torch.py'), 'logits',
   '--model', path.join(dir, 'model.safetensors'), '--input', path.join(dir, 'input.safetensors')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
 fs.writeFileSync(path.join(dir, 'torch-logits.json'), out.trim().split('\n').pop() + '\n');
+// The per-branch modules users write (bench/reference/bench_torch.py), on the same weights.
+const eager = execFileSync(py, [path.join(__dirname, '..', 'bench', 'reference', 'bench_torch.py'), 'logits',
+  '--model', path.join(dir, 'model.safetensors'), '--input', path.join(dir, 'input.safetensors')], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+fs.writeFileSync(path.join(dir, 'torch-eager-logits.json'), eager.trim().split('\n').pop() + '\n');
 console.log(`wrote ${dir}`);

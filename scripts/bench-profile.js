@@ -1,0 +1,101 @@
+#!/usr/bin/env node
+// `npm run bench:profile`: where a step's time goes, by op family (duat.profile), for
+// Para-Former-1-4 and ViT-4 (ViT-Ti width on 28 x 28 x 1 images, patch 4), training and inference
+// at batch 64 and batch 1, on 2 threads, against the machine's measured FMA peak. Writes
+// bench/results/cpu-profile.md and .json.
+//   node scripts/bench-profile.js [--steps 10] [--threads 2] [--out bench/results]
+'use strict';
+const { execFileSync } = require('child_process');
+const fs = require('fs');
+const os = require('os');
+const path = require('path');
+const duat = require('../dist');
+const { modelFlops } = require('../dist/bench/bench');
+
+function arg(name, def) {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : def;
+}
+const steps = Number(arg('steps', 10)), threads = Number(arg('threads', 2)), out = arg('out', path.join(__dirname, '..', 'bench', 'results'));
+const SIZE = { dim: 192, heads: 3, mlpRatio: 4, patchSize: 4, imageSize: 28, channels: 1, classes: 10 };
+const MODELS = [['Para-Former-1-4', 1, 4], ['ViT-4', 4, 1]];
+const FAMILIES = ['products', 'attention', 'norms', 'gelu', 'softmax', 'elementwise', 'copies', 'allocation', 'optimizer'];
+
+async function profileCase(model, mode, batch) {
+  const x = duat.randn([batch, 1, 28, 28], { seed: 1 });
+  const y = Int32Array.from({ length: batch }, (_, i) => i % 10);
+  const opt = new duat.optim.AdamW(model.parameters(), { lr: 1e-4 });
+  const once = mode === 'train'
+    ? () => model.trainStep(x, y, { optimizer: opt })
+    : () => duat.noGrad(() => duat.tidy(() => void model.forward(x).toArray()));
+  for (let i = 0; i < 3; i++) await once();
+  const { report } = await duat.profile(async () => {
+    for (let i = 0; i < steps; i++) await once();
+  });
+  x.dispose();
+  return report;
+}
+
+async function main() {
+  duat.setNumThreads(threads);
+  const peak = duat.cpuPeak({ threads, seconds: 1 });
+  const cases = [];
+  for (const [name, depth, branches] of MODELS) {
+    const cfg = { ...SIZE, depth, branches };
+    const model = new duat.ParaFormer({ ...cfg, seed: 0 });
+    for (const [mode, batch] of [['train', 64], ['infer', 64], ['train', 1], ['infer', 1]]) {
+      const report = await profileCase(model, mode, batch);
+      const f = modelFlops(cfg, batch);
+      const flops = mode === 'train' ? f.train : f.forward;
+      cases.push({ name, mode, batch, flops, report });
+      process.stderr.write(`${name} ${mode} b${batch}: ${(1000 * report.seconds / steps).toFixed(2)} ms/step\n`);
+    }
+    model.dispose();
+  }
+  let commit = 'unknown';
+  try {
+    commit = execFileSync('git', ['rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+  } catch {}
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(path.join(out, 'cpu-profile.json'), JSON.stringify({ commit, steps, threads, peak, cases }, null, 2));
+  fs.writeFileSync(path.join(out, 'cpu-profile.md'), markdown(cases, peak, commit));
+  process.stdout.write(JSON.stringify({ md: path.join(out, 'cpu-profile.md') }) + '\n');
+}
+
+function markdown(cases, peak, commit) {
+  const perStep = (s) => (1000 * s) / steps;
+  const head = `| case | ms/step | GFLOP/s (of peak) | ${FAMILIES.join(' | ')} | outside kernels | page faults/step | kernel ms/step |\n|${'---|'.repeat(FAMILIES.length + 6)}`;
+  const rows = cases.map((c) => {
+    const r = c.report, fam = new Map(r.families.map((f) => [f.family, f]));
+    const gf = c.flops / (r.seconds / steps) / 1e9;
+    const cell = (s) => `${perStep(s).toFixed(s * 1000 / steps < 1 ? 2 : 1)} (${((100 * s) / r.seconds).toFixed(0)}%)`;
+    return `| ${c.name} ${c.mode} b${c.batch} | ${perStep(r.seconds).toFixed(2)} | ${gf.toFixed(0)} (${((100 * gf) / peak.fp32).toFixed(0)}%) | ${FAMILIES.map((n) => cell(fam.get(n).seconds)).join(' | ')} | ${cell(r.outsideSeconds)} | ${(r.pageFaults / steps).toFixed(0)} | ${perStep(r.kernelSeconds).toFixed(2)} |`;
+  });
+  const shapes = cases.filter((c) => c.batch === 64 && c.mode === 'train').map((c) => {
+    const lines = c.report.products.slice(0, 12).map((p) => `| ${p.shape} | ${perStep(p.seconds).toFixed(2)} | ${p.calls / steps} | ${p.gflops.toFixed(0)} (${((100 * p.gflops) / peak.fp32).toFixed(0)}%) |`);
+    const fam = new Map(c.report.families.map((f) => [f.family, f]));
+    return `### ${c.name}, training at batch 64\n\nProducts ${fam.get('products').gflops.toFixed(0)} GFLOP/s, attention ${fam.get('attention').gflops.toFixed(0)} GFLOP/s.\n\n| product (M x N x K) | ms/step | calls/step | GFLOP/s (of peak) |\n|---|---|---|---|\n${lines.join('\n')}\n`;
+  });
+  return `# Where the CPU step's time goes
+
+Command: \`npm run bench:profile\` (scripts/bench-profile.js), ${steps} steps after 3 warm-ups, ${threads} threads;
+commit ${commit}; ${new Date().toISOString().slice(0, 10)}; ${os.cpus()[0]?.model ?? 'unknown CPU'}.
+Model: ViT-Ti width (192, 3 heads, MLP 768) on 28 x 28 x 1 images, patch 4 (50 tokens); AdamW.
+Measured peak (\`duat.cpuPeak()\`): float32 ${peak.fp32.toFixed(0)} GFLOP/s, bf16 ${peak.bf16 === null ? 'n/a' : peak.bf16.toFixed(0)} GFLOP/s on ${peak.threads} threads.
+
+Each family cell: ms per step (share of the step). Families are the CPU backend's calls
+(\`duat.profile\`, native/core/profile.h): products include their fused bias, GELU and stage
+epilogues; attention is the fused kernel with its per-head products; "outside kernels" is
+everything else: building the graph, autograd, the bindings and JavaScript. Page faults and
+kernel time are the whole process's (the kernel zeroing fresh pages shows there).
+
+${head}
+${rows.join('\n')}
+
+${shapes.join('\n')}`;
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
