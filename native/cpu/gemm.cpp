@@ -30,21 +30,22 @@ namespace {
 struct KernelInfo {
   int mr, nr;
   // c[mr x nr] (ldc) (+)= alpha * a_panel(kc x MR) . b_panel(kc x NR) (+ bias[0..nr) per row, when
-  // bias is non-null); `add` false overwrites.
-  void (*micro)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr, float alpha,
-                bool add, const float* bias);
+  // bias is non-null); `add` false overwrites. The panel's rows are ldb apart: NR when packed,
+  // the matrix's row stride when B is read in place (full panels only).
+  void (*micro)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
+                float alpha, bool add, const float* bias);
 };
 
 // ---- portable: 4 x 16, plain loops the compiler vectorises with SSE2 ----
-void micro_generic(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, int mr, int nr, float alpha,
-                   bool add, const float* bias) {
+void micro_generic(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
+                   float alpha, bool add, const float* bias) {
   constexpr int MR = 4, NR = 16;
   float acc[MR][NR] = {};
   for (int64_t k = 0; k < kc; k++) {
     for (int i = 0; i < MR; i++)
       for (int j = 0; j < NR; j++) acc[i][j] += a[i] * b[j];
     a += MR;
-    b += NR;
+    b += ldb;
   }
   for (int i = 0; i < mr; i++)
     for (int j = 0; j < nr; j++)
@@ -53,14 +54,14 @@ void micro_generic(int64_t kc, const float* a, const float* b, float* c, int64_t
 
 #if defined(__x86_64__)
 // ---- AVX2 + FMA: 6 x 16, twelve ymm accumulators ----
-__attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, const float* b, float* c,
-                                                     int64_t ldc, int mr, int nr, float alpha, bool add,
+__attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, const float* b, int64_t ldb,
+                                                     float* c, int64_t ldc, int mr, int nr, float alpha, bool add,
                                                      const float* bias) {
   constexpr int MR = 6;
   __m256 acc[MR][2];
   for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; k++) {
-    __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
 #pragma GCC unroll 6
     for (int i = 0; i < MR; i++) {
       __m256 ai = _mm256_broadcast_ss(a + i);
@@ -68,7 +69,7 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
       acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
     }
     a += MR;
-    b += 16;
+    b += ldb;
   }
   __m256 va = _mm256_set1_ps(alpha);
   if (mr == MR && nr == 16) {
@@ -96,15 +97,15 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
 }
 
 // ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
-__attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, const float* b, float* c,
-                                                      int64_t ldc, int mr, int nr, float alpha, bool add,
+__attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, const float* b, int64_t ldb,
+                                                      float* c, int64_t ldc, int mr, int nr, float alpha, bool add,
                                                       const float* bias) {
   constexpr int MR = 12;
   __m512 acc[MR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < kc; k++) {
-    __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+    __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++) {
       __m512 ai = _mm512_set1_ps(a[i]);
@@ -112,7 +113,7 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
     }
     a += MR;
-    b += 32;
+    b += ldb;
   }
   const __m512 va = _mm512_set1_ps(alpha);
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
@@ -180,8 +181,8 @@ __attribute__((target("avx512f"))) void small_gemm_avx512(bool transA, int64_t M
 #else
 // Not x86-64 (arm64 and others): the portable kernel only, which the compiler vectorises for the
 // target (NEON on arm64); detect() never selects the entries below, which exist to keep the table.
-void micro_avx2(int64_t, const float*, const float*, float*, int64_t, int, int, float, bool, const float*) {}
-void micro_avx512(int64_t, const float*, const float*, float*, int64_t, int, int, float, bool, const float*) {}
+void micro_avx2(int64_t, const float*, const float*, int64_t, float*, int64_t, int, int, float, bool, const float*) {}
+void micro_avx512(int64_t, const float*, const float*, int64_t, float*, int64_t, int, int, float, bool, const float*) {}
 void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                        const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -241,6 +242,7 @@ constexpr int64_t MC_ROWS = 144;  // a multiple of every MR above
 constexpr int64_t NC = 4096;
 constexpr int64_t SMALL_GEMM_MAX = int64_t{1} << 17;  // M*N*K below which packing does not pay
 constexpr int64_t B_CHUNK_BYTES = int64_t{8} << 20;  // packed B shared by the tasks of one region
+constexpr int64_t DIRECT_B_MAX_M = 96;  // rows up to which a row-major B is read in place
 
 struct Buffer {
   float* p = nullptr;
@@ -304,6 +306,46 @@ void pack_b_panel(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t k
 
 thread_local Buffer t_pack_a;
 thread_local Buffer t_pack_b;
+thread_local Buffer t_pack_edge;
+
+// Few rows (a batch-1 forward: one sequence's tokens) against a row-major op(B) (the inference
+// weights are kept K-major for this, native/model/derived.h). Packing B would cost about as much
+// as the product, since each of its values meets only M rows; so A is packed whole (it is small)
+// and B's panels are read in place, a KC x NR block staying in L1 while every row panel passes
+// it. The last, partial column panel is packed: full-width loads would read past the matrix.
+void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                    int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel,
+                    const float* bias) {
+  const int MR = ker.mr, NR = ker.nr;
+  const int64_t m_pad = (M + MR - 1) / MR * MR, n_panels = (N + NR - 1) / NR;
+  float* apack = t_pack_a.get(static_cast<size_t>(m_pad * K));  // K block at p0: apack + m_pad * p0
+  for (int64_t p0 = 0; p0 < K; p0 += KC) pack_a(transA, A, lda, 0, M, p0, std::min(KC, K - p0), MR, apack + m_pad * p0);
+  auto task = [&](int64_t q) {
+    const int64_t jj = q * NR;
+    const int nr = static_cast<int>(std::min<int64_t>(NR, N - jj));
+    const float* bq = B + jj;
+    int64_t ldbq = ldb;
+    if (nr < NR) {
+      float* edge = t_pack_edge.get(static_cast<size_t>(K * NR));
+      pack_b_panel(false, B, ldb, 0, K, jj, nr, NR, 0, edge);
+      bq = edge;
+      ldbq = NR;
+    }
+    for (int64_t p0 = 0; p0 < K; p0 += KC) {
+      const int64_t kc = std::min(KC, K - p0);
+      const bool add = beta != 0.0f || p0 > 0;
+      for (int64_t r = 0; r < M; r += MR) {
+        ker.micro(kc, apack + m_pad * p0 + r * kc, bq + p0 * ldbq, ldbq, C + r * ldc + jj, ldc,
+                  static_cast<int>(std::min<int64_t>(MR, M - r)), nr, alpha, add, bias && p0 == 0 ? bias + jj : nullptr);
+      }
+    }
+  };
+  if (parallel && get_num_threads() > 1 && n_panels > 1 && M * N * K > (1 << 18)) {
+    parallel_for(n_panels, task);
+  } else {
+    for (int64_t q = 0; q < n_panels; q++) task(q);
+  }
+}
 
 void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
   for (int64_t i = 0; i < M; i++) {
@@ -375,7 +417,10 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   // A long K with a small C (a weight gradient summed over many tokens): split K over the
   // threads, each summing its share into a private C, then add the parts. One parallel region
   // instead of two per K block.
-  if (threads > 1 && K >= 1024 && K > 4 * (M + N)) {
+  // Few rows read against a row-major B (below) split K too, when its columns are too few to
+  // share out.
+  const bool direct_b = !transB && M <= DIRECT_B_MAX_M && N >= NR;
+  if (threads > 1 && ((K >= 1024 && K > 4 * (M + N)) || (direct_b && K >= 512 && N < 16 * NR))) {
     std::vector<Buffer> parts(static_cast<size_t>(threads - 1));
     parallel_for(threads, [&](int64_t t) {
       const int64_t k0 = K * t / threads, k1 = K * (t + 1) / threads;
@@ -392,6 +437,11 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         for (const Buffer& part : parts)
           for (int64_t j = 0; j < N; j++) C[i * ldc + j] += part.p[i * N + j];
     });
+    return;
+  }
+
+  if (direct_b) {
+    sgemm_direct_b(ker, transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, bias);
     return;
   }
 
@@ -438,7 +488,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
             const float* bp = bblock + jj * kc;
             for (int64_t r = 0; r < mc; r += MR) {
               const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
-              ker.micro(kc, apack + r * kc, bp, C + (i0 + r) * ldc + j0 + jj, ldc, mr, nr, alpha, add,
+              ker.micro(kc, apack + r * kc, bp, NR, C + (i0 + r) * ldc + j0 + jj, ldc, mr, nr, alpha, add,
                         bias && p0 == 0 ? bias + j0 + jj : nullptr);
             }
           }

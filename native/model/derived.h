@@ -13,7 +13,9 @@
 
 namespace duat {
 
-enum DerivedKind { DERIVED_QKV, DERIVED_FC1, DERIVED_FC2, DERIVED_LS1, DERIVED_LS2 };
+// Inference weights are kept K-major (k_major in paraformer.cpp): a product then reads them in
+// place (gemm.cpp) instead of packing them on every call.
+enum DerivedKind { DERIVED_QKV, DERIVED_FC1, DERIVED_FC2, DERIVED_LS1, DERIVED_LS2, DERIVED_PROJ };
 
 // derive() itself while grad mode is on; otherwise the cached result for (kind, sources), derived
 // anew when a source changed.

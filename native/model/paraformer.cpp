@@ -13,12 +13,30 @@ namespace duat {
 
 namespace {
 
+// A stacked weight (N, O, C) as the same tensor over (C, N, O) memory: K-major, so that a
+// product reads op(B) row-major in place, and one of all N branches side by side (width N*O)
+// too. Inference only (branch_linear takes it while no gradient is recorded), and on the CPU:
+// the CUDA products tile either layout alike.
+Tensor k_major(const Tensor& w) {
+  if (w->device != DEVICE_CPU) return w;
+  return permute(contiguous(permute(w, {2, 0, 1})), {1, 2, 0});
+}
+
+// The stacked weights with LN's affine folded in, K-major, from the inference cache.
+std::vector<Tensor> folded_k_major(DerivedKind kind, const Tensor& w, const Tensor& b, const Tensor& gamma,
+                                   const Tensor& beta) {
+  return derived(kind, {w, b, gamma, beta}, [&] {
+    std::vector<Tensor> f = fold_affine(w, b, gamma, beta);
+    f[0] = k_major(f[0]);
+    return f;
+  });
+}
+
 // The QKV product of every branch: (N, BT, 3C), laid out (BT, N*3C) for attention. LN1's affine
 // is folded into the weights: inside the graph while training, from the cache for inference.
 Tensor branch_qkv(const Tensor& normed, const StageParams& p) {
   if (grad_enabled()) return branch_linear(normed, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b, false, true);
-  const std::vector<Tensor> f = derived(DERIVED_QKV, {p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b},
-                                        [&] { return fold_affine(p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b); });
+  const std::vector<Tensor> f = folded_k_major(DERIVED_QKV, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b);
   return branch_linear(normed, f[0], f[1], nullptr, nullptr, false, true);
 }
 
@@ -188,7 +206,9 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p);                    // (N, BT, 3C)
   const Tensor att = attention(reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C}), c.heads, N);  // (B, T1, N*C)
   const Tensor att_n = permute(reshape(att, {BT, N, C}), {1, 0, 2});                            // (N, BT, C) view
-  const std::pair<Tensor, Tensor> proj = layer_scaled(p.proj_w, p.proj_b, p.ls1, DERIVED_LS1);
+  std::pair<Tensor, Tensor> proj = layer_scaled(p.proj_w, p.proj_b, p.ls1, DERIVED_LS1);
+  if (!grad_enabled() && proj.first->device == DEVICE_CPU)  // (a cached value must never be its source)
+    proj.first = derived(DERIVED_PROJ, {proj.first}, [&] { return std::vector<Tensor>{k_major(proj.first)}; })[0];
   const Tensor a = branch_linear(att_n, proj.first, proj.second, nullptr, nullptr, false, false);  // (N, BT, C)
   // The MLP of every branch on LN2(x + a_b), LN2's affine folded into fc1.
   const Tensor u = layernorm(a, nullptr, nullptr, c.eps, xf);                                    // (N, BT, C)
@@ -196,16 +216,19 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   if (grad_enabled()) {
     h = branch_linear(u, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b, true, true);
   } else {
-    const std::vector<Tensor> f = derived(DERIVED_FC1, {p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b},
-                                          [&] { return fold_affine(p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b); });
+    const std::vector<Tensor> f = folded_k_major(DERIVED_FC1, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b);
     h = branch_linear(u, f[0], f[1], nullptr, nullptr, true, true);
   }
   // sum_b fc2_b(h_b) = [h_1 .. h_N] @ [W2_1 .. W2_N]^T: one product of inner size N*M, with the
-  // branch biases summed and both residuals (x, and every a_b) in its epilogue.
+  // branch biases summed and both residuals (x, and every a_b) in its epilogue. For inference the
+  // concatenated weight is kept K-major ((N*M, C) memory).
   const std::pair<Tensor, Tensor> fc2 = layer_scaled(p.fc2_w, p.fc2_b, p.ls2, DERIVED_LS2);
   const Tensor &fc2_w = fc2.first, &fc2_b = fc2.second;
   const std::vector<Tensor> w2 = derived(DERIVED_FC2, {fc2_w, fc2_b}, [&] {
-    return std::vector<Tensor>{reshape(contiguous(permute(fc2_w, {1, 0, 2})), {C, N * M}), sum(fc2_b, {0}, false)};
+    const Tensor w = grad_enabled() || fc2_w->device != DEVICE_CPU
+                         ? reshape(contiguous(permute(fc2_w, {1, 0, 2})), {C, N * M})
+                         : permute(reshape(contiguous(permute(fc2_w, {0, 2, 1})), {N * M, C}), {1, 0});
+    return std::vector<Tensor>{w, sum(fc2_b, {0}, false)};
   });
   const Tensor y = stage_sum(resid, h, w2[0], w2[1], a, c.branch_scale);
   if (!comm) return reshape(y, {B, T1, C});

@@ -50,8 +50,9 @@ void test_gemm(CpuIsa isa) {
   cpu_isa_set(isa);
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  // The last two shapes take the split-K path and the several-chunks-of-packed-B path.
-  const int64_t sizes[][3] = {{1, 1, 1}, {5, 7, 3}, {13, 33, 17}, {64, 64, 64}, {150, 70, 300}, {37, 129, 600}, {300, 5, 2}, {37, 50, 2000}, {20, 1100, 2100}};
+  // The last two shapes take the split-K path and the several-chunks-of-packed-B path; with a
+  // row-major B, up to 96 rows read B in place (a partial last panel packed), 97 pack it.
+  const int64_t sizes[][3] = {{1, 1, 1}, {5, 7, 3}, {13, 33, 17}, {64, 64, 64}, {150, 70, 300}, {37, 129, 600}, {96, 70, 257}, {97, 64, 300}, {300, 5, 2}, {37, 50, 2000}, {20, 1100, 2100}};
   for (auto& s : sizes) {
     const int64_t M = s[0], N = s[1], K = s[2];
     for (int ta = 0; ta < 2; ta++)
