@@ -30,21 +30,26 @@ namespace {
 struct KernelInfo {
   int mr, nr;
   // c[mr x nr] (ldc) (+)= alpha * a_panel(kc x MR) . b_panel(kc x NR) (+ bias[0..nr) per row, when
-  // bias is non-null); `add` false overwrites. The panel's rows are ldb apart: NR when packed,
-  // the matrix's row stride when B is read in place (full panels only).
-  void (*micro)(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
-                float alpha, bool add, const float* bias);
+  // bias is non-null); `add` false overwrites. The A panel's MR values of one k are contiguous,
+  // lda apart from k to k: MR when packed, the matrix's row stride when a transposed A is read
+  // in place. The B panel's rows are ldb apart: NR when packed, the matrix's row stride when B
+  // is read in place. In-place panels are full (MR rows, NR columns).
+  void (*micro)(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr,
+                int nr, float alpha, bool add, const float* bias);
+  // The same with a row-major A read in place: row i of the panel at a + i * lda (null: pack A).
+  void (*micro_rows)(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                     int mr, int nr, float alpha, bool add, const float* bias);
 };
 
 // ---- portable: 4 x 16, plain loops the compiler vectorises with SSE2 ----
-void micro_generic(int64_t kc, const float* a, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
-                   float alpha, bool add, const float* bias) {
+void micro_generic(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                   int mr, int nr, float alpha, bool add, const float* bias) {
   constexpr int MR = 4, NR = 16;
   float acc[MR][NR] = {};
   for (int64_t k = 0; k < kc; k++) {
     for (int i = 0; i < MR; i++)
       for (int j = 0; j < NR; j++) acc[i][j] += a[i] * b[j];
-    a += MR;
+    a += lda;
     b += ldb;
   }
   for (int i = 0; i < mr; i++)
@@ -54,9 +59,9 @@ void micro_generic(int64_t kc, const float* a, const float* b, int64_t ldb, floa
 
 #if defined(__x86_64__)
 // ---- AVX2 + FMA: 6 x 16, twelve ymm accumulators ----
-__attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, const float* b, int64_t ldb,
-                                                     float* c, int64_t ldc, int mr, int nr, float alpha, bool add,
-                                                     const float* bias) {
+__attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, int64_t lda, const float* b,
+                                                     int64_t ldb, float* c, int64_t ldc, int mr, int nr, float alpha,
+                                                     bool add, const float* bias) {
   constexpr int MR = 6;
   __m256 acc[MR][2];
   for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
@@ -68,7 +73,7 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
       acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
     }
-    a += MR;
+    a += lda;
     b += ldb;
   }
   __m256 va = _mm256_set1_ps(alpha);
@@ -97,9 +102,11 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
 }
 
 // ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
-__attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, const float* b, int64_t ldb,
-                                                      float* c, int64_t ldc, int mr, int nr, float alpha, bool add,
-                                                      const float* bias) {
+// ROWS: A row-major in place (row i at a + i * lda, k contiguous); else k-major panels lda apart.
+template <bool ROWS>
+__attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
+    int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
+    float alpha, bool add, const float* bias) {
   constexpr int MR = 12;
   __m512 acc[MR][2];
 #pragma GCC unroll 12
@@ -108,11 +115,11 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
     __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++) {
-      __m512 ai = _mm512_set1_ps(a[i]);
+      __m512 ai = _mm512_set1_ps(ROWS ? a[i * lda] : a[i]);
       acc[i][0] = _mm512_fmadd_ps(ai, b0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(ai, b1, acc[i][1]);
     }
-    a += MR;
+    a += ROWS ? 1 : lda;
     b += ldb;
   }
   const __m512 va = _mm512_set1_ps(alpha);
@@ -132,6 +139,17 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
     _mm512_mask_storeu_ps(ci, m0, r0);
     _mm512_mask_storeu_ps(ci + 16, m1, r1);
   }
+}
+
+__attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, int64_t lda, const float* b,
+                                                      int64_t ldb, float* c, int64_t ldc, int mr, int nr, float alpha,
+                                                      bool add, const float* bias) {
+  micro_avx512_body<false>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+}
+__attribute__((target("avx512f"))) void micro_avx512_rows(int64_t kc, const float* a, int64_t lda, const float* b,
+                                                           int64_t ldb, float* c, int64_t ldc, int mr, int nr,
+                                                           float alpha, bool add, const float* bias) {
+  micro_avx512_body<true>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
 }
 
 // ---- small products without packing: 4 rows x 64 (AVX-512) / 32 (AVX2) columns of C held in
@@ -181,8 +199,12 @@ __attribute__((target("avx512f"))) void small_gemm_avx512(bool transA, int64_t M
 #else
 // Not x86-64 (arm64 and others): the portable kernel only, which the compiler vectorises for the
 // target (NEON on arm64); detect() never selects the entries below, which exist to keep the table.
-void micro_avx2(int64_t, const float*, const float*, int64_t, float*, int64_t, int, int, float, bool, const float*) {}
-void micro_avx512(int64_t, const float*, const float*, int64_t, float*, int64_t, int, int, float, bool, const float*) {}
+void micro_avx2(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
+                const float*) {}
+void micro_avx512(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
+                  const float*) {}
+void micro_avx512_rows(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
+                       const float*) {}
 void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                        const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -190,9 +212,9 @@ void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha
 #endif  // __x86_64__
 
 const KernelInfo KERNELS[] = {
-    {4, 16, micro_generic},
-    {6, 16, micro_avx2},
-    {12, 32, micro_avx512},
+    {4, 16, micro_generic, nullptr},
+    {6, 16, micro_avx2, nullptr},
+    {12, 32, micro_avx512, micro_avx512_rows},
 };
 
 #if defined(__x86_64__)
@@ -243,6 +265,7 @@ constexpr int64_t NC = 4096;
 constexpr int64_t SMALL_GEMM_MAX = int64_t{1} << 17;  // M*N*K below which packing does not pay
 constexpr int64_t B_CHUNK_BYTES = int64_t{8} << 20;  // packed B shared by the tasks of one region
 constexpr int64_t DIRECT_B_MAX_M = 96;  // rows up to which a row-major B is read in place
+constexpr int64_t DIRECT_A_MAX_PANELS = 8;  // column panels per task up to which a row-major A is read in place
 
 struct Buffer {
   float* p = nullptr;
@@ -335,7 +358,7 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
       const int64_t kc = std::min(KC, K - p0);
       const bool add = beta != 0.0f || p0 > 0;
       for (int64_t r = 0; r < M; r += MR) {
-        ker.micro(kc, apack + m_pad * p0 + r * kc, bq + p0 * ldbq, ldbq, C + r * ldc + jj, ldc,
+        ker.micro(kc, apack + m_pad * p0 + r * kc, MR, bq + p0 * ldbq, ldbq, C + r * ldc + jj, ldc,
                   static_cast<int>(std::min<int64_t>(MR, M - r)), nr, alpha, add, bias && p0 == 0 ? bias + jj : nullptr);
       }
     }
@@ -445,6 +468,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     return;
   }
 
+  auto direct_a = [&](int64_t panels) { return transA || (ker.micro_rows != nullptr && panels <= DIRECT_A_MAX_PANELS); };
   for (int64_t j0 = 0; j0 < N; j0 += NC) {
     const int64_t nc = std::min(NC, N - j0);
     const int64_t n_panels = (nc + NR - 1) / NR;
@@ -479,8 +503,12 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         for (int64_t pb = 0; pb < k_blocks; pb++) {
           const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0);
           const bool add = beta != 0.0f || p0 > 0;
-          float* apack = t_pack_a.get(static_cast<size_t>((mc + MR - 1) / MR * MR * kc));
-          pack_a(transA, A, lda, i0, mc, p0, kc, MR, apack);
+          // Full row panels read A in place where that pays (a transposed A's panel is a packed
+          // one with a longer stride; a row-major A's rows are read again for every column panel,
+          // so it is packed when a task has many); the rest are packed.
+          const int64_t in_place = direct_a(q1 - q0) ? mc / MR * MR : 0;
+          float* apack = t_pack_a.get(static_cast<size_t>((mc - in_place + MR - 1) / MR * MR * kc));
+          if (in_place < mc) pack_a(transA, A, lda, i0 + in_place, mc - in_place, p0, kc, MR, apack);
           const float* bblock = bpack + pb * KC * n_panels * NR;
           for (int64_t q = q0; q < q1; q++) {
             const int64_t jj = q * NR;
@@ -488,8 +516,15 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
             const float* bp = bblock + jj * kc;
             for (int64_t r = 0; r < mc; r += MR) {
               const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
-              ker.micro(kc, apack + r * kc, bp, NR, C + (i0 + r) * ldc + j0 + jj, ldc, mr, nr, alpha, add,
-                        bias && p0 == 0 ? bias + j0 + jj : nullptr);
+              float* c = C + (i0 + r) * ldc + j0 + jj;
+              const float* bias_q = bias && p0 == 0 ? bias + j0 + jj : nullptr;
+              if (r >= in_place) {
+                ker.micro(kc, apack + (r - in_place) * kc, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
+              } else if (transA) {
+                ker.micro(kc, A + p0 * lda + i0 + r, lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
+              } else {
+                ker.micro_rows(kc, A + (i0 + r) * lda + p0, lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
+              }
             }
           }
         }
