@@ -48,7 +48,7 @@ export interface NativeProfile {
   kernelSeconds: number;
   pageFaults: number;
   families: { family: string; seconds: number; calls: number; flops: number; pageFaults: number; kernelSeconds: number }[];
-  products: { shape: string; seconds: number; calls: number; flops: number }[];
+  calls: { label: string; family: string; seconds: number; calls: number; flops: number }[];
 }
 
 /** A device name as native code reads it. */

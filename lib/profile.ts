@@ -38,6 +38,11 @@ export interface ProfileReport {
    * columns, "B" when B is read as (K, N) rows, and the fused epilogue.
    */
   products: { shape: string; seconds: number; calls: number; flops: number; gflops: number }[];
+  /**
+   * Every kind of call, largest first: the products by shape, element-wise maps by op and size
+   * ("map add+= 3200x192", += when accumulating), reductions by shapes, the other calls by name.
+   */
+  calls: { label: string; family: string; seconds: number; calls: number; flops: number; gflops: number }[];
 }
 
 let running = false;
@@ -61,13 +66,15 @@ export async function profile<T>(fn: () => T | Promise<T>): Promise<{ result: T;
     running = false;
   }
   const inside = raw.families.reduce((s, f) => s + f.seconds, 0);
+  const calls = raw.calls.map((c) => ({ ...c, gflops: c.seconds > 0 ? c.flops / c.seconds / 1e9 : 0 }));
   const families = raw.families
     .map((f) => ({ ...f, share: raw.seconds > 0 ? f.seconds / raw.seconds : 0, gflops: f.seconds > 0 ? f.flops / f.seconds / 1e9 : 0 }))
     .sort((a, b) => b.seconds - a.seconds);
   return {
     result,
     report: { seconds: raw.seconds, outsideSeconds: Math.max(0, raw.seconds - inside), kernelSeconds: raw.kernelSeconds, pageFaults: raw.pageFaults, families,
-      products: raw.products.map((p) => ({ ...p, gflops: p.seconds > 0 ? p.flops / p.seconds / 1e9 : 0 })),
+      products: calls.filter((c) => c.family === 'products').map(({ label, seconds, calls: n, flops, gflops }) => ({ shape: label, seconds, calls: n, flops, gflops })),
+      calls,
     },
   };
 }

@@ -74,7 +74,9 @@ function markdown(cases, peak, commit) {
   const shapes = cases.filter((c) => c.batch === 64 && c.mode === 'train').map((c) => {
     const lines = c.report.products.slice(0, 12).map((p) => `| ${p.shape} | ${perStep(p.seconds).toFixed(2)} | ${p.calls / steps} | ${p.gflops.toFixed(0)} (${((100 * p.gflops) / peak.fp32).toFixed(0)}%) |`);
     const fam = new Map(c.report.families.map((f) => [f.family, f]));
-    return `### ${c.name}, training at batch 64\n\nProducts ${fam.get('products').gflops.toFixed(0)} GFLOP/s, attention ${fam.get('attention').gflops.toFixed(0)} GFLOP/s.\n\n| product (M x N x K) | ms/step | calls/step | GFLOP/s (of peak) |\n|---|---|---|---|\n${lines.join('\n')}\n`;
+    const others = c.report.calls.filter((k) => k.family !== 'products').slice(0, 12)
+      .map((k) => `| ${k.label} | ${k.family} | ${perStep(k.seconds).toFixed(2)} | ${k.calls / steps} |`);
+    return `### ${c.name}, training at batch 64\n\nProducts ${fam.get('products').gflops.toFixed(0)} GFLOP/s, attention ${fam.get('attention').gflops.toFixed(0)} GFLOP/s.\n\n| product (M x N x K) | ms/step | calls/step | GFLOP/s (of peak) |\n|---|---|---|---|\n${lines.join('\n')}\n\n| other call | family | ms/step | calls/step |\n|---|---|---|---|\n${others.join('\n')}\n`;
   });
   return `# Where the CPU step's time goes
 

@@ -36,6 +36,16 @@ test('a training step profiled: every product and attention FLOP counted once, f
   expect(fam.get('attention')!.flops).toBe(want.attention);
   expect(report.products.reduce((s, p) => s + p.flops, 0)).toBe(want.products);
   for (const name of ['products', 'attention', 'norms', 'optimizer', 'allocation', 'softmax']) expect(fam.get(name)!.calls).toBeGreaterThan(0);
+  // The calls by kind add up to the families, and name what ran.
+  for (const f of report.families) {
+    const mine = report.calls.filter((c) => c.family === f.family);
+    expect(mine.reduce((s, c) => s + c.calls, 0)).toBe(f.calls);
+    expect(mine.reduce((s, c) => s + c.seconds, 0)).toBeCloseTo(f.seconds, 6);
+  }
+  const labels = report.calls.map((c) => c.label);
+  expect(labels).toEqual(expect.arrayContaining(['adamw', 'attention_forward', 'attention_backward', 'layernorm_forward', 'cross_entropy']));
+  expect(labels.some((l) => /^reduce 8x\d+x\d+ -> 1x\d+/.test(l) || /^reduce \d+x\d+ -> 1x\d+/.test(l))).toBe(true);  // bias gradients
+  expect(report.products.map((p) => p.shape)).toContain('8x5x24');  // the head: 8 rows, 5 classes, width 24
   const inside = report.families.reduce((s, f) => s + f.seconds, 0);
   expect(inside).toBeLessThanOrEqual(report.seconds);
   expect(report.outsideSeconds).toBeCloseTo(report.seconds - inside, 9);

@@ -472,16 +472,17 @@ Napi::Value js_profile_stop(Info info) {
       families.Set(static_cast<uint32_t>(i), f);
     }
     o.Set("families", families);
-    Napi::Array products = Napi::Array::New(env, r.products.size());
-    for (size_t i = 0; i < r.products.size(); i++) {
-      Napi::Object p = Napi::Object::New(env);
-      p.Set("shape", r.products[i].shape);
-      p.Set("seconds", r.products[i].seconds);
-      p.Set("calls", static_cast<double>(r.products[i].calls));
-      p.Set("flops", r.products[i].flops);
-      products.Set(static_cast<uint32_t>(i), p);
+    Napi::Array calls = Napi::Array::New(env, r.calls.size());
+    for (size_t i = 0; i < r.calls.size(); i++) {
+      Napi::Object c = Napi::Object::New(env);
+      c.Set("label", r.calls[i].label);
+      c.Set("family", r.calls[i].family);
+      c.Set("seconds", r.calls[i].seconds);
+      c.Set("calls", static_cast<double>(r.calls[i].calls));
+      c.Set("flops", r.calls[i].flops);
+      calls.Set(static_cast<uint32_t>(i), c);
     }
-    o.Set("products", products);
+    o.Set("calls", calls);
     return o;
   });
 }

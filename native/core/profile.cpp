@@ -8,6 +8,7 @@
 #include <chrono>
 #include <map>
 #include <mutex>
+#include <utility>
 
 #include "backend.h"
 
@@ -32,8 +33,8 @@ Usage usage() {
   return {static_cast<int64_t>(r.ru_minflt), static_cast<int64_t>(r.ru_stime.tv_sec) * 1000000 + r.ru_stime.tv_usec};
 }
 
-std::mutex g_shapes_mutex;
-std::map<std::string, ProfileShape> g_shapes;
+std::mutex g_calls_mutex;
+std::map<std::string, ProfileCall> g_calls;
 
 std::string shape_label(const GemmArgs& g) {
   std::string s = std::to_string(g.M) + "x" + std::to_string(g.N) + "x" + std::to_string(g.K);
@@ -52,7 +53,8 @@ thread_local int t_depth = 0;
 // Times one backend call; nested calls (a backend calling itself) count once, in the outermost.
 class Scope {
  public:
-  Scope(ProfileFamily f, double flops) : family_(f), flops_(flops), outer_(t_depth++ == 0) {
+  Scope(ProfileFamily f, double flops, std::string label)
+      : family_(f), flops_(flops), label_(std::move(label)), outer_(t_depth++ == 0) {
     if (outer_) {
       u0_ = usage();
       t0_ = std::chrono::steady_clock::now();
@@ -71,6 +73,12 @@ class Scope {
     double cur = t.flops.load();
     while (!t.flops.compare_exchange_weak(cur, cur + flops_)) {
     }
+    std::lock_guard<std::mutex> lock(g_calls_mutex);
+    ProfileCall& c = g_calls[label_];
+    c.seconds += std::chrono::duration<double>(dt).count();
+    c.calls++;
+    c.flops += flops_;
+    c.family = profile_family_name(family_);
   }
   Scope(const Scope&) = delete;
   Scope& operator=(const Scope&) = delete;
@@ -78,6 +86,7 @@ class Scope {
  private:
   ProfileFamily family_;
   double flops_;
+  std::string label_;
   bool outer_;
   Usage u0_{};
   std::chrono::steady_clock::time_point t0_;
@@ -92,6 +101,25 @@ ProfileFamily map_family(MapOp op) {
   }
 }
 
+std::string dims(int nd, const int64_t* shape) {
+  std::string s;
+  for (int i = 0; i < nd; i++) s += (i ? "x" : "") + std::to_string(shape[i]);
+  return nd ? s : "1";
+}
+
+std::string map_label(const MapArgs& a) {
+  static const char* const NAMES[] = {"copy", "add", "sub", "mul", "div", "add_scalar", "mul_scalar", "gelu", "gelu_grad"};
+  const int op = static_cast<int>(a.op);
+  return std::string("map ") + (op >= 0 && op <= MAP_GELU_GRAD ? NAMES[op] : "?") + (a.accumulate ? "+=" : "") + " " +
+         dims(a.nd, a.shape);
+}
+
+std::string reduce_label(const ReduceArgs& a) {
+  std::string kept;
+  for (int i = 0; i < a.nd; i++) kept += (i ? "x" : "") + std::to_string(a.out_strides[i] == 0 ? 1 : a.shape[i]);
+  return "reduce " + dims(a.nd, a.shape) + " -> " + kept;
+}
+
 double attention_flops(const dm::AttnLayout& L, int64_t B) {
   return 4.0 * static_cast<double>(B * L.N * L.H) * static_cast<double>(L.T * L.T * L.D);  // QK^T and PV
 }
@@ -102,129 +130,119 @@ class ProfilingBackend final : public Backend {
   const char* name() const override { return in_.name(); }
 
   void* allocate(size_t bytes, size_t* capacity) override {
-    Scope s(PROFILE_ALLOCATION, 0);
+    Scope s(PROFILE_ALLOCATION, 0, "allocate");
     return in_.allocate(bytes, capacity);
   }
   void release(void* p, size_t capacity) override {
-    Scope s(PROFILE_ALLOCATION, 0);
+    Scope s(PROFILE_ALLOCATION, 0, "release");
     in_.release(p, capacity);
   }
   void upload(void* dst, const void* host, size_t bytes) override {
-    Scope s(PROFILE_COPIES, 0);
+    Scope s(PROFILE_COPIES, 0, "upload");
     in_.upload(dst, host, bytes);
   }
   void download(void* host, const void* src, size_t bytes) override {
-    Scope s(PROFILE_COPIES, 0);
+    Scope s(PROFILE_COPIES, 0, "download");
     in_.download(host, src, bytes);
   }
   void copy(void* dst, const void* src, size_t bytes) override {
-    Scope s(PROFILE_COPIES, 0);
+    Scope s(PROFILE_COPIES, 0, "copy");
     in_.copy(dst, src, bytes);
   }
   void fill(void* dst, int64_t words, uint32_t bits) override {
-    Scope s(PROFILE_COPIES, 0);
+    Scope s(PROFILE_COPIES, 0, "fill");
     in_.fill(dst, words, bits);
   }
   void synchronize() override { in_.synchronize(); }
   int64_t launches() const override { return in_.launches(); }
 
   void map(const MapArgs& a) override {
-    Scope s(map_family(a.op), 0);
+    Scope s(map_family(a.op), 0, map_label(a));
     in_.map(a);
   }
   void reduce(const ReduceArgs& a) override {
-    Scope s(PROFILE_ELEMENTWISE, 0);
+    Scope s(PROFILE_ELEMENTWISE, 0, reduce_label(a));
     in_.reduce(a);
   }
   void argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t cols) override {
-    Scope s(PROFILE_ELEMENTWISE, 0);
+    Scope s(PROFILE_ELEMENTWISE, 0, "argmax_rows");
     in_.argmax_rows(x, out, rows, cols);
   }
   void count_correct(const float* logits, const int32_t* labels, float* out, int64_t B, int64_t K) override {
-    Scope s(PROFILE_ELEMENTWISE, 0);
+    Scope s(PROFILE_ELEMENTWISE, 0, "count_correct");
     in_.count_correct(logits, labels, out, B, K);
   }
   void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols, bool log) override {
-    Scope s(PROFILE_SOFTMAX, 0);
+    Scope s(PROFILE_SOFTMAX, 0, "softmax_forward");
     in_.softmax_forward(x, y, rows, cols, log);
   }
   void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols, bool log) override {
-    Scope s(PROFILE_SOFTMAX, 0);
+    Scope s(PROFILE_SOFTMAX, 0, "softmax_backward");
     in_.softmax_backward(y, dy, dx, rows, cols, log);
   }
   void layernorm_forward(const LayerNormArgs& a) override {
-    Scope s(PROFILE_NORMS, 0);
+    Scope s(PROFILE_NORMS, 0, "layernorm_forward");
     in_.layernorm_forward(a);
   }
   void layernorm_backward(const LayerNormGradArgs& a) override {
-    Scope s(PROFILE_NORMS, 0);
+    Scope s(PROFILE_NORMS, 0, "layernorm_backward");
     in_.layernorm_backward(a);
   }
   void cross_entropy(const float* logits, const int32_t* labels, float* loss, float* dlogits, int64_t B, int64_t K,
                      float smoothing) override {
-    Scope s(PROFILE_SOFTMAX, 0);
+    Scope s(PROFILE_SOFTMAX, 0, "cross_entropy");
     in_.cross_entropy(logits, labels, loss, dlogits, B, K, smoothing);
   }
   void dropout(const float* x, float* out, int64_t n, float p, uint64_t seed, bool accumulate) override {
-    Scope s(PROFILE_ELEMENTWISE, 0);
+    Scope s(PROFILE_ELEMENTWISE, 0, "dropout");
     in_.dropout(x, out, n, p, seed, accumulate);
   }
   void gemm(const GemmArgs& g) override {
-    const double flops = 2.0 * g.M * static_cast<double>(g.N) * g.K * g.batch;
-    const auto t0 = std::chrono::steady_clock::now();
-    {
-      Scope s(PROFILE_PRODUCTS, flops);
-      in_.gemm(g);
-    }
-    if (t_depth > 0) return;
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::lock_guard<std::mutex> lock(g_shapes_mutex);
-    ProfileShape& e = g_shapes[shape_label(g)];
-    e.seconds += dt;
-    e.calls++;
-    e.flops += flops;
+    Scope s(PROFILE_PRODUCTS, 2.0 * g.M * static_cast<double>(g.N) * g.K * g.batch, shape_label(g));
+    in_.gemm(g);
   }
   void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) override {
-    Scope s(PROFILE_ATTENTION, attention_flops(L, B));
+    Scope s(PROFILE_ATTENTION, attention_flops(L, B), "attention_forward");
     in_.attention_forward(L, B, qkv, out, lse);
   }
   void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv, const float* out,
                           const float* lse, float* delta, float* dqkv) override {
-    Scope s(PROFILE_ATTENTION, 2 * attention_flops(L, B));  // dV, dP, dQ, dK (recomputed scores not counted)
+    // dV, dP, dQ, dK (the recomputed scores are not counted)
+    Scope s(PROFILE_ATTENTION, 2 * attention_flops(L, B), "attention_backward");
     in_.attention_backward(L, B, dout, qkv, out, lse, delta, dqkv);
   }
   void attention_probs(const dm::AttnLayout& L, int64_t B, const float* qkv, float* probs) override {
-    Scope s(PROFILE_ATTENTION, attention_flops(L, B) / 2);
+    Scope s(PROFILE_ATTENTION, attention_flops(L, B) / 2, "attention_probs");
     in_.attention_probs(L, B, qkv, probs);
   }
   void patchify_forward(const float* images, float* patches, int64_t B, int64_t ch, int64_t S, int64_t P) override {
-    Scope s(PROFILE_COPIES, 0);
+    Scope s(PROFILE_COPIES, 0, "patchify_forward");
     in_.patchify_forward(images, patches, B, ch, S, P);
   }
   void patchify_backward(const float* dpatches, float* dimages, int64_t B, int64_t ch, int64_t S, int64_t P) override {
-    Scope s(PROFILE_COPIES, 0);
+    Scope s(PROFILE_COPIES, 0, "patchify_backward");
     in_.patchify_backward(dpatches, dimages, B, ch, S, P);
   }
   void fold_affine_forward(const float* w, const float* b, const float* g, const float* beta, float* wf, float* bf,
                            int64_t N, int64_t O, int64_t C) override {
-    Scope s(PROFILE_ELEMENTWISE, 0);
+    Scope s(PROFILE_ELEMENTWISE, 0, "fold_affine_forward");
     in_.fold_affine_forward(w, b, g, beta, wf, bf, N, O, C);
   }
   void fold_affine_backward(const float* w, const float* g, const float* beta, const float* dwf, const float* dbf,
                             float* dw, float* db, float* dg, float* dbeta, int64_t N, int64_t O, int64_t C) override {
-    Scope s(PROFILE_ELEMENTWISE, 0);
+    Scope s(PROFILE_ELEMENTWISE, 0, "fold_affine_backward");
     in_.fold_affine_backward(w, g, beta, dwf, dbf, dw, db, dg, dbeta, N, O, C);
   }
   void adamw(const std::vector<AdamWTensor>& t, const GradScale& g) override {
-    Scope s(PROFILE_OPTIMIZER, 0);
+    Scope s(PROFILE_OPTIMIZER, 0, "adamw");
     in_.adamw(t, g);
   }
   void sgd(const std::vector<SgdTensor>& t, const GradScale& g) override {
-    Scope s(PROFILE_OPTIMIZER, 0);
+    Scope s(PROFILE_OPTIMIZER, 0, "sgd");
     in_.sgd(t, g);
   }
   void sum_of_squares(const std::vector<std::pair<const float*, int64_t>>& t, float* out) override {
-    Scope s(PROFILE_OPTIMIZER, 0);
+    Scope s(PROFILE_OPTIMIZER, 0, "sum_of_squares");
     in_.sum_of_squares(t, out);
   }
 
@@ -256,8 +274,8 @@ void profile_start() {
     t.flops = 0;
   }
   {
-    std::lock_guard<std::mutex> lock(g_shapes_mutex);
-    g_shapes.clear();
+    std::lock_guard<std::mutex> lock(g_calls_mutex);
+    g_calls.clear();
   }
   g_usage_started = usage();
   g_started = std::chrono::steady_clock::now();
@@ -276,12 +294,12 @@ ProfileReport profile_stop() {
     r.families.push_back({profile_family_name(static_cast<ProfileFamily>(f)), static_cast<double>(t.ns.load()) / 1e9,
                           t.calls.load(), t.flops.load(), t.faults.load(), static_cast<double>(t.kernel_us.load()) / 1e6});
   }
-  std::lock_guard<std::mutex> lock(g_shapes_mutex);
-  for (auto& [label, e] : g_shapes) {
-    r.products.push_back(e);
-    r.products.back().shape = label;
+  std::lock_guard<std::mutex> lock(g_calls_mutex);
+  for (auto& [label, e] : g_calls) {
+    r.calls.push_back(e);
+    r.calls.back().label = label;
   }
-  std::sort(r.products.begin(), r.products.end(), [](const ProfileShape& a, const ProfileShape& b) { return a.seconds > b.seconds; });
+  std::sort(r.calls.begin(), r.calls.end(), [](const ProfileCall& a, const ProfileCall& b) { return a.seconds > b.seconds; });
   return r;
 }
 

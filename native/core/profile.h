@@ -34,9 +34,11 @@ struct ProfileEntry {
   int64_t page_faults = 0;    // minor faults of the whole process during the calls
   double kernel_seconds = 0;  // system CPU time of the whole process during the calls
 };
-// Products by shape: "MxNxK" (x batch), and which operands are read transposed.
-struct ProfileShape {
-  std::string shape;
+// One kind of call: a product's shape ("MxNxK", the batch, which operands are read transposed,
+// the fused epilogue), an element-wise map's op and size, a reduction's shapes, or the method.
+struct ProfileCall {
+  std::string label;
+  std::string family;
   double seconds = 0;
   int64_t calls = 0;
   double flops = 0;
@@ -46,7 +48,7 @@ struct ProfileReport {
   double process_kernel_seconds = 0;
   int64_t process_page_faults = 0;
   std::vector<ProfileEntry> families;
-  std::vector<ProfileShape> products;  // largest first
+  std::vector<ProfileCall> calls;  // largest first
 };
 
 void profile_start();          // resets the totals and turns profiling on

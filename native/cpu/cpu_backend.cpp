@@ -309,6 +309,8 @@ void CpuBackend::reduce(const ReduceArgs& r) {
         double s = 0.0;
         for (int64_t i = 0; i < n; i++) s += src[off[0] + i * inc[0]];
         dst[off[1]] += s;
+      } else if (inc[0] == 1 && inc[1] == 1) {
+        accumulate_f64_cpu(src + off[0], dst + off[1], n);
       } else {
         for (int64_t i = 0; i < n; i++) dst[off[1] + i * inc[1]] += src[off[0] + i * inc[0]];
       }

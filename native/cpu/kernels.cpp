@@ -60,6 +60,7 @@ struct RowKernels {
   void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, float*, float*, int64_t);
   void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
                      int64_t);
+  void (*accumulate_f64)(const float*, double*, int64_t);
 };
 
 #if !defined(__x86_64__)
@@ -72,13 +73,16 @@ namespace isa_avx512 = isa_generic;
 const RowKernels ROW_KERNELS[] = {
     {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::gelu_bwd_set_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row,
      isa_generic::softmax_lse_row, isa_generic::exp_row, isa_generic::log_softmax_row,
-     isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row, isa_generic::small_gemm},
+     isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row, isa_generic::small_gemm,
+     isa_generic::accumulate_f64},
     {isa_avx2::gelu_fwd_range, isa_avx2::gelu_bwd_range, isa_avx2::gelu_bwd_set_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row,
      isa_avx2::softmax_lse_row, isa_avx2::exp_row, isa_avx2::log_softmax_row,
-     isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row, isa_avx2::small_gemm},
+     isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row, isa_avx2::small_gemm,
+     isa_avx2::accumulate_f64},
     {isa_avx512::gelu_fwd_range, isa_avx512::gelu_bwd_range, isa_avx512::gelu_bwd_set_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row,
      isa_avx512::softmax_lse_row, isa_avx512::exp_row, isa_avx512::log_softmax_row,
-     isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row, isa_avx512::small_gemm},
+     isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row, isa_avx512::small_gemm,
+     isa_avx512::accumulate_f64},
 };
 
 const RowKernels& rk() { return ROW_KERNELS[cpu_isa_active()]; }
@@ -92,6 +96,8 @@ void over_rows(int64_t rows, int64_t cols, RowFn fn) {
 }
 
 }  // namespace
+
+void accumulate_f64_cpu(const float* x, double* acc, int64_t n) { rk().accumulate_f64(x, acc, n); }
 
 void gelu_forward_cpu(const float* x, float* y, int64_t n) {
   parallel_for_range(n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) { rk().gelu_fwd_range(x + lo, y + lo, hi - lo); });

@@ -9,6 +9,9 @@ namespace duat {
 void gelu_forward_cpu(const float* x, float* y, int64_t n);
 void gelu_backward_cpu(const float* x, const float* dy, float* dx, int64_t n);
 
+// acc[i] += x[i] in fp64, on the calling thread (a reduction's column sums).
+void accumulate_f64_cpu(const float* x, double* acc, int64_t n);
+
 // Over rows of length `cols`: y = softmax(x) (max subtracted first, fp32 sums).
 void softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
 // dx += y * (dy - sum(dy * y))
