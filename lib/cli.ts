@@ -60,7 +60,7 @@ const TRAIN_FLAGS: Flag[] = [
   { name: 'resume', type: 'string', def: '', help: 'a run folder (or its checkpoint) to continue, in that folder, with its model and flags' },
   DATA_FLAG,
   { name: 'device', type: 'string', def: 'auto', help: "'cpu', 'cuda' or 'auto' (CUDA when a usable GPU is present)" },
-  { name: 'precision', type: 'string', def: 'tf32', help: "matrix products on CUDA: 'tf32', 'bf16' or 'fp32'" },
+  { name: 'precision', type: 'string', def: 'tf32', help: "matrix products: 'tf32', 'bf16' or 'fp32' on CUDA; on the CPU 'bf16' (AVX512_BF16) or float32" },
   { name: 'on-nan', type: 'string', def: 'stop', help: "a NaN or infinite loss: 'stop' (with an error) or 'skip' the batch" },
   { name: 'parallel', type: 'string', def: 'none', help: "under mpirun: 'data' (shard each batch) or 'branches' (share out each stage's branches); 'none'" },
   { name: 'progress-every', type: 'number', def: 30, help: 'seconds between progress lines when stderr is not a terminal (0: none)' },
@@ -288,7 +288,7 @@ async function train(cmd: Command): Promise<void> {
   say(
     `Para-Former-${depth}-${branches} (${model.parameterCount().toLocaleString()} parameters) on ${trainSet.name} ` +
       `(${trainSet.count} train, ${testSet.count} test); ` +
-      (model.device === 'cuda' ? `CUDA on ${info.cuda.device} (${precision})` : `${info.cpu.isa} kernels, ${info.cpu.threads} threads`) +
+      (model.device === 'cuda' ? `CUDA on ${info.cuda.device} (${precision})` : `${info.cpu.isa} kernels${precision === 'bf16' && info.cpu.bf16 ? ', bf16 products' : ''}, ${info.cpu.threads} threads`) +
       (job ? `; ${job.size} processes, parallel '${parallel}' over ${job.transport}` : '') +
       `; run folder ${runDir}${resume ? ` (resumed from ${resume.checkpoint})` : ''}\n`,
   );

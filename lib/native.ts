@@ -25,7 +25,8 @@ export interface NativeDescription {
 
 export interface NativeBackendInfo {
   napiVersion: number;
-  cpu: { isa: string; isaBest: string; threads: number };
+  /** bf16: whether 'bf16' precision computes in bf16 on the CPU (AVX-512 kernels active and AVX512_BF16). */
+  cpu: { isa: string; isaBest: string; threads: number; bf16: boolean };
   /**
    * Whether CUDA was compiled in, is usable, and if not, why; device 0's name and capability.
    * `testDevice`: 'cuda' is served by the test device (host memory, CPU kernels), for tests.

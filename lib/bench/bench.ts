@@ -18,7 +18,7 @@ import * as fs from 'fs';
 import * as os from 'os';
 import * as path from 'path';
 
-import { cpuPeak, setNumThreads } from '../index';
+import { backendInfo, cpuPeak, setNumThreads } from '../index';
 import { SIZES as MODEL_SIZES } from '../nn/ParaFormer';
 import { Timing, WorkerJob } from './timing';
 
@@ -177,8 +177,13 @@ export function runBench(o: BenchOptions, log: (s: string) => void = () => {}): 
   const onnxFile = (row: Row) => path.join(onnxDir, `${row.depth}-${row.branches}.onnx`);
 
   const runners: Runner[] = [];
+  const duatBf16 = backendInfo().cpu.bf16;
+  if (!duatBf16) notes.push('this CPU has no AVX512_BF16 (or its AVX-512 kernels are off): duat bf16 not timed');
   for (const mode of ['infer', 'train'] as const) {
-    runners.push({ runner: 'duat', mode, run: (cfg) => runJson(process.execPath, [path.join(__dirname, 'worker.js'), job(cfg, mode)]) });
+    runners.push({ runner: 'duat', mode, run: (cfg) => runJson(process.execPath, [path.join(__dirname, 'worker.js'), job(cfg, mode, { precision: 'fp32' })]) });
+    if (duatBf16) {
+      runners.push({ runner: 'duat+bf16', mode, run: (cfg) => runJson(process.execPath, [path.join(__dirname, 'worker.js'), job(cfg, mode, { precision: 'bf16' })]) });
+    }
     for (const v of py ? o.torchVariants : []) {
       runners.push({
         runner: `torch:${v}`, mode,
@@ -280,11 +285,13 @@ const ratio = (ours?: Stat, theirs?: Stat) => (ours && theirs ? `${(theirs.ms / 
 export function markdown(run: BenchRun, o: BenchOptions, meta: Record<string, string>): string {
   const B = o.batch, key = `train_b${B}`, pk = run.peak;
   const trainRows = run.rows.map((r) => {
-    const d = find(r, 'duat', 'train'), s = stat(d, key);
+    const d = find(r, 'duat', 'train'), s = stat(d, key), h = stat(find(r, 'duat+bf16', 'train'), key);
     const t32 = bestTorch(r, 'train', key, false), t16 = bestTorch(r, 'train', key, true);
-    const gf = s ? r.flops.train / (s.ms / 1000) / 1e9 : undefined;
-    const eff = gf && pk.fp32 ? `${gf.toFixed(0)} (${((100 * gf) / pk.fp32).toFixed(0)}%)` : '-';
-    return `| ${r.name} | ${(r.flops.train / 1e9).toFixed(1)} | ${ips(s, B)} | ${eff} | ${t32 ? `${ips(t32.stat, B)} ${t32.variant}` : '-'} | ${ratio(s, t32?.stat)} | ${t16 ? `${ips(t16.stat, B)} ${t16.variant}` : '-'} | ${ratio(s, t16?.stat)} | ${peakMb(d)?.toFixed(0) ?? '-'} | ${t32 ? peakMb(t32.runs)!.toFixed(0) : '-'} |`;
+    const eff = (t: Stat | undefined, peak: number | null) => {
+      const gf = t ? r.flops.train / (t.ms / 1000) / 1e9 : undefined;
+      return gf && peak ? `${gf.toFixed(0)} (${((100 * gf) / peak).toFixed(0)}%)` : '-';
+    };
+    return `| ${r.name} | ${(r.flops.train / 1e9).toFixed(1)} | ${ips(s, B)} | ${eff(s, pk.fp32)} | ${t32 ? `${ips(t32.stat, B)} ${t32.variant}` : '-'} | ${ratio(s, t32?.stat)} | ${ips(h, B)} | ${eff(h, pk.bf16)} | ${ratio(h, t32?.stat)} | ${t16 ? `${ips(t16.stat, B)} ${t16.variant}` : '-'} | ${ratio(h, t16?.stat)} | ${peakMb(d)?.toFixed(0) ?? '-'} | ${t32 ? peakMb(t32.runs)!.toFixed(0) : '-'} |`;
   });
   const inferRows = run.rows.map((r) => {
     const d = find(r, 'duat', 'infer'), ort = find(r, 'onnxruntime', 'infer'), eager = find(r, 'torch:eager', 'infer');
@@ -319,12 +326,13 @@ batched), **compile** (torch.compile of eager), and each **+bf16** (CPU autocast
 is against the fastest variant of that row, named in the cell. ONNX Runtime runs the eager model
 exported to ONNX (opset 17), CPU execution provider, all graph optimisations. Speed-up = their
 time / duat's time. GFLOP/s: analytic FLOPs (products and attention) over duat's step time, and
-the fraction of the measured float32 peak.
+the fraction of the measured peak of that precision. duat bf16: \`precision: 'bf16'\` (AVX512_BF16
+products with float32 sums; float32 weights, gradients and optimizer state).
 
 ## Training (batch ${B}, images/s)
 
-| model | GFLOP/step | duat | duat GFLOP/s (of peak) | PyTorch fp32, fastest | speed-up | PyTorch autocast bf16, fastest | speed-up | duat peak MB | PyTorch peak MB |
-|---|---|---|---|---|---|---|---|---|---|
+| model | GFLOP/step | duat fp32 | duat fp32 GFLOP/s (of fp32 peak) | PyTorch fp32, fastest | speed-up | duat bf16 | duat bf16 GFLOP/s (of bf16 peak) | duat bf16 / PyTorch fp32 | PyTorch autocast bf16, fastest | duat bf16 / PyTorch bf16 | duat peak MB | PyTorch peak MB |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
 ${trainRows.join('\n')}
 
 ## Inference (ms)

@@ -6,6 +6,8 @@ export interface WorkerJob {
   reps: number;
   threads: number;
   batch: number;
+  /** duat worker only: the model's precision ('bf16': AVX512_BF16 products on the CPU). */
+  precision?: 'fp32' | 'bf16';
   /** onnxruntime worker only: the exported model and where onnxruntime-node lives. */
   onnx?: string;
   ort?: string;

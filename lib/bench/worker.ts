@@ -1,7 +1,7 @@
 /**
  * Times one configuration in a fresh process (so peak RSS is this measurement's): inference at
  * batch 1 and `batch`, or a training step (forward, backward, AdamW) at `batch`. Prints JSON.
- * Usage: node dist/bench/worker.js '{"config": {...}, "mode": "infer"|"train", "reps": 10, "threads": 2, "batch": 64}'
+ * Usage: node dist/bench/worker.js '{"config": {...}, "mode": "infer"|"train", "reps": 10, "threads": 2, "batch": 64, "precision": "fp32"|"bf16"}'
  */
 import * as duat from '../index';
 import { timeRuns, WorkerJob } from './timing';
@@ -10,9 +10,9 @@ async function main(): Promise<void> {
   const job = JSON.parse(process.argv[2]) as WorkerJob;
   const cfg = job.config as duat.ParaFormerOptions;
   duat.setNumThreads(job.threads);
-  const model = new duat.ParaFormer(cfg);
+  const model = new duat.ParaFormer({ ...cfg, precision: job.precision ?? 'fp32' });
   const size = cfg.imageSize ?? 28, ch = cfg.channels ?? 1;
-  const out: Record<string, unknown> = { framework: 'duat', variant: 'duat', threads: duat.getNumThreads(), isa: duat.backendInfo().cpu.isa };
+  const out: Record<string, unknown> = { framework: 'duat', variant: job.precision === 'bf16' ? 'duat+bf16' : 'duat', threads: duat.getNumThreads(), isa: duat.backendInfo().cpu.isa };
   if (job.mode === 'infer') {
     for (const b of [1, job.batch]) {
       const x = duat.randn([b, ch, size, size], { seed: 1 });

@@ -53,7 +53,11 @@ export interface ParaFormerOptions {
   eps?: number;
   /** 'cpu' (default), 'cuda' or 'auto' (CUDA when a usable GPU is present). */
   device?: 'cpu' | 'cuda' | 'auto';
-  /** Matrix products on CUDA: 'tf32' (default, tensor cores), 'bf16' or 'fp32' (plain float32). */
+  /**
+   * Matrix products: on CUDA 'tf32' (default, tensor cores), 'bf16' or 'fp32' (plain float32); on
+   * the CPU 'bf16' uses AVX512_BF16 products with float32 sums where the CPU has them, the others
+   * float32 (see {@link ParaFormer.setPrecision}).
+   */
   precision?: 'fp32' | 'tf32' | 'bf16';
   /** Seed of the initialisation. Default 0. */
   seed?: number;
@@ -333,7 +337,12 @@ export class ParaFormer extends Module {
     return this;
   }
 
-  /** Sets the precision of matrix products on CUDA ('tf32', 'bf16' or 'fp32'; the CPU computes in fp32). */
+  /**
+   * Sets the precision of matrix products: on CUDA 'tf32', 'bf16' or 'fp32'; on the CPU 'bf16'
+   * rounds the operands of the large products to bf16 and sums in float32 where the CPU has
+   * AVX512_BF16 (`backendInfo().cpu.bf16`), with float32 weights, gradients and optimizer state;
+   * 'tf32' and 'fp32' compute in float32 there.
+   */
   setPrecision(precision: 'fp32' | 'tf32' | 'bf16'): this {
     this.checkIdle('change its precision');
     native().modelSetPrecision(this.model, PRECISIONS[checkOneOf(precision, 'precision', ['fp32', 'tf32', 'bf16'] as const)]);

@@ -44,15 +44,16 @@ SgemmOperand operand_b(const float* p, int64_t s_n, int64_t s_k, int64_t N, int6
   return {scratch->data(), true, std::max<int64_t>(K, 1)};
 }
 
-// One batch item of a GemmArgs product; `par` lets sgemm and the epilogue use the pool.
-void gemm_one(const GemmArgs& g, int64_t z, bool par) {
+// One batch item of a GemmArgs product; `par` lets sgemm and the epilogue use the pool; `bf16`
+// rounds the operands to bf16 (sgemm).
+void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16) {
   thread_local std::vector<float> sa, sb, tmp;
   const SgemmOperand a = operand_a(g.A + z * g.a_batch, g.a_m, g.a_k, g.M, g.K, &sa);
   const SgemmOperand b = operand_b(g.B + z * g.b_batch, g.b_n, g.b_k, g.N, g.K, &sb);
   float* C = g.C + z * g.c_batch;
   const float* bias = g.bias ? g.bias + z * g.bias_batch : nullptr;
   if (g.epilogue == EPILOGUE_NONE) {
-    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias);
+    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16);
     return;
   }
   // Fused epilogues: the product into `dest` (the pre-activation buffer, C itself, or scratch
@@ -66,7 +67,7 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par) {
     dest = tmp.data();
     ld = g.N;
   }
-  sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, dest, ld, par, bias);
+  sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, dest, ld, par, bias, bf16);
   auto rows = [&](int64_t lo, int64_t hi) {
     for (int64_t m = lo; m < hi; m++) {
       const float* v = dest + m * ld;
@@ -95,10 +96,13 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par) {
 
 void CpuBackend::gemm(const GemmArgs& g) {
   if (g.M <= 0 || g.N <= 0 || g.batch <= 0) return;
+  // The precision is the calling thread's (the model's, set around its forward and step); 'tf32'
+  // computes in fp32 here.
+  const bool bf16 = matmul_precision() == PRECISION_BF16;
   if (g.batch == 1) {
-    gemm_one(g, 0, true);
+    gemm_one(g, 0, true, bf16);
   } else {
-    parallel_for(g.batch, [&](int64_t z) { gemm_one(g, z, false); });
+    parallel_for(g.batch, [&](int64_t z) { gemm_one(g, z, false, bf16); });
   }
 }
 

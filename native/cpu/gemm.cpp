@@ -39,6 +39,9 @@ struct KernelInfo {
   // The same with a row-major A read in place: row i of the panel at a + i * lda (null: pack A).
   void (*micro_rows)(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
                      int mr, int nr, float alpha, bool add, const float* bias);
+  // bf16 panels (micro_bf16), where the CPU has AVX512_BF16 (null: fp32 only).
+  void (*micro_bf16)(int64_t ku, const float* a, int64_t, const float* b, int64_t, float* c, int64_t ldc, int mr,
+                     int nr, float alpha, bool add, const float* bias);
 };
 
 // ---- portable: 4 x 16, plain loops the compiler vectorises with SSE2 ----
@@ -102,6 +105,31 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
 }
 
 // ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
+// Writes a 12 x 32 tile of accumulators: c = alpha * acc (+ bias per column) (+ c when add);
+// rows below mr and columns below nr only.
+__attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(const __m512 (&acc)[12][2], float* c,
+                                                                               int64_t ldc, int mr, int nr, float alpha,
+                                                                               bool add, const float* bias) {
+  constexpr int MR = 12;
+  const __m512 va = _mm512_set1_ps(alpha);
+  const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
+  const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
+  const __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; i++) {
+    if (i >= mr) break;
+    float* ci = c + i * ldc;
+    __m512 r0 = _mm512_fmadd_ps(va, acc[i][0], bias0), r1 = _mm512_fmadd_ps(va, acc[i][1], bias1);
+    if (add) {
+      r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
+      r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
+    }
+    _mm512_mask_storeu_ps(ci, m0, r0);
+    _mm512_mask_storeu_ps(ci + 16, m1, r1);
+  }
+}
+
 // ROWS: A row-major in place (row i at a + i * lda, k contiguous); else k-major panels lda apart.
 template <bool ROWS>
 __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
@@ -122,23 +150,7 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
     a += ROWS ? 1 : lda;
     b += ldb;
   }
-  const __m512 va = _mm512_set1_ps(alpha);
-  const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
-  const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
-  const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
-  const __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
-#pragma GCC unroll 12
-  for (int i = 0; i < MR; i++) {
-    if (i >= mr) break;
-    float* ci = c + i * ldc;
-    __m512 r0 = _mm512_fmadd_ps(va, acc[i][0], bias0), r1 = _mm512_fmadd_ps(va, acc[i][1], bias1);
-    if (add) {
-      r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
-      r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
-    }
-    _mm512_mask_storeu_ps(ci, m0, r0);
-    _mm512_mask_storeu_ps(ci + 16, m1, r1);
-  }
+  store_tile_avx512(acc, c, ldc, mr, nr, alpha, add, bias);
 }
 
 __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, int64_t lda, const float* b,
@@ -150,6 +162,32 @@ __attribute__((target("avx512f"))) void micro_avx512_rows(int64_t kc, const floa
                                                            int64_t ldb, float* c, int64_t ldc, int mr, int nr,
                                                            float alpha, bool add, const float* bias) {
   micro_avx512_body<true>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+}
+
+// ---- bf16 products, fp32 sums (AVX512_BF16): 12 x 32 with vdpbf16ps ----
+// Panels hold bf16 pairs: one 32-bit unit per (pair of k, row or column), the even k in its low
+// half. `ku` counts pairs of k; a panel's units are MR (A) or NR (B) apart from pair to pair.
+__attribute__((target("avx512f,avx512bf16"))) void micro_bf16(int64_t ku, const float* a_, int64_t, const float* b_,
+                                                               int64_t, float* c, int64_t ldc, int mr, int nr,
+                                                               float alpha, bool add, const float* bias) {
+  constexpr int MR = 12;
+  const uint32_t* a = reinterpret_cast<const uint32_t*>(a_);
+  const uint32_t* b = reinterpret_cast<const uint32_t*>(b_);
+  __m512 acc[MR][2];
+#pragma GCC unroll 12
+  for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < ku; k++) {
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+#pragma GCC unroll 12
+    for (int i = 0; i < MR; i++) {
+      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i]));
+      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
+      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+    }
+    a += MR;
+    b += 32;
+  }
+  store_tile_avx512(acc, c, ldc, mr, nr, alpha, add, bias);
 }
 
 // ---- small products without packing: 4 rows x 64 (AVX-512) / 32 (AVX2) columns of C held in
@@ -205,6 +243,8 @@ void micro_avx512(int64_t, const float*, int64_t, const float*, int64_t, float*,
                   const float*) {}
 void micro_avx512_rows(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
                        const float*) {}
+void micro_bf16(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
+                const float*) {}
 void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                        const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -212,9 +252,9 @@ void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha
 #endif  // __x86_64__
 
 const KernelInfo KERNELS[] = {
-    {4, 16, micro_generic, nullptr},
-    {6, 16, micro_avx2, nullptr},
-    {12, 32, micro_avx512, micro_avx512_rows},
+    {4, 16, micro_generic, nullptr, nullptr},
+    {6, 16, micro_avx2, nullptr, nullptr},
+    {12, 32, micro_avx512, micro_avx512_rows, micro_bf16},
 };
 
 #if defined(__x86_64__)
@@ -245,6 +285,15 @@ CpuIsa detect() {
 #else
 CpuIsa detect() { return CPU_ISA_GENERIC; }
 #endif
+
+bool detect_bf16() {
+#if defined(__x86_64__)
+  unsigned a, b, c, d;
+  return detect() == CPU_ISA_AVX512 && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));  // AVX512_BF16
+#else
+  return false;
+#endif
+}
 
 CpuIsa initial_isa() {
   CpuIsa best = detect();
@@ -327,6 +376,102 @@ void pack_b_panel(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t k
   }
 }
 
+// float -> bf16, rounding to nearest even (a NaN stays a NaN).
+inline uint32_t bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u >> 16) | 0x40u;
+  return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+}
+inline uint32_t bf16_pair(float even, float odd) { return bf16_bits(even) | (bf16_bits(odd) << 16); }
+
+#if defined(__x86_64__)
+// Sixteen bf16 pairs (lo[j], hi[j]) from 16 floats each, rounded to nearest even (vcvtne2ps2bf16
+// writes lo's words then hi's; the permutation interleaves them).
+__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m512i bf16_pairs(__m512 lo, __m512 hi) {
+  const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
+                                              6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(interleave, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+}
+
+// Sixteen consecutive floats (fewer masked in, zeros after) as eight pairs of k in the low half
+// of the result, eight more in the high half: unit u = (x[2u], x[2u+1]).
+__attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m512i bf16_run(const float* x, int n) {
+  const __mmask16 m0 = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << std::max(n, 0)) - 1);
+  const __mmask16 m1 = n >= 32 ? 0xFFFF : n <= 16 ? 0 : static_cast<__mmask16>((1u << (n - 16)) - 1);
+  // Words in memory order are already the pairs: converting x[0..31] in order is enough.
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, x + 16), _mm512_maskz_loadu_ps(m0, x));
+}
+
+// pack_a in bf16 pairs: panel r at out + r * ku (ku = pairs of k), unit (kk, i) at [kk * MR + i].
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_a_bf16(bool trans, const float* A, int64_t lda,
+                                                                         int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                                                                         int MR, uint32_t* out) {
+  const int64_t ku = (kc + 1) / 2;
+  for (int64_t r = 0; r < mc; r += MR) {
+    const int rows = static_cast<int>(std::min<int64_t>(MR, mc - r));
+    uint32_t* dst = out + r * ku;
+    if (trans) {  // k rows of A hold the panel's rows side by side
+      const __mmask16 m = static_cast<__mmask16>((1u << rows) - 1), all = static_cast<__mmask16>((1u << MR) - 1);
+      for (int64_t kk = 0; kk < ku; kk++) {
+        const float* s0 = A + (p0 + 2 * kk) * lda + i0 + r;
+        const __m512 lo = _mm512_maskz_loadu_ps(m, s0);
+        const __m512 hi = 2 * kk + 1 < kc ? _mm512_maskz_loadu_ps(m, s0 + lda) : _mm512_setzero_ps();
+        _mm512_mask_storeu_epi32(dst + kk * MR, all, bf16_pairs(lo, hi));
+      }
+    } else {  // each row of the panel is a run of k
+      alignas(64) uint32_t units[16];
+      for (int i = 0; i < MR; i++) {
+        const float* src = A + (i0 + r + i) * lda + p0;
+        for (int64_t k0 = 0; k0 < kc; k0 += 32) {
+          const int n = i < rows ? static_cast<int>(std::min<int64_t>(32, kc - k0)) : 0;
+          _mm512_store_si512(units, bf16_run(src + k0, n));
+          const int64_t u0 = k0 / 2, nu = std::min<int64_t>(16, ku - u0);
+          for (int64_t u = 0; u < nu; u++) dst[(u0 + u) * MR + i] = units[u];
+        }
+      }
+    }
+  }
+}
+
+// pack_b_panel in bf16 pairs: panel q at out + q * NR * ku, unit (kk, j) at [kk * NR + j].
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_b_panel_bf16(bool trans, const float* B, int64_t ldb,
+                                                                               int64_t p0, int64_t kc, int64_t j0,
+                                                                               int64_t nc, int NR, int64_t q,
+                                                                               uint32_t* out) {
+  const int64_t ku = (kc + 1) / 2, c0 = q * NR;
+  const int cols = static_cast<int>(std::min<int64_t>(NR, nc - c0));
+  uint32_t* dst = out + c0 * ku;
+  if (!trans) {  // k rows of B hold the panel's columns side by side
+    for (int64_t kk = 0; kk < ku; kk++) {
+      const float* s0 = B + (p0 + 2 * kk) * ldb + j0 + c0;
+      const bool odd = 2 * kk + 1 < kc;
+      for (int h = 0; h < NR; h += 16) {
+        const int n = std::max(0, std::min(16, cols - h));
+        const __mmask16 m = n >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << n) - 1);
+        const __m512 lo = _mm512_maskz_loadu_ps(m, s0 + h);
+        const __m512 hi = odd ? _mm512_maskz_loadu_ps(m, s0 + ldb + h) : _mm512_setzero_ps();
+        _mm512_storeu_si512(dst + kk * NR + h, bf16_pairs(lo, hi));
+      }
+    }
+  } else {  // each column of the panel is a run of k
+    alignas(64) uint32_t units[16];
+    for (int j = 0; j < NR; j++) {
+      const float* src = B + (j0 + c0 + j) * ldb + p0;
+      for (int64_t k0 = 0; k0 < kc; k0 += 32) {
+        const int n = j < cols ? static_cast<int>(std::min<int64_t>(32, kc - k0)) : 0;
+        _mm512_store_si512(units, bf16_run(src + k0, n));
+        const int64_t u0 = k0 / 2, nu = std::min<int64_t>(16, ku - u0);
+        for (int64_t u = 0; u < nu; u++) dst[(u0 + u) * NR + j] = units[u];
+      }
+    }
+  }
+}
+#else
+void pack_a_bf16(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, uint32_t*) {}
+void pack_b_panel_bf16(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int64_t, uint32_t*) {}
+#endif
+
 thread_local Buffer t_pack_a;
 thread_local Buffer t_pack_b;
 thread_local Buffer t_pack_edge;
@@ -392,6 +537,10 @@ const char* cpu_isa_name(CpuIsa isa) {
 }
 
 CpuIsa cpu_isa_best() { return detect(); }
+bool cpu_has_bf16() {
+  static const bool has = detect_bf16();
+  return has;
+}
 CpuIsa cpu_isa_active() { return g_isa; }
 
 void cpu_isa_set(CpuIsa isa) {
@@ -401,7 +550,8 @@ void cpu_isa_set(CpuIsa isa) {
 }
 
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const float* bias) {
+           const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const float* bias,
+           bool bf16) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     if (beta != 1.0f) scale_c(M, N, beta, C, ldc);
@@ -434,6 +584,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     beta = 1.0f;
   }
   const KernelInfo& ker = KERNELS[g_isa];
+  bf16 = bf16 && ker.micro_bf16 != nullptr && cpu_has_bf16();
   const int MR = ker.mr, NR = ker.nr;
   const int64_t threads = parallel ? get_num_threads() : 1;
 
@@ -450,9 +601,10 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
       const float* a = transA ? A + k0 * lda : A + k0;
       const float* b = transB ? B + k0 : B + k0 * ldb;
       if (t == 0) {
-        sgemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, beta, C, ldc, false, bias);
+        sgemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, beta, C, ldc, false, bias, bf16);
       } else {
-        sgemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f, parts[t - 1].get(M * N), N, false);
+        sgemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f, parts[t - 1].get(M * N), N, false, nullptr,
+              bf16);
       }
     });
     parallel_for_range(M, 16, [&](int64_t lo, int64_t hi) {
@@ -474,6 +626,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     const int64_t n_panels = (nc + NR - 1) / NR;
     // A chunk of K whose packed B (KS x nc) fits B_CHUNK_BYTES: packed once, shared by all tasks.
     const int64_t ks_max = std::max<int64_t>(KC, B_CHUNK_BYTES / (4 * n_panels * NR) / KC * KC);
+    // k units per packed row: k itself in fp32, pairs of k in bf16 (KC is even).
+    auto units = [&](int64_t kc) { return bf16 ? (kc + 1) / 2 : kc; };
     for (int64_t s0 = 0; s0 < K; s0 += ks_max) {
       const int64_t ks = std::min(ks_max, K - s0);
       const int64_t k_blocks = (ks + KC - 1) / KC;
@@ -482,7 +636,12 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
       auto pack_b_task = [&](int64_t t) {
         const int64_t pb = t / n_panels, q = t % n_panels;
         const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0);
-        pack_b_panel(transB, B, ldb, p0, kc, j0, nc, NR, q, bpack + pb * KC * n_panels * NR);
+        float* block = bpack + pb * units(KC) * n_panels * NR;
+        if (bf16) {
+          pack_b_panel_bf16(transB, B, ldb, p0, kc, j0, nc, NR, q, reinterpret_cast<uint32_t*>(block));
+        } else {
+          pack_b_panel(transB, B, ldb, p0, kc, j0, nc, NR, q, block);
+        }
       };
       if (threads > 1 && ks * nc > 32768) {
         parallel_for(k_blocks * n_panels, pack_b_task);
@@ -506,19 +665,25 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
           // Full row panels read A in place where that pays (a transposed A's panel is a packed
           // one with a longer stride; a row-major A's rows are read again for every column panel,
           // so it is packed when a task has many); the rest are packed.
-          const int64_t in_place = direct_a(q1 - q0) ? mc / MR * MR : 0;
-          float* apack = t_pack_a.get(static_cast<size_t>((mc - in_place + MR - 1) / MR * MR * kc));
-          if (in_place < mc) pack_a(transA, A, lda, i0 + in_place, mc - in_place, p0, kc, MR, apack);
-          const float* bblock = bpack + pb * KC * n_panels * NR;
+          const int64_t in_place = !bf16 && direct_a(q1 - q0) ? mc / MR * MR : 0, ku = units(kc);
+          float* apack = t_pack_a.get(static_cast<size_t>((mc - in_place + MR - 1) / MR * MR * ku));
+          if (bf16) {
+            pack_a_bf16(transA, A, lda, i0, mc, p0, kc, MR, reinterpret_cast<uint32_t*>(apack));
+          } else if (in_place < mc) {
+            pack_a(transA, A, lda, i0 + in_place, mc - in_place, p0, kc, MR, apack);
+          }
+          const float* bblock = bpack + pb * units(KC) * n_panels * NR;
           for (int64_t q = q0; q < q1; q++) {
             const int64_t jj = q * NR;
             const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jj));
-            const float* bp = bblock + jj * kc;
+            const float* bp = bblock + jj * ku;
             for (int64_t r = 0; r < mc; r += MR) {
               const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
               float* c = C + (i0 + r) * ldc + j0 + jj;
               const float* bias_q = bias && p0 == 0 ? bias + j0 + jj : nullptr;
-              if (r >= in_place) {
+              if (bf16) {
+                ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
+              } else if (r >= in_place) {
                 ker.micro(kc, apack + (r - in_place) * kc, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
               } else if (transA) {
                 ker.micro(kc, A + p0 * lda + i0 + r, lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);

@@ -16,11 +16,16 @@ CpuIsa cpu_isa_active();  // what sgemm uses now
 // Selects the kernels sgemm uses (tests run every path). Throws if the CPU lacks it.
 void cpu_isa_set(CpuIsa isa);
 
+// Whether the CPU has AVX512_BF16 (vdpbf16ps) besides the AVX-512 kernels.
+bool cpu_has_bf16();
+
 // parallel = false keeps the product on the calling thread (for callers that already split
 // work over the pool). bias (length N, optional) is added to every row of C in the same pass:
-// C = alpha * op(A) op(B) + beta * C + bias.
+// C = alpha * op(A) op(B) + beta * C + bias. bf16: the packed path rounds A and B to bf16 and
+// sums their products in fp32 (where the AVX-512 kernels are active and the CPU has AVX512_BF16;
+// small products and those of few rows stay fp32).
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel = true,
-           const float* bias = nullptr);
+           const float* bias = nullptr, bool bf16 = false);
 
 }  // namespace duat

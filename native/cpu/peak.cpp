@@ -4,7 +4,6 @@
 #include "peak.h"
 
 #if defined(__x86_64__)
-#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -68,11 +67,6 @@ __attribute__((target("avx512f,avx512bf16"))) float bf16_avx512(int64_t iters) {
   return lanes[0] + lanes[15];
 }
 
-bool has_bf16() {
-  unsigned a, b, c, d;
-  if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return false;
-  return a & (1u << 5);  // AVX512_BF16
-}
 #endif
 
 constexpr double FLOPS_PER_INSTRUCTION[] = {16, 32, 64};
@@ -105,9 +99,7 @@ bool peak_supported(PeakKind kind) {
   switch (kind) {
     case PEAK_FP32_AVX2: return isa >= CPU_ISA_AVX2;
     case PEAK_FP32_AVX512: return isa >= CPU_ISA_AVX512;
-#if defined(__x86_64__)
-    case PEAK_BF16_AVX512: return isa >= CPU_ISA_AVX512 && has_bf16();
-#endif
+    case PEAK_BF16_AVX512: return cpu_has_bf16();
     default: return false;
   }
 }

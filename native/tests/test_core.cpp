@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -45,6 +46,58 @@ void expect(bool ok, const std::string& what) {
 
 // fp32 GEMM with K up to ~600 against fp64: relative error well under 1e-5 of the row scale.
 constexpr double GEMM_TOL = 2e-5;
+
+// bf16 products: equal, to fp32 summation error, to the exact products of the operands rounded to
+// bf16 (nearest even), and measurably different from the fp32 product (the rounding happened).
+double bf16_round(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
+void test_gemm_bf16() {
+  if (!cpu_has_bf16()) {
+    std::printf("skip bf16 products: this CPU has no AVX512_BF16\n");
+    return;
+  }
+  cpu_isa_set(CPU_ISA_AVX512);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const int64_t sizes[][3] = {{150, 70, 300}, {300, 200, 257}, {200, 64, 2100}, {97, 33, 5}};
+  for (auto& s : sizes) {
+    const int64_t M = s[0], N = s[1], K = s[2];
+    for (int ta = 0; ta < 2; ta++)
+      for (int tb = 0; tb < 2; tb++) {
+        const int64_t lda = (ta ? M : K) + 1, ldb = (tb ? K : N) + 3, ldc = N + 1;
+        std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C(M * ldc, 0.5f), bias(N);
+        for (auto& v : A) v = dist(rng);
+        for (auto& v : B) v = dist(rng);
+        for (auto& v : bias) v = dist(rng);
+        sgemm(ta, tb, M, N, K, 0.5f, A.data(), lda, B.data(), ldb, 1.0f, C.data(), ldc, true, bias.data(), true);
+        double worst = 0.0, moved = 0.0;
+        for (int64_t i = 0; i < M; i++)
+          for (int64_t j = 0; j < N; j++) {
+            double ref = 0.0, ref32 = 0.0;
+            for (int64_t k = 0; k < K; k++) {
+              const float a = ta ? A[k * lda + i] : A[i * lda + k], b = tb ? B[j * ldb + k] : B[k * ldb + j];
+              ref += bf16_round(a) * bf16_round(b);
+              ref32 += static_cast<double>(a) * b;
+            }
+            const double want = 0.5 + 0.5 * ref + bias[j], got = C[i * ldc + j];
+            worst = std::max(worst, std::fabs(want - got) / std::sqrt(static_cast<double>(K) + 1));
+            moved = std::max(moved, std::fabs(0.5 + 0.5 * ref32 + bias[j] - got));
+          }
+        char name[160];
+        std::snprintf(name, sizeof name, "sgemm bf16 M=%lld N=%lld K=%lld ta=%d tb=%d (err %.3g, from fp32 %.3g)",
+                      (long long)M, (long long)N, (long long)K, ta, tb, worst, moved);
+        expect(worst < GEMM_TOL && (K < 64 || moved > 1e-4), name);
+      }
+  }
+  cpu_isa_set(cpu_isa_best());
+}
 
 void test_gemm(CpuIsa isa) {
   cpu_isa_set(isa);
@@ -558,6 +611,7 @@ void test_distributed_step() {
 
 int main() {
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm(static_cast<CpuIsa>(isa));
+  test_gemm_bf16();
   cpu_isa_set(cpu_isa_best());
   test_math();
   test_autograd_fanout();
