@@ -403,6 +403,18 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"), always_inline)) inline __m
   return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(m1, x + 16), _mm512_maskz_loadu_ps(m0, x));
 }
 
+// A run of kc floats (zeros when not `real`) as its (kc + 1) / 2 pairs, unit u at dst[u * stride].
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void run_to_units(const float* src, int64_t kc, bool real,
+                                                                          uint32_t* dst, int64_t stride) {
+  alignas(64) uint32_t units[16];
+  const int64_t ku = (kc + 1) / 2;
+  for (int64_t k0 = 0; k0 < kc; k0 += 32) {
+    _mm512_store_si512(units, bf16_run(src + k0, real ? static_cast<int>(std::min<int64_t>(32, kc - k0)) : 0));
+    const int64_t u0 = k0 / 2, nu = std::min<int64_t>(16, ku - u0);
+    for (int64_t u = 0; u < nu; u++) dst[(u0 + u) * stride] = units[u];
+  }
+}
+
 // pack_a in bf16 pairs: panel r at out + r * ku (ku = pairs of k), unit (kk, i) at [kk * MR + i].
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_a_bf16(bool trans, const float* A, int64_t lda,
                                                                          int64_t i0, int64_t mc, int64_t p0, int64_t kc,
@@ -420,16 +432,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_a_bf16(bool tra
         _mm512_mask_storeu_epi32(dst + kk * MR, all, bf16_pairs(lo, hi));
       }
     } else {  // each row of the panel is a run of k
-      alignas(64) uint32_t units[16];
-      for (int i = 0; i < MR; i++) {
-        const float* src = A + (i0 + r + i) * lda + p0;
-        for (int64_t k0 = 0; k0 < kc; k0 += 32) {
-          const int n = i < rows ? static_cast<int>(std::min<int64_t>(32, kc - k0)) : 0;
-          _mm512_store_si512(units, bf16_run(src + k0, n));
-          const int64_t u0 = k0 / 2, nu = std::min<int64_t>(16, ku - u0);
-          for (int64_t u = 0; u < nu; u++) dst[(u0 + u) * MR + i] = units[u];
-        }
-      }
+      for (int i = 0; i < MR; i++) run_to_units(A + (i0 + r + i) * lda + p0, kc, i < rows, dst + i, MR);
     }
   }
 }
@@ -455,16 +458,7 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_b_panel_bf16(bo
       }
     }
   } else {  // each column of the panel is a run of k
-    alignas(64) uint32_t units[16];
-    for (int j = 0; j < NR; j++) {
-      const float* src = B + (j0 + c0 + j) * ldb + p0;
-      for (int64_t k0 = 0; k0 < kc; k0 += 32) {
-        const int n = j < cols ? static_cast<int>(std::min<int64_t>(32, kc - k0)) : 0;
-        _mm512_store_si512(units, bf16_run(src + k0, n));
-        const int64_t u0 = k0 / 2, nu = std::min<int64_t>(16, ku - u0);
-        for (int64_t u = 0; u < nu; u++) dst[(u0 + u) * NR + j] = units[u];
-      }
-    }
+    for (int j = 0; j < NR; j++) run_to_units(B + (j0 + c0 + j) * ldb + p0, kc, j < cols, dst + j, NR);
   }
 }
 #else
