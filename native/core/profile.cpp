@@ -53,14 +53,17 @@ thread_local int t_depth = 0;
 // Times one backend call; nested calls (a backend calling itself) count once, in the outermost.
 class Scope {
  public:
+  // Storages made while profiling keep the wrapper as their owner and are released through it
+  // later: such calls, after profile_stop, cost nothing and count nowhere.
   Scope(ProfileFamily f, double flops, std::string label)
-      : family_(f), flops_(flops), label_(std::move(label)), outer_(t_depth++ == 0) {
+      : family_(f), flops_(flops), label_(std::move(label)), on_(profiling()), outer_(on_ && t_depth++ == 0) {
     if (outer_) {
       u0_ = usage();
       t0_ = std::chrono::steady_clock::now();
     }
   }
   ~Scope() {
+    if (!on_) return;
     t_depth--;
     if (!outer_) return;
     const auto dt = std::chrono::steady_clock::now() - t0_;
@@ -87,6 +90,7 @@ class Scope {
   ProfileFamily family_;
   double flops_;
   std::string label_;
+  bool on_;
   bool outer_;
   Usage u0_{};
   std::chrono::steady_clock::time_point t0_;
