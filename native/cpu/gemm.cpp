@@ -21,6 +21,7 @@
 
 #include "../core/errors.h"
 #include "../core/parallel.h"
+#include "bf16.h"
 #include "kernels.h"
 
 namespace duat {
@@ -177,12 +178,12 @@ __attribute__((target("avx512f,avx512bf16"))) void micro_bf16(int64_t ku, const 
 #pragma GCC unroll 12
   for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t k = 0; k < ku; k++) {
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b), b1 = (__m512bh)_mm512_loadu_si512(b + 16);
+    const __m512i b0 = _mm512_loadu_si512(b), b1 = _mm512_loadu_si512(b + 16);
 #pragma GCC unroll 12
     for (int i = 0; i < MR; i++) {
-      const __m512bh ai = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[i]));
-      acc[i][0] = _mm512_dpbf16_ps(acc[i][0], ai, b0);
-      acc[i][1] = _mm512_dpbf16_ps(acc[i][1], ai, b1);
+      const __m512i ai = _mm512_set1_epi32(static_cast<int>(a[i]));
+      acc[i][0] = dpbf16(acc[i][0], ai, b0);
+      acc[i][1] = dpbf16(acc[i][1], ai, b1);
     }
     a += MR;
     b += 32;
@@ -375,15 +376,6 @@ void pack_b_panel(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t k
       for (int64_t k = 0; k < kc; k++) dst[k * NR + j] = 0.0f;
   }
 }
-
-// float -> bf16, rounding to nearest even (a NaN stays a NaN).
-inline uint32_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (u >> 16) | 0x40u;
-  return (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
-}
-inline uint32_t bf16_pair(float even, float odd) { return bf16_bits(even) | (bf16_bits(odd) << 16); }
 
 #if defined(__x86_64__)
 // Sixteen bf16 pairs (lo[j], hi[j]) from 16 floats each, rounded to nearest even (vcvtne2ps2bf16

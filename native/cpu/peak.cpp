@@ -13,6 +13,7 @@
 
 #include "../core/errors.h"
 #include "../core/parallel.h"
+#include "bf16.h"
 #include "gemm.h"
 
 namespace duat {
@@ -54,11 +55,10 @@ __attribute__((target("avx512f"))) float fp32_avx512(int64_t iters) {
 __attribute__((target("avx512f,avx512bf16"))) float bf16_avx512(int64_t iters) {
   __m512 acc[CHAINS];
   for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_set1_ps(static_cast<float>(i) * 1e-3f);
-  const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(1e-3f));
-  const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-4f), _mm512_set1_ps(1e-4f));
+  const __m512i a = _mm512_set1_epi32(0x3A833A83), b = _mm512_set1_epi32(0x38D238D2);  // bf16 pairs ~1e-3, ~1e-4
   for (int64_t it = 0; it < iters; it++) {
 #pragma GCC unroll 16
-    for (int i = 0; i < CHAINS; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+    for (int i = 0; i < CHAINS; i++) acc[i] = dpbf16(acc[i], a, b);
   }
   __m512 s = acc[0];
   for (int i = 1; i < CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
