@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from paraformer_torch import load_safetensors, model_from_config  # noqa: E402  (the einsum variant)
+from paraformer_torch import config_kwargs, model_from_config, print_logits  # noqa: E402  (the einsum variant)
 
 
 class Attention(nn.Module):
@@ -131,12 +131,6 @@ class ParaFormerEager(nn.Module):
                             target.copy_(params[f"stages.{s}.{own_name}"][b])
 
 
-def config_kwargs(cfg):
-    return dict(image_size=cfg["imageSize"], patch_size=cfg["patchSize"], channels=cfg["channels"], classes=cfg["classes"],
-                dim=cfg["dim"], heads=cfg["heads"], depth=cfg["depth"], branches=cfg["branches"], mlp_ratio=cfg["mlpRatio"],
-                combine=cfg.get("combine", "sum"))
-
-
 def build(cfg, variant):
     """(model, autocast dtype or None) for a variant name such as 'eager', 'einsum', 'compile+bf16'."""
     base, _, precision = variant.partition("+")
@@ -215,14 +209,12 @@ def onnx_cmd(args):
 
 
 def logits_cmd(args):
-    """Logits of a duat-saved model on --input, computed by the eager (per-branch module) variant."""
-    params, meta = load_safetensors(args.model)
-    cfg = json.loads(meta["config"])
-    model = ParaFormerEager(**config_kwargs(cfg)).eval()
-    model.load_stacked(params)
-    images, _ = load_safetensors(args.input)
-    with torch.no_grad():
-        print(json.dumps(model(images["images"]).flatten().tolist()))
+    """Logits of a duat-saved model, computed by the eager (per-branch module) variant."""
+    def build(cfg, params):
+        model = ParaFormerEager(**config_kwargs(cfg))
+        model.load_stacked(params)
+        return model
+    print_logits(args, build)
 
 
 if __name__ == "__main__":

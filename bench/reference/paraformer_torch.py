@@ -155,21 +155,34 @@ def load_safetensors(path):
     return out, meta
 
 
+def config_kwargs(cfg):
+    """A duat config (its JSON names) as the keyword arguments of the reference models."""
+    return dict(image_size=cfg["imageSize"], patch_size=cfg["patchSize"], channels=cfg["channels"], classes=cfg["classes"],
+                dim=cfg["dim"], heads=cfg["heads"], depth=cfg["depth"], branches=cfg["branches"], mlp_ratio=cfg["mlpRatio"],
+                combine=cfg.get("combine", "sum"))
+
+
 def model_from_config(cfg):
-    return ParaFormer(image_size=cfg["imageSize"], patch_size=cfg["patchSize"], channels=cfg["channels"],
-                      classes=cfg["classes"], dim=cfg["dim"], heads=cfg["heads"], depth=cfg["depth"],
-                      branches=cfg["branches"], mlp_ratio=cfg["mlpRatio"], combine=cfg.get("combine", "sum"))
+    return ParaFormer(**config_kwargs(cfg))
 
 
-def logits_cmd(args):
-    """Logits of a duat-saved model on the images in --input (a safetensors file with 'images')."""
-    torch.set_default_dtype(torch.float32)
+def print_logits(args, build):
+    """Prints the logits, on the images in --input (a safetensors file with 'images'), of the model
+    build(config, parameters) makes from the duat-saved --model."""
     params, meta = load_safetensors(args.model)
-    model = model_from_config(json.loads(meta["config"]))
-    model.load_state_dict(params)
+    model = build(json.loads(meta["config"]), params).eval()
     images, _ = load_safetensors(args.input)
     with torch.no_grad():
         print(json.dumps(model(images["images"]).flatten().tolist()))
+
+
+def logits_cmd(args):
+    """Logits of a duat-saved model, computed by this (einsum-batched) reference."""
+    def build(cfg, params):
+        model = model_from_config(cfg)
+        model.load_state_dict(params)
+        return model
+    print_logits(args, build)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,6 @@ namespace {
 
 std::atomic<bool> g_on{false};
 
-struct Totals {
-  std::atomic<int64_t> ns{0}, calls{0}, faults{0}, kernel_us{0};
-  std::atomic<double> flops{0};
-};
-Totals g_totals[PROFILE_FAMILIES];
-
 struct Usage {
   int64_t faults, kernel_us;
 };
@@ -33,8 +27,14 @@ Usage usage() {
   return {static_cast<int64_t>(r.ru_minflt), static_cast<int64_t>(r.ru_stime.tv_sec) * 1000000 + r.ru_stime.tv_usec};
 }
 
+// The totals of one kind of call (its label); the families' totals are their sums.
+struct CallTotals {
+  ProfileFamily family = PROFILE_PRODUCTS;
+  double seconds = 0, flops = 0;
+  int64_t calls = 0, faults = 0, kernel_us = 0;
+};
 std::mutex g_calls_mutex;
-std::map<std::string, ProfileCall> g_calls;
+std::map<std::string, CallTotals> g_calls;
 
 std::string shape_label(const GemmArgs& g) {
   std::string s = std::to_string(g.M) + "x" + std::to_string(g.N) + "x" + std::to_string(g.K);
@@ -66,22 +66,16 @@ class Scope {
     if (!on_) return;
     t_depth--;
     if (!outer_) return;
-    const auto dt = std::chrono::steady_clock::now() - t0_;
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     const Usage u1 = usage();
-    Totals& t = g_totals[family_];
-    t.ns += std::chrono::duration_cast<std::chrono::nanoseconds>(dt).count();
-    t.calls++;
-    t.faults += u1.faults - u0_.faults;
-    t.kernel_us += u1.kernel_us - u0_.kernel_us;
-    double cur = t.flops.load();
-    while (!t.flops.compare_exchange_weak(cur, cur + flops_)) {
-    }
     std::lock_guard<std::mutex> lock(g_calls_mutex);
-    ProfileCall& c = g_calls[label_];
-    c.seconds += std::chrono::duration<double>(dt).count();
+    CallTotals& c = g_calls[label_];
+    c.family = family_;
+    c.seconds += dt;
     c.calls++;
     c.flops += flops_;
-    c.family = profile_family_name(family_);
+    c.faults += u1.faults - u0_.faults;
+    c.kernel_us += u1.kernel_us - u0_.kernel_us;
   }
   Scope(const Scope&) = delete;
   Scope& operator=(const Scope&) = delete;
@@ -270,13 +264,6 @@ Backend& profiling_backend(Backend& inner) {
 bool profiling() { return g_on.load(std::memory_order_relaxed); }
 
 void profile_start() {
-  for (Totals& t : g_totals) {
-    t.ns = 0;
-    t.calls = 0;
-    t.faults = 0;
-    t.kernel_us = 0;
-    t.flops = 0;
-  }
   {
     std::lock_guard<std::mutex> lock(g_calls_mutex);
     g_calls.clear();
@@ -293,15 +280,16 @@ ProfileReport profile_stop() {
   const Usage u = usage();
   r.process_page_faults = u.faults - g_usage_started.faults;
   r.process_kernel_seconds = static_cast<double>(u.kernel_us - g_usage_started.kernel_us) / 1e6;
-  for (int f = 0; f < PROFILE_FAMILIES; f++) {
-    const Totals& t = g_totals[f];
-    r.families.push_back({profile_family_name(static_cast<ProfileFamily>(f)), static_cast<double>(t.ns.load()) / 1e9,
-                          t.calls.load(), t.flops.load(), t.faults.load(), static_cast<double>(t.kernel_us.load()) / 1e6});
-  }
+  for (int f = 0; f < PROFILE_FAMILIES; f++) r.families.push_back({profile_family_name(static_cast<ProfileFamily>(f))});
   std::lock_guard<std::mutex> lock(g_calls_mutex);
-  for (auto& [label, e] : g_calls) {
-    r.calls.push_back(e);
-    r.calls.back().label = label;
+  for (const auto& [label, c] : g_calls) {
+    r.calls.push_back({label, profile_family_name(c.family), c.seconds, c.calls, c.flops});
+    ProfileEntry& e = r.families[c.family];
+    e.seconds += c.seconds;
+    e.calls += c.calls;
+    e.flops += c.flops;
+    e.page_faults += c.faults;
+    e.kernel_seconds += static_cast<double>(c.kernel_us) / 1e6;
   }
   std::sort(r.calls.begin(), r.calls.end(), [](const ProfileCall& a, const ProfileCall& b) { return a.seconds > b.seconds; });
   return r;

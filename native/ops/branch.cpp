@@ -83,10 +83,11 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     shared ? as_rows(rx, &mx) : as_mat(rx, &mx);
   }
   const bool grad = any_requires_grad({x, w, b, ln_w, ln_b});
-  // Inference weights kept K-major (paraformer.cpp's k_major): (N, O, C) over (C, N, O) memory,
-  // read in place as a row-major op(B).
-  const bool k_major = !grad && !ln_w && w->strides[0] == O && w->strides[1] == 1 && w->strides[2] == N * O;
-  const Tensor wc = k_major ? w : contiguous_data(w), bc = b ? contiguous_data(b) : nullptr;
+  // Without a graph or a fold the product reads the weight through its strides (the inference
+  // cache keeps it K-major, paraformer.cpp), where one product of all branches side by side can
+  // (branch n's rows follow branch n-1's); otherwise it is made contiguous.
+  const bool strided = !grad && !ln_w && (!(shared && interleaved) || w->strides[0] == O * w->strides[1]);
+  const Tensor wc = strided ? w : contiguous_data(w), bc = b ? contiguous_data(b) : nullptr;
   const Tensor gc = ln_w ? contiguous_data(ln_w) : nullptr, betac = ln_b ? contiguous_data(ln_b) : nullptr;
   Tensor wf = wc, bf = bc;
   if (ln_w) {
@@ -100,7 +101,7 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   GemmArgs g;
   g.K = gemm_dim(C, op);
   g.A = mx.p, g.a_m = mx.s_r, g.a_k = mx.s_c;
-  g.B = wf->ptr_f32(), g.b_n = k_major ? 1 : C, g.b_k = k_major ? N * O : 1;
+  g.B = wf->ptr_f32(), g.b_n = wf->strides[1], g.b_k = wf->strides[2];
   g.C = out->ptr_f32();
   g.bias = bf ? bf->ptr_f32() : nullptr;
   if (shared && interleaved) {  // one product of width N*O
@@ -108,7 +109,7 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     g.c_m = N * O;
   } else {  // batched over the branches
     g.M = gemm_dim(R, op), g.N = gemm_dim(O, op), g.batch = gemm_dim(N, op);
-    g.a_batch = shared ? 0 : mx.s_z, g.b_batch = k_major ? O : O * C;
+    g.a_batch = shared ? 0 : mx.s_z, g.b_batch = wf->strides[0];
     g.c_m = out->strides[1], g.c_batch = out->strides[0];
     g.bias_batch = O;
   }
