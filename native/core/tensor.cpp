@@ -269,6 +269,13 @@ void launch_reduce(const Tensor& out, const Tensor& in, float scale, bool accumu
     if (!accumulate && out->numel()) launch_map(MAP_COPY, out, zeros({}, DTYPE_F32, out->device), nullptr);
     return;
   }
+  if (out->shape == in->shape) {  // nothing to sum: an element-wise (scaled) copy, not a reduction
+    if (scale == 1.0f)
+      launch_map(MAP_COPY, out, in, nullptr, 0.0f, accumulate);
+    else
+      launch_map(MAP_MUL_SCALAR, out, in, nullptr, scale, accumulate);
+    return;
+  }
   Shape os = out->strides;
   for (size_t d = 0; d < os.size(); d++)
     if (out->shape[d] == 1) os[d] = 0;

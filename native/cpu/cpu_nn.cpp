@@ -107,9 +107,11 @@ void CpuBackend::gemm(const GemmArgs& g) {
 }
 
 // ================================ attention =====================================================
-// One task per (b, n, h) on the pool, its products reading Q, K, V in place (ld = N*3C). The
-// T x T probabilities live in per-thread scratch only: forward keeps the log-sum-exp of each row
-// and backward rebuilds the probabilities from it (one more Q K^T product, no saved T x T).
+// One task per (b, n, h) on the pool. The T x T probabilities live in per-thread scratch only:
+// forward keeps the log-sum-exp of each row and backward rebuilds the probabilities from it (one
+// more Q K^T product, no saved T x T). The per-head products are small (T x T x D and T x D x T)
+// and run unpacked (sgemm_small): Q, V, K, dO and the outputs are read and written in place
+// (ld = N*3C).
 namespace {
 template <typename Fn>
 void for_each_head(const dm::AttnLayout& L, int64_t B, Fn fn) {
@@ -117,6 +119,11 @@ void for_each_head(const dm::AttnLayout& L, int64_t B, Fn fn) {
     const int64_t b = task / (L.N * L.H), n = (task / L.H) % L.N, h = task % L.H;
     fn(task, b, n, h);
   });
+}
+
+// S = scale * Q K^T (T x T) for one head.
+void head_scores(const dm::AttnLayout& L, const float* q, const float* k, float scale, float* S) {
+  sgemm_small(false, true, L.T, L.T, L.D, scale, q, L.ld_in(), k, L.ld_in(), 0.0f, S, L.T);
 }
 }  // namespace
 
@@ -126,14 +133,13 @@ void CpuBackend::attention_forward(const dm::AttnLayout& L, int64_t B, const flo
   for_each_head(L, B, [&](int64_t, int64_t b, int64_t n, int64_t h) {
     thread_local std::vector<float> P;
     P.resize(static_cast<size_t>(T * T));
-    const float* q = qkv + L.q_offset(b, n, h);
-    sgemm(false, true, T, T, L.D, scale, q, ld, qkv + L.k_offset(b, n, h), ld, 0.0f, P.data(), T, false);
+    head_scores(L, qkv + L.q_offset(b, n, h), qkv + L.k_offset(b, n, h), scale, P.data());
     for (int64_t i = 0; i < T; i++) {
       const float l = softmax_lse_row_cpu(P.data() + i * T, P.data() + i * T, T);
       if (lse) lse[L.stat_offset(b, n, h) + i] = l;
     }
-    sgemm(false, false, T, L.D, T, 1.0f, P.data(), T, qkv + L.v_offset(b, n, h), ld, 0.0f,
-          out + L.out_offset(b, n, h), L.ld_out(), false);
+    sgemm_small(false, false, T, L.D, T, 1.0f, P.data(), T, qkv + L.v_offset(b, n, h), ld, 0.0f, out + L.out_offset(b, n, h),
+                L.ld_out());
   });
 }
 
@@ -142,22 +148,21 @@ void CpuBackend::attention_backward(const dm::AttnLayout& L, int64_t B, const fl
   const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
   const int64_t T = L.T, D = L.D, ld = L.ld_in(), ldo = L.ld_out();
   for_each_head(L, B, [&](int64_t, int64_t b, int64_t n, int64_t h) {
-    thread_local std::vector<float> P, dP, dS;
+    thread_local std::vector<float> P, dS;
     P.resize(static_cast<size_t>(T * T));
-    dP.resize(static_cast<size_t>(T * T));
-    dS.assign(static_cast<size_t>(T * T), 0.0f);
+    dS.resize(static_cast<size_t>(T * T));
     const float* q = qkv + L.q_offset(b, n, h);
     const float* k = qkv + L.k_offset(b, n, h);
-    const float* v = qkv + L.v_offset(b, n, h);
     const float* dO = dout + L.out_offset(b, n, h);
     const float* l = lse + L.stat_offset(b, n, h);
-    sgemm(false, true, T, T, D, scale, q, ld, k, ld, 0.0f, P.data(), T, false);                  // S
-    for (int64_t i = 0; i < T; i++) exp_row_cpu(P.data() + i * T, P.data() + i * T, l[i], T);   // P = exp(S - lse)
-    sgemm(true, false, T, D, T, 1.0f, P.data(), T, dO, ldo, 0.0f, dqkv + L.v_offset(b, n, h), ld, false);  // dV = P^T dO
-    sgemm(false, true, T, T, D, 1.0f, dO, ldo, v, ld, 0.0f, dP.data(), T, false);                // dP = dO V^T
-    for (int64_t i = 0; i < T; i++) softmax_backward_row_cpu(P.data() + i * T, dP.data() + i * T, dS.data() + i * T, T);
-    sgemm(false, false, T, D, T, scale, dS.data(), T, k, ld, 0.0f, dqkv + L.q_offset(b, n, h), ld, false);  // dQ = s dS K
-    sgemm(true, false, T, D, T, scale, dS.data(), T, q, ld, 0.0f, dqkv + L.k_offset(b, n, h), ld, false);   // dK = s dS^T Q
+    head_scores(L, q, k, scale, P.data());                                          // S
+    for (int64_t i = 0; i < T; i++) exp_row_cpu(P.data() + i * T, P.data() + i * T, l[i], T);  // P = exp(S - lse)
+    sgemm_small(true, false, T, D, T, 1.0f, P.data(), T, dO, ldo, 0.0f, dqkv + L.v_offset(b, n, h), ld);  // dV = P^T dO
+    sgemm_small(false, true, T, T, D, 1.0f, dO, ldo, qkv + L.v_offset(b, n, h), ld, 0.0f, dS.data(), T);  // dP = dO V^T
+    for (int64_t i = 0; i < T; i++)  // dS = P (dP - rowsum(P dP)), in place
+      softmax_backward_row_set_cpu(P.data() + i * T, dS.data() + i * T, dS.data() + i * T, T);
+    sgemm_small(false, false, T, D, T, scale, dS.data(), T, k, ld, 0.0f, dqkv + L.q_offset(b, n, h), ld);  // dQ = s dS K
+    sgemm_small(true, false, T, D, T, scale, dS.data(), T, q, ld, 0.0f, dqkv + L.k_offset(b, n, h), ld);   // dK = s dS^T Q
   });
 }
 

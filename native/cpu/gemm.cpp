@@ -14,9 +14,11 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "../core/errors.h"
@@ -191,49 +193,124 @@ __attribute__((target("avx512f,avx512bf16"))) void micro_bf16(int64_t ku, const 
   store_tile_avx512(acc, c, ldc, mr, nr, alpha, add, bias);
 }
 
-// ---- small products without packing: 4 rows x 64 (AVX-512) / 32 (AVX2) columns of C held in
-// registers while k runs; B rows read in place (row-major op(B)), tails masked ----
-template <int ROWS>
-__attribute__((target("avx512f"), always_inline)) inline void small_tile_avx512(
-    bool transA, int64_t i0, int64_t j0, int nv, __mmask16 tail, int64_t K, float alpha, const float* A, int64_t lda,
-    const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  __m512 acc[ROWS][4];
+// ---- small products without packing: ROWS rows x NV 16-wide vectors of C held in registers
+// while k runs (up to 6 x 4 = 24 zmm accumulators); B rows read in place (row-major op(B)), the
+// last vector masked to the columns left ----
+template <int ROWS, int NV, bool TRANS_A>
+__attribute__((target("avx512f"))) void small_tile_avx512(int64_t i0, int64_t j0, __mmask16 tail, int64_t K,
+                                                          float alpha, const float* A, int64_t lda, const float* B,
+                                                          int64_t ldb, float beta, float* C, int64_t ldc) {
+  __m512 acc[ROWS][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < ROWS; r++)
-    for (int v = 0; v < 4; v++) acc[r][v] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k++) {
-    const float* b = B + k * ldb + j0;
-    __m512 bv[4];
-    for (int v = 0; v < 4; v++) bv[v] = v < nv ? _mm512_maskz_loadu_ps(v == nv - 1 ? tail : 0xFFFF, b + 16 * v) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+  const float* a_col = TRANS_A ? A + i0 : A + i0 * lda;
+  const float* b = B + j0;
+  for (int64_t k = 0; k < K; k++, b += ldb) {
+    __m512 bv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++)
+      bv[v] = v == NV - 1 ? _mm512_maskz_loadu_ps(tail, b + 16 * v) : _mm512_loadu_ps(b + 16 * v);
+#pragma GCC unroll 8
     for (int r = 0; r < ROWS; r++) {
-      const __m512 a = _mm512_set1_ps(transA ? A[k * lda + i0 + r] : A[(i0 + r) * lda + k]);
-      for (int v = 0; v < 4; v++)
-        if (v < nv) acc[r][v] = _mm512_fmadd_ps(a, bv[v], acc[r][v]);
+      const __m512 a = _mm512_set1_ps(TRANS_A ? a_col[k * lda + r] : a_col[r * lda + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, bv[v], acc[r][v]);
     }
   }
   const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 8
   for (int r = 0; r < ROWS; r++)
-    for (int v = 0; v < nv; v++) {
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; v++) {
       float* c = C + (i0 + r) * ldc + j0 + 16 * v;
-      const __mmask16 m = v == nv - 1 ? tail : 0xFFFF;
+      const __mmask16 m = v == NV - 1 ? tail : 0xFFFF;
       __m512 out = _mm512_mul_ps(va, acc[r][v]);
       if (beta != 0.0f) out = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c), out);
       _mm512_mask_storeu_ps(c, m, out);
     }
 }
 
-__attribute__((target("avx512f"))) void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha,
-                                                           const float* A, int64_t lda, const float* B, int64_t ldb,
-                                                           float beta, float* C, int64_t ldc) {
-  for (int64_t j0 = 0; j0 < N; j0 += 64) {
-    const int64_t cols = std::min<int64_t>(64, N - j0);
+using SmallTile = void (*)(int64_t, int64_t, __mmask16, int64_t, float, const float*, int64_t, const float*, int64_t,
+                           float, float*, int64_t);
+constexpr int SMALL_ROWS = 6, SMALL_NV = 4;
+
+template <bool TRANS_A, int... V>
+constexpr auto small_tiles_of_rows(std::integer_sequence<int, V...>) {
+  return std::array<std::array<SmallTile, SMALL_NV>, sizeof...(V)>{
+      {{small_tile_avx512<V + 1, 1, TRANS_A>, small_tile_avx512<V + 1, 2, TRANS_A>,
+        small_tile_avx512<V + 1, 3, TRANS_A>, small_tile_avx512<V + 1, 4, TRANS_A>}...}};
+}
+// [transA][rows - 1][vectors - 1]
+const std::array<std::array<SmallTile, SMALL_NV>, SMALL_ROWS> SMALL_TILES[2] = {
+    small_tiles_of_rows<false>(std::make_integer_sequence<int, SMALL_ROWS>{}),
+    small_tiles_of_rows<true>(std::make_integer_sequence<int, SMALL_ROWS>{})};
+
+void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                       const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  const auto& tiles = SMALL_TILES[transA ? 1 : 0];
+  for (int64_t j0 = 0; j0 < N; j0 += 16 * SMALL_NV) {
+    const int64_t cols = std::min<int64_t>(16 * SMALL_NV, N - j0);
     const int nv = static_cast<int>((cols + 15) / 16);
     const int rem = static_cast<int>(cols - 16 * (nv - 1));
     const __mmask16 tail = static_cast<__mmask16>(rem == 16 ? 0xFFFF : (1u << rem) - 1);
-    int64_t i = 0;
-    for (; i + 4 <= M; i += 4) small_tile_avx512<4>(transA, i, j0, nv, tail, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    for (; i < M; i++) small_tile_avx512<1>(transA, i, j0, nv, tail, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    for (int64_t i = 0; i < M; i += SMALL_ROWS) {
+      const int rows = static_cast<int>(std::min<int64_t>(SMALL_ROWS, M - i));
+      tiles[rows - 1][nv - 1](i, j0, tail, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    }
   }
 }
+
+// GCC 12's unpack and shuffle intrinsics pass _mm512_undefined_ps(), a self-initialised variable
+// that -Wmaybe-uninitialized reports once inlined; nothing here is uninitialised.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// dst[c * ldd + r] = src[r * ld + c] for r < rows, c < cols: 16 x 16 blocks through registers
+// (unpack, then shuffles of pairs and of 128-bit lanes), edges masked.
+__attribute__((target("avx512f"))) void transpose_avx512(const float* src, int64_t ld, int64_t rows, int64_t cols,
+                                                         float* dst, int64_t ldd) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+    const int nr = static_cast<int>(std::min<int64_t>(16, rows - r0));
+    const __mmask16 row_mask = static_cast<__mmask16>(nr == 16 ? 0xFFFF : (1u << nr) - 1);
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+      const int nc = static_cast<int>(std::min<int64_t>(16, cols - c0));
+      const __mmask16 col_mask = static_cast<__mmask16>(nc == 16 ? 0xFFFF : (1u << nc) - 1);
+      __m512 r[16], t[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; i++)
+        r[i] = i < nr ? _mm512_maskz_loadu_ps(col_mask, src + (r0 + i) * ld + c0) : _mm512_setzero_ps();
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; i++) {  // per 128-bit lane: rows 2i, 2i+1 interleaved
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; i++) {  // r[4i + c], lane L: column 4L + c of rows 4i .. 4i+3
+        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+      }
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; c++) {  // gather lane L of r[c], r[4+c], r[8+c], r[12+c]: column 4L + c
+        const __m512 even_lo = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), even_hi = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88);
+        const __m512 odd_lo = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD), odd_hi = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+        t[c] = _mm512_shuffle_f32x4(even_lo, even_hi, 0x88);
+        t[8 + c] = _mm512_shuffle_f32x4(even_lo, even_hi, 0xDD);
+        t[4 + c] = _mm512_shuffle_f32x4(odd_lo, odd_hi, 0x88);
+        t[12 + c] = _mm512_shuffle_f32x4(odd_lo, odd_hi, 0xDD);
+      }
+      for (int c = 0; c < nc; c++) _mm512_mask_storeu_ps(dst + (c0 + c) * ldd + r0, row_mask, t[c]);
+    }
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 #else
 // Not x86-64 (arm64 and others): the portable kernel only, which the compiler vectorises for the
@@ -250,6 +327,7 @@ void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha
                        const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
+void transpose_avx512(const float*, int64_t, int64_t, int64_t, float*, int64_t) {}
 #endif  // __x86_64__
 
 const KernelInfo KERNELS[] = {
@@ -307,6 +385,28 @@ CpuIsa initial_isa() {
 }
 
 CpuIsa g_isa = initial_isa();
+
+// The unpacked path: a transposed B is first laid out row-major (K x N) in thread scratch.
+void unpacked_product(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+                      int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (transB) {
+    thread_local std::vector<float> bt;
+    bt.resize(static_cast<size_t>(K * N));
+    if (g_isa == CPU_ISA_AVX512) {
+      transpose_avx512(B, ldb, N, K, bt.data(), N);
+    } else {
+      for (int64_t j = 0; j < N; j++)
+        for (int64_t k = 0; k < K; k++) bt[k * N + j] = B[j * ldb + k];
+    }
+    B = bt.data();
+    ldb = N;
+  }
+  if (g_isa == CPU_ISA_AVX512) {
+    small_gemm_avx512(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  } else {
+    small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+}
 
 // Block sizes: a KC x NR panel of B stays in L1, an MC x KC block of A in L2.
 constexpr int64_t KC = 256;
@@ -549,19 +649,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   // Small products (attention's per-head matrices, batch-1 rows): packing costs more than it
   // saves, so they run unpacked, vectorised over N. The bias case keeps the packed path.
   if (!bias && M * N * K <= SMALL_GEMM_MAX && (!transB || K * N <= 65536)) {
-    if (transB) {
-      thread_local std::vector<float> bt;  // op(B) laid out row-major (K x N, small)
-      bt.resize(static_cast<size_t>(K * N));
-      for (int64_t j = 0; j < N; j++)
-        for (int64_t k = 0; k < K; k++) bt[k * N + j] = B[j * ldb + k];
-      B = bt.data();
-      ldb = N;
-    }
-    if (g_isa == CPU_ISA_AVX512) {
-      small_gemm_avx512(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    } else {
-      small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    }
+    unpacked_product(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     return;
   }
   // beta other than 0 or 1: scale once, then accumulate.
@@ -686,6 +774,16 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         for (int64_t t = 0; t < m_blocks * n_split; t++) task(t);
       }
     }
+  }
+}
+
+void sgemm_small(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (g_isa == CPU_ISA_AVX512 && K > 0) {
+    unpacked_product(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  } else {
+    sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, false);
   }
 }
 

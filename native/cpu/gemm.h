@@ -28,4 +28,11 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel = true,
            const float* bias = nullptr, bool bf16 = false);
 
+// A small product on the calling thread (attention's per-head matrices, for callers that share
+// work out over the pool themselves): C = alpha * op(A) op(B) + beta * C. With the AVX-512
+// kernels, register tiles read A and a row-major B in place whatever the size (a transposed B is
+// first transposed into scratch); elsewhere it is sgemm.
+void sgemm_small(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
 }  // namespace duat

@@ -52,6 +52,7 @@ struct RowKernels {
   void (*gelu_bwd_set_range)(const float*, const float*, float*, int64_t);
   void (*softmax_row)(const float*, float*, int64_t);
   void (*softmax_bwd_row)(const float*, const float*, float*, int64_t);
+  void (*softmax_bwd_set_row)(const float*, const float*, float*, int64_t);
   float (*softmax_lse_row)(const float*, float*, int64_t);
   void (*exp_row)(const float*, float*, float, int64_t);
   void (*log_softmax_row)(const float*, float*, int64_t);
@@ -71,15 +72,15 @@ namespace isa_avx512 = isa_generic;
 // The AVX-512 entry's small_gemm is not used by sgemm, which has a register-blocked AVX-512
 // kernel of its own (gemm.cpp); it stays for a uniform table.
 const RowKernels ROW_KERNELS[] = {
-    {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::gelu_bwd_set_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row,
+    {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::gelu_bwd_set_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row, isa_generic::softmax_bwd_set_row,
      isa_generic::softmax_lse_row, isa_generic::exp_row, isa_generic::log_softmax_row,
      isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row, isa_generic::small_gemm,
      isa_generic::accumulate_f64},
-    {isa_avx2::gelu_fwd_range, isa_avx2::gelu_bwd_range, isa_avx2::gelu_bwd_set_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row,
+    {isa_avx2::gelu_fwd_range, isa_avx2::gelu_bwd_range, isa_avx2::gelu_bwd_set_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row, isa_avx2::softmax_bwd_set_row,
      isa_avx2::softmax_lse_row, isa_avx2::exp_row, isa_avx2::log_softmax_row,
      isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row, isa_avx2::small_gemm,
      isa_avx2::accumulate_f64},
-    {isa_avx512::gelu_fwd_range, isa_avx512::gelu_bwd_range, isa_avx512::gelu_bwd_set_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row,
+    {isa_avx512::gelu_fwd_range, isa_avx512::gelu_bwd_range, isa_avx512::gelu_bwd_set_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row, isa_avx512::softmax_bwd_set_row,
      isa_avx512::softmax_lse_row, isa_avx512::exp_row, isa_avx512::log_softmax_row,
      isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row, isa_avx512::small_gemm,
      isa_avx512::accumulate_f64},
@@ -172,7 +173,9 @@ float softmax_lse_row_cpu(const float* x, float* y, int64_t n) { return rk().sof
 
 void exp_row_cpu(const float* x, float* y, float shift, int64_t n) { rk().exp_row(x, y, shift, n); }
 
-void softmax_backward_row_cpu(const float* y, const float* dy, float* dx, int64_t n) { rk().softmax_bwd_row(y, dy, dx, n); }
+void softmax_backward_row_set_cpu(const float* y, const float* dy, float* dx, int64_t n) {
+  rk().softmax_bwd_set_row(y, dy, dx, n);
+}
 
 void small_gemm_rows_cpu(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {

@@ -17,7 +17,8 @@ void softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
 // dx += y * (dy - sum(dy * y))
 void softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
 // One row, on the calling thread (for callers that already split work over the pool):
-// y = softmax(x), returning the row's log-sum-exp; y = exp(x - shift); dx += y * (dy - sum(dy * y)).
+// y = softmax(x), returning the row's log-sum-exp; y = exp(x - shift); dx = y * (dy - sum(dy * y))
+// (written, not accumulated: dx may be dy).
 float softmax_lse_row_cpu(const float* x, float* y, int64_t n);
 // y = gelu(x); dx (+)= dy * gelu'(x) (n elements); one LayerNorm row forward, and its dx (+=).
 void gelu_forward_range_cpu(const float* x, float* y, int64_t n);
@@ -27,7 +28,7 @@ void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y,
 void layernorm_backward_row_cpu(const float* x, const float* w, float mean, float rstd, const float* dy, float* dx,
                                 int64_t C);
 void exp_row_cpu(const float* x, float* y, float shift, int64_t n);
-void softmax_backward_row_cpu(const float* y, const float* dy, float* dx, int64_t n);
+void softmax_backward_row_set_cpu(const float* y, const float* dy, float* dx, int64_t n);
 // y = x - max - log(sum(exp(x - max)))
 void log_softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
 // dx += dy - exp(y) * sum(dy)

@@ -4,6 +4,7 @@
 // the CUDA kernels (core/device_math.h), run here on the CPU against the CPU ops; distributed
 // training's step against a stand-in job of two ranks holding the same values.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -99,25 +100,26 @@ void test_gemm_bf16() {
   cpu_isa_set(cpu_isa_best());
 }
 
-void test_gemm(CpuIsa isa) {
-  cpu_isa_set(isa);
+// Every layout (A or A^T, B or B^T) and beta of sgemm, or of sgemm_small (`small`), against a
+// double-precision reference; C's padding columns must stay untouched.
+void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t, 3>>& sizes) {
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  // The last two shapes take the split-K path and the several-chunks-of-packed-B path; with a
-  // row-major B, up to 96 rows read B in place (a partial last panel packed), 97 pack it.
-  const int64_t sizes[][3] = {{1, 1, 1}, {5, 7, 3}, {13, 33, 17}, {64, 64, 64}, {150, 70, 300}, {37, 129, 600}, {96, 70, 257}, {97, 64, 300}, {300, 5, 2}, {37, 50, 2000}, {20, 1100, 2100}};
   for (auto& s : sizes) {
     const int64_t M = s[0], N = s[1], K = s[2];
     for (int ta = 0; ta < 2; ta++)
       for (int tb = 0; tb < 2; tb++)
         for (float beta : {0.0f, 1.0f, 0.5f}) {
           const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
-          std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C(M * ldc), C0;
+          std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C(M * ldc);
           for (auto& v : A) v = dist(rng);
           for (auto& v : B) v = dist(rng);
           for (auto& v : C) v = dist(rng);
-          C0 = C;
-          sgemm(ta, tb, M, N, K, 0.75f, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+          const std::vector<float> C0(C);
+          if (small)
+            sgemm_small(ta, tb, M, N, K, 0.75f, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
+          else
+            sgemm(ta, tb, M, N, K, 0.75f, A.data(), lda, B.data(), ldb, beta, C.data(), ldc);
           double worst = 0.0;
           for (int64_t i = 0; i < M; i++)
             for (int64_t j = 0; j < N; j++) {
@@ -130,16 +132,28 @@ void test_gemm(CpuIsa isa) {
               ref = 0.75 * ref + (beta == 0.0f ? 0.0 : beta * C0[i * ldc + j]);
               worst = std::max(worst, std::fabs(ref - C[i * ldc + j]) / std::sqrt(static_cast<double>(K) + 1));
             }
-          // Padding columns of C must be untouched.
           bool pad_ok = true;
           for (int64_t i = 0; i < M; i++)
             for (int64_t j = N; j < ldc; j++) pad_ok = pad_ok && C[i * ldc + j] == C0[i * ldc + j];
           char name[160];
-          std::snprintf(name, sizeof name, "sgemm %s M=%lld N=%lld K=%lld ta=%d tb=%d beta=%g (err %.3g)", cpu_isa_name(isa),
-                        (long long)M, (long long)N, (long long)K, ta, tb, beta, worst);
+          std::snprintf(name, sizeof name, "%s %s M=%lld N=%lld K=%lld ta=%d tb=%d beta=%g (err %.3g)",
+                        small ? "sgemm_small" : "sgemm", cpu_isa_name(isa), (long long)M, (long long)N, (long long)K, ta,
+                        tb, beta, worst);
           expect(worst < GEMM_TOL && pad_ok, name);
         }
   }
+}
+
+void test_gemm(CpuIsa isa) {
+  cpu_isa_set(isa);
+  // The last two shapes take the split-K path and the several-chunks-of-packed-B path; with a
+  // row-major B, up to 96 rows read B in place (a partial last panel packed), 97 pack it.
+  check_products(isa, false, {{1, 1, 1}, {5, 7, 3}, {13, 33, 17}, {64, 64, 64}, {150, 70, 300}, {37, 129, 600},
+                              {96, 70, 257}, {97, 64, 300}, {300, 5, 2}, {37, 50, 2000}, {20, 1100, 2100}});
+  // The unpacked products: every remainder of the 6-row and 64-column tiles, transposes of
+  // partial 16 x 16 blocks, attention's head shapes (50 tokens, 65 tokens; head width 64).
+  check_products(isa, true, {{1, 1, 1}, {5, 7, 3}, {13, 33, 17}, {50, 50, 64}, {50, 64, 50}, {65, 64, 65},
+                             {11, 130, 19}, {4, 200, 33}, {3, 17, 70}});
 }
 
 void test_math() {
