@@ -49,14 +49,20 @@ class Pool {
       fn_ = &fn;
       n_tasks_ = n_tasks;
       next_.store(0);
-      pending_ = static_cast<int>(workers_.size());
+      pending_.store(static_cast<int>(workers_.size()));
       error_ = nullptr;
       generation_++;
     }
     wake_.notify_all();
     work();
+    // The caller spins for the last workers too before it sleeps (a region's tasks end within
+    // microseconds of each other; a futex sleep and wake-up would cost more).
+    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);
+    while (pending_.load(std::memory_order_acquire) != 0 && std::chrono::steady_clock::now() < spin_until) {
+      for (int i = 0; i < 16; i++) cpu_relax();
+    }
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return pending_ == 0; });
+    done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
     fn_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -114,8 +120,11 @@ class Pool {
         if (quit_) return;
       }
       work();
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
+      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        // Under the mutex: the caller checks `pending_` under it before it sleeps.
+        std::lock_guard<std::mutex> lock(mutex_);
+        done_.notify_one();
+      }
     }
   }
 
@@ -125,7 +134,7 @@ class Pool {
   const std::function<void(int64_t)>* fn_ = nullptr;
   int64_t n_tasks_ = 0;
   std::atomic<int64_t> next_{0};
-  int pending_ = 0;
+  std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};
   bool quit_ = false;
   int64_t spin_ns_ = SPIN_NS;  // set by start(): 0 when oversubscribed
