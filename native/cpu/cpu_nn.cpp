@@ -252,44 +252,60 @@ void CpuBackend::fold_affine_backward(const float* w, const float* g, const floa
 }
 
 // ================================ optimizers ===================================================
+// One parallel region per update over every parameter: the tensors are cut into pieces of at
+// most OPT_PIECE elements (a small tensor is one piece), claimed by the pool's threads.
+namespace {
+constexpr int64_t OPT_PIECE = 1 << 14;
+
+struct Piece {
+  size_t tensor;
+  int64_t lo, hi;
+};
+
+template <typename T, typename Count>
+std::vector<Piece> pieces_of(const std::vector<T>& ts, Count count) {
+  std::vector<Piece> out;
+  for (size_t t = 0; t < ts.size(); t++)
+    for (int64_t lo = 0, n = count(ts[t]); lo < n; lo += OPT_PIECE) out.push_back({t, lo, std::min(n, lo + OPT_PIECE)});
+  return out;
+}
+}  // namespace
+
 void CpuBackend::adamw(const std::vector<AdamWTensor>& ts, const GradScale& s) {
   if (dm::update_skipped(s.sumsq, s.skip_non_finite)) return;
   const float gs = dm::grad_factor(s.sumsq, s.max_norm);
-  for (const AdamWTensor& t : ts) {
-    parallel_for_range(t.n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; i++)
-        t.param[i] = dm::adamw_element(t.param[i], t.grad[i] * gs, t.m + i, t.v + i, t.beta1, t.one_minus_beta1,
-                                       t.beta2, t.one_minus_beta2, t.eps, t.decay, t.step_size, t.inv_sqrt_bc2);
-    });
-  }
+  const std::vector<Piece> pieces = pieces_of(ts, [](const AdamWTensor& t) { return t.n; });
+  parallel_for(static_cast<int64_t>(pieces.size()), [&](int64_t i) {
+    const Piece& pc = pieces[static_cast<size_t>(i)];
+    const AdamWTensor& t = ts[pc.tensor];
+    const AdamWConsts c{t.beta1, t.one_minus_beta1, t.beta2, t.one_minus_beta2, t.eps, t.decay, t.step_size, t.inv_sqrt_bc2};
+    adamw_range_cpu(t.param + pc.lo, t.grad + pc.lo, t.m + pc.lo, t.v + pc.lo, pc.hi - pc.lo, gs, c);
+  });
 }
 
 void CpuBackend::sgd(const std::vector<SgdTensor>& ts, const GradScale& s) {
   if (dm::update_skipped(s.sumsq, s.skip_non_finite)) return;
   const float gs = dm::grad_factor(s.sumsq, s.max_norm);
-  for (const SgdTensor& t : ts) {
-    parallel_for_range(t.n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; i++)
-        t.param[i] = dm::sgd_element(t.param[i], t.grad[i] * gs, t.buf ? t.buf + i : nullptr, t.lr, t.weight_decay,
-                                     t.momentum, t.dampening, t.nesterov, t.first);
-    });
-  }
+  const std::vector<Piece> pieces = pieces_of(ts, [](const SgdTensor& t) { return t.n; });
+  parallel_for(static_cast<int64_t>(pieces.size()), [&](int64_t i) {
+    const Piece& pc = pieces[static_cast<size_t>(i)];
+    const SgdTensor& t = ts[pc.tensor];
+    for (int64_t j = pc.lo; j < pc.hi; j++)
+      t.param[j] = dm::sgd_element(t.param[j], t.grad[j] * gs, t.buf ? t.buf + j : nullptr, t.lr, t.weight_decay,
+                                   t.momentum, t.dampening, t.nesterov, t.first);
+  });
 }
 
+// The pieces' fp64 sums are added in piece order: the same total whatever the thread count.
 void CpuBackend::sum_of_squares(const std::vector<std::pair<const float*, int64_t>>& ts, float* out) {
+  const std::vector<Piece> pieces = pieces_of(ts, [](const std::pair<const float*, int64_t>& t) { return t.second; });
+  std::vector<double> part(pieces.size(), 0.0);
+  parallel_for(static_cast<int64_t>(pieces.size()), [&](int64_t i) {
+    const Piece& pc = pieces[static_cast<size_t>(i)];
+    part[static_cast<size_t>(i)] = sum_squares_f64_cpu(ts[pc.tensor].first + pc.lo, pc.hi - pc.lo);
+  });
   double total = 0.0;
-  for (const auto& t : ts) {
-    const float* p = t.first;  // (named, not a structured binding: lambdas may not capture those in C++17)
-    const int64_t n = t.second;
-    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(get_num_threads(), n / ELEM_GRAIN));
-    std::vector<double> part(static_cast<size_t>(chunks), 0.0);
-    parallel_for(chunks, [&](int64_t c) {
-      double acc = 0.0;
-      for (int64_t i = n * c / chunks; i < n * (c + 1) / chunks; i++) acc += static_cast<double>(p[i]) * p[i];
-      part[c] = acc;
-    });
-    for (double v : part) total += v;
-  }
+  for (double v : part) total += v;
   *out = static_cast<float>(total);
 }
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../core/device_math.h"
 #include "../core/parallel.h"
 #include "gemm.h"
 #include "math.h"
@@ -62,6 +63,8 @@ struct RowKernels {
   void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
                      int64_t);
   void (*accumulate_f64)(const float*, double*, int64_t);
+  double (*sum_squares_f64)(const float*, int64_t);
+  void (*adamw_range)(float*, const float*, float*, float*, int64_t, float, const AdamWConsts&);
 };
 
 #if !defined(__x86_64__)
@@ -75,15 +78,15 @@ const RowKernels ROW_KERNELS[] = {
     {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::gelu_bwd_set_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row, isa_generic::softmax_bwd_set_row,
      isa_generic::softmax_lse_row, isa_generic::exp_row, isa_generic::log_softmax_row,
      isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row, isa_generic::small_gemm,
-     isa_generic::accumulate_f64},
+     isa_generic::accumulate_f64, isa_generic::sum_squares_f64, isa_generic::adamw_range},
     {isa_avx2::gelu_fwd_range, isa_avx2::gelu_bwd_range, isa_avx2::gelu_bwd_set_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row, isa_avx2::softmax_bwd_set_row,
      isa_avx2::softmax_lse_row, isa_avx2::exp_row, isa_avx2::log_softmax_row,
      isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row, isa_avx2::small_gemm,
-     isa_avx2::accumulate_f64},
+     isa_avx2::accumulate_f64, isa_avx2::sum_squares_f64, isa_avx2::adamw_range},
     {isa_avx512::gelu_fwd_range, isa_avx512::gelu_bwd_range, isa_avx512::gelu_bwd_set_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row, isa_avx512::softmax_bwd_set_row,
      isa_avx512::softmax_lse_row, isa_avx512::exp_row, isa_avx512::log_softmax_row,
      isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row, isa_avx512::small_gemm,
-     isa_avx512::accumulate_f64},
+     isa_avx512::accumulate_f64, isa_avx512::sum_squares_f64, isa_avx512::adamw_range},
 };
 
 const RowKernels& rk() { return ROW_KERNELS[cpu_isa_active()]; }
@@ -99,6 +102,12 @@ void over_rows(int64_t rows, int64_t cols, RowFn fn) {
 }  // namespace
 
 void accumulate_f64_cpu(const float* x, double* acc, int64_t n) { rk().accumulate_f64(x, acc, n); }
+
+double sum_squares_f64_cpu(const float* x, int64_t n) { return rk().sum_squares_f64(x, n); }
+
+void adamw_range_cpu(float* p, const float* g, float* m, float* v, int64_t n, float gs, const AdamWConsts& c) {
+  rk().adamw_range(p, g, m, v, n, gs, c);
+}
 
 void gelu_forward_cpu(const float* x, float* y, int64_t n) {
   parallel_for_range(n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) { rk().gelu_fwd_range(x + lo, y + lo, hi - lo); });

@@ -11,6 +11,15 @@ void gelu_backward_cpu(const float* x, const float* dy, float* dx, int64_t n);
 
 // acc[i] += x[i] in fp64, on the calling thread (a reduction's column sums).
 void accumulate_f64_cpu(const float* x, double* acc, int64_t n);
+// sum of x[i]^2 in fp64, on the calling thread (a gradient norm's part).
+double sum_squares_f64_cpu(const float* x, int64_t n);
+
+// An AdamW step's constants (backend.h, AdamWTensor) and one step over n elements on the calling
+// thread: p, m, v updated in place from g * gs (dm::adamw_element).
+struct AdamWConsts {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, eps, decay, step_size, inv_sqrt_bc2;
+};
+void adamw_range_cpu(float* p, const float* g, float* m, float* v, int64_t n, float gs, const AdamWConsts& c);
 
 // Over rows of length `cols`: y = softmax(x) (max subtracted first, fp32 sums).
 void softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
