@@ -57,7 +57,7 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16) {
     return;
   }
   // Fused epilogues: the product into `dest` (the pre-activation buffer, C itself, or scratch
-  // when C's old values still count), then one pass over the rows.
+  // when C's old values still count), each finished block then mapped into C.
   float* dest = C;
   int64_t ld = g.c_m;
   if (g.epilogue == EPILOGUE_GELU && g.aux) {
@@ -67,30 +67,20 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16) {
     dest = tmp.data();
     ld = g.N;
   }
-  sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, dest, ld, par, bias, bf16);
-  auto rows = [&](int64_t lo, int64_t hi) {
-    for (int64_t m = lo; m < hi; m++) {
-      const float* v = dest + m * ld;
-      float* c = C + m * g.c_m;
-      if (g.epilogue == EPILOGUE_GELU && g.beta == 0.0f) {
-        gelu_forward_range_cpu(v, c, g.N);
-      } else if (g.epilogue == EPILOGUE_GELU) {
-        for (int64_t n = 0; n < g.N; n++) c[n] = gelu(v[n]) + g.beta * c[n];
+  // Applied to each finished block of the product inside sgemm, on its thread, while in cache.
+  const GemmBlockFn block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    for (int64_t m = i0; m < i1; m++) {
+      const float* v = dest + m * ld + j0;
+      float* c = C + m * g.c_m + j0;
+      if (g.epilogue == EPILOGUE_GELU) {
+        gelu_forward_range_cpu(v, c, j1 - j0, g.beta);
       } else {
-        const float* r = g.resid + m * g.c_m;
-        for (int64_t n = 0; n < g.N; n++) {
-          float s = 0.0f;
-          for (int j = 0; j < g.nsum; j++) s += g.extra[j * g.extra_batch + m * g.c_m + n];
-          c[n] = dm::stage_combine(r[n], v[n], s, g.scale) + (g.beta != 0.0f ? g.beta * c[n] : 0.0f);
-        }
+        stage_combine_range_cpu(c, v, g.resid + m * g.c_m + j0, g.extra + m * g.c_m + j0, g.nsum, g.extra_batch,
+                                g.scale, g.beta, j1 - j0);
       }
     }
   };
-  if (par) {
-    parallel_for_range(g.M, std::max<int64_t>(1, ELEM_GRAIN / std::max(g.N, 1)), rows);
-  } else {
-    rows(0, g.M);
-  }
+  sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, dest, ld, par, bias, bf16, &block);
 }
 }  // namespace
 

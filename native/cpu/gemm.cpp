@@ -572,7 +572,7 @@ thread_local Buffer t_pack_edge;
 // it. The last, partial column panel is packed: full-width loads would read past the matrix.
 void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                     int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel,
-                    const float* bias) {
+                    const float* bias, const GemmBlockFn* epilogue) {
   const int MR = ker.mr, NR = ker.nr;
   const int64_t n_panels = (N + NR - 1) / NR;
   // A row-major A's full row panels are read in place (micro_rows) unless each thread walks many
@@ -612,6 +612,7 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
         }
       }
     }
+    if (epilogue) (*epilogue)(0, M, jj, jj + nr);
   };
   if (parallel && get_num_threads() > 1 && n_panels > 1 && M * N * K > (1 << 18)) {
     parallel_for(n_panels, task);
@@ -656,19 +657,21 @@ void cpu_isa_set(CpuIsa isa) {
 
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const float* bias,
-           bool bf16) {
+           bool bf16, const GemmBlockFn* epilogue) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     if (beta != 1.0f) scale_c(M, N, beta, C, ldc);
     if (bias)
       for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++) C[i * ldc + j] += bias[j];
+    if (epilogue) (*epilogue)(0, M, 0, N);
     return;
   }
   // Small products (attention's per-head matrices, batch-1 rows): packing costs more than it
   // saves, so they run unpacked, vectorised over N. The bias case keeps the packed path.
   if (!bias && M * N * K <= SMALL_GEMM_MAX && (!transB || K * N <= 65536)) {
     unpacked_product(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    if (epilogue) (*epilogue)(0, M, 0, N);
     return;
   }
   // beta other than 0 or 1: scale once, then accumulate.
@@ -704,12 +707,13 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
       for (int64_t i = lo; i < hi; i++)
         for (const Buffer& part : parts)
           for (int64_t j = 0; j < N; j++) C[i * ldc + j] += part.p[i * N + j];
+      if (epilogue) (*epilogue)(lo, hi, 0, N);
     });
     return;
   }
 
   if (direct_b) {
-    sgemm_direct_b(ker, transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, bias);
+    sgemm_direct_b(ker, transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, bias, epilogue);
     return;
   }
 
@@ -786,6 +790,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
             }
           }
         }
+        if (epilogue && s0 + ks == K) (*epilogue)(i0, i0 + mc, j0 + q0 * NR, j0 + std::min(nc, q1 * NR));
       };
       if (threads > 1 && m_blocks * n_split > 1 && M * nc * ks > (1 << 18)) {
         parallel_for(m_blocks * n_split, task);

@@ -4,6 +4,7 @@
 // accumulation. beta = 0 overwrites C (C may hold garbage); beta = 1 accumulates.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace duat {
@@ -19,6 +20,11 @@ void cpu_isa_set(CpuIsa isa);
 // Whether the CPU has AVX512_BF16 (vdpbf16ps) besides the AVX-512 kernels.
 bool cpu_has_bf16();
 
+// An epilogue over finished blocks of C: called once for each block of rows [i0, i1) and columns
+// [j0, j1) whose sums are complete (every block of C exactly once), on the thread that computed
+// it, while the block is still in cache.
+using GemmBlockFn = std::function<void(int64_t i0, int64_t i1, int64_t j0, int64_t j1)>;
+
 // parallel = false keeps the product on the calling thread (for callers that already split
 // work over the pool). bias (length N, optional) is added to every row of C in the same pass:
 // C = alpha * op(A) op(B) + beta * C + bias. bf16: the packed path rounds A and B to bf16 and
@@ -26,7 +32,7 @@ bool cpu_has_bf16();
 // small products and those of few rows stay fp32).
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel = true,
-           const float* bias = nullptr, bool bf16 = false);
+           const float* bias = nullptr, bool bf16 = false, const GemmBlockFn* epilogue = nullptr);
 
 // A small product on the calling thread (attention's per-head matrices, for callers that share
 // work out over the pool themselves): C = alpha * op(A) op(B) + beta * C. With the AVX-512

@@ -49,6 +49,8 @@ constexpr int64_t ELEM_GRAIN = 1 << 15;  // elements per task below which thread
 // One entry per instruction set, indexed by CpuIsa.
 struct RowKernels {
   void (*gelu_fwd_range)(const float*, float*, int64_t);
+  void (*gelu_fwd_beta_range)(const float*, float*, int64_t, float);
+  void (*stage_combine_range)(float*, const float*, const float*, const float*, int64_t, int64_t, float, float, int64_t);
   void (*gelu_bwd_range)(const float*, const float*, float*, int64_t);
   void (*gelu_bwd_set_range)(const float*, const float*, float*, int64_t);
   void (*softmax_row)(const float*, float*, int64_t);
@@ -75,15 +77,15 @@ namespace isa_avx512 = isa_generic;
 // The AVX-512 entry's small_gemm is not used by sgemm, which has a register-blocked AVX-512
 // kernel of its own (gemm.cpp); it stays for a uniform table.
 const RowKernels ROW_KERNELS[] = {
-    {isa_generic::gelu_fwd_range, isa_generic::gelu_bwd_range, isa_generic::gelu_bwd_set_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row, isa_generic::softmax_bwd_set_row,
+    {isa_generic::gelu_fwd_range, isa_generic::gelu_fwd_beta_range, isa_generic::stage_combine_range, isa_generic::gelu_bwd_range, isa_generic::gelu_bwd_set_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row, isa_generic::softmax_bwd_set_row,
      isa_generic::softmax_lse_row, isa_generic::exp_row, isa_generic::log_softmax_row,
      isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row, isa_generic::small_gemm,
      isa_generic::accumulate_f64, isa_generic::sum_squares_f64, isa_generic::adamw_range},
-    {isa_avx2::gelu_fwd_range, isa_avx2::gelu_bwd_range, isa_avx2::gelu_bwd_set_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row, isa_avx2::softmax_bwd_set_row,
+    {isa_avx2::gelu_fwd_range, isa_avx2::gelu_fwd_beta_range, isa_avx2::stage_combine_range, isa_avx2::gelu_bwd_range, isa_avx2::gelu_bwd_set_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row, isa_avx2::softmax_bwd_set_row,
      isa_avx2::softmax_lse_row, isa_avx2::exp_row, isa_avx2::log_softmax_row,
      isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row, isa_avx2::small_gemm,
      isa_avx2::accumulate_f64, isa_avx2::sum_squares_f64, isa_avx2::adamw_range},
-    {isa_avx512::gelu_fwd_range, isa_avx512::gelu_bwd_range, isa_avx512::gelu_bwd_set_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row, isa_avx512::softmax_bwd_set_row,
+    {isa_avx512::gelu_fwd_range, isa_avx512::gelu_fwd_beta_range, isa_avx512::stage_combine_range, isa_avx512::gelu_bwd_range, isa_avx512::gelu_bwd_set_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row, isa_avx512::softmax_bwd_set_row,
      isa_avx512::softmax_lse_row, isa_avx512::exp_row, isa_avx512::log_softmax_row,
      isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row, isa_avx512::small_gemm,
      isa_avx512::accumulate_f64, isa_avx512::sum_squares_f64, isa_avx512::adamw_range},
@@ -161,7 +163,15 @@ void layernorm_backward_cpu(const float* x, const float* w, const float* mean, c
   }
 }
 
-void gelu_forward_range_cpu(const float* x, float* y, int64_t n) { rk().gelu_fwd_range(x, y, n); }
+void gelu_forward_range_cpu(const float* x, float* y, int64_t n, float beta) {
+  if (beta == 0.0f) rk().gelu_fwd_range(x, y, n);
+  else rk().gelu_fwd_beta_range(x, y, n, beta);
+}
+
+void stage_combine_range_cpu(float* c, const float* v, const float* r, const float* extra, int64_t nsum, int64_t stride,
+                             float scale, float beta, int64_t n) {
+  rk().stage_combine_range(c, v, r, extra, nsum, stride, scale, beta, n);
+}
 
 void gelu_backward_range_cpu(const float* x, const float* dy, float* dx, int64_t n, bool accumulate) {
   if (accumulate) rk().gelu_bwd_range(x, dy, dx, n);

@@ -29,11 +29,15 @@ void softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t ro
 // y = softmax(x), returning the row's log-sum-exp; y = exp(x - shift); dx = y * (dy - sum(dy * y))
 // (written, not accumulated: dx may be dy).
 float softmax_lse_row_cpu(const float* x, float* y, int64_t n);
-// y = gelu(x); dx (+)= dy * gelu'(x) (n elements); one LayerNorm row forward, and its dx (+=).
-void gelu_forward_range_cpu(const float* x, float* y, int64_t n);
+// y = gelu(x) (+ beta * y); dx (+)= dy * gelu'(x) (n elements); one LayerNorm row forward, and its dx (+=).
+void gelu_forward_range_cpu(const float* x, float* y, int64_t n, float beta = 0.0f);
 void gelu_backward_range_cpu(const float* x, const float* dy, float* dx, int64_t n, bool accumulate);
 void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t C,
                        float eps);
+// One row of the stage epilogue: c = x + scale * (v + sum_j extra[j * stride]) with x = r
+// (dm::stage_combine), plus beta * c when beta is not 0; c may be v.
+void stage_combine_range_cpu(float* c, const float* v, const float* r, const float* extra, int64_t nsum, int64_t stride,
+                             float scale, float beta, int64_t n);
 void layernorm_backward_row_cpu(const float* x, const float* w, float mean, float rstd, const float* dy, float* dx,
                                 int64_t C);
 void exp_row_cpu(const float* x, float* y, float shift, int64_t n);
