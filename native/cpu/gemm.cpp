@@ -308,6 +308,30 @@ __attribute__((target("avx512f"))) void transpose_avx512(const float* src, int64
   }
 }
 
+
+// pack_b_panel for the 32-wide AVX-512 panels: a row-major op(B) row by row with masked 16-wide
+// copies; a transposed one (B's rows are op(B)'s columns) through 16 x 16 register transposes.
+__attribute__((target("avx512f"))) void pack_b_panel_avx512(bool trans, const float* B, int64_t ldb, int64_t p0,
+                                                            int64_t kc, int64_t j0, int64_t nc, int64_t q, float* out) {
+  constexpr int NR = 32;
+  const int64_t c0 = q * NR;
+  const int cols = static_cast<int>(std::min<int64_t>(NR, nc - c0));
+  float* dst = out + c0 * kc;
+  if (!trans) {
+    const __mmask16 m0 = static_cast<__mmask16>(cols >= 16 ? 0xFFFF : (1u << cols) - 1);
+    const __mmask16 m1 = static_cast<__mmask16>(cols >= 32 ? 0xFFFF : cols <= 16 ? 0 : (1u << (cols - 16)) - 1);
+    for (int64_t k = 0; k < kc; k++) {
+      const float* src = B + (p0 + k) * ldb + j0 + c0;
+      _mm512_storeu_ps(dst + k * NR, _mm512_maskz_loadu_ps(m0, src));
+      _mm512_storeu_ps(dst + k * NR + 16, _mm512_maskz_loadu_ps(m1, src + 16));
+    }
+    return;
+  }
+  transpose_avx512(B + (j0 + c0) * ldb + p0, ldb, cols, kc, dst, NR);
+  if (cols < NR)
+    for (int64_t k = 0; k < kc; k++)
+      for (int j = cols; j < NR; j++) dst[k * NR + j] = 0.0f;
+}
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
@@ -328,6 +352,7 @@ void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha
   small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 void transpose_avx512(const float*, int64_t, int64_t, int64_t, float*, int64_t) {}
+void pack_b_panel_avx512(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
 #endif  // __x86_64__
 
 const KernelInfo KERNELS[] = {
@@ -460,6 +485,7 @@ void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int
 // Packs op(B)[p0:p0+kc, j0:j0+nc] panel `q` (columns q*NR ..) into NR-wide rows.
 void pack_b_panel(bool trans, const float* B, int64_t ldb, int64_t p0, int64_t kc, int64_t j0, int64_t nc, int NR,
                   int64_t q, float* out) {
+  if (g_isa == CPU_ISA_AVX512 && NR == 32) return pack_b_panel_avx512(trans, B, ldb, p0, kc, j0, nc, q, out);
   const int64_t c0 = q * NR;
   const int cols = static_cast<int>(std::min<int64_t>(NR, nc - c0));
   float* dst = out + c0 * kc;
