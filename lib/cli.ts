@@ -517,7 +517,7 @@ const BENCH_FLAGS: Flag[] = [
   { name: 'grid', type: 'int', def: 0, help: 'total layers of an m-n grid to add (every m dividing it; 0: none)' },
   { name: 'size', type: 'string', def: 'tiny-mnist', help: `model size: ${BENCH_SIZES.join(', ')}` },
   { name: 'batch', type: 'int', def: 64, help: 'batch of training and of batched inference' },
-  { name: 'reps', type: 'int', def: 10, help: 'timed runs per measurement (after 3 warm-ups)' },
+  { name: 'reps', type: 'int', def: 10, help: 'timed runs per measurement (after 3 warm-ups and at least 1 s of them)' },
   { name: 'rounds', type: 'int', def: 3, help: 'interleaved rounds (each measures every runner of every row)' },
   { name: 'threads', type: 'int', def: 2, help: 'threads for every framework' },
   { name: 'torch-variants', type: 'string', def: 'eager,einsum,compile,eager+bf16,einsum+bf16,compile+bf16', help: 'PyTorch variants timed (the fastest of each row is compared with)' },

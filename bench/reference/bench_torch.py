@@ -147,9 +147,12 @@ def build(cfg, variant):
     return model, (torch.bfloat16 if precision == "bf16" else None)
 
 
-def timed(fn, reps, warmup):
-    for _ in range(warmup):
+def timed(fn, reps, warmup, warmup_seconds):
+    # Warm-up: at least `warmup` runs and `warmup_seconds` (lib/bench/timing.ts does the same).
+    start, runs = time.perf_counter(), 0
+    while runs < warmup or time.perf_counter() - start < warmup_seconds:
         fn()
+        runs += 1
     t = []
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -178,7 +181,7 @@ def bench_cmd(args):
             def run():
                 with torch.inference_mode(), autocast():
                     model(x)
-            out[f"infer_b{b}"] = timed(run, args.reps, args.warmup)
+            out[f"infer_b{b}"] = timed(run, args.reps, args.warmup, args.warmup_seconds)
     else:
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -191,7 +194,7 @@ def bench_cmd(args):
                 loss = F.cross_entropy(model(x), y)
             loss.backward()
             opt.step()
-        out[f"train_b{batch}"] = timed(step, args.reps, args.warmup)
+        out[f"train_b{batch}"] = timed(step, args.reps, args.warmup, args.warmup_seconds)
     out["seconds"] = time.perf_counter() - t0
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
@@ -226,6 +229,7 @@ if __name__ == "__main__":
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--warmup-seconds", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out")
     ap.add_argument("--model")

@@ -20,7 +20,7 @@ import * as path from 'path';
 
 import { backendInfo, cpuPeak, setNumThreads } from '../index';
 import { SIZES as MODEL_SIZES } from '../nn/ParaFormer';
-import { Timing, WorkerJob } from './timing';
+import { Timing, WARMUP_RUNS, WARMUP_SECONDS, WorkerJob } from './timing';
 
 export interface BenchOptions {
   layers: number[];
@@ -317,7 +317,7 @@ MLP ${SIZES[o.size].dim * SIZES[o.size].mlpRatio}, ${SIZES[o.size].imageSize} x 
 **Measured peak** (chains of independent FMAs on ${pk.threads} threads, \`duat.cpuPeak()\`): float32
 ${fmtPeak(pk.fp32)} GFLOP/s (AVX2 ${fmtPeak(pk.fp32Avx2)}, AVX-512 ${fmtPeak(pk.fp32Avx512)}), bf16 (vdpbf16ps) ${fmtPeak(pk.bf16)} GFLOP/s.
 
-Every measurement runs in a fresh process: ${o.reps} timed runs after 3 warm-ups, its median taken.
+Every measurement runs in a fresh process: ${o.reps} timed runs after ${WARMUP_RUNS} warm-ups and at least ${WARMUP_SECONDS} s of them, its median taken.
 The ${o.rounds} rounds are interleaved (each round times every runner of every row before the next
 starts); a cell is the median of the rounds' medians, the spread between rounds in brackets.
 PyTorch variants (bench/reference/bench_torch.py): **eager** (one module per branch, nn.Linear, SDPA,

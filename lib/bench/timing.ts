@@ -19,9 +19,16 @@ export interface Timing {
   max_ms: number;
 }
 
-/** Three warm-up runs, then `reps` timed ones: median, min and max in milliseconds. */
+/** Warm-up runs before timing: at least this many, and for at least WARMUP_SECONDS (the first
+ * runs of a fresh process are slow while code, caches and allocators warm; bench_torch.py
+ * warms PyTorch the same way). */
+export const WARMUP_RUNS = 3;
+export const WARMUP_SECONDS = 1;
+
+/** Warm-up (WARMUP_RUNS and WARMUP_SECONDS), then `reps` timed runs: median, min and max in milliseconds. */
 export async function timeRuns(fn: () => Promise<void> | void, reps: number): Promise<Timing> {
-  for (let i = 0; i < 3; i++) await fn();
+  const start = process.hrtime.bigint();
+  for (let i = 0; i < WARMUP_RUNS || Number(process.hrtime.bigint() - start) / 1e9 < WARMUP_SECONDS; i++) await fn();
   const t: number[] = [];
   for (let i = 0; i < reps; i++) {
     const t0 = process.hrtime.bigint();
