@@ -13,6 +13,14 @@
 
 namespace duat {
 
+// A kernel whose results must not depend on the instruction set opts out of FMA contraction
+// (GCC: the optimize attribute; clang: a pragma in the body).
+#if defined(__GNUC__) && !defined(__clang__)
+#define DUAT_NO_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define DUAT_NO_CONTRACT
+#endif
+
 namespace isa_generic {
 #include "row_kernels.inc"
 }  // namespace isa_generic
