@@ -57,10 +57,7 @@ class Pool {
     work();
     // The caller spins for the last workers too before it sleeps (a region's tasks end within
     // microseconds of each other; a futex sleep and wake-up would cost more).
-    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);
-    while (pending_.load(std::memory_order_acquire) != 0 && std::chrono::steady_clock::now() < spin_until) {
-      for (int i = 0; i < 16; i++) cpu_relax();
-    }
+    spin_while([&] { return pending_.load(std::memory_order_acquire) != 0; });
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
     fn_ = nullptr;
@@ -90,6 +87,14 @@ class Pool {
     workers_.clear();
   }
 
+  // Spins while `busy()` holds, for at most spin_ns_ (0 when oversubscribed).
+  template <typename Busy>
+  void spin_while(Busy busy) const {
+    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);
+    while (busy() && std::chrono::steady_clock::now() < spin_until)
+      for (int i = 0; i < 16; i++) cpu_relax();
+  }
+
   void work() {
     t_in_task = true;
     for (;;) {
@@ -109,10 +114,7 @@ class Pool {
   void loop(uint64_t seen) {
     for (;;) {
       // Spin briefly for the next region, then sleep.
-      const auto spin_until = std::chrono::steady_clock::now() + std::chrono::nanoseconds(spin_ns_);
-      while (generation_.load(std::memory_order_acquire) == seen && std::chrono::steady_clock::now() < spin_until) {
-        for (int i = 0; i < 64; i++) cpu_relax();
-      }
+      spin_while([&] { return generation_.load(std::memory_order_acquire) == seen; });
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [&] { return generation_.load() != seen; });

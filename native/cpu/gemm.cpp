@@ -308,7 +308,6 @@ __attribute__((target("avx512f"))) void transpose_avx512(const float* src, int64
   }
 }
 
-
 // pack_b_panel for the 32-wide AVX-512 panels: a row-major op(B) row by row with masked 16-wide
 // copies; a transposed one (B's rows are op(B)'s columns) through 16 x 16 register transposes.
 __attribute__((target("avx512f"))) void pack_b_panel_avx512(bool trans, const float* B, int64_t ldb, int64_t p0,
@@ -720,7 +719,10 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   const bool direct_b = !transB && M <= DIRECT_B_MAX_M && N >= NR;
   if (threads > 1 && ((K >= 1024 && (K > 4 * (M + N) || (N <= SPLIT_K_NARROW_N && K > M + N))) ||
                       (direct_b && K >= 512 && N < 16 * NR))) {
-    std::vector<Buffer> parts(static_cast<size_t>(threads - 1));
+    // The parts live with the calling thread and are reused (fresh ones per product cost page faults).
+    thread_local std::vector<Buffer> t_parts;
+    if (t_parts.size() < static_cast<size_t>(threads - 1)) t_parts.resize(static_cast<size_t>(threads - 1));
+    Buffer* parts = t_parts.data();
     parallel_for(threads, [&](int64_t t) {
       const int64_t k0 = K * t / threads, k1 = K * (t + 1) / threads;
       const float* a = transA ? A + k0 * lda : A + k0;
@@ -734,8 +736,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     });
     parallel_for_range(M, 16, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; i++)
-        for (const Buffer& part : parts)
-          for (int64_t j = 0; j < N; j++) C[i * ldc + j] += part.p[i * N + j];
+        for (int64_t t = 0; t < threads - 1; t++)
+          for (int64_t j = 0; j < N; j++) C[i * ldc + j] += parts[t].p[i * N + j];
       if (epilogue) (*epilogue)(lo, hi, 0, N);
     });
     return;
