@@ -102,8 +102,9 @@ void test_gemm_bf16() {
 }
 
 // Every layout (A or A^T, B or B^T) and beta of sgemm, or of sgemm_small (`small`), against a
-// double-precision reference; C's padding columns must stay untouched.
-void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t, 3>>& sizes) {
+// double-precision reference; C's padding columns must stay untouched. C's rows are ldc_min or
+// N + 2 floats apart, whichever is more.
+void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t, 3>>& sizes, int64_t ldc_min = 0) {
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   for (auto& s : sizes) {
@@ -111,7 +112,7 @@ void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t
     for (int ta = 0; ta < 2; ta++)
       for (int tb = 0; tb < 2; tb++)
         for (float beta : {0.0f, 1.0f, 0.5f}) {
-          const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+          const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = std::max(N + 2, ldc_min);
           std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C(M * ldc);
           for (auto& v : A) v = dist(rng);
           for (auto& v : B) v = dist(rng);
@@ -137,9 +138,9 @@ void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t
           for (int64_t i = 0; i < M; i++)
             for (int64_t j = N; j < ldc; j++) pad_ok = pad_ok && C[i * ldc + j] == C0[i * ldc + j];
           char name[160];
-          std::snprintf(name, sizeof name, "%s %s M=%lld N=%lld K=%lld ta=%d tb=%d beta=%g (err %.3g)",
-                        small ? "sgemm_small" : "sgemm", cpu_isa_name(isa), (long long)M, (long long)N, (long long)K, ta,
-                        tb, beta, worst);
+          std::snprintf(name, sizeof name, "%s %s M=%lld N=%lld K=%lld ldc=%lld ta=%d tb=%d beta=%g (err %.3g)",
+                        small ? "sgemm_small" : "sgemm", cpu_isa_name(isa), (long long)M, (long long)N, (long long)K,
+                        (long long)ldc, ta, tb, beta, worst);
           expect(worst < GEMM_TOL && pad_ok, name);
         }
   }
@@ -147,28 +148,36 @@ void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t
 
 void test_gemm(CpuIsa isa) {
   cpu_isa_set(isa);
-  // The last two shapes take the split-K path and the several-chunks-of-packed-B path; with a
-  // row-major B, up to 96 rows read B in place (a partial last panel packed), 97 pack it.
+  // The last two shapes take the split-K path and the several-chunks-of-packed-B path (and, A^T B,
+  // the transposed product: fewer rows than half the columns, long K); with a row-major B, up to
+  // 96 rows read B in place (a partial last panel packed), 97 pack it.
   check_products(isa, false, {{1, 1, 1}, {5, 7, 3}, {13, 33, 17}, {64, 64, 64}, {150, 70, 300}, {37, 129, 600},
                               {96, 70, 257}, {97, 64, 300}, {300, 5, 2}, {37, 50, 2000}, {20, 1100, 2100}});
+  // C's rows 4 KiB apart: the packed path sums its tiles in a buffer first (partial tiles, several
+  // K blocks).
+  check_products(isa, false, {{150, 70, 300}, {37, 129, 600}, {100, 1000, 64}}, 1024);
   // The unpacked products: every remainder of the 6-row and 64-column tiles, transposes of
   // partial 16 x 16 blocks, attention's head shapes (50 tokens, 65 tokens; head width 64).
   check_products(isa, true, {{1, 1, 1}, {5, 7, 3}, {13, 33, 17}, {50, 50, 64}, {50, 64, 50}, {65, 64, 65},
                              {11, 130, 19}, {4, 200, 33}, {3, 17, 70}});
   // The block epilogue: every element of C in exactly one finished block, after all of K, on
   // every path (unpacked, split K, B read in place with and without split K, packed in one and in
-  // several chunks of K, several column chunks).
+  // several chunks of K, several column chunks, tiles summed in a buffer, the transposed A^T B).
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  const int64_t epi_sizes[][3] = {{5, 7, 3}, {37, 50, 2000}, {20, 100, 600}, {50, 700, 192}, {150, 70, 300}, {100, 1100, 2100}, {100, 4200, 64}};
+  // M, N, K, A transposed (stored K x M)
+  const int64_t epi_sizes[][4] = {{5, 7, 3, 0},       {37, 50, 2000, 0},   {20, 100, 600, 0},  {50, 700, 192, 0},
+                                  {150, 70, 300, 0},  {100, 1100, 2100, 0}, {100, 4200, 64, 0}, {150, 1024, 300, 0},
+                                  {40, 1100, 1100, 1}};
   for (auto& sz : epi_sizes) {
     const int64_t M = sz[0], N = sz[1], K = sz[2];
+    const bool ta = sz[3] != 0;
     std::vector<float> A(M * K), B(K * N), C(M * N), ref(M * N, 0.0f);
     for (auto& v : A) v = dist(rng);
     for (auto& v : B) v = dist(rng);
     for (int64_t i = 0; i < M; i++)
       for (int64_t k = 0; k < K; k++)
-        for (int64_t j = 0; j < N; j++) ref[i * N + j] += A[i * K + k] * B[k * N + j];
+        for (int64_t j = 0; j < N; j++) ref[i * N + j] += (ta ? A[k * M + i] : A[i * K + k]) * B[k * N + j];
     std::vector<std::atomic<int>> seen(static_cast<size_t>(M * N));
     const GemmBlockFn block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
       for (int64_t i = i0; i < i1; i++)
@@ -177,7 +186,7 @@ void test_gemm(CpuIsa isa) {
           C[i * N + j] = 2.0f * C[i * N + j] + 1.0f;
         }
     };
-    sgemm(false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, C.data(), N, true, nullptr, false, &block);
+    sgemm(ta, false, M, N, K, 1.0f, A.data(), ta ? M : K, B.data(), N, 0.0f, C.data(), N, true, nullptr, false, &block);
     double worst = 0.0;
     bool once = true;
     for (int64_t e = 0; e < M * N; e++) {
@@ -185,8 +194,8 @@ void test_gemm(CpuIsa isa) {
       once = once && seen[e] == 1;
     }
     char name[160];
-    std::snprintf(name, sizeof name, "sgemm %s block epilogue M=%lld N=%lld K=%lld: each element once, after all of K (err %.3g)",
-                  cpu_isa_name(isa), (long long)M, (long long)N, (long long)K, worst);
+    std::snprintf(name, sizeof name, "sgemm %s block epilogue M=%lld N=%lld K=%lld ta=%d: each element once, after all of K (err %.3g)",
+                  cpu_isa_name(isa), (long long)M, (long long)N, (long long)K, ta ? 1 : 0, worst);
     expect(once && worst < 1e-3, name);
   }
 }
