@@ -193,6 +193,11 @@ class Backend {
   // ---- elementwise and reductions ----
   virtual void map(const MapArgs& a) = 0;
   virtual void reduce(const ReduceArgs& a) = 0;
+  // GELU's backward with its bias gradient, over `batch` contiguous blocks of rows x cols:
+  // dx = dy * gelu'(x) (written; dx may be dy) and db[b, c] (+)= sum over rows of dx[b, r, c].
+  // This default is the map and the reduction; a backend may fuse them into one pass.
+  virtual void gelu_backward_bias(const float* x, const float* dy, float* dx, float* db, int64_t batch,
+                                  int64_t rows, int64_t cols, bool accumulate);
   // out[r] = index of the largest of x[r, 0..cols) (NaN counts as largest), int32.
   virtual void argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t cols) = 0;
   // *out (float, written) = number of rows whose largest logit is the label's.

@@ -29,6 +29,23 @@ PrecisionScope::~PrecisionScope() { t_precision = prev_; }
 
 const char* device_name(Device device) { return device == DEVICE_CPU ? "cpu" : "cuda"; }
 
+void Backend::gelu_backward_bias(const float* x, const float* dy, float* dx, float* db, int64_t batch, int64_t rows,
+                                 int64_t cols, bool accumulate) {
+  MapArgs m;
+  m.op = MAP_GELU_GRAD;
+  m.nd = 1;
+  m.shape[0] = batch * rows * cols;
+  m.out = dx, m.a = x, m.b = dy;
+  m.out_strides[0] = m.a_strides[0] = m.b_strides[0] = 1;
+  map(m);
+  ReduceArgs r;
+  r.nd = 3;
+  const int64_t shape[3] = {batch, rows, cols}, in_s[3] = {rows * cols, cols, 1}, out_s[3] = {cols, 0, 1};
+  for (int d = 0; d < 3; d++) r.shape[d] = shape[d], r.in_strides[d] = in_s[d], r.out_strides[d] = out_s[d];
+  r.in = dx, r.out = db, r.accumulate = accumulate;
+  reduce(r);
+}
+
 Backend& backend(Device device) {
   if (device == DEVICE_CPU) return profiling() ? profiling_backend(cpu_backend()) : cpu_backend();
   if (g_test_device.load(std::memory_order_acquire)) return test_device_backend();

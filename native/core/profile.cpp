@@ -162,6 +162,12 @@ class ProfilingBackend final : public Backend {
     Scope s(PROFILE_ELEMENTWISE, 0, reduce_label(a));
     in_.reduce(a);
   }
+  void gelu_backward_bias(const float* x, const float* dy, float* dx, float* db, int64_t batch, int64_t rows,
+                          int64_t cols, bool accumulate) override {
+    Scope s(PROFILE_GELU, 0,
+            "gelu_backward_bias " + std::to_string(batch) + "x" + std::to_string(rows) + "x" + std::to_string(cols));
+    in_.gelu_backward_bias(x, dy, dx, db, batch, rows, cols, accumulate);
+  }
   void argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t cols) override {
     Scope s(PROFILE_ELEMENTWISE, 0, "argmax_rows");
     in_.argmax_rows(x, out, rows, cols);

@@ -370,6 +370,39 @@ void CpuBackend::reduce(const ReduceArgs& r) {
   });
 }
 
+// GELU's gradient and its bias sums in one pass: tasks over blocks of rows (a fixed number, so
+// the sums do not depend on the thread count), each streaming its rows and keeping fp64 column
+// sums (as reduce does) in cache; the blocks' sums are then added in order.
+void CpuBackend::gelu_backward_bias(const float* x, const float* dy, float* dx, float* db, int64_t batch,
+                                    int64_t rows, int64_t cols, bool accumulate) {
+  constexpr int64_t ROWS = 64;
+  const int64_t blocks = (rows + ROWS - 1) / ROWS;
+  const Tensor part_buf = empty({std::max<int64_t>(batch * blocks * cols, 1) * 2});
+  double* part = reinterpret_cast<double*>(part_buf->f32());
+  auto task = [&](int64_t t) {
+    const int64_t b = t / blocks, r0 = t % blocks * ROWS, r1 = std::min(rows, r0 + ROWS);
+    double* sums = part + t * cols;
+    std::fill(sums, sums + cols, 0.0);
+    for (int64_t r = r0; r < r1; r++) {
+      const int64_t off = (b * rows + r) * cols;
+      gelu_backward_range_cpu(x + off, dy + off, dx + off, cols, false);
+      accumulate_f64_cpu(dx + off, sums, cols);
+    }
+  };
+  if (batch * rows * cols < ELEM_GRAIN || get_num_threads() == 1) {
+    for (int64_t t = 0; t < batch * blocks; t++) task(t);
+  } else {
+    parallel_for(batch * blocks, task);
+  }
+  for (int64_t b = 0; b < batch; b++)
+    for (int64_t c = 0; c < cols; c++) {
+      double s = 0.0;
+      for (int64_t k = 0; k < blocks; k++) s += part[(b * blocks + k) * cols + c];
+      float& o = db[b * cols + c];
+      o = accumulate ? o + static_cast<float>(s) : static_cast<float>(s);
+    }
+}
+
 // ================================ rows =========================================================
 void CpuBackend::argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t cols) {
   parallel_for_range(rows, std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(cols, 1)), [&](int64_t lo, int64_t hi) {

@@ -24,6 +24,8 @@ class CpuBackend : public Backend {
   void argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t cols) override;
   void count_correct(const float* logits, const int32_t* labels, float* out, int64_t B, int64_t K) override;
   void softmax_forward(const float* x, float* y, int64_t rows, int64_t cols, bool log) override;
+  void gelu_backward_bias(const float* x, const float* dy, float* dx, float* db, int64_t batch, int64_t rows,
+                          int64_t cols, bool accumulate) override;
   void softmax_backward(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols, bool log) override;
   void layernorm_forward(const LayerNormArgs& a) override;
   void layernorm_backward(const LayerNormGradArgs& a) override;

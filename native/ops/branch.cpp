@@ -6,6 +6,7 @@
 // ("interleaved": branch n at columns n*O) or (N, R, O). Backward ACCUMULATES into every input's
 // gradient; the products write straight into the gradient buffers, which are laid out like their
 // inputs (autograd.h), so interleaved gradients need no copies either.
+#include <array>
 #include <string>
 
 #include "matrix.h"
@@ -24,6 +25,14 @@ Tensor empty_interleaved(int64_t N, int64_t R, int64_t O, Device dev) {
 bool is_interleaved(const Tensor& t) {
   const int64_t N = t->shape[0], R = t->shape[1], O = t->shape[2];
   return (O == 1 || t->strides[2] == 1) && (R == 1 || t->strides[1] == N * O) && (N == 1 || t->strides[0] == O);
+}
+
+// The blocks of rows an (N, R, O) activation is stored as, {batch, rows, cols}: {1, R, N*O}
+// interleaved, {N, R, O} contiguous; {0, 0, 0} when it is neither.
+std::array<int64_t, 3> row_blocks(const Tensor& t) {
+  if (is_interleaved(t)) return {1, t->shape[1], t->shape[0] * t->shape[2]};
+  if (t->is_contiguous()) return {t->shape[0], t->shape[1], t->shape[2]};
+  return {0, 0, 0};
 }
 
 Tensor empty_like_output(const Tensor& out) {
@@ -125,7 +134,33 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     // The gradient before the activation, laid out like the output (over dout itself when the
     // walk lets it go: the largest buffer of a stage's backward is not needed twice).
     Tensor dpre = gelu ? grads.reusable(dout) : dout;
-    if (gelu) launch_map(MAP_GELU_GRAD, dpre, spre, dout);
+    const bool want_w = grads.needs(1) || (folded && (grads.needs(3) || grads.needs(4)));
+    const bool want_b = grads.needs(2) || (folded && (grads.needs(3) || grads.needs(4)));
+    // db'_n(o) = sum_r dpre_n(r, o): computed with GELU's gradient in one pass when dpre, the
+    // pre-activation and dout share a dense layout and db is contiguous; else reduced from dpre.
+    const Tensor dbf = folded && (want_w || want_b) ? empty({N, O}, DTYPE_F32, dev) : nullptr;
+    const auto blocks = row_blocks(spre ? spre : dout);
+    const bool fuse = gelu && want_b && blocks[0] > 0 && row_blocks(dout) == blocks && row_blocks(dpre) == blocks;
+    bool bias_done = false;
+    auto bias_sum = [&](const Tensor& db, bool acc) {
+      if (fuse && db->is_contiguous()) {
+        be.gelu_backward_bias(spre->ptr_f32(), dout->ptr_f32(), dpre->ptr_f32(), db->ptr_f32(), blocks[0], blocks[1],
+                              blocks[2], acc);
+        return;
+      }
+      if (fuse) launch_map(MAP_GELU_GRAD, dpre, spre, dout);
+      launch_reduce(make_view(db, {N, 1, O}, {db->strides[0], 0, db->strides[1]}, db->offset), dpre, 1.0f, acc);
+    };
+    if (fuse) {
+      if (folded) {
+        bias_sum(dbf, false);
+      } else {
+        grads.into(2, bias_sum);
+      }
+      bias_done = true;
+    } else if (gelu) {
+      launch_map(MAP_GELU_GRAD, dpre, spre, dout);
+    }
     if (grads.needs(0)) {
       if (shared) {
         // dx(r, c) = sum over (n, o) of dpre_n(r, o) W'_n(o, c): one product of inner size N*O.
@@ -148,8 +183,6 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
         gemm_into_grad(grads, 0, d, false, dev);
       }
     }
-    const bool want_w = grads.needs(1) || (folded && (grads.needs(3) || grads.needs(4)));
-    const bool want_b = grads.needs(2) || (folded && (grads.needs(3) || grads.needs(4)));
     if (!want_w && !want_b) return;
     // dW'_n(o, c) = sum_r dpre_n(r, o) x_n(r, c), batched; db'_n(o) = sum_r dpre_n(r, o).
     Mat sxm;
@@ -158,18 +191,15 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     d.M = gemm_dim(O, op), d.N = gemm_dim(C, op), d.K = g.M, d.batch = gemm_dim(N, op);
     d.A = dpre->ptr_f32(), d.a_m = 1, d.a_k = dpre->strides[1], d.a_batch = dpre->strides[0];
     d.B = sxm.p, d.b_n = sxm.s_c, d.b_k = sxm.s_r, d.b_batch = shared ? 0 : sxm.s_z;
-    auto bias_sum = [&](const Tensor& db, bool acc) {
-      launch_reduce(make_view(db, {N, 1, O}, {db->strides[0], 0, db->strides[1]}, db->offset), dpre, 1.0f, acc);
-    };
     if (!folded) {
       if (grads.needs(1)) gemm_into_grad(grads, 1, d, false, dev);
-      if (grads.needs(2)) grads.into(2, bias_sum);
+      if (grads.needs(2) && !bias_done) grads.into(2, bias_sum);
       return;
     }
-    const Tensor dwf = empty({N, O, C}, DTYPE_F32, dev), dbf = empty({N, O}, DTYPE_F32, dev);
+    const Tensor dwf = empty({N, O, C}, DTYPE_F32, dev);
     d.C = dwf->ptr_f32(), d.c_m = C, d.c_batch = O * C;
     be.gemm(d);
-    bias_sum(dbf, false);
+    if (!bias_done) bias_sum(dbf, false);
     // Through the fold: every output written, into fresh gradient buffers or temporaries.
     WriteTarget tw = write_target(grads, 1, {N, O, C}, dev), tb = write_target(grads, 2, has_bias ? Shape{N, O} : Shape{}, dev);
     WriteTarget tg = write_target(grads, 3, {N, C}, dev), tbeta = write_target(grads, 4, {N, C}, dev);

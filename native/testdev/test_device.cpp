@@ -42,6 +42,10 @@ class TestDevice : public CpuBackend {
   }
   void map(const MapArgs& a) override { count(), CpuBackend::map(a); }
   void reduce(const ReduceArgs& a) override { count(), CpuBackend::reduce(a); }
+  void gelu_backward_bias(const float* x, const float* dy, float* dx, float* db, int64_t batch, int64_t rows,
+                          int64_t cols, bool accumulate) override {
+    count(), CpuBackend::gelu_backward_bias(x, dy, dx, db, batch, rows, cols, accumulate);
+  }
   void argmax_rows(const float* x, int32_t* out, int64_t rows, int64_t cols) override {
     count(), CpuBackend::argmax_rows(x, out, rows, cols);
   }

@@ -293,6 +293,49 @@ void test_gelu_backward_in_place() {
                                      std::to_string(grew / out_bytes) + " output sizes at the peak)");
 }
 
+// GELU's backward with its bias sums: the CPU's one pass and the Backend default (the map and
+// the reduction, which the CUDA backend runs) against a double-precision reference, written and
+// accumulated, in place over dy too; runs of columns cut at 256 with a partial last one.
+void test_gelu_backward_bias() {
+  const int64_t B = 2, R = 70, C = 300;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist(0.0f, 1.5f);
+  std::vector<float> x(B * R * C), dy(B * R * C), db0(B * C);
+  for (auto& v : x) v = dist(rng);
+  for (auto& v : dy) v = dist(rng);
+  for (auto& v : db0) v = dist(rng);
+  for (int way = 0; way < 2; way++)
+    for (bool acc : {false, true})
+      for (bool in_place : {false, true}) {
+        std::vector<float> dyc(dy), dx(B * R * C, NAN), db(db0);
+        float* out = in_place ? dyc.data() : dx.data();
+        Backend& be = cpu_backend();
+        if (way == 0) {
+          be.gelu_backward_bias(x.data(), dyc.data(), out, db.data(), B, R, C, acc);
+        } else {
+          be.Backend::gelu_backward_bias(x.data(), dyc.data(), out, db.data(), B, R, C, acc);
+        }
+        double worst_dx = 0.0, worst_db = 0.0;
+        for (int64_t b = 0; b < B; b++)
+          for (int64_t c = 0; c < C; c++) {
+            double sum = 0.0;
+            for (int64_t r = 0; r < R; r++) {
+              const int64_t e = (b * R + r) * C + c;
+              const double xe = x[e], grad = 0.5 * (1.0 + std::erf(xe / std::sqrt(2.0))) +
+                                            xe * std::exp(-0.5 * xe * xe) / std::sqrt(2.0 * M_PI);
+              sum += dy[e] * grad;
+              worst_dx = std::max(worst_dx, std::fabs(out[e] - dy[e] * grad));
+            }
+            const double ref = (acc ? db0[b * C + c] : 0.0) + sum;
+            worst_db = std::max(worst_db, std::fabs(db[b * C + c] - ref));
+          }
+        expect(worst_dx < 1e-5 && worst_db < 1e-4,
+               std::string("gelu_backward_bias ") + (way == 0 ? "CPU one pass" : "Backend default") +
+                   (acc ? " accumulating" : " writing") + (in_place ? " over dy" : "") + " (dx err " +
+                   std::to_string(worst_dx) + ", db err " + std::to_string(worst_db) + ")");
+      }
+}
+
 void test_pool() {
   std::vector<int> hits(1000, 0);
   parallel_for(1000, [&](int64_t i) { hits[i]++; });
@@ -704,6 +747,7 @@ int main() {
   test_pool_resize();
   test_backward_frees_as_it_goes();
   test_gelu_backward_in_place();
+  test_gelu_backward_bias();
   test_memory();
   test_device_math();
   test_strided_offsets();
