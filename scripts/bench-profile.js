@@ -18,6 +18,10 @@ function arg(name, def) {
 }
 const steps = Number(arg('steps', 10)), threads = Number(arg('threads', 2)), out = arg('out', path.join(__dirname, '..', 'bench', 'results'));
 const SIZE = { dim: 192, heads: 3, mlpRatio: 4, patchSize: 4, imageSize: 28, channels: 1, classes: 10 };
+// Steps run on libuv's worker threads in turn, and each keeps its own scratch for the products
+// (native/cpu/gemm.cpp): every one of them runs a step before the profile, or its first-touch
+// page faults would be counted as the steady state's.
+const WARMUPS = Number(process.env.UV_THREADPOOL_SIZE || 4) + 2;
 const MODELS = [['Para-Former-1-4', 1, 4], ['ViT-4', 4, 1]];
 const FAMILIES = ['products', 'attention', 'norms', 'gelu', 'softmax', 'elementwise', 'copies', 'allocation', 'optimizer'];
 
@@ -28,7 +32,7 @@ async function profileCase(model, mode, batch) {
   const once = mode === 'train'
     ? () => model.trainStep(x, y, { optimizer: opt })
     : () => duat.noGrad(() => duat.tidy(() => void model.forward(x).toArray()));
-  for (let i = 0; i < 3; i++) await once();
+  for (let i = 0; i < WARMUPS; i++) await once();
   const { report } = await duat.profile(async () => {
     for (let i = 0; i < steps; i++) await once();
   });
@@ -80,7 +84,7 @@ function markdown(cases, peak, commit) {
   });
   return `# Where the CPU step's time goes
 
-Command: \`npm run bench:profile\` (scripts/bench-profile.js), ${steps} steps after 3 warm-ups, ${threads} threads;
+Command: \`npm run bench:profile\` (scripts/bench-profile.js), ${steps} steps after ${WARMUPS} warm-ups, ${threads} threads;
 commit ${commit}; ${new Date().toISOString().slice(0, 10)}; ${os.cpus()[0]?.model ?? 'unknown CPU'}.
 Model: ViT-Ti width (192, 3 heads, MLP 768) on 28 x 28 x 1 images, patch 4 (50 tokens); AdamW.
 Measured peak (\`duat.cpuPeak()\`): float32 ${peak.fp32.toFixed(0)} GFLOP/s, bf16 ${peak.bf16 === null ? 'n/a' : peak.bf16.toFixed(0)} GFLOP/s on ${peak.threads} threads.

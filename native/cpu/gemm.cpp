@@ -483,6 +483,10 @@ constexpr int64_t DIRECT_B_ROWS_MAX_PANELS = 16;
 struct Buffer {
   float* p = nullptr;
   size_t n = 0;
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;  // a copy would free the block its original still holds
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : p(std::exchange(o.p, nullptr)), n(std::exchange(o.n, 0)) {}
   ~Buffer() { std::free(p); }
   float* get(size_t count) {
     if (count > n) {

@@ -259,6 +259,32 @@ void test_autograd_fanout() {
 // The walk frees what it passes: when the backward of the first op of a chain runs, the later
 // ops' activations and saved tensors are gone (a walk that held them to the end kept a whole
 // model's activations alive through backward).
+// Split-K products keep one partial C per extra thread with the calling thread; a pool grown
+// between products adds parts without losing the ones it has (they once were copied shallowly
+// and freed, so two threads summed into one block).
+void test_split_k_parts_across_pool_sizes() {
+  const int64_t M = 37, N = 50, K = 2000;  // split K: a narrow C, a long K
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<float> A(M * K), B(K * N), ref(M * N, 0.0f);
+  for (auto& v : A) v = dist(rng);
+  for (auto& v : B) v = dist(rng);
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t k = 0; k < K; k++)
+      for (int64_t j = 0; j < N; j++) ref[i * N + j] += A[i * K + k] * B[k * N + j];
+  double worst = 0.0;
+  for (int threads : {2, 3, 4, 6, 3}) {
+    set_num_threads(threads);
+    for (int rep = 0; rep < 2; rep++) {
+      std::vector<float> C(M * N, NAN);
+      sgemm(false, false, M, N, K, 1.0f, A.data(), K, B.data(), N, 0.0f, C.data(), N);
+      for (int64_t e = 0; e < M * N; e++) worst = std::max(worst, std::fabs(static_cast<double>(C[e]) - ref[e]));
+    }
+  }
+  set_num_threads(0);
+  expect(worst < 1e-3, "split-K products on a pool grown from 2 to 6 threads (err " + std::to_string(worst) + ")");
+}
+
 void test_backward_frees_as_it_goes() {
   const Tensor x = randn({1 << 18}, 5, 0.0f, 1.0f);  // 1 MiB
   x->requires_grad = true;
@@ -745,6 +771,7 @@ int main() {
   test_autograd_fanout();
   test_pool();
   test_pool_resize();
+  test_split_k_parts_across_pool_sizes();
   test_backward_frees_as_it_goes();
   test_gelu_backward_in_place();
   test_gelu_backward_bias();
