@@ -138,7 +138,7 @@ Napi::Value js_to_array(Info info) {
 Napi::Value js_item(Info info) {
   return guard(info, [&]() -> Napi::Value {
     Tensor t = arg_tensor(info, 0, "tensor");
-    check(t->numel() == 1, ERROR_SHAPE, "item: the tensor has " + std::to_string(t->numel()) + " elements, not one");
+    DUAT_CHECK(t->numel() == 1, ERROR_SHAPE, "item: the tensor has " + std::to_string(t->numel()) + " elements, not one");
     t = to_device(t, DEVICE_CPU);
     const double v = t->dtype == DTYPE_F32 ? static_cast<double>(*t->f32()) : static_cast<double>(*t->i32());
     return Napi::Number::New(info.Env(), v);
@@ -157,8 +157,8 @@ Napi::Value js_set_requires_grad(Info info) {
   return guard(info, [&]() -> Napi::Value {
     Tensor t = arg_tensor(info, 0, "tensor");
     const bool on = arg_bool(info, 1, "requiresGrad");
-    check(!t->grad_fn, ERROR_STATE, "requiresGrad can only be set on leaf tensors (this one was computed by an op)");
-    check(!on || t->dtype == DTYPE_F32, ERROR_DTYPE, "only float32 tensors can require gradients");
+    DUAT_CHECK(!t->grad_fn, ERROR_STATE, "requiresGrad can only be set on leaf tensors (this one was computed by an op)");
+    DUAT_CHECK(!on || t->dtype == DTYPE_F32, ERROR_DTYPE, "only float32 tensors can require gradients");
     t->requires_grad = on;
     return info.Env().Undefined();
   });
@@ -207,7 +207,7 @@ Napi::Value js_dispose(Info info) {
 Napi::Value js_copy_into(Info info) {
   return guard(info, [&]() -> Napi::Value {
     Tensor dst = arg_tensor(info, 0, "destination"), src = arg_tensor(info, 1, "source");
-    check(!dst->requires_grad || !grad_enabled() || !dst->grad_fn, ERROR_STATE, "copy into a computed tensor");
+    DUAT_CHECK(!dst->requires_grad || !grad_enabled() || !dst->grad_fn, ERROR_STATE, "copy into a computed tensor");
     copy_into(dst, src);
     return info.Env().Undefined();
   });

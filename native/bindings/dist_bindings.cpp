@@ -26,7 +26,7 @@ Napi::Value js_init(Info info) {
   return guard(info, [&]() -> Napi::Value {
     std::string library;
     if (info.Length() > 0 && !info[0].IsUndefined() && !info[0].IsNull()) {
-      check(info[0].IsString(), ERROR_ARGUMENT, "Expected a string for the MPI library path");
+      DUAT_CHECK(info[0].IsString(), ERROR_ARGUMENT, "Expected a string for the MPI library path");
       library = info[0].As<Napi::String>().Utf8Value();
     }
     return describe(info.Env(), &distributed_init_mpi(library));
@@ -52,13 +52,13 @@ Napi::Value js_info(Info info) {
 Napi::Value js_allreduce(Info info) {
   return guard(info, [&]() -> Napi::Value {
     Communicator& c = require_communicator("distributed.allreduce");
-    check(info.Length() > 0 && info[0].IsTypedArray(), ERROR_ARGUMENT, "allreduce: expected a Float32Array or Float64Array");
+    DUAT_CHECK(info.Length() > 0 && info[0].IsTypedArray(), ERROR_ARGUMENT, "allreduce: expected a Float32Array or Float64Array");
     Napi::TypedArray a = info[0].As<Napi::TypedArray>();
     if (a.TypedArrayType() == napi_float32_array) {
       Napi::Float32Array f = a.As<Napi::Float32Array>();
       c.allreduce_sum(f.Data(), static_cast<int64_t>(f.ElementLength()));
     } else {
-      check(a.TypedArrayType() == napi_float64_array, ERROR_ARGUMENT, "allreduce: expected a Float32Array or Float64Array");
+      DUAT_CHECK(a.TypedArrayType() == napi_float64_array, ERROR_ARGUMENT, "allreduce: expected a Float32Array or Float64Array");
       Napi::Float64Array f = a.As<Napi::Float64Array>();
       c.allreduce_sum(f.Data(), static_cast<int64_t>(f.ElementLength()));
     }
@@ -81,7 +81,7 @@ Napi::Value js_allreduce_tensor(Info info) {
 Napi::Value js_broadcast(Info info) {
   return guard(info, [&]() -> Napi::Value {
     Communicator& c = require_communicator("distributed.broadcast");
-    check(info.Length() > 0 && info[0].IsTypedArray(), ERROR_ARGUMENT, "broadcast: expected a typed array");
+    DUAT_CHECK(info.Length() > 0 && info[0].IsTypedArray(), ERROR_ARGUMENT, "broadcast: expected a typed array");
     Napi::TypedArray a = info[0].As<Napi::TypedArray>();
     const int root = static_cast<int>(arg_int(info, 1, "root", 0, c.size() - 1));
     c.broadcast(static_cast<uint8_t*>(a.ArrayBuffer().Data()) + a.ByteOffset(), static_cast<int64_t>(a.ByteLength()), root);

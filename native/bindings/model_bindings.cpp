@@ -44,7 +44,7 @@ ModelConfig arg_config(Info info, size_t i) {
   c.pre_norm = field_bool(o, "preNorm", false);
   c.patch_bias = field_bool(o, "patchBias", true);
   c.avg_pool = field_bool(o, "avgPool", false);
-  check(c.eps > 0.0f, ERROR_ARGUMENT, "model config: eps must be positive");
+  DUAT_CHECK(c.eps > 0.0f, ERROR_ARGUMENT, "model config: eps must be positive");
   check_model_config(c);
   return c;
 }
@@ -55,7 +55,7 @@ Precision arg_precision(Info info, size_t i) {
 
 template <typename T>
 std::shared_ptr<T> arg_ref(Info info, size_t i, const char* what) {
-  check(info.Length() > i && info[i].IsExternal(), ERROR_ARGUMENT,
+  DUAT_CHECK(info.Length() > i && info[i].IsExternal(), ERROR_ARGUMENT,
         std::string("Expected a native ") + what + " for argument " + std::to_string(i));
   return *info[i].As<Napi::External<std::shared_ptr<T>>>().Data();
 }
@@ -69,12 +69,12 @@ Napi::Value make_ref(Napi::Env env, std::shared_ptr<T> ref) {
 // Every group's options, as the JS optimizer holds them (validated there; re-checked here).
 std::vector<GroupOptions> arg_groups(Info info, size_t i) {
   Napi::Value v = info.Length() > i ? info[i] : info.Env().Undefined();
-  check(v.IsArray(), ERROR_ARGUMENT, "Expected an array of group options for argument " + std::to_string(i));
+  DUAT_CHECK(v.IsArray(), ERROR_ARGUMENT, "Expected an array of group options for argument " + std::to_string(i));
   Napi::Array a = v.As<Napi::Array>();
   std::vector<GroupOptions> out;
   for (uint32_t k = 0; k < a.Length(); k++) {
     Napi::Value e = a.Get(k);
-    check(e.IsObject(), ERROR_ARGUMENT, "group options " + std::to_string(k) + " is not an object");
+    DUAT_CHECK(e.IsObject(), ERROR_ARGUMENT, "group options " + std::to_string(k) + " is not an object");
     Napi::Object o = e.As<Napi::Object>();
     GroupOptions g;
     g.lr = field_number(o, "lr", g.lr);
@@ -218,7 +218,7 @@ class TrainStepWorker : public DuatWorker {
                   Tensor labels, StepOptions o)
       : DuatWorker(env), m_(std::move(m)), opt_(std::move(opt)), groups_(std::move(groups)), images_(images),
         labels_(labels), o_(o), lock_(std::make_unique<Model::Lock>(*m_, opt_ ? opt_->state_tensors() : std::vector<Tensor>{})) {
-    if (opt_) check(!opt_->busy.exchange(true), ERROR_STATE, "the optimizer is in the middle of a step; await it first");
+    if (opt_) DUAT_CHECK(!opt_->busy.exchange(true), ERROR_STATE, "the optimizer is in the middle of a step; await it first");
   }
 
  protected:
@@ -317,14 +317,14 @@ Napi::Value js_optimizer_create(Info info) {
   return guard(info, [&]() -> Napi::Value {
     const int64_t kind = arg_int(info, 0, "kind", OPTIMIZER_ADAMW, OPTIMIZER_SGD);
     std::vector<Tensor> params = arg_tensor_list(info, 1, "parameters");
-    check(info.Length() > 2 && info[2].IsArray() && info[2].As<Napi::Array>().Length() == params.size(), ERROR_ARGUMENT,
+    DUAT_CHECK(info.Length() > 2 && info[2].IsArray() && info[2].As<Napi::Array>().Length() == params.size(), ERROR_ARGUMENT,
           "Expected one group index per parameter");
     Napi::Array a = info[2].As<Napi::Array>();
     std::vector<int> group_of;
     for (uint32_t k = 0; k < a.Length(); k++) {
       Napi::Value e = a.Get(k);
       const double d = e.IsNumber() ? e.As<Napi::Number>().DoubleValue() : -1.0;
-      check(d >= 0 && d < (1 << 20) && d == static_cast<int>(d), ERROR_ARGUMENT, "group index " + std::to_string(k) + " is not valid");
+      DUAT_CHECK(d >= 0 && d < (1 << 20) && d == static_cast<int>(d), ERROR_ARGUMENT, "group index " + std::to_string(k) + " is not valid");
       group_of.push_back(static_cast<int>(d));
     }
     return make_ref(info.Env(), std::make_shared<Optimizer>(static_cast<OptimizerKind>(kind), std::move(params), group_of));
@@ -333,7 +333,7 @@ Napi::Value js_optimizer_create(Info info) {
 
 OptimizerRef idle_optimizer(Info info, size_t i) {
   OptimizerRef opt = arg_ref<Optimizer>(info, i, "optimizer");
-  check(!opt->busy.load(), ERROR_STATE, "the optimizer is in the middle of a training step; await it first");
+  DUAT_CHECK(!opt->busy.load(), ERROR_STATE, "the optimizer is in the middle of a training step; await it first");
   for (const Tensor& p : opt->params()) check_not_busy(p, "a parameter of the optimizer");
   return opt;
 }
@@ -349,7 +349,7 @@ Napi::Value js_optimizer_steps(Info info) {
   return guard(info, [&]() -> Napi::Value {
     OptimizerRef opt = arg_ref<Optimizer>(info, 0, "optimizer");
     if (info.Length() > 1 && !info[1].IsUndefined()) {
-      check(!opt->busy.load(), ERROR_STATE, "the optimizer is in the middle of a training step; await it first");
+      DUAT_CHECK(!opt->busy.load(), ERROR_STATE, "the optimizer is in the middle of a training step; await it first");
       opt->set_steps(arg_int(info, 1, "steps", 0, int64_t{1} << 50));
     }
     return Napi::Number::New(info.Env(), static_cast<double>(opt->steps()));
@@ -390,13 +390,13 @@ Napi::Value js_optimizer_set_state(Info info) {
     s.b = arg_tensor_or_null(info, 3, "state b");
     s.step = arg_int(info, 4, "step", 0, int64_t{1} << 50);
     if (info.Length() > 5 && !info[5].IsNull() && !info[5].IsUndefined()) {
-      check(info[5].IsArray(), ERROR_ARGUMENT, "Expected an array of row step counts (or null) for argument 5");
+      DUAT_CHECK(info[5].IsArray(), ERROR_ARGUMENT, "Expected an array of row step counts (or null) for argument 5");
       Napi::Array rows = info[5].As<Napi::Array>();
       for (uint32_t r = 0; r < rows.Length(); r++) {
         Napi::Value v = rows.Get(r);
-        check(v.IsNumber(), ERROR_ARGUMENT, "row step count " + std::to_string(r) + " is not a number");
+        DUAT_CHECK(v.IsNumber(), ERROR_ARGUMENT, "row step count " + std::to_string(r) + " is not a number");
         const double d = v.As<Napi::Number>().DoubleValue();
-        check(d >= 0 && d <= 1e15 && d == static_cast<double>(static_cast<int64_t>(d)), ERROR_ARGUMENT,
+        DUAT_CHECK(d >= 0 && d <= 1e15 && d == static_cast<double>(static_cast<int64_t>(d)), ERROR_ARGUMENT,
               "row step count " + std::to_string(r) + " is not a count");
         s.row_steps.push_back(static_cast<int64_t>(d));
       }

@@ -44,7 +44,7 @@ Walk coalesce(Walk w) {
       s.erase(s.begin() + static_cast<std::ptrdiff_t>(d));
     }
   }
-  check(out.shape.size() <= static_cast<size_t>(MAX_DIMS), ERROR_SHAPE,
+  DUAT_CHECK(out.shape.size() <= static_cast<size_t>(MAX_DIMS), ERROR_SHAPE,
         "tensors of more than " + std::to_string(MAX_DIMS) + " dimensions are not supported");
   return out;
 }
@@ -130,7 +130,7 @@ bool TensorImpl::is_contiguous() const {
 
 namespace {
 void check_host(const TensorImpl& t) {
-  check(t.device == DEVICE_CPU, ERROR_DEVICE,
+  DUAT_CHECK(t.device == DEVICE_CPU, ERROR_DEVICE,
         std::string("host access to a tensor on ") + device_name(t.device) + ": copy it to the CPU first (to('cpu'))");
 }
 }  // namespace
@@ -146,12 +146,12 @@ int32_t* TensorImpl::i32() const {
 }
 
 float* TensorImpl::ptr_f32() const {
-  check(dtype == DTYPE_F32, ERROR_DTYPE, "expected a float32 tensor but got int32");
+  DUAT_CHECK(dtype == DTYPE_F32, ERROR_DTYPE, "expected a float32 tensor but got int32");
   return static_cast<float*>(storage->data) + offset;
 }
 
 int32_t* TensorImpl::ptr_i32() const {
-  check(dtype == DTYPE_I32, ERROR_DTYPE, "expected an int32 tensor but got float32");
+  DUAT_CHECK(dtype == DTYPE_I32, ERROR_DTYPE, "expected an int32 tensor but got float32");
   return static_cast<int32_t*>(storage->data) + offset;
 }
 
@@ -293,8 +293,8 @@ void launch_reduce(const Tensor& out, const Tensor& in, float scale, bool accumu
 }
 
 void copy_into(const Tensor& dst, const Tensor& src) {
-  check(dst->shape == src->shape, ERROR_SHAPE, "copy between shapes " + shape_str(dst->shape) + " and " + shape_str(src->shape));
-  check(dst->dtype == src->dtype, ERROR_DTYPE, "copy between different dtypes");
+  DUAT_CHECK(dst->shape == src->shape, ERROR_SHAPE, "copy between shapes " + shape_str(dst->shape) + " and " + shape_str(src->shape));
+  DUAT_CHECK(dst->dtype == src->dtype, ERROR_DTYPE, "copy between different dtypes");
   mark_written(dst);
   if (dst->numel() == 0) return;
   if (dst->device == src->device) {
@@ -335,7 +335,7 @@ void move_storage(const Tensor& t, Device device) {
 }
 
 void add_into(const Tensor& dst, const Tensor& src) {
-  check(dst->shape == src->shape, ERROR_SHAPE, "add between shapes " + shape_str(dst->shape) + " and " + shape_str(src->shape));
+  DUAT_CHECK(dst->shape == src->shape, ERROR_SHAPE, "add between shapes " + shape_str(dst->shape) + " and " + shape_str(src->shape));
   check_f32(dst, "add", "the destination");
   check_f32(src, "add", "the source");
   check_same_device(dst, src, "add");
@@ -351,28 +351,28 @@ Tensor contiguous_data(const Tensor& t) {
 
 int64_t wrap_dim(int64_t d, int64_t ndim, const char* what) {
   int64_t w = d < 0 ? d + ndim : d;
-  check(w >= 0 && w < ndim, ERROR_SHAPE,
+  DUAT_CHECK(w >= 0 && w < ndim, ERROR_SHAPE,
         std::string(what) + ": dimension " + std::to_string(d) + " is out of range for a tensor of " +
             std::to_string(ndim) + " dimensions");
   return w;
 }
 
 void check_f32(const Tensor& t, const char* op, const char* arg) {
-  check(t->dtype == DTYPE_F32, ERROR_DTYPE, std::string(op) + ": expected " + arg + " to be float32 but it is int32");
+  DUAT_CHECK(t->dtype == DTYPE_F32, ERROR_DTYPE, std::string(op) + ": expected " + arg + " to be float32 but it is int32");
 }
 
 void check_i32(const Tensor& t, const char* op, const char* arg) {
-  check(t->dtype == DTYPE_I32, ERROR_DTYPE, std::string(op) + ": expected " + arg + " to be int32 but it is float32");
+  DUAT_CHECK(t->dtype == DTYPE_I32, ERROR_DTYPE, std::string(op) + ": expected " + arg + " to be int32 but it is float32");
 }
 
 void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
-  check(a->device == b->device, ERROR_DEVICE,
+  DUAT_CHECK(a->device == b->device, ERROR_DEVICE,
         std::string(op) + ": tensors are on different devices (" + device_name(a->device) + " and " +
             device_name(b->device) + "); move one with to()");
 }
 
 void check_dim(const Tensor& t, int64_t ndim, const char* op, const char* arg) {
-  check(t->dim() == ndim, ERROR_SHAPE,
+  DUAT_CHECK(t->dim() == ndim, ERROR_SHAPE,
         std::string(op) + ": expected " + arg + " to have " + std::to_string(ndim) + " dimensions but got shape " +
             shape_str(t->shape));
 }

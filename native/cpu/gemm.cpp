@@ -715,7 +715,7 @@ bool cpu_has_bf16() {
 CpuIsa cpu_isa_active() { return g_isa; }
 
 void cpu_isa_set(CpuIsa isa) {
-  check(isa >= CPU_ISA_GENERIC && isa <= detect(), ERROR_ARGUMENT,
+  DUAT_CHECK(isa >= CPU_ISA_GENERIC && isa <= detect(), ERROR_ARGUMENT,
         std::string("this CPU does not support the ") + cpu_isa_name(isa) + " kernels");
   g_isa = isa;
 }

@@ -105,9 +105,9 @@ bool peak_supported(PeakKind kind) {
 }
 
 double measure_peak_gflops(PeakKind kind, int threads, double seconds) {
-  check(kind >= PEAK_FP32_AVX2 && kind <= PEAK_BF16_AVX512, ERROR_ARGUMENT, "unknown peak kind");
-  check(peak_supported(kind), ERROR_ARGUMENT, "this CPU lacks the instructions of this peak measurement");
-  check(seconds > 0 && seconds <= 60, ERROR_ARGUMENT, "peak measurement: seconds must be in (0, 60]");
+  DUAT_CHECK(kind >= PEAK_FP32_AVX2 && kind <= PEAK_BF16_AVX512, ERROR_ARGUMENT, "unknown peak kind");
+  DUAT_CHECK(peak_supported(kind), ERROR_ARGUMENT, "this CPU lacks the instructions of this peak measurement");
+  DUAT_CHECK(seconds > 0 && seconds <= 60, ERROR_ARGUMENT, "peak measurement: seconds must be in (0, 60]");
   if (threads <= 0) threads = get_num_threads();
   threads = std::min(threads, get_num_threads());
   // Calibrate to about a tenth of the time, then take the best of a few timed runs: a shared

@@ -22,14 +22,14 @@ Communicator& distributed_init_mpi(const std::string& library) {
   std::lock_guard<std::mutex> lock(g_mutex);
   if (g_comm) return *g_comm;
   // MPI allows one initialisation per process: after finalize there is no way back in.
-  check(!g_finalized, ERROR_DISTRIBUTED, "distributed: MPI was finalized in this process and cannot be initialised again");
+  DUAT_CHECK(!g_finalized, ERROR_DISTRIBUTED, "distributed: MPI was finalized in this process and cannot be initialised again");
   g_comm = make_mpi_communicator(library);
   return *g_comm;
 }
 
 void install_communicator(std::unique_ptr<Communicator> comm) {
   std::lock_guard<std::mutex> lock(g_mutex);
-  check(!g_comm, ERROR_DISTRIBUTED, "distributed: this process has a communicator already");
+  DUAT_CHECK(!g_comm, ERROR_DISTRIBUTED, "distributed: this process has a communicator already");
   g_comm = std::move(comm);
 }
 
@@ -40,7 +40,7 @@ Communicator* communicator() {
 
 Communicator& require_communicator(const char* what) {
   Communicator* c = communicator();
-  check(c != nullptr, ERROR_DISTRIBUTED,
+  DUAT_CHECK(c != nullptr, ERROR_DISTRIBUTED,
         std::string(what) + " needs a distributed job: call duat.distributed.init() first (under mpirun)");
   return *c;
 }
@@ -54,8 +54,8 @@ void distributed_finalize() {
 }
 
 void allreduce_sum(Communicator& comm, const Tensor& t) {
-  check(t->dtype == DTYPE_F32, ERROR_DTYPE, "allreduce: expected a float32 tensor");
-  check(is_dense(t), ERROR_ARGUMENT, "allreduce: expected a tensor whose elements fill their memory (not a strided view)");
+  DUAT_CHECK(t->dtype == DTYPE_F32, ERROR_DTYPE, "allreduce: expected a float32 tensor");
+  DUAT_CHECK(is_dense(t), ERROR_ARGUMENT, "allreduce: expected a tensor whose elements fill their memory (not a strided view)");
   if (t->numel() == 0) return;
   if (comm.reduces_on(t->device)) {
     comm.allreduce_sum(t->ptr_f32(), t->numel());
@@ -68,9 +68,9 @@ void allreduce_sum(Communicator& comm, const Tensor& t) {
 }
 
 BranchShare branch_share(int64_t branches, int rank, int size) {
-  check(size >= 1 && rank >= 0 && rank < size, ERROR_ARGUMENT,
+  DUAT_CHECK(size >= 1 && rank >= 0 && rank < size, ERROR_ARGUMENT,
         "branch share: rank " + std::to_string(rank) + " is not in [0, " + std::to_string(size) + ")");
-  check(branches >= size, ERROR_ARGUMENT,
+  DUAT_CHECK(branches >= size, ERROR_ARGUMENT,
         "branch-parallel training: " + std::to_string(branches) + " branches per stage cannot be split over " +
             std::to_string(size) + " ranks (every rank needs at least one); use fewer ranks or parallel 'data'");
   const int64_t base = branches / size, extra = branches % size;

@@ -117,7 +117,7 @@ class MpiCommunicator final : public Communicator {
   }
   // MPI's default error handler ends the job on a failed call; this is for one that returns.
   static void call(int rc, const char* what) {
-    check(rc == 0, ERROR_DISTRIBUTED, std::string("distributed: ") + what + " failed with MPI error " + std::to_string(rc));
+    DUAT_CHECK(rc == 0, ERROR_DISTRIBUTED, std::string("distributed: ") + what + " failed with MPI error " + std::to_string(rc));
   }
 
   MpiApi api_;
@@ -131,7 +131,7 @@ class MpiCommunicator final : public Communicator {
 template <typename F>
 void bind(void* lib, const char* name, F& fn, const std::string& path) {
   fn = reinterpret_cast<F>(dlsym(lib, name));
-  check(fn != nullptr, ERROR_DISTRIBUTED, "distributed: " + path + " has no " + name + "; it is not a usable MPI library");
+  DUAT_CHECK(fn != nullptr, ERROR_DISTRIBUTED, "distributed: " + path + " has no " + name + "; it is not a usable MPI library");
 }
 
 }  // namespace
@@ -183,20 +183,20 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::string& library) 
   api.f64 = dlsym(lib, "ompi_mpi_double");
   api.byte = dlsym(lib, "ompi_mpi_byte");
   api.sum = dlsym(lib, "ompi_mpi_op_sum");
-  check(api.f32 && api.f64 && api.byte && api.sum, ERROR_DISTRIBUTED,
+  DUAT_CHECK(api.f32 && api.f64 && api.byte && api.sum, ERROR_DISTRIBUTED,
         "distributed: " + path + " lacks Open MPI's predefined types or operations");
   int done = 0, finalized = 0;
   api.Initialized(&done);
   api.Finalized(&finalized);
-  check(!finalized, ERROR_DISTRIBUTED, "distributed: MPI was already finalized in this process");
+  DUAT_CHECK(!finalized, ERROR_DISTRIBUTED, "distributed: MPI was already finalized in this process");
   bool owns = false;
   if (!done) {
     int provided = 0;
     // The step's collectives run on a worker thread, one at a time: SERIALIZED is what it needs.
-    check(api.Init_thread(nullptr, nullptr, kThreadSerialized, &provided) == 0, ERROR_DISTRIBUTED,
+    DUAT_CHECK(api.Init_thread(nullptr, nullptr, kThreadSerialized, &provided) == 0, ERROR_DISTRIBUTED,
           "distributed: MPI_Init_thread failed (" + path + ")");
     owns = true;
-    check(provided >= kThreadSerialized, ERROR_DISTRIBUTED,
+    DUAT_CHECK(provided >= kThreadSerialized, ERROR_DISTRIBUTED,
           "distributed: " + path + " provides thread level " + std::to_string(provided) +
               "; duat needs MPI_THREAD_SERIALIZED (2) because collectives run on worker threads");
   }

@@ -11,7 +11,7 @@ Model::Model(const ModelConfig& config, std::vector<Tensor> params, Precision pr
     : config_(config), params_(std::move(params)), precision_(precision) {
   model_params_from_list(config_, params_);  // every shape and the one device checked
   for (const Tensor& t : params_) {
-    check(!t->grad_fn, ERROR_ARGUMENT, "model: a parameter must be a leaf tensor, not the result of an op");
+    DUAT_CHECK(!t->grad_fn, ERROR_ARGUMENT, "model: a parameter must be a leaf tensor, not the result of an op");
     t->requires_grad = true;
   }
 }
@@ -24,12 +24,12 @@ void Model::set_precision(Precision p) {
 void Model::set_branches(int64_t active, int64_t frozen, bool freeze_embedding) {
   check_idle("change its active or frozen branches");
   const int64_t N = config_.branches;
-  check(active >= 0 && active <= N, ERROR_ARGUMENT,
+  DUAT_CHECK(active >= 0 && active <= N, ERROR_ARGUMENT,
         "model: active branches must be 0 (all) to " + std::to_string(N) + ", got " + std::to_string(active));
   const int64_t k = active == 0 ? N : active;
-  check(frozen >= 0 && frozen <= k, ERROR_ARGUMENT,
+  DUAT_CHECK(frozen >= 0 && frozen <= k, ERROR_ARGUMENT,
         "model: frozen branches must be 0 to the " + std::to_string(k) + " active ones, got " + std::to_string(frozen));
-  check(!config_.branch_parallel || (k == N && frozen == 0), ERROR_ARGUMENT,
+  DUAT_CHECK(!config_.branch_parallel || (k == N && frozen == 0), ERROR_ARGUMENT,
         "model: a branch-parallel share trains all its branches");
   config_.active_branches = k == N ? 0 : k;
   frozen_ = frozen;
@@ -45,8 +45,8 @@ void Model::set_branches(int64_t active, int64_t frozen, bool freeze_embedding) 
 }
 
 void Model::check_idle(const char* what) const {
-  check(!params_.empty(), ERROR_DISPOSED, "the model has been disposed");
-  check(!busy_.load(), ERROR_STATE,
+  DUAT_CHECK(!params_.empty(), ERROR_DISPOSED, "the model has been disposed");
+  DUAT_CHECK(!busy_.load(), ERROR_STATE,
         std::string("the model is in the middle of a training step; await it before you ") + what);
 }
 
@@ -74,8 +74,8 @@ void Model::to(Device device) {
 }
 
 Model::Lock::Lock(Model& model, std::vector<Tensor> extra) : model_(model) {
-  check(!model.params_.empty(), ERROR_DISPOSED, "the model has been disposed");
-  check(!model.busy_.exchange(true), ERROR_STATE,
+  DUAT_CHECK(!model.params_.empty(), ERROR_DISPOSED, "the model has been disposed");
+  DUAT_CHECK(!model.busy_.exchange(true), ERROR_STATE,
         "the model is in the middle of a training step; await it before starting another");
   for (const std::vector<Tensor>* list : {&model.params_, &extra})
     for (const Tensor& t : *list) {

@@ -55,7 +55,7 @@ std::pair<Tensor, Tensor> layer_scaled(const Tensor& w, const Tensor& b, const T
 
 void check_model_config(const ModelConfig& c) {
   auto positive = [](int64_t v, const char* name) {
-    check(v >= 1, ERROR_ARGUMENT, std::string("model config: ") + name + " must be at least 1, got " + std::to_string(v));
+    DUAT_CHECK(v >= 1, ERROR_ARGUMENT, std::string("model config: ") + name + " must be at least 1, got " + std::to_string(v));
   };
   positive(c.image_size, "imageSize");
   positive(c.patch_size, "patchSize");
@@ -66,9 +66,9 @@ void check_model_config(const ModelConfig& c) {
   positive(c.depth, "depth");
   positive(c.branches, "branches");
   positive(c.mlp_hidden, "mlp hidden size");
-  check(c.image_size % c.patch_size == 0, ERROR_ARGUMENT,
+  DUAT_CHECK(c.image_size % c.patch_size == 0, ERROR_ARGUMENT,
         "model config: patchSize " + std::to_string(c.patch_size) + " does not divide imageSize " + std::to_string(c.image_size));
-  check(c.dim % c.heads == 0, ERROR_ARGUMENT,
+  DUAT_CHECK(c.dim % c.heads == 0, ERROR_ARGUMENT,
         "model config: heads " + std::to_string(c.heads) + " do not divide dim " + std::to_string(c.dim));
 }
 
@@ -155,15 +155,15 @@ ModelParams model_params_from_list(const ModelConfig& c, const std::vector<Tenso
   check_model_config(c);
   const std::vector<std::string> names = model_param_names(c);
   const std::vector<Shape> shapes = model_param_shapes(c);
-  check(list.size() == names.size(), ERROR_SHAPE,
+  DUAT_CHECK(list.size() == names.size(), ERROR_SHAPE,
         "model: expected " + std::to_string(names.size()) + " parameters for depth " + std::to_string(c.depth) +
             ", got " + std::to_string(list.size()));
   for (size_t i = 0; i < list.size(); i++) {
     check_f32(list[i], "model", names[i].c_str());
-    check(list[i]->device == list[0]->device, ERROR_DEVICE,
+    DUAT_CHECK(list[i]->device == list[0]->device, ERROR_DEVICE,
           "model: parameter '" + names[i] + "' is on " + device_name(list[i]->device) + " but '" + names[0] + "' on " +
               device_name(list[0]->device) + "; move the whole model with to()");
-    check(list[i]->shape == shapes[i], ERROR_SHAPE,
+    DUAT_CHECK(list[i]->shape == shapes[i], ERROR_SHAPE,
           "model: parameter '" + names[i] + "' has shape " + shape_str(list[i]->shape) + " but the config needs " +
               shape_str(shapes[i]));
   }
@@ -238,7 +238,7 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
 namespace {
 
 Tensor embed(const Tensor& images, const ModelParams& p, const ModelConfig& c) {
-  check(images->dim() == 4 && images->shape[1] == c.channels && images->shape[2] == c.image_size &&
+  DUAT_CHECK(images->dim() == 4 && images->shape[1] == c.channels && images->shape[2] == c.image_size &&
             images->shape[3] == c.image_size,
         ERROR_SHAPE,
         "model: expected images of shape [B, " + std::to_string(c.channels) + ", " + std::to_string(c.image_size) + ", " +

@@ -12,7 +12,7 @@ namespace {
 template <typename F>
 Tensor along_dim(const Tensor& x, int64_t dim, const char* op, F last_dim_op) {
   check_f32(x, op, "the tensor");
-  check(x->dim() >= 1, ERROR_SHAPE, std::string(op) + ": needs at least one dimension");
+  DUAT_CHECK(x->dim() >= 1, ERROR_SHAPE, std::string(op) + ": needs at least one dimension");
   const int64_t d = wrap_dim(dim, x->dim(), op);
   if (d == x->dim() - 1) return last_dim_op(x);
   return transpose(last_dim_op(contiguous(transpose(x, d, -1))), d, -1);
@@ -53,7 +53,7 @@ Tensor log_softmax(const Tensor& x, int64_t dim) {
 
 Tensor dropout(const Tensor& x, float p, uint64_t seed) {
   check_f32(x, "dropout", "the tensor");
-  check(p >= 0.0f && p < 1.0f, ERROR_ARGUMENT, "dropout: p must be in [0, 1), got " + std::to_string(p));
+  DUAT_CHECK(p >= 0.0f && p < 1.0f, ERROR_ARGUMENT, "dropout: p must be in [0, 1), got " + std::to_string(p));
   if (p == 0.0f) return x;
   const Tensor xc = contiguous_data(x);
   const int64_t n = xc->numel();

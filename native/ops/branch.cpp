@@ -43,7 +43,7 @@ Tensor empty_like_output(const Tensor& out) {
 void check_branch_param(const Tensor& t, const Tensor& x, const Shape& shape, const char* op, const char* name) {
   check_f32(t, op, name);
   check_same_device(x, t, op);
-  check(t->shape == shape, ERROR_SHAPE,
+  DUAT_CHECK(t->shape == shape, ERROR_SHAPE,
         std::string(op) + ": " + name + " has shape " + shape_str(t->shape) + " but needs " + shape_str(shape));
 }
 
@@ -73,11 +73,11 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   check_f32(x, op, "the input");
   check_same_device(x, w, op);
   const bool shared = x->dim() == 2;
-  check((shared && x->shape[1] == C) || (x->dim() == 3 && x->shape[0] == N && x->shape[2] == C), ERROR_SHAPE,
+  DUAT_CHECK((shared && x->shape[1] == C) || (x->dim() == 3 && x->shape[0] == N && x->shape[2] == C), ERROR_SHAPE,
         std::string(op) + ": input shape " + shape_str(x->shape) + " is neither (R, " + std::to_string(C) + ") nor (" +
             std::to_string(N) + ", R, " + std::to_string(C) + ")");
   if (b) check_branch_param(b, x, {N, O}, op, "the bias");
-  check(!ln_w == !ln_b, ERROR_ARGUMENT, std::string(op) + ": the folded LayerNorm needs both its weight and its bias");
+  DUAT_CHECK(!ln_w == !ln_b, ERROR_ARGUMENT, std::string(op) + ": the folded LayerNorm needs both its weight and its bias");
   if (ln_w) {
     check_branch_param(ln_w, x, {N, C}, op, "the LayerNorm weight");
     check_branch_param(ln_b, x, {N, C}, op, "the LayerNorm bias");
@@ -230,7 +230,7 @@ Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tenso
   check_f32(h, op, "the MLP activations");
   check_dim(h, 3, op, "the MLP activations (N, R, M)");
   const int64_t N = h->shape[0], M = h->shape[2];
-  check(h->shape[1] == R, ERROR_SHAPE, std::string(op) + ": MLP activations " + shape_str(h->shape) + " do not have " +
+  DUAT_CHECK(h->shape[1] == R, ERROR_SHAPE, std::string(op) + ": MLP activations " + shape_str(h->shape) + " do not have " +
                                            std::to_string(R) + " rows");
   check_branch_param(w2, x, {C, N * M}, op, "the concatenated fc2 weight");
   check_branch_param(b2, x, {C}, op, "the summed fc2 bias");

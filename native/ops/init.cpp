@@ -20,7 +20,7 @@ float normal_at(uint64_t seed, uint64_t index, uint64_t draw) {
 // Generated on the host, then copied to `device`: the values are the same wherever they live.
 template <typename F>
 Tensor generate(const Shape& shape, Device device, const char* op, F f) {
-  for (int64_t d : shape) check(d >= 0, ERROR_SHAPE, std::string(op) + ": negative dimension in " + shape_str(shape));
+  for (int64_t d : shape) DUAT_CHECK(d >= 0, ERROR_SHAPE, std::string(op) + ": negative dimension in " + shape_str(shape));
   Tensor out = empty(shape);
   float* p = out->f32();
   parallel_for_range(out->numel(), 1 << 14, [&](int64_t lo, int64_t hi) {
@@ -32,17 +32,17 @@ Tensor generate(const Shape& shape, Device device, const char* op, F f) {
 }  // namespace
 
 Tensor randn(const Shape& shape, uint64_t seed, float mean, float std, Device device) {
-  check(std >= 0.0f, ERROR_ARGUMENT, "randn: std must be non-negative");
+  DUAT_CHECK(std >= 0.0f, ERROR_ARGUMENT, "randn: std must be non-negative");
   return generate(shape, device, "randn", [=](uint64_t i) { return mean + std * normal_at(seed, i, 0); });
 }
 
 Tensor rand_uniform(const Shape& shape, uint64_t seed, float low, float high, Device device) {
-  check(high >= low, ERROR_ARGUMENT, "rand: high must not be below low");
+  DUAT_CHECK(high >= low, ERROR_ARGUMENT, "rand: high must not be below low");
   return generate(shape, device, "rand", [=](uint64_t i) { return low + (high - low) * dm::uniform_at(seed, i, 0); });
 }
 
 Tensor trunc_normal(const Shape& shape, uint64_t seed, float mean, float std, float a, float b, Device device) {
-  check(std > 0.0f && a < b && a <= mean + 6 * std && b >= mean - 6 * std, ERROR_ARGUMENT,
+  DUAT_CHECK(std > 0.0f && a < b && a <= mean + 6 * std && b >= mean - 6 * std, ERROR_ARGUMENT,
         "truncNormal: needs std > 0 and a < b within six standard deviations of the mean");
   return generate(shape, device, "truncNormal", [=](uint64_t i) {
     for (uint64_t draw = 0; draw < 1000; draw++) {

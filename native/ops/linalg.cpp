@@ -9,7 +9,7 @@
 namespace duat {
 
 int gemm_dim(int64_t v, const char* op) {
-  check(v <= 0x7fffffff, ERROR_SHAPE, std::string(op) + ": a matrix dimension of " + std::to_string(v) +
+  DUAT_CHECK(v <= 0x7fffffff, ERROR_SHAPE, std::string(op) + ": a matrix dimension of " + std::to_string(v) +
                                           " is beyond the 2^31 - 1 a product supports");
   return static_cast<int>(v);
 }
@@ -90,17 +90,17 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   check_f32(a, "matmul", "the first operand");
   check_f32(b, "matmul", "the second operand");
   check_same_device(a, b, "matmul");
-  check(a->dim() >= 2 && b->dim() >= 2, ERROR_SHAPE,
+  DUAT_CHECK(a->dim() >= 2 && b->dim() >= 2, ERROR_SHAPE,
         "matmul: both operands need at least 2 dimensions, got " + shape_str(a->shape) + " and " + shape_str(b->shape));
   const int64_t M = a->size(-2), K = a->size(-1), N = b->size(-1);
-  check(b->size(-2) == K, ERROR_SHAPE,
+  DUAT_CHECK(b->size(-2) == K, ERROR_SHAPE,
         "matmul: inner dimensions differ: " + shape_str(a->shape) + " @ " + shape_str(b->shape));
   const Shape batch(a->shape.begin(), a->shape.end() - 2);
   // A two-dimensional right operand is shared by the batch: the left operand's batch folds into
   // its rows and the product is one (batch*M) x N matrix; otherwise a batched product.
   const bool shared = b->dim() == 2;
   if (!shared) {
-    check(Shape(b->shape.begin(), b->shape.end() - 2) == batch, ERROR_SHAPE,
+    DUAT_CHECK(Shape(b->shape.begin(), b->shape.end() - 2) == batch, ERROR_SHAPE,
           "matmul: batch dimensions differ: " + shape_str(a->shape) + " @ " + shape_str(b->shape));
   }
   Mat ma, mb;
@@ -149,14 +149,14 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   check_f32(w, "linear", "the weight");
   check_same_device(x, w, "linear");
   check_dim(w, 2, "linear", "the weight");
-  check(x->dim() >= 1 && x->size(-1) == w->shape[1], ERROR_SHAPE,
+  DUAT_CHECK(x->dim() >= 1 && x->size(-1) == w->shape[1], ERROR_SHAPE,
         "linear: input shape " + shape_str(x->shape) + " does not end in the weight's input size " +
             std::to_string(w->shape[1]) + " (weight " + shape_str(w->shape) + ")");
   const int64_t in = w->shape[1], outf = w->shape[0];
   if (bias) {
     check_f32(bias, "linear", "the bias");
     check_same_device(x, bias, "linear");
-    check(bias->dim() == 1 && bias->shape[0] == outf, ERROR_SHAPE,
+    DUAT_CHECK(bias->dim() == 1 && bias->shape[0] == outf, ERROR_SHAPE,
           "linear: bias shape " + shape_str(bias->shape) + " does not match the weight's output size " +
               std::to_string(outf));
   }

@@ -13,7 +13,7 @@ void check_class_labels(const Tensor& labels, int64_t classes, const char* op) {
   if (labels->device != DEVICE_CPU) return;
   const Tensor y = contiguous_data(labels);
   for (int64_t i = 0; i < y->numel(); i++) {
-    check(y->i32()[i] >= 0 && y->i32()[i] < classes, ERROR_ARGUMENT,
+    DUAT_CHECK(y->i32()[i] >= 0 && y->i32()[i] < classes, ERROR_ARGUMENT,
           std::string(op) + ": label " + std::to_string(y->i32()[i]) + " at index " + std::to_string(i) +
               " is outside [0, " + std::to_string(classes) + ")");
   }
@@ -25,8 +25,8 @@ void check_labels(const Tensor& logits, const Tensor& labels, const char* op) {
   check_same_device(logits, labels, op);
   check_dim(logits, 2, op, "logits (B, classes)");
   const int64_t B = logits->shape[0], K = logits->shape[1];
-  check(B > 0 && K > 0, ERROR_SHAPE, std::string(op) + ": empty logits " + shape_str(logits->shape));
-  check(labels->dim() == 1 && labels->shape[0] == B, ERROR_SHAPE,
+  DUAT_CHECK(B > 0 && K > 0, ERROR_SHAPE, std::string(op) + ": empty logits " + shape_str(logits->shape));
+  DUAT_CHECK(labels->dim() == 1 && labels->shape[0] == B, ERROR_SHAPE,
         std::string(op) + ": labels shape " + shape_str(labels->shape) + " does not match a batch of " +
             std::to_string(B));
   check_class_labels(labels, K, op);
@@ -35,7 +35,7 @@ void check_labels(const Tensor& logits, const Tensor& labels, const char* op) {
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float smoothing) {
   check_labels(logits, labels, "crossEntropy");
-  check(smoothing >= 0.0f && smoothing < 1.0f, ERROR_ARGUMENT,
+  DUAT_CHECK(smoothing >= 0.0f && smoothing < 1.0f, ERROR_ARGUMENT,
         "crossEntropy: label smoothing must be in [0, 1), got " + std::to_string(smoothing));
   const int64_t B = logits->shape[0], K = logits->shape[1];
   const Device dev = logits->device;

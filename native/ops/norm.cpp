@@ -9,14 +9,14 @@ namespace duat {
 
 Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, const Tensor& resid) {
   check_f32(x, "layerNorm", "the input");
-  check(x->dim() >= 1, ERROR_SHAPE, "layerNorm: the input needs at least one dimension");
-  check(eps > 0.0f, ERROR_ARGUMENT, "layerNorm: eps must be positive");
+  DUAT_CHECK(x->dim() >= 1, ERROR_SHAPE, "layerNorm: the input needs at least one dimension");
+  DUAT_CHECK(eps > 0.0f, ERROR_ARGUMENT, "layerNorm: eps must be positive");
   const int64_t C = x->size(-1), rows = C ? x->numel() / C : 0;
   for (const Tensor* t : {&w, &b}) {
     if (!*t) continue;
     check_f32(*t, "layerNorm", t == &w ? "the weight" : "the bias");
     check_same_device(x, *t, "layerNorm");
-    check((*t)->dim() == 1 && (*t)->shape[0] == C, ERROR_SHAPE,
+    DUAT_CHECK((*t)->dim() == 1 && (*t)->shape[0] == C, ERROR_SHAPE,
           std::string("layerNorm: ") + (t == &w ? "weight" : "bias") + " shape " + shape_str((*t)->shape) +
               " does not match the normalised size " + std::to_string(C));
   }
@@ -24,9 +24,9 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, c
   if (resid) {
     check_f32(resid, "layerNorm", "the residual");
     check_same_device(x, resid, "layerNorm");
-    check(!w && !b, ERROR_ARGUMENT, "layerNorm: a residual input excludes the affine weight and bias");
+    DUAT_CHECK(!w && !b, ERROR_ARGUMENT, "layerNorm: a residual input excludes the affine weight and bias");
     R = resid->dim() == 2 ? resid->shape[0] : 0;
-    check(resid->dim() == 2 && resid->shape[1] == C && R > 0 && rows % R == 0, ERROR_SHAPE,
+    DUAT_CHECK(resid->dim() == 2 && resid->shape[1] == C && R > 0 && rows % R == 0, ERROR_SHAPE,
           "layerNorm: residual shape " + shape_str(resid->shape) + " does not divide the rows of " + shape_str(x->shape));
   }
   const Device dev = x->device;

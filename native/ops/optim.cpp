@@ -8,7 +8,7 @@
 namespace duat {
 
 Tensor sum_of_squares(const std::vector<Tensor>& ts) {
-  check(!ts.empty(), ERROR_ARGUMENT, "sumOfSquares: needs at least one tensor");
+  DUAT_CHECK(!ts.empty(), ERROR_ARGUMENT, "sumOfSquares: needs at least one tensor");
   const Device dev = ts[0]->device;
   std::vector<Tensor> keep;
   std::vector<std::pair<const float*, int64_t>> list;

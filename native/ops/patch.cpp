@@ -11,8 +11,8 @@ Tensor patchify(const Tensor& images, int64_t patch) {
   check_f32(images, "patchify", "images");
   check_dim(images, 4, "patchify", "images (B, channels, S, S)");
   const int64_t B = images->shape[0], ch = images->shape[1], S = images->shape[2];
-  check(images->shape[3] == S, ERROR_SHAPE, "patchify: images must be square, got " + shape_str(images->shape));
-  check(patch >= 1 && S % patch == 0, ERROR_SHAPE,
+  DUAT_CHECK(images->shape[3] == S, ERROR_SHAPE, "patchify: images must be square, got " + shape_str(images->shape));
+  DUAT_CHECK(patch >= 1 && S % patch == 0, ERROR_SHAPE,
         "patchify: patch size " + std::to_string(patch) + " does not divide the image size " + std::to_string(S));
   const int64_t G = S / patch, T = G * G, F = ch * patch * patch;
   const Tensor x = contiguous_data(images);
@@ -27,7 +27,7 @@ Tensor patchify(const Tensor& images, int64_t patch) {
 Tensor patch_embed(const Tensor& images, const Tensor& w, const Tensor& b, int64_t patch) {
   check_f32(w, "patchEmbed", "the weight");
   check_dim(w, 4, "patchEmbed", "the weight (C, channels, P, P)");
-  check(images->dim() == 4 && w->shape[1] == images->shape[1] && w->shape[2] == patch && w->shape[3] == patch,
+  DUAT_CHECK(images->dim() == 4 && w->shape[1] == images->shape[1] && w->shape[2] == patch && w->shape[3] == patch,
         ERROR_SHAPE,
         "patchEmbed: weight " + shape_str(w->shape) + " does not fit images " + shape_str(images->shape) +
             " with patch size " + std::to_string(patch));

@@ -14,7 +14,7 @@ std::vector<bool> reduce_mask(const Tensor& x, const std::vector<int64_t>& dims,
   std::vector<bool> mask(x->dim(), dims.empty());
   for (int64_t d : dims) {
     const int64_t w = wrap_dim(d, x->dim(), op);
-    check(!mask[w], ERROR_SHAPE, std::string(op) + ": dimension " + std::to_string(d) + " is listed twice");
+    DUAT_CHECK(!mask[w], ERROR_SHAPE, std::string(op) + ": dimension " + std::to_string(d) + " is listed twice");
     mask[w] = true;
   }
   return mask;
@@ -32,7 +32,7 @@ Tensor reduce_sum(const Tensor& x, const std::vector<int64_t>& dims, bool keepdi
     }
     if (!mask[d] || keepdim) out_shape.push_back(keep[d]);
   }
-  if (average) check(count > 0, ERROR_SHAPE, std::string(op) + ": mean over an empty dimension");
+  if (average) DUAT_CHECK(count > 0, ERROR_SHAPE, std::string(op) + ": mean over an empty dimension");
   const float scale = average ? 1.0f / static_cast<float>(count) : 1.0f;
   Tensor out = empty(out_shape, DTYPE_F32, x->device);
   launch_reduce(make_view(out, keep, contiguous_strides(keep), 0), x, scale);
@@ -56,7 +56,7 @@ Tensor mean(const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
 
 Tensor argmax(const Tensor& x) {
   check_f32(x, "argmax", "the tensor");
-  check(x->dim() >= 1 && x->size(-1) > 0, ERROR_SHAPE, "argmax: needs a non-empty last dimension, got " + shape_str(x->shape));
+  DUAT_CHECK(x->dim() >= 1 && x->size(-1) > 0, ERROR_SHAPE, "argmax: needs a non-empty last dimension, got " + shape_str(x->shape));
   const Tensor c = contiguous_data(x);
   const int64_t cols = c->size(-1), rows = c->numel() / cols;
   Tensor out = empty(Shape(x->shape.begin(), x->shape.end() - 1), DTYPE_I32, x->device);

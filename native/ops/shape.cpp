@@ -35,20 +35,20 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   int64_t infer = -1;
   for (size_t i = 0; i < s.size(); i++) {
     if (s[i] == -1) {
-      check(infer < 0, ERROR_SHAPE, "reshape: only one dimension can be -1 in " + shape_str(shape));
+      DUAT_CHECK(infer < 0, ERROR_SHAPE, "reshape: only one dimension can be -1 in " + shape_str(shape));
       infer = static_cast<int64_t>(i);
     } else {
-      check(s[i] >= 0, ERROR_SHAPE, "reshape: invalid dimension in " + shape_str(shape));
+      DUAT_CHECK(s[i] >= 0, ERROR_SHAPE, "reshape: invalid dimension in " + shape_str(shape));
       given.push_back(s[i]);
     }
   }
   const int64_t known = shape_numel(given);  // checked: refuses a product beyond 2^40
   if (infer >= 0) {
-    check(known > 0 && x->numel() % known == 0, ERROR_SHAPE,
+    DUAT_CHECK(known > 0 && x->numel() % known == 0, ERROR_SHAPE,
           "reshape: cannot infer the -1 in " + shape_str(shape) + " for " + std::to_string(x->numel()) + " elements");
     s[infer] = x->numel() / known;
   }
-  check(shape_numel(s) == x->numel(), ERROR_SHAPE,
+  DUAT_CHECK(shape_numel(s) == x->numel(), ERROR_SHAPE,
         "reshape: cannot reshape " + shape_str(x->shape) + " (" + std::to_string(x->numel()) + " elements) to " +
             shape_str(shape));
   const Tensor c = contiguous_data(x);
@@ -62,12 +62,12 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
 
 Tensor permute(const Tensor& x, const std::vector<int64_t>& perm) {
   const int64_t nd = x->dim();
-  check(static_cast<int64_t>(perm.size()) == nd, ERROR_SHAPE,
+  DUAT_CHECK(static_cast<int64_t>(perm.size()) == nd, ERROR_SHAPE,
         "permute: " + std::to_string(perm.size()) + " dimensions given for a tensor of shape " + shape_str(x->shape));
   std::vector<int64_t> p(nd), inverse(nd, -1);
   for (int64_t i = 0; i < nd; i++) {
     p[i] = wrap_dim(perm[i], nd, "permute");
-    check(inverse[p[i]] < 0, ERROR_SHAPE, "permute: dimension " + std::to_string(perm[i]) + " appears twice");
+    DUAT_CHECK(inverse[p[i]] < 0, ERROR_SHAPE, "permute: dimension " + std::to_string(perm[i]) + " appears twice");
     inverse[p[i]] = i;
   }
   Shape shape(nd), strides(nd);
@@ -97,7 +97,7 @@ Tensor transpose(const Tensor& x, int64_t d0, int64_t d1) {
 Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t step) {
   const int64_t d = wrap_dim(dim, x->dim(), "slice");
   const int64_t n = x->shape[d];
-  check(step >= 1, ERROR_SHAPE, "slice: step must be at least 1, got " + std::to_string(step));
+  DUAT_CHECK(step >= 1, ERROR_SHAPE, "slice: step must be at least 1, got " + std::to_string(step));
   if (start < 0) start += n;
   if (end < 0) end += n;
   start = std::clamp<int64_t>(start, 0, n);
@@ -120,17 +120,17 @@ Tensor slice(const Tensor& x, int64_t dim, int64_t start, int64_t end, int64_t s
 }
 
 Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
-  check(!xs.empty(), ERROR_SHAPE, "concat: needs at least one tensor");
+  DUAT_CHECK(!xs.empty(), ERROR_SHAPE, "concat: needs at least one tensor");
   const Tensor& first = xs[0];
   const int64_t d = wrap_dim(dim, first->dim(), "concat");
   Shape shape = first->shape;
   shape[d] = 0;
   for (size_t i = 0; i < xs.size(); i++) {
-    check(xs[i]->dtype == first->dtype, ERROR_DTYPE, "concat: tensor " + std::to_string(i) + " has a different dtype");
+    DUAT_CHECK(xs[i]->dtype == first->dtype, ERROR_DTYPE, "concat: tensor " + std::to_string(i) + " has a different dtype");
     check_same_device(first, xs[i], "concat");
     bool fits = xs[i]->dim() == first->dim();
     for (int64_t k = 0; fits && k < first->dim(); k++) fits = k == d || xs[i]->shape[k] == first->shape[k];
-    check(fits, ERROR_SHAPE,
+    DUAT_CHECK(fits, ERROR_SHAPE,
           "concat: tensor " + std::to_string(i) + " has shape " + shape_str(xs[i]->shape) +
               ", which does not match " + shape_str(first->shape) + " outside dimension " + std::to_string(d));
     shape[d] += xs[i]->shape[d];

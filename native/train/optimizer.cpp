@@ -36,25 +36,25 @@ void Optimizer::drop_frozen_gradients(const std::vector<Tensor>& params) {
 
 Optimizer::Optimizer(OptimizerKind kind, std::vector<Tensor> params, std::vector<int> group_of)
     : kind_(kind), params_(std::move(params)), group_of_(std::move(group_of)), state_(params_.size()) {
-  check(kind == OPTIMIZER_ADAMW || kind == OPTIMIZER_SGD, ERROR_ARGUMENT, "optimizer: unknown kind");
-  check(!params_.empty() && group_of_.size() == params_.size(), ERROR_ARGUMENT,
+  DUAT_CHECK(kind == OPTIMIZER_ADAMW || kind == OPTIMIZER_SGD, ERROR_ARGUMENT, "optimizer: unknown kind");
+  DUAT_CHECK(!params_.empty() && group_of_.size() == params_.size(), ERROR_ARGUMENT,
         "optimizer: needs one group index per parameter");
   for (size_t i = 0; i < params_.size(); i++) {
-    check(params_[i] != nullptr, ERROR_ARGUMENT, "optimizer: parameter " + std::to_string(i) + " is missing");
+    DUAT_CHECK(params_[i] != nullptr, ERROR_ARGUMENT, "optimizer: parameter " + std::to_string(i) + " is missing");
     check_f32(params_[i], "optimizer", "every parameter");
-    check(group_of_[i] >= 0, ERROR_ARGUMENT, "optimizer: negative group index");
+    DUAT_CHECK(group_of_[i] >= 0, ERROR_ARGUMENT, "optimizer: negative group index");
     group_count_ = std::max(group_count_, static_cast<size_t>(group_of_[i]) + 1);
   }
 }
 
 void Optimizer::set_steps(int64_t n) {
-  check(n >= 0, ERROR_ARGUMENT, "optimizer: the step count cannot be negative");
+  DUAT_CHECK(n >= 0, ERROR_ARGUMENT, "optimizer: the step count cannot be negative");
   steps_ = n;
 }
 
 Optimizer::State Optimizer::state(size_t i) const {
-  check(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
-  check(i < state_.size(), ERROR_ARGUMENT, "optimizer: no parameter " + std::to_string(i));
+  DUAT_CHECK(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
+  DUAT_CHECK(i < state_.size(), ERROR_ARGUMENT, "optimizer: no parameter " + std::to_string(i));
   return state_[i];
 }
 
@@ -73,8 +73,8 @@ std::vector<Tensor> Optimizer::state_tensors() const {
 }
 
 void Optimizer::set_state(size_t i, const State& s) {
-  check(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
-  check(i < state_.size(), ERROR_ARGUMENT, "optimizer: no parameter " + std::to_string(i));
+  DUAT_CHECK(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
+  DUAT_CHECK(i < state_.size(), ERROR_ARGUMENT, "optimizer: no parameter " + std::to_string(i));
   const Tensor& p = params_[i];
   const char* names[2] = {kind_ == OPTIMIZER_ADAMW ? "first moment" : "momentum buffer", "second moment"};
   const Tensor parts[2] = {s.a, s.b};
@@ -82,27 +82,27 @@ void Optimizer::set_state(size_t i, const State& s) {
   Tensor* out[2] = {&moved.a, &moved.b};
   for (int k = 0; k < 2; k++) {
     if (!parts[k]) continue;
-    check(parts[k]->dtype == DTYPE_F32 && parts[k]->shape == p->shape, ERROR_CHECKPOINT,
+    DUAT_CHECK(parts[k]->dtype == DTYPE_F32 && parts[k]->shape == p->shape, ERROR_CHECKPOINT,
           std::string("optimizer state: the ") + names[k] + " of parameter " + std::to_string(i) + " has shape " +
               shape_str(parts[k]->shape) + " but the parameter has " + shape_str(p->shape));
     *out[k] = empty(p->shape, DTYPE_F32, p->device);
     copy_into(*out[k], parts[k]);
   }
-  check(kind_ != OPTIMIZER_ADAMW || static_cast<bool>(moved.a) == static_cast<bool>(moved.b), ERROR_CHECKPOINT,
+  DUAT_CHECK(kind_ != OPTIMIZER_ADAMW || static_cast<bool>(moved.a) == static_cast<bool>(moved.b), ERROR_CHECKPOINT,
         "optimizer state: AdamW needs both moments of parameter " + std::to_string(i));
-  check(s.step >= 0, ERROR_CHECKPOINT, "optimizer state: a negative step count");
-  check(s.row_steps.empty() || (p->dim() > 0 && static_cast<int64_t>(s.row_steps.size()) == p->shape[0]), ERROR_CHECKPOINT,
+  DUAT_CHECK(s.step >= 0, ERROR_CHECKPOINT, "optimizer state: a negative step count");
+  DUAT_CHECK(s.row_steps.empty() || (p->dim() > 0 && static_cast<int64_t>(s.row_steps.size()) == p->shape[0]), ERROR_CHECKPOINT,
         "optimizer state: " + std::to_string(s.row_steps.size()) + " row step counts for parameter " + std::to_string(i) +
             " of shape " + shape_str(p->shape));
-  for (int64_t r : s.row_steps) check(r >= 0, ERROR_CHECKPOINT, "optimizer state: a negative row step count");
+  for (int64_t r : s.row_steps) DUAT_CHECK(r >= 0, ERROR_CHECKPOINT, "optimizer state: a negative row step count");
   moved.step = s.step;
   moved.row_steps = s.row_steps;
   state_[i] = moved;
 }
 
 void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& scale) {
-  check(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
-  check(groups.size() >= group_count_, ERROR_ARGUMENT,
+  DUAT_CHECK(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
+  DUAT_CHECK(groups.size() >= group_count_, ERROR_ARGUMENT,
         "optimizer: options for " + std::to_string(groups.size()) + " groups given, " + std::to_string(group_count_) +
             " needed");
   // Check everything first.
@@ -111,15 +111,15 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
     const Tensor& p = params_[i];
     const Tensor& g = p->grad;
     if (!g) continue;
-    check(g->shape == p->shape && g->dtype == DTYPE_F32, ERROR_SHAPE,
+    DUAT_CHECK(g->shape == p->shape && g->dtype == DTYPE_F32, ERROR_SHAPE,
           "optimizer: the gradient of parameter " + std::to_string(i) + " has shape " + shape_str(g->shape) +
               " but the parameter " + shape_str(p->shape));
     check_same_device(p, g, "optimizer");
-    check(p->is_contiguous(), ERROR_SHAPE, "optimizer: parameter " + std::to_string(i) + " is not contiguous");
+    DUAT_CHECK(p->is_contiguous(), ERROR_SHAPE, "optimizer: parameter " + std::to_string(i) + " is not contiguous");
     const auto [first, end] = update_rows(p);
     if (first >= end) continue;  // frozen whole
     const GroupOptions& o = groups[group_of_[i]];
-    check(std::isfinite(o.lr) && o.lr >= 0 && std::isfinite(o.weight_decay) && o.weight_decay >= 0, ERROR_ARGUMENT,
+    DUAT_CHECK(std::isfinite(o.lr) && o.lr >= 0 && std::isfinite(o.weight_decay) && o.weight_decay >= 0, ERROR_ARGUMENT,
           "optimizer: group " + std::to_string(group_of_[i]) + " needs a finite, non-negative lr and weight decay");
     todo.push_back(i);
   }
