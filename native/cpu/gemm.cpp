@@ -111,12 +111,12 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
 }
 
 // ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
-// Writes a 12 x 32 tile of accumulators: c = alpha * acc (+ bias per column) (+ c when add);
+// Writes an MR x 32 tile of accumulators: c = alpha * acc (+ bias per column) (+ c when add);
 // rows below mr and columns below nr only.
-__attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(const __m512 (&acc)[12][2], float* c,
+template <int MR = 12>
+__attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(const __m512 (&acc)[MR][2], float* c,
                                                                                int64_t ldc, int mr, int nr, float alpha,
                                                                                bool add, const float* bias) {
-  constexpr int MR = 12;
   const __m512 va = _mm512_set1_ps(alpha);
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
@@ -137,11 +137,11 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
 }
 
 // ROWS: A row-major in place (row i at a + i * lda, k contiguous); else k-major panels lda apart.
-template <bool ROWS>
+// MR rows of accumulators (12 for the packed panels; fewer for a short A read in place).
+template <bool ROWS, int MR = 12>
 __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
     int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
     float alpha, bool add, const float* bias) {
-  constexpr int MR = 12;
   __m512 acc[MR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -156,13 +156,35 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
     a += ROWS ? 1 : lda;
     b += ldb;
   }
-  store_tile_avx512(acc, c, ldc, mr, nr, alpha, add, bias);
+  store_tile_avx512<MR>(acc, c, ldc, mr, nr, alpha, add, bias);
+}
+
+// micro_avx512_body with as many rows of accumulators as the tile has (an edge tile, or a
+// 50-row A cut into five tiles of 10, computes no padded rows).
+template <bool ROWS>
+__attribute__((target("avx512f"), always_inline)) inline void micro_avx512_rows_of(
+    int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
+    float alpha, bool add, const float* bias) {
+  switch (mr) {
+    case 1: return micro_avx512_body<ROWS, 1>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 2: return micro_avx512_body<ROWS, 2>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 3: return micro_avx512_body<ROWS, 3>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 4: return micro_avx512_body<ROWS, 4>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 5: return micro_avx512_body<ROWS, 5>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 6: return micro_avx512_body<ROWS, 6>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 7: return micro_avx512_body<ROWS, 7>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 8: return micro_avx512_body<ROWS, 8>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 9: return micro_avx512_body<ROWS, 9>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 10: return micro_avx512_body<ROWS, 10>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 11: return micro_avx512_body<ROWS, 11>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    default: return micro_avx512_body<ROWS, 12>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+  }
 }
 
 __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a, int64_t lda, const float* b,
                                                       int64_t ldb, float* c, int64_t ldc, int mr, int nr, float alpha,
                                                       bool add, const float* bias) {
-  micro_avx512_body<false>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+  micro_avx512_rows_of<false>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
 }
 // micro_avx512 for a C whose rows meet in the same L1 sets (a row stride of a multiple of 4 KiB:
 // 3200 x 3072 x 192, 12.5 -> 10 ms): the tile is summed into an L1 buffer, then copied out.
@@ -193,7 +215,7 @@ __attribute__((target("avx512f"))) void micro_avx512_staged(int64_t kc, const fl
 __attribute__((target("avx512f"))) void micro_avx512_rows(int64_t kc, const float* a, int64_t lda, const float* b,
                                                            int64_t ldb, float* c, int64_t ldc, int mr, int nr,
                                                            float alpha, bool add, const float* bias) {
-  micro_avx512_body<true>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+  micro_avx512_rows_of<true>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
 }
 
 // ---- bf16 products, fp32 sums (AVX512_BF16): 12 x 32 with vdpbf16ps ----
@@ -640,17 +662,21 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
                     const float* bias, const GemmBlockFn* epilogue) {
   const int MR = ker.mr, NR = ker.nr;
   const int64_t n_panels = (N + NR - 1) / NR;
-  // A row-major A's full row panels are read in place (micro_rows) unless each thread walks many
-  // column panels (it re-reads A for each, and a packed A reads faster then); the rest of A is
-  // packed on the calling thread before the tasks start.
+  // A's rows are cut into tiles of equal height up to MR (50 rows: five tiles of 10; the kernels
+  // compute no padded rows). A row-major A is read in place (micro_rows) unless each thread walks
+  // many column panels (it re-reads A for each, and a packed A reads faster then); otherwise each
+  // tile is packed as one panel on the calling thread before the tasks start.
   const int64_t threads = parallel ? get_num_threads() : 1;
   const bool rows_in_place = !transA && ker.micro_rows && (n_panels + threads - 1) / threads <= DIRECT_B_ROWS_MAX_PANELS;
-  const int64_t in_place = rows_in_place ? M / MR * MR : 0;
-  const int64_t m_rest = M - in_place, m_pad = (m_rest + MR - 1) / MR * MR;
-  float* apack = t_pack_a.get(static_cast<size_t>(std::max<int64_t>(m_pad * K, 1)));  // K block at p0: apack + m_pad * p0
-  if (m_rest > 0)
+  const int64_t tiles = (M + MR - 1) / MR, m_pad = tiles * MR;
+  auto tile_row = [&](int64_t t) { return M * t / tiles; };
+  float* apack = rows_in_place ? nullptr : t_pack_a.get(static_cast<size_t>(m_pad * K));  // K block at p0: apack + m_pad * p0
+  if (!rows_in_place)
     for (int64_t p0 = 0; p0 < K; p0 += KC)
-      pack_a(transA, A, lda, in_place, m_rest, p0, std::min(KC, K - p0), MR, apack + m_pad * p0);
+      for (int64_t t = 0; t < tiles; t++) {
+        const int64_t kc = std::min(KC, K - p0);
+        pack_a(transA, A, lda, tile_row(t), tile_row(t + 1) - tile_row(t), p0, kc, MR, apack + m_pad * p0 + t * MR * kc);
+      }
   auto task = [&](int64_t q) {
     const int64_t jj = q * NR;
     const int nr = static_cast<int>(std::min<int64_t>(NR, N - jj));
@@ -666,14 +692,15 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
       const int64_t kc = std::min(KC, K - p0);
       const bool add = beta != 0.0f || p0 > 0;
       const float* bias_q = bias && p0 == 0 ? bias + jj : nullptr;
-      for (int64_t r = 0; r < M; r += MR) {
-        const int mr = static_cast<int>(std::min<int64_t>(MR, M - r));
-        if (r < in_place) {
+      for (int64_t t = 0; t < tiles; t++) {
+        const int64_t r = tile_row(t);
+        const int mr = static_cast<int>(tile_row(t + 1) - r);
+        if (rows_in_place) {
           ker.micro_rows(kc, A + r * lda + p0, lda, bq + p0 * ldbq, ldbq, C + r * ldc + jj, ldc, mr, nr, alpha, add,
                          bias_q);
         } else {
-          ker.micro(kc, apack + m_pad * p0 + (r - in_place) * kc, MR, bq + p0 * ldbq, ldbq, C + r * ldc + jj, ldc, mr,
-                    nr, alpha, add, bias_q);
+          ker.micro(kc, apack + m_pad * p0 + t * MR * kc, MR, bq + p0 * ldbq, ldbq, C + r * ldc + jj, ldc, mr, nr, alpha,
+                    add, bias_q);
         }
       }
     }

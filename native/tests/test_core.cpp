@@ -153,6 +153,10 @@ void test_gemm(CpuIsa isa) {
   // 96 rows read B in place (a partial last panel packed), 97 pack it.
   check_products(isa, false, {{1, 1, 1}, {5, 7, 3}, {13, 33, 17}, {64, 64, 64}, {150, 70, 300}, {37, 129, 600},
                               {96, 70, 257}, {97, 64, 300}, {300, 5, 2}, {37, 50, 2000}, {20, 1100, 2100}});
+  // Few rows read in place against a row-major B: every tile height from 1 to 12 (50 rows: five
+  // tiles of 10).
+  check_products(isa, false, {{1, 64, 2100}, {2, 64, 1100}, {3, 64, 700}, {4, 64, 600}, {5, 64, 500}, {6, 64, 400},
+                              {7, 64, 300}, {8, 64, 300}, {9, 64, 300}, {10, 64, 300}, {11, 64, 300}, {50, 100, 192}});
   // C's rows 4 KiB apart: the packed path sums its tiles in a buffer first (partial tiles, several
   // K blocks).
   check_products(isa, false, {{150, 70, 300}, {37, 129, 600}, {100, 1000, 64}}, 1024);
