@@ -27,31 +27,34 @@ commit ${commit}; ${new Date().toISOString().slice(0, 10)}.
 
 Linear rows: forward \`Y = X W^T + b\` and backward (\`dX = dY W\`, \`dW = dY^T X\`, \`db\`) through duat's
 autograd, against the same three products with the system OpenBLAS's \`cblas_sgemm\` (OpenBLAS's
-bias work is not done or counted; GFLOP/s count the three products only). Bandwidth rows: bytes
-read plus written per second, against a memory copy of the same bytes over the same threads.
+bias work is not done or counted; GFLOP/s count the three products only). Product rows: \`sgemm\`
+at the shapes and layouts of a training step and of a batch-1 forward (Para-Former-1-4 and ViT-4
+at width 192: 50 tokens, batch 64 = 3200 rows), as a fraction of the float32 peak measured here
+(chains of independent FMAs on every thread, \`native/cpu/peak.h\`). Bandwidth rows: bytes read
+plus written per second, against a memory copy of the same bytes over the same threads.
 
 ${out}
-## Where the time goes, and what is left
+## Reading this
 
-- **Linear layers** (target: at least 1.6x OpenBLAS). duat's GEMM is a packed, cache-blocked
-  kernel (12 x 32 AVX-512 micro-tile, chosen at run time; AVX2+FMA 6 x 16 and a portable 4 x 16
-  otherwise). On this machine one core's AVX-512 FMA peak, measured with the micro-tile in L1,
-  is about 220 GFLOP/s; the system OpenBLAS is held to its AVX2 Haswell kernels
-  (\`OPENBLAS_CORETYPE=Haswell\`), about half of that. The weight gradient (a long K over the
-  tokens) is split over the threads, and packed B is shared by all tasks of a chunk of K so C
-  stays in cache. What is left: two threads reach about 62-70% of two cores' peak. Timings on
-  this shared VM vary by +-15% from run to run, so a ratio near a target can land on either side.
-- **Measurement.** OpenBLAS's worker threads spin for a while after each call and would take a
-  core from whatever runs next. After each OpenBLAS run the benchmark keeps every core busy (an
-  idle pause makes this VM's next runs slow) until they have parked, then warms duat up again.
-- **LayerNorm, softmax, GELU** (target: at least 50% of a copy). These kernels are bound by
-  arithmetic, not memory: the copy runs at L3 speed (12.8 MB fits), while GELU's erf is a
-  rational function (about 17 FMAs and a division per element) and softmax's exp about 35 vector
-  instructions per 16 elements (range reduction, a degree-6 polynomial, clamps and NaN masks).
-  LayerNorm makes three passes over each row (mean, variance, output), each from L1. Where a
-  ratio is under 50%, the way forward is to avoid the separate pass (GELU fused into the fc1
-  product's epilogue, softmax inside attention), planned with the fused Para-Former stage; a
-  cheaper exp or erf would give up accuracy the gradient checks rely on.
+- **The claim is the fraction of peak.** The system OpenBLAS is held to its AVX2 Haswell kernels
+  here (\`OPENBLAS_CORETYPE=Haswell\`, set by the environment), so on a CPU with full-width AVX-512
+  it can reach at most about half of the peak: its column is a reference, not a bar. Whole-step
+  comparisons against the fastest PyTorch variant are in \`cpu.md\`; where a step's time goes, in
+  \`cpu-profile.md\`.
+- **Interleaving costs duat some speed.** Each duat run follows an OpenBLAS run and a pause for
+  OpenBLAS's spinning threads to park, so duat starts with caches OpenBLAS has filled; run alone
+  (\`DUAT_BENCH_NO_BLAS=1\`) the same products measure faster, the small batch-1 ones most.
+- **The products' paths** (\`native/cpu/gemm.cpp\`): packed 12 x 32 AVX-512 tiles; a long K over a
+  narrow C split over the threads; A^T B with fewer rows than half its columns computed as
+  (B^T A)^T, so the large operand is read in place rather than packed; C rows a multiple of 4 KiB
+  apart (four branches side by side: 3072 floats) summed in an L1 buffer first, since their rows
+  share L1 sets; batch-1 rows cut into tiles of equal height (50 rows: five of 10) with kernels
+  that compute only the rows a tile has, and B (the weights, kept K-major for inference) read in
+  place.
+- **LayerNorm, softmax, GELU** are bound by arithmetic, not memory: GELU's erf is a rational
+  function (about 17 FMAs and a division per element) and softmax's exp about 35 vector
+  instructions per 16 elements; the step runs GELU inside the fc1 product's epilogue and softmax
+  inside attention, so these rows are the kernels alone.
 `;
 fs.mkdirSync(path.join(root, 'bench', 'results'), { recursive: true });
 fs.writeFileSync(path.join(root, 'bench', 'results', 'cpu-ops.md'), doc);

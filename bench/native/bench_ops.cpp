@@ -1,7 +1,10 @@
 // bench_ops.cpp: CPU op benchmark, duat against the system OpenBLAS in the same process.
 //   1. Linear forward + backward (three products) at the shapes: duat's linear op with
 //      autograd, against cblas_sgemm doing the same three products (bias work not counted).
-//   2. LayerNorm, softmax and GELU forward in GB/s (bytes read + written) next to a memory copy
+//   2. The products of a training step and of a batch-1 forward at their shapes and layouts
+//      (Para-Former-1-4 and ViT-4, width 192, 50 tokens, batch 64): sgemm against cblas_sgemm,
+//      with the fraction of the machine's measured float32 peak.
+//   3. LayerNorm, softmax and GELU forward in GB/s (bytes read + written) next to a memory copy
 //      of the same bytes, threaded over the same pool.
 // Runs are interleaved (duat, reference, duat, ...) and the median is reported, so drift on a
 // shared machine hits both sides alike. OpenBLAS's worker threads spin for a while after each
@@ -22,6 +25,7 @@
 #include "core/parallel.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "cpu/peak.h"
 #include "ops/ops.h"
 
 #ifdef DUAT_WITH_OPENBLAS
@@ -108,6 +112,38 @@ void bench_linear(int64_t M, int64_t in, int64_t out, int reps) {
   }
 }
 
+struct Product {
+  const char* what;
+  bool ta, tb;
+  int64_t M, N, K, ldc;  // ldc 0: N
+};
+
+void bench_product(const Product& p, double peak, int reps) {
+  const int64_t lda = p.ta ? p.M : p.K, ldb = p.tb ? p.K : p.N, ldc = p.ldc ? p.ldc : p.N;
+  Tensor a = randn({p.M * p.K}, 5, 0, 1), b = randn({p.K * p.N}, 6, 0, 1), c = empty({p.M * ldc});
+  auto duat_run = [&] { sgemm(p.ta, p.tb, p.M, p.N, p.K, 1.0f, a->f32(), lda, b->f32(), ldb, 0.0f, c->f32(), ldc); };
+  std::function<void()> blas_run;
+#ifdef DUAT_WITH_OPENBLAS
+  static std::vector<float> C2;
+  C2.resize(p.M * ldc);
+  if (!std::getenv("DUAT_BENCH_NO_BLAS")) blas_run = [&] {
+    cblas_sgemm(CblasRowMajor, p.ta ? CblasTrans : CblasNoTrans, p.tb ? CblasTrans : CblasNoTrans, p.M, p.N, p.K, 1,
+                a->f32(), lda, b->f32(), ldb, 0, C2.data(), ldc);
+  };
+#endif
+  auto [td, tb] = race(duat_run, blas_run, reps, 300);
+  const double flops = 2.0 * p.M * p.N * p.K, gd = flops / td / 1e9;
+  char shape[96];
+  std::snprintf(shape, sizeof shape, "%lld x %lld x %lld%s%s%s", (long long)p.M, (long long)p.N, (long long)p.K,
+                p.ta ? " A^T" : "", p.tb ? " B^T" : "", ldc != p.N ? " (C rows 12 KiB apart)" : "");
+  if (blas_run) {
+    const double gb = flops / tb / 1e9;
+    std::printf("| %s | %s | %.1f | %.0f%% | %.1f | %.2fx |\n", p.what, shape, gd, 100.0 * gd / peak, gb, gd / gb);
+  } else {
+    std::printf("| %s | %s | %.1f | %.0f%% | (no OpenBLAS) | |\n", p.what, shape, gd, 100.0 * gd / peak);
+  }
+}
+
 void bench_bandwidth(int64_t rows, int64_t C, int reps) {
   const int64_t n = rows * C;
   Tensor x = randn({rows, C}, 4, 0, 1), y = empty({rows, C}), w = full({C}, 1.0f), b = zeros({C});
@@ -151,6 +187,31 @@ int main(int argc, char** argv) {
   std::printf("| op | duat GFLOP/s | OpenBLAS GFLOP/s | duat / OpenBLAS |\n|---|---|---|---|\n");
   bench_linear(4160, 192, 576, reps);
   bench_linear(4160, 768, 768, reps);
+  const PeakKind kind = cpu_isa_active() == CPU_ISA_AVX512 ? PEAK_FP32_AVX512 : PEAK_FP32_AVX2;
+  const double peak = peak_supported(kind) ? measure_peak_gflops(kind, threads, 1.0) : 0.0;
+  std::printf("\nMeasured float32 peak (%s FMA chains, %d threads): %.0f GFLOP/s\n\n",
+              kind == PEAK_FP32_AVX512 ? "512-bit" : "256-bit", threads, peak);
+  std::printf("| product | M x N x K | duat GFLOP/s | of peak | OpenBLAS GFLOP/s | duat / OpenBLAS |\n|---|---|---|---|---|---|\n");
+  const Product products[] = {
+      {"fc1 forward, one branch", false, false, 3200, 768, 192, 0},
+      {"fc2 forward, 4 branches summed", false, false, 3200, 192, 3072, 0},
+      {"fc2 backward dH, 4 branches side by side", false, false, 3200, 3072, 192, 0},
+      {"fc1 backward dX, one branch", false, false, 3200, 192, 768, 0},
+      {"qkv forward, 4 branches side by side", false, false, 3200, 2304, 192, 0},
+      {"fc1 weight gradient, 4 branches side by side", true, false, 192, 3072, 3200, 0},
+      {"fc1 weight gradient, one layer", true, false, 192, 768, 3200, 0},
+      {"fc2 weight gradient", true, false, 768, 192, 3200, 0},
+      {"qkv weight gradient", true, false, 576, 192, 3200, 0},
+      {"proj weight gradient", true, false, 192, 192, 3200, 0},
+      {"fc1 forward, one of 4 branches in place", false, false, 3200, 768, 192, 3072},
+      {"batch 1: qkv", false, false, 50, 576, 192, 0},
+      {"batch 1: proj", false, false, 50, 192, 192, 0},
+      {"batch 1: fc1", false, false, 50, 768, 192, 0},
+      {"batch 1: fc2", false, false, 50, 192, 768, 0},
+      {"batch 1: fc1, 4 branches", false, false, 50, 3072, 192, 0},
+      {"batch 1: fc2, 4 branches summed", false, false, 50, 192, 3072, 0},
+  };
+  for (const Product& p : products) bench_product(p, peak, reps);
   std::printf("\n| op | duat GB/s | memory copy GB/s | duat / copy |\n|---|---|---|---|\n");
   bench_bandwidth(4160, 768, reps);
   bench_bandwidth(4160, 192, reps);
