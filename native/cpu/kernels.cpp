@@ -21,6 +21,29 @@ namespace duat {
 #define DUAT_NO_CONTRACT
 #endif
 
+// The row kernels of one instruction set (row_kernels.inc ends with its entry, TABLE); one
+// per instruction set, indexed by CpuIsa.
+namespace {
+struct RowKernels {
+  void (*gelu_fwd_range)(const float*, float*, int64_t, float);
+  void (*stage_combine_range)(float*, const float*, const float*, const float*, int64_t, int64_t, float, float, int64_t);
+  void (*gelu_bwd_range)(const float*, const float*, float*, int64_t, bool);
+  void (*softmax_row)(const float*, float*, int64_t);
+  void (*softmax_bwd_row)(const float*, const float*, float*, int64_t, bool);
+  float (*softmax_lse_row)(const float*, float*, int64_t);
+  void (*exp_row)(const float*, float*, float, int64_t);
+  void (*log_softmax_row)(const float*, float*, int64_t);
+  void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
+  void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
+  void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, float*, float*, int64_t);
+  void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
+                     int64_t);
+  void (*accumulate_f64)(const float*, double*, int64_t);
+  double (*sum_squares_f64)(const float*, int64_t);
+  void (*adamw_range)(float*, const float*, float*, float*, int64_t, float, const AdamWConsts&);
+};
+}  // namespace
+
 namespace isa_generic {
 #include "row_kernels.inc"
 }  // namespace isa_generic
@@ -54,29 +77,6 @@ namespace {
 
 constexpr int64_t ELEM_GRAIN = 1 << 15;  // elements per task below which threading costs more
 
-// One entry per instruction set, indexed by CpuIsa.
-struct RowKernels {
-  void (*gelu_fwd_range)(const float*, float*, int64_t);
-  void (*gelu_fwd_beta_range)(const float*, float*, int64_t, float);
-  void (*stage_combine_range)(float*, const float*, const float*, const float*, int64_t, int64_t, float, float, int64_t);
-  void (*gelu_bwd_range)(const float*, const float*, float*, int64_t);
-  void (*gelu_bwd_set_range)(const float*, const float*, float*, int64_t);
-  void (*softmax_row)(const float*, float*, int64_t);
-  void (*softmax_bwd_row)(const float*, const float*, float*, int64_t);
-  void (*softmax_bwd_set_row)(const float*, const float*, float*, int64_t);
-  float (*softmax_lse_row)(const float*, float*, int64_t);
-  void (*exp_row)(const float*, float*, float, int64_t);
-  void (*log_softmax_row)(const float*, float*, int64_t);
-  void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
-  void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
-  void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, float*, float*, int64_t);
-  void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
-                     int64_t);
-  void (*accumulate_f64)(const float*, double*, int64_t);
-  double (*sum_squares_f64)(const float*, int64_t);
-  void (*adamw_range)(float*, const float*, float*, float*, int64_t, float, const AdamWConsts&);
-};
-
 #if !defined(__x86_64__)
 namespace isa_avx2 = isa_generic;
 namespace isa_avx512 = isa_generic;
@@ -84,20 +84,7 @@ namespace isa_avx512 = isa_generic;
 
 // The AVX-512 entry's small_gemm is not used by sgemm, which has a register-blocked AVX-512
 // kernel of its own (gemm.cpp); it stays for a uniform table.
-const RowKernels ROW_KERNELS[] = {
-    {isa_generic::gelu_fwd_range, isa_generic::gelu_fwd_beta_range, isa_generic::stage_combine_range, isa_generic::gelu_bwd_range, isa_generic::gelu_bwd_set_range, isa_generic::softmax_row, isa_generic::softmax_bwd_row, isa_generic::softmax_bwd_set_row,
-     isa_generic::softmax_lse_row, isa_generic::exp_row, isa_generic::log_softmax_row,
-     isa_generic::log_softmax_bwd_row, isa_generic::layernorm_row, isa_generic::layernorm_bwd_row, isa_generic::small_gemm,
-     isa_generic::accumulate_f64, isa_generic::sum_squares_f64, isa_generic::adamw_range},
-    {isa_avx2::gelu_fwd_range, isa_avx2::gelu_fwd_beta_range, isa_avx2::stage_combine_range, isa_avx2::gelu_bwd_range, isa_avx2::gelu_bwd_set_range, isa_avx2::softmax_row, isa_avx2::softmax_bwd_row, isa_avx2::softmax_bwd_set_row,
-     isa_avx2::softmax_lse_row, isa_avx2::exp_row, isa_avx2::log_softmax_row,
-     isa_avx2::log_softmax_bwd_row, isa_avx2::layernorm_row, isa_avx2::layernorm_bwd_row, isa_avx2::small_gemm,
-     isa_avx2::accumulate_f64, isa_avx2::sum_squares_f64, isa_avx2::adamw_range},
-    {isa_avx512::gelu_fwd_range, isa_avx512::gelu_fwd_beta_range, isa_avx512::stage_combine_range, isa_avx512::gelu_bwd_range, isa_avx512::gelu_bwd_set_range, isa_avx512::softmax_row, isa_avx512::softmax_bwd_row, isa_avx512::softmax_bwd_set_row,
-     isa_avx512::softmax_lse_row, isa_avx512::exp_row, isa_avx512::log_softmax_row,
-     isa_avx512::log_softmax_bwd_row, isa_avx512::layernorm_row, isa_avx512::layernorm_bwd_row, isa_avx512::small_gemm,
-     isa_avx512::accumulate_f64, isa_avx512::sum_squares_f64, isa_avx512::adamw_range},
-};
+const RowKernels ROW_KERNELS[] = {isa_generic::TABLE, isa_avx2::TABLE, isa_avx512::TABLE};
 
 const RowKernels& rk() { return ROW_KERNELS[cpu_isa_active()]; }
 
@@ -120,12 +107,12 @@ void adamw_range_cpu(float* p, const float* g, float* m, float* v, int64_t n, fl
 }
 
 void gelu_forward_cpu(const float* x, float* y, int64_t n) {
-  parallel_for_range(n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) { rk().gelu_fwd_range(x + lo, y + lo, hi - lo); });
+  parallel_for_range(n, ELEM_GRAIN, [&](int64_t lo, int64_t hi) { rk().gelu_fwd_range(x + lo, y + lo, hi - lo, 0.0f); });
 }
 
 void gelu_backward_cpu(const float* x, const float* dy, float* dx, int64_t n) {
   parallel_for_range(n, ELEM_GRAIN,
-                     [&](int64_t lo, int64_t hi) { rk().gelu_bwd_range(x + lo, dy + lo, dx + lo, hi - lo); });
+                     [&](int64_t lo, int64_t hi) { rk().gelu_bwd_range(x + lo, dy + lo, dx + lo, hi - lo, true); });
 }
 
 void softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols) {
@@ -133,7 +120,7 @@ void softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols) {
 }
 
 void softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols) {
-  over_rows(rows, cols, [&](int64_t r) { rk().softmax_bwd_row(y + r * cols, dy + r * cols, dx + r * cols, cols); });
+  over_rows(rows, cols, [&](int64_t r) { rk().softmax_bwd_row(y + r * cols, dy + r * cols, dx + r * cols, cols, true); });
 }
 
 void log_softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols) {
@@ -172,8 +159,7 @@ void layernorm_backward_cpu(const float* x, const float* w, const float* mean, c
 }
 
 void gelu_forward_range_cpu(const float* x, float* y, int64_t n, float beta) {
-  if (beta == 0.0f) rk().gelu_fwd_range(x, y, n);
-  else rk().gelu_fwd_beta_range(x, y, n, beta);
+  rk().gelu_fwd_range(x, y, n, beta);
 }
 
 void stage_combine_range_cpu(float* c, const float* v, const float* r, const float* extra, int64_t nsum, int64_t stride,
@@ -182,8 +168,7 @@ void stage_combine_range_cpu(float* c, const float* v, const float* r, const flo
 }
 
 void gelu_backward_range_cpu(const float* x, const float* dy, float* dx, int64_t n, bool accumulate) {
-  if (accumulate) rk().gelu_bwd_range(x, dy, dx, n);
-  else rk().gelu_bwd_set_range(x, dy, dx, n);
+  rk().gelu_bwd_range(x, dy, dx, n, accumulate);
 }
 
 void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t C,
@@ -201,7 +186,7 @@ float softmax_lse_row_cpu(const float* x, float* y, int64_t n) { return rk().sof
 void exp_row_cpu(const float* x, float* y, float shift, int64_t n) { rk().exp_row(x, y, shift, n); }
 
 void softmax_backward_row_set_cpu(const float* y, const float* dy, float* dx, int64_t n) {
-  rk().softmax_bwd_set_row(y, dy, dx, n);
+  rk().softmax_bwd_row(y, dy, dx, n, false);
 }
 
 void small_gemm_rows_cpu(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,

@@ -366,6 +366,39 @@ void test_gelu_backward_bias() {
       }
 }
 
+// A reduction that sums nothing (out's shape is in's) is an element-wise scaled copy in
+// launch_reduce; the backend's reduce over every dimension kept (which launch_reduce no longer
+// sends it) agrees. Written and accumulated, into a transposed view.
+void test_reduce_nothing_summed() {
+  const Tensor in = randn({3, 5}, 21, 0.0f, 1.0f);
+  double worst = 0.0;
+  for (int way = 0; way < 2; way++)
+    for (float scale : {1.0f, 0.5f})
+      for (bool acc : {false, true}) {
+        const Tensor dst = randn({5, 3}, 23, 0.0f, 1.0f);
+        const std::vector<float> old(dst->f32(), dst->f32() + 15);
+        const Tensor out = make_view(dst, {3, 5}, {1, 3}, 0);  // out(i, j) = dst[j * 3 + i]
+        if (way == 0) {
+          launch_reduce(out, in, scale, acc);
+        } else {
+          ReduceArgs r;
+          r.nd = 2;
+          r.shape[0] = 3, r.shape[1] = 5;
+          r.in = in->f32(), r.in_strides[0] = 5, r.in_strides[1] = 1;
+          r.out = dst->f32(), r.out_strides[0] = 1, r.out_strides[1] = 3;
+          r.scale = scale, r.accumulate = acc;
+          cpu_backend().reduce(r);
+        }
+        for (int64_t i = 0; i < 3; i++)
+          for (int64_t j = 0; j < 5; j++) {
+            const double want = (acc ? old[j * 3 + i] : 0.0) + static_cast<double>(scale) * in->f32()[i * 5 + j];
+            worst = std::max(worst, std::fabs(dst->f32()[j * 3 + i] - want));
+          }
+      }
+  expect(worst < 1e-6, "a reduction that sums nothing: launch_reduce's scaled copy and the backend's reduce, written and "
+                       "accumulated into a transposed view (err " + std::to_string(worst) + ")");
+}
+
 void test_pool() {
   std::vector<int> hits(1000, 0);
   parallel_for(1000, [&](int64_t i) { hits[i]++; });
@@ -779,6 +812,7 @@ int main() {
   test_backward_frees_as_it_goes();
   test_gelu_backward_in_place();
   test_gelu_backward_bias();
+  test_reduce_nothing_summed();
   test_memory();
   test_device_math();
   test_strided_offsets();
