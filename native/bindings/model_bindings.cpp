@@ -56,7 +56,7 @@ Precision arg_precision(Info info, size_t i) {
 template <typename T>
 std::shared_ptr<T> arg_ref(Info info, size_t i, const char* what) {
   DUAT_CHECK(info.Length() > i && info[i].IsExternal(), ERROR_ARGUMENT,
-        std::string("Expected a native ") + what + " for argument " + std::to_string(i));
+             std::string("Expected a native ") + what + " for argument " + std::to_string(i));
   return *info[i].As<Napi::External<std::shared_ptr<T>>>().Data();
 }
 
@@ -318,7 +318,7 @@ Napi::Value js_optimizer_create(Info info) {
     const int64_t kind = arg_int(info, 0, "kind", OPTIMIZER_ADAMW, OPTIMIZER_SGD);
     std::vector<Tensor> params = arg_tensor_list(info, 1, "parameters");
     DUAT_CHECK(info.Length() > 2 && info[2].IsArray() && info[2].As<Napi::Array>().Length() == params.size(), ERROR_ARGUMENT,
-          "Expected one group index per parameter");
+               "Expected one group index per parameter");
     Napi::Array a = info[2].As<Napi::Array>();
     std::vector<int> group_of;
     for (uint32_t k = 0; k < a.Length(); k++) {
@@ -397,7 +397,7 @@ Napi::Value js_optimizer_set_state(Info info) {
         DUAT_CHECK(v.IsNumber(), ERROR_ARGUMENT, "row step count " + std::to_string(r) + " is not a number");
         const double d = v.As<Napi::Number>().DoubleValue();
         DUAT_CHECK(d >= 0 && d <= 1e15 && d == static_cast<double>(static_cast<int64_t>(d)), ERROR_ARGUMENT,
-              "row step count " + std::to_string(r) + " is not a count");
+                   "row step count " + std::to_string(r) + " is not a count");
         s.row_steps.push_back(static_cast<int64_t>(d));
       }
     }

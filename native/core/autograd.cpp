@@ -126,19 +126,19 @@ Tensor record(const Tensor& out, const char* name, const std::vector<Tensor>& in
 
 void backward(const Tensor& root, const Tensor& seed) {
   DUAT_CHECK(root->requires_grad, ERROR_STATE,
-        "backward: the tensor does not require grad (no input had requiresGrad, or it was made under noGrad)");
+             "backward: the tensor does not require grad (no input had requiresGrad, or it was made under noGrad)");
   if (root->grad_fn) {
     DUAT_CHECK(static_cast<bool>(root->grad_fn->backward_fn), ERROR_STATE,
-          "backward: the graph behind this tensor was already freed by an earlier backward()");
+               "backward: the graph behind this tensor was already freed by an earlier backward()");
   }
   Tensor dseed = seed;
   if (!dseed) {
     DUAT_CHECK(root->numel() == 1, ERROR_SHAPE,
-          "backward: the tensor has shape " + shape_str(root->shape) + "; give a gradient or reduce it to one element");
+               "backward: the tensor has shape " + shape_str(root->shape) + "; give a gradient or reduce it to one element");
     dseed = full(root->shape, 1.0f, root->device);
   } else {
     DUAT_CHECK(dseed->shape == root->shape, ERROR_SHAPE,
-          "backward: gradient shape " + shape_str(dseed->shape) + " does not match tensor shape " + shape_str(root->shape));
+               "backward: gradient shape " + shape_str(dseed->shape) + " does not match tensor shape " + shape_str(root->shape));
     check_f32(dseed, "backward", "the gradient");
     check_same_device(root, dseed, "backward");
   }
@@ -195,7 +195,7 @@ void backward(const Tensor& root, const Tensor& seed) {
     }
     std::shared_ptr<Node> node = t->grad_fn;
     DUAT_CHECK(static_cast<bool>(node->backward_fn), ERROR_STATE,
-          "backward: part of the graph (" + node->name + ") was already freed by an earlier backward()");
+               "backward: part of the graph (" + node->name + ") was already freed by an earlier backward()");
     Grads grads(node->inputs.size());
     grads.dout_owned_ = dout != dseed;
     grads.dout_storage_ = dout->storage.get();

@@ -45,7 +45,7 @@ Walk coalesce(Walk w) {
     }
   }
   DUAT_CHECK(out.shape.size() <= static_cast<size_t>(MAX_DIMS), ERROR_SHAPE,
-        "tensors of more than " + std::to_string(MAX_DIMS) + " dimensions are not supported");
+             "tensors of more than " + std::to_string(MAX_DIMS) + " dimensions are not supported");
   return out;
 }
 
@@ -131,7 +131,7 @@ bool TensorImpl::is_contiguous() const {
 namespace {
 void check_host(const TensorImpl& t) {
   DUAT_CHECK(t.device == DEVICE_CPU, ERROR_DEVICE,
-        std::string("host access to a tensor on ") + device_name(t.device) + ": copy it to the CPU first (to('cpu'))");
+             std::string("host access to a tensor on ") + device_name(t.device) + ": copy it to the CPU first (to('cpu'))");
 }
 }  // namespace
 
@@ -352,7 +352,7 @@ Tensor contiguous_data(const Tensor& t) {
 int64_t wrap_dim(int64_t d, int64_t ndim, const char* what) {
   int64_t w = d < 0 ? d + ndim : d;
   DUAT_CHECK(w >= 0 && w < ndim, ERROR_SHAPE,
-        std::string(what) + ": dimension " + std::to_string(d) + " is out of range for a tensor of " +
+             std::string(what) + ": dimension " + std::to_string(d) + " is out of range for a tensor of " +
             std::to_string(ndim) + " dimensions");
   return w;
 }
@@ -367,13 +367,13 @@ void check_i32(const Tensor& t, const char* op, const char* arg) {
 
 void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
   DUAT_CHECK(a->device == b->device, ERROR_DEVICE,
-        std::string(op) + ": tensors are on different devices (" + device_name(a->device) + " and " +
+             std::string(op) + ": tensors are on different devices (" + device_name(a->device) + " and " +
             device_name(b->device) + "); move one with to()");
 }
 
 void check_dim(const Tensor& t, int64_t ndim, const char* op, const char* arg) {
   DUAT_CHECK(t->dim() == ndim, ERROR_SHAPE,
-        std::string(op) + ": expected " + arg + " to have " + std::to_string(ndim) + " dimensions but got shape " +
+             std::string(op) + ": expected " + arg + " to have " + std::to_string(ndim) + " dimensions but got shape " +
             shape_str(t->shape));
 }
 

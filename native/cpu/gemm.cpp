@@ -494,8 +494,8 @@ constexpr int64_t MC_ROWS = 144;  // a multiple of every MR above
 constexpr int64_t NC = 4096;
 constexpr int64_t SMALL_GEMM_MAX = int64_t{1} << 17;  // M*N*K below which packing does not pay
 constexpr int64_t B_CHUNK_BYTES = int64_t{8} << 20;  // packed B shared by the tasks of one region
-constexpr int64_t SPLIT_K_NARROW_N = 256;
-constexpr int64_t SWAP_MIN_K = 1024;  // K from which A^T B with M < N runs as (B^T A)^T  // columns of C up to which K splits from K > M + N
+constexpr int64_t SPLIT_K_NARROW_N = 256;  // columns of C up to which K splits from K > M + N
+constexpr int64_t SWAP_MIN_K = 1024;  // K from which A^T B with 2M <= N runs as (B^T A)^T
 constexpr int64_t DIRECT_B_MAX_M = 96;  // rows up to which a row-major B is read in place
 constexpr int64_t DIRECT_A_MAX_PANELS = 8;  // column panels per task up to which a row-major A is read in place
 // The same for the products that read B in place: column panels per thread up to which A's rows
@@ -743,7 +743,7 @@ CpuIsa cpu_isa_active() { return g_isa; }
 
 void cpu_isa_set(CpuIsa isa) {
   DUAT_CHECK(isa >= CPU_ISA_GENERIC && isa <= detect(), ERROR_ARGUMENT,
-        std::string("this CPU does not support the ") + cpu_isa_name(isa) + " kernels");
+             std::string("this CPU does not support the ") + cpu_isa_name(isa) + " kernels");
   g_isa = isa;
 }
 

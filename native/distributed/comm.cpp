@@ -41,7 +41,7 @@ Communicator* communicator() {
 Communicator& require_communicator(const char* what) {
   Communicator* c = communicator();
   DUAT_CHECK(c != nullptr, ERROR_DISTRIBUTED,
-        std::string(what) + " needs a distributed job: call duat.distributed.init() first (under mpirun)");
+             std::string(what) + " needs a distributed job: call duat.distributed.init() first (under mpirun)");
   return *c;
 }
 
@@ -69,9 +69,9 @@ void allreduce_sum(Communicator& comm, const Tensor& t) {
 
 BranchShare branch_share(int64_t branches, int rank, int size) {
   DUAT_CHECK(size >= 1 && rank >= 0 && rank < size, ERROR_ARGUMENT,
-        "branch share: rank " + std::to_string(rank) + " is not in [0, " + std::to_string(size) + ")");
+             "branch share: rank " + std::to_string(rank) + " is not in [0, " + std::to_string(size) + ")");
   DUAT_CHECK(branches >= size, ERROR_ARGUMENT,
-        "branch-parallel training: " + std::to_string(branches) + " branches per stage cannot be split over " +
+             "branch-parallel training: " + std::to_string(branches) + " branches per stage cannot be split over " +
             std::to_string(size) + " ranks (every rank needs at least one); use fewer ranks or parallel 'data'");
   const int64_t base = branches / size, extra = branches % size;
   BranchShare s;

@@ -184,7 +184,7 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::string& library) 
   api.byte = dlsym(lib, "ompi_mpi_byte");
   api.sum = dlsym(lib, "ompi_mpi_op_sum");
   DUAT_CHECK(api.f32 && api.f64 && api.byte && api.sum, ERROR_DISTRIBUTED,
-        "distributed: " + path + " lacks Open MPI's predefined types or operations");
+             "distributed: " + path + " lacks Open MPI's predefined types or operations");
   int done = 0, finalized = 0;
   api.Initialized(&done);
   api.Finalized(&finalized);
@@ -194,10 +194,10 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::string& library) 
     int provided = 0;
     // The step's collectives run on a worker thread, one at a time: SERIALIZED is what it needs.
     DUAT_CHECK(api.Init_thread(nullptr, nullptr, kThreadSerialized, &provided) == 0, ERROR_DISTRIBUTED,
-          "distributed: MPI_Init_thread failed (" + path + ")");
+               "distributed: MPI_Init_thread failed (" + path + ")");
     owns = true;
     DUAT_CHECK(provided >= kThreadSerialized, ERROR_DISTRIBUTED,
-          "distributed: " + path + " provides thread level " + std::to_string(provided) +
+               "distributed: " + path + " provides thread level " + std::to_string(provided) +
               "; duat needs MPI_THREAD_SERIALIZED (2) because collectives run on worker threads");
   }
   return std::make_unique<MpiCommunicator>(api, owns);

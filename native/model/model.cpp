@@ -25,12 +25,12 @@ void Model::set_branches(int64_t active, int64_t frozen, bool freeze_embedding) 
   check_idle("change its active or frozen branches");
   const int64_t N = config_.branches;
   DUAT_CHECK(active >= 0 && active <= N, ERROR_ARGUMENT,
-        "model: active branches must be 0 (all) to " + std::to_string(N) + ", got " + std::to_string(active));
+             "model: active branches must be 0 (all) to " + std::to_string(N) + ", got " + std::to_string(active));
   const int64_t k = active == 0 ? N : active;
   DUAT_CHECK(frozen >= 0 && frozen <= k, ERROR_ARGUMENT,
-        "model: frozen branches must be 0 to the " + std::to_string(k) + " active ones, got " + std::to_string(frozen));
+             "model: frozen branches must be 0 to the " + std::to_string(k) + " active ones, got " + std::to_string(frozen));
   DUAT_CHECK(!config_.branch_parallel || (k == N && frozen == 0), ERROR_ARGUMENT,
-        "model: a branch-parallel share trains all its branches");
+             "model: a branch-parallel share trains all its branches");
   config_.active_branches = k == N ? 0 : k;
   frozen_ = frozen;
   const IndexRange stacked = model_branch_params(config_);
@@ -47,7 +47,7 @@ void Model::set_branches(int64_t active, int64_t frozen, bool freeze_embedding) 
 void Model::check_idle(const char* what) const {
   DUAT_CHECK(!params_.empty(), ERROR_DISPOSED, "the model has been disposed");
   DUAT_CHECK(!busy_.load(), ERROR_STATE,
-        std::string("the model is in the middle of a training step; await it before you ") + what);
+             std::string("the model is in the middle of a training step; await it before you ") + what);
 }
 
 void Model::dispose() {
@@ -76,7 +76,7 @@ void Model::to(Device device) {
 Model::Lock::Lock(Model& model, std::vector<Tensor> extra) : model_(model) {
   DUAT_CHECK(!model.params_.empty(), ERROR_DISPOSED, "the model has been disposed");
   DUAT_CHECK(!model.busy_.exchange(true), ERROR_STATE,
-        "the model is in the middle of a training step; await it before starting another");
+             "the model is in the middle of a training step; await it before starting another");
   for (const std::vector<Tensor>* list : {&model.params_, &extra})
     for (const Tensor& t : *list) {
       t->storage->busy.fetch_add(1);

@@ -44,7 +44,7 @@ void check_branch_param(const Tensor& t, const Tensor& x, const Shape& shape, co
   check_f32(t, op, name);
   check_same_device(x, t, op);
   DUAT_CHECK(t->shape == shape, ERROR_SHAPE,
-        std::string(op) + ": " + name + " has shape " + shape_str(t->shape) + " but needs " + shape_str(shape));
+             std::string(op) + ": " + name + " has shape " + shape_str(t->shape) + " but needs " + shape_str(shape));
 }
 
 // Runs fn(buffer) on input i's gradient for a kernel that writes every element: the fresh
@@ -74,7 +74,7 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   check_same_device(x, w, op);
   const bool shared = x->dim() == 2;
   DUAT_CHECK((shared && x->shape[1] == C) || (x->dim() == 3 && x->shape[0] == N && x->shape[2] == C), ERROR_SHAPE,
-        std::string(op) + ": input shape " + shape_str(x->shape) + " is neither (R, " + std::to_string(C) + ") nor (" +
+             std::string(op) + ": input shape " + shape_str(x->shape) + " is neither (R, " + std::to_string(C) + ") nor (" +
             std::to_string(N) + ", R, " + std::to_string(C) + ")");
   if (b) check_branch_param(b, x, {N, O}, op, "the bias");
   DUAT_CHECK(!ln_w == !ln_b, ERROR_ARGUMENT, std::string(op) + ": the folded LayerNorm needs both its weight and its bias");

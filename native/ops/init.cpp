@@ -43,7 +43,7 @@ Tensor rand_uniform(const Shape& shape, uint64_t seed, float low, float high, De
 
 Tensor trunc_normal(const Shape& shape, uint64_t seed, float mean, float std, float a, float b, Device device) {
   DUAT_CHECK(std > 0.0f && a < b && a <= mean + 6 * std && b >= mean - 6 * std, ERROR_ARGUMENT,
-        "truncNormal: needs std > 0 and a < b within six standard deviations of the mean");
+             "truncNormal: needs std > 0 and a < b within six standard deviations of the mean");
   return generate(shape, device, "truncNormal", [=](uint64_t i) {
     for (uint64_t draw = 0; draw < 1000; draw++) {
       const float v = mean + std * normal_at(seed, i, draw);

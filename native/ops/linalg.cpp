@@ -91,17 +91,17 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   check_f32(b, "matmul", "the second operand");
   check_same_device(a, b, "matmul");
   DUAT_CHECK(a->dim() >= 2 && b->dim() >= 2, ERROR_SHAPE,
-        "matmul: both operands need at least 2 dimensions, got " + shape_str(a->shape) + " and " + shape_str(b->shape));
+             "matmul: both operands need at least 2 dimensions, got " + shape_str(a->shape) + " and " + shape_str(b->shape));
   const int64_t M = a->size(-2), K = a->size(-1), N = b->size(-1);
   DUAT_CHECK(b->size(-2) == K, ERROR_SHAPE,
-        "matmul: inner dimensions differ: " + shape_str(a->shape) + " @ " + shape_str(b->shape));
+             "matmul: inner dimensions differ: " + shape_str(a->shape) + " @ " + shape_str(b->shape));
   const Shape batch(a->shape.begin(), a->shape.end() - 2);
   // A two-dimensional right operand is shared by the batch: the left operand's batch folds into
   // its rows and the product is one (batch*M) x N matrix; otherwise a batched product.
   const bool shared = b->dim() == 2;
   if (!shared) {
     DUAT_CHECK(Shape(b->shape.begin(), b->shape.end() - 2) == batch, ERROR_SHAPE,
-          "matmul: batch dimensions differ: " + shape_str(a->shape) + " @ " + shape_str(b->shape));
+               "matmul: batch dimensions differ: " + shape_str(a->shape) + " @ " + shape_str(b->shape));
   }
   Mat ma, mb;
   const Tensor ra = readable(a, &ma, shared ? as_rows : as_mat);
@@ -150,14 +150,14 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   check_same_device(x, w, "linear");
   check_dim(w, 2, "linear", "the weight");
   DUAT_CHECK(x->dim() >= 1 && x->size(-1) == w->shape[1], ERROR_SHAPE,
-        "linear: input shape " + shape_str(x->shape) + " does not end in the weight's input size " +
+             "linear: input shape " + shape_str(x->shape) + " does not end in the weight's input size " +
             std::to_string(w->shape[1]) + " (weight " + shape_str(w->shape) + ")");
   const int64_t in = w->shape[1], outf = w->shape[0];
   if (bias) {
     check_f32(bias, "linear", "the bias");
     check_same_device(x, bias, "linear");
     DUAT_CHECK(bias->dim() == 1 && bias->shape[0] == outf, ERROR_SHAPE,
-          "linear: bias shape " + shape_str(bias->shape) + " does not match the weight's output size " +
+               "linear: bias shape " + shape_str(bias->shape) + " does not match the weight's output size " +
               std::to_string(outf));
   }
   // x as rows (its leading dims folded), read in place when it can be.

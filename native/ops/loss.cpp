@@ -14,7 +14,7 @@ void check_class_labels(const Tensor& labels, int64_t classes, const char* op) {
   const Tensor y = contiguous_data(labels);
   for (int64_t i = 0; i < y->numel(); i++) {
     DUAT_CHECK(y->i32()[i] >= 0 && y->i32()[i] < classes, ERROR_ARGUMENT,
-          std::string(op) + ": label " + std::to_string(y->i32()[i]) + " at index " + std::to_string(i) +
+               std::string(op) + ": label " + std::to_string(y->i32()[i]) + " at index " + std::to_string(i) +
               " is outside [0, " + std::to_string(classes) + ")");
   }
 }
@@ -27,7 +27,7 @@ void check_labels(const Tensor& logits, const Tensor& labels, const char* op) {
   const int64_t B = logits->shape[0], K = logits->shape[1];
   DUAT_CHECK(B > 0 && K > 0, ERROR_SHAPE, std::string(op) + ": empty logits " + shape_str(logits->shape));
   DUAT_CHECK(labels->dim() == 1 && labels->shape[0] == B, ERROR_SHAPE,
-        std::string(op) + ": labels shape " + shape_str(labels->shape) + " does not match a batch of " +
+             std::string(op) + ": labels shape " + shape_str(labels->shape) + " does not match a batch of " +
             std::to_string(B));
   check_class_labels(labels, K, op);
 }
@@ -36,7 +36,7 @@ void check_labels(const Tensor& logits, const Tensor& labels, const char* op) {
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float smoothing) {
   check_labels(logits, labels, "crossEntropy");
   DUAT_CHECK(smoothing >= 0.0f && smoothing < 1.0f, ERROR_ARGUMENT,
-        "crossEntropy: label smoothing must be in [0, 1), got " + std::to_string(smoothing));
+             "crossEntropy: label smoothing must be in [0, 1), got " + std::to_string(smoothing));
   const int64_t B = logits->shape[0], K = logits->shape[1];
   const Device dev = logits->device;
   const Tensor lc = contiguous_data(logits), yc = contiguous_data(labels);

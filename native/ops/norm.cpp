@@ -17,7 +17,7 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, c
     check_f32(*t, "layerNorm", t == &w ? "the weight" : "the bias");
     check_same_device(x, *t, "layerNorm");
     DUAT_CHECK((*t)->dim() == 1 && (*t)->shape[0] == C, ERROR_SHAPE,
-          std::string("layerNorm: ") + (t == &w ? "weight" : "bias") + " shape " + shape_str((*t)->shape) +
+               std::string("layerNorm: ") + (t == &w ? "weight" : "bias") + " shape " + shape_str((*t)->shape) +
               " does not match the normalised size " + std::to_string(C));
   }
   int64_t R = 0;
@@ -27,7 +27,7 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, c
     DUAT_CHECK(!w && !b, ERROR_ARGUMENT, "layerNorm: a residual input excludes the affine weight and bias");
     R = resid->dim() == 2 ? resid->shape[0] : 0;
     DUAT_CHECK(resid->dim() == 2 && resid->shape[1] == C && R > 0 && rows % R == 0, ERROR_SHAPE,
-          "layerNorm: residual shape " + shape_str(resid->shape) + " does not divide the rows of " + shape_str(x->shape));
+               "layerNorm: residual shape " + shape_str(resid->shape) + " does not divide the rows of " + shape_str(x->shape));
   }
   const Device dev = x->device;
   const Tensor xc = contiguous_data(x), wc = w ? contiguous_data(w) : nullptr, bc = b ? contiguous_data(b) : nullptr;

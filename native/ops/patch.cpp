@@ -13,7 +13,7 @@ Tensor patchify(const Tensor& images, int64_t patch) {
   const int64_t B = images->shape[0], ch = images->shape[1], S = images->shape[2];
   DUAT_CHECK(images->shape[3] == S, ERROR_SHAPE, "patchify: images must be square, got " + shape_str(images->shape));
   DUAT_CHECK(patch >= 1 && S % patch == 0, ERROR_SHAPE,
-        "patchify: patch size " + std::to_string(patch) + " does not divide the image size " + std::to_string(S));
+             "patchify: patch size " + std::to_string(patch) + " does not divide the image size " + std::to_string(S));
   const int64_t G = S / patch, T = G * G, F = ch * patch * patch;
   const Tensor x = contiguous_data(images);
   Tensor out = empty({B, T, F}, DTYPE_F32, images->device);
@@ -28,8 +28,8 @@ Tensor patch_embed(const Tensor& images, const Tensor& w, const Tensor& b, int64
   check_f32(w, "patchEmbed", "the weight");
   check_dim(w, 4, "patchEmbed", "the weight (C, channels, P, P)");
   DUAT_CHECK(images->dim() == 4 && w->shape[1] == images->shape[1] && w->shape[2] == patch && w->shape[3] == patch,
-        ERROR_SHAPE,
-        "patchEmbed: weight " + shape_str(w->shape) + " does not fit images " + shape_str(images->shape) +
+             ERROR_SHAPE,
+             "patchEmbed: weight " + shape_str(w->shape) + " does not fit images " + shape_str(images->shape) +
             " with patch size " + std::to_string(patch));
   const int64_t C = w->shape[0];
   return linear(patchify(images, patch), reshape(w, {C, -1}), b);

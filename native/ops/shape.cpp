@@ -45,11 +45,11 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   const int64_t known = shape_numel(given);  // checked: refuses a product beyond 2^40
   if (infer >= 0) {
     DUAT_CHECK(known > 0 && x->numel() % known == 0, ERROR_SHAPE,
-          "reshape: cannot infer the -1 in " + shape_str(shape) + " for " + std::to_string(x->numel()) + " elements");
+               "reshape: cannot infer the -1 in " + shape_str(shape) + " for " + std::to_string(x->numel()) + " elements");
     s[infer] = x->numel() / known;
   }
   DUAT_CHECK(shape_numel(s) == x->numel(), ERROR_SHAPE,
-        "reshape: cannot reshape " + shape_str(x->shape) + " (" + std::to_string(x->numel()) + " elements) to " +
+             "reshape: cannot reshape " + shape_str(x->shape) + " (" + std::to_string(x->numel()) + " elements) to " +
             shape_str(shape));
   const Tensor c = contiguous_data(x);
   Tensor out = as_view(c, s, contiguous_strides(s), c->offset);
@@ -63,7 +63,7 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
 Tensor permute(const Tensor& x, const std::vector<int64_t>& perm) {
   const int64_t nd = x->dim();
   DUAT_CHECK(static_cast<int64_t>(perm.size()) == nd, ERROR_SHAPE,
-        "permute: " + std::to_string(perm.size()) + " dimensions given for a tensor of shape " + shape_str(x->shape));
+             "permute: " + std::to_string(perm.size()) + " dimensions given for a tensor of shape " + shape_str(x->shape));
   std::vector<int64_t> p(nd), inverse(nd, -1);
   for (int64_t i = 0; i < nd; i++) {
     p[i] = wrap_dim(perm[i], nd, "permute");
@@ -131,7 +131,7 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
     bool fits = xs[i]->dim() == first->dim();
     for (int64_t k = 0; fits && k < first->dim(); k++) fits = k == d || xs[i]->shape[k] == first->shape[k];
     DUAT_CHECK(fits, ERROR_SHAPE,
-          "concat: tensor " + std::to_string(i) + " has shape " + shape_str(xs[i]->shape) +
+               "concat: tensor " + std::to_string(i) + " has shape " + shape_str(xs[i]->shape) +
               ", which does not match " + shape_str(first->shape) + " outside dimension " + std::to_string(d));
     shape[d] += xs[i]->shape[d];
   }

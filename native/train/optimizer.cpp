@@ -38,7 +38,7 @@ Optimizer::Optimizer(OptimizerKind kind, std::vector<Tensor> params, std::vector
     : kind_(kind), params_(std::move(params)), group_of_(std::move(group_of)), state_(params_.size()) {
   DUAT_CHECK(kind == OPTIMIZER_ADAMW || kind == OPTIMIZER_SGD, ERROR_ARGUMENT, "optimizer: unknown kind");
   DUAT_CHECK(!params_.empty() && group_of_.size() == params_.size(), ERROR_ARGUMENT,
-        "optimizer: needs one group index per parameter");
+             "optimizer: needs one group index per parameter");
   for (size_t i = 0; i < params_.size(); i++) {
     DUAT_CHECK(params_[i] != nullptr, ERROR_ARGUMENT, "optimizer: parameter " + std::to_string(i) + " is missing");
     check_f32(params_[i], "optimizer", "every parameter");
@@ -83,16 +83,16 @@ void Optimizer::set_state(size_t i, const State& s) {
   for (int k = 0; k < 2; k++) {
     if (!parts[k]) continue;
     DUAT_CHECK(parts[k]->dtype == DTYPE_F32 && parts[k]->shape == p->shape, ERROR_CHECKPOINT,
-          std::string("optimizer state: the ") + names[k] + " of parameter " + std::to_string(i) + " has shape " +
+               std::string("optimizer state: the ") + names[k] + " of parameter " + std::to_string(i) + " has shape " +
               shape_str(parts[k]->shape) + " but the parameter has " + shape_str(p->shape));
     *out[k] = empty(p->shape, DTYPE_F32, p->device);
     copy_into(*out[k], parts[k]);
   }
   DUAT_CHECK(kind_ != OPTIMIZER_ADAMW || static_cast<bool>(moved.a) == static_cast<bool>(moved.b), ERROR_CHECKPOINT,
-        "optimizer state: AdamW needs both moments of parameter " + std::to_string(i));
+             "optimizer state: AdamW needs both moments of parameter " + std::to_string(i));
   DUAT_CHECK(s.step >= 0, ERROR_CHECKPOINT, "optimizer state: a negative step count");
   DUAT_CHECK(s.row_steps.empty() || (p->dim() > 0 && static_cast<int64_t>(s.row_steps.size()) == p->shape[0]), ERROR_CHECKPOINT,
-        "optimizer state: " + std::to_string(s.row_steps.size()) + " row step counts for parameter " + std::to_string(i) +
+             "optimizer state: " + std::to_string(s.row_steps.size()) + " row step counts for parameter " + std::to_string(i) +
             " of shape " + shape_str(p->shape));
   for (int64_t r : s.row_steps) DUAT_CHECK(r >= 0, ERROR_CHECKPOINT, "optimizer state: a negative row step count");
   moved.step = s.step;
@@ -103,7 +103,7 @@ void Optimizer::set_state(size_t i, const State& s) {
 void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& scale) {
   DUAT_CHECK(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
   DUAT_CHECK(groups.size() >= group_count_, ERROR_ARGUMENT,
-        "optimizer: options for " + std::to_string(groups.size()) + " groups given, " + std::to_string(group_count_) +
+             "optimizer: options for " + std::to_string(groups.size()) + " groups given, " + std::to_string(group_count_) +
             " needed");
   // Check everything first.
   std::vector<size_t> todo;
@@ -112,7 +112,7 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
     const Tensor& g = p->grad;
     if (!g) continue;
     DUAT_CHECK(g->shape == p->shape && g->dtype == DTYPE_F32, ERROR_SHAPE,
-          "optimizer: the gradient of parameter " + std::to_string(i) + " has shape " + shape_str(g->shape) +
+               "optimizer: the gradient of parameter " + std::to_string(i) + " has shape " + shape_str(g->shape) +
               " but the parameter " + shape_str(p->shape));
     check_same_device(p, g, "optimizer");
     DUAT_CHECK(p->is_contiguous(), ERROR_SHAPE, "optimizer: parameter " + std::to_string(i) + " is not contiguous");
@@ -120,7 +120,7 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
     if (first >= end) continue;  // frozen whole
     const GroupOptions& o = groups[group_of_[i]];
     DUAT_CHECK(std::isfinite(o.lr) && o.lr >= 0 && std::isfinite(o.weight_decay) && o.weight_decay >= 0, ERROR_ARGUMENT,
-          "optimizer: group " + std::to_string(group_of_[i]) + " needs a finite, non-negative lr and weight decay");
+               "optimizer: group " + std::to_string(group_of_[i]) + " needs a finite, non-negative lr and weight decay");
     todo.push_back(i);
   }
   // New state buffers (allocations only: nothing that exists changes yet), on each parameter's

@@ -18,7 +18,7 @@ void check_batch(const Model& m, const Tensor& images, const Tensor& labels, con
   if (!labels) return;
   check_class_labels(labels, m.config().classes, op);
   DUAT_CHECK(images->dim() >= 1 && labels->shape[0] == images->shape[0], ERROR_SHAPE,
-        std::string(op) + ": " + std::to_string(labels->numel()) + " labels for images of shape " +
+             std::string(op) + ": " + std::to_string(labels->numel()) + " labels for images of shape " +
             shape_str(images->shape));
 }
 
@@ -68,14 +68,14 @@ StepResult train_step(Model& model, const Tensor& images, const Tensor& labels, 
                       const std::vector<GroupOptions>& groups, const StepOptions& o) {
   check_batch(model, images, labels, "trainStep");
   DUAT_CHECK(o.label_smoothing >= 0.0f && o.label_smoothing < 1.0f && o.clip_grad_norm >= 0.0f, ERROR_ARGUMENT,
-        "trainStep: label smoothing must be in [0, 1) and the clipping norm non-negative");
+             "trainStep: label smoothing must be in [0, 1) and the clipping norm non-negative");
   GradMode with_grad(true);  // whatever an earlier job on this pool thread left behind
   PrecisionScope precision(model.precision());
   const Device dev = model.device();
   const bool branches = model.config().branch_parallel;
   Communicator* comm = o.data_parallel || branches ? &require_communicator("a distributed training step") : nullptr;
   DUAT_CHECK(!(o.data_parallel && branches), ERROR_ARGUMENT,
-        "trainStep: a branch-parallel model cannot also be trained data-parallel");
+             "trainStep: a branch-parallel model cannot also be trained data-parallel");
   for (const Tensor& t : model.params()) t->grad = nullptr;
   Tensor loss, correct;
   if (o.data_parallel && images->shape[0] == 0) {
