@@ -72,7 +72,7 @@ void set_test_device(bool on) {
   if (on == g_test_device.load()) return;
   DUAT_CHECK(cuda_live_bytes() == 0, ERROR_STATE,
              "the test device can be switched only while no tensor lives on 'cuda' (" + std::to_string(cuda_live_bytes()) +
-            " bytes do)");
+                 " bytes do)");
   g_test_device.store(on, std::memory_order_release);
 }
 

@@ -353,7 +353,7 @@ int64_t wrap_dim(int64_t d, int64_t ndim, const char* what) {
   int64_t w = d < 0 ? d + ndim : d;
   DUAT_CHECK(w >= 0 && w < ndim, ERROR_SHAPE,
              std::string(what) + ": dimension " + std::to_string(d) + " is out of range for a tensor of " +
-            std::to_string(ndim) + " dimensions");
+                 std::to_string(ndim) + " dimensions");
   return w;
 }
 
@@ -368,13 +368,13 @@ void check_i32(const Tensor& t, const char* op, const char* arg) {
 void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
   DUAT_CHECK(a->device == b->device, ERROR_DEVICE,
              std::string(op) + ": tensors are on different devices (" + device_name(a->device) + " and " +
-            device_name(b->device) + "); move one with to()");
+                 device_name(b->device) + "); move one with to()");
 }
 
 void check_dim(const Tensor& t, int64_t ndim, const char* op, const char* arg) {
   DUAT_CHECK(t->dim() == ndim, ERROR_SHAPE,
              std::string(op) + ": expected " + arg + " to have " + std::to_string(ndim) + " dimensions but got shape " +
-            shape_str(t->shape));
+                 shape_str(t->shape));
 }
 
 }  // namespace duat

@@ -72,7 +72,7 @@ BranchShare branch_share(int64_t branches, int rank, int size) {
              "branch share: rank " + std::to_string(rank) + " is not in [0, " + std::to_string(size) + ")");
   DUAT_CHECK(branches >= size, ERROR_ARGUMENT,
              "branch-parallel training: " + std::to_string(branches) + " branches per stage cannot be split over " +
-            std::to_string(size) + " ranks (every rank needs at least one); use fewer ranks or parallel 'data'");
+                 std::to_string(size) + " ranks (every rank needs at least one); use fewer ranks or parallel 'data'");
   const int64_t base = branches / size, extra = branches % size;
   BranchShare s;
   s.count = base + (rank < extra ? 1 : 0);

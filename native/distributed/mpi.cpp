@@ -198,7 +198,7 @@ std::unique_ptr<Communicator> make_mpi_communicator(const std::string& library) 
     owns = true;
     DUAT_CHECK(provided >= kThreadSerialized, ERROR_DISTRIBUTED,
                "distributed: " + path + " provides thread level " + std::to_string(provided) +
-              "; duat needs MPI_THREAD_SERIALIZED (2) because collectives run on worker threads");
+                   "; duat needs MPI_THREAD_SERIALIZED (2) because collectives run on worker threads");
   }
   return std::make_unique<MpiCommunicator>(api, owns);
 }

@@ -157,15 +157,15 @@ ModelParams model_params_from_list(const ModelConfig& c, const std::vector<Tenso
   const std::vector<Shape> shapes = model_param_shapes(c);
   DUAT_CHECK(list.size() == names.size(), ERROR_SHAPE,
              "model: expected " + std::to_string(names.size()) + " parameters for depth " + std::to_string(c.depth) +
-            ", got " + std::to_string(list.size()));
+                 ", got " + std::to_string(list.size()));
   for (size_t i = 0; i < list.size(); i++) {
     check_f32(list[i], "model", names[i].c_str());
     DUAT_CHECK(list[i]->device == list[0]->device, ERROR_DEVICE,
                "model: parameter '" + names[i] + "' is on " + device_name(list[i]->device) + " but '" + names[0] + "' on " +
-              device_name(list[0]->device) + "; move the whole model with to()");
+                   device_name(list[0]->device) + "; move the whole model with to()");
     DUAT_CHECK(list[i]->shape == shapes[i], ERROR_SHAPE,
                "model: parameter '" + names[i] + "' has shape " + shape_str(list[i]->shape) + " but the config needs " +
-              shape_str(shapes[i]));
+                   shape_str(shapes[i]));
   }
   ModelParams p;
   size_t k = 0;
@@ -239,10 +239,10 @@ namespace {
 
 Tensor embed(const Tensor& images, const ModelParams& p, const ModelConfig& c) {
   DUAT_CHECK(images->dim() == 4 && images->shape[1] == c.channels && images->shape[2] == c.image_size &&
-            images->shape[3] == c.image_size,
+                 images->shape[3] == c.image_size,
              ERROR_SHAPE,
              "model: expected images of shape [B, " + std::to_string(c.channels) + ", " + std::to_string(c.image_size) + ", " +
-            std::to_string(c.image_size) + "] but got " + shape_str(images->shape));
+                 std::to_string(c.image_size) + "] but got " + shape_str(images->shape));
   const int64_t B = images->shape[0];
   const Device dev = model_device(p);
   const Tensor x = patch_embed(to(images, dev), p.patch_w, p.patch_b, c.patch_size);  // (B, T, C)

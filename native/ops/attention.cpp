@@ -22,7 +22,7 @@ dm::AttnLayout attention_layout(const Tensor& qkv, int64_t heads, int64_t branch
   const int64_t width = qkv->shape[2];
   DUAT_CHECK(width % (3 * branches) == 0, ERROR_SHAPE,
              std::string(op) + ": the last dimension of qkv (" + std::to_string(width) + ") is not " +
-            (branches == 1 ? std::string("3C") : std::to_string(branches) + " branches x 3C"));
+                 (branches == 1 ? std::string("3C") : std::to_string(branches) + " branches x 3C"));
   const int64_t C = width / (3 * branches);
   DUAT_CHECK(heads >= 1 && C % heads == 0, ERROR_SHAPE,
              std::string(op) + ": " + std::to_string(heads) + " heads do not divide the width " + std::to_string(C));

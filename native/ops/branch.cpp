@@ -75,7 +75,7 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   const bool shared = x->dim() == 2;
   DUAT_CHECK((shared && x->shape[1] == C) || (x->dim() == 3 && x->shape[0] == N && x->shape[2] == C), ERROR_SHAPE,
              std::string(op) + ": input shape " + shape_str(x->shape) + " is neither (R, " + std::to_string(C) + ") nor (" +
-            std::to_string(N) + ", R, " + std::to_string(C) + ")");
+                 std::to_string(N) + ", R, " + std::to_string(C) + ")");
   if (b) check_branch_param(b, x, {N, O}, op, "the bias");
   DUAT_CHECK(!ln_w == !ln_b, ERROR_ARGUMENT, std::string(op) + ": the folded LayerNorm needs both its weight and its bias");
   if (ln_w) {

@@ -151,14 +151,14 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   check_dim(w, 2, "linear", "the weight");
   DUAT_CHECK(x->dim() >= 1 && x->size(-1) == w->shape[1], ERROR_SHAPE,
              "linear: input shape " + shape_str(x->shape) + " does not end in the weight's input size " +
-            std::to_string(w->shape[1]) + " (weight " + shape_str(w->shape) + ")");
+                 std::to_string(w->shape[1]) + " (weight " + shape_str(w->shape) + ")");
   const int64_t in = w->shape[1], outf = w->shape[0];
   if (bias) {
     check_f32(bias, "linear", "the bias");
     check_same_device(x, bias, "linear");
     DUAT_CHECK(bias->dim() == 1 && bias->shape[0] == outf, ERROR_SHAPE,
                "linear: bias shape " + shape_str(bias->shape) + " does not match the weight's output size " +
-              std::to_string(outf));
+                   std::to_string(outf));
   }
   // x as rows (its leading dims folded), read in place when it can be.
   Mat mx;

@@ -15,7 +15,7 @@ void check_class_labels(const Tensor& labels, int64_t classes, const char* op) {
   for (int64_t i = 0; i < y->numel(); i++) {
     DUAT_CHECK(y->i32()[i] >= 0 && y->i32()[i] < classes, ERROR_ARGUMENT,
                std::string(op) + ": label " + std::to_string(y->i32()[i]) + " at index " + std::to_string(i) +
-              " is outside [0, " + std::to_string(classes) + ")");
+                   " is outside [0, " + std::to_string(classes) + ")");
   }
 }
 
@@ -28,7 +28,7 @@ void check_labels(const Tensor& logits, const Tensor& labels, const char* op) {
   DUAT_CHECK(B > 0 && K > 0, ERROR_SHAPE, std::string(op) + ": empty logits " + shape_str(logits->shape));
   DUAT_CHECK(labels->dim() == 1 && labels->shape[0] == B, ERROR_SHAPE,
              std::string(op) + ": labels shape " + shape_str(labels->shape) + " does not match a batch of " +
-            std::to_string(B));
+                 std::to_string(B));
   check_class_labels(labels, K, op);
 }
 }  // namespace

@@ -18,7 +18,7 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, c
     check_same_device(x, *t, "layerNorm");
     DUAT_CHECK((*t)->dim() == 1 && (*t)->shape[0] == C, ERROR_SHAPE,
                std::string("layerNorm: ") + (t == &w ? "weight" : "bias") + " shape " + shape_str((*t)->shape) +
-              " does not match the normalised size " + std::to_string(C));
+                   " does not match the normalised size " + std::to_string(C));
   }
   int64_t R = 0;
   if (resid) {

@@ -30,7 +30,7 @@ Tensor patch_embed(const Tensor& images, const Tensor& w, const Tensor& b, int64
   DUAT_CHECK(images->dim() == 4 && w->shape[1] == images->shape[1] && w->shape[2] == patch && w->shape[3] == patch,
              ERROR_SHAPE,
              "patchEmbed: weight " + shape_str(w->shape) + " does not fit images " + shape_str(images->shape) +
-            " with patch size " + std::to_string(patch));
+                 " with patch size " + std::to_string(patch));
   const int64_t C = w->shape[0];
   return linear(patchify(images, patch), reshape(w, {C, -1}), b);
 }

@@ -50,7 +50,7 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
   }
   DUAT_CHECK(shape_numel(s) == x->numel(), ERROR_SHAPE,
              "reshape: cannot reshape " + shape_str(x->shape) + " (" + std::to_string(x->numel()) + " elements) to " +
-            shape_str(shape));
+                 shape_str(shape));
   const Tensor c = contiguous_data(x);
   Tensor out = as_view(c, s, contiguous_strides(s), c->offset);
   const Shape in_shape = x->shape;
@@ -132,7 +132,7 @@ Tensor concat(const std::vector<Tensor>& xs, int64_t dim) {
     for (int64_t k = 0; fits && k < first->dim(); k++) fits = k == d || xs[i]->shape[k] == first->shape[k];
     DUAT_CHECK(fits, ERROR_SHAPE,
                "concat: tensor " + std::to_string(i) + " has shape " + shape_str(xs[i]->shape) +
-              ", which does not match " + shape_str(first->shape) + " outside dimension " + std::to_string(d));
+                   ", which does not match " + shape_str(first->shape) + " outside dimension " + std::to_string(d));
     shape[d] += xs[i]->shape[d];
   }
   Tensor out = empty(shape, first->dtype, first->device);

@@ -84,7 +84,7 @@ void Optimizer::set_state(size_t i, const State& s) {
     if (!parts[k]) continue;
     DUAT_CHECK(parts[k]->dtype == DTYPE_F32 && parts[k]->shape == p->shape, ERROR_CHECKPOINT,
                std::string("optimizer state: the ") + names[k] + " of parameter " + std::to_string(i) + " has shape " +
-              shape_str(parts[k]->shape) + " but the parameter has " + shape_str(p->shape));
+                   shape_str(parts[k]->shape) + " but the parameter has " + shape_str(p->shape));
     *out[k] = empty(p->shape, DTYPE_F32, p->device);
     copy_into(*out[k], parts[k]);
   }
@@ -93,7 +93,7 @@ void Optimizer::set_state(size_t i, const State& s) {
   DUAT_CHECK(s.step >= 0, ERROR_CHECKPOINT, "optimizer state: a negative step count");
   DUAT_CHECK(s.row_steps.empty() || (p->dim() > 0 && static_cast<int64_t>(s.row_steps.size()) == p->shape[0]), ERROR_CHECKPOINT,
              "optimizer state: " + std::to_string(s.row_steps.size()) + " row step counts for parameter " + std::to_string(i) +
-            " of shape " + shape_str(p->shape));
+                 " of shape " + shape_str(p->shape));
   for (int64_t r : s.row_steps) DUAT_CHECK(r >= 0, ERROR_CHECKPOINT, "optimizer state: a negative row step count");
   moved.step = s.step;
   moved.row_steps = s.row_steps;
@@ -104,7 +104,7 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
   DUAT_CHECK(!params_.empty(), ERROR_DISPOSED, "the optimizer has been disposed");
   DUAT_CHECK(groups.size() >= group_count_, ERROR_ARGUMENT,
              "optimizer: options for " + std::to_string(groups.size()) + " groups given, " + std::to_string(group_count_) +
-            " needed");
+                 " needed");
   // Check everything first.
   std::vector<size_t> todo;
   for (size_t i = 0; i < params_.size(); i++) {
@@ -113,7 +113,7 @@ void Optimizer::step(const std::vector<GroupOptions>& groups, const GradScale& s
     if (!g) continue;
     DUAT_CHECK(g->shape == p->shape && g->dtype == DTYPE_F32, ERROR_SHAPE,
                "optimizer: the gradient of parameter " + std::to_string(i) + " has shape " + shape_str(g->shape) +
-              " but the parameter " + shape_str(p->shape));
+                   " but the parameter " + shape_str(p->shape));
     check_same_device(p, g, "optimizer");
     DUAT_CHECK(p->is_contiguous(), ERROR_SHAPE, "optimizer: parameter " + std::to_string(i) + " is not contiguous");
     const auto [first, end] = update_rows(p);

@@ -19,7 +19,7 @@ void check_batch(const Model& m, const Tensor& images, const Tensor& labels, con
   check_class_labels(labels, m.config().classes, op);
   DUAT_CHECK(images->dim() >= 1 && labels->shape[0] == images->shape[0], ERROR_SHAPE,
              std::string(op) + ": " + std::to_string(labels->numel()) + " labels for images of shape " +
-            shape_str(images->shape));
+                 shape_str(images->shape));
 }
 
 // Scalars on one device, read back to the host together.
