@@ -139,9 +139,8 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     // db'_n(o) = sum_r dpre_n(r, o): computed with GELU's gradient in one pass when dpre, the
     // pre-activation and dout share a dense layout and db is contiguous; else reduced from dpre.
     const Tensor dbf = folded && (want_w || want_b) ? empty({N, O}, DTYPE_F32, dev) : nullptr;
-    const auto blocks = row_blocks(spre ? spre : dout);
+    const auto blocks = spre ? row_blocks(spre) : std::array<int64_t, 3>{};
     const bool fuse = gelu && want_b && blocks[0] > 0 && row_blocks(dout) == blocks && row_blocks(dpre) == blocks;
-    bool bias_done = false;
     auto bias_sum = [&](const Tensor& db, bool acc) {
       if (fuse && db->is_contiguous()) {
         be.gelu_backward_bias(spre->ptr_f32(), dout->ptr_f32(), dpre->ptr_f32(), db->ptr_f32(), blocks[0], blocks[1],
@@ -157,7 +156,6 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
       } else {
         grads.into(2, bias_sum);
       }
-      bias_done = true;
     } else if (gelu) {
       launch_map(MAP_GELU_GRAD, dpre, spre, dout);
     }
@@ -193,13 +191,13 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     d.B = sxm.p, d.b_n = sxm.s_c, d.b_k = sxm.s_r, d.b_batch = shared ? 0 : sxm.s_z;
     if (!folded) {
       if (grads.needs(1)) gemm_into_grad(grads, 1, d, false, dev);
-      if (grads.needs(2) && !bias_done) grads.into(2, bias_sum);
+      if (grads.needs(2) && !fuse) grads.into(2, bias_sum);
       return;
     }
     const Tensor dwf = empty({N, O, C}, DTYPE_F32, dev);
     d.C = dwf->ptr_f32(), d.c_m = C, d.c_batch = O * C;
     be.gemm(d);
-    if (!bias_done) bias_sum(dbf, false);
+    if (!fuse) bias_sum(dbf, false);
     // Through the fold: every output written, into fresh gradient buffers or temporaries.
     WriteTarget tw = write_target(grads, 1, {N, O, C}, dev), tb = write_target(grads, 2, has_bias ? Shape{N, O} : Shape{}, dev);
     WriteTarget tg = write_target(grads, 3, {N, C}, dev), tbeta = write_target(grads, 4, {N, C}, dev);
