@@ -100,6 +100,13 @@ const cases: OpCase[] = [
     ref: ([qkv]) => R.concat([0, 1, 2].map((n) => R.attention(R.slice(qkv, 2, n * 12, (n + 1) * 12, 1), 2)), 2),
   },
   {
+    // 17 queries: one full block of 16 and one of 1 in the CPU's transposed probabilities.
+    name: 'attention over 17 tokens',
+    inputs: [{ shape: [2, 17, 12], range: [-1.5, 1.5] }],
+    run: ([qkv]) => F.attention(qkv, 2),
+    ref: ([qkv]) => R.attention(qkv, 2),
+  },
+  {
     name: 'attention of a strided view',
     inputs: [{ shape: [5, 2, 6], range: [-1.5, 1.5] }],
     run: ([x]) => F.attention(x.transpose(0, 1), 1),
@@ -259,6 +266,30 @@ describe('argmax', () => {
     duat.tidy(() => {
       const x = duat.tensor([1, 5, 5, 0, -1, -2, 9, 3], [2, 4]);
       expect(Array.from(x.argmax().toArray())).toEqual([1, 2]);
+    });
+  });
+});
+
+describe('attention over many images', () => {
+  // With 4 images per thread or more, the CPU runs one task per image (all its heads in order,
+  // cpu_nn.cpp for_each_head) instead of one per head: the same values as one image at a time.
+  test('gives each image the output and gradient it gets alone', () => {
+    duat.tidy(() => {
+      const B = 32, T = 19, N = 2, C = 16;
+      const qkv = duat.randn([B, T, N * 3 * C], { seed: 12 });
+      const dout = duat.randn([B, T, N * C], { seed: 13 });
+      const all = duat.tensor(qkv.toArray(), qkv.shape, { requiresGrad: true });
+      const out = F.attention(all, 2, N);
+      out.backward(dout);
+      const outAll = out.toArray(), gradAll = all.grad!.toArray();
+      const rowIn = T * N * 3 * C, rowOut = T * N * C;
+      for (const b of [0, 7, B - 1]) {
+        const one = duat.tensor(qkv.toArray().slice(b * rowIn, (b + 1) * rowIn), [1, T, N * 3 * C], { requiresGrad: true });
+        const o = F.attention(one, 2, N);
+        o.backward(duat.tensor(dout.toArray().slice(b * rowOut, (b + 1) * rowOut), [1, T, N * C]));
+        expect(Array.from(o.toArray())).toEqual(Array.from(outAll.slice(b * rowOut, (b + 1) * rowOut)));
+        expect(Array.from(one.grad!.toArray())).toEqual(Array.from(gradAll.slice(b * rowIn, (b + 1) * rowIn)));
+      }
     });
   });
 });

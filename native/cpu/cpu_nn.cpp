@@ -97,69 +97,94 @@ void CpuBackend::gemm(const GemmArgs& g) {
 }
 
 // ================================ attention =====================================================
-// One task per (b, n, h) on the pool. The T x T probabilities live in per-thread scratch only:
-// forward keeps the log-sum-exp of each row and backward rebuilds the probabilities from it (one
-// more Q K^T product, no saved T x T). The per-head products are small (T x T x D and T x D x T)
-// and run unpacked (sgemm_small): Q, V, K, dO and the outputs are read and written in place
-// (ld = N*3C).
+// Heads run on the pool (for_each_head). The T x T probabilities live in per-thread scratch only:
+// forward keeps the log-sum-exp of each query and backward rebuilds the probabilities from it
+// (one more score product, no saved T x T). The scratch holds them transposed, keys x queries
+// (S^T = K Q^T), so each query's softmax runs down a column with sixteen queries per vector
+// (kernels.h, softmax_lse_cols_cpu); its rows are padded to a multiple of 16 (the padding holds
+// whatever the scratch held: computed on, never read back). At T = 50 this layout made the
+// forward 1.25x and the backward 1.15x faster than row softmaxes of S (sums across lanes). The per-head
+// products are small (T x T x D and T x D x T) and run unpacked (sgemm_small): Q, K, V, dO and the
+// outputs are read and written in place (ld = N*3C).
 namespace {
+// Asks for head t's Q, K and V rows (T rows of D floats each) to be brought into the caches.
+void prefetch_head(const dm::AttnLayout& L, const float* qkv, int64_t t) {
+  const int64_t heads = L.N * L.H;
+  const float* q = qkv + L.q_offset(t / heads, (t / L.H) % L.N, t % L.H);
+  for (int64_t i = 0; i < L.T; i++, q += L.ld_in())
+    for (int64_t d = 0; d < L.D; d += 16) {
+      __builtin_prefetch(q + d);
+      __builtin_prefetch(q + L.C + d);
+      __builtin_prefetch(q + 2 * L.C + d);
+    }
+}
+
+// fn(task, b, n, h) for every head. With enough images for the pool, a task is one image's
+// heads in order (they read the same T rows of qkv, which then stream through one core's caches,
+// 15% faster than heads spread over the threads at batch 64); otherwise a task is one head. The
+// next head's rows are prefetched while a head runs.
 template <typename Fn>
-void for_each_head(const dm::AttnLayout& L, int64_t B, Fn fn) {
-  parallel_for(B * L.N * L.H, [&](int64_t task) {
-    const int64_t b = task / (L.N * L.H), n = (task / L.H) % L.N, h = task % L.H;
-    fn(task, b, n, h);
+void for_each_head(const dm::AttnLayout& L, int64_t B, const float* qkv, Fn fn) {
+  const int64_t heads = L.N * L.H;
+  const int64_t per_task = B >= 4 * get_num_threads() ? heads : 1;
+  parallel_for(B * heads / per_task, [&](int64_t task) {
+    const int64_t end = (task + 1) * per_task;
+    for (int64_t t = task * per_task; t < end; t++) {
+      if (t + 1 < end) prefetch_head(L, qkv, t + 1);
+      fn(t, t / heads, (t / L.H) % L.N, t % L.H);
+    }
   });
 }
 
-// S = scale * Q K^T (T x T) for one head.
-void head_scores(const dm::AttnLayout& L, const float* q, const float* k, float scale, float* S) {
-  sgemm_small(false, true, L.T, L.T, L.D, scale, q, L.ld_in(), k, L.ld_in(), 0.0f, S, L.T);
+// Row stride of the keys x queries scratch.
+int64_t padded_queries(const dm::AttnLayout& L) { return (L.T + 15) / 16 * 16; }
+
+// S^T = scale * K Q^T (keys x queries) for one head, into s (row stride padded_queries).
+void head_scores_t(const dm::AttnLayout& L, const float* q, const float* k, float scale, float* s) {
+  sgemm_small(false, true, L.T, L.T, L.D, scale, k, L.ld_in(), q, L.ld_in(), 0.0f, s, padded_queries(L));
 }
 }  // namespace
 
 void CpuBackend::attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
-  const int64_t T = L.T, ld = L.ld_in();
-  for_each_head(L, B, [&](int64_t, int64_t b, int64_t n, int64_t h) {
-    thread_local std::vector<float> P;
-    P.resize(static_cast<size_t>(T * T));
-    head_scores(L, qkv + L.q_offset(b, n, h), qkv + L.k_offset(b, n, h), scale, P.data());
-    for (int64_t i = 0; i < T; i++) {
-      const float l = softmax_lse_row_cpu(P.data() + i * T, P.data() + i * T, T);
-      if (lse) lse[L.stat_offset(b, n, h) + i] = l;
-    }
-    sgemm_small(false, false, T, L.D, T, 1.0f, P.data(), T, qkv + L.v_offset(b, n, h), ld, 0.0f, out + L.out_offset(b, n, h),
-                L.ld_out());
+  const int64_t T = L.T, ld = L.ld_in(), tp = padded_queries(L);
+  for_each_head(L, B, qkv, [&](int64_t, int64_t b, int64_t n, int64_t h) {
+    thread_local std::vector<float> P;  // P^T
+    P.resize(static_cast<size_t>(T * tp));
+    head_scores_t(L, qkv + L.q_offset(b, n, h), qkv + L.k_offset(b, n, h), scale, P.data());
+    softmax_lse_cols_cpu(P.data(), tp, T, T, lse ? lse + L.stat_offset(b, n, h) : nullptr);
+    // O = P V = (P^T)^T V
+    sgemm_small(true, false, T, L.D, T, 1.0f, P.data(), tp, qkv + L.v_offset(b, n, h), ld, 0.0f,
+                out + L.out_offset(b, n, h), L.ld_out());
   });
 }
 
 void CpuBackend::attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
                                     const float*, const float* lse, float*, float* dqkv) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
-  const int64_t T = L.T, D = L.D, ld = L.ld_in(), ldo = L.ld_out();
-  for_each_head(L, B, [&](int64_t, int64_t b, int64_t n, int64_t h) {
-    thread_local std::vector<float> P, dS;
-    P.resize(static_cast<size_t>(T * T));
-    dS.resize(static_cast<size_t>(T * T));
+  const int64_t T = L.T, D = L.D, ld = L.ld_in(), ldo = L.ld_out(), tp = padded_queries(L);
+  for_each_head(L, B, qkv, [&](int64_t, int64_t b, int64_t n, int64_t h) {
+    thread_local std::vector<float> P, dS;  // P^T and dS^T, keys x queries
+    P.resize(static_cast<size_t>(T * tp));
+    dS.resize(static_cast<size_t>(T * tp));
     const float* q = qkv + L.q_offset(b, n, h);
     const float* k = qkv + L.k_offset(b, n, h);
+    const float* v = qkv + L.v_offset(b, n, h);
     const float* dO = dout + L.out_offset(b, n, h);
-    const float* l = lse + L.stat_offset(b, n, h);
-    head_scores(L, q, k, scale, P.data());                                          // S
-    for (int64_t i = 0; i < T; i++) exp_row_cpu(P.data() + i * T, P.data() + i * T, l[i], T);  // P = exp(S - lse)
-    sgemm_small(true, false, T, D, T, 1.0f, P.data(), T, dO, ldo, 0.0f, dqkv + L.v_offset(b, n, h), ld);  // dV = P^T dO
-    sgemm_small(false, true, T, T, D, 1.0f, dO, ldo, qkv + L.v_offset(b, n, h), ld, 0.0f, dS.data(), T);  // dP = dO V^T
-    for (int64_t i = 0; i < T; i++)  // dS = P (dP - rowsum(P dP)), in place
-      softmax_backward_row_set_cpu(P.data() + i * T, dS.data() + i * T, dS.data() + i * T, T);
-    sgemm_small(false, false, T, D, T, scale, dS.data(), T, k, ld, 0.0f, dqkv + L.q_offset(b, n, h), ld);  // dQ = s dS K
-    sgemm_small(true, false, T, D, T, scale, dS.data(), T, q, ld, 0.0f, dqkv + L.k_offset(b, n, h), ld);   // dK = s dS^T Q
+    head_scores_t(L, q, k, scale, P.data());
+    exp_cols_cpu(P.data(), tp, T, T, lse + L.stat_offset(b, n, h));                                  // P^T
+    sgemm_small(false, false, T, D, T, 1.0f, P.data(), tp, dO, ldo, 0.0f, dqkv + L.v_offset(b, n, h), ld);  // dV = P^T dO
+    sgemm_small(false, true, T, T, D, 1.0f, v, ld, dO, ldo, 0.0f, dS.data(), tp);                  // dP^T = V dO^T
+    softmax_backward_cols_cpu(P.data(), dS.data(), tp, T, T);                                         // dS^T
+    sgemm_small(true, false, T, D, T, scale, dS.data(), tp, k, ld, 0.0f, dqkv + L.q_offset(b, n, h), ld);  // dQ = s dS K
+    sgemm_small(false, false, T, D, T, scale, dS.data(), tp, q, ld, 0.0f, dqkv + L.k_offset(b, n, h), ld);  // dK = s dS^T Q
   });
 }
 
 void CpuBackend::attention_probs(const dm::AttnLayout& L, int64_t B, const float* qkv, float* probs) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
   const int64_t T = L.T, ld = L.ld_in();
-  for_each_head(L, B, [&](int64_t task, int64_t b, int64_t n, int64_t h) {
+  for_each_head(L, B, qkv, [&](int64_t task, int64_t b, int64_t n, int64_t h) {
     float* p = probs + task * T * T;
     sgemm(false, true, T, T, L.D, scale, qkv + L.q_offset(b, n, h), ld, qkv + L.k_offset(b, n, h), ld, 0.0f, p, T,
           false);

@@ -308,9 +308,13 @@ void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha
     const int nv = static_cast<int>((cols + 15) / 16);
     const int rem = static_cast<int>(cols - 16 * (nv - 1));
     const __mmask16 tail = static_cast<__mmask16>(rem == 16 ? 0xFFFF : (1u << rem) - 1);
-    for (int64_t i = 0; i < M; i += SMALL_ROWS) {
-      const int rows = static_cast<int>(std::min<int64_t>(SMALL_ROWS, M - i));
+    // Tiles of equal height (50 rows: 5 of 6 and 4 of 5, not 8 of 6 and 1 of 2): a short tile
+    // keeps too few sums in flight to hide the FMA latency.
+    const int64_t count = (M + SMALL_ROWS - 1) / SMALL_ROWS, base = M / count, taller = M % count;
+    for (int64_t t = 0, i = 0; t < count; t++) {
+      const int rows = static_cast<int>(base + (t < taller ? 1 : 0));
       tiles[rows - 1][nv - 1](i, j0, tail, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      i += rows;
     }
   }
 }

@@ -29,9 +29,11 @@ struct RowKernels {
   void (*stage_combine_range)(float*, const float*, const float*, const float*, int64_t, int64_t, float, float, int64_t);
   void (*gelu_bwd_range)(const float*, const float*, float*, int64_t, bool);
   void (*softmax_row)(const float*, float*, int64_t);
-  void (*softmax_bwd_row)(const float*, const float*, float*, int64_t, bool);
+  void (*softmax_bwd_row)(const float*, const float*, float*, int64_t);
   float (*softmax_lse_row)(const float*, float*, int64_t);
-  void (*exp_row)(const float*, float*, float, int64_t);
+  void (*softmax_lse_cols)(float*, int64_t, int64_t, int64_t, float*);
+  void (*exp_cols)(float*, int64_t, int64_t, int64_t, const float*);
+  void (*softmax_bwd_cols)(const float*, float*, int64_t, int64_t, int64_t);
   void (*log_softmax_row)(const float*, float*, int64_t);
   void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
   void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
@@ -120,7 +122,7 @@ void softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols) {
 }
 
 void softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols) {
-  over_rows(rows, cols, [&](int64_t r) { rk().softmax_bwd_row(y + r * cols, dy + r * cols, dx + r * cols, cols, true); });
+  over_rows(rows, cols, [&](int64_t r) { rk().softmax_bwd_row(y + r * cols, dy + r * cols, dx + r * cols, cols); });
 }
 
 void log_softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols) {
@@ -183,10 +185,16 @@ void layernorm_backward_row_cpu(const float* x, const float* w, float mean, floa
 
 float softmax_lse_row_cpu(const float* x, float* y, int64_t n) { return rk().softmax_lse_row(x, y, n); }
 
-void exp_row_cpu(const float* x, float* y, float shift, int64_t n) { rk().exp_row(x, y, shift, n); }
+void softmax_lse_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, float* lse) {
+  rk().softmax_lse_cols(s, ld, rows, cols, lse);
+}
 
-void softmax_backward_row_set_cpu(const float* y, const float* dy, float* dx, int64_t n) {
-  rk().softmax_bwd_row(y, dy, dx, n, false);
+void exp_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, const float* shift) {
+  rk().exp_cols(s, ld, rows, cols, shift);
+}
+
+void softmax_backward_cols_cpu(const float* p, float* d, int64_t ld, int64_t rows, int64_t cols) {
+  rk().softmax_bwd_cols(p, d, ld, rows, cols);
 }
 
 void small_gemm_rows_cpu(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,

@@ -26,9 +26,15 @@ void softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
 // dx += y * (dy - sum(dy * y))
 void softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
 // One row, on the calling thread (for callers that already split work over the pool):
-// y = softmax(x), returning the row's log-sum-exp; y = exp(x - shift); dx = y * (dy - sum(dy * y))
-// (written, not accumulated: dx may be dy).
+// y = softmax(x), returning the row's log-sum-exp.
 float softmax_lse_row_cpu(const float* x, float* y, int64_t n);
+// Attention's probabilities kept transposed (keys x queries), on the calling thread: s is `rows`
+// x `cols` with row stride ld, ld >= cols rounded up to 16 (the padding columns are computed and
+// never read). In place, per column j: s = softmax(s), lse[j] = its log-sum-exp (lse may be
+// null); s = exp(s - shift[j]); d = p * (d - sum_i p * d).
+void softmax_lse_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, float* lse);
+void exp_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, const float* shift);
+void softmax_backward_cols_cpu(const float* p, float* d, int64_t ld, int64_t rows, int64_t cols);
 // y = gelu(x) (+ beta * y); dx (+)= dy * gelu'(x) (n elements); one LayerNorm row forward, and its dx (+=).
 void gelu_forward_range_cpu(const float* x, float* y, int64_t n, float beta = 0.0f);
 void gelu_backward_range_cpu(const float* x, const float* dy, float* dx, int64_t n, bool accumulate);
@@ -40,8 +46,6 @@ void stage_combine_range_cpu(float* c, const float* v, const float* r, const flo
                              float scale, float beta, int64_t n);
 void layernorm_backward_row_cpu(const float* x, const float* w, float mean, float rstd, const float* dy, float* dx,
                                 int64_t C);
-void exp_row_cpu(const float* x, float* y, float shift, int64_t n);
-void softmax_backward_row_set_cpu(const float* y, const float* dy, float* dx, int64_t n);
 // y = x - max - log(sum(exp(x - max)))
 void log_softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
 // dx += dy - exp(y) * sum(dy)

@@ -230,6 +230,51 @@ void test_adamw_kernel() {
   cpu_isa_set(saved);
 }
 
+// Attention's column kernels (probabilities kept keys x queries) on every instruction set
+// against double formulas: softmax and log-sum-exp per column, exp with a shift per column, and
+// the softmax backward per column; widths that fill 16-column blocks fully, partly and not at all.
+void test_column_softmax_kernels() {
+  std::mt19937 rng(12);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  const CpuIsa saved = cpu_isa_active();
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) {
+    cpu_isa_set(static_cast<CpuIsa>(isa));
+    for (const int64_t cols : {1, 16, 17, 50}) {
+      const int64_t rows = 23, ld = (cols + 15) / 16 * 16;
+      std::vector<float> s0(rows * ld), d0(rows * ld), shift(cols);
+      for (auto& v : s0) v = dist(rng);
+      for (auto& v : d0) v = dist(rng);
+      for (auto& v : shift) v = dist(rng);
+      std::vector<float> p = s0, lse(cols + 1, 7.0f), e = s0, d = d0;
+      softmax_lse_cols_cpu(p.data(), ld, rows, cols, lse.data());
+      exp_cols_cpu(e.data(), ld, rows, cols, shift.data());
+      softmax_backward_cols_cpu(p.data(), d.data(), ld, rows, cols);
+      double worst_p = 0, worst_lse = 0, worst_e = 0, worst_d = 0;
+      for (int64_t j = 0; j < cols; j++) {
+        double m = -INFINITY, sum = 0, dot = 0;
+        for (int64_t i = 0; i < rows; i++) m = std::max(m, double(s0[i * ld + j]));
+        for (int64_t i = 0; i < rows; i++) sum += std::exp(s0[i * ld + j] - m);
+        for (int64_t i = 0; i < rows; i++) dot += std::exp(s0[i * ld + j] - m) / sum * d0[i * ld + j];
+        worst_lse = std::max(worst_lse, std::fabs(m + std::log(sum) - lse[j]));
+        for (int64_t i = 0; i < rows; i++) {
+          const double pr = std::exp(s0[i * ld + j] - m) / sum;
+          worst_p = std::max(worst_p, std::fabs(pr - p[i * ld + j]));
+          worst_d = std::max(worst_d, std::fabs(pr * (d0[i * ld + j] - dot) - d[i * ld + j]));
+          const double er = std::exp(double(s0[i * ld + j]) - shift[j]);
+          worst_e = std::max(worst_e, std::fabs(er - e[i * ld + j]) / std::max(1.0, er));
+        }
+      }
+      const std::string where = std::string(cpu_isa_name(static_cast<CpuIsa>(isa))) + ", " + std::to_string(cols) + " columns";
+      expect(worst_p < 1e-6 && worst_lse < 1e-5 && lse[cols] == 7.0f,
+             "softmax_lse_cols " + where + ": probabilities and log-sum-exp per column, nothing past the last (" +
+                 std::to_string(worst_p) + ", " + std::to_string(worst_lse) + ")");
+      expect(worst_e < 1e-6, "exp_cols " + where + " (" + std::to_string(worst_e) + ")");
+      expect(worst_d < 1e-5, "softmax_backward_cols " + where + " (" + std::to_string(worst_d) + ")");
+    }
+  }
+  cpu_isa_set(saved);
+}
+
 void test_math() {
   double worst_erf = 0.0, worst_exp = 0.0;
   for (float x = -6.0f; x <= 6.0f; x += 0.001f) worst_erf = std::max(worst_erf, std::fabs(fast_erf(x) - std::erf((double)x)));
@@ -802,6 +847,7 @@ void test_distributed_step() {
 int main() {
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm(static_cast<CpuIsa>(isa));
   test_adamw_kernel();
+  test_column_softmax_kernels();
   test_gemm_bf16();
   cpu_isa_set(cpu_isa_best());
   test_math();
