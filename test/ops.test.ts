@@ -150,6 +150,22 @@ const cases: OpCase[] = [
     ref: ([x, w, b, g, beta]) => R.branchLinear(x, w, b, g, beta, true),
   },
   {
+    // The sum is laid out like z (branch-major); the interleaved output still gets its gradient
+    // in its own layout (autograd.cpp), which the fused GELU and bias backward relies on.
+    name: 'branchLinear: GELU, interleaved, added to a branch-major tensor',
+    inputs: [{ shape: [3, 5, 6] }, { shape: [3, 4, 6] }, { shape: [3, 4] }, { shape: [3, 5, 4] }],
+    run: ([x, w, b, z]) => z.add(F.branchLinear(x, w, b, { gelu: true, interleaved: true })),
+    ref: ([x, w, b, z]) => R.binary(z, R.branchLinear(x, w, b, null, null, true), (p, q) => p + q),
+  },
+  {
+    // A transposed bias gets a transposed gradient buffer: the GELU bias sums go into it by a
+    // reduction, not by gelu_backward_bias (which writes contiguous rows).
+    name: 'branchLinear: GELU, a bias whose gradient buffer is not contiguous',
+    inputs: [{ shape: [3, 5, 6] }, { shape: [3, 4, 6] }, { shape: [4, 3] }],
+    run: ([x, w, bt]) => F.branchLinear(x, w, bt.transpose(0, 1), { gelu: true }),
+    ref: ([x, w, bt]) => R.branchLinear(x, w, R.permute(bt, [1, 0]), null, null, true),
+  },
+  {
     name: 'branchLinear: inputs as a strided view, branch-major output (proj)',
     inputs: [{ shape: [5, 3 * 6] }, { shape: [3, 4, 6] }, { shape: [3, 4] }],
     run: ([x, w, b]) => F.branchLinear(x.reshape(5, 3, 6).permute(1, 0, 2), w, b),

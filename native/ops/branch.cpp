@@ -136,11 +136,14 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     Tensor dpre = gelu ? grads.reusable(dout) : dout;
     const bool want_w = grads.needs(1) || (folded && (grads.needs(3) || grads.needs(4)));
     const bool want_b = grads.needs(2) || (folded && (grads.needs(3) || grads.needs(4)));
-    // db'_n(o) = sum_r dpre_n(r, o): computed with GELU's gradient in one pass when dpre, the
-    // pre-activation and dout share a dense layout and db is contiguous; else reduced from dpre.
+    // db'_n(o) = sum_r dpre_n(r, o): with GELU, computed with its gradient in one pass (into a
+    // contiguous db; reduced from dpre into any other). dout, and so dpre, come laid out like the
+    // output (the walk makes them so, autograd.cpp), and the pre-activation was made like it.
     const Tensor dbf = folded && (want_w || want_b) ? empty({N, O}, DTYPE_F32, dev) : nullptr;
     const auto blocks = spre ? row_blocks(spre) : std::array<int64_t, 3>{};
-    const bool fuse = gelu && want_b && blocks[0] > 0 && row_blocks(dout) == blocks && row_blocks(dpre) == blocks;
+    const bool fuse = gelu && want_b;
+    DUAT_CHECK(!fuse || (blocks[0] > 0 && row_blocks(dout) == blocks && row_blocks(dpre) == blocks), ERROR_STATE,
+               "branch_linear backward: the gradient is not laid out like the output");
     auto bias_sum = [&](const Tensor& db, bool acc) {
       if (fuse && db->is_contiguous()) {
         be.gelu_backward_bias(spre->ptr_f32(), dout->ptr_f32(), dpre->ptr_f32(), db->ptr_f32(), blocks[0], blocks[1],
