@@ -289,6 +289,29 @@ void CpuBackend::map(const MapArgs& m) {
 // Sums in fp64 into a compact accumulator over the kept dimensions, then writes out once.
 // Threads own disjoint accumulators: split over the outermost dimension when it is kept, over the
 // columns of the last dimension when that one is kept, over partial sums when nothing is kept.
+namespace {
+// Whether a reduction walk sums rows of a contiguous last dimension that it keeps (acc stride 1)
+// over every other dimension (acc stride 0), the rows lying `ld` floats apart: then *rows and *ld.
+bool as_row_sum(const Shape& sh, const Shape& si, const Shape& sa, int64_t* rows, int64_t* ld) {
+  const size_t nd = sh.size();
+  if (nd < 2 || si[nd - 1] != 1 || sa[nd - 1] != 1) return false;
+  int64_t count = 1, stride = 0;
+  for (size_t d = nd - 1; d-- > 0;) {
+    if (sa[d] != 0) return false;
+    if (sh[d] == 1) continue;
+    if (count == 1) {
+      stride = si[d];
+    } else if (si[d] != stride * count) {
+      return false;
+    }
+    count *= sh[d];
+  }
+  *rows = count;
+  *ld = stride;
+  return true;
+}
+}  // namespace
+
 void CpuBackend::reduce(const ReduceArgs& r) {
   const int nd = r.nd;
   Shape shape(r.shape, r.shape + nd), in_s(r.in_strides, r.in_strides + nd), out_s(r.out_strides, r.out_strides + nd);
@@ -304,6 +327,8 @@ void CpuBackend::reduce(const ReduceArgs& r) {
   double* acc = reinterpret_cast<double*>(acc_buf->f32());
   const float* in = r.in;
   auto walk = [&](const Shape& sh, const Shape& si, const Shape& sa, const float* src, double* dst) {
+    int64_t rows = 0, ld = 0;
+    if (as_row_sum(sh, si, sa, &rows, &ld)) return accumulate_rows_f64_cpu(src, ld, rows, dst, sh.back());
     for_each_run<2>(sh, {&si, &sa}, [&](auto off, int64_t n, auto inc) {
       if (inc[1] == 0) {
         double s = 0.0;

@@ -41,6 +41,7 @@ struct RowKernels {
   void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
                      int64_t);
   void (*accumulate_f64)(const float*, double*, int64_t);
+  void (*accumulate_rows_f64)(const float*, int64_t, int64_t, double*, int64_t);
   double (*sum_squares_f64)(const float*, int64_t);
   void (*adamw_range)(float*, const float*, float*, float*, int64_t, float, const AdamWConsts&);
 };
@@ -101,6 +102,9 @@ void over_rows(int64_t rows, int64_t cols, RowFn fn) {
 }  // namespace
 
 void accumulate_f64_cpu(const float* x, double* acc, int64_t n) { rk().accumulate_f64(x, acc, n); }
+void accumulate_rows_f64_cpu(const float* x, int64_t ld, int64_t rows, double* acc, int64_t n) {
+  rk().accumulate_rows_f64(x, ld, rows, acc, n);
+}
 
 double sum_squares_f64_cpu(const float* x, int64_t n) { return rk().sum_squares_f64(x, n); }
 

@@ -11,6 +11,9 @@ void gelu_backward_cpu(const float* x, const float* dy, float* dx, int64_t n);
 
 // acc[i] += x[i] in fp64, on the calling thread (a reduction's column sums).
 void accumulate_f64_cpu(const float* x, double* acc, int64_t n);
+// acc[j] += sum over r < rows of x[r * ld + j] in fp64, rows in order (the same sums as
+// accumulate_f64_cpu row by row), on the calling thread.
+void accumulate_rows_f64_cpu(const float* x, int64_t ld, int64_t rows, double* acc, int64_t n);
 // sum of x[i]^2 in fp64, on the calling thread (a gradient norm's part).
 double sum_squares_f64_cpu(const float* x, int64_t n);
 
