@@ -226,15 +226,7 @@ void CpuBackend::fold_affine_forward(const float* w, const float* b, const float
   parallel_for_range(N * O, std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
     for (int64_t row = lo; row < hi; row++) {
       const int64_t n = row / O;
-      const float* wr = w + row * C;
-      const float* gn = g + n * C;
-      const float* bn = beta + n * C;
-      float* out = wf + row * C;
-      float dot = 0.0f;
-      for (int64_t c = 0; c < C; c++) {
-        out[c] = wr[c] * gn[c];
-        dot += wr[c] * bn[c];
-      }
+      const float dot = fold_affine_row_cpu(w + row * C, g + n * C, beta + n * C, wf + row * C, C);
       bf[row] = dot + (b ? b[row] : 0.0f);
     }
   });
@@ -252,16 +244,8 @@ void CpuBackend::fold_affine_backward(const float* w, const float* g, const floa
     std::fill(dbn, dbn + C, 0.0f);
     for (int64_t o = 0; o < O; o++) {
       const int64_t row = n * O + o;
-      const float* d = dwf + row * C;
-      const float* wr = w + row * C;
-      const float dbo = dbf[row];
-      float* out = dw + row * C;
-      for (int64_t c = 0; c < C; c++) {
-        out[c] = d[c] * gn[c] + dbo * bn[c];
-        dgn[c] += d[c] * wr[c];
-        dbn[c] += dbo * wr[c];
-      }
-      if (db) db[row] = dbo;
+      fold_affine_backward_row_cpu(dwf + row * C, w + row * C, gn, bn, dbf[row], dw + row * C, dgn, dbn, C);
+      if (db) db[row] = dbf[row];
     }
   });
 }

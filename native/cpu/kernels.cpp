@@ -43,6 +43,9 @@ struct RowKernels {
   void (*accumulate_f64)(const float*, double*, int64_t);
   void (*accumulate_rows_f64)(const float*, int64_t, int64_t, double*, int64_t);
   double (*sum_squares_f64)(const float*, int64_t);
+  float (*fold_affine_row)(const float*, const float*, const float*, float*, int64_t);
+  void (*fold_affine_bwd_row)(const float*, const float*, const float*, const float*, float, float*, float*, float*,
+                              int64_t);
   void (*adamw_range)(float*, const float*, float*, float*, int64_t, float, const AdamWConsts&);
 };
 }  // namespace
@@ -102,6 +105,13 @@ void over_rows(int64_t rows, int64_t cols, RowFn fn) {
 }  // namespace
 
 void accumulate_f64_cpu(const float* x, double* acc, int64_t n) { rk().accumulate_f64(x, acc, n); }
+float fold_affine_row_cpu(const float* w, const float* g, const float* beta, float* wf, int64_t C) {
+  return rk().fold_affine_row(w, g, beta, wf, C);
+}
+void fold_affine_backward_row_cpu(const float* d, const float* w, const float* g, const float* beta, float db,
+                                  float* dw, float* dg, float* dbeta, int64_t C) {
+  rk().fold_affine_bwd_row(d, w, g, beta, db, dw, dg, dbeta, C);
+}
 void accumulate_rows_f64_cpu(const float* x, int64_t ld, int64_t rows, double* acc, int64_t n) {
   rk().accumulate_rows_f64(x, ld, rows, acc, n);
 }

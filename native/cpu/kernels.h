@@ -11,6 +11,11 @@ void gelu_backward_cpu(const float* x, const float* dy, float* dx, int64_t n);
 
 // acc[i] += x[i] in fp64, on the calling thread (a reduction's column sums).
 void accumulate_f64_cpu(const float* x, double* acc, int64_t n);
+// One row of the LayerNorm-affine fold, on the calling thread: wf = w * g, returning sum(w * beta);
+// and of its backward: dw = d * g + db * beta, dg += d * w, dbeta += db * w (no arrays overlap).
+float fold_affine_row_cpu(const float* w, const float* g, const float* beta, float* wf, int64_t C);
+void fold_affine_backward_row_cpu(const float* d, const float* w, const float* g, const float* beta, float db,
+                                  float* dw, float* dg, float* dbeta, int64_t C);
 // acc[j] += sum over r < rows of x[r * ld + j] in fp64, rows in order (the same sums as
 // accumulate_f64_cpu row by row), on the calling thread.
 void accumulate_rows_f64_cpu(const float* x, int64_t ld, int64_t rows, double* acc, int64_t n);

@@ -295,6 +295,33 @@ void test_accumulate_rows() {
   cpu_isa_set(saved);
 }
 
+// The LayerNorm-affine fold's row kernels on every instruction set against double formulas.
+void test_fold_affine_rows() {
+  std::mt19937 rng(14);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  const int64_t C = 45;
+  std::vector<float> w(C), g(C), beta(C), d(C), wf(C), dw(C), dg(C), dbeta(C);
+  for (auto* v : {&w, &g, &beta, &d, &dg, &dbeta})
+    for (auto& e : *v) e = dist(rng);
+  const float db = 0.7f;
+  const CpuIsa saved = cpu_isa_active();
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) {
+    cpu_isa_set(static_cast<CpuIsa>(isa));
+    std::vector<float> dg1 = dg, dbeta1 = dbeta;
+    const float dot = fold_affine_row_cpu(w.data(), g.data(), beta.data(), wf.data(), C);
+    fold_affine_backward_row_cpu(d.data(), w.data(), g.data(), beta.data(), db, dw.data(), dg1.data(), dbeta1.data(), C);
+    double ref_dot = 0, worst = 0;
+    for (int64_t c = 0; c < C; c++) {
+      ref_dot += double(w[c]) * beta[c];
+      worst = std::max({worst, std::fabs(double(w[c]) * g[c] - wf[c]), std::fabs(double(d[c]) * g[c] + db * double(beta[c]) - dw[c]),
+                        std::fabs(dg[c] + double(d[c]) * w[c] - dg1[c]), std::fabs(dbeta[c] + db * double(w[c]) - dbeta1[c])});
+    }
+    worst = std::max(worst, std::fabs(ref_dot - dot));
+    expect(worst < 1e-5, std::string("fold_affine rows ") + cpu_isa_name(static_cast<CpuIsa>(isa)) + " (" + std::to_string(worst) + ")");
+  }
+  cpu_isa_set(saved);
+}
+
 void test_math() {
   double worst_erf = 0.0, worst_exp = 0.0;
   for (float x = -6.0f; x <= 6.0f; x += 0.001f) worst_erf = std::max(worst_erf, std::fabs(fast_erf(x) - std::erf((double)x)));
@@ -869,6 +896,7 @@ int main() {
   test_adamw_kernel();
   test_column_softmax_kernels();
   test_accumulate_rows();
+  test_fold_affine_rows();
   test_gemm_bf16();
   cpu_isa_set(cpu_isa_best());
   test_math();
