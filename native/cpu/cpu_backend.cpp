@@ -498,13 +498,12 @@ void CpuBackend::layernorm_forward(const LayerNormArgs& a) {
 
 void CpuBackend::layernorm_backward(const LayerNormGradArgs& a) {
   const int64_t C = a.C;
-  if (a.dx && !a.accumulate) fill(a.dx, a.rows * C, 0u);
   if (!a.resid) {
-    layernorm_backward_cpu(a.x, a.gamma, a.mean, a.rstd, a.dy, a.dx, a.dgamma, a.dbeta, a.rows, C);
+    layernorm_backward_cpu(a.x, a.gamma, a.mean, a.rstd, a.dy, a.dx, a.dgamma, a.dbeta, a.rows, C, a.accumulate);
     return;
   }
   residual_rows(a.x, a.resid, a.resid_rows, a.rows, C, [&](int64_t r, const float* v) {
-    layernorm_backward_row_cpu(v, a.gamma, a.mean[r], a.rstd[r], a.dy + r * C, a.dx + r * C, C);
+    layernorm_backward_row_cpu(v, a.gamma, a.mean[r], a.rstd[r], a.dy + r * C, a.dx + r * C, C, a.accumulate);
   });
 }
 

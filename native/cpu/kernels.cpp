@@ -37,7 +37,7 @@ struct RowKernels {
   void (*log_softmax_row)(const float*, float*, int64_t);
   void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
   void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
-  void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, float*, float*, int64_t);
+  void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, float*, float*, int64_t, bool);
   void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
                      int64_t);
   void (*accumulate_f64)(const float*, double*, int64_t);
@@ -153,7 +153,7 @@ void layernorm_forward_cpu(const float* x, const float* w, const float* b, float
 }
 
 void layernorm_backward_cpu(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
-                            float* dx, float* dw, float* db, int64_t rows, int64_t C) {
+                            float* dx, float* dw, float* db, int64_t rows, int64_t C, bool accumulate) {
   // dw and db are sums over rows: each thread sums its rows privately, then the parts are added.
   const int64_t threads = get_num_threads();
   const int64_t chunks = std::min<int64_t>(threads, std::max<int64_t>(1, rows * C / ELEM_GRAIN));
@@ -164,7 +164,8 @@ void layernorm_backward_cpu(const float* x, const float* w, const float* mean, c
     float* pw = partial && dw ? parts.data() + c * 2 * C : nullptr;
     float* pb = partial && db ? parts.data() + c * 2 * C + C : nullptr;
     for (int64_t r = c * step; r < std::min(rows, (c + 1) * step); r++)
-      rk().layernorm_bwd_row(x + r * C, w, mean[r], rstd[r], dy + r * C, dx ? dx + r * C : nullptr, pw, pb, C);
+      rk().layernorm_bwd_row(x + r * C, w, mean[r], rstd[r], dy + r * C, dx ? dx + r * C : nullptr, pw, pb, C,
+                             accumulate);
   });
   for (int64_t c = 0; c < chunks && partial; c++) {
     for (int64_t i = 0; i < C; i++) {
@@ -193,8 +194,8 @@ void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y,
 }
 
 void layernorm_backward_row_cpu(const float* x, const float* w, float mean, float rstd, const float* dy, float* dx,
-                                int64_t C) {
-  rk().layernorm_bwd_row(x, w, mean, rstd, dy, dx, nullptr, nullptr, C);
+                                int64_t C, bool accumulate) {
+  rk().layernorm_bwd_row(x, w, mean, rstd, dy, dx, nullptr, nullptr, C, accumulate);
 }
 
 float softmax_lse_row_cpu(const float* x, float* y, int64_t n) { return rk().softmax_lse_row(x, y, n); }

@@ -53,7 +53,7 @@ void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y,
 void stage_combine_range_cpu(float* c, const float* v, const float* r, const float* extra, int64_t nsum, int64_t stride,
                              float scale, float beta, int64_t n);
 void layernorm_backward_row_cpu(const float* x, const float* w, float mean, float rstd, const float* dy, float* dx,
-                                int64_t C);
+                                int64_t C, bool accumulate);
 // y = x - max - log(sum(exp(x - max)))
 void log_softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
 // dx += dy - exp(y) * sum(dy)
@@ -63,10 +63,10 @@ void log_softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_
 // variance, two-pass in fp32). w and b may be null (then 1 and 0). mean and rstd: (rows).
 void layernorm_forward_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
                            int64_t rows, int64_t C, float eps);
-// dx += rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w; dw += sum dy*xhat; db += sum dy.
-// dx, dw, db may each be null (not wanted).
+// dx (+)= rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w (written when not
+// `accumulate`); dw += sum dy*xhat; db += sum dy. dx, dw, db may each be null (not wanted).
 void layernorm_backward_cpu(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
-                            float* dx, float* dw, float* db, int64_t rows, int64_t C);
+                            float* dx, float* dw, float* db, int64_t rows, int64_t C, bool accumulate);
 
 // C = alpha op(A) B + beta C without packing, B row-major, for small products (sgemm decides and
 // lays B out first). Single-threaded; the AVX2 and portable paths (AVX-512 has its own in gemm.cpp).
