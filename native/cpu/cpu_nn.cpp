@@ -103,9 +103,9 @@ void CpuBackend::gemm(const GemmArgs& g) {
 // (S^T = K Q^T), so each query's softmax runs down a column with sixteen queries per vector
 // (kernels.h, softmax_lse_cols_cpu); its rows are padded to a multiple of 16 (the padding holds
 // whatever the scratch held: computed on, never read back). At T = 50 this layout made the
-// forward 1.25x and the backward 1.15x faster than row softmaxes of S (sums across lanes). The per-head
-// products are small (T x T x D and T x D x T) and run unpacked (sgemm_small): Q, K, V, dO and the
-// outputs are read and written in place (ld = N*3C).
+// forward 1.25x and the backward 1.15x faster than row softmaxes of S (sums across lanes). The
+// per-head products are small (T x T x D and T x D x T) and run unpacked (sgemm_small): Q, K, V,
+// dO and the outputs are read and written in place (ld = N*3C).
 namespace {
 // Asks for head t's Q, K and V rows (T rows of D floats each) to be brought into the caches.
 void prefetch_head(const dm::AttnLayout& L, const float* qkv, int64_t t) {
@@ -171,13 +171,16 @@ void CpuBackend::attention_backward(const dm::AttnLayout& L, int64_t B, const fl
     const float* k = qkv + L.k_offset(b, n, h);
     const float* v = qkv + L.v_offset(b, n, h);
     const float* dO = dout + L.out_offset(b, n, h);
+    float* dq = dqkv + L.q_offset(b, n, h);
+    float* dk = dqkv + L.k_offset(b, n, h);
+    float* dv = dqkv + L.v_offset(b, n, h);
     head_scores_t(L, q, k, scale, P.data());
-    exp_cols_cpu(P.data(), tp, T, T, lse + L.stat_offset(b, n, h));                                  // P^T
-    sgemm_small(false, false, T, D, T, 1.0f, P.data(), tp, dO, ldo, 0.0f, dqkv + L.v_offset(b, n, h), ld);  // dV = P^T dO
-    sgemm_small(false, true, T, T, D, 1.0f, v, ld, dO, ldo, 0.0f, dS.data(), tp);                  // dP^T = V dO^T
-    softmax_backward_cols_cpu(P.data(), dS.data(), tp, T, T);                                         // dS^T
-    sgemm_small(true, false, T, D, T, scale, dS.data(), tp, k, ld, 0.0f, dqkv + L.q_offset(b, n, h), ld);  // dQ = s dS K
-    sgemm_small(false, false, T, D, T, scale, dS.data(), tp, q, ld, 0.0f, dqkv + L.k_offset(b, n, h), ld);  // dK = s dS^T Q
+    exp_cols_cpu(P.data(), tp, T, T, lse + L.stat_offset(b, n, h));                 // P^T
+    sgemm_small(false, false, T, D, T, 1.0f, P.data(), tp, dO, ldo, 0.0f, dv, ld);    // dV = P^T dO
+    sgemm_small(false, true, T, T, D, 1.0f, v, ld, dO, ldo, 0.0f, dS.data(), tp);     // dP^T = V dO^T
+    softmax_backward_cols_cpu(P.data(), dS.data(), tp, T, T);                        // dS^T
+    sgemm_small(true, false, T, D, T, scale, dS.data(), tp, k, ld, 0.0f, dq, ld);     // dQ = s dS K
+    sgemm_small(false, false, T, D, T, scale, dS.data(), tp, q, ld, 0.0f, dk, ld);    // dK = s dS^T Q
   });
 }
 
