@@ -289,6 +289,10 @@ describe('argmax', () => {
 describe('attention over many images', () => {
   // With 4 images per thread or more, the CPU runs one task per image (all its heads in order,
   // cpu_nn.cpp for_each_head) instead of one per head: the same values as one image at a time.
+  // Two threads, so that 32 images take that path on any machine.
+  const saved = duat.getNumThreads();
+  beforeAll(() => duat.setNumThreads(2));
+  afterAll(() => duat.setNumThreads(saved));
   test('gives each image the output and gradient it gets alone', () => {
     duat.tidy(() => {
       const B = 32, T = 19, N = 2, C = 16;
