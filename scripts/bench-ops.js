@@ -31,7 +31,10 @@ bias work is not done or counted; GFLOP/s count the three products only). Produc
 at the shapes and layouts of a training step and of a batch-1 forward (Para-Former-1-4 and ViT-4
 at width 192: 50 tokens, batch 64 = 3200 rows), as a fraction of the float32 peak measured here
 (chains of independent FMAs on every thread, \`native/cpu/peak.h\`). Bandwidth rows: bytes read
-plus written per second, against a memory copy of the same bytes over the same threads.
+plus written per second, against a memory copy of the same bytes over the same threads. Step
+kernel rows: the rest of a Para-Former-1-4 training step at its shapes; attention in analytic
+GFLOP/s (forward two per-head products, backward four; the rebuilt scores are not counted),
+GELU's gradient with its bias sums and the bias reductions in GB/s against a copy.
 
 ${out}
 ## Reading this

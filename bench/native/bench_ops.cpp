@@ -6,6 +6,9 @@
 //      with the fraction of the machine's measured float32 peak.
 //   3. LayerNorm, softmax and GELU forward in GB/s (bytes read + written) next to a memory copy
 //      of the same bytes, threaded over the same pool.
+//   4. The training step's kernels besides the products, at Para-Former-1-4's shapes: attention
+//      forward and backward in GFLOP/s and fraction of peak; GELU's gradient with its bias sums
+//      and the bias reductions in GB/s next to a memory copy of the same bytes.
 // Runs are interleaved (duat, reference, duat, ...) and the median is reported, so drift on a
 // shared machine hits both sides alike. OpenBLAS's worker threads spin for a while after each
 // call (about 2^28 cycles by default) and would steal a core from whatever runs next on a
@@ -22,6 +25,7 @@
 #include <vector>
 
 #include "core/autograd.h"
+#include "core/backend.h"
 #include "core/parallel.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
@@ -170,6 +174,61 @@ void bench_bandwidth(int64_t rows, int64_t C, int reps) {
   }
 }
 
+// Para-Former-1-4's attention (batch 64, 50 tokens, 4 branches of 3 heads of 64) in GFLOP/s:
+// the analytic FLOPs of its per-head products (forward 2, backward 4, each 2*T*T*D) over the time.
+void bench_attention(double peak, int reps) {
+  const dm::AttnLayout L{50, 192, 4, 3, 64};
+  const int64_t B = 64, in = B * L.T * L.ld_in(), out_n = B * L.T * L.ld_out(), stats = B * L.N * L.H * L.T;
+  Tensor qkv = randn({in}, 7, 0, 1), dout = randn({out_n}, 8, 0, 1), out = empty({out_n}), lse = empty({stats});
+  Tensor dqkv = empty({in});
+  Backend& be = cpu_backend();
+  const double head = 2.0 * L.T * L.T * L.D * B * L.N * L.H;
+  const std::function<void()> none;
+  const double tf = race([&] { be.attention_forward(L, B, qkv->f32(), out->f32(), lse->f32()); }, none, reps).first;
+  const double tb = race([&] {
+    be.attention_backward(L, B, dout->f32(), qkv->f32(), out->f32(), lse->f32(), nullptr, dqkv->f32());
+  }, none, reps).first;
+  std::printf("| attention forward, 64 x 50 tokens, 4 x 3 heads of 64 | %.1f | %.0f%% |\n", 2 * head / tf / 1e9,
+              100.0 * 2 * head / tf / 1e9 / peak);
+  std::printf("| attention backward (scores rebuilt), same | %.1f | %.0f%% |\n", 4 * head / tb / 1e9,
+              100.0 * 4 * head / tb / 1e9 / peak);
+}
+
+// The step's reductions in GB/s against a copy of the bytes they read and write.
+void bench_step_reductions(int reps) {
+  const int64_t R = 3200;
+  Tensor x = randn({R * 3072}, 9, 0, 1), dy = randn({R * 3072}, 10, 0, 1), dx = empty({R * 3072});
+  Tensor db = empty({3072}), sum = empty({R * 192}), from = randn({R * 4608}, 11, 0, 1), to = empty({R * 4608});
+  Backend& be = cpu_backend();
+  // The copy moves as many bytes as the kernel reads and writes (half read, half written).
+  auto row = [&](const char* name, const std::function<void()>& fn, int64_t bytes) {
+    const int64_t n = bytes / 8;
+    auto copy = [&] {
+      parallel_for_range(n, 1 << 15, [&](int64_t lo, int64_t hi) {
+        std::memcpy(to->f32() + lo, from->f32() + lo, (hi - lo) * 4);
+      });
+    };
+    auto [tk, tc] = race(fn, copy, reps);
+    std::printf("| %s | %.1f | %.1f | %.0f%% |\n", name, bytes / tk / 1e9, bytes / tc / 1e9, 100.0 * tc / tk);
+  };
+  // Reads x and dy, writes dx: 3 floats an element (the sums are 3072 more).
+  row("GELU gradient with bias sums, 3200 x 3072", [&] {
+    be.gelu_backward_bias(x->f32(), dy->f32(), dx->f32(), db->f32(), 1, R, 3072, false);
+  }, 3 * R * 3072 * 4);
+  // The QKV bias gradient: 4 branches of 576 columns side by side (rows 2304 floats apart).
+  ReduceArgs qkv;
+  qkv.nd = 3, qkv.shape[0] = 4, qkv.shape[1] = R, qkv.shape[2] = 576;
+  qkv.in = x->f32(), qkv.in_strides[0] = 576, qkv.in_strides[1] = 2304, qkv.in_strides[2] = 1;
+  qkv.out = db->f32(), qkv.out_strides[0] = 576, qkv.out_strides[1] = 0, qkv.out_strides[2] = 1;
+  row("reduce 4 x 3200 x 576 -> 4 x 576 (QKV bias gradient)", [&] { be.reduce(qkv); }, 4 * R * 576 * 4);
+  // The stage input's gradient: 4 branches' (3200 x 192) summed.
+  ReduceArgs branches;
+  branches.nd = 2, branches.shape[0] = 4, branches.shape[1] = R * 192;
+  branches.in = x->f32(), branches.in_strides[0] = R * 192, branches.in_strides[1] = 1;
+  branches.out = sum->f32(), branches.out_strides[0] = 0, branches.out_strides[1] = 1;
+  row("reduce 4 x 614400 -> 614400 (branches summed)", [&] { be.reduce(branches); }, 5 * R * 192 * 4);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -215,5 +274,9 @@ int main(int argc, char** argv) {
   std::printf("\n| op | duat GB/s | memory copy GB/s | duat / copy |\n|---|---|---|---|\n");
   bench_bandwidth(4160, 768, reps);
   bench_bandwidth(4160, 192, reps);
+  std::printf("\n| step kernel | duat GFLOP/s | of peak |\n|---|---|---|\n");
+  bench_attention(peak, reps);
+  std::printf("\n| step kernel | duat GB/s | memory copy GB/s | duat / copy |\n|---|---|---|---|\n");
+  bench_step_reductions(reps);
   return 0;
 }

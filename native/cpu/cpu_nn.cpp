@@ -102,10 +102,9 @@ void CpuBackend::gemm(const GemmArgs& g) {
 // (one more score product, no saved T x T). The scratch holds them transposed, keys x queries
 // (S^T = K Q^T), so each query's softmax runs down a column with sixteen queries per vector
 // (kernels.h, softmax_lse_cols_cpu); its rows are padded to a multiple of 16 (the padding holds
-// whatever the scratch held: computed on, never read back). At T = 50 this layout made the
-// forward 1.25x and the backward 1.15x faster than row softmaxes of S (sums across lanes). The
-// per-head products are small (T x T x D and T x D x T) and run unpacked (sgemm_small): Q, K, V,
-// dO and the outputs are read and written in place (ld = N*3C).
+// whatever the scratch held: computed on, never read back). The per-head products are small
+// (T x T x D and T x D x T) and run unpacked (sgemm_small): Q, K, V, dO and the outputs are read
+// and written in place (ld = N*3C). Their speed: bench/results/cpu-ops.md, step kernel rows.
 namespace {
 // Asks for head t's Q, K and V rows (T rows of D floats each) to be brought into the caches.
 void prefetch_head(const dm::AttnLayout& L, const float* qkv, int64_t t) {
@@ -120,8 +119,8 @@ void prefetch_head(const dm::AttnLayout& L, const float* qkv, int64_t t) {
 }
 
 // fn(task, b, n, h) for every head. With enough images for the pool, a task is one image's
-// heads in order (they read the same T rows of qkv, which then stream through one core's caches,
-// 15% faster than heads spread over the threads at batch 64); otherwise a task is one head. The
+// heads in order (they read the same T rows of qkv, which then stream through one core's caches
+// instead of being shared between the threads); otherwise a task is one head. The
 // next head's rows are prefetched while a head runs.
 template <typename Fn>
 void for_each_head(const dm::AttnLayout& L, int64_t B, const float* qkv, Fn fn) {
