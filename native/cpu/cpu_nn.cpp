@@ -56,6 +56,14 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16) {
     sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16);
     return;
   }
+  // GELU with its pre-activation kept (training): the product into aux, its GELU into C from the
+  // kernels' registers (sgemm's act).
+  if (g.epilogue == EPILOGUE_GELU && g.aux && g.beta == 0.0f) {
+    const GemmAct act{C, g.c_m};
+    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, g.aux + z * g.c_batch, g.c_m, par, bias,
+          bf16, nullptr, &act);
+    return;
+  }
   // Fused epilogues: the product into `dest` (the pre-activation buffer, C itself, or scratch
   // when C's old values still count), each finished block then mapped into C.
   float* dest = C;

@@ -25,6 +25,7 @@
 #include "../core/parallel.h"
 #include "bf16.h"
 #include "kernels.h"
+#include "math.h"
 
 namespace duat {
 
@@ -48,6 +49,14 @@ struct KernelInfo {
   // bf16 panels (micro_bf16), where the CPU has AVX512_BF16 (null: fp32 only).
   void (*micro_bf16)(int64_t ku, const float* a, int64_t, const float* b, int64_t, float* c, int64_t ldc, int mr,
                      int nr, float alpha, bool add, const float* bias);
+  // micro (staged: micro_staged; bf16: micro_bf16) that also writes act = gelu(c) for the tile, on
+  // the last K block of a product with a GemmAct (null: the GELU runs over finished blocks instead).
+  void (*micro_bf16_act)(int64_t ku, const float* a, int64_t, const float* b, int64_t, float* c, int64_t ldc, int mr,
+                         int nr, float alpha, bool add, const float* bias, const GemmAct& act);
+  void (*micro_act)(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                    int mr, int nr, float alpha, bool add, const float* bias, const GemmAct& act);
+  void (*micro_staged_act)(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
+                           int mr, int nr, float alpha, bool add, const float* bias, const GemmAct& act);
 };
 
 // ---- portable: 4 x 16, plain loops the compiler vectorises with SSE2 ----
@@ -111,12 +120,25 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
 }
 
 // ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
+// One row of a tile's GELU: act = gelu(r0 | r1), math.h's formula (the row kernels' gelu, so the
+// same values), vectorised over the 32 columns; columns below nr only.
+__attribute__((target("avx512f"), always_inline)) inline void gelu_row_avx512(
+    __m512 r0, __m512 r1, float* act, __mmask16 m0, __mmask16 m1) {
+  alignas(64) float t[32];
+  _mm512_store_ps(t, r0);
+  _mm512_store_ps(t + 16, r1);
+#pragma omp simd
+  for (int j = 0; j < 32; j++) t[j] = gelu(t[j]);
+  _mm512_mask_storeu_ps(act, m0, _mm512_load_ps(t));
+  _mm512_mask_storeu_ps(act + 16, m1, _mm512_load_ps(t + 16));
+}
+
 // Writes an MR x 32 tile of accumulators: c = alpha * acc (+ bias per column) (+ c when add);
-// rows below mr and columns below nr only.
+// rows below mr and columns below nr only; with `act`, also act = gelu(c) there.
 template <int MR = 12>
-__attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(const __m512 (&acc)[MR][2], float* c,
-                                                                               int64_t ldc, int mr, int nr, float alpha,
-                                                                               bool add, const float* bias) {
+__attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
+    const __m512 (&acc)[MR][2], float* c, int64_t ldc, int mr, int nr, float alpha, bool add, const float* bias,
+    const GemmAct* act = nullptr) {
   const __m512 va = _mm512_set1_ps(alpha);
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
@@ -133,6 +155,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
     }
     _mm512_mask_storeu_ps(ci, m0, r0);
     _mm512_mask_storeu_ps(ci + 16, m1, r1);
+    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
   }
 }
 
@@ -141,7 +164,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
 template <bool ROWS, int MR = 12>
 __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
     int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
-    float alpha, bool add, const float* bias) {
+    float alpha, bool add, const float* bias, const GemmAct* act = nullptr) {
   __m512 acc[MR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -156,7 +179,7 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
     a += ROWS ? 1 : lda;
     b += ldb;
   }
-  store_tile_avx512<MR>(acc, c, ldc, mr, nr, alpha, add, bias);
+  store_tile_avx512<MR>(acc, c, ldc, mr, nr, alpha, add, bias, act);
 }
 
 // micro_avx512_body with as many rows of accumulators as the tile has (an edge tile, or a
@@ -164,20 +187,20 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
 template <bool ROWS>
 __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_rows_of(
     int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
-    float alpha, bool add, const float* bias) {
+    float alpha, bool add, const float* bias, const GemmAct* act = nullptr) {
   switch (mr) {
-    case 1: return micro_avx512_body<ROWS, 1>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 2: return micro_avx512_body<ROWS, 2>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 3: return micro_avx512_body<ROWS, 3>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 4: return micro_avx512_body<ROWS, 4>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 5: return micro_avx512_body<ROWS, 5>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 6: return micro_avx512_body<ROWS, 6>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 7: return micro_avx512_body<ROWS, 7>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 8: return micro_avx512_body<ROWS, 8>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 9: return micro_avx512_body<ROWS, 9>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 10: return micro_avx512_body<ROWS, 10>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    case 11: return micro_avx512_body<ROWS, 11>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
-    default: return micro_avx512_body<ROWS, 12>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
+    case 1: return micro_avx512_body<ROWS, 1>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 2: return micro_avx512_body<ROWS, 2>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 3: return micro_avx512_body<ROWS, 3>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 4: return micro_avx512_body<ROWS, 4>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 5: return micro_avx512_body<ROWS, 5>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 6: return micro_avx512_body<ROWS, 6>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 7: return micro_avx512_body<ROWS, 7>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 8: return micro_avx512_body<ROWS, 8>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 9: return micro_avx512_body<ROWS, 9>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 10: return micro_avx512_body<ROWS, 10>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    case 11: return micro_avx512_body<ROWS, 11>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
+    default: return micro_avx512_body<ROWS, 12>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
   }
 }
 
@@ -186,11 +209,16 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
                                                       bool add, const float* bias) {
   micro_avx512_rows_of<false>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias);
 }
+__attribute__((target("avx512f"))) void micro_avx512_act(int64_t kc, const float* a, int64_t lda, const float* b,
+                                                          int64_t ldb, float* c, int64_t ldc, int mr, int nr,
+                                                          float alpha, bool add, const float* bias, const GemmAct& act) {
+  micro_avx512_rows_of<false>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, &act);
+}
 // micro_avx512 for a C whose rows meet in the same L1 sets (a row stride of a multiple of 4 KiB:
 // 3200 x 3072 x 192, 12.5 -> 10 ms): the tile is summed into an L1 buffer, then copied out.
-__attribute__((target("avx512f"))) void micro_avx512_staged(int64_t kc, const float* a, int64_t lda, const float* b,
-                                                             int64_t ldb, float* c, int64_t ldc, int mr, int nr,
-                                                             float alpha, bool add, const float* bias) {
+__attribute__((target("avx512f"), always_inline)) inline void micro_avx512_staged_body(
+    int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
+    float alpha, bool add, const float* bias, const GemmAct* act) {
   constexpr int MR = 12, NR = 32;
   alignas(64) float tile[MR * NR];
   micro_avx512_body<false>(kc, a, lda, b, ldb, tile, NR, MR, NR, alpha, false, bias);
@@ -212,7 +240,19 @@ __attribute__((target("avx512f"))) void micro_avx512_staged(int64_t kc, const fl
       _mm512_mask_storeu_ps(ci, m0, r0);
       _mm512_mask_storeu_ps(ci + 16, m1, r1);
     }
+    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
   }
+}
+__attribute__((target("avx512f"))) void micro_avx512_staged(int64_t kc, const float* a, int64_t lda, const float* b,
+                                                             int64_t ldb, float* c, int64_t ldc, int mr, int nr,
+                                                             float alpha, bool add, const float* bias) {
+  micro_avx512_staged_body(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, nullptr);
+}
+__attribute__((target("avx512f"))) void micro_avx512_staged_act(int64_t kc, const float* a, int64_t lda,
+                                                                 const float* b, int64_t ldb, float* c, int64_t ldc,
+                                                                 int mr, int nr, float alpha, bool add,
+                                                                 const float* bias, const GemmAct& act) {
+  micro_avx512_staged_body(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, &act);
 }
 __attribute__((target("avx512f"))) void micro_avx512_rows(int64_t kc, const float* a, int64_t lda, const float* b,
                                                            int64_t ldb, float* c, int64_t ldc, int mr, int nr,
@@ -223,9 +263,9 @@ __attribute__((target("avx512f"))) void micro_avx512_rows(int64_t kc, const floa
 // ---- bf16 products, fp32 sums (AVX512_BF16): 12 x 32 with vdpbf16ps ----
 // Panels hold bf16 pairs: one 32-bit unit per (pair of k, row or column), the even k in its low
 // half. `ku` counts pairs of k; a panel's units are MR (A) or NR (B) apart from pair to pair.
-__attribute__((target("avx512f,avx512bf16"))) void micro_bf16(int64_t ku, const float* a_, int64_t, const float* b_,
-                                                               int64_t, float* c, int64_t ldc, int mr, int nr,
-                                                               float alpha, bool add, const float* bias) {
+__attribute__((target("avx512f,avx512bf16"), always_inline)) inline void micro_bf16_body(
+    int64_t ku, const float* a_, const float* b_, float* c, int64_t ldc, int mr, int nr, float alpha, bool add,
+    const float* bias, const GemmAct* act) {
   constexpr int MR = 12;
   const uint32_t* a = reinterpret_cast<const uint32_t*>(a_);
   const uint32_t* b = reinterpret_cast<const uint32_t*>(b_);
@@ -243,7 +283,18 @@ __attribute__((target("avx512f,avx512bf16"))) void micro_bf16(int64_t ku, const 
     a += MR;
     b += 32;
   }
-  store_tile_avx512(acc, c, ldc, mr, nr, alpha, add, bias);
+  store_tile_avx512(acc, c, ldc, mr, nr, alpha, add, bias, act);
+}
+__attribute__((target("avx512f,avx512bf16"))) void micro_bf16(int64_t ku, const float* a, int64_t, const float* b,
+                                                               int64_t, float* c, int64_t ldc, int mr, int nr,
+                                                               float alpha, bool add, const float* bias) {
+  micro_bf16_body(ku, a, b, c, ldc, mr, nr, alpha, add, bias, nullptr);
+}
+__attribute__((target("avx512f,avx512bf16"))) void micro_bf16_act(int64_t ku, const float* a, int64_t,
+                                                                   const float* b, int64_t, float* c, int64_t ldc,
+                                                                   int mr, int nr, float alpha, bool add,
+                                                                   const float* bias, const GemmAct& act) {
+  micro_bf16_body(ku, a, b, c, ldc, mr, nr, alpha, add, bias, &act);
 }
 
 // ---- small products without packing: ROWS rows x NV 16-wide vectors of C held in registers
@@ -406,8 +457,14 @@ void micro_avx512_rows(int64_t, const float*, int64_t, const float*, int64_t, fl
                        const float*) {}
 void micro_avx512_staged(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
                          const float*) {}
+void micro_avx512_act(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
+                      const float*, const GemmAct&) {}
+void micro_avx512_staged_act(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float,
+                             bool, const float*, const GemmAct&) {}
 void micro_bf16(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
                 const float*) {}
+void micro_bf16_act(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
+                    const float*, const GemmAct&) {}
 void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                        const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -417,9 +474,10 @@ void pack_b_panel_avx512(bool, const float*, int64_t, int64_t, int64_t, int64_t,
 #endif  // __x86_64__
 
 const KernelInfo KERNELS[] = {
-    {4, 16, micro_generic, nullptr, nullptr, nullptr},
-    {6, 16, micro_avx2, nullptr, nullptr, nullptr},
-    {12, 32, micro_avx512, micro_avx512_rows, micro_avx512_staged, micro_bf16},
+    {4, 16, micro_generic, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr},
+    {6, 16, micro_avx2, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr},
+    {12, 32, micro_avx512, micro_avx512_rows, micro_avx512_staged, micro_bf16, micro_bf16_act, micro_avx512_act,
+     micro_avx512_staged_act},
 };
 
 #if defined(__x86_64__)
@@ -757,21 +815,31 @@ void cpu_isa_set(CpuIsa isa) {
 
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const float* bias,
-           bool bf16, const GemmBlockFn* epilogue) {
+           bool bf16, const GemmBlockFn* epilogue, const GemmAct* act) {
   if (M <= 0 || N <= 0) return;
+  // The GELU output over finished blocks, then the caller's epilogue: for every path but the
+  // packed one's register tiles.
+  GemmBlockFn act_blocks;
+  if (act) {
+    act_blocks = [=](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+      for (int64_t i = i0; i < i1; i++) gelu_forward_range_cpu(C + i * ldc + j0, act->p + i * act->ld + j0, j1 - j0);
+      if (epilogue) (*epilogue)(i0, i1, j0, j1);
+    };
+  }
+  const GemmBlockFn* block_epilogue = act ? &act_blocks : epilogue;
   if (K <= 0 || alpha == 0.0f) {
     if (beta != 1.0f) scale_c(M, N, beta, C, ldc);
     if (bias)
       for (int64_t i = 0; i < M; i++)
         for (int64_t j = 0; j < N; j++) C[i * ldc + j] += bias[j];
-    if (epilogue) (*epilogue)(0, M, 0, N);
+    if (block_epilogue) (*block_epilogue)(0, M, 0, N);
     return;
   }
   // Small products (attention's per-head matrices, batch-1 rows): packing costs more than it
   // saves, so they run unpacked, vectorised over N. The bias case keeps the packed path.
   if (!bias && M * N * K <= SMALL_GEMM_MAX && (!transB || K * N <= 65536)) {
     unpacked_product(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    if (epilogue) (*epilogue)(0, M, 0, N);
+    if (block_epilogue) (*block_epilogue)(0, M, 0, N);
     return;
   }
   // beta other than 0 or 1: scale once, then accumulate.
@@ -788,7 +856,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     sgemm(true, false, N, M, K, alpha, B, ldb, A, lda, 0.0f, ct, M, parallel, nullptr, bf16);
     auto transpose_range = [&](int64_t lo, int64_t hi) {  // rows [lo, hi) of C^T: columns of C
       transpose(ct + lo * M, M, hi - lo, M, C + lo, ldc, beta != 0.0f);
-      if (epilogue) (*epilogue)(0, M, lo, hi);
+      if (block_epilogue) (*block_epilogue)(0, M, lo, hi);
     };
     if (parallel) {
       parallel_for_range(N, 64, transpose_range);
@@ -830,18 +898,20 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
       for (int64_t i = lo; i < hi; i++)
         for (int64_t t = 0; t < threads - 1; t++)
           for (int64_t j = 0; j < N; j++) C[i * ldc + j] += parts[t].p[i * N + j];
-      if (epilogue) (*epilogue)(lo, hi, 0, N);
+      if (block_epilogue) (*block_epilogue)(lo, hi, 0, N);
     });
     return;
   }
 
   if (direct_b) {
-    sgemm_direct_b(ker, transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, bias, epilogue);
+    sgemm_direct_b(ker, transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, bias, block_epilogue);
     return;
   }
 
   // C's rows a multiple of 4 KiB apart share L1 sets: its tiles are summed in a buffer first.
-  const auto micro = ker.micro_staged && (ldc * 4) % 4096 == 0 ? ker.micro_staged : ker.micro;
+  const bool staged = ker.micro_staged && (ldc * 4) % 4096 == 0;
+  const auto micro = staged ? ker.micro_staged : ker.micro;
+  const auto micro_act = staged ? ker.micro_staged_act : ker.micro_act;
   auto direct_a = [&](int64_t panels) { return transA || (ker.micro_rows != nullptr && panels <= DIRECT_A_MAX_PANELS); };
   for (int64_t j0 = 0; j0 < N; j0 += NC) {
     const int64_t nc = std::min(NC, N - j0);
@@ -881,13 +951,16 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         const int64_t i0 = ib * MC_ROWS, mc = std::min(MC_ROWS, M - i0);
         const int64_t q0 = js * panels_per, q1 = std::min(n_panels, q0 + panels_per);
         if (q0 >= q1) return;
+        // Full row panels read A in place where that pays (a transposed A's panel is a packed
+        // one with a longer stride; a row-major A's rows are read again for every column panel,
+        // so it is packed when a task has many); the rest are packed.
+        const int64_t in_place = !bf16 && direct_a(q1 - q0) ? mc / MR * MR : 0;
+        // The GELU from the tiles' registers on the last K block, where every tile runs `micro`
+        // or micro_bf16 (not micro_rows); otherwise over the task's finished block.
+        const bool act_tiles = act && (bf16 ? ker.micro_bf16_act != nullptr : micro_act && (in_place == 0 || transA));
         for (int64_t pb = 0; pb < k_blocks; pb++) {
-          const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0);
-          const bool add = beta != 0.0f || p0 > 0;
-          // Full row panels read A in place where that pays (a transposed A's panel is a packed
-          // one with a longer stride; a row-major A's rows are read again for every column panel,
-          // so it is packed when a task has many); the rest are packed.
-          const int64_t in_place = !bf16 && direct_a(q1 - q0) ? mc / MR * MR : 0, ku = units(kc);
+          const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0), ku = units(kc);
+          const bool add = beta != 0.0f || p0 > 0, last = p0 + kc == K;
           float* apack = t_pack_a.get(static_cast<size_t>((mc - in_place + MR - 1) / MR * MR * ku));
           if (bf16) {
             pack_a_bf16(transA, A, lda, i0, mc, p0, kc, MR, reinterpret_cast<uint32_t*>(apack));
@@ -903,8 +976,15 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
               const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
               float* c = C + (i0 + r) * ldc + j0 + jj;
               const float* bias_q = bias && p0 == 0 ? bias + j0 + jj : nullptr;
-              if (bf16) {
+              if (bf16 && act_tiles && last) {
+                const GemmAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld};
+                ker.micro_bf16_act(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
+              } else if (bf16) {
                 ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
+              } else if (act_tiles && last) {
+                const GemmAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld};
+                const float* a = r >= in_place ? apack + (r - in_place) * kc : A + p0 * lda + i0 + r;
+                micro_act(kc, a, r >= in_place ? MR : lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
               } else if (r >= in_place) {
                 micro(kc, apack + (r - in_place) * kc, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
               } else if (transA) {
@@ -915,7 +995,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
             }
           }
         }
-        if (epilogue && s0 + ks == K) (*epilogue)(i0, i0 + mc, j0 + q0 * NR, j0 + std::min(nc, q1 * NR));
+        const GemmBlockFn* task_epilogue = act_tiles ? epilogue : block_epilogue;
+        if (task_epilogue && s0 + ks == K) (*task_epilogue)(i0, i0 + mc, j0 + q0 * NR, j0 + std::min(nc, q1 * NR));
       };
       if (threads > 1 && m_blocks * n_split > 1 && M * nc * ks > (1 << 18)) {
         parallel_for(m_blocks * n_split, task);

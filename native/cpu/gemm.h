@@ -25,14 +25,23 @@ bool cpu_has_bf16();
 // it, while the block is still in cache.
 using GemmBlockFn = std::function<void(int64_t i0, int64_t i1, int64_t j0, int64_t j1)>;
 
+// A GELU output of a product: act[i * ld + j] = gelu(C[i][j]) for every element of the finished C.
+struct GemmAct {
+  float* p;
+  int64_t ld;
+};
+
 // parallel = false keeps the product on the calling thread (for callers that already split
 // work over the pool). bias (length N, optional) is added to every row of C in the same pass:
 // C = alpha * op(A) op(B) + beta * C + bias. bf16: the packed path rounds A and B to bf16 and
 // sums their products in fp32 (where the AVX-512 kernels are active and the CPU has AVX512_BF16;
-// small products and those of few rows stay fp32).
+// small products and those of few rows stay fp32). act (optional): C's GELU is written there too,
+// from the tiles' registers on the packed AVX-512 paths (C is not read back), elsewhere over
+// finished blocks; before `epilogue` sees the block either way.
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel = true,
-           const float* bias = nullptr, bool bf16 = false, const GemmBlockFn* epilogue = nullptr);
+           const float* bias = nullptr, bool bf16 = false, const GemmBlockFn* epilogue = nullptr,
+           const GemmAct* act = nullptr);
 
 // A small product on the calling thread (attention's per-head matrices, for callers that share
 // work out over the pool themselves): C = alpha * op(A) op(B) + beta * C. With the AVX-512

@@ -202,6 +202,43 @@ void test_gemm(CpuIsa isa) {
                   cpu_isa_name(isa), (long long)M, (long long)N, (long long)K, ta ? 1 : 0, worst);
     expect(once && worst < 1e-3, name);
   }
+  // The GELU output (act): gelu of the finished C, the same bits as the row kernel's, on every
+  // path (registers on the packed tiles, plain and summed in a buffer, A packed and a transposed A
+  // read in place; finished blocks elsewhere: unpacked, split K, B in place, the transposed A^T B,
+  // A's rows read in place, bf16), before the epilogue sees its block; C keeps the product.
+  // M, N, K, A transposed, C's row stride (0: N), bf16
+  const int64_t act_sizes[][6] = {{5, 7, 3, 0, 0, 0},        {37, 50, 2000, 0, 0, 0},  {20, 100, 600, 0, 0, 0},
+                                  {150, 70, 300, 0, 0, 0},    {100, 1100, 2100, 0, 0, 0}, {150, 1000, 300, 0, 1024, 0},
+                                  {40, 1100, 1100, 1, 0, 0},  {300, 200, 300, 1, 0, 0}, {300, 200, 64, 0, 0, 0},
+                                  {150, 700, 192, 0, 0, 1}};
+  for (auto& sz : act_sizes) {
+    const int64_t M = sz[0], N = sz[1], K = sz[2], ldc = sz[4] ? sz[4] : N, ld_act = N + 3;
+    const bool ta = sz[3] != 0, bf16 = sz[5] != 0;
+    std::vector<float> A(M * K), B(K * N), bias(N), C(M * ldc), act(M * ld_act, -7.0f), plain(M * ldc), want(N);
+    for (auto& v : A) v = 3.0f * dist(rng);
+    for (auto& v : B) v = dist(rng);
+    for (auto& v : bias) v = dist(rng);
+    sgemm(ta, false, M, N, K, 0.5f, A.data(), ta ? M : K, B.data(), N, 0.0f, plain.data(), ldc, true, bias.data(), bf16);
+    std::atomic<bool> before{true};
+    const GemmBlockFn block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+      for (int64_t i = i0; i < i1; i++)
+        for (int64_t j = j0; j < j1; j++) before = before && act[i * ld_act + j] != -7.0f;
+    };
+    const GemmAct out{act.data(), ld_act};
+    sgemm(ta, false, M, N, K, 0.5f, A.data(), ta ? M : K, B.data(), N, 0.0f, C.data(), ldc, true, bias.data(), bf16,
+          &block, &out);
+    bool same = true;
+    for (int64_t i = 0; i < M; i++) {
+      gelu_forward_range_cpu(C.data() + i * ldc, want.data(), N);
+      for (int64_t j = 0; j < N; j++)
+        same = same && C[i * ldc + j] == plain[i * ldc + j] && act[i * ld_act + j] == want[j];
+      for (int64_t j = N; j < ld_act; j++) same = same && act[i * ld_act + j] == -7.0f;  // nothing past N
+    }
+    char name[160];
+    std::snprintf(name, sizeof name, "sgemm %s GELU output M=%lld N=%lld K=%lld ta=%d ldc=%lld bf16=%d: gelu(C) bit for bit, before the epilogue",
+                  cpu_isa_name(isa), (long long)M, (long long)N, (long long)K, ta ? 1 : 0, (long long)ldc, bf16 ? 1 : 0);
+    expect(same && before, name);
+  }
 }
 
 // The vectorised AdamW update equals the scalar formula (dm::adamw_element) bit for bit on every
