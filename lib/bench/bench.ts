@@ -20,7 +20,7 @@ import * as path from 'path';
 
 import { backendInfo, cpuPeak, setNumThreads } from '../index';
 import { SIZES as MODEL_SIZES } from '../nn/ParaFormer';
-import { Timing, WARMUP_RUNS, WARMUP_SECONDS, WorkerJob } from './timing';
+import { PEAK_ALONGSIDE_SECONDS, Timing, WARMUP_RUNS, WARMUP_SECONDS, WorkerJob } from './timing';
 
 export interface BenchOptions {
   layers: number[];
@@ -250,6 +250,16 @@ export function stat(runs: Runs | undefined, key: string): Stat | undefined {
   return { ms: median(v), lo: Math.min(...v), hi: Math.max(...v), rounds: v.length };
 }
 
+/** Median over rounds of each round's achieved fraction of the peak measured alongside its steps
+ * (analytic FLOPs over the round's median step time, over the median of its peaks). */
+export function alongside(runs: Runs | undefined, key: string, flops: number): number | undefined {
+  const v = (runs?.runs ?? []).flatMap((m) => {
+    const t = (m[key] as Timing | undefined)?.median_ms, p = m.peak_alongside;
+    return typeof t === 'number' && typeof p === 'number' && p > 0 ? [flops / (t / 1000) / 1e9 / p] : [];
+  });
+  return v.length ? median(v) : undefined;
+}
+
 function peakMb(runs: Runs | undefined): number | undefined {
   const v = (runs?.runs ?? []).map((m) => m.peak_rss_mb);
   return v.length ? median(v) : undefined;
@@ -287,11 +297,12 @@ export function markdown(run: BenchRun, o: BenchOptions, meta: Record<string, st
   const trainRows = run.rows.map((r) => {
     const d = find(r, 'duat', 'train'), s = stat(d, key), h = stat(find(r, 'duat+bf16', 'train'), key);
     const t32 = bestTorch(r, 'train', key, false), t16 = bestTorch(r, 'train', key, true);
-    const eff = (t: Stat | undefined, peak: number | null) => {
+    const eff = (t: Stat | undefined, peak: number | null, runs: Runs | undefined) => {
       const gf = t ? r.flops.train / (t.ms / 1000) / 1e9 : undefined;
-      return gf && peak ? `${gf.toFixed(0)} (${((100 * gf) / peak).toFixed(0)}%)` : '-';
+      const along = alongside(runs, key, r.flops.train);
+      return gf && peak ? `${gf.toFixed(0)} (${((100 * gf) / peak).toFixed(0)}%${along === undefined ? '' : `; ${(100 * along).toFixed(0)}% alongside`})` : '-';
     };
-    return `| ${r.name} | ${(r.flops.train / 1e9).toFixed(1)} | ${ips(s, B)} | ${eff(s, pk.fp32)} | ${t32 ? `${ips(t32.stat, B)} ${t32.variant}` : '-'} | ${ratio(s, t32?.stat)} | ${ips(h, B)} | ${eff(h, pk.bf16)} | ${ratio(h, t32?.stat)} | ${t16 ? `${ips(t16.stat, B)} ${t16.variant}` : '-'} | ${ratio(h, t16?.stat)} | ${peakMb(d)?.toFixed(0) ?? '-'} | ${t32 ? peakMb(t32.runs)!.toFixed(0) : '-'} |`;
+    return `| ${r.name} | ${(r.flops.train / 1e9).toFixed(1)} | ${ips(s, B)} | ${eff(s, pk.fp32, d)} | ${t32 ? `${ips(t32.stat, B)} ${t32.variant}` : '-'} | ${ratio(s, t32?.stat)} | ${ips(h, B)} | ${eff(h, pk.bf16, find(r, 'duat+bf16', 'train'))} | ${ratio(h, t32?.stat)} | ${t16 ? `${ips(t16.stat, B)} ${t16.variant}` : '-'} | ${ratio(h, t16?.stat)} | ${peakMb(d)?.toFixed(0) ?? '-'} | ${t32 ? peakMb(t32.runs)!.toFixed(0) : '-'} |`;
   });
   const inferRows = run.rows.map((r) => {
     const d = find(r, 'duat', 'infer'), ort = find(r, 'onnxruntime', 'infer'), eager = find(r, 'torch:eager', 'infer');
@@ -326,7 +337,9 @@ batched), **compile** (torch.compile of eager), and each **+bf16** (CPU autocast
 is against the fastest variant of that row, named in the cell. ONNX Runtime runs the eager model
 exported to ONNX (opset 17), CPU execution provider, all graph optimisations. Speed-up = their
 time / duat's time. GFLOP/s: analytic FLOPs (products and attention) over duat's step time, and
-the fraction of the measured peak of that precision. duat bf16: \`precision: 'bf16'\` (AVX512_BF16
+the fraction of the measured peak of that precision; "alongside": the fraction of the same peak
+measured in the worker after each timed step (${PEAK_ALONGSIDE_SECONDS * 1000} ms of FMA chains; the median of a round's
+peaks, then the median over rounds), which a busy neighbour slows as it slows the steps. duat bf16: \`precision: 'bf16'\` (AVX512_BF16
 products with float32 sums; float32 weights, gradients and optimizer state).
 
 ## Training (batch ${B}, images/s)

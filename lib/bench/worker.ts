@@ -4,7 +4,8 @@
  * Usage: node dist/bench/worker.js '{"config": {...}, "mode": "infer"|"train", "reps": 10, "threads": 2, "batch": 64, "precision": "fp32"|"bf16"}'
  */
 import * as duat from '../index';
-import { timeRuns, WorkerJob } from './timing';
+import { native } from '../native';
+import { PEAK_ALONGSIDE_SECONDS, timeRuns, WorkerJob } from './timing';
 
 async function main(): Promise<void> {
   const job = JSON.parse(process.argv[2]) as WorkerJob;
@@ -23,7 +24,14 @@ async function main(): Promise<void> {
     const x = duat.randn([job.batch, ch, size, size], { seed: 1 });
     const y = Int32Array.from({ length: job.batch }, (_, i) => i % (cfg.classes ?? 10));
     const opt = new duat.optim.AdamW(model.parameters(), { lr: 1e-3 });
-    out[`train_b${job.batch}`] = await timeRuns(async () => void (await model.trainStep(x, y, { optimizer: opt })), job.reps);
+    // The machine's peak of the step's precision, measured after each timed step (the same
+    // neighbours, the same clocks): its median is `peak_alongside`.
+    const kind = job.precision === 'bf16' ? 2 : duat.backendInfo().cpu.isa === 'avx512' ? 1 : 0;
+    const peaks: number[] = [];
+    out[`train_b${job.batch}`] = await timeRuns(async () => void (await model.trainStep(x, y, { optimizer: opt })), job.reps,
+      () => peaks.push(native().cpuPeak(kind, job.threads, PEAK_ALONGSIDE_SECONDS) ?? NaN));
+    peaks.sort((a, b) => a - b);
+    out.peak_alongside = peaks[Math.floor(peaks.length / 2)];
   }
   out.peak_rss_mb = process.resourceUsage().maxRSS / 1024;
   process.stdout.write(JSON.stringify(out) + '\n');
