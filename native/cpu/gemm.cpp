@@ -18,6 +18,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <utility>
 #include <vector>
 
@@ -575,6 +576,11 @@ struct Buffer {
   Buffer(const Buffer&) = delete;  // a copy would free the block its original still holds
   Buffer& operator=(const Buffer&) = delete;
   Buffer(Buffer&& o) noexcept : p(std::exchange(o.p, nullptr)), n(std::exchange(o.n, 0)) {}
+  Buffer& operator=(Buffer&& o) noexcept {
+    std::swap(p, o.p);
+    std::swap(n, o.n);
+    return *this;
+  }
   ~Buffer() { std::free(p); }
   float* get(size_t count) {
     if (count > n) {
@@ -718,9 +724,59 @@ void pack_a_bf16(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t
 void pack_b_panel_bf16(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int64_t, uint32_t*) {}
 #endif
 
+// A task's packed block of A: small (MC_ROWS x KC), kept by each thread.
 thread_local Buffer t_pack_a;
-thread_local Buffer t_pack_b;
-thread_local Buffer t_pack_edge;
+
+// The products' larger scratch (packed B, a batch-1 forward's packed A and partial last panel,
+// the transposed product, split-K parts) is leased from one pool shared by every thread: a step
+// runs on whichever of libuv's worker threads is free, and scratch kept per thread was kept once
+// for each of them (Para-Former-1-12's training: 47 of its 936 MB). A lease takes the smallest
+// free buffer that holds it (or grows the largest, or makes one) and gives it back when it ends,
+// so the pool holds about as many buffers as products run at once, and reuses them (fresh ones
+// would page-fault on every product).
+class ScratchPool {
+ public:
+  Buffer take(size_t count) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    size_t pick = free_.size();
+    for (size_t i = 0; i < free_.size(); i++)
+      if (free_[i].n >= count && (pick == free_.size() || free_[i].n < free_[pick].n)) pick = i;
+    if (pick == free_.size())
+      for (size_t i = 0; i < free_.size(); i++)
+        if (pick == free_.size() || free_[i].n > free_[pick].n) pick = i;
+    if (pick == free_.size()) return Buffer();
+    Buffer b = std::move(free_[pick]);
+    free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(pick));
+    return b;
+  }
+  void give(Buffer b) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    free_.push_back(std::move(b));
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<Buffer> free_;
+};
+
+ScratchPool& scratch_pool() {
+  static ScratchPool* pool = new ScratchPool();  // never destroyed: a product may run at exit
+  return *pool;
+}
+
+// `count` floats of scratch, 64-byte aligned, for the lease's lifetime.
+class Scratch {
+ public:
+  explicit Scratch(size_t count) : buf_(scratch_pool().take(count)), p_(buf_.get(count)) {}
+  ~Scratch() { scratch_pool().give(std::move(buf_)); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* get() const { return p_; }
+
+ private:
+  Buffer buf_;
+  float* p_;
+};
 
 // Few rows (a batch-1 forward: one sequence's tokens) against a row-major op(B) (the inference
 // weights are kept K-major for this, native/model/derived.h). Packing B would cost about as much
@@ -740,7 +796,8 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
   const bool rows_in_place = !transA && ker.micro_rows && (n_panels + threads - 1) / threads <= DIRECT_B_ROWS_MAX_PANELS;
   const int64_t tiles = (M + MR - 1) / MR, m_pad = tiles * MR;
   auto tile_row = [&](int64_t t) { return M * t / tiles; };
-  float* apack = rows_in_place ? nullptr : t_pack_a.get(static_cast<size_t>(m_pad * K));  // K block at p0: apack + m_pad * p0
+  const std::unique_ptr<Scratch> a_lease = rows_in_place ? nullptr : std::make_unique<Scratch>(static_cast<size_t>(m_pad * K));
+  float* apack = a_lease ? a_lease->get() : nullptr;  // K block at p0: apack + m_pad * p0
   if (!rows_in_place)
     for (int64_t p0 = 0; p0 < K; p0 += KC)
       for (int64_t t = 0; t < tiles; t++) {
@@ -752,10 +809,11 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
     const int nr = static_cast<int>(std::min<int64_t>(NR, N - jj));
     const float* bq = B + jj;
     int64_t ldbq = ldb;
+    std::unique_ptr<Scratch> edge;
     if (nr < NR) {
-      float* edge = t_pack_edge.get(static_cast<size_t>(K * NR));
-      pack_b_panel(false, B, ldb, 0, K, jj, nr, NR, 0, edge);
-      bq = edge;
+      edge = std::make_unique<Scratch>(static_cast<size_t>(K * NR));
+      pack_b_panel(false, B, ldb, 0, K, jj, nr, NR, 0, edge->get());
+      bq = edge->get();
       ldbq = NR;
     }
     for (int64_t p0 = 0; p0 < K; p0 += KC) {
@@ -855,8 +913,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   // computed as its transpose, B^T A, which reads B (the large operand) once in place as its A
   // instead of packing it, then transposed into C. 192 x 3072 x 3200: 13.3 -> 10.9 ms.
   if (transA && !transB && !bias && 2 * M <= N && K >= SWAP_MIN_K) {
-    thread_local Buffer t_swap;
-    float* ct = t_swap.get(static_cast<size_t>(M * N));
+    const Scratch swap(static_cast<size_t>(M * N));
+    float* ct = swap.get();
     sgemm(true, false, N, M, K, alpha, B, ldb, A, lda, 0.0f, ct, M, parallel, nullptr, bf16);
     auto transpose_range = [&](int64_t lo, int64_t hi) {  // rows [lo, hi) of C^T: columns of C
       transpose(ct + lo * M, M, hi - lo, M, C + lo, ldc, beta != 0.0f);
@@ -883,10 +941,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   const bool direct_b = !transB && M <= DIRECT_B_MAX_M && N >= NR;
   if (threads > 1 && ((K >= 1024 && (K > 4 * (M + N) || (N <= SPLIT_K_NARROW_N && K > M + N))) ||
                       (direct_b && K >= 512 && N < 16 * NR))) {
-    // The parts live with the calling thread and are reused (fresh ones per product cost page faults).
-    thread_local std::vector<Buffer> t_parts;
-    if (t_parts.size() < static_cast<size_t>(threads - 1)) t_parts.resize(static_cast<size_t>(threads - 1));
-    Buffer* parts = t_parts.data();
+    std::vector<std::unique_ptr<Scratch>> parts;
+    for (int64_t t = 1; t < threads; t++) parts.push_back(std::make_unique<Scratch>(static_cast<size_t>(M * N)));
     parallel_for(threads, [&](int64_t t) {
       const int64_t k0 = K * t / threads, k1 = K * (t + 1) / threads;
       const float* a = transA ? A + k0 * lda : A + k0;
@@ -894,14 +950,13 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
       if (t == 0) {
         sgemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, beta, C, ldc, false, bias, bf16);
       } else {
-        sgemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f, parts[t - 1].get(M * N), N, false, nullptr,
-              bf16);
+        sgemm(transA, transB, M, N, k1 - k0, alpha, a, lda, b, ldb, 0.0f, parts[t - 1]->get(), N, false, nullptr, bf16);
       }
     });
     parallel_for_range(M, 16, [&](int64_t lo, int64_t hi) {
       for (int64_t i = lo; i < hi; i++)
         for (int64_t t = 0; t < threads - 1; t++)
-          for (int64_t j = 0; j < N; j++) C[i * ldc + j] += parts[t].p[i * N + j];
+          for (int64_t j = 0; j < N; j++) C[i * ldc + j] += parts[t]->get()[i * N + j];
       if (block_epilogue) (*block_epilogue)(lo, hi, 0, N);
     });
     return;
@@ -928,7 +983,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
       const int64_t ks = std::min(ks_max, K - s0);
       const int64_t k_blocks = (ks + KC - 1) / KC;
       // Block pb of the chunk holds n_panels panels of kc(pb) x NR, panel after panel.
-      float* bpack = t_pack_b.get(static_cast<size_t>(n_panels * NR * ks));
+      const Scratch b_lease(static_cast<size_t>(n_panels * NR * ks));
+      float* bpack = b_lease.get();
       auto pack_b_task = [&](int64_t t) {
         const int64_t pb = t / n_panels, q = t % n_panels;
         const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0);

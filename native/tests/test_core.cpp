@@ -418,6 +418,46 @@ void test_split_k_parts_across_pool_sizes() {
   expect(worst < 1e-3, "split-K products on a pool grown from 2 to 6 threads (err " + std::to_string(worst) + ")");
 }
 
+// Products on several threads at once share the products' scratch pool (packed B, split-K parts,
+// the transposed product, a few rows' packed A and last panel): each gets what it gets alone.
+void test_products_on_several_threads() {
+  struct Shape {
+    bool ta;
+    int64_t M, N, K;
+  };
+  // packed (two chunks of K), split K, the transposed A^T B, few rows against a row-major B with
+  // a partial last panel and A packed
+  const Shape shapes[] = {{false, 300, 600, 3000}, {false, 37, 50, 2000}, {true, 40, 1100, 1100}, {false, 50, 200, 700}};
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  std::vector<std::vector<float>> As, Bs, refs;
+  for (const Shape& s : shapes) {
+    As.emplace_back(s.M * s.K);
+    Bs.emplace_back(s.K * s.N);
+    for (auto& v : As.back()) v = dist(rng);
+    for (auto& v : Bs.back()) v = dist(rng);
+    refs.emplace_back(s.M * s.N);
+    sgemm(s.ta, false, s.M, s.N, s.K, 1.0f, As.back().data(), s.ta ? s.M : s.K, Bs.back().data(), s.N, 0.0f,
+          refs.back().data(), s.N);
+  }
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; t++)
+    threads.emplace_back([&, t] {
+      for (int rep = 0; rep < 3; rep++)
+        for (size_t i = 0; i < 4; i++) {
+          const size_t k = (i + static_cast<size_t>(t)) % 4;  // each thread in its own order
+          const Shape& s = shapes[k];
+          std::vector<float> C(s.M * s.N, NAN);
+          sgemm(s.ta, false, s.M, s.N, s.K, 1.0f, As[k].data(), s.ta ? s.M : s.K, Bs[k].data(), s.N, 0.0f, C.data(), s.N);
+          if (std::memcmp(C.data(), refs[k].data(), C.size() * 4) != 0) mismatches++;
+        }
+    });
+  for (auto& th : threads) th.join();
+  expect(mismatches == 0, "products on four threads at once equal each alone, bit for bit (" +
+                              std::to_string(mismatches.load()) + " of 48 differ)");
+}
+
 void test_backward_frees_as_it_goes() {
   const Tensor x = randn({1 << 18}, 5, 0.0f, 1.0f);  // 1 MiB
   x->requires_grad = true;
@@ -941,6 +981,7 @@ int main() {
   test_pool();
   test_pool_resize();
   test_split_k_parts_across_pool_sizes();
+  test_products_on_several_threads();
   test_backward_frees_as_it_goes();
   test_gelu_backward_in_place();
   test_gelu_backward_bias();
