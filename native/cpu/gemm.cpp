@@ -595,7 +595,7 @@ struct Buffer {
 
 // Packs op(A)[i0:i0+mc, p0:p0+kc] into panels of MR rows: panel r holds, for each k, MR values.
 // A row-major A's panel is a transpose of its MR rows (through registers with the AVX-512
-// kernels: 144 x 192, 6 -> 2 us); a transposed A's k rows are copied.
+// kernels); a transposed A's k rows are copied.
 void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0, int64_t kc, int MR, float* out) {
   for (int64_t r = 0; r < mc; r += MR) {
     const int rows = static_cast<int>(std::min<int64_t>(MR, mc - r));
