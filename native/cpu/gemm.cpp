@@ -971,7 +971,13 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   const bool staged = ker.micro_staged && (ldc * 4) % 4096 == 0;
   const auto micro = staged ? ker.micro_staged : ker.micro;
   const auto micro_act = staged ? ker.micro_staged_act : ker.micro_act;
-  auto direct_a = [&](int64_t panels) { return transA || (ker.micro_rows != nullptr && panels <= DIRECT_A_MAX_PANELS); };
+  // A row-major A is read in place unless its rows are a multiple of 4 KiB apart: then the
+  // twelve rows a tile reads share L1 sets, and packing pays (a stride of 3072, four branches of
+  // 768 side by side: 3200 x 192 x 768 on one thread 129 -> 155 GFLOP/s).
+  const bool a_rows_alias = (lda * 4) % 4096 == 0;
+  auto direct_a = [&](int64_t panels) {
+    return transA || (ker.micro_rows != nullptr && panels <= DIRECT_A_MAX_PANELS && !a_rows_alias);
+  };
   for (int64_t j0 = 0; j0 < N; j0 += NC) {
     const int64_t nc = std::min(NC, N - j0);
     const int64_t n_panels = (nc + NR - 1) / NR;

@@ -104,7 +104,8 @@ void test_gemm_bf16() {
 // Every layout (A or A^T, B or B^T) and beta of sgemm, or of sgemm_small (`small`), against a
 // double-precision reference; C's padding columns must stay untouched. C's rows are ldc_min or
 // N + 2 floats apart, whichever is more.
-void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t, 3>>& sizes, int64_t ldc_min = 0) {
+void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t, 3>>& sizes, int64_t ldc_min = 0,
+                    int64_t lda_min = 0) {
   std::mt19937 rng(42);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
   for (auto& s : sizes) {
@@ -112,7 +113,7 @@ void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t
     for (int ta = 0; ta < 2; ta++)
       for (int tb = 0; tb < 2; tb++)
         for (float beta : {0.0f, 1.0f, 0.5f}) {
-          const int64_t lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = std::max(N + 2, ldc_min);
+          const int64_t lda = std::max((ta ? M : K) + 3, lda_min), ldb = (tb ? K : N) + 1, ldc = std::max(N + 2, ldc_min);
           std::vector<float> A((ta ? K : M) * lda), B((tb ? N : K) * ldb), C(M * ldc);
           for (auto& v : A) v = dist(rng);
           for (auto& v : B) v = dist(rng);
@@ -160,6 +161,10 @@ void test_gemm(CpuIsa isa) {
   // C's rows 4 KiB apart: the packed path sums its tiles in a buffer first (partial tiles, several
   // K blocks).
   check_products(isa, false, {{150, 70, 300}, {37, 129, 600}, {100, 1000, 64}}, 1024);
+  // A's rows 4 KiB apart: a row-major A is packed where it would be read in place (few column
+  // panels), as are A's of C's rows 4 KiB apart too.
+  check_products(isa, false, {{150, 70, 300}, {300, 192, 700}, {37, 129, 600}}, 0, 1024);
+  check_products(isa, false, {{150, 70, 300}}, 1024, 1024);
   // The unpacked products: every remainder of the 6-row and 64-column tiles, transposes of
   // partial 16 x 16 blocks, attention's head shapes (50 tokens, 65 tokens; head width 64).
   check_products(isa, true, {{1, 1, 1}, {5, 7, 3}, {13, 33, 17}, {50, 50, 64}, {50, 64, 50}, {65, 64, 65},
