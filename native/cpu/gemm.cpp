@@ -27,6 +27,7 @@
 #include "bf16.h"
 #include "kernels.h"
 #include "math.h"
+#include "math_avx512.h"
 
 namespace duat {
 
@@ -121,17 +122,23 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
 }
 
 // ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
-// One row of a tile's GELU: act = gelu(r0 | r1), math.h's formula (the row kernels' gelu, so the
-// same values), vectorised over the 32 columns; columns below nr only.
+// Sixteen columns of a tile row: a plain store where the tile has all its 32 columns (`full`), a
+// masked one (columns below nr) otherwise. Where a kernel's time goes into its stores (the staged
+// tiles, the GELU output), the masked store with every lane set costs more.
+__attribute__((target("avx512f"), always_inline)) inline void store_cols(float* p, __mmask16 m, __m512 v, bool full) {
+  if (full) {
+    _mm512_storeu_ps(p, v);
+  } else {
+    _mm512_mask_storeu_ps(p, m, v);
+  }
+}
+
+// One row of a tile's GELU: act = gelu(r0 | r1) (math_avx512.h, as the row kernels compute it);
+// columns below nr only.
 __attribute__((target("avx512f"), always_inline)) inline void gelu_row_avx512(
-    __m512 r0, __m512 r1, float* act, __mmask16 m0, __mmask16 m1) {
-  alignas(64) float t[32];
-  _mm512_store_ps(t, r0);
-  _mm512_store_ps(t + 16, r1);
-#pragma omp simd
-  for (int j = 0; j < 32; j++) t[j] = gelu(t[j]);
-  _mm512_mask_storeu_ps(act, m0, _mm512_load_ps(t));
-  _mm512_mask_storeu_ps(act + 16, m1, _mm512_load_ps(t + 16));
+    __m512 r0, __m512 r1, float* act, __mmask16 m0, __mmask16 m1, bool full) {
+  store_cols(act, m0, gelu_avx512(r0), full);
+  store_cols(act + 16, m1, gelu_avx512(r1), full);
 }
 
 // Writes an MR x 32 tile of accumulators: c = alpha * acc (+ bias per column) (+ c when add);
@@ -143,6 +150,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
   const __m512 va = _mm512_set1_ps(alpha);
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
+  const bool full = nr == 32;
   const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
   const __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 12
@@ -156,7 +164,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
     }
     _mm512_mask_storeu_ps(ci, m0, r0);
     _mm512_mask_storeu_ps(ci + 16, m1, r1);
-    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
+    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1, full);
   }
 }
 
@@ -227,6 +235,7 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
   // with its masked stores, measured 10% slower).
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
+  const bool full = nr == NR;
   for (int i = 0; i < mr; i++) {
     float* ci = c + i * ldc;
     __m512 r0 = _mm512_load_ps(tile + i * NR), r1 = _mm512_load_ps(tile + i * NR + 16);
@@ -234,14 +243,9 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
-    if (nr == NR) {
-      _mm512_storeu_ps(ci, r0);
-      _mm512_storeu_ps(ci + 16, r1);
-    } else {
-      _mm512_mask_storeu_ps(ci, m0, r0);
-      _mm512_mask_storeu_ps(ci + 16, m1, r1);
-    }
-    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
+    store_cols(ci, m0, r0, full);
+    store_cols(ci + 16, m1, r1, full);
+    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1, full);
   }
 }
 __attribute__((target("avx512f"))) void micro_avx512_staged(int64_t kc, const float* a, int64_t lda, const float* b,

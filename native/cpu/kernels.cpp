@@ -10,6 +10,7 @@
 #include "../core/parallel.h"
 #include "gemm.h"
 #include "math.h"
+#include "math_avx512.h"
 
 namespace duat {
 
@@ -73,9 +74,11 @@ namespace isa_avx2 {
 DUAT_TARGET_END
 
 DUAT_TARGET_BEGIN("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,bmi,bmi2,f16c")
+#define DUAT_ROW_KERNELS_AVX512 1
 namespace isa_avx512 {
 #include "row_kernels.inc"
 }  // namespace isa_avx512
+#undef DUAT_ROW_KERNELS_AVX512
 DUAT_TARGET_END
 #endif
 

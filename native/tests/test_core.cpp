@@ -24,6 +24,7 @@
 #include "core/parallel.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "cpu/math_avx512.h"
 #include "cpu/math.h"
 #include "distributed/comm.h"
 #include "core/device_math.h"
@@ -364,6 +365,36 @@ void test_fold_affine_rows() {
   cpu_isa_set(saved);
 }
 
+// The fold's backward over whole branches, its columns cut into pieces for the threads (one
+// branch, a ViT block, as well as several): every output equals the row kernel run row by row over
+// each branch, bit for bit, on one thread and on several.
+void test_fold_affine_backward() {
+  std::mt19937 rng(15);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  const int saved_threads = get_num_threads();
+  for (int threads : {1, 2, 3})
+    for (auto [N, O, C] : {std::array<int64_t, 3>{1, 7, 70}, {3, 5, 45}, {2, 4, 192}, {1, 3, 8}}) {
+      set_num_threads(threads);
+      std::vector<float> w(N * O * C), dwf(N * O * C), g(N * C), beta(N * C), dbf(N * O);
+      for (auto* v : {&w, &dwf, &g, &beta, &dbf})
+        for (auto& e : *v) e = dist(rng);
+      std::vector<float> dw(N * O * C, 9.0f), db(N * O, 9.0f), dg(N * C, 9.0f), dbeta(N * C, 9.0f);
+      cpu_backend().fold_affine_backward(w.data(), g.data(), beta.data(), dwf.data(), dbf.data(), dw.data(), db.data(),
+                                         dg.data(), dbeta.data(), N, O, C);
+      std::vector<float> rdw(N * O * C), rdg(N * C, 0.0f), rdbeta(N * C, 0.0f);
+      for (int64_t n = 0; n < N; n++)
+        for (int64_t o = 0; o < O; o++) {
+          const int64_t row = n * O + o;
+          fold_affine_backward_row_cpu(dwf.data() + row * C, w.data() + row * C, g.data() + n * C, beta.data() + n * C,
+                                       dbf[row], rdw.data() + row * C, rdg.data() + n * C, rdbeta.data() + n * C, C);
+        }
+      const bool same = dw == rdw && dg == rdg && dbeta == rdbeta && db == dbf;
+      expect(same, "fold_affine_backward N=" + std::to_string(N) + " O=" + std::to_string(O) + " C=" + std::to_string(C) +
+                       " on " + std::to_string(threads) + " threads: the row kernel's bits");
+    }
+  set_num_threads(saved_threads);
+}
+
 void test_math() {
   double worst_erf = 0.0, worst_exp = 0.0;
   for (float x = -6.0f; x <= 6.0f; x += 0.001f) worst_erf = std::max(worst_erf, std::fabs(fast_erf(x) - std::erf((double)x)));
@@ -374,6 +405,56 @@ void test_math() {
   expect(std::isnan(fast_exp(NAN)) && std::isnan(fast_erf(NAN)), "NaN propagates through fast_exp and fast_erf");
   expect(fast_exp(-1000.0f) == 0.0f || fast_exp(-1000.0f) < 1e-37f, "fast_exp underflows to ~0");
   expect(std::isfinite(fast_exp(1000.0f)), "fast_exp saturates on large inputs");
+}
+
+#if defined(__x86_64__)
+// math.h's loops as the compiler vectorises them for AVX-512: the reference for math_avx512.h.
+__attribute__((target("avx512f"), noinline)) void vectorised_math(const float* x, float* e, float* g, float* dg, int n) {
+#pragma omp simd
+  for (int i = 0; i < n; i++) {
+    e[i] = fast_exp(x[i]);
+    g[i] = gelu(x[i]);
+    dg[i] = gelu_grad(x[i]);
+  }
+}
+__attribute__((target("avx512f"), noinline)) void lanes_math(const float* x, float* e, float* g, float* dg, int n) {
+  for (int i = 0; i < n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    _mm512_storeu_ps(e + i, exp_avx512(v));
+    _mm512_storeu_ps(g + i, gelu_avx512(v));
+    _mm512_storeu_ps(dg + i, gelu_grad_avx512(v));
+  }
+}
+#endif
+
+// math_avx512.h's vectors against math.h's scalar formulas vectorised by the compiler: the same
+// bits under GCC (the same operations, contracted into the same FMAs), within a few ulp under
+// another compiler; the clamps' edges, infinities and NaN included.
+void test_math_avx512() {
+#if defined(__x86_64__)
+  if (cpu_isa_best() < CPU_ISA_AVX512) return;
+  std::vector<float> x;
+  for (float v = -100.0f; v <= 100.0f; v += 0.0137f) x.push_back(v);
+  for (float v : {0.0f, -0.0f, 4.0f * 1.41421356f, -4.0f * 1.41421356f, 88.3762626647949f, -87.3365447504f, 89.0f, -88.0f,
+                  1e-30f, -1e-30f, INFINITY, -INFINITY, NAN})
+    x.push_back(v);
+  while (x.size() % 16) x.push_back(0.5f);
+  const int n = static_cast<int>(x.size());
+  std::vector<float> e0(n), g0(n), d0(n), e1(n), g1(n), d1(n);
+  vectorised_math(x.data(), e0.data(), g0.data(), d0.data(), n);
+  lanes_math(x.data(), e1.data(), g1.data(), d1.data(), n);
+  auto agree = [](float a, float b) {
+#if defined(__GNUC__) && !defined(__clang__)
+    return std::memcmp(&a, &b, 4) == 0;
+#else
+    return (std::isnan(a) && std::isnan(b)) || a == b || std::fabs(a - b) <= 4e-7f * std::fabs(a);
+#endif
+  };
+  int bad = 0;
+  for (int i = 0; i < n; i++) bad += !agree(e0[i], e1[i]) + !agree(g0[i], g1[i]) + !agree(d0[i], d1[i]);
+  expect(bad == 0, "math_avx512.h's exp, gelu and gelu_grad equal math.h's vectorised (" + std::to_string(bad) +
+                       " of " + std::to_string(3 * n) + " differ)");
+#endif
 }
 
 void test_autograd_fanout() {
@@ -979,6 +1060,8 @@ int main() {
   test_column_softmax_kernels();
   test_accumulate_rows();
   test_fold_affine_rows();
+  test_fold_affine_backward();
+  test_math_avx512();
   test_gemm_bf16();
   cpu_isa_set(cpu_isa_best());
   test_math();
