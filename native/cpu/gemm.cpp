@@ -122,9 +122,9 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
 }
 
 // ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
-// Sixteen columns of a tile row: a plain store where the tile has all its 32 columns (`full`), a
-// masked one (columns below nr) otherwise. Where a kernel's time goes into its stores (the staged
-// tiles, the GELU output), the masked store with every lane set costs more.
+// Sixteen columns of a tile row: a plain store where all are in the tile (`full`), a masked one
+// otherwise. Where a kernel's time goes into its stores (the staged tiles, the GELU output,
+// attention's small products), the masked store with every lane set costs more.
 __attribute__((target("avx512f"), always_inline)) inline void store_cols(float* p, __mmask16 m, __m512 v, bool full) {
   if (full) {
     _mm512_storeu_ps(p, v);
@@ -337,7 +337,7 @@ __attribute__((target("avx512f"))) void small_tile_avx512(int64_t i0, int64_t j0
       const __mmask16 m = v == NV - 1 ? tail : 0xFFFF;
       __m512 out = _mm512_mul_ps(va, acc[r][v]);
       if (beta != 0.0f) out = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c), out);
-      _mm512_mask_storeu_ps(c, m, out);
+      store_cols(c, m, out, m == 0xFFFF);
     }
 }
 
