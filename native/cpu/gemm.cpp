@@ -394,7 +394,9 @@ __attribute__((target("avx512f"))) void transpose_avx512(const float* src, int64
       __m512 r[16], t[16];
 #pragma GCC unroll 16
       for (int i = 0; i < 16; i++)
-        r[i] = i < nr ? _mm512_maskz_loadu_ps(col_mask, src + (r0 + i) * ld + c0) : _mm512_setzero_ps();
+        r[i] = i >= nr ? _mm512_setzero_ps()
+               : nc == 16 ? _mm512_loadu_ps(src + (r0 + i) * ld + c0)
+                          : _mm512_maskz_loadu_ps(col_mask, src + (r0 + i) * ld + c0);
 #pragma GCC unroll 8
       for (int i = 0; i < 8; i++) {  // per 128-bit lane: rows 2i, 2i+1 interleaved
         t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
@@ -418,7 +420,7 @@ __attribute__((target("avx512f"))) void transpose_avx512(const float* src, int64
       }
       for (int c = 0; c < nc; c++) {
         float* d = dst + (c0 + c) * ldd + r0;
-        _mm512_mask_storeu_ps(d, row_mask, add ? _mm512_add_ps(t[c], _mm512_maskz_loadu_ps(row_mask, d)) : t[c]);
+        store_cols(d, row_mask, add ? _mm512_add_ps(t[c], _mm512_maskz_loadu_ps(row_mask, d)) : t[c], nr == 16);
       }
     }
   }
