@@ -22,6 +22,7 @@
 #include "core/strided.h"
 #include "model/derived.h"
 #include "core/parallel.h"
+#include "core/profile.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/math_avx512.h"
@@ -473,6 +474,47 @@ void test_autograd_fanout() {
     threw = e.code() == ERROR_STATE;
   }
   expect(threw, "a second backward through a freed graph throws ERROR_STATE");
+}
+
+// A tensor read by several ops: the later consumers' backward kernels add into the gradient
+// the earlier ones left (GEMM's beta, LayerNorm's accumulate flag) rather than writing a fresh
+// buffer that a separate pass then adds; the sum is the same as from separate graphs.
+void test_autograd_fanout_accumulates_in_kernels() {
+  const Tensor x = randn({70, 24}, 5, 0.0f, 1.0f), a = randn({24, 9}, 6, 0.0f, 1.0f), b = randn({24, 5}, 7, 0.0f, 1.0f);
+  const Tensor v = randn({70, 24}, 8, 0.0f, 1.0f);
+  x->requires_grad = true;
+  auto loss_of = [&](const Tensor& in, int which) {
+    Tensor l;
+    if (which & 1) l = sum(matmul(in, a), {}, false);
+    if (which & 2) {
+      const Tensor t = sum(matmul(in, b), {}, false);
+      l = l ? add(l, t) : t;
+    }
+    if (which & 4) {
+      const Tensor t = sum(mul(layernorm(in, nullptr, nullptr, 1e-5f), v), {}, false);
+      l = l ? add(l, t) : t;
+    }
+    return l;
+  };
+  std::vector<float> parts(static_cast<size_t>(x->numel()), 0.0f);
+  for (int which : {1, 2, 4}) {
+    const Tensor xi = detach(x);
+    xi->requires_grad = true;
+    backward(loss_of(xi, which), nullptr);
+    for (int64_t i = 0; i < x->numel(); i++) parts[i] += xi->grad->f32()[i];
+  }
+  profile_start();
+  backward(loss_of(x, 7), nullptr);
+  const ProfileReport report = profile_stop();
+  int64_t adds = 0;
+  for (const ProfileCall& c : report.calls)
+    if (c.label.find("copy+=") != std::string::npos && c.label.find(std::to_string(x->numel())) != std::string::npos)
+      adds += c.calls;  // (the loss's scalar sums pass their gradient on with adds of one element)
+  double worst = 0.0;
+  for (int64_t i = 0; i < x->numel(); i++) worst = std::max(worst, std::fabs(double(x->grad->f32()[i]) - parts[i]));
+  expect(worst < 1e-5, "a fan-out's gradient equals the sum of its consumers' (" + std::to_string(worst) + ")");
+  expect(adds == 0, "a fan-out's later consumers add into its gradient in their own kernels (" + std::to_string(adds) +
+                        " separate adding passes)");
 }
 
 // The walk frees what it passes: when the backward of the first op of a chain runs, the later
@@ -1066,6 +1108,7 @@ int main() {
   cpu_isa_set(cpu_isa_best());
   test_math();
   test_autograd_fanout();
+  test_autograd_fanout_accumulates_in_kernels();
   test_pool();
   test_pool_resize();
   test_split_k_parts_across_pool_sizes();
