@@ -105,7 +105,7 @@ void test_gemm_bf16() {
 
 // Every layout (A or A^T, B or B^T) and beta of sgemm, or of sgemm_small (`small`), against a
 // double-precision reference; C's padding columns must stay untouched. C's rows are ldc_min or
-// N + 2 floats apart, whichever is more.
+// N + 2 floats apart, whichever is more; A's lda_min or K + 3 (M + 3 when transposed).
 void check_products(CpuIsa isa, bool small, const std::vector<std::array<int64_t, 3>>& sizes, int64_t ldc_min = 0,
                     int64_t lda_min = 0) {
   std::mt19937 rng(42);
@@ -163,8 +163,8 @@ void test_gemm(CpuIsa isa) {
   // C's rows 4 KiB apart: the packed path sums its tiles in a buffer first (partial tiles, several
   // K blocks).
   check_products(isa, false, {{150, 70, 300}, {37, 129, 600}, {100, 1000, 64}}, 1024);
-  // A's rows 4 KiB apart: a row-major A is packed where it would be read in place (few column
-  // panels), as are A's of C's rows 4 KiB apart too.
+  // A's rows 4 KiB apart: a row-major A that would be read in place (few column panels) is
+  // packed; also with C's rows 4 KiB apart.
   check_products(isa, false, {{150, 70, 300}, {300, 192, 700}, {37, 129, 600}}, 0, 1024);
   check_products(isa, false, {{150, 70, 300}}, 1024, 1024);
   // The unpacked products: every remainder of the 6-row and 64-column tiles, transposes of
