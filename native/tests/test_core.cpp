@@ -429,8 +429,10 @@ __attribute__((target("avx512f"), noinline)) void lanes_math(const float* x, flo
 #endif
 
 // math_avx512.h's vectors against math.h's scalar formulas vectorised by the compiler: the same
-// bits under GCC (the same operations, contracted into the same FMAs), within a few ulp under
-// another compiler; the clamps' edges, infinities and NaN included.
+// bits under GCC's optimised builds (the same operations, contracted into the same FMAs); within
+// rounding under another compiler or the sanitizers' -O1 build, which contract differently (an
+// absolute error growing with |x| where GELU cancels: x Phi(x) for x near -5.6 is ~1e-7 of noise);
+// the clamps' edges, infinities and NaN included.
 void test_math_avx512() {
 #if defined(__x86_64__)
   if (cpu_isa_best() < CPU_ISA_AVX512) return;
@@ -444,15 +446,18 @@ void test_math_avx512() {
   std::vector<float> e0(n), g0(n), d0(n), e1(n), g1(n), d1(n);
   vectorised_math(x.data(), e0.data(), g0.data(), d0.data(), n);
   lanes_math(x.data(), e1.data(), g1.data(), d1.data(), n);
-  auto agree = [](float a, float b) {
-#if defined(__GNUC__) && !defined(__clang__)
+  auto agree = [](float a, float b, float at) {
+#if defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+    (void)at;
     return std::memcmp(&a, &b, 4) == 0;
 #else
-    return (std::isnan(a) && std::isnan(b)) || a == b || std::fabs(a - b) <= 4e-7f * std::fabs(a);
+    return (std::isnan(a) && std::isnan(b)) || a == b ||
+           std::fabs(a - b) <= 4e-7f * std::fabs(a) + 2e-7f * std::fmax(1.0f, std::fabs(at));
 #endif
   };
   int bad = 0;
-  for (int i = 0; i < n; i++) bad += !agree(e0[i], e1[i]) + !agree(g0[i], g1[i]) + !agree(d0[i], d1[i]);
+  for (int i = 0; i < n; i++)
+    bad += !agree(e0[i], e1[i], x[i]) + !agree(g0[i], g1[i], x[i]) + !agree(d0[i], d1[i], x[i]);
   expect(bad == 0, "math_avx512.h's exp, gelu and gelu_grad equal math.h's vectorised (" + std::to_string(bad) +
                        " of " + std::to_string(3 * n) + " differ)");
 #endif
