@@ -122,11 +122,11 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t kc, const float* a, 
 }
 
 // ---- AVX-512: 12 x 32, twenty-four zmm accumulators, masked edge stores ----
-// Sixteen columns of a tile row: a plain store where all are in the tile (`full`), a masked one
-// otherwise. Where a kernel's time goes into its stores (the staged tiles, the GELU output,
-// attention's small products), the masked store with every lane set costs more.
-__attribute__((target("avx512f"), always_inline)) inline void store_cols(float* p, __mmask16 m, __m512 v, bool full) {
-  if (full) {
+// Sixteen columns of a tile row, those set in m: a plain store when all are. Where a kernel's time
+// goes into its stores (the staged tiles, the GELU output, attention's small products, the
+// register transposes), the masked store with every lane set costs more.
+__attribute__((target("avx512f"), always_inline)) inline void store_cols(float* p, __mmask16 m, __m512 v) {
+  if (m == 0xFFFF) {
     _mm512_storeu_ps(p, v);
   } else {
     _mm512_mask_storeu_ps(p, m, v);
@@ -136,9 +136,9 @@ __attribute__((target("avx512f"), always_inline)) inline void store_cols(float* 
 // One row of a tile's GELU: act = gelu(r0 | r1) (math_avx512.h, as the row kernels compute it);
 // columns below nr only.
 __attribute__((target("avx512f"), always_inline)) inline void gelu_row_avx512(
-    __m512 r0, __m512 r1, float* act, __mmask16 m0, __mmask16 m1, bool full) {
-  store_cols(act, m0, gelu_avx512(r0), full);
-  store_cols(act + 16, m1, gelu_avx512(r1), full);
+    __m512 r0, __m512 r1, float* act, __mmask16 m0, __mmask16 m1) {
+  store_cols(act, m0, gelu_avx512(r0));
+  store_cols(act + 16, m1, gelu_avx512(r1));
 }
 
 // Writes an MR x 32 tile of accumulators: c = alpha * acc (+ bias per column) (+ c when add);
@@ -150,7 +150,6 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
   const __m512 va = _mm512_set1_ps(alpha);
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
-  const bool full = nr == 32;
   const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
   const __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
 #pragma GCC unroll 12
@@ -164,7 +163,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
     }
     _mm512_mask_storeu_ps(ci, m0, r0);
     _mm512_mask_storeu_ps(ci + 16, m1, r1);
-    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1, full);
+    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
   }
 }
 
@@ -235,7 +234,6 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
   // with its masked stores, measured 10% slower).
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
-  const bool full = nr == NR;
   for (int i = 0; i < mr; i++) {
     float* ci = c + i * ldc;
     __m512 r0 = _mm512_load_ps(tile + i * NR), r1 = _mm512_load_ps(tile + i * NR + 16);
@@ -243,9 +241,9 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
-    store_cols(ci, m0, r0, full);
-    store_cols(ci + 16, m1, r1, full);
-    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1, full);
+    store_cols(ci, m0, r0);
+    store_cols(ci + 16, m1, r1);
+    if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
   }
 }
 __attribute__((target("avx512f"))) void micro_avx512_staged(int64_t kc, const float* a, int64_t lda, const float* b,
@@ -337,7 +335,7 @@ __attribute__((target("avx512f"))) void small_tile_avx512(int64_t i0, int64_t j0
       const __mmask16 m = v == NV - 1 ? tail : 0xFFFF;
       __m512 out = _mm512_mul_ps(va, acc[r][v]);
       if (beta != 0.0f) out = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c), out);
-      store_cols(c, m, out, m == 0xFFFF);
+      store_cols(c, m, out);
     }
 }
 
@@ -420,7 +418,7 @@ __attribute__((target("avx512f"))) void transpose_avx512(const float* src, int64
       }
       for (int c = 0; c < nc; c++) {
         float* d = dst + (c0 + c) * ldd + r0;
-        store_cols(d, row_mask, add ? _mm512_add_ps(t[c], _mm512_maskz_loadu_ps(row_mask, d)) : t[c], nr == 16);
+        store_cols(d, row_mask, add ? _mm512_add_ps(t[c], _mm512_maskz_loadu_ps(row_mask, d)) : t[c]);
       }
     }
   }
@@ -978,8 +976,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   const auto micro = staged ? ker.micro_staged : ker.micro;
   const auto micro_act = staged ? ker.micro_staged_act : ker.micro_act;
   // A row-major A is read in place unless its rows are a multiple of 4 KiB apart: then the
-  // twelve rows a tile reads share L1 sets, and packing pays (a stride of 3072, four branches of
-  // 768 side by side: 3200 x 192 x 768 on one thread 129 -> 155 GFLOP/s).
+  // twelve rows a tile reads share L1 sets, and packing pays (a stride of 3072: four branches of
+  // 768 side by side).
   const bool a_rows_alias = (lda * 4) % 4096 == 0;
   auto direct_a = [&](int64_t panels) {
     return transA || (ker.micro_rows != nullptr && panels <= DIRECT_A_MAX_PANELS && !a_rows_alias);
