@@ -114,32 +114,27 @@ void CpuBackend::gemm(const GemmArgs& g) {
 // (T x T x D and T x D x T) and run unpacked (sgemm_small): Q, K, V, dO and the outputs are read
 // and written in place (ld = N*3C). Their speed: bench/results/cpu-ops.md, step kernel rows.
 namespace {
-// Asks for head t's Q, K and V rows (T rows of D floats each) to be brought into the caches.
-void prefetch_head(const dm::AttnLayout& L, const float* qkv, int64_t t) {
-  const int64_t heads = L.N * L.H;
-  const float* q = qkv + L.q_offset(t / heads, (t / L.H) % L.N, t % L.H);
-  for (int64_t i = 0; i < L.T; i++, q += L.ld_in())
-    for (int64_t d = 0; d < L.D; d += 16) {
-      __builtin_prefetch(q + d);
-      __builtin_prefetch(q + L.C + d);
-      __builtin_prefetch(q + 2 * L.C + d);
-    }
+// Asks for image b's rows of qkv (T rows of N*3C floats, one contiguous block) to be brought into
+// L2, line by line. Its heads read them as 3T short runs a row apart, which the hardware
+// prefetchers do not follow; one pass over the block at the image's start makes the attention
+// of a batch of 64 about 10% faster (Para-Former-1-4: forward 3.1 -> 2.7 ms, backward 5.7 -> 5.3;
+// prefetching each next head, the next image, or dout and dqkv too were measured no better).
+void prefetch_image(const dm::AttnLayout& L, const float* qkv, int64_t b) {
+  const char* p = reinterpret_cast<const char*>(qkv + b * L.T * L.ld_in());
+  const int64_t bytes = L.T * L.ld_in() * static_cast<int64_t>(sizeof(float));
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 2);
 }
 
 // fn(task, b, n, h) for every head. With enough images for the pool, a task is one image's
 // heads in order (they read the same T rows of qkv, which then stream through one core's caches
-// instead of being shared between the threads); otherwise a task is one head. The
-// next head's rows are prefetched while a head runs.
+// instead of being shared between the threads); otherwise a task is one head.
 template <typename Fn>
 void for_each_head(const dm::AttnLayout& L, int64_t B, const float* qkv, Fn fn) {
   const int64_t heads = L.N * L.H;
   const int64_t per_task = B >= 4 * get_num_threads() ? heads : 1;
   parallel_for(B * heads / per_task, [&](int64_t task) {
-    const int64_t end = (task + 1) * per_task;
-    for (int64_t t = task * per_task; t < end; t++) {
-      if (t + 1 < end) prefetch_head(L, qkv, t + 1);
-      fn(t, t / heads, (t / L.H) % L.N, t % L.H);
-    }
+    if (per_task == heads) prefetch_image(L, qkv, task);
+    for (int64_t t = task * per_task; t < (task + 1) * per_task; t++) fn(t, t / heads, (t / L.H) % L.N, t % L.H);
   });
 }
 
