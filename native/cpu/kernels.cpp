@@ -39,6 +39,7 @@ struct RowKernels {
   void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
   void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
   void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, float*, float*, int64_t, bool);
+  void (*layernorm_bwd_params)(const float*, const float*, const float*, const float*, int64_t, int64_t, float*, float*);
   void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
                      int64_t);
   void (*accumulate_f64)(const float*, double*, int64_t);
@@ -172,12 +173,18 @@ void layernorm_backward_cpu(const float* x, const float* w, const float* mean, c
   const bool partial = dw || db;
   std::vector<float> parts(partial ? static_cast<size_t>(chunks * 2 * C) : 0, 0.0f);
   const int64_t step = (rows + chunks - 1) / chunks;
+  // Rows in groups that stay in L1: each row's dx, then the group's parameter sums column-wise.
+  constexpr int64_t GROUP = 16;
   parallel_for(chunks, [&](int64_t c) {
     float* pw = partial && dw ? parts.data() + c * 2 * C : nullptr;
     float* pb = partial && db ? parts.data() + c * 2 * C + C : nullptr;
-    for (int64_t r = c * step; r < std::min(rows, (c + 1) * step); r++)
-      rk().layernorm_bwd_row(x + r * C, w, mean[r], rstd[r], dy + r * C, dx ? dx + r * C : nullptr, pw, pb, C,
-                             accumulate);
+    const int64_t end = std::min(rows, (c + 1) * step);
+    for (int64_t r0 = c * step; r0 < end; r0 += GROUP) {
+      const int64_t r1 = std::min(end, r0 + GROUP);
+      for (int64_t r = r0; dx && r < r1; r++)
+        rk().layernorm_bwd_row(x + r * C, w, mean[r], rstd[r], dy + r * C, dx + r * C, nullptr, nullptr, C, accumulate);
+      if (partial) rk().layernorm_bwd_params(x + r0 * C, mean + r0, rstd + r0, dy + r0 * C, r1 - r0, C, pw, pb);
+    }
   });
   for (int64_t c = 0; c < chunks && partial; c++) {
     for (int64_t i = 0; i < C; i++) {

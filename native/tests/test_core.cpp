@@ -333,6 +333,59 @@ void test_column_softmax_kernels() {
   cpu_isa_set(saved);
 }
 
+// LayerNorm's backward kernel on every instruction set and on 1 and 2 threads: dx and the
+// parameter sums (added into dw and db, either of which may be absent) against double formulas;
+// 37 rows (groups of 16 and a partial one) of 70 columns (two register blocks of 32 and a tail).
+void test_layernorm_backward_kernel() {
+  const CpuIsa saved = cpu_isa_active();
+  const int saved_threads = get_num_threads();
+  const int64_t rows = 37, C = 70;
+  std::mt19937 rng(14);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(rows * C), dy(rows * C), w(C), mean(rows), rstd(rows);
+  for (auto& v : x) v = dist(rng);
+  for (auto& v : dy) v = dist(rng);
+  for (auto& v : w) v = 1.0f + 0.1f * dist(rng);
+  for (int64_t r = 0; r < rows; r++) mean[r] = 0.1f * dist(rng), rstd[r] = 0.8f + 0.05f * dist(rng);
+  std::vector<double> rdw(C, 0.5), rdb(C, -0.25), rdx(rows * C);
+  for (int64_t r = 0; r < rows; r++) {
+    double sg = 0, sgx = 0;
+    for (int64_t c = 0; c < C; c++) {
+      const double xh = (double(x[r * C + c]) - mean[r]) * rstd[r], g = double(dy[r * C + c]) * w[c];
+      sg += g, sgx += g * xh;
+      rdw[c] += double(dy[r * C + c]) * xh;
+      rdb[c] += dy[r * C + c];
+    }
+    for (int64_t c = 0; c < C; c++) {
+      const double xh = (double(x[r * C + c]) - mean[r]) * rstd[r], g = double(dy[r * C + c]) * w[c];
+      rdx[r * C + c] = rstd[r] * (g - sg / C - xh * sgx / C);
+    }
+  }
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (int isa = 0; isa <= cpu_isa_best(); isa++) {
+      cpu_isa_set(static_cast<CpuIsa>(isa));
+      for (int which = 0; which < 3; which++) {  // both sums, dw only, db only
+        std::vector<float> dx(rows * C), dw(C, 0.5f), db(C, -0.25f);
+        layernorm_backward_cpu(x.data(), w.data(), mean.data(), rstd.data(), dy.data(), dx.data(),
+                               which != 2 ? dw.data() : nullptr, which != 1 ? db.data() : nullptr, rows, C, false);
+        double worst_x = 0, worst_w = 0, worst_b = 0;
+        for (int64_t i = 0; i < rows * C; i++) worst_x = std::max(worst_x, std::fabs(dx[i] - rdx[i]));
+        for (int64_t c = 0; c < C; c++) {
+          worst_w = std::max(worst_w, std::fabs(dw[c] - (which != 2 ? rdw[c] : 0.5)));
+          worst_b = std::max(worst_b, std::fabs(db[c] - (which != 1 ? rdb[c] : -0.25)));
+        }
+        expect(worst_x < 1e-5 && worst_w < 1e-4 && worst_b < 1e-4,
+               std::string("layernorm_backward ") + cpu_isa_name(static_cast<CpuIsa>(isa)) + ", " +
+                   std::to_string(threads) + " threads, case " + std::to_string(which) + " (dx " +
+                   std::to_string(worst_x) + ", dw " + std::to_string(worst_w) + ", db " + std::to_string(worst_b) + ")");
+      }
+    }
+  }
+  cpu_isa_set(saved);
+  set_num_threads(saved_threads);
+}
+
 // The register-blocked row sums equal the row-by-row fp64 sums bit for bit on every instruction
 // set (rows 3 floats wider than the 70 columns summed: a full block of 32, a partial one, a tail).
 void test_accumulate_rows() {
@@ -1157,6 +1210,7 @@ int main() {
   test_adamw_kernel();
   test_column_softmax_kernels();
   test_accumulate_rows();
+  test_layernorm_backward_kernel();
   test_fold_affine_rows();
   test_fold_affine_backward();
   test_math_avx512();
