@@ -333,6 +333,40 @@ void test_column_softmax_kernels() {
   cpu_isa_set(saved);
 }
 
+// The stage epilogue's row kernel on every instruction set against double formulas: no branch,
+// one, four; with and without beta; 300 columns (a block of 256 and a partial one); c written
+// over v as the GEMM epilogue does.
+void test_stage_combine_kernel() {
+  const CpuIsa saved = cpu_isa_active();
+  const int64_t n = 300, stride = 311;
+  std::mt19937 rng(15);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n), r(n), c0(n), extra(4 * stride);
+  for (auto* a : {&v, &r, &c0, &extra})
+    for (auto& x : *a) x = dist(rng);
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) {
+    cpu_isa_set(static_cast<CpuIsa>(isa));
+    for (const int64_t nsum : {0, 1, 4})
+      for (const float beta : {0.0f, 0.5f}) {
+        std::vector<float> c = c0, vc = v;
+        stage_combine_range_cpu(c.data(), v.data(), r.data(), extra.data(), nsum, stride, 0.25f, beta, n);
+        if (beta == 0.0f) stage_combine_range_cpu(vc.data(), vc.data(), r.data(), extra.data(), nsum, stride, 0.25f, 0.0f, n);
+        double worst = 0;
+        for (int64_t i = 0; i < n; i++) {
+          double sum = 0;
+          for (int64_t j = 0; j < nsum; j++) sum += extra[j * stride + i];
+          const double want = r[i] + 0.25 * (double(v[i]) + sum) + beta * double(c0[i]);
+          worst = std::max(worst, std::fabs(c[i] - want));
+          if (beta == 0.0f) worst = std::max(worst, std::fabs(vc[i] - want));
+        }
+        expect(worst < 1e-5, std::string("stage_combine_range ") + cpu_isa_name(static_cast<CpuIsa>(isa)) + ", " +
+                                 std::to_string(nsum) + " branches, beta " + std::to_string(beta) + " (" +
+                                 std::to_string(worst) + ")");
+      }
+  }
+  cpu_isa_set(saved);
+}
+
 // LayerNorm's backward kernel on every instruction set and on 1 and 2 threads: dx and the
 // parameter sums (added into dw and db, either of which may be absent) against double formulas;
 // 1000 rows (two threads' halves of 500: groups of 16 and a partial one) of 70 columns (two
@@ -1215,6 +1249,7 @@ int main() {
   test_column_softmax_kernels();
   test_accumulate_rows();
   test_layernorm_backward_kernel();
+  test_stage_combine_kernel();
   test_fold_affine_rows();
   test_fold_affine_backward();
   test_math_avx512();
