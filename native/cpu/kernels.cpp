@@ -38,7 +38,7 @@ struct RowKernels {
   void (*log_softmax_row)(const float*, float*, int64_t);
   void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
   void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
-  void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, float*, float*, int64_t, bool);
+  void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, int64_t, bool);
   void (*layernorm_bwd_params)(const float*, const float*, const float*, const float*, int64_t, int64_t, float*, float*);
   void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
                      int64_t);
@@ -182,7 +182,7 @@ void layernorm_backward_cpu(const float* x, const float* w, const float* mean, c
     for (int64_t r0 = c * step; r0 < end; r0 += GROUP) {
       const int64_t r1 = std::min(end, r0 + GROUP);
       for (int64_t r = r0; dx && r < r1; r++)
-        rk().layernorm_bwd_row(x + r * C, w, mean[r], rstd[r], dy + r * C, dx + r * C, nullptr, nullptr, C, accumulate);
+        rk().layernorm_bwd_row(x + r * C, w, mean[r], rstd[r], dy + r * C, dx + r * C, C, accumulate);
       if (partial) rk().layernorm_bwd_params(x + r0 * C, mean + r0, rstd + r0, dy + r0 * C, r1 - r0, C, pw, pb);
     }
   });
@@ -214,7 +214,7 @@ void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y,
 
 void layernorm_backward_row_cpu(const float* x, const float* w, float mean, float rstd, const float* dy, float* dx,
                                 int64_t C, bool accumulate) {
-  rk().layernorm_bwd_row(x, w, mean, rstd, dy, dx, nullptr, nullptr, C, accumulate);
+  rk().layernorm_bwd_row(x, w, mean, rstd, dy, dx, C, accumulate);
 }
 
 float softmax_lse_row_cpu(const float* x, float* y, int64_t n) { return rk().softmax_lse_row(x, y, n); }

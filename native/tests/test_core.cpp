@@ -370,8 +370,9 @@ void test_stage_combine_kernel() {
 // LayerNorm's backward kernel on every instruction set and on 1 and 2 threads: dx and the
 // parameter sums (added into dw and db, either of which may be absent) against double formulas;
 // 1000 rows (two threads' halves of 500: groups of 16 and a partial one) of 70 columns (two
-// register blocks of 32 and a tail). The sums' bound is float accumulation's worst case over a
-// half's rows, relative to the sum of the terms' sizes.
+// register blocks of 32 and a tail). The sums' bound is float accumulation's worst case over 510
+// adds (a half's rows), relative to the sum of the terms' sizes; the one-thread run's 1000 adds
+// of these fixed inputs stay within it too (typical error grows as the square root).
 void test_layernorm_backward_kernel() {
   const CpuIsa saved = cpu_isa_active();
   const int saved_threads = get_num_threads();
