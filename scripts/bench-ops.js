@@ -34,7 +34,9 @@ at width 192: 50 tokens, batch 64 = 3200 rows), as a fraction of the float32 pea
 plus written per second, against a memory copy of the same bytes over the same threads. Step
 kernel rows: the rest of a Para-Former-1-4 training step at its shapes; attention in analytic
 GFLOP/s (forward two per-head products, backward four; the rebuilt scores are not counted),
-GELU's gradient with its bias sums and the bias reductions in GB/s against a copy.
+GELU's gradient with its bias sums, the bias reductions, LayerNorm's backward with its weight and
+bias sums and fc2's stage epilogue (the combine sgemm runs on each finished block) in GB/s
+against a copy.
 
 ${out}
 ## Reading this

@@ -7,8 +7,9 @@
 //   3. LayerNorm, softmax and GELU forward in GB/s (bytes read + written) next to a memory copy
 //      of the same bytes, threaded over the same pool.
 //   4. The training step's kernels besides the products, at Para-Former-1-4's shapes: attention
-//      forward and backward in GFLOP/s and fraction of peak; GELU's gradient with its bias sums
-//      and the bias reductions in GB/s next to a memory copy of the same bytes.
+//      forward and backward in GFLOP/s and fraction of peak; GELU's gradient with its bias sums,
+//      the bias reductions, LayerNorm's backward with its weight and bias sums and the stage
+//      epilogue's combine in GB/s next to a memory copy of the same bytes.
 // Runs are interleaved (duat, reference, duat, ...) and the median is reported, so drift on a
 // shared machine hits both sides alike. OpenBLAS's worker threads spin for a while after each
 // call (about 2^28 cycles by default) and would steal a core from whatever runs next on a
@@ -194,7 +195,7 @@ void bench_attention(double peak, int reps) {
               100.0 * 4 * head / tb / 1e9 / peak);
 }
 
-// The step's reductions in GB/s against a copy of the bytes they read and write.
+// The step's reductions and row kernels in GB/s against a copy of the bytes they read and write.
 void bench_step_reductions(int reps) {
   const int64_t R = 3200;
   Tensor x = randn({R * 3072}, 9, 0, 1), dy = randn({R * 3072}, 10, 0, 1), dx = empty({R * 3072});
@@ -227,6 +228,23 @@ void bench_step_reductions(int reps) {
   branches.in = x->f32(), branches.in_strides[0] = R * 192, branches.in_strides[1] = 1;
   branches.out = sum->f32(), branches.out_strides[0] = 0, branches.out_strides[1] = 1;
   row("reduce 4 x 614400 -> 614400 (branches summed)", [&] { be.reduce(branches); }, 5 * R * 192 * 4);
+  // LayerNorm's backward with the weight and bias sums (a ViT block's LN1): reads x and dy,
+  // writes dx (the sums are 2 x 192 more).
+  Tensor w = randn({192}, 12, 1, 0.1f), mean = randn({R}, 13, 0, 0.1f), rstd = randn({R}, 14, 1, 0.05f);
+  Tensor dw = empty({192}), dbias = empty({192});
+  row("LayerNorm backward with weight and bias sums, 3200 x 192", [&] {
+    layernorm_backward_cpu(x->f32(), w->f32(), mean->f32(), rstd->f32(), dy->f32(), dx->f32(), dw->f32(),
+                           dbias->f32(), R, 192, false);
+  }, 3 * R * 192 * 4);
+  // The stage epilogue of fc2 over 4 branches, row by row as sgemm's blocks run it: reads the
+  // product, the residual and 4 attention outputs, writes the stage's output.
+  row("stage epilogue combine, 4 branches, 3200 x 192", [&] {
+    parallel_for_range(R, 64, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; i++)
+        stage_combine_range_cpu(sum->f32() + i * 192, dx->f32() + i * 192, dy->f32() + i * 192, x->f32() + i * 192, 4,
+                                R * 192, 0.25f, 0.0f, 192);
+    });
+  }, 7 * R * 192 * 4);
 }
 
 }  // namespace

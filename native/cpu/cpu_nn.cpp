@@ -116,9 +116,9 @@ void CpuBackend::gemm(const GemmArgs& g) {
 namespace {
 // Asks for image b's rows of qkv (T rows of N*3C floats, one contiguous block) to be brought into
 // L2, line by line. Its heads read them as 3T short runs a row apart, which the hardware
-// prefetchers do not follow; one pass over the block at the image's start makes the attention
-// of a batch of 64 about 10% faster (Para-Former-1-4: forward 3.1 -> 2.7 ms, backward 5.7 -> 5.3;
-// prefetching each next head, the next image, or dout and dqkv too were measured no better).
+// prefetchers do not follow; with the AVX-512 column softmax, attention at batch 64 went from
+// 36-40% to 40-42% of peak (bench/results/cpu-ops-ab.md); prefetching each next head, the next
+// image, or dout and dqkv too were measured no better.
 void prefetch_image(const dm::AttnLayout& L, const float* qkv, int64_t b) {
   const char* p = reinterpret_cast<const char*>(qkv + b * L.T * L.ld_in());
   const int64_t bytes = L.T * L.ld_in() * static_cast<int64_t>(sizeof(float));
