@@ -138,6 +138,18 @@ const cases: OpCase[] = [
     ref: ([x, r]) => R.layerNormResidual(x, r, 1e-6),
   },
   {
+    // Both gradients land in buffers that already hold some (x's from the sum; the residual's
+    // and x's from the first layerNorm): the fused backward adds to them.
+    name: 'layerNorm with a residual, its input and residual used twice',
+    inputs: [{ shape: [4, 3, 5], range: [-2, 2] }, { shape: [3, 5], range: [-2, 2] }],
+    run: ([x, r]) => x.add(F.layerNorm(x, null, null, 1e-6, r)).add(F.layerNorm(x.add(x), null, null, 1e-6, r)).add(r),
+    ref: ([x, r]) => {
+      const once = R.binary(x, R.layerNormResidual(x, r, 1e-6), (p, q) => p + q);
+      const twice = R.binary(once, R.layerNormResidual(R.map(x, (v) => 2 * v), r, 1e-6), (p, q) => p + q);
+      return R.binary(twice, r, (p, q) => p + q);
+    },
+  },
+  {
     name: 'branchLinear: shared input, folded LayerNorm, interleaved (QKV)',
     inputs: [{ shape: [5, 6] }, { shape: [3, 4, 6] }, { shape: [3, 4] }, { shape: [3, 6], range: [0.5, 1.5] }, { shape: [3, 6] }],
     run: ([x, w, b, g, beta]) => F.branchLinear(x, w, b, { lnWeight: g, lnBias: beta, interleaved: true }),

@@ -124,7 +124,9 @@ struct LayerNormArgs {
   float eps = 1e-6f;
 };
 // Backward of the same row: dx (+)= (accumulate), dgamma and dbeta always accumulate (each may be
-// null); with a residual input only dx (the residual's gradient is dx summed by the op).
+// null). With a residual input, no dgamma or dbeta; its gradient dresid (optional) is dx summed over
+// the row sets (row r of set s is row s * resid_rows + r), the sets in order and summed in at least
+// fp32 before it is written (or added: resid_accumulate), in the same pass as dx.
 struct LayerNormGradArgs {
   const float* dy = nullptr;
   const float* x = nullptr;
@@ -136,8 +138,10 @@ struct LayerNormGradArgs {
   float* dx = nullptr;
   float* dgamma = nullptr;
   float* dbeta = nullptr;
+  float* dresid = nullptr;
   int64_t rows = 0, C = 0;
   bool accumulate = false;
+  bool resid_accumulate = false;
 };
 
 // ---- optimizer updates: many tensors in one call, each with its own options ----

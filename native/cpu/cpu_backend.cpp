@@ -505,8 +505,37 @@ void CpuBackend::layernorm_backward(const LayerNormGradArgs& a) {
     layernorm_backward_cpu(a.x, a.gamma, a.mean, a.rstd, a.dy, a.dx, a.dgamma, a.dbeta, a.rows, C, a.accumulate);
     return;
   }
-  residual_rows(a.x, a.resid, a.resid_rows, a.rows, C, [&](int64_t r, const float* v) {
-    layernorm_backward_row_cpu(v, a.gamma, a.mean[r], a.rstd[r], a.dy + r * C, a.dx + r * C, C, a.accumulate);
+  // With a residual (no weight), in one pass: a task takes blocks of the residual's rows and, for
+  // each block, the matching rows of every set in turn (each set's rows stream in order), adding
+  // each row's dx into dx and into the block's residual sums, which stay in L1.
+  constexpr int64_t BLOCK = 16;
+  const int64_t R = a.resid_rows, sets = a.rows / R;
+  if (a.dresid && sets == 0 && !a.resid_accumulate) std::fill(a.dresid, a.dresid + R * C, 0.0f);
+  if (sets == 0 || (!a.dx && !a.dresid)) return;
+  const int64_t blocks = (R + BLOCK - 1) / BLOCK;
+  const int64_t grain = std::max<int64_t>(1, ELEM_GRAIN / (BLOCK * sets * std::max<int64_t>(C, 1)));
+  parallel_for_range(blocks, grain, [&](int64_t lo, int64_t hi) {
+    thread_local std::vector<float> sums;
+    sums.resize(static_cast<size_t>(BLOCK * C));
+    for (int64_t r0 = lo * BLOCK; r0 < std::min(R, hi * BLOCK); r0 += BLOCK) {
+      const int64_t r1 = std::min(R, r0 + BLOCK);
+      for (int64_t s = 0; s < sets; s++)
+        for (int64_t r = r0; r < r1; r++) {
+          const int64_t row = s * R + r;
+          float* sum = a.dresid ? sums.data() + (r - r0) * C : nullptr;
+          layernorm_resid_backward_row_cpu(a.x + row * C, a.resid + r * C, a.mean[row], a.rstd[row], a.dy + row * C,
+                                           a.dx ? a.dx + row * C : nullptr, a.accumulate, sum, s == 0, C);
+        }
+      for (int64_t r = r0; a.dresid && r < r1; r++) {
+        const float* sum = sums.data() + (r - r0) * C;
+        float* dr = a.dresid + r * C;
+        if (a.resid_accumulate) {
+          for (int64_t c = 0; c < C; c++) dr[c] += sum[c];
+        } else {
+          std::copy(sum, sum + C, dr);
+        }
+      }
+    }
   });
 }
 

@@ -40,6 +40,8 @@ struct RowKernels {
   void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
   void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, int64_t, bool);
   void (*layernorm_bwd_params)(const float*, const float*, const float*, const float*, int64_t, int64_t, float*, float*);
+  void (*layernorm_resid_bwd_row)(const float*, const float*, float, float, const float*, float*, bool, float*, bool,
+                                  int64_t);
   void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
                      int64_t);
   void (*accumulate_f64)(const float*, double*, int64_t);
@@ -215,6 +217,11 @@ void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y,
 void layernorm_backward_row_cpu(const float* x, const float* w, float mean, float rstd, const float* dy, float* dx,
                                 int64_t C, bool accumulate) {
   rk().layernorm_bwd_row(x, w, mean, rstd, dy, dx, C, accumulate);
+}
+
+void layernorm_resid_backward_row_cpu(const float* x, const float* res, float mean, float rstd, const float* dy,
+                                      float* dx, bool accumulate, float* sum, bool first, int64_t C) {
+  rk().layernorm_resid_bwd_row(x, res, mean, rstd, dy, dx, accumulate, sum, first, C);
 }
 
 float softmax_lse_row_cpu(const float* x, float* y, int64_t n) { return rk().softmax_lse_row(x, y, n); }

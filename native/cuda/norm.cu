@@ -2,6 +2,7 @@
 // softmax and log-softmax, cross-entropy with label smoothing, argmax and the count of correct
 // predictions. Contracts: core/backend.h. The LayerNorm and cross-entropy kernels were verified
 // on an H100 before they moved here; the cross-entropy now guards labels outside [0, K).
+#include <algorithm>
 #include <string>
 
 #include "common.cuh"
@@ -73,6 +74,22 @@ __global__ void __launch_bounds__(128) layernorm_backward_kernel(const float* dy
     if (c >= C) continue;
     const float d = dm::layernorm_dx(g[i], xh[i], mean_g, mean_gx, rs);
     dx[r * C + c] = accumulate ? dx[r * C + c] + d : d;
+  }
+}
+
+// A residual's gradient from the rows' dx (dz: `sets` sets of n values each, laid out set after
+// set): dresid[i] (+)= the sum over the sets, in order, of dz[s * n + i]; dx (when given) (+)= dz.
+__global__ void layernorm_residual_sets_kernel(const float* dz, float* dx, float* dresid, int64_t sets, int64_t n,
+                                               bool accumulate, bool resid_accumulate) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float sum = 0.0f;
+    for (int64_t s = 0; s < sets; s++) {
+      const float d = dz[s * n + i];
+      sum += d;
+      if (dx) dx[s * n + i] = accumulate ? dx[s * n + i] + d : d;
+    }
+    dresid[i] = resid_accumulate ? dresid[i] + sum : sum;
   }
 }
 
@@ -251,7 +268,19 @@ void layernorm_forward(const LayerNormArgs& a) {
 void layernorm_backward(const LayerNormGradArgs& a) {
   if (a.rows <= 0) return;
   if (a.resid && (a.dgamma || a.dbeta)) fail(ERROR_DEVICE, "layerNorm backward: dgamma/dbeta with a residual input");
-  if (a.dx) {
+  if (a.dresid) {
+    // The rows' dx into scratch first, then summed over the sets and added where they go.
+    float* dz = static_cast<float*>(device_alloc(static_cast<size_t>(a.rows * a.C) * sizeof(float)));
+    launch_by_vpl<LayerNormBackward>(a.C, warp_rows(a.rows), stream(), a.dy, a.x, a.resid, a.resid_rows, a.mean,
+                                     a.rstd, a.gamma, dz, a.rows, static_cast<int>(a.C), false);
+    launched("layerNorm backward");
+    const int64_t n = a.resid_rows * a.C;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(dm::ceil_div(n, 256), 4096));
+    layernorm_residual_sets_kernel<<<blocks, 256, 0, stream()>>>(dz, a.dx, a.dresid, a.rows / a.resid_rows, n,
+                                                                 a.accumulate, a.resid_accumulate);
+    launched("layerNorm backward (residual)");
+    device_free(dz);
+  } else if (a.dx) {
     launch_by_vpl<LayerNormBackward>(a.C, warp_rows(a.rows), stream(), a.dy, a.x, a.resid,
                                      a.resid_rows > 0 ? a.resid_rows : a.rows, a.mean, a.rstd, a.gamma, a.dx, a.rows,
                                      static_cast<int>(a.C), a.accumulate);

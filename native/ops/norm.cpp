@@ -1,6 +1,6 @@
 // norm.cpp: LayerNorm over the last dimension, optionally of x + a residual shared by several
 // row sets. Saves mean and rstd (fp32, one per row); backward ACCUMULATES into dx, dw, db and
-// into the residual's gradient (dx summed over the row sets).
+// into the residual's gradient (dx summed over the row sets, by the backend in the same pass).
 #include <string>
 
 #include "ops.h"
@@ -50,24 +50,22 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, c
     d.rows = rows, d.C = C;
     if (g.needs(1)) d.dgamma = g.contiguous_slot(1)->ptr_f32();
     if (g.needs(2)) d.dbeta = g.contiguous_slot(2)->ptr_f32();
-    // With a residual, its gradient is dx summed over the row sets: dx goes to a buffer of its
-    // own first. Without one, dx goes straight into x's gradient.
-    Tensor dx;
-    if (g.needs(3)) {
-      dx = empty(sx->shape, DTYPE_F32, dev);
-    } else if (g.needs(0)) {
-      bool fresh = false;
-      dx = g.contiguous_slot_for_write(0, &fresh);
+    // dx straight into x's gradient; the residual's (dx summed over the row sets) into its own,
+    // in the same pass. No rows: the residual's gradient is zero.
+    if (!rows) {
+      if (g.needs(3)) g.slot(3);
+      return;
+    }
+    bool fresh = false;
+    if (g.needs(0)) {
+      d.dx = g.contiguous_slot_for_write(0, &fresh)->ptr_f32();
       d.accumulate = !fresh;
     }
-    d.dx = dx ? dx->ptr_f32() : nullptr;
-    if (rows) backend(dev).layernorm_backward(d);
-    if (!g.needs(3)) return;
-    g.into(3, [&](const Tensor& slot, bool acc) {
-      launch_reduce(make_view(slot, {1, R, C}, {0, slot->strides[0], slot->strides[1]}, slot->offset),
-                    make_view(dx, {rows / R, R, C}, {R * C, C, 1}, 0), 1.0f, acc);
-    });
-    if (g.needs(0)) g.pass(0, dx);
+    if (g.needs(3)) {
+      d.dresid = g.contiguous_slot_for_write(3, &fresh)->ptr_f32();
+      d.resid_accumulate = !fresh;
+    }
+    backend(dev).layernorm_backward(d);
   });
 }
 

@@ -193,16 +193,23 @@ void check_layernorm(int64_t rows, int64_t C, int64_t resid_rows, bool affine) {
   report(name + " (mean, rstd)", PRECISION_FP32,
          std::max(rel_error(fetch(dmean, rows), ref_mean), rel_error(fetch(drstd, rows), ref_rstd)), 1e-5);
 
-  // Backward of the plain (no residual) case: dx, dgamma, dbeta.
-  if (resid_rows) return;
-  std::vector<float> gy = random_vector(rows * C);
-  DeviceBuffer dgy = upload(gy.data(), gy.size()), ddx = poisoned(rows * C), ddg = upload(std::vector<float>(C, 0.0f).data(), C),
+  // Backward: dx, and dgamma, dbeta without a residual; with one, dx and the residual's gradient
+  // (dx summed over the row sets), both added to what their buffers held.
+  std::vector<float> gy = random_vector(rows * C), dx0 = random_vector(rows * C), dr0 = random_vector(resid_rows * C);
+  DeviceBuffer dgy = upload(gy.data(), gy.size()), ddx = resid_rows ? upload(dx0.data(), dx0.size()) : poisoned(rows * C),
+               ddr = upload(dr0.data(), dr0.size()), ddg = upload(std::vector<float>(C, 0.0f).data(), C),
                ddb = upload(std::vector<float>(C, 0.0f).data(), C);
   LayerNormGradArgs lg;
   lg.dy = dgy.get(), lg.x = dx.get(), lg.mean = dmean.get(), lg.rstd = drstd.get(), lg.gamma = affine ? dg.get() : nullptr;
-  lg.dx = ddx.get(), lg.dgamma = ddg.get(), lg.dbeta = ddb.get(), lg.rows = rows, lg.C = C;
+  lg.dx = ddx.get(), lg.rows = rows, lg.C = C;
+  if (resid_rows) {
+    lg.resid = dr.get(), lg.resid_rows = resid_rows, lg.dresid = ddr.get();
+    lg.accumulate = lg.resid_accumulate = true;
+  } else {
+    lg.dgamma = ddg.get(), lg.dbeta = ddb.get();
+  }
   layernorm_backward(lg);
-  std::vector<double> rdx(rows * C), rdg(C, 0.0), rdb(C, 0.0);
+  std::vector<double> rdx(rows * C), rdg(C, 0.0), rdb(C, 0.0), rdr(dr0.begin(), dr0.end());
   for (int64_t i = 0; i < rows; i++) {
     double mg = 0, mgx = 0;
     std::vector<double> xh(C), gg(C);
@@ -216,9 +223,19 @@ void check_layernorm(int64_t rows, int64_t C, int64_t resid_rows, bool affine) {
     }
     mg /= C;
     mgx /= C;
-    for (int64_t c = 0; c < C; c++) rdx[i * C + c] = ref_rstd[i] * (gg[c] - mg - xh[c] * mgx);
+    for (int64_t c = 0; c < C; c++) {
+      const double d = ref_rstd[i] * (gg[c] - mg - xh[c] * mgx);
+      rdx[i * C + c] = d + (resid_rows ? dx0[i * C + c] : 0.0);
+      if (resid_rows) rdr[(i % resid_rows) * C + c] += d;
+    }
   }
-  report("layerNorm backward dx C " + std::to_string(C), PRECISION_FP32, rel_error(fetch(ddx, rows * C), rdx), 1e-5);
+  report("layerNorm backward dx C " + std::to_string(C) + (resid_rows ? " + residual" : ""), PRECISION_FP32,
+         rel_error(fetch(ddx, rows * C), rdx), 1e-5);
+  if (resid_rows) {
+    report("layerNorm backward residual's gradient C " + std::to_string(C), PRECISION_FP32,
+           rel_error(fetch(ddr, resid_rows * C), rdr), 1e-5);
+    return;
+  }
   report("layerNorm backward dgamma, dbeta C " + std::to_string(C), PRECISION_FP32,
          std::max(rel_error(fetch(ddg, C), rdg), rel_error(fetch(ddb, C), rdb)), 1e-5);
 }
@@ -305,6 +322,7 @@ void run_kernel_checks(bool quick) {
   guarded("layerNorm", [&] { check_layernorm(300, 64, 0, true); });
   guarded("layerNorm", [&] { check_layernorm(301, 192, 0, false); });
   guarded("layerNorm", [&] { check_layernorm(300, 100, 100, false); });
+  guarded("layerNorm", [&] { check_layernorm(400, 192, 100, false); });
   guarded("layerNorm", [&] { check_layernorm(129, 1024, 0, true); });
   guarded("layerNorm", [&] { check_layernorm(64, 7, 0, true); });
   guarded("attention", [&] { check_attention(2, 65, 3, 3, 64); });

@@ -425,6 +425,58 @@ void test_layernorm_backward_kernel() {
   set_num_threads(saved_threads);
 }
 
+// LayerNorm of x + a residual shared by row sets, backward through the CPU backend on every
+// instruction set and on 1 and 2 threads: dx added to what it held, and the residual's gradient
+// (dx summed over the sets) written or added, against double formulas. 3 sets of 37 residual rows
+// (blocks of 16 and a partial one) of 70 columns (vector blocks and a tail).
+void test_layernorm_residual_backward() {
+  const CpuIsa saved = cpu_isa_active();
+  const int saved_threads = get_num_threads();
+  const int64_t R = 37, sets = 3, rows = R * sets, C = 70;
+  std::mt19937 rng(15);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> x(rows * C), res(R * C), dy(rows * C), mean(rows), rstd(rows), dx0(rows * C), dr0(R * C);
+  for (auto* v : {&x, &res, &dy, &dx0, &dr0})
+    for (auto& e : *v) e = dist(rng);
+  for (int64_t r = 0; r < rows; r++) mean[r] = 0.1f * dist(rng), rstd[r] = 0.8f + 0.05f * dist(rng);
+  std::vector<double> rdx(rows * C), rdr(R * C, 0.0);
+  for (int64_t r = 0; r < rows; r++) {
+    double sg = 0, sgx = 0;
+    auto xhat = [&](int64_t c) { return (double(x[r * C + c] + res[(r % R) * C + c]) - mean[r]) * rstd[r]; };
+    for (int64_t c = 0; c < C; c++) sg += dy[r * C + c], sgx += dy[r * C + c] * xhat(c);
+    for (int64_t c = 0; c < C; c++) {
+      rdx[r * C + c] = rstd[r] * (dy[r * C + c] - sg / C - xhat(c) * sgx / C);
+      rdr[(r % R) * C + c] += rdx[r * C + c];
+    }
+  }
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (int isa = 0; isa <= cpu_isa_best(); isa++) {
+      cpu_isa_set(static_cast<CpuIsa>(isa));
+      for (int which = 0; which < 3; which++) {  // dx and the residual's added; written; the residual's only
+        std::vector<float> dx = dx0, dr = dr0;
+        LayerNormGradArgs a;
+        a.dy = dy.data(), a.x = x.data(), a.resid = res.data(), a.resid_rows = R, a.mean = mean.data();
+        a.rstd = rstd.data(), a.rows = rows, a.C = C;
+        a.dx = which == 2 ? nullptr : dx.data(), a.dresid = dr.data();
+        a.accumulate = a.resid_accumulate = which == 0;
+        cpu_backend().layernorm_backward(a);
+        double worst_x = 0, worst_r = 0;
+        for (int64_t i = 0; i < rows * C; i++)
+          worst_x = std::max(worst_x, std::fabs(dx[i] - (which == 2 ? dx0[i] : rdx[i] + (which == 0 ? dx0[i] : 0.0))));
+        for (int64_t i = 0; i < R * C; i++)
+          worst_r = std::max(worst_r, std::fabs(dr[i] - (rdr[i] + (which == 0 ? dr0[i] : 0.0))));
+        expect(worst_x < 1e-5 && worst_r < 1e-5,
+               std::string("layernorm_backward with a residual ") + cpu_isa_name(static_cast<CpuIsa>(isa)) + ", " +
+                   std::to_string(threads) + " threads, case " + std::to_string(which) + " (dx " +
+                   std::to_string(worst_x) + ", residual " + std::to_string(worst_r) + ")");
+      }
+    }
+  }
+  cpu_isa_set(saved);
+  set_num_threads(saved_threads);
+}
+
 // The register-blocked row sums equal the row-by-row fp64 sums bit for bit on every instruction
 // set (rows 3 floats wider than the 70 columns summed: a full block of 32, a partial one, a tail).
 void test_accumulate_rows() {
@@ -1250,6 +1302,7 @@ int main() {
   test_column_softmax_kernels();
   test_accumulate_rows();
   test_layernorm_backward_kernel();
+  test_layernorm_residual_backward();
   test_stage_combine_kernel();
   test_fold_affine_rows();
   test_fold_affine_backward();
