@@ -97,8 +97,9 @@ export function setNumThreads(n: number): number {
 
 /**
  * The CPU block cache: freed blocks of 64 KiB and more are kept for reuse (up to `limitBytes`,
- * default 1 GiB), so a training loop stops allocating after its first step. memory() counts
- * live tensors only; the cache is reported here.
+ * default 1 GiB; a block freed into a full cache replaces the longest-cached ones), so a training
+ * loop stops allocating after its first step. memory() counts live tensors only; the cache is
+ * reported here.
  */
 export function cacheInfo(): { cachedBytes: number; limitBytes: number; hits: number; misses: number } {
   return native().cacheStats();

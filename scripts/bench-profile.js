@@ -3,7 +3,8 @@
 // Para-Former-1-4 and ViT-4 (ViT-Ti width on 28 x 28 x 1 images, patch 4), training and inference
 // at batch 64 and batch 1, on 2 threads, against the machine's measured FMA peak. Writes
 // bench/results/cpu-profile.md and .json.
-//   node scripts/bench-profile.js [--steps 10] [--threads 2] [--out bench/results]
+//   node scripts/bench-profile.js [--steps 10] [--threads 2] [--layers 4] [--out bench/results]
+// (--layers n: Para-Former-1-n and ViT-n; a comma-separated list profiles each in turn)
 'use strict';
 const { execFileSync } = require('child_process');
 const fs = require('fs');
@@ -22,7 +23,9 @@ const SIZE = { dim: 192, heads: 3, mlpRatio: 4, patchSize: 4, imageSize: 28, cha
 // (native/cpu/gemm.cpp): every one of them runs a step before the profile, or its first-touch
 // page faults would be counted as the steady state's.
 const WARMUPS = Number(process.env.UV_THREADPOOL_SIZE || 4) + 2;
-const MODELS = [['Para-Former-1-4', 1, 4], ['ViT-4', 4, 1]];
+const LAYERS = String(arg('layers', '4')).split(',').map(Number);
+if (LAYERS.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--layers: positive integers, got '${arg('layers')}'`);
+const MODELS = LAYERS.flatMap((n) => [[`Para-Former-1-${n}`, 1, n], [`ViT-${n}`, n, 1]]);
 const FAMILIES = ['products', 'attention', 'norms', 'gelu', 'softmax', 'elementwise', 'copies', 'allocation', 'optimizer'];
 
 async function profileCase(model, mode, batch) {

@@ -186,4 +186,25 @@ describe('the CPU block cache', () => {
     duat.setCacheLimit(2 ** 30);
     expect(() => duat.setCacheLimit(-1)).toThrow(duat.ArgumentError);
   });
+
+  test('turns over to new sizes when the program changes: a full cache gives way to the blocks just freed', () => {
+    // Three blocks of 1 MiB fill a 3 MiB cache; then a step of 700 x 700 matrices (1.96 MB, too big
+    // for those blocks). Had the cache kept its old blocks, the new ones would be freed at every
+    // step and never reused.
+    const step = (n: number) => () =>
+      duat.tidy(() => duat.randn([n, n], { seed: 1 }).matmul(duat.randn([n, n], { seed: 2 })).sum().item());
+    try {
+      duat.setCacheLimit(3 * 2 ** 20);
+      step(512)();
+      step(512)();
+      expect(duat.cacheInfo().cachedBytes).toBe(3 * 2 ** 20);
+      step(700)();
+      const before = duat.cacheInfo();
+      step(700)();
+      expect(duat.cacheInfo().hits).toBeGreaterThan(before.hits);
+      expect(duat.cacheInfo().cachedBytes).toBeLessThanOrEqual(3 * 2 ** 20);
+    } finally {
+      duat.setCacheLimit(2 ** 30);
+    }
+  });
 });

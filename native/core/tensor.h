@@ -96,7 +96,8 @@ MemoryStats memory_stats();
 void reset_peak_bytes();
 
 // The CPU block cache: freed blocks of 64 KiB and more are kept by size class (at most
-// cache_limit bytes) and reused, so steady-state training allocates without page faults.
+// cache_limit bytes; a block freed into a full cache replaces the longest-cached ones) and
+// reused, so steady-state training allocates without page faults.
 struct CacheStats {
   int64_t cached_bytes;
   int64_t limit_bytes;
