@@ -240,24 +240,20 @@ void CpuBackend::fold_affine_forward(const float* w, const float* b, const float
 void CpuBackend::fold_affine_backward(const float* w, const float* g, const float* beta, const float* dwf,
                                       const float* dbf, float* dw, float* db, float* dg, float* dbeta, int64_t N,
                                       int64_t O, int64_t C) {
-  // Tasks: a branch's columns in pieces of whole vectors, so a single branch (a ViT block) is
-  // shared by the threads too; dg and dbeta sum over the rows in order in every piece.
-  const int64_t pieces = std::min<int64_t>((C + 15) / 16, (2 * get_num_threads() + N - 1) / N);
-  const int64_t width = ((C + pieces - 1) / pieces + 15) / 16 * 16;
-  parallel_for(N * pieces, [&](int64_t t) {
-    const int64_t n = t / pieces, c0 = t % pieces * width, c1 = std::min(C, c0 + width);
-    if (c0 >= c1) return;
-    const float* gn = g + n * C + c0;
-    const float* bn = beta + n * C + c0;
-    float* dgn = dg + n * C + c0;
-    float* dbn = dbeta + n * C + c0;
-    std::fill(dgn, dgn + (c1 - c0), 0.0f);
-    std::fill(dbn, dbn + (c1 - c0), 0.0f);
+  // One task per branch, its rows streamed whole, in order (dg and dbeta sum over them in that
+  // order). Cutting a branch's columns into pieces for the threads (so that one branch, a ViT
+  // block, was shared too) made each thread read strips of every row, 2 to 6 times slower than
+  // one thread reading the rows whole: ViT-12's folds took 5.8 ms of its step.
+  parallel_for(N, [&](int64_t n) {
+    float* dgn = dg + n * C;
+    float* dbn = dbeta + n * C;
+    std::fill(dgn, dgn + C, 0.0f);
+    std::fill(dbn, dbn + C, 0.0f);
     for (int64_t o = 0; o < O; o++) {
       const int64_t row = n * O + o;
-      fold_affine_backward_row_cpu(dwf + row * C + c0, w + row * C + c0, gn, bn, dbf[row], dw + row * C + c0, dgn, dbn,
-                                   c1 - c0);
-      if (db && c0 == 0) db[row] = dbf[row];
+      fold_affine_backward_row_cpu(dwf + row * C, w + row * C, g + n * C, beta + n * C, dbf[row], dw + row * C, dgn, dbn,
+                                   C);
+      if (db) db[row] = dbf[row];
     }
   });
 }

@@ -524,9 +524,9 @@ void test_fold_affine_rows() {
   cpu_isa_set(saved);
 }
 
-// The fold's backward over whole branches, its columns cut into pieces for the threads (one
-// branch, a ViT block, as well as several): every output equals the row kernel run row by row over
-// each branch, bit for bit, on one thread and on several.
+// The fold's backward over whole branches (one branch, a ViT block, as well as several, each a
+// task of the threads): every output equals the row kernel run row by row over each branch, bit
+// for bit, on one thread and on several.
 void test_fold_affine_backward() {
   std::mt19937 rng(15);
   std::normal_distribution<float> dist(0.0f, 1.0f);
