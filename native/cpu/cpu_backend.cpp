@@ -36,10 +36,13 @@ constexpr size_t CACHE_MIN = size_t{1} << 16;
 constexpr size_t HUGE_PAGE = size_t{1} << 21;
 constexpr int64_t ELEM_GRAIN = 1 << 15;  // elements per task below which threading costs more
 
-// Large blocks are 2 MiB aligned and offered to the kernel for transparent huge pages: on a VM
-// a 4 KiB page fault costs ~10 us, so a fresh 20 MB activation would spend ~50 ms faulting.
+// Blocks of 2 MiB and more are 2 MiB aligned and offered to the kernel for transparent huge pages:
+// on a VM a 4 KiB page fault costs ~10 us, so a fresh 20 MB activation would spend ~50 ms
+// faulting, and the products' operands are read through fewer TLB entries. (From 8 MiB before:
+// Para-Former-1-4's 2.4 MB activations then took 4 KiB pages; with them on huge pages its training
+// step went from 146.6, 146.5 to 139.2, 129.9 ms in interleaved profiles, with the same RSS.)
 void* allocate_block(size_t bytes) {
-  if (bytes < 4 * HUGE_PAGE) return std::aligned_alloc(ALIGNMENT, bytes);
+  if (bytes < HUGE_PAGE) return std::aligned_alloc(ALIGNMENT, bytes);
   void* p = std::aligned_alloc(HUGE_PAGE, (bytes + HUGE_PAGE - 1) / HUGE_PAGE * HUGE_PAGE);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (p) madvise(p, bytes, MADV_HUGEPAGE);
