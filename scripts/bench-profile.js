@@ -87,7 +87,7 @@ function markdown(cases, peak, commit) {
   });
   return `# Where the CPU step's time goes
 
-Command: \`npm run bench:profile\` (scripts/bench-profile.js), ${steps} steps after ${WARMUPS} warm-ups, ${threads} threads;
+Command: \`npm run bench:profile${LAYERS.join(',') === '4' ? '' : ` -- --layers ${LAYERS.join(',')}`}\` (scripts/bench-profile.js), ${steps} steps after ${WARMUPS} warm-ups, ${threads} threads;
 commit ${commit}; ${new Date().toISOString().slice(0, 10)}; ${os.cpus()[0]?.model ?? 'unknown CPU'}.
 Model: ViT-Ti width (192, 3 heads, MLP 768) on 28 x 28 x 1 images, patch 4 (50 tokens); AdamW.
 Measured peak (\`duat.cpuPeak()\`): float32 ${peak.fp32.toFixed(0)} GFLOP/s, bf16 ${peak.bf16 === null ? 'n/a' : peak.bf16.toFixed(0)} GFLOP/s on ${peak.threads} threads.
@@ -95,7 +95,9 @@ Measured peak (\`duat.cpuPeak()\`): float32 ${peak.fp32.toFixed(0)} GFLOP/s, bf1
 Each family cell: ms per step (share of the step). Families are the CPU backend's calls
 (\`duat.profile\`, native/core/profile.h): products include their fused bias, GELU and stage
 epilogues; attention is the fused kernel with its per-head products; "outside kernels" is
-everything else: building the graph, autograd, the bindings and JavaScript. Page faults and
+everything else: building the graph, autograd, the bindings and JavaScript, and the profiler's own
+reading of the clock and of the process's counters around every call (a few microseconds a call:
+it counts where a step makes many small calls, as ViT's does). Page faults and
 kernel time are the whole process's (the kernel zeroing fresh pages shows there).
 
 ${head}
