@@ -70,12 +70,22 @@ struct BlockCache {
     void* p;
     uint64_t tick;
   };
+  using Blocks = std::multimap<size_t, Block>;
   std::mutex mutex;
-  std::multimap<size_t, Block> blocks;
+  Blocks blocks;
+  std::map<uint64_t, Blocks::iterator> by_age;  // every cached block by its tick, oldest first
   int64_t cached = 0;
   int64_t limit = int64_t{1} << 30;
   int64_t hits = 0, misses = 0;
   uint64_t ticks = 0;
+
+  void* take(Blocks::iterator it) {
+    void* p = it->second.p;
+    cached -= static_cast<int64_t>(it->first);
+    by_age.erase(it->second.tick);
+    blocks.erase(it);
+    return p;
+  }
 };
 
 BlockCache& block_cache() {
@@ -95,6 +105,7 @@ void empty_cache() {
   std::lock_guard<std::mutex> lock(c.mutex);
   for (auto& [size, block] : c.blocks) std::free(block.p);
   c.blocks.clear();
+  c.by_age.clear();
   c.cached = 0;
 }
 
@@ -116,10 +127,8 @@ void* CpuBackend::allocate(size_t bytes, size_t* capacity) {
     std::lock_guard<std::mutex> lock(c.mutex);
     auto it = c.blocks.lower_bound(cls);
     if (it != c.blocks.end() && it->first <= cls + cls / 4) {
-      p = it->second.p;
       cls = it->first;
-      c.blocks.erase(it);
-      c.cached -= static_cast<int64_t>(cls);
+      p = c.take(it);
       c.hits++;
     } else {
       c.misses++;
@@ -141,15 +150,9 @@ void CpuBackend::release(void* p, size_t capacity) {
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mutex);
     if (static_cast<int64_t>(capacity) <= c.limit) {
-      while (c.cached + static_cast<int64_t>(capacity) > c.limit) {
-        auto oldest = c.blocks.begin();
-        for (auto it = c.blocks.begin(); it != c.blocks.end(); ++it)
-          if (it->second.tick < oldest->second.tick) oldest = it;
-        evicted.push_back(oldest->second.p);
-        c.cached -= static_cast<int64_t>(oldest->first);
-        c.blocks.erase(oldest);
-      }
-      c.blocks.emplace(capacity, BlockCache::Block{p, ++c.ticks});
+      while (c.cached + static_cast<int64_t>(capacity) > c.limit) evicted.push_back(c.take(c.by_age.begin()->second));
+      const uint64_t tick = ++c.ticks;
+      c.by_age.emplace(tick, c.blocks.emplace(capacity, BlockCache::Block{p, tick}));
       c.cached += static_cast<int64_t>(capacity);
       p = nullptr;
     }
