@@ -243,7 +243,8 @@ void CpuBackend::fold_affine_backward(const float* w, const float* g, const floa
   // One task per branch, its rows streamed whole, in order (dg and dbeta sum over them in that
   // order). Cutting a branch's columns into pieces for the threads (so that one branch, a ViT
   // block, was shared too) made each thread read strips of every row, 2 to 6 times slower than
-  // one thread reading the rows whole: ViT-12's folds took 5.8 ms of its step.
+  // one thread reading the rows whole (768 x 192: 0.19 -> 0.03 ms in a C++ harness; ViT-12's
+  // fold backward 3.5 -> 1.8 ms a step in single profiles).
   parallel_for(N, [&](int64_t n) {
     float* dgn = dg + n * C;
     float* dbn = dbeta + n * C;
