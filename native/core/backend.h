@@ -125,8 +125,9 @@ struct LayerNormArgs {
 };
 // Backward of the same row: dx (+)= (accumulate), dgamma and dbeta always accumulate (each may be
 // null). With a residual input, no dgamma or dbeta; its gradient dresid (optional) is dx summed over
-// the row sets (row r of set s is row s * resid_rows + r), the sets in order and summed in at least
-// fp32 before it is written (or added: resid_accumulate), in the same pass as dx.
+// the row sets (row r of set s is row s * resid_rows + r), the sets in order in fp64, rounded once
+// to fp32 and then written (or added: resid_accumulate), as reduce sums; in the same pass as dx.
+// rows > 0 (the op zeroes a residual's gradient itself when there are none).
 struct LayerNormGradArgs {
   const float* dy = nullptr;
   const float* x = nullptr;

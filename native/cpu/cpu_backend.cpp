@@ -533,32 +533,31 @@ void CpuBackend::layernorm_backward(const LayerNormGradArgs& a) {
   }
   // With a residual (no weight), in one pass: a task takes blocks of the residual's rows and, for
   // each block, the matching rows of every set in turn (each set's rows stream in order), adding
-  // each row's dx into dx and into the block's residual sums, which stay in L1.
+  // each row's dx into dx and into the block's fp64 residual sums, which stay in L1.
   constexpr int64_t BLOCK = 16;
   const int64_t R = a.resid_rows, sets = a.rows / R;
-  if (a.dresid && sets == 0 && !a.resid_accumulate) std::fill(a.dresid, a.dresid + R * C, 0.0f);
   if (sets == 0 || (!a.dx && !a.dresid)) return;
   const int64_t blocks = (R + BLOCK - 1) / BLOCK;
   const int64_t grain = std::max<int64_t>(1, ELEM_GRAIN / (BLOCK * sets * std::max<int64_t>(C, 1)));
   parallel_for_range(blocks, grain, [&](int64_t lo, int64_t hi) {
-    thread_local std::vector<float> sums;
+    thread_local std::vector<double> sums;
     sums.resize(static_cast<size_t>(BLOCK * C));
     for (int64_t r0 = lo * BLOCK; r0 < std::min(R, hi * BLOCK); r0 += BLOCK) {
       const int64_t r1 = std::min(R, r0 + BLOCK);
       for (int64_t s = 0; s < sets; s++)
         for (int64_t r = r0; r < r1; r++) {
           const int64_t row = s * R + r;
-          float* sum = a.dresid ? sums.data() + (r - r0) * C : nullptr;
+          double* sum = a.dresid ? sums.data() + (r - r0) * C : nullptr;
           layernorm_resid_backward_row_cpu(a.x + row * C, a.resid + r * C, a.mean[row], a.rstd[row], a.dy + row * C,
                                            a.dx ? a.dx + row * C : nullptr, a.accumulate, sum, s == 0, C);
         }
       for (int64_t r = r0; a.dresid && r < r1; r++) {
-        const float* sum = sums.data() + (r - r0) * C;
+        const double* sum = sums.data() + (r - r0) * C;
         float* dr = a.dresid + r * C;
         if (a.resid_accumulate) {
-          for (int64_t c = 0; c < C; c++) dr[c] += sum[c];
+          for (int64_t c = 0; c < C; c++) dr[c] += static_cast<float>(sum[c]);
         } else {
-          std::copy(sum, sum + C, dr);
+          for (int64_t c = 0; c < C; c++) dr[c] = static_cast<float>(sum[c]);
         }
       }
     }

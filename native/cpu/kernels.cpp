@@ -40,7 +40,7 @@ struct RowKernels {
   void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
   void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, int64_t, bool);
   void (*layernorm_bwd_params)(const float*, const float*, const float*, const float*, int64_t, int64_t, float*, float*);
-  void (*layernorm_resid_bwd_row)(const float*, const float*, float, float, const float*, float*, bool, float*, bool,
+  void (*layernorm_resid_bwd_row)(const float*, const float*, float, float, const float*, float*, bool, double*, bool,
                                   int64_t);
   void (*small_gemm)(bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t, float, float*,
                      int64_t);
@@ -220,7 +220,7 @@ void layernorm_backward_row_cpu(const float* x, const float* w, float mean, floa
 }
 
 void layernorm_resid_backward_row_cpu(const float* x, const float* res, float mean, float rstd, const float* dy,
-                                      float* dx, bool accumulate, float* sum, bool first, int64_t C) {
+                                      float* dx, bool accumulate, double* sum, bool first, int64_t C) {
   rk().layernorm_resid_bwd_row(x, res, mean, rstd, dy, dx, accumulate, sum, first, C);
 }
 

@@ -55,9 +55,9 @@ void stage_combine_range_cpu(float* c, const float* v, const float* r, const flo
 void layernorm_backward_row_cpu(const float* x, const float* w, float mean, float rstd, const float* dy, float* dx,
                                 int64_t C, bool accumulate);
 // One row of a weightless LayerNorm of x + res, backward: dx (+)= (accumulate) its gradient, and
-// sum = (first) or += it (the residual's gradient over the row sets); dx and sum may be null.
+// sum = (first) or += it in fp64 (the residual's gradient over the row sets); dx and sum may be null.
 void layernorm_resid_backward_row_cpu(const float* x, const float* res, float mean, float rstd, const float* dy,
-                                      float* dx, bool accumulate, float* sum, bool first, int64_t C);
+                                      float* dx, bool accumulate, double* sum, bool first, int64_t C);
 // y = x - max - log(sum(exp(x - max)))
 void log_softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t cols);
 // dx += dy - exp(y) * sum(dy)

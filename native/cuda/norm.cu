@@ -78,18 +78,20 @@ __global__ void __launch_bounds__(128) layernorm_backward_kernel(const float* dy
 }
 
 // A residual's gradient from the rows' dx (dz: `sets` sets of n values each, laid out set after
-// set): dresid[i] (+)= the sum over the sets, in order, of dz[s * n + i]; dx (when given) (+)= dz.
+// set): dresid[i] (+)= the fp64 sum over the sets, in order, of dz[s * n + i], rounded once; dx
+// (when given) (+)= dz.
 __global__ void layernorm_residual_sets_kernel(const float* dz, float* dx, float* dresid, int64_t sets, int64_t n,
                                                bool accumulate, bool resid_accumulate) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float sum = 0.0f;
+    double sum = 0.0;
     for (int64_t s = 0; s < sets; s++) {
       const float d = dz[s * n + i];
       sum += d;
       if (dx) dx[s * n + i] = accumulate ? dx[s * n + i] + d : d;
     }
-    dresid[i] = resid_accumulate ? dresid[i] + sum : sum;
+    const float v = static_cast<float>(sum);
+    dresid[i] = resid_accumulate ? dresid[i] + v : v;
   }
 }
 

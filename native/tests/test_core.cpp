@@ -453,7 +453,8 @@ void test_layernorm_residual_backward() {
     set_num_threads(threads);
     for (int isa = 0; isa <= cpu_isa_best(); isa++) {
       cpu_isa_set(static_cast<CpuIsa>(isa));
-      for (int which = 0; which < 3; which++) {  // dx and the residual's added; written; the residual's only
+      std::vector<float> written_dx;
+      for (int which : {1, 0, 2}) {  // dx and the residual's written; added; the residual's only
         std::vector<float> dx = dx0, dr = dr0;
         LayerNormGradArgs a;
         a.dy = dy.data(), a.x = x.data(), a.resid = res.data(), a.resid_rows = R, a.mean = mean.data();
@@ -470,6 +471,19 @@ void test_layernorm_residual_backward() {
                std::string("layernorm_backward with a residual ") + cpu_isa_name(static_cast<CpuIsa>(isa)) + ", " +
                    std::to_string(threads) + " threads, case " + std::to_string(which) + " (dx " +
                    std::to_string(worst_x) + ", residual " + std::to_string(worst_r) + ")");
+        // The residual's gradient is the rows' dx (as the written case gives them) summed over the
+        // sets in fp64 and rounded once, as reduce sums (float sums differ in the last bits).
+        if (which == 1) written_dx = dx;
+        bool same = true;
+        for (int64_t i = 0; i < R * C; i++) {
+          double sum = 0.0;
+          for (int64_t s = 0; s < sets; s++) sum += written_dx[s * R * C + i];
+          const float v = static_cast<float>(sum);
+          same = same && dr[i] == (which == 0 ? dr0[i] + v : v);
+        }
+        expect(same, std::string("layernorm_backward with a residual ") + cpu_isa_name(static_cast<CpuIsa>(isa)) +
+                         ", " + std::to_string(threads) + " threads, case " + std::to_string(which) +
+                         ": the residual's sums in fp64, rounded once, bit for bit");
       }
     }
   }
