@@ -33,6 +33,11 @@ namespace duat {
 
 namespace {
 
+// Whether the calling thread's AVX-512 kernels store the pre-activation C of a product with a GELU
+// output (act) past the caches, in whole, aligned tile rows: set by the packed path's tasks
+// (StreamC) for a large C written once.
+thread_local bool t_stream_c = false;
+
 struct KernelInfo {
   int mr, nr;
   // c[mr x nr] (ldc) (+)= alpha * a_panel(kc x MR) . b_panel(kc x NR) (+ bias[0..nr) per row, when
@@ -133,6 +138,19 @@ __attribute__((target("avx512f"), always_inline)) inline void store_cols(float* 
   }
 }
 
+// One row of a tile, its 32 columns those set in m0 | m1: streamed past the caches (`stream`:
+// t_stream_c) where the row is whole and 64-byte aligned, else plain stores.
+__attribute__((target("avx512f"), always_inline)) inline void store_tile_row(float* p, __mmask16 m0, __mmask16 m1,
+                                                                               __m512 r0, __m512 r1, bool stream) {
+  if (stream && m1 == 0xFFFF && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
+    _mm512_stream_ps(p, r0);
+    _mm512_stream_ps(p + 16, r1);
+  } else {
+    store_cols(p, m0, r0);
+    store_cols(p + 16, m1, r1);
+  }
+}
+
 // One row of a tile's GELU: act = gelu(r0 | r1) (math_avx512.h, as the row kernels compute it);
 // columns below nr only.
 __attribute__((target("avx512f"), always_inline)) inline void gelu_row_avx512(
@@ -142,11 +160,14 @@ __attribute__((target("avx512f"), always_inline)) inline void gelu_row_avx512(
 }
 
 // Writes an MR x 32 tile of accumulators: c = alpha * acc (+ bias per column) (+ c when add);
-// rows below mr and columns below nr only; with `act`, also act = gelu(c) there.
+// rows below mr and columns below nr only; with `act`, also act = gelu(c) there, and c streamed
+// past the caches when the thread's task says so (t_stream_c; act itself is cached: the next
+// product reads it).
 template <int MR = 12>
 __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
     const __m512 (&acc)[MR][2], float* c, int64_t ldc, int mr, int nr, float alpha, bool add, const float* bias,
     const GemmAct* act = nullptr) {
+  const bool stream = act && t_stream_c && !add;
   const __m512 va = _mm512_set1_ps(alpha);
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
@@ -161,8 +182,12 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
-    _mm512_mask_storeu_ps(ci, m0, r0);
-    _mm512_mask_storeu_ps(ci + 16, m1, r1);
+    if (stream) {
+      store_tile_row(ci, m0, m1, r0, r1, true);
+    } else {
+      _mm512_mask_storeu_ps(ci, m0, r0);
+      _mm512_mask_storeu_ps(ci + 16, m1, r1);
+    }
     if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
   }
 }
@@ -234,6 +259,7 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
   // with its masked stores, measured 10% slower).
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
+  const bool stream = act && t_stream_c && !add;
   for (int i = 0; i < mr; i++) {
     float* ci = c + i * ldc;
     __m512 r0 = _mm512_load_ps(tile + i * NR), r1 = _mm512_load_ps(tile + i * NR + 16);
@@ -241,8 +267,7 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
-    store_cols(ci, m0, r0);
-    store_cols(ci + 16, m1, r1);
+    store_tile_row(ci, m0, m1, r0, r1, stream);
     if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
   }
 }
@@ -572,6 +597,31 @@ constexpr int64_t DIRECT_A_MAX_PANELS = 8;  // column panels per task up to whic
 // The same for the products that read B in place: column panels per thread up to which A's rows
 // are read in place (50 rows on 2 threads: 24 panels 1.25x faster in place, 72 panels 1.1x slower).
 constexpr int64_t DIRECT_B_ROWS_MAX_PANELS = 16;
+// The pre-activation C of a product with a GELU output, from this size, written once (beta 0, K in
+// one block), is stored past the caches: training keeps it for GELU's backward, which reads it
+// long after, from memory either way; a plain store would first read each line from memory and
+// push out lines of the operands. fc1 of Para-Former-1-4 and ViT-4: 2.5% and 4.8% faster; other
+// outputs, which the next op reads at once, were no faster streamed (bench/results/cpu-ab-gelu-stream.md).
+constexpr int64_t STREAM_C_MIN_BYTES = int64_t{2} << 20;
+
+// Sets t_stream_c for a task's tiles; after them, a store fence, so that the streamed lines are in
+// memory before the task's end is seen by another thread.
+class StreamC {
+ public:
+  explicit StreamC(bool on) : on_(on) { t_stream_c = on; }
+  ~StreamC() {
+    if (!on_) return;
+    t_stream_c = false;
+#if defined(__x86_64__)
+    _mm_sfence();
+#endif
+  }
+  StreamC(const StreamC&) = delete;
+  StreamC& operator=(const StreamC&) = delete;
+
+ private:
+  bool on_;
+};
 
 struct Buffer {
   float* p = nullptr;
@@ -1028,6 +1078,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         // The GELU from the tiles' registers on the last K block, where every tile runs `micro`
         // or micro_bf16 (not micro_rows); otherwise over the task's finished block.
         const bool act_tiles = act && (bf16 ? ker.micro_bf16_act != nullptr : micro_act && (in_place == 0 || transA));
+        const StreamC stream(act_tiles && sgemm_streams_c(M, N, K, beta));
         for (int64_t pb = 0; pb < k_blocks; pb++) {
           const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0), ku = units(kc);
           const bool add = beta != 0.0f || p0 > 0, last = p0 + kc == K;
@@ -1075,6 +1126,10 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
       }
     }
   }
+}
+
+bool sgemm_streams_c(int64_t M, int64_t N, int64_t K, float beta) {
+  return g_isa == CPU_ISA_AVX512 && beta == 0.0f && K <= KC && M * N * 4 >= STREAM_C_MIN_BYTES;
 }
 
 void sgemm_small(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,

@@ -43,6 +43,11 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
            const float* bias = nullptr, bool bf16 = false, const GemmBlockFn* epilogue = nullptr,
            const GemmAct* act = nullptr);
 
+// Whether sgemm's packed path, with a GELU output (act), stores C past the caches for these sizes
+// (non-temporal stores of whole, 64-byte aligned tile rows): a large C written once, with the
+// AVX-512 kernels. The same values either way; for tests.
+bool sgemm_streams_c(int64_t M, int64_t N, int64_t K, float beta);
+
 // A small product on the calling thread (attention's per-head matrices, for callers that share
 // work out over the pool themselves): C = alpha * op(A) op(B) + beta * C. With the AVX-512
 // kernels, register tiles read A and a row-major B in place whatever the size (a transposed B is

@@ -247,6 +247,45 @@ void test_gemm(CpuIsa isa) {
                   cpu_isa_name(isa), (long long)M, (long long)N, (long long)K, ta ? 1 : 0, (long long)ldc, bf16 ? 1 : 0);
     expect(same && before, name);
   }
+  // A large pre-activation C with a GELU output, written once, is stored past the caches
+  // (sgemm_streams_c) on the AVX-512 packed tiles: the same bits as the same product added onto a
+  // zeroed C (cached stores), with C's rows aligned (64-byte base; N*4 a multiple of 64, or 4 KiB
+  // rows: tiles summed in a buffer first), misaligned (a base 4 bytes off: plain stores), and a
+  // partial last column panel (masked stores); bf16 too where the CPU has it.
+  if (isa == CPU_ISA_AVX512) {
+    // M, N, K, C's row stride (0: N), C's base offset in floats, bf16
+    const int64_t stream_sizes[][6] = {{700, 800, 192, 0, 0, 0},  {700, 800, 192, 1024, 0, 0}, {700, 800, 192, 0, 1, 0},
+                                       {700, 790, 100, 0, 0, 0},  {700, 800, 192, 0, 0, 1}};
+    for (auto& sz : stream_sizes) {
+      const int64_t M = sz[0], N = sz[1], K = sz[2], ldc = sz[3] ? sz[3] : N, off = sz[4];
+      const bool bf16 = sz[5] != 0;
+      if (bf16 && !cpu_has_bf16()) continue;
+      std::vector<float> A(M * K), B(K * N), bias(N), act(M * N), act_ref(M * N);
+      for (auto& v : A) v = dist(rng);
+      for (auto& v : B) v = dist(rng);
+      for (auto& v : bias) v = dist(rng);
+      const size_t c_bytes = static_cast<size_t>(M * ldc + 16) * 4;
+      float* c_mem = static_cast<float*>(std::aligned_alloc(64, (c_bytes + 63) / 64 * 64));
+      std::vector<float> ref(static_cast<size_t>(M * ldc + 16), 0.0f);
+      std::fill(c_mem, c_mem + M * ldc + 16, -7.0f);
+      const GemmAct out{act.data(), N}, out_ref{act_ref.data(), N};
+      sgemm(false, false, M, N, K, 0.5f, A.data(), K, B.data(), N, 0.0f, c_mem + off, ldc, true, bias.data(), bf16,
+            nullptr, &out);
+      sgemm(false, false, M, N, K, 0.5f, A.data(), K, B.data(), N, 1.0f, ref.data() + off, ldc, true, bias.data(), bf16,
+            nullptr, &out_ref);
+      bool same = act == act_ref;
+      for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) same = same && c_mem[off + i * ldc + j] == ref[off + i * ldc + j];
+      std::free(c_mem);
+      char name[200];
+      std::snprintf(name, sizeof name,
+                    "sgemm avx512 GELU product M=%lld N=%lld K=%lld ldc=%lld offset=%lld bf16=%d: C streamed past the "
+                    "caches (%d), the cached stores' bits",
+                    (long long)M, (long long)N, (long long)K, (long long)ldc, (long long)off, bf16 ? 1 : 0,
+                    sgemm_streams_c(M, N, K, 0.0f) ? 1 : 0);
+      expect(same && sgemm_streams_c(M, N, K, 0.0f) && !sgemm_streams_c(M, N, K, 1.0f), name);
+    }
+  }
 }
 
 // The vectorised AdamW update equals the scalar formula (dm::adamw_element) bit for bit on every
