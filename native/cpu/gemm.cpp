@@ -33,11 +33,6 @@ namespace duat {
 
 namespace {
 
-// Whether the calling thread's AVX-512 kernels store the pre-activation C of a product with a GELU
-// output (act) past the caches, in whole, aligned tile rows: set by the packed path's tasks
-// (StreamC) for a large C written once.
-thread_local bool t_stream_c = false;
-
 struct KernelInfo {
   int mr, nr;
   // c[mr x nr] (ldc) (+)= alpha * a_panel(kc x MR) . b_panel(kc x NR) (+ bias[0..nr) per row, when
@@ -138,8 +133,8 @@ __attribute__((target("avx512f"), always_inline)) inline void store_cols(float* 
   }
 }
 
-// One row of a tile, its 32 columns those set in m0 | m1: streamed past the caches (`stream`:
-// t_stream_c) where the row is whole and 64-byte aligned, else plain stores.
+// One row of a tile, its 32 columns those set in m0 | m1: streamed past the caches (`stream`)
+// where the row is whole and 64-byte aligned, else plain stores.
 __attribute__((target("avx512f"), always_inline)) inline void store_tile_row(float* p, __mmask16 m0, __mmask16 m1,
                                                                                __m512 r0, __m512 r1, bool stream) {
   if (stream && m1 == 0xFFFF && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {
@@ -161,13 +156,12 @@ __attribute__((target("avx512f"), always_inline)) inline void gelu_row_avx512(
 
 // Writes an MR x 32 tile of accumulators: c = alpha * acc (+ bias per column) (+ c when add);
 // rows below mr and columns below nr only; with `act`, also act = gelu(c) there, and c streamed
-// past the caches when the thread's task says so (t_stream_c; act itself is cached: the next
-// product reads it).
+// past the caches when act->stream_c (act itself is cached: the next product reads it).
 template <int MR = 12>
 __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
     const __m512 (&acc)[MR][2], float* c, int64_t ldc, int mr, int nr, float alpha, bool add, const float* bias,
     const GemmAct* act = nullptr) {
-  const bool stream = act && t_stream_c && !add;
+  const bool stream = act && act->stream_c && !add;
   const __m512 va = _mm512_set1_ps(alpha);
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
@@ -259,7 +253,7 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
   // with its masked stores, measured 10% slower).
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
-  const bool stream = act && t_stream_c && !add;
+  const bool stream = act && act->stream_c && !add;
   for (int i = 0; i < mr; i++) {
     float* ci = c + i * ldc;
     __m512 r0 = _mm512_load_ps(tile + i * NR), r1 = _mm512_load_ps(tile + i * NR + 16);
@@ -604,24 +598,12 @@ constexpr int64_t DIRECT_B_ROWS_MAX_PANELS = 16;
 // outputs, which the next op reads at once, were no faster streamed (bench/results/cpu-ab-gelu-stream.md).
 constexpr int64_t STREAM_C_MIN_BYTES = int64_t{2} << 20;
 
-// Sets t_stream_c for a task's tiles; after them, a store fence, so that the streamed lines are in
-// memory before the task's end is seen by another thread.
-class StreamC {
- public:
-  explicit StreamC(bool on) : on_(on) { t_stream_c = on; }
-  ~StreamC() {
-    if (!on_) return;
-    t_stream_c = false;
+// After a task's streamed stores: they reach memory before the task's end is seen by another thread.
+void store_fence() {
 #if defined(__x86_64__)
-    _mm_sfence();
+  _mm_sfence();
 #endif
-  }
-  StreamC(const StreamC&) = delete;
-  StreamC& operator=(const StreamC&) = delete;
-
- private:
-  bool on_;
-};
+}
 
 struct Buffer {
   float* p = nullptr;
@@ -1078,7 +1060,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         // The GELU from the tiles' registers on the last K block, where every tile runs `micro`
         // or micro_bf16 (not micro_rows); otherwise over the task's finished block.
         const bool act_tiles = act && (bf16 ? ker.micro_bf16_act != nullptr : micro_act && (in_place == 0 || transA));
-        const StreamC stream(act_tiles && sgemm_streams_c(M, N, K, beta));
+        const bool stream_c = act_tiles && sgemm_streams_c(M, N, K, beta);
         for (int64_t pb = 0; pb < k_blocks; pb++) {
           const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0), ku = units(kc);
           const bool add = beta != 0.0f || p0 > 0, last = p0 + kc == K;
@@ -1098,12 +1080,12 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
               float* c = C + (i0 + r) * ldc + j0 + jj;
               const float* bias_q = bias && p0 == 0 ? bias + j0 + jj : nullptr;
               if (bf16 && act_tiles && last) {
-                const GemmAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld};
+                const GemmAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, stream_c};
                 ker.micro_bf16_act(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
               } else if (bf16) {
                 ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
               } else if (act_tiles && last) {
-                const GemmAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld};
+                const GemmAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, stream_c};
                 const float* a = r >= in_place ? apack + (r - in_place) * kc : A + p0 * lda + i0 + r;
                 micro_act(kc, a, r >= in_place ? MR : lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
               } else if (r >= in_place) {
@@ -1116,6 +1098,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
             }
           }
         }
+        if (stream_c) store_fence();
         const GemmBlockFn* task_epilogue = act_tiles ? epilogue : block_epilogue;
         if (task_epilogue && s0 + ks == K) (*task_epilogue)(i0, i0 + mc, j0 + q0 * NR, j0 + std::min(nc, q1 * NR));
       };
