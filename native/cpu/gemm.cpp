@@ -33,6 +33,14 @@ namespace duat {
 
 namespace {
 
+// A tile's share of a product's GELU output (GemmAct): act[i * ld + j] = gelu(C[i][j]) for the
+// tile's rows and columns; stream_c: the tile's C is stored past the caches (sgemm_streams_c).
+struct TileAct {
+  float* p;
+  int64_t ld;
+  bool stream_c;
+};
+
 struct KernelInfo {
   int mr, nr;
   // c[mr x nr] (ldc) (+)= alpha * a_panel(kc x MR) . b_panel(kc x NR) (+ bias[0..nr) per row, when
@@ -52,13 +60,13 @@ struct KernelInfo {
   void (*micro_bf16)(int64_t ku, const float* a, int64_t, const float* b, int64_t, float* c, int64_t ldc, int mr,
                      int nr, float alpha, bool add, const float* bias);
   // micro (staged: micro_staged; bf16: micro_bf16) that also writes act = gelu(c) for the tile, on
-  // the last K block of a product with a GemmAct (null: the GELU runs over finished blocks instead).
+  // the last K block of a product with a GELU output (null: the GELU runs over finished blocks instead).
   void (*micro_bf16_act)(int64_t ku, const float* a, int64_t, const float* b, int64_t, float* c, int64_t ldc, int mr,
-                         int nr, float alpha, bool add, const float* bias, const GemmAct& act);
+                         int nr, float alpha, bool add, const float* bias, const TileAct& act);
   void (*micro_act)(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-                    int mr, int nr, float alpha, bool add, const float* bias, const GemmAct& act);
+                    int mr, int nr, float alpha, bool add, const float* bias, const TileAct& act);
   void (*micro_staged_act)(int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc,
-                           int mr, int nr, float alpha, bool add, const float* bias, const GemmAct& act);
+                           int mr, int nr, float alpha, bool add, const float* bias, const TileAct& act);
 };
 
 // ---- portable: 4 x 16, plain loops the compiler vectorises with SSE2 ----
@@ -160,7 +168,7 @@ __attribute__((target("avx512f"), always_inline)) inline void gelu_row_avx512(
 template <int MR = 12>
 __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
     const __m512 (&acc)[MR][2], float* c, int64_t ldc, int mr, int nr, float alpha, bool add, const float* bias,
-    const GemmAct* act = nullptr) {
+    const TileAct* act = nullptr) {
   const bool stream = act && act->stream_c && !add;
   const __m512 va = _mm512_set1_ps(alpha);
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
@@ -191,7 +199,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
 template <bool ROWS, int MR = 12>
 __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
     int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
-    float alpha, bool add, const float* bias, const GemmAct* act = nullptr) {
+    float alpha, bool add, const float* bias, const TileAct* act = nullptr) {
   __m512 acc[MR][2];
 #pragma GCC unroll 12
   for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -214,7 +222,7 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_body(
 template <bool ROWS>
 __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_rows_of(
     int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
-    float alpha, bool add, const float* bias, const GemmAct* act = nullptr) {
+    float alpha, bool add, const float* bias, const TileAct* act = nullptr) {
   switch (mr) {
     case 1: return micro_avx512_body<ROWS, 1>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
     case 2: return micro_avx512_body<ROWS, 2>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, act);
@@ -238,14 +246,14 @@ __attribute__((target("avx512f"))) void micro_avx512(int64_t kc, const float* a,
 }
 __attribute__((target("avx512f"))) void micro_avx512_act(int64_t kc, const float* a, int64_t lda, const float* b,
                                                           int64_t ldb, float* c, int64_t ldc, int mr, int nr,
-                                                          float alpha, bool add, const float* bias, const GemmAct& act) {
+                                                          float alpha, bool add, const float* bias, const TileAct& act) {
   micro_avx512_rows_of<false>(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, &act);
 }
 // micro_avx512 for a C whose rows meet in the same L1 sets (a row stride of a multiple of 4 KiB:
 // 3200 x 3072 x 192, 12.5 -> 10 ms): the tile is summed into an L1 buffer, then copied out.
 __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_staged_body(
     int64_t kc, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, int mr, int nr,
-    float alpha, bool add, const float* bias, const GemmAct* act) {
+    float alpha, bool add, const float* bias, const TileAct* act) {
   constexpr int MR = 12, NR = 32;
   alignas(64) float tile[MR * NR];
   micro_avx512_body<false>(kc, a, lda, b, ldb, tile, NR, MR, NR, alpha, false, bias);
@@ -273,7 +281,7 @@ __attribute__((target("avx512f"))) void micro_avx512_staged(int64_t kc, const fl
 __attribute__((target("avx512f"))) void micro_avx512_staged_act(int64_t kc, const float* a, int64_t lda,
                                                                  const float* b, int64_t ldb, float* c, int64_t ldc,
                                                                  int mr, int nr, float alpha, bool add,
-                                                                 const float* bias, const GemmAct& act) {
+                                                                 const float* bias, const TileAct& act) {
   micro_avx512_staged_body(kc, a, lda, b, ldb, c, ldc, mr, nr, alpha, add, bias, &act);
 }
 __attribute__((target("avx512f"))) void micro_avx512_rows(int64_t kc, const float* a, int64_t lda, const float* b,
@@ -287,7 +295,7 @@ __attribute__((target("avx512f"))) void micro_avx512_rows(int64_t kc, const floa
 // half. `ku` counts pairs of k; a panel's units are MR (A) or NR (B) apart from pair to pair.
 __attribute__((target("avx512f,avx512bf16"), always_inline)) inline void micro_bf16_body(
     int64_t ku, const float* a_, const float* b_, float* c, int64_t ldc, int mr, int nr, float alpha, bool add,
-    const float* bias, const GemmAct* act) {
+    const float* bias, const TileAct* act) {
   constexpr int MR = 12;
   const uint32_t* a = reinterpret_cast<const uint32_t*>(a_);
   const uint32_t* b = reinterpret_cast<const uint32_t*>(b_);
@@ -315,7 +323,7 @@ __attribute__((target("avx512f,avx512bf16"))) void micro_bf16(int64_t ku, const 
 __attribute__((target("avx512f,avx512bf16"))) void micro_bf16_act(int64_t ku, const float* a, int64_t,
                                                                    const float* b, int64_t, float* c, int64_t ldc,
                                                                    int mr, int nr, float alpha, bool add,
-                                                                   const float* bias, const GemmAct& act) {
+                                                                   const float* bias, const TileAct& act) {
   micro_bf16_body(ku, a, b, c, ldc, mr, nr, alpha, add, bias, &act);
 }
 
@@ -482,13 +490,13 @@ void micro_avx512_rows(int64_t, const float*, int64_t, const float*, int64_t, fl
 void micro_avx512_staged(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
                          const float*) {}
 void micro_avx512_act(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
-                      const float*, const GemmAct&) {}
+                      const float*, const TileAct&) {}
 void micro_avx512_staged_act(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float,
-                             bool, const float*, const GemmAct&) {}
+                             bool, const float*, const TileAct&) {}
 void micro_bf16(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
                 const float*) {}
 void micro_bf16_act(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
-                    const float*, const GemmAct&) {}
+                    const float*, const TileAct&) {}
 void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                        const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -1080,12 +1088,12 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
               float* c = C + (i0 + r) * ldc + j0 + jj;
               const float* bias_q = bias && p0 == 0 ? bias + j0 + jj : nullptr;
               if (bf16 && act_tiles && last) {
-                const GemmAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, stream_c};
+                const TileAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, stream_c};
                 ker.micro_bf16_act(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
               } else if (bf16) {
                 ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
               } else if (act_tiles && last) {
-                const GemmAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, stream_c};
+                const TileAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, stream_c};
                 const float* a = r >= in_place ? apack + (r - in_place) * kc : A + p0 * lda + i0 + r;
                 micro_act(kc, a, r >= in_place ? MR : lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
               } else if (r >= in_place) {

@@ -26,12 +26,9 @@ bool cpu_has_bf16();
 using GemmBlockFn = std::function<void(int64_t i0, int64_t i1, int64_t j0, int64_t j1)>;
 
 // A GELU output of a product: act[i * ld + j] = gelu(C[i][j]) for every element of the finished C.
-// stream_c is sgemm's own, set on the act it hands its tiles (sgemm_streams_c); a caller's is
-// ignored.
 struct GemmAct {
   float* p;
   int64_t ld;
-  bool stream_c = false;
 };
 
 // parallel = false keeps the product on the calling thread (for callers that already split
