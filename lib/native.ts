@@ -48,8 +48,8 @@ export interface NativeProfile {
   seconds: number;
   kernelSeconds: number;
   pageFaults: number;
-  families: { family: string; seconds: number; calls: number; flops: number; pageFaults: number; kernelSeconds: number }[];
-  calls: { label: string; family: string; seconds: number; calls: number; flops: number }[];
+  families: { family: string; seconds: number; calls: number; flops: number; pageFaults: number; kernelSeconds: number; idleSeconds: number }[];
+  calls: { label: string; family: string; seconds: number; calls: number; flops: number; idleSeconds: number }[];
 }
 
 /** A device name as native code reads it. */

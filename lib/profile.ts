@@ -21,6 +21,12 @@ export interface ProfileFamily {
   pageFaults: number;
   /** The whole process's kernel (system) CPU seconds while the family's calls ran: page faults, zeroing fresh pages. */
   kernelSeconds: number;
+  /**
+   * Thread seconds the thread pool left unused while the family's calls ran, summed over its
+   * threads: a thread waiting for the last tasks of a parallel region (imbalance), or for the
+   * calling thread's serial work. With T threads, T * seconds - idleSeconds of thread time worked.
+   */
+  idleSeconds: number;
 }
 
 export interface ProfileReport {
@@ -37,12 +43,12 @@ export interface ProfileReport {
    * The products by shape, largest first: "MxNxK", "(xbatch)", "A^T" when A is read down its
    * columns, "B" when B is read as (K, N) rows, and the fused epilogue.
    */
-  products: { shape: string; seconds: number; calls: number; flops: number; gflops: number }[];
+  products: { shape: string; seconds: number; calls: number; flops: number; gflops: number; idleSeconds: number }[];
   /**
    * Every kind of call, largest first: the products by shape, element-wise maps by op and size
    * ("map add+= 3200x192", += when accumulating), reductions by shapes, the other calls by name.
    */
-  calls: { label: string; family: string; seconds: number; calls: number; flops: number; gflops: number }[];
+  calls: { label: string; family: string; seconds: number; calls: number; flops: number; gflops: number; idleSeconds: number }[];
 }
 
 let running = false;
@@ -73,7 +79,7 @@ export async function profile<T>(fn: () => T | Promise<T>): Promise<{ result: T;
   return {
     result,
     report: { seconds: raw.seconds, outsideSeconds: Math.max(0, raw.seconds - inside), kernelSeconds: raw.kernelSeconds, pageFaults: raw.pageFaults, families,
-      products: calls.filter((c) => c.family === 'products').map(({ label, seconds, calls: n, flops, gflops }) => ({ shape: label, seconds, calls: n, flops, gflops })),
+      products: calls.filter((c) => c.family === 'products').map(({ label, seconds, calls: n, flops, gflops, idleSeconds }) => ({ shape: label, seconds, calls: n, flops, gflops, idleSeconds })),
       calls,
     },
   };

@@ -71,19 +71,21 @@ async function main() {
 
 function markdown(cases, peak, commit) {
   const perStep = (s) => (1000 * s) / steps;
-  const head = `| case | ms/step | GFLOP/s (of peak) | ${FAMILIES.join(' | ')} | outside kernels | page faults/step | kernel ms/step |\n|${'---|'.repeat(FAMILIES.length + 6)}`;
+  const head = `| case | ms/step | GFLOP/s (of peak) | ${FAMILIES.join(' | ')} | outside kernels | threads idle in kernels | page faults/step | kernel ms/step |\n|${'---|'.repeat(FAMILIES.length + 7)}`;
   const rows = cases.map((c) => {
     const r = c.report, fam = new Map(r.families.map((f) => [f.family, f]));
     const gf = c.flops / (r.seconds / steps) / 1e9;
     const cell = (s) => `${perStep(s).toFixed(s * 1000 / steps < 1 ? 2 : 1)} (${((100 * s) / r.seconds).toFixed(0)}%)`;
-    return `| ${c.name} ${c.mode} b${c.batch} | ${perStep(r.seconds).toFixed(2)} | ${gf.toFixed(0)} (${((100 * gf) / peak.fp32).toFixed(0)}%) | ${FAMILIES.map((n) => cell(fam.get(n).seconds)).join(' | ')} | ${cell(r.outsideSeconds)} | ${(r.pageFaults / steps).toFixed(0)} | ${perStep(r.kernelSeconds).toFixed(2)} |`;
+    const idle = r.families.reduce((t, f) => t + f.idleSeconds, 0);
+    const idleCell = `${perStep(idle).toFixed(2)} (${((100 * idle) / (threads * r.seconds)).toFixed(1)}%)`;
+    return `| ${c.name} ${c.mode} b${c.batch} | ${perStep(r.seconds).toFixed(2)} | ${gf.toFixed(0)} (${((100 * gf) / peak.fp32).toFixed(0)}%) | ${FAMILIES.map((n) => cell(fam.get(n).seconds)).join(' | ')} | ${cell(r.outsideSeconds)} | ${idleCell} | ${(r.pageFaults / steps).toFixed(0)} | ${perStep(r.kernelSeconds).toFixed(2)} |`;
   });
   const shapes = cases.filter((c) => c.batch === 64 && c.mode === 'train').map((c) => {
-    const lines = c.report.products.slice(0, 12).map((p) => `| ${p.shape} | ${perStep(p.seconds).toFixed(2)} | ${p.calls / steps} | ${p.gflops.toFixed(0)} (${((100 * p.gflops) / peak.fp32).toFixed(0)}%) |`);
+    const lines = c.report.products.slice(0, 12).map((p) => `| ${p.shape} | ${perStep(p.seconds).toFixed(2)} | ${p.calls / steps} | ${p.gflops.toFixed(0)} (${((100 * p.gflops) / peak.fp32).toFixed(0)}%) | ${perStep(p.idleSeconds).toFixed(2)} |`);
     const fam = new Map(c.report.families.map((f) => [f.family, f]));
     const others = c.report.calls.filter((k) => k.family !== 'products').slice(0, 12)
-      .map((k) => `| ${k.label} | ${k.family} | ${perStep(k.seconds).toFixed(2)} | ${k.calls / steps} |`);
-    return `### ${c.name}, training at batch 64\n\nProducts ${fam.get('products').gflops.toFixed(0)} GFLOP/s, attention ${fam.get('attention').gflops.toFixed(0)} GFLOP/s.\n\n| product (M x N x K) | ms/step | calls/step | GFLOP/s (of peak) |\n|---|---|---|---|\n${lines.join('\n')}\n\n| other call | family | ms/step | calls/step |\n|---|---|---|---|\n${others.join('\n')}\n`;
+      .map((k) => `| ${k.label} | ${k.family} | ${perStep(k.seconds).toFixed(2)} | ${k.calls / steps} | ${perStep(k.idleSeconds).toFixed(2)} |`);
+    return `### ${c.name}, training at batch 64\n\nProducts ${fam.get('products').gflops.toFixed(0)} GFLOP/s, attention ${fam.get('attention').gflops.toFixed(0)} GFLOP/s.\n\n| product (M x N x K) | ms/step | calls/step | GFLOP/s (of peak) | threads idle ms/step |\n|---|---|---|---|---|\n${lines.join('\n')}\n\n| other call | family | ms/step | calls/step | threads idle ms/step |\n|---|---|---|---|---|\n${others.join('\n')}\n`;
   });
   return `# Where the CPU step's time goes
 
@@ -98,7 +100,11 @@ epilogues; attention is the fused kernel with its per-head products; "outside ke
 everything else: building the graph, autograd, the bindings and JavaScript, and the profiler's own
 reading of the clock and of the process's counters around every call (a few microseconds a call:
 it counts where a step makes many small calls, as ViT's does). Page faults and
-kernel time are the whole process's (the kernel zeroing fresh pages shows there).
+kernel time are the whole process's (the kernel zeroing fresh pages shows there). "Threads idle in
+kernels": the thread time the pool left unused inside the calls, summed over its threads (a
+thread waiting for another's last tasks of a parallel region, or for the calling thread's serial
+work), ms per step and share of the step's thread time (${threads} x its wall time); outside
+kernels the other threads wait too.
 
 ${head}
 ${rows.join('\n')}

@@ -41,6 +41,10 @@ test('a training step profiled: every product and attention FLOP counted once, f
     const mine = report.calls.filter((c) => c.family === f.family);
     expect(mine.reduce((s, c) => s + c.calls, 0)).toBe(f.calls);
     expect(mine.reduce((s, c) => s + c.seconds, 0)).toBeCloseTo(f.seconds, 6);
+    expect(mine.reduce((s, c) => s + c.idleSeconds, 0)).toBeCloseTo(f.idleSeconds, 6);
+    // Unused thread time: at most every thread's whole time in the calls.
+    expect(f.idleSeconds).toBeGreaterThanOrEqual(-1e-4);
+    expect(f.idleSeconds).toBeLessThanOrEqual(duat.getNumThreads() * f.seconds + 1e-4);
   }
   const labels = report.calls.map((c) => c.label);
   expect(labels).toEqual(expect.arrayContaining(['adamw', 'attention_forward', 'attention_backward', 'layernorm_forward', 'cross_entropy']));
@@ -55,6 +59,29 @@ test('a training step profiled: every product and attention FLOP counted once, f
   expect(again.families.map((f) => [f.family, f.calls]).sort()).toEqual(report.families.map((f) => [f.family, f.calls]).sort());
   x.dispose();
   model.dispose();
+});
+
+test('on one thread the pool leaves no thread time unused; on two a step shows where it waits', async () => {
+  const saved = duat.getNumThreads();
+  const model = new duat.ParaFormer(cfg);
+  const x = duat.randn([8, 1, 16, 16], { seed: 2 });
+  const y = Int32Array.from({ length: 8 }, (_, i) => i % 5);
+  const opt = new duat.optim.AdamW(model.parameters(), { lr: 1e-3 });
+  try {
+    duat.setNumThreads(1);
+    const one = await profiledStep(model, opt, x, y);
+    for (const f of one.families) expect(f.idleSeconds).toBe(0);
+    duat.setNumThreads(2);
+    const two = await profiledStep(model, opt, x, y);
+    // Serial calls (the loss, allocation) leave the second thread idle for their whole time.
+    const alloc = two.families.find((f) => f.family === 'allocation')!;
+    expect(alloc.idleSeconds).toBeCloseTo(alloc.seconds, 4);
+    expect(two.families.reduce((s, f) => s + f.idleSeconds, 0)).toBeGreaterThan(0);
+  } finally {
+    duat.setNumThreads(saved);
+    x.dispose();
+    model.dispose();
+  }
 });
 
 test('profiles do not nest, and a failing function still stops the profile', async () => {

@@ -469,6 +469,7 @@ Napi::Value js_profile_stop(Info info) {
       f.Set("flops", e.flops);
       f.Set("pageFaults", static_cast<double>(e.page_faults));
       f.Set("kernelSeconds", e.kernel_seconds);
+      f.Set("idleSeconds", e.idle_seconds);
       families.Set(static_cast<uint32_t>(i), f);
     }
     o.Set("families", families);
@@ -480,6 +481,7 @@ Napi::Value js_profile_stop(Info info) {
       c.Set("seconds", r.calls[i].seconds);
       c.Set("calls", static_cast<double>(r.calls[i].calls));
       c.Set("flops", r.calls[i].flops);
+      c.Set("idleSeconds", r.calls[i].idle_seconds);
       calls.Set(static_cast<uint32_t>(i), c);
     }
     o.Set("calls", calls);

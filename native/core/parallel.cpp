@@ -21,6 +21,13 @@ namespace duat {
 namespace {
 
 thread_local bool t_in_task = false;
+
+std::atomic<bool> g_counting{false};
+std::atomic<int64_t> g_wall_ns{0}, g_busy_ns{0};
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
 constexpr int64_t SPIN_NS = 200000;
 
 inline void cpu_relax() {
@@ -44,6 +51,8 @@ class Pool {
 
   void run(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
     std::lock_guard<std::mutex> run(run_mutex_);  // one parallel region at a time
+    const bool counting = g_counting.load(std::memory_order_relaxed);
+    const int64_t t0 = counting ? now_ns() : 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       fn_ = &fn;
@@ -54,13 +63,20 @@ class Pool {
       generation_++;
     }
     wake_.notify_all();
+    const int64_t t_work = counting ? now_ns() : 0;
     work();
+    const int64_t t_done = counting ? now_ns() : 0;
     // The caller spins for the last workers too before it sleeps (a region's tasks end within
     // microseconds of each other; a futex sleep and wake-up would cost more).
     spin_while([&] { return pending_.load(std::memory_order_acquire) != 0; });
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
     fn_ = nullptr;
+    if (counting) {  // the workers added their busy time before counting themselves out of pending_
+      const int64_t t1 = now_ns();
+      g_wall_ns.fetch_add(t1 - t0, std::memory_order_relaxed);
+      g_busy_ns.fetch_add(t_done - t_work, std::memory_order_relaxed);
+    }
     if (error_) std::rethrow_exception(error_);
   }
 
@@ -121,7 +137,10 @@ class Pool {
         seen = generation_.load();
         if (quit_) return;
       }
+      const bool counting = g_counting.load(std::memory_order_relaxed);
+      const int64_t t0 = counting ? now_ns() : 0;
       work();
+      if (counting) g_busy_ns.fetch_add(now_ns() - t0, std::memory_order_relaxed);
       if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         // Under the mutex: the caller checks `pending_` under it before it sleeps.
         std::lock_guard<std::mutex> lock(mutex_);
@@ -167,6 +186,10 @@ void parallel_for(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
   }
   pool().run(n_tasks, fn);
 }
+
+void pool_use_counting(bool on) { g_counting.store(on); }
+
+PoolUse pool_use() { return {g_wall_ns.load(), g_busy_ns.load()}; }
 
 void parallel_for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;

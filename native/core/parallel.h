@@ -16,4 +16,16 @@ void parallel_for(int64_t n_tasks, const std::function<void(int64_t)>& fn);
 // Splits [0, n) into contiguous ranges of at least `grain` items, one or more per thread.
 void parallel_for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
+// The pool's use, summed over every parallel region that ran through it (with two or more tasks)
+// while counting was on: `wall` the regions' wall time, `busy` the time their threads (the
+// caller and the workers) spent running tasks. A span of a thread's work of length dt that
+// opened regions left (threads - 1) * dt + (wall - busy) of thread time unused, the differences
+// taken across the span. For the profiler (core/profile.h); counting costs a few clock reads per
+// region and thread, nothing while off.
+struct PoolUse {
+  int64_t wall_ns = 0, busy_ns = 0;
+};
+void pool_use_counting(bool on);
+PoolUse pool_use();
+
 }  // namespace duat

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "backend.h"
+#include "parallel.h"
 
 namespace duat {
 
@@ -30,7 +31,7 @@ Usage usage() {
 // The totals of one kind of call (its label); the families' totals are their sums.
 struct CallTotals {
   ProfileFamily family = PROFILE_PRODUCTS;
-  double seconds = 0, flops = 0;
+  double seconds = 0, flops = 0, idle_seconds = 0;
   int64_t calls = 0, faults = 0, kernel_us = 0;
 };
 std::mutex g_calls_mutex;
@@ -59,6 +60,7 @@ class Scope {
       : family_(f), flops_(flops), label_(std::move(label)), on_(profiling()), outer_(on_ && t_depth++ == 0) {
     if (outer_) {
       u0_ = usage();
+      pool0_ = pool_use();
       t0_ = std::chrono::steady_clock::now();
     }
   }
@@ -67,6 +69,9 @@ class Scope {
     t_depth--;
     if (!outer_) return;
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const PoolUse pool1 = pool_use();
+    const double idle = (get_num_threads() - 1) * dt +
+                        static_cast<double>((pool1.wall_ns - pool0_.wall_ns) - (pool1.busy_ns - pool0_.busy_ns)) / 1e9;
     const Usage u1 = usage();
     std::lock_guard<std::mutex> lock(g_calls_mutex);
     CallTotals& c = g_calls[label_];
@@ -74,6 +79,7 @@ class Scope {
     c.seconds += dt;
     c.calls++;
     c.flops += flops_;
+    c.idle_seconds += idle;
     c.faults += u1.faults - u0_.faults;
     c.kernel_us += u1.kernel_us - u0_.kernel_us;
   }
@@ -87,6 +93,7 @@ class Scope {
   bool on_;
   bool outer_;
   Usage u0_{};
+  PoolUse pool0_{};
   std::chrono::steady_clock::time_point t0_;
 };
 
@@ -276,11 +283,13 @@ void profile_start() {
   }
   g_usage_started = usage();
   g_started = std::chrono::steady_clock::now();
+  pool_use_counting(true);
   g_on.store(true);
 }
 
 ProfileReport profile_stop() {
   g_on.store(false);
+  pool_use_counting(false);
   ProfileReport r;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - g_started).count();
   const Usage u = usage();
@@ -289,13 +298,14 @@ ProfileReport profile_stop() {
   for (int f = 0; f < PROFILE_FAMILIES; f++) r.families.push_back({profile_family_name(static_cast<ProfileFamily>(f))});
   std::lock_guard<std::mutex> lock(g_calls_mutex);
   for (const auto& [label, c] : g_calls) {
-    r.calls.push_back({label, profile_family_name(c.family), c.seconds, c.calls, c.flops});
+    r.calls.push_back({label, profile_family_name(c.family), c.seconds, c.calls, c.flops, c.idle_seconds});
     ProfileEntry& e = r.families[c.family];
     e.seconds += c.seconds;
     e.calls += c.calls;
     e.flops += c.flops;
     e.page_faults += c.faults;
     e.kernel_seconds += static_cast<double>(c.kernel_us) / 1e6;
+    e.idle_seconds += c.idle_seconds;
   }
   std::sort(r.calls.begin(), r.calls.end(), [](const ProfileCall& a, const ProfileCall& b) { return a.seconds > b.seconds; });
   return r;

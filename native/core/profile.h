@@ -1,7 +1,8 @@
 // profile.h: where a step's time goes, by op family. While profiling is on, backend(DEVICE_CPU)
 // returns a wrapper around the CPU backend that times every call (outermost calls only), counts
-// its analytic FLOPs (products and attention), and reads the process's minor page faults and
-// kernel CPU time around it. Time outside every backend call is the graph, autograd, bindings
+// its analytic FLOPs (products and attention), reads the process's minor page faults and
+// kernel CPU time around it, and counts the thread time the pool left unused in it (a thread
+// waiting for the last tasks of a region, or for the caller's serial stretches: parallel.h). Time outside every backend call is the graph, autograd, bindings
 // and JavaScript. CPU only: CUDA kernels run asynchronously, so their wall time here would lie.
 #pragma once
 #include <cstdint>
@@ -33,6 +34,7 @@ struct ProfileEntry {
   double flops = 0;           // analytic floating-point operations (products and attention)
   int64_t page_faults = 0;    // minor faults of the whole process during the calls
   double kernel_seconds = 0;  // system CPU time of the whole process during the calls
+  double idle_seconds = 0;    // thread time (over the pool's threads) the calls left unused
 };
 // One kind of call: a product's shape ("MxNxK", the batch, which operands are read transposed,
 // the fused epilogue), an element-wise map's op and size, a reduction's shapes, or the method.
@@ -42,6 +44,7 @@ struct ProfileCall {
   double seconds = 0;
   int64_t calls = 0;
   double flops = 0;
+  double idle_seconds = 0;
 };
 struct ProfileReport {
   double seconds = 0;  // wall time from start to stop

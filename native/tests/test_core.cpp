@@ -966,6 +966,33 @@ void test_pool() {
   expect(caught, "an exception in a task reaches the caller");
 }
 
+// The pool's use, as the profiler reads it: a region of two tasks, one 30 ms long and one empty,
+// on two threads, leaves at least 30 ms of wall time and about 30 ms of busy time (the other
+// thread waited): wall * threads - busy is the unused thread time. A region of one task runs
+// inline and counts nothing; nothing counts while counting is off.
+void test_pool_use() {
+  set_num_threads(2);
+  const auto sleep_task = [](int64_t t) {
+    if (t == 0) std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  };
+  pool_use_counting(true);
+  const PoolUse a = pool_use();
+  parallel_for(2, sleep_task);
+  const PoolUse b = pool_use();
+  parallel_for(1, sleep_task);
+  const PoolUse c = pool_use();
+  pool_use_counting(false);
+  parallel_for(2, sleep_task);
+  const PoolUse d = pool_use();
+  set_num_threads(0);
+  const double wall = (b.wall_ns - a.wall_ns) / 1e6, busy = (b.busy_ns - a.busy_ns) / 1e6;
+  expect(wall >= 30.0 && busy >= 30.0 && busy <= wall * 1.05 + 1.0 && 2 * wall - busy >= 29.0,
+         "pool use of a 30 ms task beside an empty one: wall " + std::to_string(wall) + " ms, busy " +
+             std::to_string(busy) + " ms of thread time");
+  expect(c.wall_ns == b.wall_ns && c.busy_ns == b.busy_ns, "a region of one task runs inline and counts no pool use");
+  expect(d.wall_ns == c.wall_ns && d.busy_ns == c.busy_ns, "nothing counts while counting is off");
+}
+
 // Resizing the pool between regions, thousands of times: a new worker once started from
 // generation 0, took the last region for a new one and counted itself out twice, so a later region
 // waited for ever (1 run in 3 of this loop hung before the fix). A watchdog turns a hang into a
@@ -1367,6 +1394,7 @@ int main() {
   test_autograd_fanout();
   test_autograd_fanout_accumulates_in_kernels();
   test_pool();
+  test_pool_use();
   test_pool_resize();
   test_split_k_parts_across_pool_sizes();
   test_products_on_several_threads();

@@ -1,0 +1,118 @@
+#!/usr/bin/env node
+// A/B of two (or more) builds of the addon on whole training steps: each run is a fresh process
+// that loads one build (DUAT_BINDING_PATH), warms up, then times `--steps` training steps of the
+// benchmark model (width 192, 3 heads, MLP 768, 28 x 28 x 1 images, patch 4, batch 64, AdamW) and
+// reports their median. The builds run alternately, round after round (their order reversed every
+// other round), so a machine that slows down or speeds up weighs on each alike; the result is the
+// median over rounds of each build's run medians, and the paired differences round by round.
+//
+//   node scripts/bench-ab.js --addon before=/tmp/a.node --addon after=build/Release/duat.node \
+//     [--model 4,1] [--rounds 16] [--steps 12] [--threads 2] [--out result.md]
+//
+// --model is depth,branches (4,1: ViT-4; 1,4: Para-Former-1-4). Needs dist/ (npm run build:ts).
+'use strict';
+const { execFileSync } = require('child_process');
+const fs = require('fs');
+const path = require('path');
+
+const root = path.resolve(__dirname, '..');
+
+function worker(job) {
+  const duat = require(path.join(root, 'dist'));
+  duat.setNumThreads(job.threads);
+  const model = new duat.ParaFormer({
+    dim: 192, heads: 3, mlpRatio: 4, imageSize: 28, channels: 1, patchSize: 4, classes: 10,
+    depth: job.depth, branches: job.branches,
+  });
+  const x = duat.randn([64, 1, 28, 28], { seed: 1 });
+  const y = Int32Array.from({ length: 64 }, (_, i) => i % 10);
+  const opt = new duat.optim.AdamW(model.parameters(), { lr: 1e-3 });
+  (async () => {
+    for (let i = 0; i < 5; i++) await model.trainStep(x, y, { optimizer: opt });
+    const times = [];
+    for (let i = 0; i < job.steps; i++) {
+      const t0 = process.hrtime.bigint();
+      await model.trainStep(x, y, { optimizer: opt });
+      times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+    process.stdout.write(JSON.stringify({ median: median(times), min: Math.min(...times) }) + '\n');
+  })().catch((e) => {
+    process.stderr.write(String(e && e.stack ? e.stack : e) + '\n');
+    process.exit(1);
+  });
+}
+
+function median(v) {
+  const s = [...v].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+function parseArgs(argv) {
+  const o = { addons: [], model: '4,1', rounds: 16, steps: 12, threads: 2, out: null };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i], v = argv[i + 1];
+    if (a === '--addon') {
+      const eq = v.indexOf('=');
+      if (eq <= 0) throw new Error(`--addon expects NAME=PATH but received ${v}`);
+      o.addons.push({ name: v.slice(0, eq), file: path.resolve(v.slice(eq + 1)) });
+      i++;
+    } else if (['--model', '--rounds', '--steps', '--threads', '--out'].includes(a)) {
+      o[a.slice(2)] = ['--model', '--out'].includes(a) ? v : Number(v);
+      i++;
+    } else {
+      throw new Error(`unknown argument ${a}`);
+    }
+  }
+  if (o.addons.length < 2) throw new Error('give at least two --addon NAME=PATH');
+  for (const a of o.addons) if (!fs.existsSync(a.file)) throw new Error(`no addon at ${a.file}`);
+  const [depth, branches] = o.model.split(',').map(Number);
+  if (!(depth >= 1 && branches >= 1)) throw new Error(`--model expects depth,branches but received ${o.model}`);
+  Object.assign(o, { depth, branches });
+  return o;
+}
+
+function main() {
+  if (process.argv[2] === '--worker') return worker(JSON.parse(process.argv[3]));
+  const o = parseArgs(process.argv.slice(2));
+  const job = JSON.stringify({ depth: o.depth, branches: o.branches, steps: o.steps, threads: o.threads });
+  const runs = o.addons.map(() => []);
+  for (let r = 0; r < o.rounds; r++) {
+    const order = o.addons.map((_, i) => i);
+    if (r % 2) order.reverse();
+    for (const i of order) {
+      const out = execFileSync(process.execPath, [__filename, '--worker', job], {
+        env: { ...process.env, DUAT_BINDING_PATH: o.addons[i].file }, encoding: 'utf8',
+      });
+      runs[i].push(JSON.parse(out.trim().split('\n').pop()));
+    }
+    process.stderr.write(`round ${r + 1}/${o.rounds}: ${o.addons.map((a, i) => `${a.name} ${runs[i][r].median.toFixed(2)}`).join(', ')} ms\n`);
+  }
+  const name = o.branches === 1 ? `ViT-${o.depth}` : `Para-Former-${o.depth}-${o.branches}`;
+  const lines = [];
+  lines.push(`${name} training steps (batch 64, ${o.threads} threads), ms per step: each cell a fresh process's median of ${o.steps} steps after 5 warm-ups.`);
+  lines.push('');
+  lines.push(`| round | ${o.addons.map((a) => a.name).join(' | ')} |`);
+  lines.push(`|---|${o.addons.map(() => '---|').join('')}`);
+  for (let r = 0; r < o.rounds; r++) lines.push(`| ${r + 1} | ${runs.map((v) => v[r].median.toFixed(2)).join(' | ')} |`);
+  lines.push(`| median | ${runs.map((v) => median(v.map((x) => x.median)).toFixed(2)).join(' | ')} |`);
+  lines.push(`| median of runs' fastest steps | ${runs.map((v) => median(v.map((x) => x.min)).toFixed(2)).join(' | ')} |`);
+  lines.push('');
+  const base = runs[0];
+  for (let i = 1; i < runs.length; i++) {
+    const d = base.map((b, r) => b.median - runs[i][r].median);  // > 0: faster than the first
+    const mean = d.reduce((s, x) => s + x, 0) / d.length;
+    const sd = Math.sqrt(d.reduce((s, x) => s + (x - mean) ** 2, 0) / Math.max(1, d.length - 1));
+    const half = 2 * sd / Math.sqrt(d.length);  // about a 95% interval for the mean
+    const wins = d.filter((x) => x > 0).length;
+    const ref = median(base.map((x) => x.median));
+    lines.push(`${o.addons[i].name} against ${o.addons[0].name}: faster in ${wins} of ${d.length} rounds; ` +
+      `mean paired difference ${mean.toFixed(2)} ms (${(100 * mean / ref).toFixed(1)}% of a step), ` +
+      `about ±${half.toFixed(2)} ms at two standard errors.`);
+  }
+  const text = lines.join('\n') + '\n';
+  process.stdout.write(text);
+  if (o.out) fs.writeFileSync(o.out, text);
+}
+
+main();
