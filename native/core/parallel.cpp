@@ -21,14 +21,16 @@ namespace duat {
 namespace {
 
 thread_local bool t_in_task = false;
+constexpr int64_t SPIN_NS = 200000;
 
+// pool_use's totals (parallel.h), added to only while g_counting is on.
 std::atomic<bool> g_counting{false};
 std::atomic<int64_t> g_wall_ns{0}, g_busy_ns{0};
 
 int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  using std::chrono::steady_clock;
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(steady_clock::now().time_since_epoch()).count();
 }
-constexpr int64_t SPIN_NS = 200000;
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)

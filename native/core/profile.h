@@ -2,8 +2,9 @@
 // returns a wrapper around the CPU backend that times every call (outermost calls only), counts
 // its analytic FLOPs (products and attention), reads the process's minor page faults and
 // kernel CPU time around it, and counts the thread time the pool left unused in it (a thread
-// waiting for the last tasks of a region, or for the caller's serial stretches: parallel.h). Time outside every backend call is the graph, autograd, bindings
-// and JavaScript. CPU only: CUDA kernels run asynchronously, so their wall time here would lie.
+// waiting for the last tasks of a region, or for the caller's serial stretches: parallel.h).
+// Time outside every backend call is the graph, autograd, bindings and JavaScript. CPU only:
+// CUDA kernels run asynchronously, so their wall time here would lie.
 #pragma once
 #include <cstdint>
 #include <string>
