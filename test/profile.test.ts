@@ -54,9 +54,13 @@ test('a training step profiled: every product and attention FLOP counted once, f
   expect(inside).toBeLessThanOrEqual(report.seconds);
   expect(report.outsideSeconds).toBeCloseTo(report.seconds - inside, 9);
   expect(report.families.map((f) => f.seconds)).toEqual([...report.families.map((f) => f.seconds)].sort((a, b) => b - a));
-  // A second profile starts from zero: the same step makes the same calls.
+  // A second profile starts from zero: the same step makes the same calls. The block cache's calls
+  // are left out: the profile counts the whole process's, and a tensor JavaScript held elsewhere
+  // (jest runs every test file in this one process on a 2-core machine) is released whenever the
+  // garbage collector finalizes its wrapper, inside either profile (CI once counted 78 more).
   const again = await profiledStep(model, opt, x, y);
-  expect(again.families.map((f) => [f.family, f.calls]).sort()).toEqual(report.families.map((f) => [f.family, f.calls]).sort());
+  const made = (r: duat.ProfileReport) => r.calls.filter((c) => c.family !== 'allocation').map((c) => [c.label, c.calls]).sort();
+  expect(made(again)).toEqual(made(report));
   x.dispose();
   model.dispose();
 });
