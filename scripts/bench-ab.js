@@ -1,10 +1,11 @@
 #!/usr/bin/env node
-// A/B of two (or more) builds of the addon on whole training steps: each run is a fresh process
-// that loads one build (DUAT_BINDING_PATH), warms up, then times `--steps` training steps of the
-// benchmark model (width 192, 3 heads, MLP 768, 28 x 28 x 1 images, patch 4, batch 64, AdamW) and
-// reports their median. The builds run alternately, round after round (their order reversed every
-// other round), so a machine that slows down or speeds up weighs on each alike; the result is the
-// median over rounds of each build's run medians, and the paired differences round by round.
+// A/B of two (or more) builds of the addon on whole training steps: each run is a fresh process,
+// the benchmark's own worker (lib/bench/worker.ts, as `duat bench` runs it: warm-ups, then
+// `--steps` timed training steps of the bench's model, width 192, 3 heads, MLP 768, 28 x 28 x 1
+// images, patch 4, batch 64, AdamW), loading one build (DUAT_BINDING_PATH). The builds run
+// alternately, round after round (their order reversed every other round), so a machine that
+// slows down or speeds up weighs on each alike; the result is the median over rounds of each
+// build's run medians, and the paired differences round by round.
 //
 //   node scripts/bench-ab.js --addon before=/tmp/a.node --addon after=build/Release/duat.node \
 //     [--model 4,1] [--rounds 16] [--steps 12] [--threads 2] [--out result.md]
@@ -14,39 +15,10 @@
 const { execFileSync } = require('child_process');
 const fs = require('fs');
 const path = require('path');
+const { SIZES, median } = require('../dist/bench/bench');
 
-const root = path.resolve(__dirname, '..');
-
-function worker(job) {
-  const duat = require(path.join(root, 'dist'));
-  duat.setNumThreads(job.threads);
-  const model = new duat.ParaFormer({
-    dim: 192, heads: 3, mlpRatio: 4, imageSize: 28, channels: 1, patchSize: 4, classes: 10,
-    depth: job.depth, branches: job.branches,
-  });
-  const x = duat.randn([64, 1, 28, 28], { seed: 1 });
-  const y = Int32Array.from({ length: 64 }, (_, i) => i % 10);
-  const opt = new duat.optim.AdamW(model.parameters(), { lr: 1e-3 });
-  (async () => {
-    for (let i = 0; i < 5; i++) await model.trainStep(x, y, { optimizer: opt });
-    const times = [];
-    for (let i = 0; i < job.steps; i++) {
-      const t0 = process.hrtime.bigint();
-      await model.trainStep(x, y, { optimizer: opt });
-      times.push(Number(process.hrtime.bigint() - t0) / 1e6);
-    }
-    process.stdout.write(JSON.stringify({ median: median(times), min: Math.min(...times) }) + '\n');
-  })().catch((e) => {
-    process.stderr.write(String(e && e.stack ? e.stack : e) + '\n');
-    process.exit(1);
-  });
-}
-
-function median(v) {
-  const s = [...v].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
+const WORKER = path.join(__dirname, '..', 'dist', 'bench', 'worker.js');
+const BATCH = 64;
 
 function parseArgs(argv) {
   const o = { addons: [], model: '4,1', rounds: 16, steps: 12, threads: 2, out: null };
@@ -73,24 +45,27 @@ function parseArgs(argv) {
 }
 
 function main() {
-  if (process.argv[2] === '--worker') return worker(JSON.parse(process.argv[3]));
   const o = parseArgs(process.argv.slice(2));
-  const job = JSON.stringify({ depth: o.depth, branches: o.branches, steps: o.steps, threads: o.threads });
+  const job = JSON.stringify({
+    config: { ...SIZES['tiny-mnist'], depth: o.depth, branches: o.branches }, mode: 'train', reps: o.steps,
+    threads: o.threads, batch: BATCH,
+  });
   const runs = o.addons.map(() => []);
   for (let r = 0; r < o.rounds; r++) {
     const order = o.addons.map((_, i) => i);
     if (r % 2) order.reverse();
     for (const i of order) {
-      const out = execFileSync(process.execPath, [__filename, '--worker', job], {
+      const out = execFileSync(process.execPath, [WORKER, job], {
         env: { ...process.env, DUAT_BINDING_PATH: o.addons[i].file }, encoding: 'utf8',
       });
-      runs[i].push(JSON.parse(out.trim().split('\n').pop()));
+      const t = JSON.parse(out.trim().split('\n').pop())[`train_b${BATCH}`];
+      runs[i].push({ median: t.median_ms, min: t.min_ms });
     }
     process.stderr.write(`round ${r + 1}/${o.rounds}: ${o.addons.map((a, i) => `${a.name} ${runs[i][r].median.toFixed(2)}`).join(', ')} ms\n`);
   }
   const name = o.branches === 1 ? `ViT-${o.depth}` : `Para-Former-${o.depth}-${o.branches}`;
   const lines = [];
-  lines.push(`${name} training steps (batch 64, ${o.threads} threads), ms per step: each cell a fresh process's median of ${o.steps} steps after 5 warm-ups.`);
+  lines.push(`${name} training steps (batch ${BATCH}, ${o.threads} threads), ms per step: each cell a fresh process's median of ${o.steps} steps after the bench worker's warm-ups.`);
   lines.push('');
   lines.push(`| round | ${o.addons.map((a) => a.name).join(' | ')} |`);
   lines.push(`|---|${o.addons.map(() => '---|').join('')}`);

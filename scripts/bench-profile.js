@@ -11,14 +11,14 @@ const fs = require('fs');
 const os = require('os');
 const path = require('path');
 const duat = require('../dist');
-const { modelFlops } = require('../dist/bench/bench');
+const { modelFlops, SIZES } = require('../dist/bench/bench');
 
 function arg(name, def) {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? process.argv[i + 1] : def;
 }
 const steps = Number(arg('steps', 10)), threads = Number(arg('threads', 2)), out = arg('out', path.join(__dirname, '..', 'bench', 'results'));
-const SIZE = { dim: 192, heads: 3, mlpRatio: 4, patchSize: 4, imageSize: 28, channels: 1, classes: 10 };
+const SIZE = SIZES['tiny-mnist'];  // duat bench's model
 // Steps run on libuv's worker threads in turn, and each keeps its own scratch for the products
 // (native/cpu/gemm.cpp): every one of them runs a step before the profile, or its first-touch
 // page faults would be counted as the steady state's.

@@ -62,7 +62,7 @@ export interface Row {
 
 // ViT-Ti's width: on 28 x 28 MNIST-shaped images with 4 x 4 patches (the benchmark
 // model, 50 tokens), on 32 x 32 RGB images, and the small default MNIST model.
-const SIZES = {
+export const SIZES = {
   'tiny-mnist': { ...MODEL_SIZES.tiny, imageSize: 28, patchSize: 4, channels: 1, classes: 10 },
   tiny: { ...MODEL_SIZES.tiny, imageSize: 32, patchSize: 4, classes: 10 },
   mnist: { ...MODEL_SIZES.mnist, patchSize: 7 },
@@ -239,7 +239,7 @@ export interface Stat {
   rounds: number;
 }
 
-function median(v: number[]): number {
+export function median(v: number[]): number {
   const s = [...v].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }

@@ -58,6 +58,7 @@ class Pool {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       fn_ = &fn;
+      counting_ = counting;
       n_tasks_ = n_tasks;
       next_.store(0);
       pending_.store(static_cast<int>(workers_.size()));
@@ -139,7 +140,7 @@ class Pool {
         seen = generation_.load();
         if (quit_) return;
       }
-      const bool counting = g_counting.load(std::memory_order_relaxed);
+      const bool counting = counting_;  // the region's, as its caller counts it
       const int64_t t0 = counting ? now_ns() : 0;
       work();
       if (counting) g_busy_ns.fetch_add(now_ns() - t0, std::memory_order_relaxed);
@@ -155,6 +156,7 @@ class Pool {
   std::mutex run_mutex_, mutex_;
   std::condition_variable wake_, done_;
   const std::function<void(int64_t)>* fn_ = nullptr;
+  bool counting_ = false;  // whether the region's threads add to pool_use's totals
   int64_t n_tasks_ = 0;
   std::atomic<int64_t> next_{0};
   std::atomic<int> pending_{0};

@@ -33,11 +33,9 @@ namespace duat {
 
 namespace {
 
-// A tile's share of a product's GELU output (GemmAct): act[i * ld + j] = gelu(C[i][j]) for the
-// tile's rows and columns; stream_c: the tile's C is stored past the caches (sgemm_streams_c).
-struct TileAct {
-  float* p;
-  int64_t ld;
+// A tile's share of a product's GELU output (GemmAct, at the tile's first element); stream_c: the
+// tile's C is stored past the caches (sgemm_streams_c).
+struct TileAct : GemmAct {
   bool stream_c;
 };
 
@@ -184,12 +182,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
-    if (stream) {
-      store_tile_row(ci, m0, m1, r0, r1, true);
-    } else {
-      _mm512_mask_storeu_ps(ci, m0, r0);
-      _mm512_mask_storeu_ps(ci + 16, m1, r1);
-    }
+    store_tile_row(ci, m0, m1, r0, r1, stream);
     if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
   }
 }
@@ -1019,6 +1012,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   // twelve rows a tile reads share L1 sets, and packing pays (a stride of 3072: four branches of
   // 768 side by side).
   const bool a_rows_alias = (lda * 4) % 4096 == 0;
+  // A GELU product's C stored past the caches by the tiles that write the GELU (sgemm_streams_c).
+  const bool streams_c = act && sgemm_streams_c(M, N, K, beta);
   auto direct_a = [&](int64_t panels) {
     return transA || (ker.micro_rows != nullptr && panels <= DIRECT_A_MAX_PANELS && !a_rows_alias);
   };
@@ -1068,7 +1063,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         // The GELU from the tiles' registers on the last K block, where every tile runs `micro`
         // or micro_bf16 (not micro_rows); otherwise over the task's finished block.
         const bool act_tiles = act && (bf16 ? ker.micro_bf16_act != nullptr : micro_act && (in_place == 0 || transA));
-        const bool stream_c = act_tiles && sgemm_streams_c(M, N, K, beta);
+        const bool stream_c = act_tiles && streams_c;
         for (int64_t pb = 0; pb < k_blocks; pb++) {
           const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0), ku = units(kc);
           const bool add = beta != 0.0f || p0 > 0, last = p0 + kc == K;
@@ -1088,12 +1083,12 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
               float* c = C + (i0 + r) * ldc + j0 + jj;
               const float* bias_q = bias && p0 == 0 ? bias + j0 + jj : nullptr;
               if (bf16 && act_tiles && last) {
-                const TileAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, stream_c};
+                const TileAct tile_act{{act->p + (i0 + r) * act->ld + j0 + jj, act->ld}, stream_c};
                 ker.micro_bf16_act(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
               } else if (bf16) {
                 ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
               } else if (act_tiles && last) {
-                const TileAct tile_act{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, stream_c};
+                const TileAct tile_act{{act->p + (i0 + r) * act->ld + j0 + jj, act->ld}, stream_c};
                 const float* a = r >= in_place ? apack + (r - in_place) * kc : A + p0 * lda + i0 + r;
                 micro_act(kc, a, r >= in_place ? MR : lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
               } else if (r >= in_place) {
