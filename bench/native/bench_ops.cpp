@@ -266,8 +266,20 @@ int main(int argc, char** argv) {
   bench_linear(4160, 768, 768, reps);
   const PeakKind kind = cpu_isa_active() == CPU_ISA_AVX512 ? PEAK_FP32_AVX512 : PEAK_FP32_AVX2;
   const double peak = peak_supported(kind) ? measure_peak_gflops(kind, threads, 1.0) : 0.0;
-  std::printf("\nMeasured float32 peak (%s FMA chains, %d threads): %.0f GFLOP/s\n\n",
+  std::printf("\nMeasured float32 peak (%s FMA chains, %d threads): %.0f GFLOP/s\n",
               kind == PEAK_FP32_AVX512 ? "512-bit" : "256-bit", threads, peak);
+  if (peak > 0.0) {
+    // The products' ceiling: their register tile alone, on one thread (gemm.h, sgemm_micro_gflops).
+    double micro = 0.0, peak1 = 0.0;
+    for (int i = 0; i < 3; i++) {  // alternated, best of three: the same clocks for both
+      micro = std::max(micro, sgemm_micro_gflops(0.3));
+      peak1 = std::max(peak1, measure_peak_gflops(kind, 1, 0.3));
+    }
+    std::printf("Micro-kernel (the products' register tile on panels in L1, one thread): %.0f GFLOP/s, %.0f%% of the "
+                "one-thread peak (%.0f GFLOP/s)\n",
+                micro, 100.0 * micro / peak1, peak1);
+  }
+  std::printf("\n");
   std::printf("| product | M x N x K | duat GFLOP/s | of peak | OpenBLAS GFLOP/s | duat / OpenBLAS |\n|---|---|---|---|---|---|\n");
   const Product products[] = {
       {"fc1 forward, one branch", false, false, 3200, 768, 192, 0},

@@ -48,6 +48,13 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
 // AVX-512 kernels. The same values either way; for tests.
 bool sgemm_streams_c(int64_t M, int64_t N, int64_t K, float beta);
 
+// The products' ceiling on this CPU: GFLOP/s of the active fp32 register tile (MR x NR, K 256)
+// on one thread, its panels in L1 and its C tile summed into again and again for about
+// `seconds`, as in a product's inner loop with no packing, no memory traffic and no other thread.
+// Against measure_peak_gflops on one thread (peak.h) it tells how much of the FMA peak the kernel
+// itself can use; a whole product's rate against it, how much packing, memory and threads cost.
+double sgemm_micro_gflops(double seconds);
+
 // A small product on the calling thread (attention's per-head matrices, for callers that share
 // work out over the pool themselves): C = alpha * op(A) op(B) + beta * C. With the AVX-512
 // kernels, register tiles read A and a row-major B in place whatever the size (a transposed B is

@@ -63,6 +63,19 @@ double bf16_round(float f) {
   return r;
 }
 
+// sgemm_micro_gflops runs the active kernel (every instruction set this CPU has) and reports a
+// rate; how fast is the machine's business, not the test's.
+void test_micro_gflops() {
+  const CpuIsa saved = cpu_isa_active();
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) {
+    cpu_isa_set(static_cast<CpuIsa>(isa));
+    const double g = sgemm_micro_gflops(0.01);
+    expect(std::isfinite(g) && g > 0.0, std::string("sgemm_micro_gflops with the ") + cpu_isa_name(static_cast<CpuIsa>(isa)) +
+                                            " kernel: " + std::to_string(g) + " GFLOP/s");
+  }
+  cpu_isa_set(saved);
+}
+
 void test_gemm_bf16() {
   if (!cpu_has_bf16()) {
     std::printf("skip bf16 products: this CPU has no AVX512_BF16\n");
@@ -1389,6 +1402,7 @@ int main() {
   test_math_avx512();
   test_gelu_rows();
   test_gemm_bf16();
+  test_micro_gflops();
   cpu_isa_set(cpu_isa_best());
   test_math();
   test_autograd_fanout();
