@@ -25,22 +25,20 @@ Command: \`npm run bench:ops\` (threads = ${threads}, ${reps} repetitions; media
 Machine: ${cpu}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.platform()} ${os.release()};
 commit ${commit}; ${new Date().toISOString().slice(0, 10)}.
 
-Linear rows: forward \`Y = X W^T + b\` and backward (\`dX = dY W\`, \`dW = dY^T X\`, \`db\`) through duat's
-autograd, against the same three products with the system OpenBLAS's \`cblas_sgemm\` (OpenBLAS's
-bias work is not done or counted; GFLOP/s count the three products only). Product rows: \`sgemm\`
-at the shapes and layouts of a training step and of a batch-1 forward (Para-Former-1-4 and ViT-4
-at width 192: 50 tokens, batch 64 = 3200 rows), as a fraction of the float32 peak measured here
-(chains of independent FMAs on every thread, \`native/cpu/peak.h\`). The micro-kernel line is the
-products' ceiling here: their register tile alone on one thread, its panels in L1 and its C tile
-summed into again and again (\`sgemm_micro_gflops\`, \`native/cpu/gemm.h\`), against the
-one-thread peak; a product row's shortfall from it is packing, memory and the threads' sharing.
-Bandwidth rows: bytes read plus written per second, against a memory copy of the same bytes over
-the same threads. Step
-kernel rows: the rest of a Para-Former-1-4 training step at its shapes; attention in analytic
-GFLOP/s (forward two per-head products, backward four; the rebuilt scores are not counted),
-GELU's gradient with its bias sums, the bias reductions, LayerNorm's backward with its weight and
-bias sums and fc2's stage epilogue (the combine sgemm runs on each finished block) in GB/s
-against a copy.
+Linear rows: forward \`Y = X W^T + b\` and backward (\`dX = dY W\`, \`dW = dY^T X\`, \`db\`) through
+duat's autograd, against the same three products with the system OpenBLAS's \`cblas_sgemm\`
+(OpenBLAS's bias work is not done or counted; GFLOP/s count the three products only). Product rows:
+\`sgemm\` at the shapes and layouts of a training step and of a batch-1 forward (Para-Former-1-4 and
+ViT-4 at width 192: 50 tokens, batch 64 = 3200 rows), as a fraction of the float32 peak measured
+here (chains of independent FMAs on every thread, \`native/cpu/peak.h\`). The micro-kernel line is
+the products' ceiling here: their register tile alone on one thread, its panels in L1 and its C tile
+summed into again and again (\`sgemm_micro_gflops\`, \`native/cpu/gemm.h\`), against the one-thread
+peak; a product row's shortfall from it is packing, memory and the threads' sharing. Bandwidth rows:
+bytes read plus written per second, against a memory copy of the same bytes over the same threads.
+Step kernel rows: the rest of a Para-Former-1-4 training step at its shapes; attention in analytic
+GFLOP/s (forward two per-head products, backward four; the rebuilt scores are not counted), GELU's
+gradient with its bias sums, the bias reductions, LayerNorm's backward with its weight and bias sums
+and fc2's stage epilogue (the combine sgemm runs on each finished block) in GB/s against a copy.
 
 ${out}
 ## Reading this
