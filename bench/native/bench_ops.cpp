@@ -269,12 +269,9 @@ int main(int argc, char** argv) {
   std::printf("\nMeasured float32 peak (%s FMA chains, %d threads): %.0f GFLOP/s\n",
               kind == PEAK_FP32_AVX512 ? "512-bit" : "256-bit", threads, peak);
   if (peak > 0.0) {
-    // The products' ceiling: their register tile alone, on one thread (gemm.h, sgemm_micro_gflops).
-    double micro = 0.0, peak1 = 0.0;
-    for (int i = 0; i < 3; i++) {  // alternated, best of three: the same clocks for both
-      micro = std::max(micro, sgemm_micro_gflops(0.3));
-      peak1 = std::max(peak1, measure_peak_gflops(kind, 1, 0.3));
-    }
+    // The products' ceiling: their register tile alone, on one thread (gemm.h, sgemm_micro_gflops),
+    // timed as the peak is (each the fastest of five runs).
+    const double micro = sgemm_micro_gflops(1.0), peak1 = measure_peak_gflops(kind, 1, 1.0);
     std::printf("Micro-kernel (the products' register tile on panels in L1, one thread): %.0f GFLOP/s, %.0f%% of the "
                 "one-thread peak (%.0f GFLOP/s)\n",
                 micro, 100.0 * micro / peak1, peak1);

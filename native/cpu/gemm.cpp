@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -29,6 +28,7 @@
 #include "kernels.h"
 #include "math.h"
 #include "math_avx512.h"
+#include "peak.h"
 
 namespace duat {
 
@@ -1116,7 +1116,6 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
 }
 
 double sgemm_micro_gflops(double seconds) {
-  using clock = std::chrono::steady_clock;
   const KernelInfo& ker = KERNELS[g_isa];
   Buffer a, b, c;
   float* pa = a.get(static_cast<size_t>(ker.mr * KC));
@@ -1125,20 +1124,13 @@ double sgemm_micro_gflops(double seconds) {
   std::fill(pa, pa + ker.mr * KC, 1e-3f);
   std::fill(pb, pb + ker.nr * KC, 1e-3f);
   std::fill(pc, pc + ker.mr * ker.nr, 0.0f);
-  constexpr int64_t BATCH = 1000;
-  auto run = [&] {
-    for (int64_t i = 0; i < BATCH; i++) ker.micro(KC, pa, ker.mr, pb, ker.nr, pc, ker.nr, ker.mr, ker.nr, 1.0f, true, nullptr);
-  };
-  run();  // warm: the panels into L1, the clocks up
-  int64_t calls = 0;
-  const auto t0 = clock::now();
-  double elapsed = 0.0;
-  do {
-    run();
-    calls += BATCH;
-    elapsed = std::chrono::duration<double>(clock::now() - t0).count();
-  } while (elapsed < seconds);
-  return 2.0 * static_cast<double>(ker.mr * ker.nr) * KC * static_cast<double>(calls) / elapsed / 1e9;
+  int64_t calls = 64;
+  const double best = best_run_seconds(
+      [&](int64_t n) {
+        for (int64_t i = 0; i < n; i++) ker.micro(KC, pa, ker.mr, pb, ker.nr, pc, ker.nr, ker.mr, ker.nr, 1.0f, true, nullptr);
+      },
+      seconds, &calls);
+  return 2.0 * static_cast<double>(ker.mr * ker.nr) * KC * static_cast<double>(calls) / best / 1e9;
 }
 
 bool sgemm_streams_c(int64_t M, int64_t N, int64_t K, float beta) {

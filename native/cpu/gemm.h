@@ -49,10 +49,11 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
 bool sgemm_streams_c(int64_t M, int64_t N, int64_t K, float beta);
 
 // The products' ceiling on this CPU: GFLOP/s of the active fp32 register tile (MR x NR, K 256)
-// on one thread, its panels in L1 and its C tile summed into again and again for about
-// `seconds`, as in a product's inner loop with no packing, no memory traffic and no other thread.
-// Against measure_peak_gflops on one thread (peak.h) it tells how much of the FMA peak the kernel
-// itself can use; a whole product's rate against it, how much packing, memory and threads cost.
+// on one thread, its panels in L1 and its C tile summed into again and again, as in a product's
+// inner loop with no packing, no memory traffic and no other thread; timed as
+// measure_peak_gflops is (peak.h, best_run_seconds: about `seconds`, the fastest of five runs).
+// Against that peak on one thread it tells how much of the FMA peak the kernel itself can use; a
+// whole product's rate against it, how much packing, memory and threads cost.
 double sgemm_micro_gflops(double seconds);
 
 // A small product on the calling thread (attention's per-head matrices, for callers that share

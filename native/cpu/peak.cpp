@@ -85,14 +85,20 @@ float run(PeakKind kind, int64_t iters) {
   return 0.0f;
 }
 
-// Seconds for `iters` iterations on `threads` threads at once (the slowest thread sets it).
-double timed(PeakKind kind, int threads, int64_t iters) {
-  std::atomic<int64_t> sink{0};
+double seconds_of(const std::function<void(int64_t)>& run, int64_t iters) {
   const auto t0 = std::chrono::steady_clock::now();
-  parallel_for(threads, [&](int64_t) { sink += run(kind, iters) > 1e30f ? 1 : 0; });
+  run(iters);
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 }  // namespace
+
+double best_run_seconds(const std::function<void(int64_t)>& run, double seconds, int64_t* iters) {
+  DUAT_CHECK(seconds > 0 && seconds <= 60, ERROR_ARGUMENT, "rate measurement: seconds must be in (0, 60]");
+  while (seconds_of(run, *iters) < seconds / 10 && *iters < (int64_t{1} << 40)) *iters *= 2;
+  double best = 1e300;
+  for (int r = 0; r < 5; r++) best = std::min(best, seconds_of(run, *iters));
+  return best;
+}
 
 bool peak_supported(PeakKind kind) {
   const CpuIsa isa = cpu_isa_best();
@@ -110,12 +116,11 @@ double measure_peak_gflops(PeakKind kind, int threads, double seconds) {
   DUAT_CHECK(seconds > 0 && seconds <= 60, ERROR_ARGUMENT, "peak measurement: seconds must be in (0, 60]");
   if (threads <= 0) threads = get_num_threads();
   threads = std::min(threads, get_num_threads());
-  // Calibrate to about a tenth of the time, then take the best of a few timed runs: a shared
-  // machine only ever slows a run down.
+  // `iters` iterations on `threads` threads at once (the slowest thread sets the time).
+  std::atomic<int64_t> sink{0};
   int64_t iters = 1 << 14;
-  while (timed(kind, threads, iters) < seconds / 10 && iters < (int64_t{1} << 40)) iters *= 2;
-  double best = 1e300;
-  for (int r = 0; r < 5; r++) best = std::min(best, timed(kind, threads, iters));
+  const double best = best_run_seconds(
+      [&](int64_t n) { parallel_for(threads, [&](int64_t) { sink += run(kind, n) > 1e30f ? 1 : 0; }); }, seconds, &iters);
   return static_cast<double>(iters) * CHAINS_OF[kind] * FLOPS_PER_INSTRUCTION[kind] * threads / best / 1e9;
 }
 

@@ -3,6 +3,7 @@
 // CPUs execute a 512-bit FMA as two 256-bit halves, others at full width: measure, never assume.
 #pragma once
 #include <cstdint>
+#include <functional>
 
 namespace duat {
 
@@ -16,5 +17,11 @@ bool peak_supported(PeakKind kind);
 // GFLOP/s over `threads` pool threads (0 = the pool's size), timed for about `seconds`.
 // Throws ERROR_ARGUMENT when the CPU lacks the instructions.
 double measure_peak_gflops(PeakKind kind, int threads, double seconds);
+
+// How both of the rate measurements here time their work (this one and sgemm_micro_gflops in
+// gemm.h): doubles *iters (from its value) until run(*iters) takes a tenth of `seconds`, then
+// returns the fastest of five timed runs of *iters, in seconds (a shared machine only ever slows a
+// run down). Throws ERROR_ARGUMENT unless seconds is in (0, 60].
+double best_run_seconds(const std::function<void(int64_t)>& run, double seconds, int64_t* iters);
 
 }  // namespace duat
