@@ -17,9 +17,15 @@ export interface ProfileFamily {
   flops: number;
   /** flops / seconds / 1e9, or 0. */
   gflops: number;
-  /** The whole process's minor page faults while the family's calls ran. */
+  /**
+   * The whole process's minor page faults while the family's calls ran. Not read around
+   * allocation calls (0 there): memory faults where it is first written, in the call that writes it.
+   */
   pageFaults: number;
-  /** The whole process's kernel (system) CPU seconds while the family's calls ran: page faults, zeroing fresh pages. */
+  /**
+   * The whole process's kernel (system) CPU seconds while the family's calls ran: page faults,
+   * zeroing fresh pages (0 for allocation, as pageFaults).
+   */
   kernelSeconds: number;
   /**
    * Thread seconds the thread pool left unused while the family's calls ran, summed over its
@@ -56,7 +62,7 @@ let running = false;
 /**
  * Runs `fn` (awaited when it returns a promise) with every CPU backend call timed by op family,
  * and returns its result with the report. Profiling costs about two system calls per backend
- * call; CUDA work is not timed. One profile at a time.
+ * call but allocations (which are timed only); CUDA work is not timed. One profile at a time.
  */
 export async function profile<T>(fn: () => T | Promise<T>): Promise<{ result: T; report: ProfileReport }> {
   if (running) throw new StateError('profile: another profile is running');

@@ -98,9 +98,10 @@ Each family cell: ms per step (share of the step). Families are the CPU backend'
 (\`duat.profile\`, native/core/profile.h): products include their fused bias, GELU and stage
 epilogues; attention is the fused kernel with its per-head products; "outside kernels" is
 everything else: building the graph, autograd, the bindings and JavaScript, and the profiler's own
-reading of the clock and of the process's counters around every call (a few microseconds a call:
-it counts where a step makes many small calls, as ViT's does). Page faults and
-kernel time are the whole process's (the kernel zeroing fresh pages shows there). "Threads idle in
+reading of the clock around every call and of the process's counters around every call but the
+allocations (two system calls, a few microseconds: it counts where a step makes many small calls,
+as ViT's does). Page faults and kernel time are the whole process's (the kernel zeroing fresh pages
+shows there, in the call that first writes the memory). "Threads idle in
 kernels": the thread time the pool left unused inside the calls, summed over its threads (a
 thread waiting for another's last tasks of a parallel region, or for the calling thread's serial
 work), ms per step and share of the step's thread time (${threads} x its wall time); outside

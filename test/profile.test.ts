@@ -36,6 +36,8 @@ test('a training step profiled: every product and attention FLOP counted once, f
   expect(fam.get('attention')!.flops).toBe(want.attention);
   expect(report.products.reduce((s, p) => s + p.flops, 0)).toBe(want.products);
   for (const name of ['products', 'attention', 'norms', 'optimizer', 'allocation', 'softmax']) expect(fam.get(name)!.calls).toBeGreaterThan(0);
+  // Allocation calls are timed without reading the process's counters (two system calls each).
+  expect([fam.get('allocation')!.pageFaults, fam.get('allocation')!.kernelSeconds]).toEqual([0, 0]);
   // The calls by kind add up to the families, and name what ran.
   for (const f of report.families) {
     const mine = report.calls.filter((c) => c.family === f.family);

@@ -52,14 +52,23 @@ Usage g_usage_started{};
 thread_local int t_depth = 0;
 
 // Times one backend call; nested calls (a backend calling itself) count once, in the outermost.
+// `counters`: whether the process's page faults and kernel time are read around it (two system
+// calls, ~3 us each on a VM); allocation calls go without: a cached allocation costs less than
+// one, a step makes hundreds, and memory they hand out faults where it is first written, in the
+// call that writes it.
 class Scope {
  public:
   // Storages made while profiling keep the wrapper as their owner and are released through it
   // later: such calls, after profile_stop, cost nothing and count nowhere.
-  Scope(ProfileFamily f, double flops, std::string label)
-      : family_(f), flops_(flops), label_(std::move(label)), on_(profiling()), outer_(on_ && t_depth++ == 0) {
+  Scope(ProfileFamily f, double flops, std::string label, bool counters = true)
+      : family_(f),
+        flops_(flops),
+        label_(std::move(label)),
+        on_(profiling()),
+        outer_(on_ && t_depth++ == 0),
+        counters_(counters) {
     if (outer_) {
-      u0_ = usage();
+      if (counters_) u0_ = usage();
       pool0_ = pool_use();
       t0_ = std::chrono::steady_clock::now();
     }
@@ -72,7 +81,7 @@ class Scope {
     const PoolUse pool1 = pool_use();
     const double idle = (get_num_threads() - 1) * dt +
                         static_cast<double>((pool1.wall_ns - pool0_.wall_ns) - (pool1.busy_ns - pool0_.busy_ns)) / 1e9;
-    const Usage u1 = usage();
+    const Usage u1 = counters_ ? usage() : u0_;
     std::lock_guard<std::mutex> lock(g_calls_mutex);
     CallTotals& c = g_calls[label_];
     c.family = family_;
@@ -92,6 +101,7 @@ class Scope {
   std::string label_;
   bool on_;
   bool outer_;
+  bool counters_;
   Usage u0_{};
   PoolUse pool0_{};
   std::chrono::steady_clock::time_point t0_;
@@ -135,11 +145,11 @@ class ProfilingBackend final : public Backend {
   const char* name() const override { return in_.name(); }
 
   void* allocate(size_t bytes, size_t* capacity) override {
-    Scope s(PROFILE_ALLOCATION, 0, "allocate");
+    Scope s(PROFILE_ALLOCATION, 0, "allocate", false);
     return in_.allocate(bytes, capacity);
   }
   void release(void* p, size_t capacity) override {
-    Scope s(PROFILE_ALLOCATION, 0, "release");
+    Scope s(PROFILE_ALLOCATION, 0, "release", false);
     in_.release(p, capacity);
   }
   void upload(void* dst, const void* host, size_t bytes) override {
