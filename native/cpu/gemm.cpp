@@ -635,7 +635,6 @@ void store_fence() {
 #endif
 }
 
-
 // Packs op(A)[i0:i0+mc, p0:p0+kc] into panels of MR rows: panel r holds, for each k, MR values.
 // A row-major A's panel is a transpose of its MR rows (through registers with the AVX-512
 // kernels); a transposed A's k rows are copied.
