@@ -22,6 +22,7 @@
 #include "core/parallel.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
+#include "bench_util.h"
 
 using namespace duat;
 
@@ -60,10 +61,7 @@ std::vector<double> race(const std::vector<Fn>& variants) {
       rounds[v].push_back(best);
     }
   std::vector<double> out;
-  for (auto& r : rounds) {
-    std::sort(r.begin(), r.end());
-    out.push_back(r[r.size() / 2]);
-  }
+  for (const auto& r : rounds) out.push_back(duat_bench::median(r));
   return out;
 }
 

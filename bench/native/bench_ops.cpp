@@ -32,6 +32,7 @@
 #include "cpu/kernels.h"
 #include "cpu/peak.h"
 #include "ops/ops.h"
+#include "bench_util.h"
 
 #ifdef DUAT_WITH_OPENBLAS
 #include <cblas.h>
@@ -45,10 +46,7 @@ namespace {
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using duat_bench::median;
 
 // Times a and b interleaved; returns their median seconds. settle_ms: idle time after each b.
 std::pair<double, double> race(const std::function<void()>& a, const std::function<void()>& b, int reps,

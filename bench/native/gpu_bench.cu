@@ -20,6 +20,7 @@
 #include "model/model.h"
 #include "ops/ops.h"
 #include "train/step.h"
+#include "bench_util.h"
 
 using namespace duat;
 
@@ -40,10 +41,7 @@ std::vector<Tensor> device_params(const ModelConfig& c, uint64_t seed) {
   return list;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
+using duat_bench::median;
 
 struct Timing {
   double eager_ms = 0, graph_ms = 0;
