@@ -556,31 +556,6 @@ CpuIsa initial_isa() {
 
 CpuIsa g_isa = initial_isa();
 
-// Scratch of 64-byte aligned floats that only grows (kept thread_local by its users).
-struct Buffer {
-  float* p = nullptr;
-  size_t n = 0;
-  Buffer() = default;
-  Buffer(const Buffer&) = delete;  // a copy would free the block its original still holds
-  Buffer& operator=(const Buffer&) = delete;
-  Buffer(Buffer&& o) noexcept : p(std::exchange(o.p, nullptr)), n(std::exchange(o.n, 0)) {}
-  Buffer& operator=(Buffer&& o) noexcept {
-    std::swap(p, o.p);
-    std::swap(n, o.n);
-    return *this;
-  }
-  ~Buffer() { std::free(p); }
-  float* get(size_t count) {
-    if (count > n) {
-      std::free(p);
-      p = static_cast<float*>(std::aligned_alloc(64, (count * 4 + 63) / 64 * 64));
-      if (!p) fail(ERROR_OUT_OF_MEMORY, "out of memory packing a matrix product");
-      n = count;
-    }
-    return p;
-  }
-};
-
 // dst[c * ldd + r] = src[r * ld + c] (+= when add): through registers with the AVX-512 kernels.
 void transpose(const float* src, int64_t ld, int64_t rows, int64_t cols, float* dst, int64_t ldd, bool add) {
   if (g_isa == CPU_ISA_AVX512) return transpose_avx512(src, ld, rows, cols, dst, ldd, add);
@@ -592,14 +567,11 @@ void transpose(const float* src, int64_t ld, int64_t rows, int64_t cols, float* 
 void unpacked_product(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                       int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (transB) {
-    // Rows of whole cache lines (N rounded up to 16, the scratch 64-byte aligned): every 16-wide
-    // load of a B row then reads one line, where rows of N = 50 floats straddled two.
-    thread_local Buffer bt;
-    const int64_t ldt = (N + 15) / 16 * 16;
-    float* t = bt.get(static_cast<size_t>(K * ldt));
-    transpose(B, ldb, N, K, t, ldt, false);
-    B = t;
-    ldb = ldt;
+    thread_local std::vector<float> bt;
+    bt.resize(static_cast<size_t>(K * N));
+    transpose(B, ldb, N, K, bt.data(), N, false);
+    B = bt.data();
+    ldb = N;
   }
   if (g_isa == CPU_ISA_AVX512) {
     small_gemm_avx512(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
@@ -634,6 +606,30 @@ void store_fence() {
   _mm_sfence();
 #endif
 }
+
+struct Buffer {
+  float* p = nullptr;
+  size_t n = 0;
+  Buffer() = default;
+  Buffer(const Buffer&) = delete;  // a copy would free the block its original still holds
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept : p(std::exchange(o.p, nullptr)), n(std::exchange(o.n, 0)) {}
+  Buffer& operator=(Buffer&& o) noexcept {
+    std::swap(p, o.p);
+    std::swap(n, o.n);
+    return *this;
+  }
+  ~Buffer() { std::free(p); }
+  float* get(size_t count) {
+    if (count > n) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(64, (count * 4 + 63) / 64 * 64));
+      if (!p) fail(ERROR_OUT_OF_MEMORY, "out of memory packing a matrix product");
+      n = count;
+    }
+    return p;
+  }
+};
 
 // Packs op(A)[i0:i0+mc, p0:p0+kc] into panels of MR rows: panel r holds, for each k, MR values.
 // A row-major A's panel is a transpose of its MR rows (through registers with the AVX-512
