@@ -1,21 +1,29 @@
-// bench_fusion.cpp: fusions the training step does not use, timed against what it does, so that
-// the reasons stay checkable (bench/results/cpu-ab-fusion.md). The operands a pass starts from
-// are evicted from the caches first, as they are in a step, where other layers' data passes
-// between a tensor's writing and its reading; what a pass makes (dh, dpre) is read warm, as in the
-// step. (An op timed on evicted inputs that the step reads warm from the product before it
-// misleads: see the results file.) Each cell: the fastest of 10 passes in a round, the median
-// over 5 rounds, the variants interleaved within each round.
+// bench_fusion.cpp: fusions and ways of sharing work that the training step does not use, timed
+// against what it does, so that the reasons stay checkable (bench/results/cpu-ab-fusion.md and
+// cpu-ab-scheduling.md). The operands a pass starts from are evicted from the caches first, as they
+// are in a step, where other layers' data passes between a tensor's writing and its reading; what a
+// pass makes (dh, dpre) is read warm, as in the step. (An op timed on evicted inputs that the step
+// reads warm from the product before it misleads: see cpu-ab-fusion.md.) Each cell: the fastest of
+// 10 passes in a round, the median over 5 rounds, the variants interleaved within each round.
 //   1. GELU's backward of the MLP: the tree's way (the dh product, then gelu_backward_bias: dpre
 //      and the bias sums in one pass), against dpre from the product's own epilogue (each finished
 //      block multiplied by gelu'(pre) in cache) and the bias sums as a reduction after it.
 //   2. gelu_backward_bias against an add over the same bytes (three streams): its arithmetic.
+//   3. The products of 3200 rows on the pool (its tasks: row blocks claimed as threads come free,
+//      one packed B shared), against the rows cut in one even share per thread, each share a
+//      one-thread product with its own packed B; warm (the operands in cache from the pass
+//      before) and evicted. And one thread's product alone, against the same while another
+//      thread runs the same product on operands of its own: what two cores lose to each other.
 //   duat_bench_fusion [threads]
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "core/backend.h"
@@ -46,14 +54,15 @@ void evict() {
   });
 }
 
-// Milliseconds of each variant (see the header), the variants interleaved.
-std::vector<double> race(const std::vector<Fn>& variants) {
+// Milliseconds of each variant (see the header), the variants interleaved; `cold`: operands evicted
+// before every pass.
+std::vector<double> race(const std::vector<Fn>& variants, bool cold = true) {
   std::vector<std::vector<double>> rounds(variants.size());
   for (int r = 0; r < 5; r++)
     for (size_t v = 0; v < variants.size(); v++) {
       double best = 1e30;
       for (int i = 0; i < 10; i++) {
-        evict();
+        if (cold) evict();
         const auto t0 = std::chrono::steady_clock::now();
         variants[v]();
         best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
@@ -121,6 +130,59 @@ void gelu_rows(const char* name, int64_t layers, int64_t R, int64_t C, int64_t M
               100.0 * (t[3] / t[2] - 1.0));
 }
 
+// 3 for an M x N x K product (row-major A and B).
+void sharing_rows(int64_t M, int64_t N, int64_t K, std::mt19937& rng) {
+  const Floats a = randn(M * K, rng), b = randn(K * N, rng);
+  Floats c(M * N);
+  const int64_t threads = get_num_threads();
+  const Fn pool = [&] { sgemm(false, false, M, N, K, 1.0f, a.data(), K, b.data(), N, 0.0f, c.data(), N, true); };
+  const Fn shares = [&] {
+    parallel_for(threads, [&](int64_t t) {  // row boundaries on multiples of 48 (every kernel's MR divides it)
+      const int64_t r0 = M / 48 * t / threads * 48, r1 = t + 1 == threads ? M : M / 48 * (t + 1) / threads * 48;
+      sgemm(false, false, r1 - r0, N, K, 1.0f, a.data() + r0 * K, K, b.data(), N, 0.0f, c.data() + r0 * N, N, false);
+    });
+  };
+  const double gflop = 2.0 * static_cast<double>(M * N * K) / 1e6;  // per ms: GFLOP/s
+  for (bool cold : {false, true}) {
+    const std::vector<double> t = race({pool, shares}, cold);
+    std::printf("| %ldx%ldx%ld, %s | %.0f | %.0f | %+.1f%% |\n", static_cast<long>(M), static_cast<long>(N),
+                static_cast<long>(K), cold ? "evicted" : "warm", gflop / t[0], gflop / t[1], 100.0 * (t[0] / t[1] - 1.0));
+  }
+}
+
+// 3, the second part: one thread's product of `rows` rows alone, and while another thread runs the
+// same product on operands of its own (warm: each thread's operands stay in its own caches).
+void side_by_side(int64_t rows, int64_t N, int64_t K, std::mt19937& rng) {
+  const Floats a = randn(rows * K, rng), b = randn(K * N, rng), a2 = randn(rows * K, rng), b2 = randn(K * N, rng);
+  Floats c(rows * N), c2(rows * N);
+  auto product = [&](const Floats& x, const Floats& w, Floats& out) {
+    sgemm(false, false, rows, N, K, 1.0f, x.data(), K, w.data(), N, 0.0f, out.data(), N, false);
+  };
+  auto fastest_of_10 = [&] {
+    double best = 1e30;
+    for (int i = 0; i < 10; i++) {
+      const auto t0 = std::chrono::steady_clock::now();
+      product(a, b, c);
+      best = std::min(best, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return best;
+  };
+  std::vector<double> alone, beside;
+  for (int r = 0; r < 5; r++) {
+    alone.push_back(fastest_of_10());
+    std::atomic<bool> done{false};
+    std::thread other([&] {
+      while (!done.load(std::memory_order_relaxed)) product(a2, b2, c2);
+    });
+    beside.push_back(fastest_of_10());
+    done = true;
+    other.join();
+  }
+  const double gflop = 2.0 * static_cast<double>(rows * N * K) / 1e6;
+  const double ta = duat_bench::median(alone), tb = duat_bench::median(beside);
+  std::printf("| %ldx%ldx%ld on one thread | %.0f | %.0f | %+.1f%% |\n", static_cast<long>(rows), static_cast<long>(N),
+              static_cast<long>(K), gflop / ta, gflop / tb, 100.0 * (tb / ta - 1.0));
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -131,5 +193,12 @@ int main(int argc, char** argv) {
   std::printf("| tree | ms | alternative | ms | change |\n|---|---|---|---|---|\n");
   gelu_rows("ViT-4 (4 x 3200x768x192)", 4, 3200, 192, 768, rng);
   gelu_rows("Para-Former-1-4 (3200x3072x192)", 1, 3200, 192, 3072, rng);
+  std::printf("\n| product | pool GFLOP/s | one share per thread GFLOP/s | shares faster by |\n|---|---|---|---|\n");
+  for (const auto& s : {std::array<int64_t, 3>{3200, 192, 768}, {3200, 768, 192}, {3200, 576, 192}, {3200, 192, 576},
+                        {3200, 192, 192}})
+    sharing_rows(s[0], s[1], s[2], rng);
+  std::printf("\n| product | alone GFLOP/s | beside another thread's product GFLOP/s | alone faster by |\n|---|---|---|---|\n");
+  side_by_side(1600, 192, 768, rng);
+  side_by_side(1600, 768, 192, rng);
   return 0;
 }

@@ -191,6 +191,38 @@ void parallel_for(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
   pool().run(n_tasks, fn);
 }
 
+void parallel_for_shares(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
+  const int64_t threads = t_in_task ? 1 : std::min<int64_t>(get_num_threads(), n_tasks);
+  if (threads <= 1 || n_tasks >= (int64_t{1} << 32)) return parallel_for(n_tasks, fn);
+  // A share's tasks left, [front, back), in one word (front in the high half): its own thread takes
+  // the front and the others the back, and a compare-and-swap never lets both take the same task.
+  std::vector<std::atomic<uint64_t>> shares(static_cast<size_t>(threads));
+  for (int64_t s = 0; s < threads; s++)
+    shares[static_cast<size_t>(s)].store(static_cast<uint64_t>(n_tasks * s / threads) << 32 |
+                                         static_cast<uint64_t>(n_tasks * (s + 1) / threads));
+  std::atomic<bool> failed{false};
+  auto take = [&](int64_t s, bool front) -> int64_t {
+    std::atomic<uint64_t>& share = shares[static_cast<size_t>(s)];
+    uint64_t v = share.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t lo = v >> 32, hi = v & 0xFFFFFFFFu;
+      if (lo >= hi || failed.load(std::memory_order_relaxed)) return -1;
+      const uint64_t next = front ? (lo + 1) << 32 | hi : lo << 32 | (hi - 1);
+      if (share.compare_exchange_weak(v, next, std::memory_order_relaxed)) return static_cast<int64_t>(front ? lo : hi - 1);
+    }
+  };
+  parallel_for(threads, [&](int64_t s) {
+    try {
+      for (int64_t t; (t = take(s, true)) >= 0;) fn(t);
+      for (int64_t o = 1; o < threads; o++)
+        for (int64_t t; (t = take((s + o) % threads, false)) >= 0;) fn(t);
+    } catch (...) {
+      failed.store(true);  // the other threads stop taking tasks; parallel_for rethrows this
+      throw;
+    }
+  });
+}
+
 void pool_use_counting(bool on) { g_counting.store(on); }
 
 PoolUse pool_use() { return {g_wall_ns.load(), g_busy_ns.load()}; }

@@ -13,6 +13,13 @@ void set_num_threads(int n);  // 1 .. 256; 0 = hardware concurrency
 // Calls fn(task) for task in [0, n_tasks), spread over the pool.
 void parallel_for(int64_t n_tasks, const std::function<void(int64_t)>& fn);
 
+// Calls fn(task) for task in [0, n_tasks) as parallel_for does, but each thread first runs a
+// contiguous share of the tasks in order, then takes the tasks still left at the ends of the other
+// shares. Neighbouring tasks (the next rows of a matrix) then mostly run on one thread, one after
+// the other, so what the hardware prefetchers fetch past a task's data is what that thread reads
+// next; a thread slowed by a neighbour still has the end of its share taken from it.
+void parallel_for_shares(int64_t n_tasks, const std::function<void(int64_t)>& fn);
+
 // Splits [0, n) into contiguous ranges of at least `grain` items, one or more per thread.
 void parallel_for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 

@@ -3,7 +3,9 @@
 // shared) -> tasks over (MC block of A rows x a share of the columns), each walking the chunk's
 // KC blocks: pack A block, then MR x NR micro-kernels. C rows stay in cache across K blocks,
 // and a product opens two parallel regions per chunk rather than per K block.
-// Tasks are claimed dynamically, so a core slowed by a neighbour does not hold the others up.
+// Each thread runs a contiguous share of the tasks (parallel_for_shares), so its rows of A and C
+// stream in order, then takes what is left at the end of the others' shares, so a core slowed by
+// a neighbour does not hold the others up.
 // Packing zero-pads partial panels, so micro-kernels always run full tiles; the edge tiles
 // are written through a small buffer. Accumulation is fp32 throughout.
 #include "gemm.h"
@@ -1106,8 +1108,11 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         const GemmBlockFn* task_epilogue = act_tiles ? epilogue : block_epilogue;
         if (task_epilogue && s0 + ks == K) (*task_epilogue)(i0, i0 + mc, j0 + q0 * NR, j0 + std::min(nc, q1 * NR));
       };
+      // Row blocks taken in turn by the threads (parallel_for) were 1-10% slower on 3200-row
+      // products (bench/results/cpu-ab-scheduling.md): a thread's next rows were not the ones its
+      // prefetchers had run ahead into.
       if (threads > 1 && m_blocks * n_split > 1 && M * nc * ks > (1 << 18)) {
-        parallel_for(m_blocks * n_split, task);
+        parallel_for_shares(m_blocks * n_split, task);
       } else {
         for (int64_t t = 0; t < m_blocks * n_split; t++) task(t);
       }

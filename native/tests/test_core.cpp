@@ -962,21 +962,67 @@ void test_reduce_nothing_summed() {
                        "accumulated into a transposed view (err " + std::to_string(worst) + ")");
 }
 
+// Whether an error thrown by one of 100 tasks run through `run` (parallel_for or
+// parallel_for_shares) reaches the caller.
+bool task_error_reaches_caller(void (*run)(int64_t, const std::function<void(int64_t)>&)) {
+  try {
+    run(100, [](int64_t i) {
+      if (i == 37) fail(ERROR_ARGUMENT, "boom");
+    });
+  } catch (const Error&) {
+    return true;
+  }
+  return false;
+}
+
 void test_pool() {
   std::vector<int> hits(1000, 0);
   parallel_for(1000, [&](int64_t i) { hits[i]++; });
   bool ok = true;
   for (int h : hits) ok = ok && h == 1;
   expect(ok, "parallel_for runs every task once");
-  bool caught = false;
-  try {
-    parallel_for(8, [](int64_t i) {
-      if (i == 5) fail(ERROR_ARGUMENT, "boom");
-    });
-  } catch (const Error&) {
-    caught = true;
-  }
-  expect(caught, "an exception in a task reaches the caller");
+  expect(task_error_reaches_caller(parallel_for), "an exception in a task reaches the caller");
+}
+
+// parallel_for_shares: every task once for any count and pool size, a nested call inline, an
+// exception at the caller; and a thread held up in its share's first task has the rest of that
+// share taken by the other thread (the held task waits for them; without the taking it would wait
+// out its 10 s limit and the check fails).
+void test_pool_shares() {
+  bool ok = true;
+  for (int threads : {1, 2, 3})
+    for (int64_t n : {0, 1, 2, 3, 7, 64, 1001}) {
+      set_num_threads(threads);
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      for (auto& h : hits) h = 0;
+      parallel_for_shares(n, [&](int64_t i) {
+        hits[static_cast<size_t>(i)]++;
+        if (i == 0) parallel_for_shares(3, [&](int64_t) {});  // nested: runs inline
+      });
+      for (auto& h : hits) ok = ok && h == 1;
+    }
+  expect(ok, "parallel_for_shares runs every task once (0 to 1001 tasks, 1 to 3 threads, a nested call)");
+  set_num_threads(2);
+  expect(task_error_reaches_caller(parallel_for_shares), "an exception in a parallel_for_shares task reaches the caller");
+  // Shares of 8 tasks on 2 threads: [0, 4) and [4, 8). Task 0 waits until tasks 1-3 have run.
+  std::atomic<int> rest_done{0};
+  std::atomic<bool> rest_elsewhere{true};
+  std::thread::id holder;
+  std::atomic<bool> held{false};
+  parallel_for_shares(8, [&](int64_t i) {
+    if (i == 0) {
+      holder = std::this_thread::get_id();
+      held = true;
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (rest_done < 3 && std::chrono::steady_clock::now() < until) std::this_thread::yield();
+    } else if (i < 4) {
+      while (!held) std::this_thread::yield();
+      if (std::this_thread::get_id() == holder) rest_elsewhere = false;
+      rest_done++;
+    }
+  });
+  set_num_threads(0);
+  expect(rest_done == 3 && rest_elsewhere, "parallel_for_shares: the rest of a held-up thread's share is taken by the other");
 }
 
 // The pool's use, as the profiler reads it: a region of two tasks, one 30 ms long and one empty,
@@ -1408,6 +1454,7 @@ int main() {
   test_autograd_fanout();
   test_autograd_fanout_accumulates_in_kernels();
   test_pool();
+  test_pool_shares();
   test_pool_use();
   test_pool_resize();
   test_split_k_parts_across_pool_sizes();
