@@ -9,7 +9,7 @@
 //      and the bias sums in one pass), against dpre from the product's own epilogue (each finished
 //      block multiplied by gelu'(pre) in cache) and the bias sums as a reduction after it.
 //   2. gelu_backward_bias against an add over the same bytes (three streams): its arithmetic.
-//   3. The products of 3200 rows on the pool (its tasks: row blocks claimed as threads come free,
+//   3. The products of 3200 rows on the pool (row blocks in contiguous shares, parallel_for_shares;
 //      one packed B shared), against the rows cut in one even share per thread, each share a
 //      one-thread product with its own packed B; warm (the operands in cache from the pass
 //      before) and evicted. And one thread's product alone, against the same while another
@@ -183,6 +183,7 @@ void side_by_side(int64_t rows, int64_t N, int64_t K, std::mt19937& rng) {
   std::printf("| %ldx%ldx%ld on one thread | %.0f | %.0f | %+.1f%% |\n", static_cast<long>(rows), static_cast<long>(N),
               static_cast<long>(K), gflop / ta, gflop / tb, 100.0 * (tb / ta - 1.0));
 }
+
 }  // namespace
 
 int main(int argc, char** argv) {
