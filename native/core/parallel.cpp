@@ -8,6 +8,7 @@
 #include "parallel.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -21,6 +22,7 @@ namespace duat {
 namespace {
 
 thread_local bool t_in_task = false;
+constexpr int MAX_THREADS = 256;  // the pool's largest size (set_num_threads)
 constexpr int64_t SPIN_NS = 200000;
 
 // pool_use's totals (parallel.h), added to only while g_counting is on.
@@ -168,7 +170,7 @@ class Pool {
 
 int default_threads() {
   unsigned n = std::thread::hardware_concurrency();
-  return n ? static_cast<int>(std::min(n, 256u)) : 1;
+  return n ? static_cast<int>(std::min<unsigned>(n, MAX_THREADS)) : 1;
 }
 
 Pool& pool() {
@@ -180,7 +182,7 @@ Pool& pool() {
 
 int get_num_threads() { return pool().size(); }
 
-void set_num_threads(int n) { pool().resize(n <= 0 ? default_threads() : std::min(n, 256)); }
+void set_num_threads(int n) { pool().resize(n <= 0 ? default_threads() : std::min(n, MAX_THREADS)); }
 
 void parallel_for(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
   if (n_tasks <= 0) return;
@@ -196,7 +198,8 @@ void parallel_for_shares(int64_t n_tasks, const std::function<void(int64_t)>& fn
   if (threads <= 1 || n_tasks >= (int64_t{1} << 32)) return parallel_for(n_tasks, fn);
   // A share's tasks left, [front, back), in one word (front in the high half): its own thread takes
   // the front and the others the back, and a compare-and-swap never lets both take the same task.
-  std::vector<std::atomic<uint64_t>> shares(static_cast<size_t>(threads));
+  // On the stack: every packed product opens one of these.
+  std::array<std::atomic<uint64_t>, MAX_THREADS> shares;
   for (int64_t s = 0; s < threads; s++)
     shares[static_cast<size_t>(s)].store(static_cast<uint64_t>(n_tasks * s / threads) << 32 |
                                          static_cast<uint64_t>(n_tasks * (s + 1) / threads));

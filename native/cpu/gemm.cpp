@@ -609,6 +609,7 @@ void store_fence() {
 #endif
 }
 
+// Scratch of 64-byte aligned floats that only grows (t_pack_a per thread, the leases' pool).
 struct Buffer {
   float* p = nullptr;
   size_t n = 0;
