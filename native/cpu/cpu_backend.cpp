@@ -237,8 +237,6 @@ inline float map_value(float a, float b, float s) {
     case MAP_DIV: return a / b;
     case MAP_ADD_SCALAR: return a + s;
     case MAP_MUL_SCALAR: return a * s;
-    case MAP_GELU: return gelu(a);
-    case MAP_GELU_GRAD: return b * gelu_grad(a);
     default: return a;
   }
 }
@@ -258,9 +256,21 @@ void map_float(const MapArgs& m) {
     float* po = out + off[0];
     const float* pa = a + off[1];
     const float* pb = b + off[2];
+    // GELU through the active instruction set's row kernels on every layout (the AVX-512 ones
+    // compute it by table, math.h): an element at a time where the run is strided.
+    if (OP == MAP_GELU || OP == MAP_GELU_GRAD) {
+      const bool unit = inc[0] == 1 && inc[1] == 1 && inc[2] == 1;
+      for (int64_t i = 0; i < n; i += unit ? n : 1) {
+        const int64_t len = unit ? n : 1;
+        if (OP == MAP_GELU) {
+          gelu_forward_range_cpu(pa + i * inc[1], po + i * inc[0], len, ACC ? 1.0f : 0.0f);
+        } else {
+          gelu_backward_range_cpu(pa + i * inc[1], pb + i * inc[2], po + i * inc[0], len, ACC);
+        }
+      }
+      return;
+    }
     if (inc[0] == 1 && inc[1] == 1 && inc[2] == 1) {
-      if (OP == MAP_GELU && !ACC) return gelu_forward_range_cpu(pa, po, n);
-      if (OP == MAP_GELU_GRAD) return gelu_backward_range_cpu(pa, pb, po, n, ACC);
 #pragma omp simd
       for (int64_t i = 0; i < n; i++) po[i] = (ACC ? po[i] : 0.0f) + map_value<OP>(pa[i], pb[i], s);
     } else if (inc[0] == 1 && inc[1] == 1 && inc[2] == 0) {

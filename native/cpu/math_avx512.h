@@ -1,7 +1,8 @@
-// math_avx512.h: math.h's exp, erf, GELU and GELU's derivative sixteen lanes at a time
-// (AVX-512): the same formulas and the same operations in the same order as GCC vectorises the
-// scalar ones (the same bits; a C++ test holds them to it), for the kernels where the compiler's
-// own vectorisation is slow: it turns the clamps into masks that every later step then carries.
+// math_avx512.h: math.h's exp, and its table GELU and GELU derivative (gelu_table,
+// gelu_grad_table), sixteen lanes at a time (AVX-512): the same formulas and the same operations
+// in the same order as GCC vectorises the scalar ones (the same bits; a C++ test holds them to
+// it), for the kernels where the compiler's own vectorisation is slow: it turns the clamps into
+// masks that every later step then carries, and the tables into gathers.
 #pragma once
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -39,41 +40,30 @@ DUAT_AVX512_INLINE __m512 exp_avx512(__m512 x) {
   return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), x);  // NaN stays NaN
 }
 
-// fast_erf: an odd/even rational function of x clamped to [-4, 4].
-DUAT_AVX512_INLINE __m512 erf_avx512(__m512 a) {
-  __m512 x = _mm512_min_ps(a, _mm512_set1_ps(4.0f));
-  x = _mm512_max_ps(x, _mm512_set1_ps(-4.0f));
-  const __m512 x2 = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.77068142495902e-08f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.10102402082508e-06f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-5.69250639462346e-05f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-7.34990630326855e-04f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.95459980854025e-03f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.60960333262415e-02f));
-  p = _mm512_mul_ps(p, x);
-  __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-2.13374055278905e-04f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.68282697438203e-03f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-7.37332916720468e-03f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.42647390514189e-02f));
-  const __m512 y = _mm512_div_ps(p, q);
-  return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), a);
+// math.h's gelu_table_lookup, sixteen lanes: the six coefficients of each lane's interval picked
+// by permutes from the table's rows (one 16-float vector each).
+DUAT_AVX512_INLINE __m512 gelu_table_lookup_avx512(const float (&c)[6][16], float top, __m512 x) {
+  const __m512 t = _mm512_min_ps(_mm512_set1_ps(top), _mm512_abs_ps(x));  // NaN stays (min's 2nd)
+  const __m512 s = _mm512_mul_ps(t, _mm512_set1_ps(16.0f / top));
+  const __m512i k = _mm512_min_epi32(_mm512_cvttps_epi32(s), _mm512_set1_epi32(15));
+  const __m512 u = _mm512_sub_ps(s, _mm512_cvtepi32_ps(k));
+  __m512 p = _mm512_permutexvar_ps(k, _mm512_load_ps(c[5]));
+  p = _mm512_fmadd_ps(p, u, _mm512_permutexvar_ps(k, _mm512_load_ps(c[4])));
+  p = _mm512_fmadd_ps(p, u, _mm512_permutexvar_ps(k, _mm512_load_ps(c[3])));
+  p = _mm512_fmadd_ps(p, u, _mm512_permutexvar_ps(k, _mm512_load_ps(c[2])));
+  p = _mm512_fmadd_ps(p, u, _mm512_permutexvar_ps(k, _mm512_load_ps(c[1])));
+  p = _mm512_fmadd_ps(p, u, _mm512_permutexvar_ps(k, _mm512_load_ps(c[0])));
+  const __mmask16 negative = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_LT_OQ);
+  return _mm512_mask_sub_ps(p, negative, _mm512_set1_ps(1.0f), p);
 }
 
-// gelu: x * Phi(x).
+// gelu: x * Phi(x) (math.h's gelu_table).
 DUAT_AVX512_INLINE __m512 gelu_avx512(__m512 x) {
-  const __m512 e = erf_avx512(_mm512_mul_ps(x, _mm512_set1_ps(INV_SQRT2)));
-  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+  return _mm512_mul_ps(x, gelu_table_lookup_avx512(GELU_CDF, GELU_CDF_TOP, x));
 }
 
-// gelu_grad: Phi(x) + x * phi(x).
-DUAT_AVX512_INLINE __m512 gelu_grad_avx512(__m512 x) {
-  const __m512 e = erf_avx512(_mm512_mul_ps(x, _mm512_set1_ps(INV_SQRT2)));
-  const __m512 g = exp_avx512(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(-0.5f), x), x));
-  const __m512 density = _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(INV_SQRT_2PI)), g);
-  return _mm512_fmadd_ps(_mm512_set1_ps(0.5f), _mm512_add_ps(_mm512_set1_ps(1.0f), e), density);
-}
+// gelu_grad: Phi(x) + x * phi(x) (math.h's gelu_grad_table).
+DUAT_AVX512_INLINE __m512 gelu_grad_avx512(__m512 x) { return gelu_table_lookup_avx512(GELU_GRAD, GELU_GRAD_TOP, x); }
 
 #undef DUAT_AVX512_INLINE
 

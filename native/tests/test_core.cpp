@@ -630,6 +630,20 @@ void test_math() {
   expect(std::isnan(fast_exp(NAN)) && std::isnan(fast_erf(NAN)), "NaN propagates through fast_exp and fast_erf");
   expect(fast_exp(-1000.0f) == 0.0f || fast_exp(-1000.0f) < 1e-37f, "fast_exp underflows to ~0");
   expect(std::isfinite(fast_exp(1000.0f)), "fast_exp saturates on large inputs");
+  // The AVX-512 GELU's tables (math.h): both halves, every interval and its edges, the tails.
+  double worst_gelu = 0.0, worst_grad = 0.0;
+  for (float x = -8.0f; x <= 8.0f; x += 0.0007f) {
+    const double xd = x, cdf = 0.5 * (1.0 + std::erf(xd / std::sqrt(2.0)));
+    const double grad = cdf + xd * std::exp(-0.5 * xd * xd) / std::sqrt(2.0 * M_PI);
+    worst_gelu = std::max(worst_gelu, std::fabs(gelu_table(x) - xd * cdf) / std::max(1.0, std::fabs(xd)));
+    worst_grad = std::max(worst_grad, std::fabs(gelu_grad_table(x) - grad));
+  }
+  expect(worst_gelu < 1.2e-7, "gelu_table within 1.2e-7 max(1, |x|) of x Phi(x) (got " + std::to_string(worst_gelu) + ")");
+  expect(worst_grad < 2e-7, "gelu_grad_table within 2e-7 of Phi(x) + x phi(x) (got " + std::to_string(worst_grad) + ")");
+  expect(gelu_table(-30.0f) == 0.0f && gelu_table(30.0f) == 30.0f && gelu_grad_table(-30.0f) == 0.0f &&
+             gelu_grad_table(30.0f) == 1.0f && gelu_grad_table(INFINITY) == 1.0f && gelu_grad_table(-INFINITY) == 0.0f,
+         "the GELU tables' tails are exact: gelu 0 or x, gelu' 0 or 1");
+  expect(std::isnan(gelu_table(NAN)) && std::isnan(gelu_grad_table(NAN)), "NaN propagates through the GELU tables");
 }
 
 #if defined(__x86_64__)
@@ -638,8 +652,8 @@ __attribute__((target("avx512f"), noinline)) void vectorised_math(const float* x
 #pragma omp simd
   for (int i = 0; i < n; i++) {
     e[i] = fast_exp(x[i]);
-    g[i] = gelu(x[i]);
-    dg[i] = gelu_grad(x[i]);
+    g[i] = gelu_table(x[i]);
+    dg[i] = gelu_grad_table(x[i]);
   }
 }
 __attribute__((target("avx512f"), noinline)) void lanes_math(const float* x, float* e, float* g, float* dg, int n) {
@@ -652,8 +666,8 @@ __attribute__((target("avx512f"), noinline)) void lanes_math(const float* x, flo
 }
 #endif
 
-// math_avx512.h's vectors against math.h's scalar formulas vectorised by the compiler: the same
-// bits under GCC's optimised builds (the same operations, contracted into the same FMAs); within
+// math_avx512.h's vectors against math.h's scalar formulas (the table GELU's) vectorised by the
+// compiler: the same bits under GCC's optimised builds (the same operations, contracted into the same FMAs); within
 // rounding under another compiler or the sanitizers' -O1 build, which contract differently (an
 // absolute error growing with |x| where GELU cancels: x Phi(x) for x near -5.6 is ~1e-7 of noise);
 // the clamps' edges, infinities and NaN included.
@@ -663,7 +677,7 @@ void test_math_avx512() {
   std::vector<float> x;
   for (float v = -100.0f; v <= 100.0f; v += 0.0137f) x.push_back(v);
   for (float v : {0.0f, -0.0f, 4.0f * 1.41421356f, -4.0f * 1.41421356f, 88.3762626647949f, -87.3365447504f, 89.0f, -88.0f,
-                  1e-30f, -1e-30f, INFINITY, -INFINITY, NAN})
+                  1e-30f, -1e-30f, GELU_CDF_TOP, -GELU_CDF_TOP, GELU_GRAD_TOP, -GELU_GRAD_TOP, INFINITY, -INFINITY, NAN})
     x.push_back(v);
   while (x.size() % 16) x.push_back(0.5f);
   const int n = static_cast<int>(x.size());
