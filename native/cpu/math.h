@@ -1,5 +1,5 @@
-// math.h: scalar float math shared by the CPU kernels (and usable from CUDA: DUAT_HD).
-// Branch-free, so loops over them vectorise. Accuracy: exp within 2 ulp on [-87, 88];
+// math.h: scalar float math shared by the CPU kernels (and usable from CUDA: DUAT_HD, all but the
+// GELU tables). Branch-free, so loops over them vectorise. Accuracy: exp within 2 ulp on [-87, 88];
 // erf within 4e-7 absolute; the AVX-512 GELU's tables within 1.8e-7 (checked against std::erf in
 // native/tests).
 #pragma once
@@ -139,8 +139,10 @@ alignas(64) inline constexpr float GELU_GRAD[6][16] = {
      -8.861261449e-07f, -2.051033334e-07f, -3.763707213e-08f, 0.000000000e+00f},
 };
 
-// Phi(x) (table GELU_CDF) or gelu'(x) (GELU_GRAD) by the lookup above; NaN propagates.
-DUAT_HD float gelu_table_lookup(const float (&c)[6][16], float top, float x) {
+// Phi(x) (table GELU_CDF) or gelu'(x) (GELU_GRAD) by the lookup above; NaN propagates (checked
+// first: a NaN converted to int is undefined in C++). Host code only: the tables live in host
+// memory (the CUDA kernels use device_math.h's erff form).
+inline __attribute__((always_inline)) float gelu_table_lookup(const float (&c)[6][16], float top, float x) {
   if (x != x) return x;
   const float a = fabsf(x);
   const float t = top < a ? top : a;
@@ -155,7 +157,11 @@ DUAT_HD float gelu_table_lookup(const float (&c)[6][16], float top, float x) {
   p = p * u + c[0][k];
   return x < 0.0f ? 1.0f - p : p;
 }
-DUAT_HD float gelu_table(float x) { return x * gelu_table_lookup(GELU_CDF, GELU_CDF_TOP, x); }
-DUAT_HD float gelu_grad_table(float x) { return gelu_table_lookup(GELU_GRAD, GELU_GRAD_TOP, x); }
+inline __attribute__((always_inline)) float gelu_table(float x) {
+  return x * gelu_table_lookup(GELU_CDF, GELU_CDF_TOP, x);
+}
+inline __attribute__((always_inline)) float gelu_grad_table(float x) {
+  return gelu_table_lookup(GELU_GRAD, GELU_GRAD_TOP, x);
+}
 
 }  // namespace duat
