@@ -257,17 +257,17 @@ void map_float(const MapArgs& m) {
     const float* pa = a + off[1];
     const float* pb = b + off[2];
     // GELU through the active instruction set's row kernels on every layout (the AVX-512 ones
-    // compute it by table, math.h): an element at a time where the run is strided.
-    if (OP == MAP_GELU || OP == MAP_GELU_GRAD) {
-      const bool unit = inc[0] == 1 && inc[1] == 1 && inc[2] == 1;
-      for (int64_t i = 0; i < n; i += unit ? n : 1) {
-        const int64_t len = unit ? n : 1;
-        if (OP == MAP_GELU) {
+    // compute it by table, math.h): the whole run when it is contiguous, else element by element.
+    if constexpr (OP == MAP_GELU || OP == MAP_GELU_GRAD) {
+      auto gelu_run = [&](int64_t i, int64_t len) {
+        if constexpr (OP == MAP_GELU) {
           gelu_forward_range_cpu(pa + i * inc[1], po + i * inc[0], len, ACC ? 1.0f : 0.0f);
         } else {
           gelu_backward_range_cpu(pa + i * inc[1], pb + i * inc[2], po + i * inc[0], len, ACC);
         }
-      }
+      };
+      if (inc[0] == 1 && inc[1] == 1 && inc[2] == 1) return gelu_run(0, n);
+      for (int64_t i = 0; i < n; i++) gelu_run(i, 1);
       return;
     }
     if (inc[0] == 1 && inc[1] == 1 && inc[2] == 1) {

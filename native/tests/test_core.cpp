@@ -738,6 +738,42 @@ void test_gelu_rows() {
   cpu_isa_set(saved);
 }
 
+// Backend::map's GELU and GELU-gradient on a strided layout (a transposed view) and accumulated:
+// the same values, bit for bit, as the row kernels on the contiguous elements, on every
+// instruction set (one GELU an instruction set, whatever the layout).
+void test_gelu_maps() {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  const int64_t R = 5, C = 19;  // x is R x C; the map walks its transpose (C x R, strides 1 and C)
+  std::vector<float> x(R * C), dy(R * C), base(R * C);
+  for (auto* v : {&x, &dy, &base})
+    for (auto& e : *v) e = dist(rng);
+  const CpuIsa saved = cpu_isa_active();
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) {
+    cpu_isa_set(static_cast<CpuIsa>(isa));
+    for (MapOp op : {MAP_GELU, MAP_GELU_GRAD})
+      for (bool acc : {false, true}) {
+        std::vector<float> want = base, got = base;
+        if (op == MAP_GELU) {
+          gelu_forward_range_cpu(x.data(), want.data(), R * C, acc ? 1.0f : 0.0f);
+        } else {
+          gelu_backward_range_cpu(x.data(), dy.data(), want.data(), R * C, acc);
+        }
+        MapArgs m;
+        m.op = op, m.nd = 2, m.accumulate = acc;
+        m.shape[0] = C, m.shape[1] = R;
+        m.out = got.data(), m.out_strides[0] = 1, m.out_strides[1] = C;
+        m.a = x.data(), m.a_strides[0] = 1, m.a_strides[1] = C;
+        m.b = dy.data(), m.b_strides[0] = 1, m.b_strides[1] = C;
+        cpu_backend().map(m);
+        expect(got == want, std::string("map ") + (op == MAP_GELU ? "gelu" : "gelu_grad") + (acc ? " accumulated" : "") +
+                                 " on a transposed view, " + cpu_isa_name(static_cast<CpuIsa>(isa)) +
+                                 ": the row kernel's bits");
+      }
+  }
+  cpu_isa_set(saved);
+}
+
 void test_autograd_fanout() {
   // y = sum(x * x + x): dy/dx = 2x + 1, x used three times.
   Tensor x = full({3}, 2.0f);
@@ -1476,6 +1512,7 @@ int main() {
   test_backward_frees_as_it_goes();
   test_gelu_backward_in_place();
   test_gelu_backward_bias();
+  test_gelu_maps();
   test_reduce_nothing_summed();
   test_memory();
   test_device_math();
