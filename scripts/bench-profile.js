@@ -19,10 +19,9 @@ function arg(name, def) {
 }
 const steps = Number(arg('steps', 10)), threads = Number(arg('threads', 2)), out = arg('out', path.join(__dirname, '..', 'bench', 'results'));
 const SIZE = SIZES['tiny-mnist'];  // duat bench's model
-// Steps run on libuv's worker threads in turn, and each keeps its own scratch for the products
-// (native/cpu/gemm.cpp): every one of them runs a step before the profile, or its first-touch
-// page faults would be counted as the steady state's.
-const WARMUPS = Number(process.env.UV_THREADPOOL_SIZE || 4) + 2;
+// Warm-up runs first: the first steps fault in the block cache's memory and the products' scratch
+// (native/cpu/gemm.cpp), which the profile would count as the steady state's.
+const WARMUPS = 6;
 const LAYERS = String(arg('layers', '4')).split(',').map(Number);
 if (LAYERS.some((n) => !Number.isInteger(n) || n < 1)) throw new Error(`--layers: positive integers, got '${arg('layers')}'`);
 const MODELS = LAYERS.flatMap((n) => [[`Para-Former-1-${n}`, 1, n], [`ViT-${n}`, n, 1]]);

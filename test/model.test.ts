@@ -138,7 +138,8 @@ describe('ParaFormer', () => {
 test('a failed evaluation leaves the worker threads able to train (grad mode is restored)', async () => {
   const m = new duat.ParaFormer({ dim: 8, heads: 2, patchSize: 7 });
   const x = duat.randn([4, 1, 28, 28], { seed: 1 });
-  // More failures than libuv has worker threads, so every thread has run one.
+  // More failures than libuv has worker threads: whichever thread runs the jobs (the engine
+  // thread; before it, each of libuv's) has run one.
   for (let i = 0; i < 12; i++) await expect(m.evaluate(x, Int32Array.from([0, 1, 2, 99]))).rejects.toThrow(/label 99/);
   for (let i = 0; i < 8; i++) {
     const r = await m.trainStep(x, Int32Array.from([0, 1, 2, 3]));

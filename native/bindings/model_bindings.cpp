@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 
+#include "../core/parallel.h"
 #include "../model/model.h"
 #include "../train/optimizer.h"
 #include "../train/step.h"
@@ -179,7 +180,7 @@ class DuatWorker : public Napi::AsyncWorker {
   }
   void Execute() override {
     try {
-      run();
+      run_on_engine([this] { run(); });
     } catch (const Error& e) {
       code_ = e.code();
       SetError(e.what());

@@ -23,6 +23,12 @@ void parallel_for_shares(int64_t n_tasks, const std::function<void(int64_t)>& fn
 // Splits [0, n) into contiguous ranges of at least `grain` items, one or more per thread.
 void parallel_for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
+// Runs fn on the engine thread, one long-lived thread that runs the asynchronous jobs (the
+// bindings' training steps and evaluations) one after another in the order they came, and waits
+// for it; rethrows what fn throws. Called on the engine thread itself (or where no thread can be
+// started), runs fn on the calling thread.
+void run_on_engine(const std::function<void()>& fn);
+
 // The pool's use, summed over every parallel region that ran through it (with two or more tasks)
 // while counting was on: `wall` the regions' wall time, `busy` the time their threads (the
 // caller and the workers) spent running tasks. A span of a thread's work of length dt that

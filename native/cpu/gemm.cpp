@@ -769,9 +769,10 @@ void pack_b_panel_bf16(bool, const float*, int64_t, int64_t, int64_t, int64_t, i
 thread_local Buffer t_pack_a;
 
 // The products' larger scratch (packed B, a batch-1 forward's packed A and partial last panel,
-// the transposed product, split-K parts) is leased from one pool shared by every thread: a step
-// runs on whichever of libuv's worker threads is free, and scratch kept per thread was kept once
-// for each of them (Para-Former-1-12's training: 47 of its 936 MB). A lease takes the smallest
+// the transposed product, split-K parts) is leased from one pool shared by every thread: products
+// run on JavaScript's thread (the synchronous API), on the engine thread (steps) and, before it,
+// on whichever of libuv's threads was free, and scratch kept per thread was kept once for each of
+// them (Para-Former-1-12's training: 47 of its 936 MB). A lease takes the smallest
 // free buffer that holds it (or grows the largest, or makes one) and gives it back when it ends,
 // so the pool holds about as many buffers as products run at once, and reuses them (fresh ones
 // would page-fault on every product).

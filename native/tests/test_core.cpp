@@ -14,7 +14,10 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -1106,16 +1109,31 @@ void test_pool_use() {
 // generation 0, took the last region for a new one and counted itself out twice, so a later region
 // waited for ever (1 run in 3 of this loop hung before the fix). A watchdog turns a hang into a
 // failure.
+// Turns a hang into a failure: unless it goes out of scope within `seconds`, prints `failure` and
+// ends the test program.
+class Watchdog {
+ public:
+  Watchdog(std::string failure, int seconds)
+      : thread_([this, failure, seconds] {
+          for (int i = 0; i < 10 * seconds && !finished_; i++) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          if (!finished_) {
+            std::printf("FAIL %s (hang)\n", failure.c_str());
+            std::fflush(stdout);
+            std::_Exit(1);
+          }
+        }) {}
+  ~Watchdog() {
+    finished_ = true;
+    thread_.join();
+  }
+
+ private:
+  std::atomic<bool> finished_{false};  // declared before thread_, so set before it starts
+  std::thread thread_;
+};
+
 void test_pool_resize() {
-  std::atomic<bool> finished{false};
-  std::thread watchdog([&] {
-    for (int i = 0; i < 600 && !finished; i++) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (!finished) {
-      std::printf("FAIL pool resize: a region never finished (hang)\n");
-      std::fflush(stdout);
-      std::_Exit(1);
-    }
-  });
+  std::optional<Watchdog> watchdog(std::in_place, "pool resize: a region never finished", 60);
   // Under emulation (qemu-user runs these tests for arm64) a resize costs ~6 ms, not ~50 us:
   // DUAT_POOL_RESIZES lowers the count there.
   const char* env = std::getenv("DUAT_POOL_RESIZES");
@@ -1127,10 +1145,60 @@ void test_pool_resize() {
     parallel_for(64, [&](int64_t) { count++; });
     ok = count == 64;
   }
-  finished = true;
-  watchdog.join();
+  watchdog.reset();
   set_num_threads(0);
   expect(ok, "resizing the pool between regions " + std::to_string(resizes) + " times: every region runs each task once and ends");
+}
+
+// The engine thread: jobs from several threads at once each run once, one at a time, all on one
+// thread that is none of theirs; a job that asks for the engine again runs inline (it would wait
+// for itself otherwise: the watchdog turns that hang into a failure); an exception reaches the
+// caller that asked.
+void test_engine_thread() {
+  std::optional<Watchdog> watchdog(std::in_place, "engine thread: a job never finished", 30);
+  std::mutex ids_mutex;
+  std::set<std::thread::id> engine_ids, caller_ids;
+  std::atomic<int> running{0}, most{0}, runs{0};
+  bool nested_inline = true;
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 4; c++)
+    callers.emplace_back([&] {
+      {
+        std::lock_guard<std::mutex> lock(ids_mutex);
+        caller_ids.insert(std::this_thread::get_id());
+      }
+      for (int j = 0; j < 50; j++)
+        run_on_engine([&] {
+          const int now = ++running;
+          int seen = most.load();
+          while (now > seen && !most.compare_exchange_weak(seen, now)) {}
+          const std::thread::id self = std::this_thread::get_id();
+          run_on_engine([&] {
+            if (std::this_thread::get_id() != self) nested_inline = false;
+          });
+          {
+            std::lock_guard<std::mutex> lock(ids_mutex);
+            engine_ids.insert(self);
+          }
+          runs++;
+          running--;
+        });
+    });
+  for (auto& t : callers) t.join();
+  bool error_reached = false;
+  try {
+    run_on_engine([] { fail(ERROR_ARGUMENT, "boom"); });
+  } catch (const Error& e) {
+    error_reached = e.code() == ERROR_ARGUMENT;
+  }
+  watchdog.reset();
+  const bool own_thread = engine_ids.size() == 1 && !caller_ids.count(*engine_ids.begin()) &&
+                          *engine_ids.begin() != std::this_thread::get_id();
+  expect(runs == 200 && most == 1, "the engine runs 200 jobs from 4 threads each once, one at a time (ran " +
+                                       std::to_string(runs.load()) + ", at most " + std::to_string(most.load()) + " at once)");
+  expect(own_thread, "every engine job runs on one thread of its own (" + std::to_string(engine_ids.size()) + " threads)");
+  expect(nested_inline, "a job that asks for the engine again runs inline");
+  expect(error_reached, "an error thrown by an engine job reaches its caller");
 }
 
 void test_memory() {
@@ -1507,6 +1575,7 @@ int main() {
   test_pool_shares();
   test_pool_use();
   test_pool_resize();
+  test_engine_thread();
   test_split_k_parts_across_pool_sizes();
   test_products_on_several_threads();
   test_backward_frees_as_it_goes();
