@@ -24,6 +24,10 @@
 #include <utility>
 #include <vector>
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#endif
+
 #include "../core/errors.h"
 #include "../core/parallel.h"
 #include "bf16.h"
@@ -588,6 +592,8 @@ constexpr int64_t MC_ROWS = 144;  // a multiple of every MR above
 constexpr int64_t NC = 4096;
 constexpr int64_t SMALL_GEMM_MAX = int64_t{1} << 17;  // M*N*K below which packing does not pay
 constexpr int64_t B_CHUNK_BYTES = int64_t{8} << 20;  // packed B shared by the tasks of one region
+// The L2 size assumed where the system does not say (sysconf, glibc's, reads it from cpuid).
+constexpr int64_t L2_FALLBACK_BYTES = int64_t{512} << 10;
 constexpr int64_t SPLIT_K_NARROW_N = 256;  // columns of C up to which K splits from K > M + N
 constexpr int64_t SWAP_MIN_K = 1024;  // K from which A^T B with 2M <= N runs as (B^T A)^T
 constexpr int64_t DIRECT_B_MAX_M = 96;  // rows up to which a row-major B is read in place
@@ -883,6 +889,18 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
   }
 }
 
+// One core's L2 in bytes.
+int64_t l2_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    const long n = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    if (n > 0) return static_cast<int64_t>(n);
+#endif
+    return L2_FALLBACK_BYTES;
+  }();
+  return bytes;
+}
+
 void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
   for (int64_t i = 0; i < M; i++) {
     float* c = C + i * ldc;
@@ -1026,7 +1044,15 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     const int64_t nc = std::min(NC, N - j0);
     const int64_t n_panels = (nc + NR - 1) / NR;
     // A chunk of K whose packed B (KS x nc) fits B_CHUNK_BYTES: packed once, shared by all tasks.
-    const int64_t ks_max = std::max<int64_t>(KC, B_CHUNK_BYTES / (4 * n_panels * NR) / KC * KC);
+    // On one thread, where C and a K block of packed B fit in L2 together (a weight gradient's
+    // half of K: 768 x 192 over 1600 tokens), a chunk is one K block: its packed B is read from L2
+    // by every row block while C stays there too, where the long chunk's packed B (1.2 MB) came
+    // from L3 once per row block. 768 / 576 / 192 x 192 x 3200, A^T B, split over 2 threads:
+    // 2-4%, 2-5% and 3-8% faster; four branches of them side by side, one thread each, 2-6%,
+    // 2-5% and 1-10% (bench/results/cpu-ab-dw-chunk.md). A C of 3200 rows does not fit: its chunk
+    // stays long (K blocks of 3200 x 192 x 768 re-reading C from L3 were 8% slower).
+    const bool c_in_l2 = threads == 1 && (M * N + KC * nc) * 4 <= l2_bytes();
+    const int64_t ks_max = c_in_l2 ? KC : std::max<int64_t>(KC, B_CHUNK_BYTES / (4 * n_panels * NR) / KC * KC);
     // k units per packed row: k itself in fp32, pairs of k in bf16 (KC is even).
     auto units = [&](int64_t kc) { return bf16 ? (kc + 1) / 2 : kc; };
     for (int64_t s0 = 0; s0 < K; s0 += ks_max) {

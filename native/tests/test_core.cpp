@@ -43,12 +43,15 @@ namespace {
 
 int g_failed = 0, g_passed = 0;
 
+// What the checks being run have in common, said after a failure's name (" (one thread)").
+std::string g_context;
+
 void expect(bool ok, const std::string& what) {
   if (ok) {
     g_passed++;
   } else {
     g_failed++;
-    std::printf("FAIL: %s\n", what.c_str());
+    std::printf("FAIL: %s%s\n", what.c_str(), g_context.c_str());
   }
 }
 
@@ -1566,6 +1569,14 @@ int main() {
   test_math_avx512();
   test_gelu_rows();
   test_gemm_bf16();
+  // On one thread, where a product's packed B is cut into one chunk per K block when C fits in L2
+  // beside it (gemm.cpp, c_in_l2), and no split of K: the same checks.
+  set_num_threads(1);
+  g_context = " (one thread)";
+  test_gemm(cpu_isa_best());
+  test_gemm_bf16();
+  g_context.clear();
+  set_num_threads(0);
   test_micro_gflops();
   cpu_isa_set(cpu_isa_best());
   test_math();
