@@ -1,6 +1,6 @@
 // gemm.cpp: packed, cache-blocked GEMM in the style of BLIS / tinyBLAS.
 // Loop nest: jc (NC columns of B) -> chunks of K up to B_CHUNK_BYTES of packed B (packed once,
-// shared) -> tasks over (MC block of A rows x a share of the columns), each walking the chunk's
+// shared; one K block on one thread when C fits in L2 beside it) -> tasks over (MC block of A rows x a share of the columns), each walking the chunk's
 // KC blocks: pack A block, then MR x NR micro-kernels. C rows stay in cache across K blocks,
 // and a product opens two parallel regions per chunk rather than per K block.
 // Each thread runs a contiguous share of the tasks (parallel_for_shares), so its rows of A and C
