@@ -1,8 +1,9 @@
 // gemm.cpp: packed, cache-blocked GEMM in the style of BLIS / tinyBLAS.
 // Loop nest: jc (NC columns of B) -> chunks of K up to B_CHUNK_BYTES of packed B (packed once,
-// shared; one K block on one thread when C fits in L2 beside it) -> tasks over (MC block of A rows x a share of the columns), each walking the chunk's
-// KC blocks: pack A block, then MR x NR micro-kernels. C rows stay in cache across K blocks,
-// and a product opens two parallel regions per chunk rather than per K block.
+// shared; one K block on one thread when C fits in L2 beside it) -> tasks over (MC block of A
+// rows x a share of the columns), each walking the chunk's KC blocks: pack A block, then MR x NR
+// micro-kernels. C rows stay in cache across K blocks, and a product opens two parallel regions
+// per chunk rather than per K block.
 // Each thread runs a contiguous share of the tasks (parallel_for_shares), so its rows of A and C
 // stream in order, then takes what is left at the end of the others' shares, so a core slowed by
 // a neighbour does not hold the others up.
@@ -1048,8 +1049,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     // half of K: 768 x 192 over 1600 tokens), a chunk is one K block: its packed B is read from L2
     // by every row block while C stays there too, where the long chunk's packed B (1.2 MB) came
     // from L3 once per row block. 768 / 576 / 192 x 192 x 3200, A^T B, split over 2 threads:
-    // 2-4%, 2-5% and 3-8% faster; four branches of them side by side, one thread each, 2-6%,
-    // 2-5% and 1-10% (bench/results/cpu-ab-dw-chunk.md). A C of 3200 rows does not fit: its chunk
+    // 3-5%, 2-5% and 3-9% faster; four branches of them side by side, one thread each, 6%, 2-5%
+    // and 7-10% (bench/results/cpu-ab-dw-chunk.md). A C of 3200 rows does not fit: its chunk
     // stays long (K blocks of 3200 x 192 x 768 re-reading C from L3 were 8% slower).
     const bool c_in_l2 = threads == 1 && (M * N + KC * nc) * 4 <= l2_bytes();
     const int64_t ks_max = c_in_l2 ? KC : std::max<int64_t>(KC, B_CHUNK_BYTES / (4 * n_panels * NR) / KC * KC);
