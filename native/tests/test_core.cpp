@@ -1108,10 +1108,6 @@ void test_pool_use() {
   expect(d.wall_ns == c.wall_ns && d.busy_ns == c.busy_ns, "nothing counts while counting is off");
 }
 
-// Resizing the pool between regions, thousands of times: a new worker once started from
-// generation 0, took the last region for a new one and counted itself out twice, so a later region
-// waited for ever (1 run in 3 of this loop hung before the fix). A watchdog turns a hang into a
-// failure.
 // Turns a hang into a failure: unless it goes out of scope within `seconds`, prints `failure` and
 // ends the test program.
 class Watchdog {
@@ -1135,6 +1131,10 @@ class Watchdog {
   std::thread thread_;
 };
 
+// Resizing the pool between regions, thousands of times: a new worker once started from
+// generation 0, took the last region for a new one and counted itself out twice, so a later region
+// waited for ever (1 run in 3 of this loop hung before the fix). A watchdog turns a hang into a
+// failure.
 void test_pool_resize() {
   std::optional<Watchdog> watchdog(std::in_place, "pool resize: a region never finished", 60);
   // Under emulation (qemu-user runs these tests for arm64) a resize costs ~6 ms, not ~50 us:
