@@ -233,9 +233,8 @@ void parallel_for_shares(int64_t n_tasks, const std::function<void(int64_t)>& fn
 // (four by default, taken in turn): a step often began on a thread that had not run for three
 // steps, and one step in three or four ran its first products at half speed (most likely that
 // thread placed on the core of the pool's spinning worker, its scratch cold). One long-lived
-// thread now runs them all: ViT-4 training
-// steps 2.1 ms (+-1.6) faster at 109 ms, the gain in the slow steps; Para-Former-1-4 0.3 ms
-// (+-0.9) (bench/results/cpu-ab-engine.md).
+// thread now runs them all: ViT-4 training steps 2.1 ms (+-1.6) faster at 109 ms, the gain in the
+// slow steps; Para-Former-1-4 0.3 ms (+-0.9) (bench/results/cpu-ab-engine.md).
 namespace {
 thread_local bool t_on_engine = false;
 
