@@ -243,19 +243,16 @@ class Engine {
   void run(const std::function<void()>& fn) {
     Job job;
     job.fn = &fn;
+    bool queued = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (!started_) {
-        try {
-          std::thread([this] { loop(); }).detach();
-        } catch (const std::system_error&) {  // no thread to be had: the job runs where it was asked for
-          job.fn = nullptr;
-        }
-        started_ = job.fn != nullptr;
+      if (!started_) started_ = start();
+      if (started_) {
+        queue_.push_back(&job);
+        queued = true;
       }
-      if (job.fn) queue_.push_back(&job);
     }
-    if (!job.fn) return fn();
+    if (!queued) return fn();  // no thread to be had: the job runs where it was asked for
     wake_.notify_one();
     {
       std::unique_lock<std::mutex> lock(mutex_);
@@ -270,6 +267,16 @@ class Engine {
     bool done = false;
     std::exception_ptr error;
   };
+
+  // Starts the thread (under mutex_); false when the system has none to give.
+  bool start() {
+    try {
+      std::thread([this] { loop(); }).detach();
+      return true;
+    } catch (const std::system_error&) {
+      return false;
+    }
+  }
 
   // Jobs in the order they came, each to its end; never returns (the thread is detached and
   // sleeps on wake_ at exit).

@@ -15,7 +15,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <random>
 #include <set>
 #include <string>
@@ -1108,8 +1107,8 @@ void test_pool_use() {
   expect(d.wall_ns == c.wall_ns && d.busy_ns == c.busy_ns, "nothing counts while counting is off");
 }
 
-// Turns a hang into a failure: unless it goes out of scope within `seconds`, prints `failure` and
-// ends the test program.
+// Turns a hang into a failure: unless stopped (or out of scope) within `seconds`, prints
+// `failure` and ends the test program.
 class Watchdog {
  public:
   Watchdog(std::string failure, int seconds)
@@ -1121,9 +1120,10 @@ class Watchdog {
             std::_Exit(1);
           }
         }) {}
-  ~Watchdog() {
+  ~Watchdog() { stop(); }
+  void stop() {
     finished_ = true;
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
   }
 
  private:
@@ -1136,7 +1136,7 @@ class Watchdog {
 // waited for ever (1 run in 3 of this loop hung before the fix). A watchdog turns a hang into a
 // failure.
 void test_pool_resize() {
-  std::optional<Watchdog> watchdog(std::in_place, "pool resize: a region never finished", 60);
+  Watchdog watchdog("pool resize: a region never finished", 60);
   // Under emulation (qemu-user runs these tests for arm64) a resize costs ~6 ms, not ~50 us:
   // DUAT_POOL_RESIZES lowers the count there.
   const char* env = std::getenv("DUAT_POOL_RESIZES");
@@ -1148,7 +1148,7 @@ void test_pool_resize() {
     parallel_for(64, [&](int64_t) { count++; });
     ok = count == 64;
   }
-  watchdog.reset();
+  watchdog.stop();
   set_num_threads(0);
   expect(ok, "resizing the pool between regions " + std::to_string(resizes) + " times: every region runs each task once and ends");
 }
@@ -1158,7 +1158,7 @@ void test_pool_resize() {
 // for itself otherwise: the watchdog turns that hang into a failure); an exception reaches the
 // caller that asked.
 void test_engine_thread() {
-  std::optional<Watchdog> watchdog(std::in_place, "engine thread: a job never finished", 30);
+  Watchdog watchdog("engine thread: a job never finished", 30);
   std::mutex ids_mutex;
   std::set<std::thread::id> engine_ids, caller_ids;
   std::atomic<int> running{0}, most{0}, runs{0};
@@ -1194,7 +1194,7 @@ void test_engine_thread() {
   } catch (const Error& e) {
     error_reached = e.code() == ERROR_ARGUMENT;
   }
-  watchdog.reset();
+  watchdog.stop();
   const bool own_thread = engine_ids.size() == 1 && !caller_ids.count(*engine_ids.begin()) &&
                           *engine_ids.begin() != std::this_thread::get_id();
   expect(runs == 200 && most == 1, "the engine runs 200 jobs from 4 threads each once, one at a time (ran " +
