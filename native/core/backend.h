@@ -223,6 +223,12 @@ class Backend {
 
   // ---- products and attention ----
   virtual void gemm(const GemmArgs& g) = 0;  // in matmul_precision()
+  // The gradient before a GELU from the product that makes the gradient after it: the product g
+  // (batch 1, beta 0, no bias, no epilogue, C contiguous: c_m = N) gives dy, and C = dy * gelu'(pre)
+  // (pre laid out like C) is written with db[n] = sum over m of C(m, n). This default is the
+  // product and gelu_backward_bias; a backend may apply the GELU to each finished block of the
+  // product while it is still in cache.
+  virtual void gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db);
   // qkv (B, T, N*3C) -> out (B, T, N*C) for every (b, n, h) (dm::AttnLayout); lse (B, N, H, T)
   // written when non-null (training keeps it: backward recomputes the probabilities from it).
   virtual void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) = 0;

@@ -46,6 +46,11 @@ void Backend::gelu_backward_bias(const float* x, const float* dy, float* dx, flo
   reduce(r);
 }
 
+void Backend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) {
+  gemm(g);
+  gelu_backward_bias(pre, g.C, g.C, db, 1, g.M, g.N, false);
+}
+
 Backend& backend(Device device) {
   if (device == DEVICE_CPU) return profiling() ? profiling_backend(cpu_backend()) : cpu_backend();
   if (g_test_device.load(std::memory_order_acquire)) return test_device_backend();

@@ -222,6 +222,10 @@ class ProfilingBackend final : public Backend {
     Scope s(PROFILE_PRODUCTS, 2.0 * g.M * static_cast<double>(g.N) * g.K * g.batch, shape_label(g));
     in_.gemm(g);
   }
+  void gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) override {
+    Scope s(PROFILE_PRODUCTS, 2.0 * g.M * static_cast<double>(g.N) * g.K * g.batch, shape_label(g) + " +gelu'");
+    in_.gemm_gelu_backward(g, pre, db);
+  }
   void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) override {
     Scope s(PROFILE_ATTENTION, attention_flops(L, B), "attention_forward");
     in_.attention_forward(L, B, qkv, out, lse);

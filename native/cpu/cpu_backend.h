@@ -34,6 +34,7 @@ class CpuBackend : public Backend {
   void dropout(const float* x, float* out, int64_t n, float p, uint64_t seed, bool accumulate) override;
 
   void gemm(const GemmArgs& g) override;
+  void gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) override;
   void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) override;
   void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv, const float* out,
                           const float* lse, float* delta, float* dqkv) override;

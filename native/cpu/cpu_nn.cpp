@@ -1,6 +1,7 @@
 // cpu_nn.cpp: the CPU backend's matrix products (GemmArgs on sgemm), attention, patches, the
 // LayerNorm-affine folds and the optimizer updates. Contracts: core/backend.h.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -45,15 +46,16 @@ SgemmOperand operand_b(const float* p, int64_t s_n, int64_t s_k, int64_t N, int6
 }
 
 // One batch item of a GemmArgs product; `par` lets sgemm and the epilogue use the pool; `bf16`
-// rounds the operands to bf16 (sgemm).
-void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16) {
+// rounds the operands to bf16 (sgemm). `after`: sgemm's epilogue for a product without one of
+// its own.
+void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16, const GemmBlockFn* after = nullptr) {
   thread_local std::vector<float> sa, sb, tmp;
   const SgemmOperand a = operand_a(g.A + z * g.a_batch, g.a_m, g.a_k, g.M, g.K, &sa);
   const SgemmOperand b = operand_b(g.B + z * g.b_batch, g.b_n, g.b_k, g.N, g.K, &sb);
   float* C = g.C + z * g.c_batch;
   const float* bias = g.bias ? g.bias + z * g.bias_batch : nullptr;
   if (g.epilogue == EPILOGUE_NONE) {
-    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16);
+    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16, after);
     return;
   }
   // GELU with its pre-activation kept (training): the product into aux, its GELU into C from the
@@ -101,6 +103,49 @@ void CpuBackend::gemm(const GemmArgs& g) {
     gemm_one(g, 0, true, bf16);
   } else {
     parallel_for(g.batch, [&](int64_t z) { gemm_one(g, z, false, bf16); });
+  }
+}
+
+// The GELU's gradient over each finished block of the product, while the block is in cache: the
+// product's output is read and rewritten there instead of once more from memory (3200 x 768:
+// 20 MB less traffic). The bias gradient's column sums are kept in fp64 per block of
+// sgemm_row_block() rows (a block that is not one of them, on a path that hands out others, has
+// its sums taken afterwards from C, the same sums), then summed over the blocks in order: the same
+// bits whatever the number of threads.
+void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) {
+  if (g.batch != 1 || g.beta != 0.0f || g.bias || g.epilogue != EPILOGUE_NONE || g.c_m != g.N || g.M <= 0 || g.N <= 0)
+    return Backend::gemm_gelu_backward(g, pre, db);
+  const int64_t M = g.M, N = g.N, rows = sgemm_row_block(), blocks = (M + rows - 1) / rows;
+  thread_local std::vector<double> part_buf;
+  part_buf.resize(static_cast<size_t>(blocks * N));
+  double* part = part_buf.data();
+  float* C = g.C;
+  std::atomic<bool> sums_whole{true};
+  const GemmBlockFn block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const bool whole = i0 % rows == 0 && i1 - i0 <= rows;
+    if (!whole) sums_whole.store(false, std::memory_order_relaxed);
+    double* sums = whole ? part + i0 / rows * N + j0 : nullptr;
+    if (sums) std::fill(sums, sums + (j1 - j0), 0.0);
+    // Groups of rows of 48 KiB, in L1 between the GELU and the sums (gelu_backward_bias's).
+    const int64_t group = std::max<int64_t>(1, 12288 / (j1 - j0));
+    for (int64_t r0 = i0; r0 < i1; r0 += group) {
+      const int64_t r1 = std::min(i1, r0 + group);
+      for (int64_t m = r0; m < r1; m++) gelu_backward_range_cpu(pre + m * N + j0, C + m * N + j0, C + m * N + j0, j1 - j0, false);
+      if (sums) accumulate_rows_f64_cpu(C + r0 * N + j0, N, r1 - r0, sums, j1 - j0);
+    }
+  };
+  gemm_one(g, 0, true, matmul_precision() == PRECISION_BF16, &block);
+  if (!sums_whole.load()) {
+    parallel_for(blocks, [&](int64_t b) {
+      double* sums = part + b * N;
+      std::fill(sums, sums + N, 0.0);
+      accumulate_rows_f64_cpu(C + b * rows * N, N, std::min(rows, M - b * rows), sums, N);
+    });
+  }
+  for (int64_t n = 0; n < N; n++) {
+    double s = 0.0;
+    for (int64_t b = 0; b < blocks; b++) s += part[b * N + n];
+    db[n] = static_cast<float>(s);
   }
 }
 

@@ -915,6 +915,8 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
 
 }  // namespace
 
+int64_t sgemm_row_block() { return MC_ROWS; }
+
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
     case CPU_ISA_AVX512: return "avx512";

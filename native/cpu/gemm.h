@@ -43,6 +43,11 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
            const float* bias = nullptr, bool bf16 = false, const GemmBlockFn* epilogue = nullptr,
            const GemmAct* act = nullptr);
 
+// The rows of the blocks sgemm's packed path hands its epilogue: every block but the last of a
+// product's rows starts at a multiple of this and has this many rows (a caller that keeps sums
+// per block of rows can then keep them the same whatever the number of threads).
+int64_t sgemm_row_block();
+
 // Whether sgemm's packed path, with a GELU output (act), stores C past the caches for these sizes
 // (non-temporal stores of whole, 64-byte aligned tile rows): a large C written once, with the
 // AVX-512 kernels. The same values either way; for tests.

@@ -213,8 +213,11 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   // The MLP of every branch on LN2(x + a_b), LN2's affine folded into fc1.
   const Tensor u = layernorm(a, nullptr, nullptr, c.eps, xf);                                    // (N, BT, C)
   Tensor h;                                                                                      // (N, BT, M)
-  if (grad_enabled()) {
-    h = branch_linear(u, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b, true, true);
+  // fc1's GELU joined to the stage sum, h's one consumer: its gradient comes out of the sum's
+  // product (ops.h, GeluLink).
+  const auto link = grad_enabled() ? std::make_shared<GeluLink>() : nullptr;
+  if (link) {
+    h = branch_linear(u, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b, true, true, link);
   } else {
     const std::vector<Tensor> f = folded_k_major(DERIVED_FC1, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b);
     h = branch_linear(u, f[0], f[1], nullptr, nullptr, true, true);
@@ -230,7 +233,7 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
                          : permute(reshape(contiguous(permute(fc2_w, {0, 2, 1})), {N * M, C}), {1, 0});
     return std::vector<Tensor>{w, sum(fc2_b, {0}, false)};
   });
-  const Tensor y = stage_sum(resid, h, w2[0], w2[1], a, c.branch_scale);
+  const Tensor y = stage_sum(resid, h, w2[0], w2[1], a, c.branch_scale, link);
   if (!comm) return reshape(y, {B, T1, C});
   return add(x_in, reshape(branch_reduce(y, *comm), {B, T1, C}));
 }

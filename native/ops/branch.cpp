@@ -8,6 +8,7 @@
 // inputs (autograd.h), so interleaved gradients need no copies either.
 #include <array>
 #include <string>
+#include <utility>
 
 #include "matrix.h"
 #include "ops.h"
@@ -65,7 +66,7 @@ WriteTarget write_target(Grads& g, size_t i, const Shape& shape, Device dev) {
 }  // namespace
 
 Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
-                     bool gelu, bool interleaved) {
+                     bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link) {
   const char* op = "branchLinear";
   check_f32(w, op, "the weight");
   check_dim(w, 3, op, "the weight (N, O, C)");
@@ -125,23 +126,31 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   if (gelu) g.epilogue = EPILOGUE_GELU, g.aux = pre ? pre->ptr_f32() : nullptr;
   be.gemm(g);
   if (!grad) return out;
+  if (link && pre) link->pre = pre;
 
   const Tensor sx = detach(rx), sw = detach(wc), sg = gc ? detach(gc) : nullptr, sbeta = betac ? detach(betac) : nullptr;
   const Tensor swf = detach(wf), spre = pre;
   const bool folded = static_cast<bool>(ln_w), has_bias = static_cast<bool>(b);
   return record(out, "branch_linear", {x, w, b, ln_w, ln_b}, [=](const Tensor& dout, Grads& grads) {
     Backend& be = backend(dev);
+    // With the bias gradient from the linked stage_sum, dout is already the gradient before the GELU.
+    Tensor linked_db;
+    if (link) {
+      linked_db = std::exchange(link->db, nullptr);
+      link->pre = nullptr;
+    }
+    const bool act_grad = gelu && !linked_db;
     // The gradient before the activation, laid out like the output (over dout itself when the
     // walk lets it go: the largest buffer of a stage's backward is not needed twice).
-    Tensor dpre = gelu ? grads.reusable(dout) : dout;
+    Tensor dpre = act_grad ? grads.reusable(dout) : dout;
     const bool want_w = grads.needs(1) || (folded && (grads.needs(3) || grads.needs(4)));
     const bool want_b = grads.needs(2) || (folded && (grads.needs(3) || grads.needs(4)));
     // db'_n(o) = sum_r dpre_n(r, o): with GELU, computed with its gradient in one pass (into a
     // contiguous db; reduced from dpre into any other). dout, and so dpre, come laid out like the
     // output (the walk makes them so, autograd.cpp), and the pre-activation was made like it.
-    const Tensor dbf = folded && (want_w || want_b) ? empty({N, O}, DTYPE_F32, dev) : nullptr;
+    const Tensor dbf = !folded || !(want_w || want_b) ? nullptr : linked_db ? linked_db : empty({N, O}, DTYPE_F32, dev);
     const auto blocks = spre ? row_blocks(spre) : std::array<int64_t, 3>{};
-    const bool fuse = gelu && want_b;
+    const bool fuse = act_grad && want_b;
     DUAT_CHECK(!fuse || (blocks[0] > 0 && row_blocks(dout) == blocks && row_blocks(dpre) == blocks), ERROR_STATE,
                "branch_linear backward: the gradient is not laid out like the output");
     auto bias_sum = [&](const Tensor& db, bool acc) {
@@ -159,8 +168,10 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
       } else {
         grads.into(2, bias_sum);
       }
-    } else if (gelu) {
+    } else if (act_grad) {
       launch_map(MAP_GELU_GRAD, dpre, spre, dout);
+    } else if (linked_db && !folded && grads.needs(2)) {
+      grads.pass(2, linked_db);
     }
     if (grads.needs(0)) {
       if (shared) {
@@ -194,13 +205,13 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     d.B = sxm.p, d.b_n = sxm.s_c, d.b_k = sxm.s_r, d.b_batch = shared ? 0 : sxm.s_z;
     if (!folded) {
       if (grads.needs(1)) gemm_into_grad(grads, 1, d, false, dev);
-      if (grads.needs(2) && !fuse) grads.into(2, bias_sum);
+      if (grads.needs(2) && !fuse && !linked_db) grads.into(2, bias_sum);
       return;
     }
     const Tensor dwf = empty({N, O, C}, DTYPE_F32, dev);
     d.C = dwf->ptr_f32(), d.c_m = C, d.c_batch = O * C;
     be.gemm(d);
-    if (!fuse) bias_sum(dbf, false);
+    if (!fuse && !linked_db) bias_sum(dbf, false);
     // Through the fold: every output written, into fresh gradient buffers or temporaries.
     WriteTarget tw = write_target(grads, 1, {N, O, C}, dev), tb = write_target(grads, 2, has_bias ? Shape{N, O} : Shape{}, dev);
     WriteTarget tg = write_target(grads, 3, {N, C}, dev), tbeta = write_target(grads, 4, {N, C}, dev);
@@ -223,7 +234,8 @@ std::vector<Tensor> fold_affine(const Tensor& w, const Tensor& b, const Tensor& 
   return {wf, bf};
 }
 
-Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tensor& b2, const Tensor& a, float scale) {
+Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tensor& b2, const Tensor& a, float scale,
+                 const std::shared_ptr<GeluLink>& link) {
   const char* op = "stageSum";
   check_f32(x, op, "the stage input");
   check_dim(x, 2, op, "the stage input (R, C)");
@@ -271,8 +283,17 @@ Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tenso
       const Tensor target = direct ? slot : empty_interleaved(N, R, M, dev);
       d.C = target->ptr_f32(), d.c_m = N * M;
       d.beta = direct && !fresh ? 1.0f : 0.0f;
-      be.gemm(d);
-      if (!direct) fresh ? copy_into(slot, target) : add_into(slot, target);
+      // The linked GELU's gradient in the product's epilogue, where h's gradient is this product
+      // alone, written straight into its slot, and the pre-activation is laid out like it.
+      const Tensor pre = link ? std::exchange(link->pre, nullptr) : nullptr;
+      if (pre && direct && fresh && pre->shape == sh->shape && is_interleaved(pre)) {
+        const Tensor db = empty({N, M}, DTYPE_F32, dev);
+        be.gemm_gelu_backward(d, pre->ptr_f32(), db->ptr_f32());
+        link->db = db;
+      } else {
+        be.gemm(d);
+        if (!direct) fresh ? copy_into(slot, target) : add_into(slot, target);
+      }
     }
     if (grads.needs(2)) {
       // dw2(c, j) = scale * sum_r dy(r, c) h(r, j)

@@ -5,6 +5,7 @@
 // Shape letters: B batch, T tokens, C channels, H heads, D head size, N branches, R rows.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "../core/autograd.h"
@@ -77,15 +78,26 @@ Tensor attention_probs(const Tensor& qkv, int64_t heads, int64_t branches = 1);
 // Returns y as (N, R, O). `interleaved` lays it out in memory as (R, N*O) (branch n at columns
 // n*O), which the QKV product (attention reads it as (B, T, N*3C)) and fc1 (the stage sum reads
 // it as (R, N*M)) need; otherwise (N, R, O) contiguous.
+//
+// `link` joins a GELU branch_linear to the one stage_sum that reads its output (paraformer.cpp):
+// forward leaves the pre-activation there, and stage_sum's backward, when it can, writes the
+// gradient before the GELU (with the bias gradient) in its product's epilogue instead of the
+// gradient after it; branch_linear's backward then takes both as they are. A caller may join
+// them only where the stage sum is the output's one consumer.
+struct GeluLink {
+  Tensor pre;  // (N, R, O): the pre-activation, laid out like the output (set by forward)
+  Tensor db;   // (N, O): the bias gradient, set by stage_sum's backward when it took the GELU's
+};
 Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
-                     bool gelu, bool interleaved);
+                     bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link = nullptr);
 // branch_linear's fold without autograd, for inference caches: {W' (N, O, C), b' (N, O)}.
 std::vector<Tensor> fold_affine(const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b);
 // The stage's output in one product: y = x + scale * (sum_n h_n W2_n^T + b2 + sum_n a_n), with
 //   x (R, C), h (N, R, M) laid out as (R, N*M) (branch_linear's interleaved output; copied
 //   otherwise), w2 (C, N*M) = [W2_1 .. W2_N] side by side, b2 (C) the branch biases summed,
 //   a (N, R, C) the branches' attention outputs. Returns (R, C).
-Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tensor& b2, const Tensor& a, float scale);
+Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tensor& b2, const Tensor& a, float scale,
+                 const std::shared_ptr<GeluLink>& link = nullptr);
 
 // ---- collective.cpp: branch-parallel training's pair of collectives (docs/design.md,
 // "Distributed training"); every rank must call them in the same order ----

@@ -984,6 +984,114 @@ void test_gelu_backward_bias() {
       }
 }
 
+// The product with GELU's backward in its epilogue (gemm_gelu_backward): the CPU's, on each of
+// sgemm's paths (row blocks of the packed path with a partial last one, few rows read against B
+// in place, an unpacked small product, split K, whose blocks are not the packed path's, so the
+// sums are taken afterwards), and the Backend default, against a double-precision reference. The
+// CPU's bias sums are exactly the fp64 sums of C's blocks of sgemm_row_block() rows, added in
+// order, on either route; its bits are the same on 1, 2 and 3 threads (but split K's, whose
+// product itself is split by the threads).
+void test_gemm_gelu_backward() {
+  const std::vector<std::array<int64_t, 3>> sizes = {{300, 96, 40}, {50, 200, 64}, {7, 33, 5}, {200, 64, 2048}};
+  std::mt19937 rng(9);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  const float alpha = 0.5f;
+  for (const auto& [M, N, K] : sizes) {
+    std::vector<float> A(M * K), B(K * N), pre(M * N);
+    for (auto& v : A) v = dist(rng);
+    for (auto& v : B) v = dist(rng);
+    for (auto& v : pre) v = 1.5f * dist(rng);
+    std::vector<double> ref(M * N), ref_db(N, 0.0);
+    for (int64_t m = 0; m < M; m++)
+      for (int64_t n = 0; n < N; n++) {
+        double s = 0.0;
+        for (int64_t k = 0; k < K; k++) s += double(A[m * K + k]) * B[k * N + n];
+        const double x = pre[m * N + n], grad = 0.5 * (1.0 + std::erf(x / std::sqrt(2.0))) +
+                                               x * std::exp(-0.5 * x * x) / std::sqrt(2.0 * M_PI);
+        ref[m * N + n] = alpha * s * grad;
+        ref_db[n] += ref[m * N + n];
+      }
+    const std::string shape = std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
+    std::vector<float> first_c, first_db;
+    for (int way = 0; way < 4; way++) {  // the CPU's on 1, 2, 3 threads; the Backend default
+      set_num_threads(way < 3 ? way + 1 : 2);
+      std::vector<float> C(M * N, NAN), db(N, NAN);
+      GemmArgs g;
+      g.M = static_cast<int>(M), g.N = static_cast<int>(N), g.K = static_cast<int>(K), g.alpha = alpha;
+      g.A = A.data(), g.a_m = K, g.a_k = 1;
+      g.B = B.data(), g.b_n = 1, g.b_k = N;
+      g.C = C.data(), g.c_m = N;
+      Backend& be = cpu_backend();
+      way < 3 ? be.gemm_gelu_backward(g, pre.data(), db.data()) : be.Backend::gemm_gelu_backward(g, pre.data(), db.data());
+      double worst = 0.0, worst_db = 0.0;
+      for (int64_t i = 0; i < M * N; i++) worst = std::max(worst, std::fabs(C[i] - ref[i]) / (1.0 + std::fabs(ref[i])));
+      for (int64_t n = 0; n < N; n++) worst_db = std::max(worst_db, std::fabs(db[n] - ref_db[n]) / (1.0 + std::fabs(ref_db[n])));
+      const std::string who = way < 3 ? "CPU on " + std::to_string(way + 1) + " threads" : "Backend default";
+      expect(worst < 1e-4 && worst_db < 1e-4, "gemm_gelu_backward " + shape + ", " + who + " (err " +
+                                                  std::to_string(worst) + ", db err " + std::to_string(worst_db) + ")");
+      if (way < 3) {
+        const int64_t rows = sgemm_row_block();
+        std::vector<double> total(N, 0.0);
+        for (int64_t r0 = 0; r0 < M; r0 += rows) {
+          std::vector<double> part(N, 0.0);
+          for (int64_t m = r0; m < std::min(M, r0 + rows); m++)
+            for (int64_t n = 0; n < N; n++) part[n] += C[m * N + n];
+          for (int64_t n = 0; n < N; n++) total[n] += part[n];
+        }
+        bool same = true;
+        for (int64_t n = 0; n < N; n++) same = same && db[n] == static_cast<float>(total[n]);
+        expect(same, "gemm_gelu_backward " + shape + ", " + who + ": the bias sums are C's block sums in order");
+      }
+      if (way == 0) first_c = C, first_db = db;
+      if ((way == 1 || way == 2) && K < 1024)
+        expect(C == first_c && db == first_db, "gemm_gelu_backward " + shape + ": the same bits on " +
+                                                   std::to_string(way + 1) + " threads as on one");
+    }
+  }
+  set_num_threads(0);
+}
+
+// A GELU branch_linear joined to its stage_sum (GeluLink): the gradient before the GELU comes
+// from the sum's product (the profile shows the fused product and no separate GELU backward), and
+// every gradient agrees with the unjoined ops', with the LayerNorm folded into fc1 and without.
+void test_gelu_link() {
+  const int64_t R = 300, C = 16, N = 2, M = 48;
+  for (bool folded : {true, false}) {
+    std::vector<std::vector<float>> grads[2];
+    for (int joined = 0; joined < 2; joined++) {
+      const Tensor x = randn({R, C}, 1, 0.0f, 1.0f), w1 = randn({N, M, C}, 2, 0.0f, 0.3f), b1 = randn({N, M}, 3, 0.0f, 0.3f);
+      const Tensor g = randn({N, C}, 4, 1.0f, 0.2f), beta = randn({N, C}, 5, 0.0f, 0.2f);
+      const Tensor w2 = randn({C, N * M}, 6, 0.0f, 0.3f), b2 = randn({C}, 7, 0.0f, 0.3f), a = randn({N, R, C}, 8, 0.0f, 1.0f);
+      const Tensor resid = randn({R, C}, 9, 0.0f, 1.0f), v = randn({R, C}, 10, 0.0f, 1.0f);
+      std::vector<Tensor> params = {x, w1, b1, w2, b2, a};
+      if (folded) params.insert(params.end(), {g, beta});
+      for (const Tensor& t : params) t->requires_grad = true;
+      const auto link = joined ? std::make_shared<GeluLink>() : nullptr;
+      const Tensor h = branch_linear(x, w1, b1, folded ? g : nullptr, folded ? beta : nullptr, true, true, link);
+      const Tensor loss = sum(mul(stage_sum(resid, h, w2, b2, a, 0.5f, link), v), {}, false);
+      profile_start();
+      backward(loss, nullptr);
+      const ProfileReport report = profile_stop();
+      bool fused = false, separate = false;
+      for (const ProfileCall& c : report.calls) {
+        fused = fused || c.label.find("+gelu'") != std::string::npos;
+        separate = separate || c.label.find("gelu_backward_bias") != std::string::npos || c.label.find("gelu_grad") != std::string::npos;
+      }
+      const std::string what = std::string(folded ? "folded" : "unfolded") + (joined ? ", joined" : ", apart");
+      expect(fused == (joined == 1) && separate == (joined == 0),
+             "GeluLink " + what + ": the GELU's gradient " + (joined ? "in the sum's product" : "a pass of its own"));
+      if (joined) expect(!link->pre && !link->db, "GeluLink " + what + ": the link holds nothing after backward");
+      for (const Tensor& t : params) grads[joined].emplace_back(t->grad->f32(), t->grad->f32() + t->numel());
+    }
+    double worst = 0.0;
+    for (size_t i = 0; i < grads[0].size(); i++)
+      for (size_t e = 0; e < grads[0][i].size(); e++)
+        worst = std::max(worst, std::fabs(double(grads[0][i][e]) - grads[1][i][e]) / (1.0 + std::fabs(grads[0][i][e])));
+    expect(worst < 1e-5, std::string("GeluLink ") + (folded ? "folded" : "unfolded") +
+                             ": joined gradients agree with the ops apart (" + std::to_string(worst) + ")");
+  }
+}
+
 // A reduction that sums nothing (out's shape is in's) is an element-wise scaled copy in
 // launch_reduce; the backend's reduce over every dimension kept (which launch_reduce no longer
 // sends it) agrees. Written and accumulated, into a transposed view.
@@ -1592,6 +1700,8 @@ int main() {
   test_backward_frees_as_it_goes();
   test_gelu_backward_in_place();
   test_gelu_backward_bias();
+  test_gemm_gelu_backward();
+  test_gelu_link();
   test_gelu_maps();
   test_reduce_nothing_summed();
   test_memory();
