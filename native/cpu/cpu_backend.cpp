@@ -436,35 +436,23 @@ void CpuBackend::reduce(const ReduceArgs& r) {
 // sums (as reduce does) in cache; the blocks' sums are then added in order.
 void CpuBackend::gelu_backward_bias(const float* x, const float* dy, float* dx, float* db, int64_t batch,
                                     int64_t rows, int64_t cols, bool accumulate) {
-  constexpr int64_t ROWS = 64, GROUP_ELEMENTS = 12288;  // a group of rows: 48 KiB of gradient, in L1
+  constexpr int64_t ROWS = 64;
   const int64_t blocks = (rows + ROWS - 1) / ROWS;
-  const int64_t group = std::max<int64_t>(1, GROUP_ELEMENTS / std::max<int64_t>(cols, 1));
   const Tensor part_buf = empty({std::max<int64_t>(batch * blocks * cols, 1) * 2});
   double* part = reinterpret_cast<double*>(part_buf->f32());
   auto task = [&](int64_t t) {
     const int64_t b = t / blocks, r0 = t % blocks * ROWS, r1 = std::min(rows, r0 + ROWS);
     double* sums = part + t * cols;
     std::fill(sums, sums + cols, 0.0);
-    // The gradient of a group of rows, then its column sums held in registers over the group
-    // (the same sums in the same order as row by row).
-    for (int64_t g0 = r0; g0 < r1; g0 += group) {
-      const int64_t g1 = std::min(r1, g0 + group), off = (b * rows + g0) * cols;
-      gelu_backward_range_cpu(x + off, dy + off, dx + off, (g1 - g0) * cols, false);
-      accumulate_rows_f64_cpu(dx + off, cols, g1 - g0, sums, cols);
-    }
+    const int64_t off = (b * rows + r0) * cols;
+    gelu_backward_rows_cpu(x + off, dy + off, dx + off, cols, r1 - r0, cols, sums);
   };
   if (batch * rows * cols < ELEM_GRAIN || get_num_threads() == 1) {
     for (int64_t t = 0; t < batch * blocks; t++) task(t);
   } else {
     parallel_for(batch * blocks, task);
   }
-  for (int64_t b = 0; b < batch; b++)
-    for (int64_t c = 0; c < cols; c++) {
-      double s = 0.0;
-      for (int64_t k = 0; k < blocks; k++) s += part[(b * blocks + k) * cols + c];
-      float& o = db[b * cols + c];
-      o = accumulate ? o + static_cast<float>(s) : static_cast<float>(s);
-    }
+  for (int64_t b = 0; b < batch; b++) sum_parts_f64_cpu(part + b * blocks * cols, blocks, cols, db + b * cols, accumulate);
 }
 
 // ================================ rows =========================================================

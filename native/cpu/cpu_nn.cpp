@@ -122,16 +122,14 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
   float* C = g.C;
   std::atomic<bool> sums_whole{true};
   const GemmBlockFn block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    const bool whole = i0 % rows == 0 && i1 - i0 <= rows;
-    if (!whole) sums_whole.store(false, std::memory_order_relaxed);
-    double* sums = whole ? part + i0 / rows * N + j0 : nullptr;
-    if (sums) std::fill(sums, sums + (j1 - j0), 0.0);
-    // Groups of rows of 48 KiB, in L1 between the GELU and the sums (gelu_backward_bias's).
-    const int64_t group = std::max<int64_t>(1, 12288 / (j1 - j0));
-    for (int64_t r0 = i0; r0 < i1; r0 += group) {
-      const int64_t r1 = std::min(i1, r0 + group);
-      for (int64_t m = r0; m < r1; m++) gelu_backward_range_cpu(pre + m * N + j0, C + m * N + j0, C + m * N + j0, j1 - j0, false);
-      if (sums) accumulate_rows_f64_cpu(C + r0 * N + j0, N, r1 - r0, sums, j1 - j0);
+    const int64_t off = i0 * N + j0;
+    if (i0 % rows == 0 && i1 - i0 <= rows) {  // within one block of the sums
+      double* sums = part + i0 / rows * N + j0;
+      std::fill(sums, sums + (j1 - j0), 0.0);
+      gelu_backward_rows_cpu(pre + off, C + off, C + off, N, i1 - i0, j1 - j0, sums);
+    } else {  // its sums are taken from C afterwards
+      sums_whole.store(false, std::memory_order_relaxed);
+      for (int64_t o = off; o < i1 * N; o += N) gelu_backward_range_cpu(pre + o, C + o, C + o, j1 - j0, false);
     }
   };
   gemm_one(g, 0, true, matmul_precision() == PRECISION_BF16, &block);
@@ -142,11 +140,7 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
       accumulate_rows_f64_cpu(C + b * rows * N, N, std::min(rows, M - b * rows), sums, N);
     });
   }
-  for (int64_t n = 0; n < N; n++) {
-    double s = 0.0;
-    for (int64_t b = 0; b < blocks; b++) s += part[b * N + n];
-    db[n] = static_cast<float>(s);
-  }
+  sum_parts_f64_cpu(part, blocks, N, db, false);
 }
 
 // ================================ attention =====================================================

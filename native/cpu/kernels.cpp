@@ -130,6 +130,26 @@ void fold_affine_backward_row_cpu(const float* d, const float* w, const float* g
 void accumulate_rows_f64_cpu(const float* x, int64_t ld, int64_t rows, double* acc, int64_t n) {
   rk().accumulate_rows_f64(x, ld, rows, acc, n);
 }
+void gelu_backward_rows_cpu(const float* x, const float* dy, float* dx, int64_t ld, int64_t rows, int64_t cols,
+                            double* sums) {
+  constexpr int64_t GROUP_ELEMENTS = 12288;  // 48 KiB of gradient
+  const int64_t group = std::max<int64_t>(1, GROUP_ELEMENTS / std::max<int64_t>(cols, 1));
+  for (int64_t r0 = 0; r0 < rows; r0 += group) {
+    const int64_t r1 = std::min(rows, r0 + group), off = r0 * ld;
+    if (ld == cols) {  // the group's rows are one run
+      gelu_backward_range_cpu(x + off, dy + off, dx + off, (r1 - r0) * cols, false);
+    } else {
+      for (int64_t o = off; o < r1 * ld; o += ld) gelu_backward_range_cpu(x + o, dy + o, dx + o, cols, false);
+    }
+    accumulate_rows_f64_cpu(dx + off, ld, r1 - r0, sums, cols);
+  }
+}
+void sum_parts_f64_cpu(const double* part, int64_t parts, int64_t n, float* out, bool accumulate) {
+  std::vector<double> s(static_cast<size_t>(n), 0.0);
+  for (int64_t p = 0; p < parts; p++)  // part after part: each row read once, in order
+    for (int64_t j = 0; j < n; j++) s[j] += part[p * n + j];
+  for (int64_t j = 0; j < n; j++) out[j] = accumulate ? out[j] + static_cast<float>(s[j]) : static_cast<float>(s[j]);
+}
 
 double sum_squares_f64_cpu(const float* x, int64_t n) { return rk().sum_squares_f64(x, n); }
 

@@ -133,12 +133,9 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   const bool folded = static_cast<bool>(ln_w), has_bias = static_cast<bool>(b);
   return record(out, "branch_linear", {x, w, b, ln_w, ln_b}, [=](const Tensor& dout, Grads& grads) {
     Backend& be = backend(dev);
-    // With the bias gradient from the linked stage_sum, dout is already the gradient before the GELU.
-    Tensor linked_db;
-    if (link) {
-      linked_db = std::exchange(link->db, nullptr);
-      link->pre = nullptr;
-    }
+    // With the bias gradient from the linked stage_sum (whose backward, run first, took the
+    // pre-activation), dout is already the gradient before the GELU.
+    const Tensor linked_db = link ? std::exchange(link->db, nullptr) : nullptr;
     const bool act_grad = gelu && !linked_db;
     // The gradient before the activation, laid out like the output (over dout itself when the
     // walk lets it go: the largest buffer of a stage's backward is not needed twice).
@@ -148,9 +145,11 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     // db'_n(o) = sum_r dpre_n(r, o): with GELU, computed with its gradient in one pass (into a
     // contiguous db; reduced from dpre into any other). dout, and so dpre, come laid out like the
     // output (the walk makes them so, autograd.cpp), and the pre-activation was made like it.
-    const Tensor dbf = !folded || !(want_w || want_b) ? nullptr : linked_db ? linked_db : empty({N, O}, DTYPE_F32, dev);
+    Tensor dbf;  // the folded bias's gradient (handed over by the link, or made below)
+    if (folded && (want_w || want_b)) dbf = linked_db ? linked_db : empty({N, O}, DTYPE_F32, dev);
     const auto blocks = spre ? row_blocks(spre) : std::array<int64_t, 3>{};
     const bool fuse = act_grad && want_b;
+    const bool bias_done = fuse || linked_db;  // the bias gradient made with the GELU's, or handed over
     DUAT_CHECK(!fuse || (blocks[0] > 0 && row_blocks(dout) == blocks && row_blocks(dpre) == blocks), ERROR_STATE,
                "branch_linear backward: the gradient is not laid out like the output");
     auto bias_sum = [&](const Tensor& db, bool acc) {
@@ -205,13 +204,13 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     d.B = sxm.p, d.b_n = sxm.s_c, d.b_k = sxm.s_r, d.b_batch = shared ? 0 : sxm.s_z;
     if (!folded) {
       if (grads.needs(1)) gemm_into_grad(grads, 1, d, false, dev);
-      if (grads.needs(2) && !fuse && !linked_db) grads.into(2, bias_sum);
+      if (grads.needs(2) && !bias_done) grads.into(2, bias_sum);
       return;
     }
     const Tensor dwf = empty({N, O, C}, DTYPE_F32, dev);
     d.C = dwf->ptr_f32(), d.c_m = C, d.c_batch = O * C;
     be.gemm(d);
-    if (!fuse && !linked_db) bias_sum(dbf, false);
+    if (!bias_done) bias_sum(dbf, false);
     // Through the fold: every output written, into fresh gradient buffers or temporaries.
     WriteTarget tw = write_target(grads, 1, {N, O, C}, dev), tb = write_target(grads, 2, has_bias ? Shape{N, O} : Shape{}, dev);
     WriteTarget tg = write_target(grads, 3, {N, C}, dev), tbeta = write_target(grads, 4, {N, C}, dev);
