@@ -14,12 +14,15 @@ namespace duat {
 // The gradient slots handed to a backward function, one per recorded input. A slot lives on its
 // input's device and, when the input is dense, in the input's memory order (empty_like_layout),
 // so gradients of strided views need no copies. The incoming `dout` of a backward function is
-// laid out like the op's output when that output is dense, contiguous otherwise.
+// laid out like the op's output when that output is dense or its gradient was handed over laid
+// out exactly like it (pass; padded rows, ops/branch.cpp), contiguous otherwise.
 class Grads {
  public:
   explicit Grads(size_t n) : slots_(n) {}
   // Whether input i wants a gradient (it requires grad and grad mode was on when recorded).
   bool needs(size_t i) const { return inputs_[i] != nullptr; }
+  // Whether input i has a gradient buffer already (from the consumers walked before, or made).
+  bool has(size_t i) const { return slots_[i] != nullptr; }
   size_t size() const { return slots_.size(); }
   // Input i's gradient buffer, zeroed on first use.
   Tensor& slot(size_t i);
@@ -44,7 +47,8 @@ class Grads {
   // in place over it (GELU's gradient over the incoming one); otherwise a fresh buffer like it.
   Tensor reusable(const Tensor& dout) const;
   // Like add, but when slot i is still empty and g may become it (a view of the gradient the walk
-  // owns, handed on once, or a dense tensor the backward function just made), no copy is made.
+  // owns, handed on once, or a tensor the backward function just made, dense or laid out exactly
+  // like the input), no copy is made.
   void pass(size_t i, const Tensor& g);
 
  private:

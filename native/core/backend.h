@@ -224,7 +224,7 @@ class Backend {
   // ---- products and attention ----
   virtual void gemm(const GemmArgs& g) = 0;  // in matmul_precision()
   // The gradient before a GELU from the product that makes the gradient after it: the product g
-  // (batch 1, beta 0, no bias, no epilogue, C contiguous: c_m = N) gives dy, and C = dy * gelu'(pre)
+  // (batch 1, beta 0, no bias, no epilogue; C's rows c_m >= N apart) gives dy, and C = dy * gelu'(pre)
   // (pre laid out like C) is written with db[n] = sum over m of C(m, n). This default is the
   // product and gelu_backward_bias; a backend may apply the GELU to each finished block of the
   // product while it is still in cache.

@@ -48,7 +48,23 @@ void Backend::gelu_backward_bias(const float* x, const float* dy, float* dx, flo
 
 void Backend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) {
   gemm(g);
-  gelu_backward_bias(pre, g.C, g.C, db, 1, g.M, g.N, false);
+  if (g.c_m == g.N) return gelu_backward_bias(pre, g.C, g.C, db, 1, g.M, g.N, false);
+  // Rows g.c_m apart (padded): the same passes over the M x N block.
+  MapArgs m;
+  m.op = MAP_GELU_GRAD;
+  m.nd = 2;
+  m.shape[0] = g.M, m.shape[1] = g.N;
+  m.out = g.C, m.a = pre, m.b = g.C;
+  m.out_strides[0] = m.a_strides[0] = m.b_strides[0] = g.c_m;
+  m.out_strides[1] = m.a_strides[1] = m.b_strides[1] = 1;
+  map(m);
+  ReduceArgs r;
+  r.nd = 2;
+  r.shape[0] = g.M, r.shape[1] = g.N;
+  r.in_strides[0] = g.c_m, r.in_strides[1] = 1;
+  r.out_strides[0] = 0, r.out_strides[1] = 1;
+  r.in = g.C, r.out = db, r.accumulate = false;
+  reduce(r);
 }
 
 Backend& backend(Device device) {

@@ -111,25 +111,25 @@ void CpuBackend::gemm(const GemmArgs& g) {
 // 20 MB less traffic). The bias gradient's column sums are kept in fp64 per block of
 // sgemm_row_block() rows (a block that is not one of them, on a path that hands out others, has
 // its sums taken afterwards from C, the same sums), then summed over the blocks in order: the same
-// bits whatever the number of threads.
+// bits whatever the number of threads. pre is laid out like C (rows g.c_m apart).
 void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) {
-  if (g.batch != 1 || g.beta != 0.0f || g.bias || g.epilogue != EPILOGUE_NONE || g.c_m != g.N || g.M <= 0 || g.N <= 0)
+  if (g.batch != 1 || g.beta != 0.0f || g.bias || g.epilogue != EPILOGUE_NONE || g.c_m < g.N || g.M <= 0 || g.N <= 0)
     return Backend::gemm_gelu_backward(g, pre, db);
-  const int64_t M = g.M, N = g.N, rows = sgemm_row_block(), blocks = (M + rows - 1) / rows;
+  const int64_t M = g.M, N = g.N, ld = g.c_m, rows = sgemm_row_block(), blocks = (M + rows - 1) / rows;
   thread_local std::vector<double> part_buf;
   part_buf.resize(static_cast<size_t>(blocks * N));
   double* part = part_buf.data();
   float* C = g.C;
   std::atomic<bool> sums_whole{true};
   const GemmBlockFn block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-    const int64_t off = i0 * N + j0;
+    const int64_t off = i0 * ld + j0;
     if (i0 % rows == 0 && i1 - i0 <= rows) {  // within one block of the sums
       double* sums = part + i0 / rows * N + j0;
       std::fill(sums, sums + (j1 - j0), 0.0);
-      gelu_backward_rows_cpu(pre + off, C + off, C + off, N, i1 - i0, j1 - j0, sums);
+      gelu_backward_rows_cpu(pre + off, C + off, C + off, ld, i1 - i0, j1 - j0, sums);
     } else {  // its sums are taken from C afterwards
       sums_whole.store(false, std::memory_order_relaxed);
-      for (int64_t o = off; o < i1 * N; o += N) gelu_backward_range_cpu(pre + o, C + o, C + o, j1 - j0, false);
+      for (int64_t o = off; o < i1 * ld; o += ld) gelu_backward_range_cpu(pre + o, C + o, C + o, j1 - j0, false);
     }
   };
   gemm_one(g, 0, true, matmul_precision() == PRECISION_BF16, &block);
@@ -137,7 +137,7 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
     parallel_for(blocks, [&](int64_t b) {
       double* sums = part + b * N;
       std::fill(sums, sums + N, 0.0);
-      accumulate_rows_f64_cpu(C + b * rows * N, N, std::min(rows, M - b * rows), sums, N);
+      accumulate_rows_f64_cpu(C + b * rows * ld, ld, std::min(rows, M - b * rows), sums, N);
     });
   }
   sum_parts_f64_cpu(part, blocks, N, db, false);

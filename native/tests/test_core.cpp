@@ -1013,41 +1013,56 @@ void test_gemm_gelu_backward() {
         ref[m * N + n] = alpha * s * grad;
         ref_db[n] += ref[m * N + n];
       }
-    const std::string shape = std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
-    std::vector<float> first_c, first_db;
-    for (int way = 0; way < 4; way++) {  // the CPU's on 1, 2, 3 threads; the Backend default
-      set_num_threads(way < 3 ? way + 1 : 2);
-      std::vector<float> C(M * N, NAN), db(N, NAN);
-      GemmArgs g;
-      g.M = static_cast<int>(M), g.N = static_cast<int>(N), g.K = static_cast<int>(K), g.alpha = alpha;
-      g.A = A.data(), g.a_m = K, g.a_k = 1;
-      g.B = B.data(), g.b_n = 1, g.b_k = N;
-      g.C = C.data(), g.c_m = N;
-      Backend& be = cpu_backend();
-      way < 3 ? be.gemm_gelu_backward(g, pre.data(), db.data()) : be.Backend::gemm_gelu_backward(g, pre.data(), db.data());
-      double worst = 0.0, worst_db = 0.0;
-      for (int64_t i = 0; i < M * N; i++) worst = std::max(worst, std::fabs(C[i] - ref[i]) / (1.0 + std::fabs(ref[i])));
-      for (int64_t n = 0; n < N; n++) worst_db = std::max(worst_db, std::fabs(db[n] - ref_db[n]) / (1.0 + std::fabs(ref_db[n])));
-      const std::string who = way < 3 ? "CPU on " + std::to_string(way + 1) + " threads" : "Backend default";
-      expect(worst < 1e-4 && worst_db < 1e-4, "gemm_gelu_backward " + shape + ", " + who + " (err " +
-                                                  std::to_string(worst) + ", db err " + std::to_string(worst_db) + ")");
-      if (way < 3) {
-        const int64_t rows = sgemm_row_block();
-        std::vector<double> total(N, 0.0);
-        for (int64_t r0 = 0; r0 < M; r0 += rows) {
-          std::vector<double> part(N, 0.0);
-          for (int64_t m = r0; m < std::min(M, r0 + rows); m++)
-            for (int64_t n = 0; n < N; n++) part[n] += C[m * N + n];
-          for (int64_t n = 0; n < N; n++) total[n] += part[n];
+    for (const int64_t pad : {int64_t{0}, int64_t{24}}) {  // C and pre with rows N or N + 24 apart
+      const int64_t ld = N + pad;
+      const std::string shape = std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) +
+                                (pad ? ", rows " + std::to_string(ld) + " apart" : "");
+      std::vector<float> pre_ld(M * ld, NAN);
+      for (int64_t m = 0; m < M; m++) std::copy(&pre[m * N], &pre[m * N] + N, &pre_ld[m * ld]);
+      std::vector<float> first_c, first_db;
+      for (int way = 0; way < 4; way++) {  // the CPU's on 1, 2, 3 threads; the Backend default
+        set_num_threads(way < 3 ? way + 1 : 2);
+        std::vector<float> C(M * ld, NAN), db(N, NAN);
+        GemmArgs g;
+        g.M = static_cast<int>(M), g.N = static_cast<int>(N), g.K = static_cast<int>(K), g.alpha = alpha;
+        g.A = A.data(), g.a_m = K, g.a_k = 1;
+        g.B = B.data(), g.b_n = 1, g.b_k = N;
+        g.C = C.data(), g.c_m = ld;
+        Backend& be = cpu_backend();
+        way < 3 ? be.gemm_gelu_backward(g, pre_ld.data(), db.data())
+                : be.Backend::gemm_gelu_backward(g, pre_ld.data(), db.data());
+        std::vector<float> c(M * N);  // C's M x N values
+        bool gaps_kept = true;
+        for (int64_t m = 0; m < M; m++) {
+          std::copy(&C[m * ld], &C[m * ld] + N, &c[m * N]);
+          for (int64_t n = N; n < ld; n++) gaps_kept = gaps_kept && std::isnan(C[m * ld + n]);
         }
-        bool same = true;
-        for (int64_t n = 0; n < N; n++) same = same && db[n] == static_cast<float>(total[n]);
-        expect(same, "gemm_gelu_backward " + shape + ", " + who + ": the bias sums are C's block sums in order");
+        double worst = 0.0, worst_db = 0.0;  // (a NaN counts as infinitely wrong)
+        auto worse = [](double w, double d) { return std::isnan(d) ? INFINITY : std::max(w, d); };
+        for (int64_t i = 0; i < M * N; i++) worst = worse(worst, std::fabs(c[i] - ref[i]) / (1.0 + std::fabs(ref[i])));
+        for (int64_t n = 0; n < N; n++) worst_db = worse(worst_db, std::fabs(db[n] - ref_db[n]) / (1.0 + std::fabs(ref_db[n])));
+        const std::string who = way < 3 ? "CPU on " + std::to_string(way + 1) + " threads" : "Backend default";
+        expect(worst < 1e-4 && worst_db < 1e-4 && gaps_kept,
+               "gemm_gelu_backward " + shape + ", " + who + " (err " + std::to_string(worst) + ", db err " +
+                   std::to_string(worst_db) + (gaps_kept ? "" : ", wrote between the rows") + ")");
+        if (way < 3) {
+          const int64_t rows = sgemm_row_block();
+          std::vector<double> total(N, 0.0);
+          for (int64_t r0 = 0; r0 < M; r0 += rows) {
+            std::vector<double> part(N, 0.0);
+            for (int64_t m = r0; m < std::min(M, r0 + rows); m++)
+              for (int64_t n = 0; n < N; n++) part[n] += c[m * N + n];
+            for (int64_t n = 0; n < N; n++) total[n] += part[n];
+          }
+          bool same = true;
+          for (int64_t n = 0; n < N; n++) same = same && db[n] == static_cast<float>(total[n]);
+          expect(same, "gemm_gelu_backward " + shape + ", " + who + ": the bias sums are C's block sums in order");
+        }
+        if (way == 0) first_c = c, first_db = db;
+        if ((way == 1 || way == 2) && K < 1024)
+          expect(c == first_c && db == first_db, "gemm_gelu_backward " + shape + ": the same bits on " +
+                                                     std::to_string(way + 1) + " threads as on one");
       }
-      if (way == 0) first_c = C, first_db = db;
-      if ((way == 1 || way == 2) && K < 1024)
-        expect(C == first_c && db == first_db, "gemm_gelu_backward " + shape + ": the same bits on " +
-                                                   std::to_string(way + 1) + " threads as on one");
     }
   }
   set_num_threads(0);
@@ -1593,8 +1608,75 @@ double max_diff(const Tensor& a, const Tensor& b) {
   const Tensor x = to_device(a, DEVICE_CPU), y = to_device(b, DEVICE_CPU);
   if (x->shape != y->shape) return INFINITY;
   double m = 0;
-  for (int64_t i = 0; i < x->numel(); i++) m = std::max(m, std::fabs(static_cast<double>(x->f32()[i]) - y->f32()[i]));
+  for (int64_t i = 0; i < x->numel(); i++) {
+    const double d = std::fabs(static_cast<double>(x->f32()[i]) - y->f32()[i]);
+    m = std::isnan(d) ? INFINITY : std::max(m, d);  // (std::max would pass a NaN over)
+  }
   return m;
+}
+
+// A two-stage model of two branches on 8 x 8 images, its random parameters, five images and
+// their labels: the jobs the step tests below compare between devices and ranks.
+struct TinyJob {
+  ModelConfig c;
+  std::vector<Tensor> init;
+  Tensor images, labels;
+};
+TinyJob tiny_job(int64_t mlp_hidden, uint64_t seed) {
+  TinyJob j;
+  std::mt19937_64 rng(seed);
+  j.c.image_size = 8, j.c.patch_size = 4, j.c.classes = 3, j.c.dim = 16, j.c.heads = 2, j.c.depth = 2, j.c.branches = 2;
+  j.c.mlp_hidden = mlp_hidden;
+  j.init = parity::random_params(j.c, rng);
+  j.images = randn({5, 1, 8, 8}, 3, 0.0f, 1.0f);
+  j.labels = empty({5}, DTYPE_I32);
+  for (int i = 0; i < 5; i++) j.labels->i32()[i] = i % 3;
+  return j;
+}
+
+// Padded rows (branch.cpp): on the CPU the MLP's interleaved hidden activations whose rows are a
+// multiple of 4 KiB are laid out with longer rows. A training step of a stage with such rows (two
+// branches of 512) and the GELU's gradient reached from elsewhere (unjoined, its gradient arriving
+// contiguous) against the test device, which lays the same rows out unpadded.
+void test_padded_rows() {
+  using parity::copies;
+  const int64_t N = 2, M = 512, R = 30, C = 8;
+  const Tensor x = randn({N, R, C}, 31, 0.0f, 1.0f), w1 = randn({N, M, C}, 32, 0.0f, 0.3f), b1 = randn({N, M}, 33, 0.0f, 0.3f);
+  const Tensor v = randn({N, R, M}, 34, 0.0f, 1.0f);
+  std::vector<Tensor> hs, grads;
+  for (const Device dev : {DEVICE_CPU, DEVICE_CUDA}) {
+    set_test_device(dev == DEVICE_CUDA);
+    const std::vector<Tensor> p = copies({x, w1, b1, v}, dev);
+    for (int i = 0; i < 3; i++) p[i]->requires_grad = true;
+    const Tensor h = branch_linear(p[0], p[1], p[2], nullptr, nullptr, true, true);
+    expect(h->strides[1] == (dev == DEVICE_CPU ? N * M + 256 : N * M),
+           std::string("an MLP activation of rows of 4 KiB is padded on the CPU only (row stride ") +
+               std::to_string(h->strides[1]) + ")");
+    backward(sum(mul(h, p[3]), {}, false), nullptr);
+    hs.push_back(to_device(contiguous(h), DEVICE_CPU));
+    for (int i = 0; i < 3; i++) grads.push_back(to_device(p[i]->grad, DEVICE_CPU));
+  }
+  double worst = max_diff(hs[0], hs[1]);
+  for (int i = 0; i < 3; i++) worst = std::max(worst, max_diff(grads[i], grads[3 + i]));
+  expect(worst < 1e-5, "branch_linear over padded rows, its gradient arriving contiguous: the unpadded values (" +
+                           std::to_string(worst) + ")");
+
+  const TinyJob j = tiny_job(512, 12);
+  std::vector<StepResult> steps;
+  std::vector<std::vector<Tensor>> g;
+  for (const Device dev : {DEVICE_CPU, DEVICE_CUDA}) {
+    set_test_device(dev == DEVICE_CUDA);
+    Model m(j.c, copies(j.init, dev), PRECISION_FP32);
+    steps.push_back(train_step(m, j.images, j.labels, nullptr, {}, StepOptions{}));
+    g.emplace_back();
+    for (const Tensor& t : m.params()) g.back().push_back(to_device(t->grad, DEVICE_CPU));
+  }
+  worst = 0;
+  for (size_t i = 0; i < j.init.size(); i++) worst = std::max(worst, max_diff(g[0][i], g[1][i]));
+  expect(std::fabs(steps[0].loss - steps[1].loss) < 1e-5 && worst < 1e-5,
+         "a training step over padded rows: the unpadded loss and gradients (worst " + std::to_string(worst) + ")");
+  clear_derived_weights();
+  set_test_device(false);
 }
 
 // On a job of two twins, a data-parallel step is the single step (each twin's half of the weight
@@ -1603,19 +1685,15 @@ double max_diff(const Tensor& a, const Tensor& b) {
 // test device, whose tensors the communicator reduces through the host.
 void test_distributed_step() {
   using parity::copies;
-  using parity::random_params;
   install_communicator(std::make_unique<TwinCommunicator>());
   Communicator& comm = *communicator();
   for (const Device dev : {DEVICE_CPU, DEVICE_CUDA}) {
     set_test_device(dev == DEVICE_CUDA);
     const std::string on = dev == DEVICE_CPU ? " (cpu)" : " (test device)";
-    std::mt19937_64 rng(11);
-    ModelConfig c;
-    c.image_size = 8, c.patch_size = 4, c.classes = 3, c.dim = 16, c.heads = 2, c.depth = 2, c.branches = 2, c.mlp_hidden = 24;
-    const std::vector<Tensor> init = random_params(c, rng);
-    const Tensor x = randn({5, 1, 8, 8}, 3, 0.0f, 1.0f);
-    Tensor y = empty({5}, DTYPE_I32);
-    for (int i = 0; i < 5; i++) y->i32()[i] = i % 3;
+    const TinyJob j = tiny_job(24, 11);
+    const ModelConfig& c = j.c;
+    const std::vector<Tensor>& init = j.init;
+    const Tensor &x = j.images, &y = j.labels;
     StepOptions o;
     o.label_smoothing = 0.1f;
     Model single(c, copies(init, dev), PRECISION_FP32), data(c, copies(init, dev), PRECISION_FP32);
@@ -1704,6 +1782,7 @@ int main() {
   test_gelu_backward_bias();
   test_gemm_gelu_backward();
   test_gelu_link();
+  test_padded_rows();
   test_gelu_maps();
   test_reduce_nothing_summed();
   test_memory();
