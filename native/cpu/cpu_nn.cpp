@@ -46,16 +46,17 @@ SgemmOperand operand_b(const float* p, int64_t s_n, int64_t s_k, int64_t N, int6
 }
 
 // One batch item of a GemmArgs product; `par` lets sgemm and the epilogue use the pool; `bf16`
-// rounds the operands to bf16 (sgemm). `after`: sgemm's epilogue for a product without one of
-// its own.
-void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16, const GemmBlockFn* after = nullptr) {
+// rounds the operands to bf16 (sgemm). `after` and `act`: sgemm's epilogue and act for a product
+// without an epilogue of its own.
+void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16, const GemmBlockFn* after = nullptr,
+              const GemmAct* act = nullptr) {
   thread_local std::vector<float> sa, sb, tmp;
   const SgemmOperand a = operand_a(g.A + z * g.a_batch, g.a_m, g.a_k, g.M, g.K, &sa);
   const SgemmOperand b = operand_b(g.B + z * g.b_batch, g.b_n, g.b_k, g.N, g.K, &sb);
   float* C = g.C + z * g.c_batch;
   const float* bias = g.bias ? g.bias + z * g.bias_batch : nullptr;
   if (g.epilogue == EPILOGUE_NONE) {
-    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16, after);
+    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16, after, act);
     return;
   }
   // GELU with its pre-activation kept (training): the product into aux, its GELU into C from the
@@ -106,12 +107,13 @@ void CpuBackend::gemm(const GemmArgs& g) {
   }
 }
 
-// The GELU's gradient over each finished block of the product, while the block is in cache: the
-// product's output is read and rewritten there instead of once more from memory (3200 x 768:
-// 20 MB less traffic). The bias gradient's column sums are kept in fp64 per block of
-// sgemm_row_block() rows (a block that is not one of them, on a path that hands out others, has
-// its sums taken afterwards from C, the same sums), then summed over the blocks in order: the same
-// bits whatever the number of threads. pre is laid out like C (rows g.c_m apart).
+// The GELU's gradient from the product's register tiles (sgemm's backward act: C is written once,
+// the pre-activation read as each tile finishes, asked for a tile ahead), or over each finished
+// block of the product on sgemm's other paths, while the block is in cache. The bias gradient's
+// column sums are kept in fp64 per block of sgemm_row_block() rows, rows in order (a block that is
+// not one of them, on a path that hands out others, has its sums taken afterwards from C, the
+// same sums), then summed over the blocks in order: the same bits whatever the number of threads
+// and whichever way. pre is laid out like C (rows g.c_m apart).
 void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) {
   if (g.batch != 1 || g.beta != 0.0f || g.bias || g.epilogue != EPILOGUE_NONE || g.c_m < g.N || g.M <= 0 || g.N <= 0)
     return Backend::gemm_gelu_backward(g, pre, db);
@@ -132,7 +134,8 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
       for (int64_t o = off; o < i1 * ld; o += ld) gelu_backward_range_cpu(pre + o, C + o, C + o, j1 - j0, false);
     }
   };
-  gemm_one(g, 0, true, matmul_precision() == PRECISION_BF16, &block);
+  const GemmAct act{const_cast<float*>(pre), ld, part};
+  gemm_one(g, 0, true, matmul_precision() == PRECISION_BF16, &block, &act);
   if (!sums_whole.load()) {
     parallel_for(blocks, [&](int64_t b) {
       double* sums = part + b * N;

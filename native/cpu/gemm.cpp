@@ -41,10 +41,12 @@ namespace duat {
 
 namespace {
 
-// A tile's share of a product's GELU output (GemmAct, at the tile's first element); stream_c: the
-// tile's C is stored past the caches (sgemm_streams_c).
+// A tile's share of a product's GELU output (GemmAct, at the tile's first element; grad_sums at
+// its first column's sums); stream_c: the tile's C is stored past the caches (sgemm_streams_c);
+// first_rows: a backward act's tile begins its block of rows (its sums start from zero).
 struct TileAct : GemmAct {
   bool stream_c;
+  bool first_rows = false;
 };
 
 struct KernelInfo {
@@ -168,9 +170,53 @@ __attribute__((target("avx512f"), always_inline)) inline void gelu_row_avx512(
   store_cols(act + 16, m1, gelu_avx512(r1));
 }
 
+// GCC 12 reports the undefined-register idiom of the conversions and extracts below, once
+// inlined, as a maybe-uninitialized read (as for the transposes further down).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// GELU's backward over a tile's rows (TileAct with grad_sums): each row r0 | r1 times gelu'(x) of
+// the pre-activation row x, stored to c, and added in fp64 to the tile's four vectors of column
+// sums s, row after row: the values and the sums of gelu_backward_rows_cpu (kernels.h).
+__attribute__((target("avx512f"), always_inline)) inline void gelu_grad_row_avx512(
+    __m512 r0, __m512 r1, const float* x, float* c, __mmask16 m0, __mmask16 m1, __m512d (&s)[4]) {
+  r0 = _mm512_mul_ps(r0, gelu_grad_avx512(_mm512_maskz_loadu_ps(m0, x)));
+  r1 = _mm512_mul_ps(r1, gelu_grad_avx512(_mm512_maskz_loadu_ps(m1, x + 16)));
+  store_cols(c, m0, r0);
+  store_cols(c + 16, m1, r1);
+  s[0] = _mm512_add_pd(s[0], _mm512_cvtps_pd(_mm512_castps512_ps256(r0)));
+  s[1] = _mm512_add_pd(s[1], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r0), 1))));
+  s[2] = _mm512_add_pd(s[2], _mm512_cvtps_pd(_mm512_castps512_ps256(r1)));
+  s[3] = _mm512_add_pd(s[3], _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(r1), 1))));
+}
+
+// The column sums of a backward act's tile, its nr columns: loaded (zero where it begins its
+// block of rows), and stored back.
+__attribute__((target("avx512f"), always_inline)) inline void load_grad_sums(const TileAct& act, int nr,
+                                                                               __m512d (&s)[4]) {
+  for (int q = 0; q < 4; q++) {
+    const int cols = std::max(0, std::min(8, nr - 8 * q));
+    const __mmask8 m = static_cast<__mmask8>((1u << cols) - 1);
+    s[q] = act.first_rows ? _mm512_setzero_pd() : _mm512_maskz_loadu_pd(m, act.grad_sums + 8 * q);
+  }
+}
+__attribute__((target("avx512f"), always_inline)) inline void store_grad_sums(const TileAct& act, int nr,
+                                                                                const __m512d (&s)[4]) {
+  for (int q = 0; q < 4; q++) {
+    const int cols = std::max(0, std::min(8, nr - 8 * q));
+    _mm512_mask_storeu_pd(act.grad_sums + 8 * q, static_cast<__mmask8>((1u << cols) - 1), s[q]);
+  }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
 // Writes an MR x 32 tile of accumulators: c = alpha * acc (+ bias per column) (+ c when add);
 // rows below mr and columns below nr only; with `act`, also act = gelu(c) there, and c streamed
-// past the caches when act->stream_c (act itself is cached: the next product reads it).
+// past the caches when act->stream_c (act itself is cached: the next product reads it); with a
+// backward act (grad_sums), c times gelu'(act) instead, and the column sums.
 template <int MR = 12>
 __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
     const __m512 (&acc)[MR][2], float* c, int64_t ldc, int mr, int nr, float alpha, bool add, const float* bias,
@@ -181,6 +227,9 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
   const __m512 bias0 = bias ? _mm512_maskz_loadu_ps(m0, bias) : _mm512_setzero_ps();
   const __m512 bias1 = bias ? _mm512_maskz_loadu_ps(m1, bias + 16) : _mm512_setzero_ps();
+  const bool grad = act && act->grad_sums;
+  __m512d sums[4];
+  if (grad) load_grad_sums(*act, nr, sums);
 #pragma GCC unroll 12
   for (int i = 0; i < MR; i++) {
     if (i >= mr) break;
@@ -190,9 +239,14 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
+    if (grad) {
+      gelu_grad_row_avx512(r0, r1, act->p + i * act->ld, ci, m0, m1, sums);
+      continue;
+    }
     store_tile_row(ci, m0, m1, r0, r1, stream);
     if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
   }
+  if (grad) store_grad_sums(*act, nr, sums);
 }
 
 // ROWS: A row-major in place (row i at a + i * lda, k contiguous); else k-major panels lda apart.
@@ -263,6 +317,9 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
   const __mmask16 m0 = nr >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : static_cast<__mmask16>((1u << (nr - 16)) - 1);
   const bool stream = act && act->stream_c && !add;
+  const bool grad = act && act->grad_sums;
+  __m512d sums[4];
+  if (grad) load_grad_sums(*act, nr, sums);
   for (int i = 0; i < mr; i++) {
     float* ci = c + i * ldc;
     __m512 r0 = _mm512_load_ps(tile + i * NR), r1 = _mm512_load_ps(tile + i * NR + 16);
@@ -270,9 +327,14 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
       r0 = _mm512_add_ps(r0, _mm512_maskz_loadu_ps(m0, ci));
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
+    if (grad) {
+      gelu_grad_row_avx512(r0, r1, act->p + i * act->ld, ci, m0, m1, sums);
+      continue;
+    }
     store_tile_row(ci, m0, m1, r0, r1, stream);
     if (act) gelu_row_avx512(r0, r1, act->p + i * act->ld, m0, m1);
   }
+  if (grad) store_grad_sums(*act, nr, sums);
 }
 __attribute__((target("avx512f"))) void micro_avx512_staged(int64_t kc, const float* a, int64_t lda, const float* b,
                                                              int64_t ldb, float* c, int64_t ldc, int mr, int nr,
@@ -938,20 +1000,32 @@ void cpu_isa_set(CpuIsa isa) {
   g_isa = isa;
 }
 
+namespace {
+// Asks for `rows` rows of an act's 32 columns from (i, j), line by line.
+void prefetch_tile(const GemmAct* act, int64_t i, int64_t j, int64_t rows) {
+  for (int64_t r = 0; r < rows; r++) {
+    const char* p = reinterpret_cast<const char*>(act->p + (i + r) * act->ld + j);
+    __builtin_prefetch(p, 0, 3);
+    __builtin_prefetch(p + 64, 0, 3);
+  }
+}
+}  // namespace
+
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const float* bias,
            bool bf16, const GemmBlockFn* epilogue, const GemmAct* act) {
   if (M <= 0 || N <= 0) return;
   // The GELU output over finished blocks, then the caller's epilogue: for every path but the
-  // packed one's register tiles.
+  // packed one's register tiles. (A backward act's blocks go to the caller's epilogue alone.)
+  const bool act_grad = act && act->grad_sums;
   GemmBlockFn act_blocks;
-  if (act) {
+  if (act && !act_grad) {
     act_blocks = [=](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
       for (int64_t i = i0; i < i1; i++) gelu_forward_range_cpu(C + i * ldc + j0, act->p + i * act->ld + j0, j1 - j0);
       if (epilogue) (*epilogue)(i0, i1, j0, j1);
     };
   }
-  const GemmBlockFn* block_epilogue = act ? &act_blocks : epilogue;
+  const GemmBlockFn* block_epilogue = act && !act_grad ? &act_blocks : epilogue;
   if (K <= 0 || alpha == 0.0f) {
     if (beta != 1.0f) scale_c(M, N, beta, C, ldc);
     if (bias)
@@ -1042,7 +1116,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   // 768 side by side).
   const bool a_rows_alias = (lda * 4) % 4096 == 0;
   // A GELU product's C stored past the caches by the tiles that write the GELU (sgemm_streams_c).
-  const bool streams_c = act && sgemm_streams_c(M, N, K, beta);
+  const bool streams_c = act && !act_grad && sgemm_streams_c(M, N, K, beta);
   auto direct_a = [&](int64_t panels) {
     return transA || (ker.micro_rows != nullptr && panels <= DIRECT_A_MAX_PANELS && !a_rows_alias);
   };
@@ -1099,7 +1173,13 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         const int64_t in_place = !bf16 && direct_a(q1 - q0) ? mc / MR * MR : 0;
         // The GELU from the tiles' registers on the last K block, where every tile runs `micro`
         // or micro_bf16 (not micro_rows); otherwise over the task's finished block.
-        const bool act_tiles = act && (bf16 ? ker.micro_bf16_act != nullptr : micro_act && (in_place == 0 || transA));
+        // A backward act from the tiles where a task's block of C would not stay in L2 for the
+        // pass over it (Para-Former's fc2 backward, 4 or 12 branches side by side: 144 x 3328 and
+        // 144 x 4096); one of 144 x 768 (ViT's) does, and its pass was faster (ViT-4 1.4%).
+        const bool grad_tiles = act_grad && !bf16 && beta == 0.0f && !bias && mc * nc * 4 > l2_bytes();
+        const bool act_tiles =
+            act && (act_grad ? grad_tiles && micro_act && (in_place == 0 || transA)
+                             : bf16 ? ker.micro_bf16_act != nullptr : micro_act && (in_place == 0 || transA));
         const bool stream_c = act_tiles && streams_c;
         for (int64_t pb = 0; pb < k_blocks; pb++) {
           const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0), ku = units(kc);
@@ -1125,7 +1205,15 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
               } else if (bf16) {
                 ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
               } else if (act_tiles && last) {
-                const TileAct tile_act{{act->p + (i0 + r) * act->ld + j0 + jj, act->ld}, stream_c};
+                double* sums = act_grad ? act->grad_sums + (i0 + r) / MC_ROWS * N + j0 + jj : nullptr;
+                const TileAct tile_act{{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, sums}, stream_c, r == 0};
+                // A backward act reads the pre-activation from memory: the next tile's rows are
+                // asked for while this one is computed.
+                if (act_grad) {
+                  const bool below = r + MR < mc;  // the next tile: below, or the next panel's first
+                  const int64_t next = i0 + (below ? r + MR : 0);
+                  prefetch_tile(act, next, j0 + jj + (below ? 0 : NR), std::min<int64_t>(MR, M - next));
+                }
                 const float* a = r >= in_place ? apack + (r - in_place) * kc : A + p0 * lda + i0 + r;
                 micro_act(kc, a, r >= in_place ? MR : lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
               } else if (r >= in_place) {
@@ -1139,7 +1227,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
           }
         }
         if (stream_c) store_fence();
-        const GemmBlockFn* task_epilogue = act_tiles ? epilogue : block_epilogue;
+        const GemmBlockFn* task_epilogue = act_tiles ? (act_grad ? nullptr : epilogue) : block_epilogue;
         if (task_epilogue && s0 + ks == K) (*task_epilogue)(i0, i0 + mc, j0 + q0 * NR, j0 + std::min(nc, q1 * NR));
       };
       // Row blocks taken in turn by the threads (parallel_for) were 1-10% slower on 3200-row

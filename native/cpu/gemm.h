@@ -26,9 +26,13 @@ bool cpu_has_bf16();
 using GemmBlockFn = std::function<void(int64_t i0, int64_t i1, int64_t j0, int64_t j1)>;
 
 // A GELU output of a product: act[i * ld + j] = gelu(C[i][j]) for every element of the finished C.
+// With grad_sums, GELU's backward instead: p holds the pre-activation x, laid out like C (read
+// only), C(i, j) becomes the product times gelu'(x(i, j)), and grad_sums[b * N + j] the fp64 sum of
+// the new C(i, j) over the rows i of block b (sgemm_row_block() rows each), rows in order.
 struct GemmAct {
   float* p;
   int64_t ld;
+  double* grad_sums = nullptr;
 };
 
 // parallel = false keeps the product on the calling thread (for callers that already split
@@ -37,7 +41,10 @@ struct GemmAct {
 // sums their products in fp32 (where the AVX-512 kernels are active and the CPU has AVX512_BF16;
 // small products and those of few rows stay fp32). act (optional): C's GELU is written there too,
 // from the tiles' registers on the packed AVX-512 paths (C is not read back), elsewhere over
-// finished blocks; before `epilogue` sees the block either way.
+// finished blocks; before `epilogue` sees the block either way. A backward act (grad_sums; beta
+// 0, no bias) is applied from the tiles' registers on the packed AVX-512 fp32 path only: every
+// block not done so is left as the product and handed to `epilogue`, which must then do it; the
+// blocks done so are not.
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel = true,
            const float* bias = nullptr, bool bf16 = false, const GemmBlockFn* epilogue = nullptr,

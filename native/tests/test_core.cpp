@@ -995,7 +995,11 @@ void test_gelu_backward_bias() {
 // order, on either route; its bits are the same on 1, 2 and 3 threads (but split K's, whose
 // product itself is split by the threads).
 void test_gemm_gelu_backward() {
-  const std::vector<std::array<int64_t, 3>> sizes = {{300, 96, 40}, {50, 200, 64}, {7, 33, 5}, {200, 64, 2048}};
+  // The packed path's blocks (300 x 96, A read in place; 150 x 256, rows 1 KiB apart, staged), its
+  // register tiles (150 x 4096: a task's block of C larger than L2; rows 16 KiB apart, staged, or
+  // 4120 floats apart), a few rows read in place, a small product, K split over the threads.
+  const std::vector<std::array<int64_t, 3>> sizes = {{300, 96, 40}, {150, 256, 48}, {150, 4096, 32}, {50, 200, 64},
+                                                     {7, 33, 5},      {200, 64, 2048}};
   std::mt19937 rng(9);
   std::normal_distribution<float> dist(0.0f, 1.0f);
   const float alpha = 0.5f;
