@@ -82,20 +82,14 @@ Tensor Grads::reusable(const Tensor& dout) const {
   const bool own = dout_owned_ && !dout_passed_ && dout->storage.get() == dout_storage_ && dout.use_count() == 1 &&
                    dout->storage.use_count() == 1;
   if (own) return dout;
-  if (!is_dense(dout)) return empty_like(dout);  // (padded rows: contiguous)
-  Tensor t = empty({dout->numel()}, dout->dtype, dout->device);
-  t->shape = dout->shape;
-  t->strides = dout->strides;  // dout is dense: laid out like the op's output (or contiguous)
-  return t;
+  return empty_like_layout(dout);  // laid out like dout where that is dense (padded rows: contiguous)
 }
 
 void Grads::pass(size_t i, const Tensor& g) {
   const TensorImpl& in = *inputs_[i];
-  bool fits = !slots_[i] && g->shape == in.shape && g->device == in.device;
   // Dense, or laid out exactly like the input (padded rows, ops/branch.cpp).
-  bool like_input = true;
-  for (size_t d = 0; fits && like_input && d < in.shape.size(); d++) like_input = in.shape[d] == 1 || g->strides[d] == in.strides[d];
-  fits = fits && (like_input || is_dense(g));
+  const bool fits =
+      !slots_[i] && g->shape == in.shape && g->device == in.device && (same_layout(*g, in) || is_dense(g));
   // A view of the walk's own incoming gradient, handed on once...
   if (fits && dout_owned_ && !dout_passed_ && g->storage.get() == dout_storage_) {
     slots_[i] = g;

@@ -29,42 +29,43 @@ PrecisionScope::~PrecisionScope() { t_precision = prev_; }
 
 const char* device_name(Device device) { return device == DEVICE_CPU ? "cpu" : "cuda"; }
 
-void Backend::gelu_backward_bias(const float* x, const float* dy, float* dx, float* db, int64_t batch, int64_t rows,
-                                 int64_t cols, bool accumulate) {
+namespace {
+// gelu_backward_bias as a map and a reduction, over (batch, rows, cols) blocks whose rows are `ld`
+// floats apart (x, dy and dx alike; ld >= cols).
+void gelu_backward_bias_passes(Backend& be, const float* x, const float* dy, float* dx, float* db, int64_t batch,
+                               int64_t rows, int64_t cols, int64_t ld, bool accumulate) {
+  const int64_t shape[3] = {batch, rows, cols}, in_s[3] = {rows * ld, ld, 1}, out_s[3] = {cols, 0, 1};
   MapArgs m;
   m.op = MAP_GELU_GRAD;
-  m.nd = 1;
-  m.shape[0] = batch * rows * cols;
+  m.nd = 3;
   m.out = dx, m.a = x, m.b = dy;
-  m.out_strides[0] = m.a_strides[0] = m.b_strides[0] = 1;
-  map(m);
   ReduceArgs r;
   r.nd = 3;
-  const int64_t shape[3] = {batch, rows, cols}, in_s[3] = {rows * cols, cols, 1}, out_s[3] = {cols, 0, 1};
-  for (int d = 0; d < 3; d++) r.shape[d] = shape[d], r.in_strides[d] = in_s[d], r.out_strides[d] = out_s[d];
+  for (int d = 0; d < 3; d++) {
+    m.shape[d] = r.shape[d] = shape[d];
+    m.out_strides[d] = m.a_strides[d] = m.b_strides[d] = r.in_strides[d] = in_s[d];
+    r.out_strides[d] = out_s[d];
+  }
+  if (ld == cols) {  // one run
+    m.nd = 1;
+    m.shape[0] = batch * rows * cols;
+    m.out_strides[0] = m.a_strides[0] = m.b_strides[0] = 1;
+  }
+  be.map(m);
   r.in = dx, r.out = db, r.accumulate = accumulate;
-  reduce(r);
+  be.reduce(r);
+}
+}  // namespace
+
+void Backend::gelu_backward_bias(const float* x, const float* dy, float* dx, float* db, int64_t batch, int64_t rows,
+                                 int64_t cols, bool accumulate) {
+  gelu_backward_bias_passes(*this, x, dy, dx, db, batch, rows, cols, cols, accumulate);
 }
 
 void Backend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) {
   gemm(g);
   if (g.c_m == g.N) return gelu_backward_bias(pre, g.C, g.C, db, 1, g.M, g.N, false);
-  // Rows g.c_m apart (padded): the same passes over the M x N block.
-  MapArgs m;
-  m.op = MAP_GELU_GRAD;
-  m.nd = 2;
-  m.shape[0] = g.M, m.shape[1] = g.N;
-  m.out = g.C, m.a = pre, m.b = g.C;
-  m.out_strides[0] = m.a_strides[0] = m.b_strides[0] = g.c_m;
-  m.out_strides[1] = m.a_strides[1] = m.b_strides[1] = 1;
-  map(m);
-  ReduceArgs r;
-  r.nd = 2;
-  r.shape[0] = g.M, r.shape[1] = g.N;
-  r.in_strides[0] = g.c_m, r.in_strides[1] = 1;
-  r.out_strides[0] = 0, r.out_strides[1] = 1;
-  r.in = g.C, r.out = db, r.accumulate = false;
-  reduce(r);
+  gelu_backward_bias_passes(*this, pre, g.C, g.C, db, 1, g.M, g.N, g.c_m, false);  // rows padded
 }
 
 Backend& backend(Device device) {

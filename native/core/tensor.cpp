@@ -215,12 +215,13 @@ Tensor empty_like_layout(const Tensor& t) {
   return out;
 }
 
-bool same_layout(const Tensor& t, const Tensor& u) {
-  if (t->shape != u->shape) return false;
-  for (size_t d = 0; d < t->shape.size(); d++)
-    if (t->shape[d] != 1 && t->strides[d] != u->strides[d]) return false;
+bool same_layout(const TensorImpl& t, const TensorImpl& u) {
+  if (t.shape != u.shape) return false;
+  for (size_t d = 0; d < t.shape.size(); d++)
+    if (t.shape[d] != 1 && t.strides[d] != u.strides[d]) return false;
   return true;
 }
+bool same_layout(const Tensor& t, const Tensor& u) { return same_layout(*t, *u); }
 
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset) {
   auto t = std::make_shared<TensorImpl>();

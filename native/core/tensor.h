@@ -121,6 +121,7 @@ bool is_dense(const Tensor& t);
 Tensor empty_like_layout(const Tensor& t);
 // Whether t and u address their elements in the same order (same shape and strides).
 bool same_layout(const Tensor& t, const Tensor& u);
+bool same_layout(const TensorImpl& t, const TensorImpl& u);
 // A view: same storage, given shape/strides/offset, no autograd history.
 Tensor make_view(const Tensor& base, const Shape& shape, const Shape& strides, int64_t offset);
 // The same data with no autograd history (saved tensors use this to avoid reference cycles).

@@ -125,14 +125,11 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
   std::atomic<bool> sums_whole{true};
   const GemmBlockFn block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t off = i0 * ld + j0;
-    if (i0 % rows == 0 && i1 - i0 <= rows) {  // within one block of the sums
-      double* sums = part + i0 / rows * N + j0;
-      std::fill(sums, sums + (j1 - j0), 0.0);
-      gelu_backward_rows_cpu(pre + off, C + off, C + off, ld, i1 - i0, j1 - j0, sums);
-    } else {  // its sums are taken from C afterwards
-      sums_whole.store(false, std::memory_order_relaxed);
-      for (int64_t o = off; o < i1 * ld; o += ld) gelu_backward_range_cpu(pre + o, C + o, C + o, j1 - j0, false);
-    }
+    const bool whole = i0 % rows == 0 && i1 - i0 <= rows;  // within one block of the sums
+    double* sums = whole ? part + i0 / rows * N + j0 : nullptr;
+    if (sums) std::fill(sums, sums + (j1 - j0), 0.0);
+    if (!whole) sums_whole.store(false, std::memory_order_relaxed);  // its sums are taken from C afterwards
+    gelu_backward_rows_cpu(pre + off, C + off, C + off, ld, i1 - i0, j1 - j0, sums);
   };
   const GemmAct act{const_cast<float*>(pre), ld, part};
   gemm_one(g, 0, true, matmul_precision() == PRECISION_BF16, &block, &act);

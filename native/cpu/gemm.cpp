@@ -1026,6 +1026,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     };
   }
   const GemmBlockFn* block_epilogue = act && !act_grad ? &act_blocks : epilogue;
+  // After blocks whose tiles did the act: the caller's epilogue (a backward act's is the act itself).
+  const GemmBlockFn* tiles_epilogue = act_grad ? nullptr : epilogue;
   if (K <= 0 || alpha == 0.0f) {
     if (beta != 1.0f) scale_c(M, N, beta, C, ldc);
     if (bias)
@@ -1177,9 +1179,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         // pass over it (Para-Former's fc2 backward, 4 or 12 branches side by side: 144 x 3328 and
         // 144 x 4096); one of 144 x 768 (ViT's) does, and its pass was faster (ViT-4 1.4%).
         const bool grad_tiles = act_grad && !bf16 && beta == 0.0f && !bias && mc * nc * 4 > l2_bytes();
-        const bool act_tiles =
-            act && (act_grad ? grad_tiles && micro_act && (in_place == 0 || transA)
-                             : bf16 ? ker.micro_bf16_act != nullptr : micro_act && (in_place == 0 || transA));
+        const bool fp32_tiles = micro_act && (in_place == 0 || transA);  // every tile runs `micro`
+        const bool act_tiles = act && (act_grad ? grad_tiles && fp32_tiles : bf16 ? ker.micro_bf16_act != nullptr : fp32_tiles);
         const bool stream_c = act_tiles && streams_c;
         for (int64_t pb = 0; pb < k_blocks; pb++) {
           const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0), ku = units(kc);
@@ -1227,7 +1228,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
           }
         }
         if (stream_c) store_fence();
-        const GemmBlockFn* task_epilogue = act_tiles ? (act_grad ? nullptr : epilogue) : block_epilogue;
+        const GemmBlockFn* task_epilogue = act_tiles ? tiles_epilogue : block_epilogue;
         if (task_epilogue && s0 + ks == K) (*task_epilogue)(i0, i0 + mc, j0 + q0 * NR, j0 + std::min(nc, q1 * NR));
       };
       // Row blocks taken in turn by the threads (parallel_for) were 1-10% slower on 3200-row

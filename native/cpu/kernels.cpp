@@ -141,7 +141,7 @@ void gelu_backward_rows_cpu(const float* x, const float* dy, float* dx, int64_t 
     } else {
       for (int64_t o = off; o < r1 * ld; o += ld) gelu_backward_range_cpu(x + o, dy + o, dx + o, cols, false);
     }
-    accumulate_rows_f64_cpu(dx + off, ld, r1 - r0, sums, cols);
+    if (sums) accumulate_rows_f64_cpu(dx + off, ld, r1 - r0, sums, cols);
   }
 }
 void sum_parts_f64_cpu(const double* part, int64_t parts, int64_t n, float* out, bool accumulate) {

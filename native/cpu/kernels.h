@@ -20,8 +20,8 @@ void fold_affine_backward_row_cpu(const float* d, const float* w, const float* g
 // accumulate_f64_cpu row by row), on the calling thread.
 void accumulate_rows_f64_cpu(const float* x, int64_t ld, int64_t rows, double* acc, int64_t n);
 // GELU's gradient with its bias sums over `rows` rows of `cols` floats, `ld` apart: dx = dy *
-// gelu'(x) (dx may be dy), and sums[j] += sum over the rows of dx[r * ld + j] in fp64, rows in order;
-// in groups of rows that stay in L1 between the two. On the calling thread.
+// gelu'(x) (dx may be dy), and sums[j] += sum over the rows of dx[r * ld + j] in fp64, rows in order
+// (no sums when null); in groups of rows that stay in L1 between the two. On the calling thread.
 void gelu_backward_rows_cpu(const float* x, const float* dy, float* dx, int64_t ld, int64_t rows, int64_t cols,
                             double* sums);
 // out[j] (+)= sum over p < parts, in order, of part[p * n + j] (fp64, rounded once): per-block sums
