@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "../core/parallel.h"
@@ -151,7 +152,10 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
 // (kernels.h, softmax_lse_cols_cpu); its rows are padded to a multiple of 16 (the padding holds
 // whatever the scratch held: computed on, never read back). The per-head products are small
 // (T x T x D and T x D x T) and run unpacked (sgemm_small): Q, K, V, dO and the outputs are read
-// and written in place (ld = N*3C). Their speed: bench/results/cpu-ops.md, step kernel rows.
+// and written in place (ld = N*3C). The steps around them are done as their register tiles are
+// stored (sgemm_small_then): the scores' column maxima, the division of each output row by its
+// query's sum (not a pass over P), the probabilities' exp in backward. Their speed:
+// bench/results/cpu-ops.md, step kernel rows.
 namespace {
 // Asks for image b's rows of qkv (T rows of N*3C floats, one contiguous block) to be brought into
 // L2, line by line. Its heads read them as 3T short runs a row apart, which the hardware
@@ -180,9 +184,12 @@ void for_each_head(const dm::AttnLayout& L, int64_t B, const float* qkv, Fn fn) 
 // Row stride of the keys x queries scratch.
 int64_t padded_queries(const dm::AttnLayout& L) { return (L.T + 15) / 16 * 16; }
 
-// S^T = scale * K Q^T (keys x queries) for one head, into s (row stride padded_queries).
-void head_scores_t(const dm::AttnLayout& L, const float* q, const float* k, float scale, float* s) {
-  sgemm_small(false, true, L.T, L.T, L.D, scale, k, L.ld_in(), q, L.ld_in(), 0.0f, s, padded_queries(L));
+// A head's keys x queries block in the thread's scratch v, starting on a 64-byte line: its rows
+// whole vectors on every thread (where a vector's allocation happens to fall moved attention by 8%).
+float* keys_by_queries(std::vector<float>& v, const dm::AttnLayout& L) {
+  v.resize(static_cast<size_t>(L.T * padded_queries(L) + 16));
+  const auto p = reinterpret_cast<uintptr_t>(v.data());
+  return reinterpret_cast<float*>((p + 63) & ~uintptr_t{63});
 }
 }  // namespace
 
@@ -190,24 +197,32 @@ void CpuBackend::attention_forward(const dm::AttnLayout& L, int64_t B, const flo
   const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
   const int64_t T = L.T, ld = L.ld_in(), tp = padded_queries(L);
   for_each_head(L, B, qkv, [&](int64_t, int64_t b, int64_t n, int64_t h) {
-    thread_local std::vector<float> P;  // P^T
-    P.resize(static_cast<size_t>(T * tp));
-    head_scores_t(L, qkv + L.q_offset(b, n, h), qkv + L.k_offset(b, n, h), scale, P.data());
-    softmax_lse_cols_cpu(P.data(), tp, T, T, lse ? lse + L.stat_offset(b, n, h) : nullptr);
-    // O = P V = (P^T)^T V
-    sgemm_small(true, false, T, L.D, T, 1.0f, P.data(), tp, qkv + L.v_offset(b, n, h), ld, 0.0f,
-                out + L.out_offset(b, n, h), L.ld_out());
+    thread_local std::vector<float> scratch, max, inv_sum;  // P^T; each query's largest score, 1 / sum
+    float* P = keys_by_queries(scratch, L);
+    max.assign(static_cast<size_t>(T), -INFINITY);
+    inv_sum.resize(static_cast<size_t>(T));
+    // S^T = scale * K Q^T, each query's maximum found as its column's tiles finish
+    sgemm_small_then(SmallThen::col_max, false, true, T, T, L.D, scale, qkv + L.k_offset(b, n, h), ld,
+                     qkv + L.q_offset(b, n, h), ld, P, tp, {max.data()});
+    softmax_lse_cols_cpu(P, tp, T, T, lse ? lse + L.stat_offset(b, n, h) : nullptr, max.data(), inv_sum.data());
+    // O = P V = (P^T)^T V, each query's row divided by its sum of exponentials as it is stored
+    SmallThenArgs normalise;
+    normalise.row = inv_sum.data();
+    sgemm_small_then(SmallThen::row_scale, true, false, T, L.D, T, 1.0f, P, tp, qkv + L.v_offset(b, n, h), ld,
+                     out + L.out_offset(b, n, h), L.ld_out(), normalise);
   });
 }
 
+// Backward: P^T rebuilt from the scores and the log-sum-exp as the score product finishes each
+// vector.
 void CpuBackend::attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
                                     const float*, const float* lse, float*, float* dqkv) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
   const int64_t T = L.T, D = L.D, ld = L.ld_in(), ldo = L.ld_out(), tp = padded_queries(L);
   for_each_head(L, B, qkv, [&](int64_t, int64_t b, int64_t n, int64_t h) {
-    thread_local std::vector<float> P, dS;  // P^T and dS^T, keys x queries
-    P.resize(static_cast<size_t>(T * tp));
-    dS.resize(static_cast<size_t>(T * tp));
+    thread_local std::vector<float> p_scratch, ds_scratch;
+    float* P = keys_by_queries(p_scratch, L);    // P^T, keys x queries
+    float* dS = keys_by_queries(ds_scratch, L);  // dP^T, then dS^T
     const float* q = qkv + L.q_offset(b, n, h);
     const float* k = qkv + L.k_offset(b, n, h);
     const float* v = qkv + L.v_offset(b, n, h);
@@ -215,13 +230,14 @@ void CpuBackend::attention_backward(const dm::AttnLayout& L, int64_t B, const fl
     float* dq = dqkv + L.q_offset(b, n, h);
     float* dk = dqkv + L.k_offset(b, n, h);
     float* dv = dqkv + L.v_offset(b, n, h);
-    head_scores_t(L, q, k, scale, P.data());
-    exp_cols_cpu(P.data(), tp, T, T, lse + L.stat_offset(b, n, h));                 // P^T
-    sgemm_small(false, false, T, D, T, 1.0f, P.data(), tp, dO, ldo, 0.0f, dv, ld);    // dV = P^T dO
-    sgemm_small(false, true, T, T, D, 1.0f, v, ld, dO, ldo, 0.0f, dS.data(), tp);     // dP^T = V dO^T
-    softmax_backward_cols_cpu(P.data(), dS.data(), tp, T, T);                        // dS^T
-    sgemm_small(true, false, T, D, T, scale, dS.data(), tp, k, ld, 0.0f, dq, ld);     // dQ = s dS K
-    sgemm_small(false, false, T, D, T, scale, dS.data(), tp, q, ld, 0.0f, dk, ld);    // dK = s dS^T Q
+    SmallThenArgs rebuild;
+    rebuild.col = lse + L.stat_offset(b, n, h);
+    sgemm_small_then(SmallThen::exp_shift, false, true, T, T, D, scale, k, ld, q, ld, P, tp, rebuild);  // P^T
+    sgemm_small(false, false, T, D, T, 1.0f, P, tp, dO, ldo, 0.0f, dv, ld);    // dV = P^T dO
+    sgemm_small(false, true, T, T, D, 1.0f, v, ld, dO, ldo, 0.0f, dS, tp);     // dP^T = V dO^T
+    softmax_backward_cols_cpu(P, dS, tp, T, T);                               // dS^T
+    sgemm_small(true, false, T, D, T, scale, dS, tp, k, ld, 0.0f, dq, ld);    // dQ = s dS K
+    sgemm_small(false, false, T, D, T, scale, dS, tp, q, ld, 0.0f, dk, ld);   // dK = s dS^T Q
   });
 }
 

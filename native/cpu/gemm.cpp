@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -390,13 +391,25 @@ __attribute__((target("avx512f,avx512bf16"))) void micro_bf16_act(int64_t ku, co
   micro_bf16_body(ku, a, b, c, ldc, mr, nr, alpha, add, bias, &act);
 }
 
+// GCC 12 reports the undefined-register idiom of _mm512_max_ps (in the column maximum below), once
+// inlined, as an uninitialised read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+constexpr int SMALL_ROWS = 6, SMALL_NV = 4;
+
 // ---- small products without packing: ROWS rows x NV 16-wide vectors of C held in registers
 // while k runs (up to 6 x 4 = 24 zmm accumulators); B rows read in place (row-major op(B)), the
-// last vector masked to the columns left ----
-template <int ROWS, int NV, bool TRANS_A>
+// last vector masked to the columns left. What becomes of each finished vector of sums is the
+// epilogue's (Epi): a plain store, or one of attention's steps (SmallThen, gemm.h) ----
+template <int ROWS, int NV, bool TRANS_A, class Epi>
 __attribute__((target("avx512f"))) void small_tile_avx512(int64_t i0, int64_t j0, __mmask16 tail, int64_t K,
-                                                          float alpha, const float* A, int64_t lda, const float* B,
-                                                          int64_t ldb, float beta, float* C, int64_t ldc) {
+                                                          const float* A, int64_t lda, const float* B, int64_t ldb,
+                                                          const Epi& epilogue) {
+  Epi epi = epilogue;  // a local copy: its fields stay in registers across the stores to C
+  epi.begin();
   __m512 acc[ROWS][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < ROWS; r++)
@@ -416,37 +429,89 @@ __attribute__((target("avx512f"))) void small_tile_avx512(int64_t i0, int64_t j0
       for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_ps(a, bv[v], acc[r][v]);
     }
   }
-  const __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+  // Row after row (a row's vectors stored together: column after column, the tiles of the
+  // per-head products ran 8-15% slower on two threads).
 #pragma GCC unroll 8
   for (int r = 0; r < ROWS; r++)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; v++) {
-      float* c = C + (i0 + r) * ldc + j0 + 16 * v;
-      const __mmask16 m = v == NV - 1 ? tail : 0xFFFF;
-      __m512 out = _mm512_mul_ps(va, acc[r][v]);
-      if (beta != 0.0f) out = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m, c), out);
-      store_cols(c, m, out);
-    }
+    for (int v = 0; v < NV; v++) epi.row(i0 + r, j0 + 16 * v, v, v == NV - 1 ? tail : 0xFFFF, acc[r][v]);
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; v++) epi.column_done(j0 + 16 * v, v, v == NV - 1 ? tail : 0xFFFF);
 }
 
-using SmallTile = void (*)(int64_t, int64_t, __mmask16, int64_t, float, const float*, int64_t, const float*, int64_t,
-                           float, float*, int64_t);
-constexpr int SMALL_ROWS = 6, SMALL_NV = 4;
+#define DUAT_EPI_INLINE __attribute__((target("avx512f"), always_inline)) inline
+// What every epilogue holds: C, its row stride and alpha; and the hooks most leave empty.
+struct SmallEpilogue {
+  float alpha;
+  float* C;
+  int64_t ldc;
+  DUAT_EPI_INLINE __m512 scaled(__m512 acc) const { return _mm512_mul_ps(_mm512_set1_ps(alpha), acc); }
+  DUAT_EPI_INLINE void begin() {}
+  DUAT_EPI_INLINE void column_done(int64_t, int, __mmask16) {}
+};
+// C = alpha * sums + beta * C.
+struct SmallStore : SmallEpilogue {
+  float beta;
+  DUAT_EPI_INLINE void row(int64_t i, int64_t j, int, __mmask16 m, __m512 acc) const {
+    float* c = C + i * ldc + j;
+    __m512 out = scaled(acc);
+    if (beta != 0.0f) out = _mm512_fmadd_ps(_mm512_set1_ps(beta), _mm512_maskz_loadu_ps(m, c), out);
+    store_cols(c, m, out);
+  }
+};
+// SmallThen::col_max: C = alpha * sums, and the tile's rows' maximum of each column into col.
+struct SmallColMax : SmallEpilogue {
+  float* col;
+  __m512 max[SMALL_NV] = {};  // of the tile's rows so far, per vector (begin sets them)
+  DUAT_EPI_INLINE void row(int64_t i, int64_t j, int v, __mmask16 m, __m512 acc) {
+    const __m512 out = scaled(acc);
+    store_cols(C + i * ldc + j, m, out);
+    max[v] = _mm512_max_ps(out, max[v]);
+  }
+  DUAT_EPI_INLINE void begin() {
+    for (__m512& x : max) x = _mm512_set1_ps(-INFINITY);
+  }
+  DUAT_EPI_INLINE void column_done(int64_t j, int v, __mmask16 m) {
+    _mm512_mask_storeu_ps(col + j, m, _mm512_max_ps(max[v], _mm512_maskz_loadu_ps(m, col + j)));
+  }
+};
+// SmallThen::exp_shift: C = exp(alpha * sums - col[j]).
+struct SmallExpShift : SmallEpilogue {
+  const float* col;
+  DUAT_EPI_INLINE void row(int64_t i, int64_t j, int, __mmask16 m, __m512 acc) const {
+    store_cols(C + i * ldc + j, m, exp_avx512(_mm512_sub_ps(scaled(acc), _mm512_maskz_loadu_ps(m, col + j))));
+  }
+};
+// SmallThen::row_scale: C = alpha * sums * row[i].
+struct SmallRowScale : SmallEpilogue {
+  const float* rows;
+  DUAT_EPI_INLINE void row(int64_t i, int64_t j, int, __mmask16 m, __m512 acc) const {
+    store_cols(C + i * ldc + j, m, _mm512_mul_ps(scaled(acc), _mm512_set1_ps(rows[i])));
+  }
+};
+#undef DUAT_EPI_INLINE
 
-template <bool TRANS_A, int... V>
+template <class Epi>
+using SmallTile = void (*)(int64_t, int64_t, __mmask16, int64_t, const float*, int64_t, const float*, int64_t,
+                           const Epi&);
+
+template <bool TRANS_A, class Epi, int... V>
 constexpr auto small_tiles_of_rows(std::integer_sequence<int, V...>) {
-  return std::array<std::array<SmallTile, SMALL_NV>, sizeof...(V)>{
-      {{small_tile_avx512<V + 1, 1, TRANS_A>, small_tile_avx512<V + 1, 2, TRANS_A>,
-        small_tile_avx512<V + 1, 3, TRANS_A>, small_tile_avx512<V + 1, 4, TRANS_A>}...}};
+  return std::array<std::array<SmallTile<Epi>, SMALL_NV>, sizeof...(V)>{
+      {{small_tile_avx512<V + 1, 1, TRANS_A, Epi>, small_tile_avx512<V + 1, 2, TRANS_A, Epi>,
+        small_tile_avx512<V + 1, 3, TRANS_A, Epi>, small_tile_avx512<V + 1, 4, TRANS_A, Epi>}...}};
 }
-// [transA][rows - 1][vectors - 1]
-const std::array<std::array<SmallTile, SMALL_NV>, SMALL_ROWS> SMALL_TILES[2] = {
-    small_tiles_of_rows<false>(std::make_integer_sequence<int, SMALL_ROWS>{}),
-    small_tiles_of_rows<true>(std::make_integer_sequence<int, SMALL_ROWS>{})};
 
-void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                       const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  const auto& tiles = SMALL_TILES[transA ? 1 : 0];
+// The tiles of op(A) op(B) (op(B) row-major, read in place), each handed to epi. Column blocks of
+// up to 64 run outermost, so an epilogue's column_done sees each block's rows in order.
+template <class Epi>
+void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                       int64_t ldb, const Epi& epi) {
+  // [transA][rows - 1][vectors - 1]
+  static const std::array<std::array<SmallTile<Epi>, SMALL_NV>, SMALL_ROWS> tiles_of[2] = {
+      small_tiles_of_rows<false, Epi>(std::make_integer_sequence<int, SMALL_ROWS>{}),
+      small_tiles_of_rows<true, Epi>(std::make_integer_sequence<int, SMALL_ROWS>{})};
+  const auto& tiles = tiles_of[transA ? 1 : 0];
   for (int64_t j0 = 0; j0 < N; j0 += 16 * SMALL_NV) {
     const int64_t cols = std::min<int64_t>(16 * SMALL_NV, N - j0);
     const int nv = static_cast<int>((cols + 15) / 16);
@@ -457,11 +522,29 @@ void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha
     const int64_t count = (M + SMALL_ROWS - 1) / SMALL_ROWS, base = M / count, taller = M % count;
     for (int64_t t = 0, i = 0; t < count; t++) {
       const int rows = static_cast<int>(base + (t < taller ? 1 : 0));
-      tiles[rows - 1][nv - 1](i, j0, tail, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      tiles[rows - 1][nv - 1](i, j0, tail, K, A, lda, B, ldb, epi);
       i += rows;
     }
   }
 }
+
+// sgemm_small_then's tiles (op(B) row-major).
+__attribute__((target("avx512f"))) void small_then_avx512(SmallThen then, bool transA, int64_t M, int64_t N,
+                                                          int64_t K, float alpha, const float* A, int64_t lda,
+                                                          const float* B, int64_t ldb, float* C, int64_t ldc,
+                                                          const SmallThenArgs& args) {
+  switch (then) {
+    case SmallThen::col_max:
+      return small_gemm_avx512(transA, M, N, K, A, lda, B, ldb, SmallColMax{{alpha, C, ldc}, args.max});
+    case SmallThen::exp_shift:
+      return small_gemm_avx512(transA, M, N, K, A, lda, B, ldb, SmallExpShift{{alpha, C, ldc}, args.col});
+    case SmallThen::row_scale:
+      return small_gemm_avx512(transA, M, N, K, A, lda, B, ldb, SmallRowScale{{alpha, C, ldc}, args.row});
+  }
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // GCC 12's unpack and shuffle intrinsics pass _mm512_undefined_ps(), a self-initialised variable
 // that -Wmaybe-uninitialized reports once inlined; nothing here is uninitialised.
@@ -560,10 +643,6 @@ void micro_bf16(int64_t, const float*, int64_t, const float*, int64_t, float*, i
                 const float*) {}
 void micro_bf16_act(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
                     const float*, const TileAct&) {}
-void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
-                       const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-}
 void transpose_avx512(const float*, int64_t, int64_t, int64_t, float*, int64_t, bool = false) {}
 void pack_b_panel_avx512(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
 #endif  // __x86_64__
@@ -632,21 +711,25 @@ void transpose(const float* src, int64_t ld, int64_t rows, int64_t cols, float* 
     for (int64_t r = 0; r < rows; r++) dst[c * ldd + r] = (add ? dst[c * ldd + r] : 0.0f) + src[r * ld + c];
 }
 
-// The unpacked path: a transposed B is first laid out row-major (K x N) in thread scratch.
+// The unpacked path reads op(B) row-major: a transposed B is first laid out so (K x N) in thread
+// scratch, and B and ldb point there.
+void row_major_b(bool transB, int64_t N, int64_t K, const float*& B, int64_t& ldb) {
+  if (!transB) return;
+  thread_local std::vector<float> bt;
+  bt.resize(static_cast<size_t>(K * N));
+  transpose(B, ldb, N, K, bt.data(), N, false);
+  B = bt.data();
+  ldb = N;
+}
+
 void unpacked_product(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                       int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (transB) {
-    thread_local std::vector<float> bt;
-    bt.resize(static_cast<size_t>(K * N));
-    transpose(B, ldb, N, K, bt.data(), N, false);
-    B = bt.data();
-    ldb = N;
-  }
-  if (g_isa == CPU_ISA_AVX512) {
-    small_gemm_avx512(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  } else {
-    small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  }
+  row_major_b(transB, N, K, B, ldb);
+#if defined(__x86_64__)
+  if (g_isa == CPU_ISA_AVX512)
+    return small_gemm_avx512(transA, M, N, K, A, lda, B, ldb, SmallStore{{alpha, C, ldc}, beta});
+#endif
+  small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
 // Block sizes: a KC x NR panel of B stays in L1, an MC x KC block of A in L2.
@@ -1272,6 +1355,30 @@ void sgemm_small(bool transA, bool transB, int64_t M, int64_t N, int64_t K, floa
     unpacked_product(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   } else {
     sgemm(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, false);
+  }
+}
+
+void sgemm_small_then(SmallThen then, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+                      const SmallThenArgs& args) {
+  if (M <= 0 || N <= 0) return;
+#if defined(__x86_64__)
+  if (g_isa == CPU_ISA_AVX512 && K > 0) {
+    row_major_b(transB, N, K, B, ldb);
+    return small_then_avx512(then, transA, M, N, K, alpha, A, lda, B, ldb, C, ldc, args);
+  }
+#endif
+  // Elsewhere: the product, then the step over it.
+  sgemm_small(transA, transB, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
+  for (int64_t i = 0; i < M; i++) {
+    float* c = C + i * ldc;
+    for (int64_t j = 0; j < N; j++) {
+      switch (then) {
+        case SmallThen::col_max: args.max[j] = c[j] > args.max[j] ? c[j] : args.max[j]; break;
+        case SmallThen::exp_shift: c[j] = fast_exp(c[j] - args.col[j]); break;
+        case SmallThen::row_scale: c[j] *= args.row[i]; break;
+      }
+    }
   }
 }
 

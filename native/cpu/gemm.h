@@ -75,4 +75,22 @@ double sgemm_micro_gflops(double seconds);
 void sgemm_small(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                  const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
+// Attention's per-head steps after a small product, done on each vector of C as the product
+// finishes it (C = alpha * op(A) op(B), M x N, row stride ldc):
+enum class SmallThen {
+  col_max,       // C, and max[j] = max(max[j], C[i][j] over the rows i) (NaN skipped; max set by the caller)
+  exp_shift,     // exp(C[i][j] - col[j]): probabilities rebuilt from their log-sum-exp
+  row_scale,     // C[i][j] * row[i]
+};
+// What the step reads and writes: N floats of max and col, M of row.
+struct SmallThenArgs {
+  float* max = nullptr;
+  const float* col = nullptr;
+  const float* row = nullptr;
+};
+// sgemm_small with beta 0 and `then` applied (exp: math.h's fast_exp), on the calling thread.
+void sgemm_small_then(SmallThen then, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                      const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
+                      const SmallThenArgs& args);
+
 }  // namespace duat

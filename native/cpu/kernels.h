@@ -47,8 +47,11 @@ float softmax_lse_row_cpu(const float* x, float* y, int64_t n);
 // Attention's probabilities kept transposed (keys x queries), on the calling thread: s is `rows`
 // x `cols` with row stride ld, ld >= cols rounded up to 16 (the padding columns are computed and
 // never read). In place, per column j: s = softmax(s), lse[j] = its log-sum-exp (lse may be
-// null); s = exp(s - shift[j]); d = p * (d - sum_i p * d).
-void softmax_lse_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, float* lse);
+// null; max, when not null, holds each column's maximum, which is then not looked for; with
+// inv_sum, the columns are left unnormalised, exp(s - max), and inv_sum[j] = 1 / their sum);
+// s = exp(s - shift[j]); d = p * (d - sum_i p * d).
+void softmax_lse_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, float* lse, const float* max = nullptr,
+                          float* inv_sum = nullptr);
 void exp_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, const float* shift);
 void softmax_backward_cols_cpu(const float* p, float* d, int64_t ld, int64_t rows, int64_t cols);
 // y = gelu(x) (+ beta * y); dx (+)= dy * gelu'(x) (n elements); one LayerNorm row forward, and its dx (+=).

@@ -358,6 +358,20 @@ void test_column_softmax_kernels() {
       std::vector<float> p = s0, lse(cols + 1, 7.0f), e = s0, d = d0;
       softmax_lse_cols_cpu(p.data(), ld, rows, cols, lse.data());
       exp_cols_cpu(e.data(), ld, rows, cols, shift.data());
+      {  // the columns' maxima given (not looked for), then also left unnormalised: the same bits
+        std::vector<float> max(cols, -INFINITY), inv(cols + 1, 7.0f);
+        for (int64_t i = 0; i < rows; i++)
+          for (int64_t j = 0; j < cols; j++) max[j] = std::max(max[j], s0[i * ld + j]);
+        std::vector<float> pm = s0, lm(cols + 1, 7.0f), pu = s0, lu(cols + 1, 7.0f);
+        softmax_lse_cols_cpu(pm.data(), ld, rows, cols, lm.data(), max.data());
+        softmax_lse_cols_cpu(pu.data(), ld, rows, cols, lu.data(), max.data(), inv.data());
+        bool same = lm == lse && lu == lse && inv[cols] == 7.0f;
+        for (int64_t i = 0; i < rows; i++)
+          for (int64_t j = 0; j < cols; j++)
+            same = same && pm[i * ld + j] == p[i * ld + j] && pu[i * ld + j] * inv[j] == p[i * ld + j];
+        expect(same, std::string("softmax_lse_cols ") + cpu_isa_name(static_cast<CpuIsa>(isa)) + ", " +
+                         std::to_string(cols) + " columns, maxima given, unnormalised with 1 / sum: the same bits");
+      }
       std::vector<float> out;
       for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < cols; j++) out.insert(out.end(), {p[i * ld + j], e[i * ld + j]});
@@ -390,6 +404,70 @@ void test_column_softmax_kernels() {
                  std::to_string(worst_p) + ", " + std::to_string(worst_lse) + ")");
       expect(worst_e < 1e-6, "exp_cols " + where + " (" + std::to_string(worst_e) + ")");
       expect(worst_d < 1e-5, "softmax_backward_cols " + where + " (" + std::to_string(worst_d) + ")");
+    }
+  }
+  cpu_isa_set(saved);
+}
+
+// sgemm_small_then on every instruction set against sgemm_small followed by each step written out
+// (the AVX-512 tiles do the step as they store): attention's shapes (50 keys x 50 queries over
+// 64, 50 x 64 over 50 keys read transposed) and odd ones; nothing written past the N columns of C
+// or of the column maxima.
+void test_small_then() {
+  const CpuIsa saved = cpu_isa_active();
+  std::mt19937 rng(31);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  struct Case {
+    bool ta, tb;
+    int64_t M, N, K;
+  };
+  const Case cases[] = {{false, true, 50, 50, 64}, {true, false, 50, 64, 50}, {false, false, 17, 33, 5},
+                        {true, true, 7, 20, 3}, {false, false, 1, 1, 1}, {false, true, 13, 70, 9}};
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) {
+    cpu_isa_set(static_cast<CpuIsa>(isa));
+    for (const Case& c : cases) {
+      const int64_t lda = (c.ta ? c.M : c.K) + 3, ldb = (c.tb ? c.K : c.N) + 2, ldc = (c.N + 15) / 16 * 16 + 16;
+      std::vector<float> A((c.ta ? c.K : c.M) * lda), B((c.tb ? c.N : c.K) * ldb), col(c.N + 1), row(c.M);
+      for (auto& v : A) v = dist(rng);
+      for (auto& v : B) v = dist(rng);
+      for (auto& v : col) v = dist(rng);
+      for (auto& v : row) v = dist(rng);
+      std::vector<float> ref(c.M * ldc, 9.0f);
+      sgemm_small(c.ta, c.tb, c.M, c.N, c.K, 0.5f, A.data(), lda, B.data(), ldb, 0.0f, ref.data(), ldc);
+      for (const SmallThen then : {SmallThen::col_max, SmallThen::exp_shift, SmallThen::row_scale}) {
+        std::vector<float> C(c.M * ldc, 9.0f), max = col;  // max: a column's running maximum so far
+        max[c.N] = 9.0f;
+        SmallThenArgs args;
+        args.max = max.data();
+        args.col = col.data();
+        args.row = row.data();
+        sgemm_small_then(then, c.ta, c.tb, c.M, c.N, c.K, 0.5f, A.data(), lda, B.data(), ldb, C.data(), ldc, args);
+        double worst = 0.0;
+        bool pad_ok = max[c.N] == 9.0f;
+        std::vector<float> want_max = col;
+        for (int64_t i = 0; i < c.M; i++)
+          for (int64_t j = 0; j < ldc; j++) {
+            const float r = ref[i * ldc + j], got = C[i * ldc + j];
+            if (j >= c.N) {
+              pad_ok = pad_ok && got == 9.0f;
+              continue;
+            }
+            double want = r;
+            if (then == SmallThen::col_max) want_max[j] = std::max(want_max[j], r);
+            if (then == SmallThen::exp_shift) want = std::exp(static_cast<double>(r) - col[j]);
+            if (then == SmallThen::row_scale) want = r * row[i];  // one float product, rounded
+            worst = std::max(worst, std::fabs(want - got) / std::max(1.0, std::fabs(want)));
+          }
+        if (then == SmallThen::col_max)
+          for (int64_t j = 0; j < c.N; j++) worst = std::max(worst, double(std::fabs(want_max[j] - max[j])));
+        char name[160];
+        std::snprintf(name, sizeof name, "sgemm_small_then %s %s M=%lld N=%lld K=%lld ta=%d tb=%d (err %.3g)",
+                      then == SmallThen::col_max ? "col_max" : then == SmallThen::exp_shift ? "exp_shift" : "row_scale",
+                      cpu_isa_name(static_cast<CpuIsa>(isa)), (long long)c.M, (long long)c.N, (long long)c.K, c.ta,
+                      c.tb, worst);
+        // The product and the maxima as sgemm_small's exactly; exp within fast_exp's error.
+        expect(pad_ok && worst <= (then == SmallThen::exp_shift ? 2e-6 : 0.0), name);
+      }
     }
   }
   cpu_isa_set(saved);
@@ -1752,6 +1830,7 @@ int main() {
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm(static_cast<CpuIsa>(isa));
   test_adamw_kernel();
   test_column_softmax_kernels();
+  test_small_then();
   test_accumulate_rows();
   test_layernorm_backward_kernel();
   test_layernorm_residual_backward();
