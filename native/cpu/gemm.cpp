@@ -528,18 +528,103 @@ void small_gemm_avx512(bool transA, int64_t M, int64_t N, int64_t K, const float
   }
 }
 
-// sgemm_small_then's tiles (op(B) row-major).
-__attribute__((target("avx512f"))) void small_then_avx512(SmallThen then, bool transA, int64_t M, int64_t N,
-                                                          int64_t K, float alpha, const float* A, int64_t lda,
-                                                          const float* B, int64_t ldb, float* C, int64_t ldc,
-                                                          const SmallThenArgs& args) {
+// out lane r = the sum of the lanes of v[r], r < 16: pairs, then quads, then the 128-bit lanes
+// added through unpacks and shuffles (45 instructions for sixteen sums).
+__attribute__((target("avx512f"), always_inline)) inline __m512 sum_lanes16(const __m512 (&v)[16]) {
+  __m512 s1[8], s2[4];
+#pragma GCC unroll 8
+  for (int p = 0; p < 8; p++)  // per 128-bit lane: v[2p]'s two partial sums, v[2p+1]'s, interleaved
+    s1[p] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * p], v[2 * p + 1]), _mm512_unpackhi_ps(v[2 * p], v[2 * p + 1]));
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; q++)  // per 128-bit lane: the sums of v[4q] .. v[4q+3]
+    s2[q] = _mm512_add_ps(_mm512_shuffle_ps(s1[2 * q], s1[2 * q + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                          _mm512_shuffle_ps(s1[2 * q], s1[2 * q + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(s2[0], s2[1], 0x44), _mm512_shuffle_f32x4(s2[0], s2[1], 0xEE));
+  const __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(s2[2], s2[3], 0x44), _mm512_shuffle_f32x4(s2[2], s2[3], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, 0x88), _mm512_shuffle_f32x4(w0, w1, 0xDD));
+}
+
+// The last TAIL (1 to 4) columns of A B^T from j0, A row-major (M x K) and B's rows those columns
+// (K floats each, ldb apart): dot products along k, 16 / TAIL rows of A at a time against every
+// column (the sixteen sums of a group, row r and column q in lane r * TAIL + q, gathered into one
+// vector), each row's values then handed to the epilogue as one masked vector, and column_done
+// called once.
+template <int TAIL, class Epi>
+__attribute__((target("avx512f"))) void small_tail_dots_avx512(int64_t M, int64_t j0, int64_t K, const float* A,
+                                                               int64_t lda, const float* B, int64_t ldb,
+                                                               const Epi& epilogue) {
+  constexpr int ROWS = 16 / TAIL;
+  Epi epi = epilogue;
+  epi.begin();
+  const __mmask16 cols = static_cast<__mmask16>((1u << TAIL) - 1);
+  const __mmask16 k_tail = static_cast<__mmask16>(K % 16 == 0 ? 0xFFFF : (1u << (K % 16)) - 1);
+  for (int64_t i0 = 0; i0 < M; i0 += ROWS) {
+    const int rows = static_cast<int>(std::min<int64_t>(ROWS, M - i0));
+    // Rows past M read the last row again (their sums are not used): the accumulators stay in
+    // registers, the loops unrolled.
+    const float* a_row[ROWS];
+    for (int r = 0; r < ROWS; r++) a_row[r] = A + (i0 + std::min(r, rows - 1)) * lda;
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int x = 0; x < 16; x++) acc[x] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+      const __mmask16 m = k + 16 <= K ? 0xFFFF : k_tail;
+      __m512 bv[TAIL];
+#pragma GCC unroll 4
+      for (int q = 0; q < TAIL; q++) bv[q] = _mm512_maskz_loadu_ps(m, B + (j0 + q) * ldb + k);
+#pragma GCC unroll 16
+      for (int r = 0; r < ROWS; r++) {
+        const __m512 av = _mm512_maskz_loadu_ps(m, a_row[r] + k);
+#pragma GCC unroll 4
+        for (int q = 0; q < TAIL; q++) acc[r * TAIL + q] = _mm512_fmadd_ps(av, bv[q], acc[r * TAIL + q]);
+      }
+    }
+    alignas(64) float sums[16 + 16];
+    _mm512_store_ps(sums, sum_lanes16(acc));
+    for (int r = 0; r < rows; r++) epi.row(i0 + r, j0, 0, cols, _mm512_maskz_loadu_ps(cols, sums + r * TAIL));
+  }
+  epi.column_done(j0, 0, cols);
+}
+
+void row_major_b(bool transB, int64_t N, int64_t K, const float*& B, int64_t& ldb);
+
+// A small product through the epilogue, op(B) in either layout. A transposed B (rows of K floats:
+// attention's queries, read against keys) whose last vector of columns would hold at most four:
+// those columns as dot products along k (small_tail_dots_avx512), the rest in tiles over a
+// transpose of the other rows, so no tile computes a vector for two columns (50 queries: 48 + 2).
+template <class Epi>
+__attribute__((target("avx512f"))) void small_product_avx512(bool transA, bool transB, int64_t M, int64_t N,
+                                                             int64_t K, const float* A, int64_t lda, const float* B,
+                                                             int64_t ldb, const Epi& epi) {
+  const int tail = static_cast<int>(N % 16);
+  if (transB && !transA && N > 16 && tail != 0 && tail <= 4 && K >= 16) {
+    const float* b_rows = B;
+    const int64_t ld_rows = ldb;
+    row_major_b(true, N - tail, K, B, ldb);
+    small_gemm_avx512(false, M, N - tail, K, A, lda, B, ldb, epi);
+    switch (tail) {
+      case 1: return small_tail_dots_avx512<1>(M, N - 1, K, A, lda, b_rows, ld_rows, epi);
+      case 2: return small_tail_dots_avx512<2>(M, N - 2, K, A, lda, b_rows, ld_rows, epi);
+      case 3: return small_tail_dots_avx512<3>(M, N - 3, K, A, lda, b_rows, ld_rows, epi);
+      default: return small_tail_dots_avx512<4>(M, N - 4, K, A, lda, b_rows, ld_rows, epi);
+    }
+  }
+  row_major_b(transB, N, K, B, ldb);
+  small_gemm_avx512(transA, M, N, K, A, lda, B, ldb, epi);
+}
+
+// sgemm_small_then's tiles.
+__attribute__((target("avx512f"))) void small_then_avx512(SmallThen then, bool transA, bool transB, int64_t M,
+                                                          int64_t N, int64_t K, float alpha, const float* A,
+                                                          int64_t lda, const float* B, int64_t ldb, float* C,
+                                                          int64_t ldc, const SmallThenArgs& args) {
   switch (then) {
     case SmallThen::col_max:
-      return small_gemm_avx512(transA, M, N, K, A, lda, B, ldb, SmallColMax{{alpha, C, ldc}, args.max});
+      return small_product_avx512(transA, transB, M, N, K, A, lda, B, ldb, SmallColMax{{alpha, C, ldc}, args.max});
     case SmallThen::exp_shift:
-      return small_gemm_avx512(transA, M, N, K, A, lda, B, ldb, SmallExpShift{{alpha, C, ldc}, args.col});
+      return small_product_avx512(transA, transB, M, N, K, A, lda, B, ldb, SmallExpShift{{alpha, C, ldc}, args.col});
     case SmallThen::row_scale:
-      return small_gemm_avx512(transA, M, N, K, A, lda, B, ldb, SmallRowScale{{alpha, C, ldc}, args.row});
+      return small_product_avx512(transA, transB, M, N, K, A, lda, B, ldb, SmallRowScale{{alpha, C, ldc}, args.row});
   }
 }
 #if defined(__GNUC__) && !defined(__clang__)
@@ -724,11 +809,11 @@ void row_major_b(bool transB, int64_t N, int64_t K, const float*& B, int64_t& ld
 
 void unpacked_product(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                       int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  row_major_b(transB, N, K, B, ldb);
 #if defined(__x86_64__)
   if (g_isa == CPU_ISA_AVX512)
-    return small_gemm_avx512(transA, M, N, K, A, lda, B, ldb, SmallStore{{alpha, C, ldc}, beta});
+    return small_product_avx512(transA, transB, M, N, K, A, lda, B, ldb, SmallStore{{alpha, C, ldc}, beta});
 #endif
+  row_major_b(transB, N, K, B, ldb);
   small_gemm_rows_cpu(transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
@@ -1363,10 +1448,7 @@ void sgemm_small_then(SmallThen then, bool transA, bool transB, int64_t M, int64
                       const SmallThenArgs& args) {
   if (M <= 0 || N <= 0) return;
 #if defined(__x86_64__)
-  if (g_isa == CPU_ISA_AVX512 && K > 0) {
-    row_major_b(transB, N, K, B, ldb);
-    return small_then_avx512(then, transA, M, N, K, alpha, A, lda, B, ldb, C, ldc, args);
-  }
+  if (g_isa == CPU_ISA_AVX512 && K > 0) return small_then_avx512(then, transA, transB, M, N, K, alpha, A, lda, B, ldb, C, ldc, args);
 #endif
   // Elsewhere: the product, then the step over it.
   sgemm_small(transA, transB, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
