@@ -300,6 +300,9 @@ Napi::Value js_layernorm(Info info) {
   });
 }
 
+// attention without a link (ops.h): the model's own graph joins it to its QKV product.
+Tensor attention_op(const Tensor& qkv, int64_t heads, int64_t branches) { return attention(qkv, heads, branches); }
+
 template <Tensor (*F)(const Tensor&, int64_t, int64_t)>
 Napi::Value heads_op(Info info) {
   return guard(info, [&]() {
@@ -575,7 +578,7 @@ const Export EXPORTS[] = {
     {"logSoftmax", dim_op<log_softmax>},
     {"dropout", js_dropout},
     {"layerNorm", js_layernorm},
-    {"attention", heads_op<attention>},
+    {"attention", heads_op<attention_op>},
     {"attentionProbs", heads_op<attention_probs>},
     {"branchLinear", js_branch_linear},
     {"stageSum", js_stage_sum},

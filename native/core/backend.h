@@ -235,6 +235,11 @@ class Backend {
   // dqkv (B, T, N*3C) written from dout, qkv, out and lse; delta is scratch of (B, N, H, T).
   virtual void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
                                   const float* out, const float* lse, float* delta, float* dqkv) = 0;
+  // attention_backward, and db (N*3C) = the sums of dqkv's columns over its B*T rows: the QKV
+  // bias's gradient (ops.h, GeluLink). This default: the backward, then a reduction; a backend may
+  // sum each head's gradient while it is still in cache.
+  virtual void attention_backward_bias(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
+                                       const float* out, const float* lse, float* delta, float* dqkv, float* db);
   // probs (B, N*H, T, T) = softmax(Q K^T / sqrt(D)) of every (b, n, h).
   virtual void attention_probs(const dm::AttnLayout& L, int64_t B, const float* qkv, float* probs) = 0;
 

@@ -68,6 +68,17 @@ void Backend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db)
   gelu_backward_bias_passes(*this, pre, g.C, g.C, db, 1, g.M, g.N, g.c_m, false);  // rows padded
 }
 
+void Backend::attention_backward_bias(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
+                                      const float* out, const float* lse, float* delta, float* dqkv, float* db) {
+  attention_backward(L, B, dout, qkv, out, lse, delta, dqkv);
+  ReduceArgs r;
+  r.nd = 2;
+  r.shape[0] = B * L.T, r.shape[1] = L.ld_in();
+  r.in = dqkv, r.in_strides[0] = L.ld_in(), r.in_strides[1] = 1;
+  r.out = db, r.out_strides[0] = 0, r.out_strides[1] = 1;
+  reduce(r);
+}
+
 Backend& backend(Device device) {
   if (device == DEVICE_CPU) return profiling() ? profiling_backend(cpu_backend()) : cpu_backend();
   if (g_test_device.load(std::memory_order_acquire)) return test_device_backend();

@@ -236,6 +236,11 @@ class ProfilingBackend final : public Backend {
     Scope s(PROFILE_ATTENTION, 2 * attention_flops(L, B), "attention_backward");
     in_.attention_backward(L, B, dout, qkv, out, lse, delta, dqkv);
   }
+  void attention_backward_bias(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
+                               const float* out, const float* lse, float* delta, float* dqkv, float* db) override {
+    Scope s(PROFILE_ATTENTION, 2 * attention_flops(L, B), "attention_backward");
+    in_.attention_backward_bias(L, B, dout, qkv, out, lse, delta, dqkv, db);
+  }
   void attention_probs(const dm::AttnLayout& L, int64_t B, const float* qkv, float* probs) override {
     Scope s(PROFILE_ATTENTION, attention_flops(L, B) / 2, "attention_probs");
     in_.attention_probs(L, B, qkv, probs);

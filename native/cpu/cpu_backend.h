@@ -38,6 +38,8 @@ class CpuBackend : public Backend {
   void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) override;
   void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv, const float* out,
                           const float* lse, float* delta, float* dqkv) override;
+  void attention_backward_bias(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv, const float* out,
+                               const float* lse, float* delta, float* dqkv, float* db) override;
   void attention_probs(const dm::AttnLayout& L, int64_t B, const float* qkv, float* probs) override;
 
   void patchify_forward(const float* images, float* patches, int64_t B, int64_t ch, int64_t S, int64_t P) override;

@@ -215,9 +215,11 @@ void CpuBackend::attention_forward(const dm::AttnLayout& L, int64_t B, const flo
 }
 
 // Backward: P^T rebuilt from the scores and the log-sum-exp as the score product finishes each
-// vector.
-void CpuBackend::attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
-                                    const float*, const float* lse, float*, float* dqkv) {
+// vector. With `parts` (B x N*3C), each head's dq, dk and dv, still in cache, summed down their T
+// rows in fp64 into its image's row of parts (every element of which one head writes).
+namespace {
+void attention_backward_heads(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
+                              const float* lse, float* dqkv, double* parts) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
   const int64_t T = L.T, D = L.D, ld = L.ld_in(), ldo = L.ld_out(), tp = padded_queries(L);
   for_each_head(L, B, qkv, [&](int64_t, int64_t b, int64_t n, int64_t h) {
@@ -239,7 +241,29 @@ void CpuBackend::attention_backward(const dm::AttnLayout& L, int64_t B, const fl
     softmax_backward_cols_cpu(P, dS, tp, T, T);                               // dS^T
     sgemm_small(true, false, T, D, T, scale, dS, tp, k, ld, 0.0f, dq, ld);    // dQ = s dS K
     sgemm_small(false, false, T, D, T, scale, dS, tp, q, ld, 0.0f, dk, ld);   // dK = s dS^T Q
+    if (!parts) return;
+    for (const float* g : {dq, dk, dv}) {
+      double* sums = parts + b * ld + (g - dqkv - b * T * ld);  // the columns of g's block
+      std::fill(sums, sums + D, 0.0);
+      accumulate_rows_f64_cpu(g, ld, T, sums, D);
+    }
   });
+}
+}  // namespace
+
+void CpuBackend::attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
+                                    const float*, const float* lse, float*, float* dqkv) {
+  attention_backward_heads(L, B, dout, qkv, lse, dqkv, nullptr);
+}
+
+// The bias sums from each image's part, added over the images in order: the same bits whatever
+// the number of threads (the reduction over dqkv they replace read 7-30 MB back from memory).
+void CpuBackend::attention_backward_bias(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
+                                         const float*, const float* lse, float*, float* dqkv, float* db) {
+  thread_local std::vector<double> scratch;
+  scratch.resize(static_cast<size_t>(B * L.ld_in()));
+  attention_backward_heads(L, B, dout, qkv, lse, dqkv, scratch.data());
+  sum_parts_f64_cpu(scratch.data(), B, L.ld_in(), db, false);
 }
 
 void CpuBackend::attention_probs(const dm::AttnLayout& L, int64_t B, const float* qkv, float* probs) {
@@ -302,12 +326,15 @@ void CpuBackend::fold_affine_backward(const float* w, const float* g, const floa
   // columns into pieces instead made each thread read strips of every row, 2 to 6 times slower
   // than one thread reading the rows whole (768 x 192: 0.19 -> 0.03 ms in a C++ harness).
   const int64_t parts = O >= 4 * FOLD_MIN_ROWS ? 4 : 1;
+  // A task's sums on 64-byte lines of their own: the threads add into them row after row (sharing
+  // a line at the edges made the fold slower on two threads than on one).
+  const int64_t stride = (2 * C + 15) / 16 * 16;
   thread_local std::vector<float> scratch;
-  scratch.resize(static_cast<size_t>(N * parts * 2 * C));
-  float* sums = scratch.data();  // [n][part][dg | dbeta]
-  parallel_for(N * parts, [&](int64_t task) {
+  scratch.resize(static_cast<size_t>(N * parts * stride + 16));
+  float* sums = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+  parallel_for(N * parts, [&](int64_t task) {  // sums: [n][part][dg | dbeta]
     const int64_t n = task / parts, part = task % parts;
-    float* dgn = sums + task * 2 * C;
+    float* dgn = sums + task * stride;
     float* dbn = dgn + C;
     std::fill(dgn, dgn + 2 * C, 0.0f);
     for (int64_t o = O * part / parts; o < O * (part + 1) / parts; o++) {
@@ -319,11 +346,11 @@ void CpuBackend::fold_affine_backward(const float* w, const float* g, const floa
   });
   for (int64_t n = 0; n < N; n++)
     for (int64_t c = 0; c < C; c++) {
-      const float* part0 = sums + n * parts * 2 * C;
+      const float* part0 = sums + n * parts * stride;
       float sg = part0[c], sb = part0[C + c];
       for (int64_t part = 1; part < parts; part++) {
-        sg += part0[part * 2 * C + c];
-        sb += part0[part * 2 * C + C + c];
+        sg += part0[part * stride + c];
+        sb += part0[part * stride + C + c];
       }
       dg[n * C + c] = sg;
       dbeta[n * C + c] = sb;

@@ -34,8 +34,8 @@ std::vector<Tensor> folded_k_major(DerivedKind kind, const Tensor& w, const Tens
 
 // The QKV product of every branch: (N, BT, 3C), laid out (BT, N*3C) for attention. LN1's affine
 // is folded into the weights: inside the graph while training, from the cache for inference.
-Tensor branch_qkv(const Tensor& normed, const StageParams& p) {
-  if (grad_enabled()) return branch_linear(normed, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b, false, true);
+Tensor branch_qkv(const Tensor& normed, const StageParams& p, const std::shared_ptr<GeluLink>& link = nullptr) {
+  if (grad_enabled()) return branch_linear(normed, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b, false, true, link);
   const std::vector<Tensor> f = folded_k_major(DERIVED_QKV, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b);
   return branch_linear(normed, f[0], f[1], nullptr, nullptr, false, true);
 }
@@ -202,9 +202,12 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   const Tensor x = comm ? branch_input(x_in, *comm) : x_in;
   const Tensor xf = reshape(x, {BT, C});
   const Tensor resid = comm ? zeros({BT, C}, DTYPE_F32, x->device) : xf;
-  // Attention of every branch: shared norm, one QKV product, one attention op.
-  const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p);                    // (N, BT, 3C)
-  const Tensor att = attention(reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C}), c.heads, N);  // (B, T1, N*C)
+  // Attention of every branch: shared norm, one QKV product, one attention op (qkv's one
+  // consumer: the QKV bias's gradient comes out of its backward, ops.h, GeluLink).
+  const auto qkv_link = grad_enabled() ? std::make_shared<GeluLink>() : nullptr;
+  const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p, qkv_link);          // (N, BT, 3C)
+  const Tensor att =
+      attention(reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C}), c.heads, N, qkv_link);  // (B, T1, N*C)
   const Tensor att_n = permute(reshape(att, {BT, N, C}), {1, 0, 2});                            // (N, BT, C) view
   std::pair<Tensor, Tensor> proj = layer_scaled(p.proj_w, p.proj_b, p.ls1, DERIVED_LS1);
   if (!grad_enabled() && proj.first->device == DEVICE_CPU)  // (a cached value must never be its source)

@@ -31,7 +31,7 @@ dm::AttnLayout attention_layout(const Tensor& qkv, int64_t heads, int64_t branch
 
 }  // namespace
 
-Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches) {
+Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches, const std::shared_ptr<GeluLink>& link) {
   const dm::AttnLayout L = attention_layout(qkv, heads, branches, "attention");
   const int64_t B = qkv->shape[0];
   const Device dev = qkv->device;
@@ -42,15 +42,22 @@ Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches) {
   if (B && L.T) backend(dev).attention_forward(L, B, x->ptr_f32(), out->ptr_f32(), lse ? lse->ptr_f32() : nullptr);
   if (!grad) return out;
   const Tensor sx = detach(x), so = detach(out);
-  return record(out, "attention", {qkv}, [L, B, sx, so, lse](const Tensor& dout, Grads& g) {
+  return record(out, "attention", {qkv}, [L, B, sx, so, lse, link](const Tensor& dout, Grads& g) {
     const Device dev = sx->device;
     const Tensor delta = empty({B, L.N, L.H, L.T}, DTYPE_F32, dev);
     bool fresh = false;
     Tensor& slot = g.contiguous_slot_for_write(0, &fresh);
     const Tensor dqkv = fresh ? slot : empty(sx->shape, DTYPE_F32, dev);
-    if (B && L.T)
+    // The bias gradient only where dqkv is the whole of qkv's gradient.
+    const Tensor db = link && fresh && B && L.T ? empty({L.N, 3 * L.C}, DTYPE_F32, dev) : nullptr;
+    if (db) {
+      backend(dev).attention_backward_bias(L, B, dout->ptr_f32(), sx->ptr_f32(), so->ptr_f32(), lse->ptr_f32(),
+                                           delta->ptr_f32(), dqkv->ptr_f32(), db->ptr_f32());
+      link->db = db;
+    } else if (B && L.T) {
       backend(dev).attention_backward(L, B, dout->ptr_f32(), sx->ptr_f32(), so->ptr_f32(), lse->ptr_f32(),
                                       delta->ptr_f32(), dqkv->ptr_f32());
+    }
     if (!fresh) add_into(slot, dqkv);
   });
 }

@@ -63,8 +63,12 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, c
 // qkv: (B, T, N*3C), branch n's [q | k | v] at columns n*3C.., each head h at columns h*D ..
 // h*D+D-1 of its part (timm's order for N = 1). Returns (B, T, N*C): softmax(Q K^T / sqrt(D)) V
 // per branch and head, heads concatenated, branch n at columns n*C. Keeps only the log-sum-exp
-// of each row for backward (B*N*H*T floats), which recomputes the probabilities.
-Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches = 1);
+// of each row for backward (B*N*H*T floats), which recomputes the probabilities. `link` (from
+// the QKV branch_linear, whose output this is the one consumer of): backward sets link->db, the
+// QKV bias's gradient (N, 3C), summed from each head's gradient while it is in cache, when the
+// gradient it writes is all qkv gets.
+struct GeluLink;
+Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches = 1, const std::shared_ptr<GeluLink>& link = nullptr);
 // The attention probabilities (B, N*H, T, T) of the same computation; no gradient.
 Tensor attention_probs(const Tensor& qkv, int64_t heads, int64_t branches = 1);
 
@@ -82,8 +86,9 @@ Tensor attention_probs(const Tensor& qkv, int64_t heads, int64_t branches = 1);
 // `link` joins a GELU branch_linear to the one stage_sum that reads its output (paraformer.cpp):
 // forward leaves the pre-activation there, and stage_sum's backward, when it can, writes the
 // gradient before the GELU (with the bias gradient) in its product's epilogue instead of the
-// gradient after it; branch_linear's backward then takes both as they are. A caller may join
-// them only where the stage sum is the output's one consumer.
+// gradient after it; branch_linear's backward then takes both as they are. It joins the QKV
+// branch_linear to its attention the same way, for the bias gradient only. A caller may join
+// them only where the stage sum (the attention) is the output's one consumer.
 struct GeluLink {
   Tensor pre;  // (N, R, O): the pre-activation, laid out like the output (set by forward)
   Tensor db;   // (N, O): the bias gradient, set by stage_sum's backward when it took the GELU's

@@ -76,6 +76,11 @@ class TestDevice : public CpuBackend {
     launches_ += 2;  // dQ, then dK and dV, as on the GPU
     CpuBackend::attention_backward(L, B, dout, qkv, out, lse, delta, dqkv);
   }
+  // As the CUDA backend: the default (the backward, then a reduction).
+  void attention_backward_bias(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
+                               const float* out, const float* lse, float* delta, float* dqkv, float* db) override {
+    Backend::attention_backward_bias(L, B, dout, qkv, out, lse, delta, dqkv, db);
+  }
   void attention_probs(const dm::AttnLayout& L, int64_t B, const float* qkv, float* probs) override {
     count(), CpuBackend::attention_probs(L, B, qkv, probs);
   }

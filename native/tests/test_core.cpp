@@ -475,6 +475,48 @@ void test_small_then() {
   cpu_isa_set(saved);
 }
 
+// The attention backward with the QKV bias's gradient (CPU: summed from each head in cache)
+// against the backward alone and double column sums of its dqkv: dqkv the same bits, db near the
+// sums and the same bits on 1, 2 and 3 threads; the backend's default (backward, then reduction)
+// near them too. Layouts of one and several branches, heads of 64 and of 8.
+void test_attention_bias_sums() {
+  const int saved_threads = get_num_threads();
+  for (auto [B, T, N, H, D] : {std::array<int64_t, 5>{5, 50, 1, 3, 64}, {3, 7, 2, 2, 8}, {9, 19, 3, 1, 16}}) {
+    const int64_t C = H * D, W = N * 3 * C;
+    const dm::AttnLayout L{T, C, N, H, D};
+    const Tensor qkv = randn({B, T, W}, 21, 0.0f, 1.0f), dout = randn({B, T, N * C}, 22, 0.0f, 1.0f);
+    std::vector<float> out(B * T * N * C), lse(B * N * H * T), delta(B * N * H * T), dq0(B * T * W);
+    cpu_backend().attention_forward(L, B, qkv->f32(), out.data(), lse.data());
+    cpu_backend().attention_backward(L, B, dout->f32(), qkv->f32(), out.data(), lse.data(), delta.data(), dq0.data());
+    std::vector<double> want(W, 0.0);
+    for (int64_t r = 0; r < B * T; r++)
+      for (int64_t j = 0; j < W; j++) want[j] += dq0[r * W + j];
+    std::vector<float> first;
+    const std::string shape = "B=" + std::to_string(B) + " T=" + std::to_string(T) + " N=" + std::to_string(N) +
+                              " H=" + std::to_string(H) + " D=" + std::to_string(D);
+    for (int threads : {1, 2, 3}) {
+      set_num_threads(threads);
+      std::vector<float> dq(B * T * W, 9.0f), db(W, 9.0f);
+      cpu_backend().attention_backward_bias(L, B, dout->f32(), qkv->f32(), out.data(), lse.data(), delta.data(),
+                                            dq.data(), db.data());
+      double worst = 0.0;
+      for (int64_t j = 0; j < W; j++) worst = std::max(worst, std::fabs(db[j] - want[j]) / std::max(1.0, std::fabs(want[j])));
+      if (threads == 1) first = db;
+      expect(dq == dq0 && db == first && worst < 1e-6,
+             "attention_backward_bias " + shape + " on " + std::to_string(threads) +
+                 " threads: dqkv as the backward's, db its column sums (" + std::to_string(worst) + ")");
+    }
+    std::vector<float> dq(B * T * W), db(W, 9.0f);
+    cpu_backend().Backend::attention_backward_bias(L, B, dout->f32(), qkv->f32(), out.data(), lse.data(), delta.data(),
+                                                   dq.data(), db.data());
+    double worst = 0.0;
+    for (int64_t j = 0; j < W; j++) worst = std::max(worst, std::fabs(db[j] - want[j]) / std::max(1.0, std::fabs(want[j])));
+    expect(dq == dq0 && worst < 1e-6, "Backend::attention_backward_bias (the default) " + shape + " (" +
+                                          std::to_string(worst) + ")");
+  }
+  set_num_threads(saved_threads);
+}
+
 // The stage epilogue's row kernel on every instruction set against double formulas: no branch,
 // one, four; with and without beta; 300 columns (a block of 256 and a partial one); c written
 // over v as the GEMM epilogue does.
@@ -1852,6 +1894,7 @@ int main() {
   test_adamw_kernel();
   test_column_softmax_kernels();
   test_small_then();
+  test_attention_bias_sums();
   test_accumulate_rows();
   test_layernorm_backward_kernel();
   test_layernorm_residual_backward();
