@@ -579,7 +579,7 @@ __attribute__((target("avx512f"))) void small_tail_dots_avx512(int64_t M, int64_
         for (int q = 0; q < TAIL; q++) acc[r * TAIL + q] = _mm512_fmadd_ps(av, bv[q], acc[r * TAIL + q]);
       }
     }
-    alignas(64) float sums[16 + 16];
+    alignas(64) float sums[16];  // row r's at sums + r * TAIL (r * TAIL + TAIL <= 16)
     _mm512_store_ps(sums, sum_lanes16(acc));
     for (int r = 0; r < rows; r++) epi.row(i0 + r, j0, 0, cols, _mm512_maskz_loadu_ps(cols, sums + r * TAIL));
   }
@@ -1448,7 +1448,8 @@ void sgemm_small_then(SmallThen then, bool transA, bool transB, int64_t M, int64
                       const SmallThenArgs& args) {
   if (M <= 0 || N <= 0) return;
 #if defined(__x86_64__)
-  if (g_isa == CPU_ISA_AVX512 && K > 0) return small_then_avx512(then, transA, transB, M, N, K, alpha, A, lda, B, ldb, C, ldc, args);
+  if (g_isa == CPU_ISA_AVX512 && K > 0)
+    return small_then_avx512(then, transA, transB, M, N, K, alpha, A, lda, B, ldb, C, ldc, args);
 #endif
   // Elsewhere: the product, then the step over it.
   sgemm_small(transA, transB, M, N, K, alpha, A, lda, B, ldb, 0.0f, C, ldc);
