@@ -91,7 +91,7 @@ Tensor attention_probs(const Tensor& qkv, int64_t heads, int64_t branches = 1);
 // them only where the stage sum (the attention) is the output's one consumer.
 struct GeluLink {
   Tensor pre;  // (N, R, O): the pre-activation, laid out like the output (set by forward)
-  Tensor db;   // (N, O): the bias gradient, set by stage_sum's backward when it took the GELU's
+  Tensor db;   // (N, O): the bias gradient, set by stage_sum's backward when it took the GELU's, or by attention's
 };
 Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
                      bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link = nullptr);
