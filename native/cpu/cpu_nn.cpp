@@ -18,6 +18,12 @@ namespace {
 constexpr int64_t ELEM_GRAIN = 1 << 15;
 constexpr int64_t FOLD_MIN_ROWS = 64;  // rows of a fold's backward below which a branch is not cut up
 
+// n floats of the scratch v, starting on a 64-byte cache line (v grows to hold them).
+float* line_aligned(std::vector<float>& v, int64_t n) {
+  v.resize(static_cast<size_t>(n + 16));
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
+}
+
 // One operand of GemmArgs as sgemm reads it: X(r, k) = p[r*s_r + k*s_k] for `rows` x K. sgemm
 // reads a matrix row-major or transposed with one leading dimension; any other strides are
 // first copied into `scratch` (row-major).
@@ -187,11 +193,7 @@ int64_t padded_queries(const dm::AttnLayout& L) { return (L.T + 15) / 16 * 16; }
 
 // A head's keys x queries block in the thread's scratch v, starting on a 64-byte line: its rows
 // whole vectors on every thread (where a vector's allocation happens to fall moved attention by 8%).
-float* keys_by_queries(std::vector<float>& v, const dm::AttnLayout& L) {
-  v.resize(static_cast<size_t>(L.T * padded_queries(L) + 16));
-  const auto p = reinterpret_cast<uintptr_t>(v.data());
-  return reinterpret_cast<float*>((p + 63) & ~uintptr_t{63});
-}
+float* keys_by_queries(std::vector<float>& v, const dm::AttnLayout& L) { return line_aligned(v, L.T * padded_queries(L)); }
 }  // namespace
 
 void CpuBackend::attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) {
@@ -330,8 +332,7 @@ void CpuBackend::fold_affine_backward(const float* w, const float* g, const floa
   // a line at the edges made the fold slower on two threads than on one).
   const int64_t stride = (2 * C + 15) / 16 * 16;
   thread_local std::vector<float> scratch;
-  scratch.resize(static_cast<size_t>(N * parts * stride + 16));
-  float* sums = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(scratch.data()) + 63) & ~uintptr_t{63});
+  float* sums = line_aligned(scratch, N * parts * stride);
   parallel_for(N * parts, [&](int64_t task) {  // sums: [n][part][dg | dbeta]
     const int64_t n = task / parts, part = task % parts;
     float* dgn = sums + task * stride;
