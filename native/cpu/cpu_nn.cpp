@@ -118,14 +118,14 @@ void CpuBackend::gemm(const GemmArgs& g) {
 // The GELU's gradient from the product's register tiles (sgemm's backward act: C is written once,
 // the pre-activation read as each tile finishes, asked for a tile ahead), or over each finished
 // block of the product on sgemm's other paths, while the block is in cache. The bias gradient's
-// column sums are kept in fp64 per block of sgemm_row_block() rows, rows in order (a block that is
+// column sums are kept in fp64 per block of sgemm_row_blocks, rows in order (a block that is
 // not one of them, on a path that hands out others, has its sums taken afterwards from C, the
 // same sums), then summed over the blocks in order: the same bits whatever the number of threads
 // and whichever way. pre is laid out like C (rows g.c_m apart).
 void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) {
   if (g.batch != 1 || g.beta != 0.0f || g.bias || g.epilogue != EPILOGUE_NONE || g.c_m < g.N || g.M <= 0 || g.N <= 0)
     return Backend::gemm_gelu_backward(g, pre, db);
-  const int64_t M = g.M, N = g.N, ld = g.c_m, rows = sgemm_row_block(), blocks = (M + rows - 1) / rows;
+  const int64_t M = g.M, N = g.N, ld = g.c_m, blocks = sgemm_row_blocks(M);
   thread_local std::vector<double> part_buf;
   part_buf.resize(static_cast<size_t>(blocks * N));
   double* part = part_buf.data();
@@ -133,8 +133,9 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
   std::atomic<bool> sums_whole{true};
   const GemmBlockFn block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t off = i0 * ld + j0;
-    const bool whole = i0 % rows == 0 && i1 - i0 <= rows;  // within one block of the sums
-    double* sums = whole ? part + i0 / rows * N + j0 : nullptr;
+    const int64_t b = sgemm_row_block_of(M, i0);  // within one block of the sums:
+    const bool whole = sgemm_row_block_start(M, b) == i0 && i1 <= sgemm_row_block_start(M, b + 1);
+    double* sums = whole ? part + b * N + j0 : nullptr;
     if (sums) std::fill(sums, sums + (j1 - j0), 0.0);
     if (!whole) sums_whole.store(false, std::memory_order_relaxed);  // its sums are taken from C afterwards
     gelu_backward_rows_cpu(pre + off, C + off, C + off, ld, i1 - i0, j1 - j0, sums);
@@ -145,7 +146,8 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
     parallel_for(blocks, [&](int64_t b) {
       double* sums = part + b * N;
       std::fill(sums, sums + N, 0.0);
-      accumulate_rows_f64_cpu(C + b * rows * ld, ld, std::min(rows, M - b * rows), sums, N);
+      const int64_t r0 = sgemm_row_block_start(M, b);
+      accumulate_rows_f64_cpu(C + r0 * ld, ld, sgemm_row_block_start(M, b + 1) - r0, sums, N);
     });
   }
   sum_parts_f64_cpu(part, blocks, N, db, false);

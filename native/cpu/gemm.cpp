@@ -820,6 +820,7 @@ void unpacked_product(bool transA, bool transB, int64_t M, int64_t N, int64_t K,
 // Block sizes: a KC x NR panel of B stays in L1, an MC x KC block of A in L2.
 constexpr int64_t KC = 256;
 constexpr int64_t MC_ROWS = 144;  // a multiple of every MR above
+constexpr int64_t ROW_UNIT = 12;   // every MR above divides it; row blocks are multiples of it
 constexpr int64_t NC = 4096;
 constexpr int64_t SMALL_GEMM_MAX = int64_t{1} << 17;  // M*N*K below which packing does not pay
 constexpr int64_t B_CHUNK_BYTES = int64_t{8} << 20;  // packed B shared by the tasks of one region
@@ -1145,7 +1146,27 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
 
 }  // namespace
 
-int64_t sgemm_row_block() { return MC_ROWS; }
+// ceil(M / MC_ROWS) blocks, one more where that is odd, the units of ROW_UNIT rows shared out
+// evenly: 3200 rows, 23 blocks (22 of 144 and one of 32) -> 24 of 132 or 144; 3072 rows, 22
+// blocks (21 of 144 and one of 48) -> 22 of 132 or 144. Two threads' shares of the blocks were
+// 96 rows apart on the second (a third of a block left for one thread at the end).
+int64_t sgemm_row_blocks(int64_t M) {
+  const int64_t units = (M + ROW_UNIT - 1) / ROW_UNIT, blocks = (M + MC_ROWS - 1) / MC_ROWS;
+  return blocks > 1 && blocks % 2 == 1 ? std::min(units, blocks + 1) : blocks;
+}
+
+int64_t sgemm_row_block_start(int64_t M, int64_t b) {
+  const int64_t units = (M + ROW_UNIT - 1) / ROW_UNIT;
+  return std::min(M, ROW_UNIT * (units * b / sgemm_row_blocks(M)));
+}
+
+int64_t sgemm_row_block_of(int64_t M, int64_t row) {
+  const int64_t blocks = sgemm_row_blocks(M), units = (M + ROW_UNIT - 1) / ROW_UNIT;
+  int64_t b = std::min(blocks - 1, row / ROW_UNIT * blocks / std::max<int64_t>(units, 1));
+  while (b > 0 && sgemm_row_block_start(M, b) > row) b--;
+  while (b + 1 < blocks && sgemm_row_block_start(M, b + 1) <= row) b++;
+  return b;
+}
 
 const char* cpu_isa_name(CpuIsa isa) {
   switch (isa) {
@@ -1328,13 +1349,13 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
       }
       // Tasks: row blocks of A (split over columns when there are few), each walking every K
       // block of the chunk while its rows of C stay in cache.
-      const int64_t m_blocks = (M + MC_ROWS - 1) / MC_ROWS;
+      const int64_t m_blocks = sgemm_row_blocks(M);
       int64_t n_split = 1;
       while (m_blocks * n_split < 2 * threads && n_panels / (n_split * 2) >= 2) n_split *= 2;
       const int64_t panels_per = (n_panels + n_split - 1) / n_split;
       auto task = [&](int64_t t) {
         const int64_t ib = t / n_split, js = t % n_split;
-        const int64_t i0 = ib * MC_ROWS, mc = std::min(MC_ROWS, M - i0);
+        const int64_t i0 = sgemm_row_block_start(M, ib), mc = sgemm_row_block_start(M, ib + 1) - i0;
         const int64_t q0 = js * panels_per, q1 = std::min(n_panels, q0 + panels_per);
         if (q0 >= q1) return;
         // Full row panels read A in place where that pays (a transposed A's panel is a packed
@@ -1374,7 +1395,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
               } else if (bf16) {
                 ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
               } else if (act_tiles && last) {
-                double* sums = act_grad ? act->grad_sums + (i0 + r) / MC_ROWS * N + j0 + jj : nullptr;
+                double* sums = act_grad ? act->grad_sums + ib * N + j0 + jj : nullptr;
                 const TileAct tile_act{{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, sums}, stream_c, r == 0};
                 // A backward act reads the pre-activation from memory: the next tile's rows are
                 // asked for while this one is computed.

@@ -28,7 +28,7 @@ using GemmBlockFn = std::function<void(int64_t i0, int64_t i1, int64_t j0, int64
 // A GELU output of a product: act[i * ld + j] = gelu(C[i][j]) for every element of the finished C.
 // With grad_sums, GELU's backward instead: p holds the pre-activation x, laid out like C (read
 // only), C(i, j) becomes the product times gelu'(x(i, j)), and grad_sums[b * N + j] the fp64 sum of
-// the new C(i, j) over the rows i of block b (sgemm_row_block() rows each), rows in order.
+// the new C(i, j) over the rows i of block b (sgemm_row_blocks), rows in order.
 struct GemmAct {
   float* p;
   int64_t ld;
@@ -50,10 +50,15 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
            const float* bias = nullptr, bool bf16 = false, const GemmBlockFn* epilogue = nullptr,
            const GemmAct* act = nullptr);
 
-// The rows of the blocks sgemm's packed path hands its epilogue: every block but the last of a
-// product's rows starts at a multiple of this and has this many rows (a caller that keeps sums
-// per block of rows can then keep them the same whatever the number of threads).
-int64_t sgemm_row_block();
+// The blocks of rows sgemm's packed path hands its epilogue: a product of M rows is cut into
+// sgemm_row_blocks(M) blocks (an even number where there are several, of near-equal multiples
+// of 12 rows up to 144: two threads' shares of them balance), block b being rows
+// [sgemm_row_block_start(M, b), sgemm_row_block_start(M, b + 1)); sgemm_row_block_of says which
+// block holds a row. They depend on M alone: a caller that keeps sums per block of rows keeps
+// them the same whatever the number of threads.
+int64_t sgemm_row_blocks(int64_t M);
+int64_t sgemm_row_block_start(int64_t M, int64_t b);
+int64_t sgemm_row_block_of(int64_t M, int64_t row);
 
 // Whether sgemm's packed path, with a GELU output (act), stores C past the caches for these sizes
 // (non-temporal stores of whole, 64-byte aligned tile rows): a large C written once, with the

@@ -1128,11 +1128,32 @@ void test_gelu_backward_bias() {
       }
 }
 
+// The packed path's row blocks: every row in exactly one, in order; multiples of 12 rows up to 144
+// (the last may be shorter); an even number where there are several, the two halves' rows no
+// more than 12 apart (the last block's shortfall aside); sgemm_row_block_of finds each row's.
+void test_sgemm_row_blocks() {
+  for (int64_t M = 1; M <= 5000; M += (M < 400 ? 1 : 37)) {
+    const int64_t blocks = sgemm_row_blocks(M);
+    bool ok = blocks >= 1 && sgemm_row_block_start(M, 0) == 0 && sgemm_row_block_start(M, blocks) == M &&
+              (blocks == 1 || blocks % 2 == 0);
+    for (int64_t b = 0; ok && b < blocks; b++) {
+      const int64_t r0 = sgemm_row_block_start(M, b), r1 = sgemm_row_block_start(M, b + 1);
+      ok = r1 > r0 && r1 - r0 <= 144 && (r0 % 12 == 0) && (b + 1 == blocks || r1 % 12 == 0);
+      for (int64_t r = r0; ok && r < r1; r++) ok = sgemm_row_block_of(M, r) == b;
+    }
+    if (ok && blocks > 1) {
+      const int64_t half = sgemm_row_block_start(M, blocks / 2), last_short = (12 - M % 12) % 12;
+      ok = std::abs((M + last_short - half) - half) <= 12;
+    }
+    expect(ok, "sgemm row blocks of " + std::to_string(M) + " rows (" + std::to_string(blocks) + ")");
+  }
+}
+
 // The product with GELU's backward in its epilogue (gemm_gelu_backward): the CPU's, on each of
 // sgemm's paths (row blocks of the packed path with a partial last one, few rows read against B
 // in place, an unpacked small product, split K, whose blocks are not the packed path's, so the
 // sums are taken afterwards), and the Backend default, against a double-precision reference. The
-// CPU's bias sums are exactly the fp64 sums of C's blocks of sgemm_row_block() rows, added in
+// CPU's bias sums are exactly the fp64 sums of C's blocks of rows (sgemm_row_blocks), added in
 // order, on either route; its bits are the same on 1, 2 and 3 threads (but split K's, whose
 // product itself is split by the threads).
 void test_gemm_gelu_backward() {
@@ -1191,11 +1212,10 @@ void test_gemm_gelu_backward() {
                "gemm_gelu_backward " + shape + ", " + who + " (err " + std::to_string(worst) + ", db err " +
                    std::to_string(worst_db) + (gaps_kept ? "" : ", wrote between the rows") + ")");
         if (way < 3) {
-          const int64_t rows = sgemm_row_block();
           std::vector<double> total(N, 0.0);
-          for (int64_t r0 = 0; r0 < M; r0 += rows) {
+          for (int64_t b = 0; b < sgemm_row_blocks(M); b++) {
             std::vector<double> part(N, 0.0);
-            for (int64_t m = r0; m < std::min(M, r0 + rows); m++)
+            for (int64_t m = sgemm_row_block_start(M, b); m < sgemm_row_block_start(M, b + 1); m++)
               for (int64_t n = 0; n < N; n++) part[n] += c[m * N + n];
             for (int64_t n = 0; n < N; n++) total[n] += part[n];
           }
@@ -1927,6 +1947,7 @@ int main() {
   test_backward_frees_as_it_goes();
   test_gelu_backward_in_place();
   test_gelu_backward_bias();
+  test_sgemm_row_blocks();
   test_gemm_gelu_backward();
   test_gelu_link();
   test_padded_rows();
