@@ -140,7 +140,7 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
     if (!whole) sums_whole.store(false, std::memory_order_relaxed);  // its sums are taken from C afterwards
     gelu_backward_rows_cpu(pre + off, C + off, C + off, ld, i1 - i0, j1 - j0, sums);
   };
-  const GemmAct act{const_cast<float*>(pre), ld, part};
+  const GemmAct act{nullptr, ld, part, pre};
   gemm_one(g, 0, true, matmul_precision() == PRECISION_BF16, &block, &act);
   if (!sums_whole.load()) {
     parallel_for(blocks, [&](int64_t b) {

@@ -42,7 +42,7 @@ namespace duat {
 
 namespace {
 
-// A tile's share of a product's GELU output (GemmAct, at the tile's first element; grad_sums at
+// A tile's share of a product's GELU output or input (GemmAct, p or pre at the tile's first element; grad_sums at
 // its first column's sums); stream_c: the tile's C is stored past the caches (sgemm_streams_c);
 // first_rows: a backward act's tile begins its block of rows (its sums start from zero).
 struct TileAct : GemmAct {
@@ -241,7 +241,7 @@ __attribute__((target("avx512f"), always_inline)) inline void store_tile_avx512(
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
     if (grad) {
-      gelu_grad_row_avx512(r0, r1, act->p + i * act->ld, ci, m0, m1, sums);
+      gelu_grad_row_avx512(r0, r1, act->pre + i * act->ld, ci, m0, m1, sums);
       continue;
     }
     store_tile_row(ci, m0, m1, r0, r1, stream);
@@ -329,7 +329,7 @@ __attribute__((target("avx512f"), always_inline)) inline void micro_avx512_stage
       r1 = _mm512_add_ps(r1, _mm512_maskz_loadu_ps(m1, ci + 16));
     }
     if (grad) {
-      gelu_grad_row_avx512(r0, r1, act->p + i * act->ld, ci, m0, m1, sums);
+      gelu_grad_row_avx512(r0, r1, act->pre + i * act->ld, ci, m0, m1, sums);
       continue;
     }
     store_tile_row(ci, m0, m1, r0, r1, stream);
@@ -1190,10 +1190,10 @@ void cpu_isa_set(CpuIsa isa) {
 }
 
 namespace {
-// Asks for `rows` rows of an act's 32 columns from (i, j), line by line.
+// Asks for `rows` rows of a backward act's 32 columns of pre from (i, j), line by line.
 void prefetch_tile(const GemmAct* act, int64_t i, int64_t j, int64_t rows) {
   for (int64_t r = 0; r < rows; r++) {
-    const char* p = reinterpret_cast<const char*>(act->p + (i + r) * act->ld + j);
+    const char* p = reinterpret_cast<const char*>(act->pre + (i + r) * act->ld + j);
     __builtin_prefetch(p, 0, 3);
     __builtin_prefetch(p + 64, 0, 3);
   }
@@ -1396,7 +1396,9 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
                 ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
               } else if (act_tiles && last) {
                 double* sums = act_grad ? act->grad_sums + ib * N + j0 + jj : nullptr;
-                const TileAct tile_act{{act->p + (i0 + r) * act->ld + j0 + jj, act->ld, sums}, stream_c, r == 0};
+                const int64_t at = (i0 + r) * act->ld + j0 + jj;  // the tile's first element of p or pre
+                const TileAct tile_act{{act_grad ? nullptr : act->p + at, act->ld, sums, act_grad ? act->pre + at : nullptr},
+                                       stream_c, r == 0};
                 // A backward act reads the pre-activation from memory: the next tile's rows are
                 // asked for while this one is computed.
                 if (act_grad) {

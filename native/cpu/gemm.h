@@ -25,14 +25,15 @@ bool cpu_has_bf16();
 // it, while the block is still in cache.
 using GemmBlockFn = std::function<void(int64_t i0, int64_t i1, int64_t j0, int64_t j1)>;
 
-// A GELU output of a product: act[i * ld + j] = gelu(C[i][j]) for every element of the finished C.
-// With grad_sums, GELU's backward instead: p holds the pre-activation x, laid out like C (read
-// only), C(i, j) becomes the product times gelu'(x(i, j)), and grad_sums[b * N + j] the fp64 sum of
-// the new C(i, j) over the rows i of block b (sgemm_row_blocks), rows in order.
+// A GELU output of a product: p[i * ld + j] = gelu(C[i][j]) for every element of the finished C.
+// With grad_sums, GELU's backward instead (p unused): pre holds the pre-activation x, laid out like
+// C (rows ld apart), C(i, j) becomes the product times gelu'(x(i, j)), and grad_sums[b * N + j] the
+// fp64 sum of the new C(i, j) over the rows i of block b (sgemm_row_blocks), rows in order.
 struct GemmAct {
-  float* p;
-  int64_t ld;
+  float* p = nullptr;
+  int64_t ld = 0;
   double* grad_sums = nullptr;
+  const float* pre = nullptr;
 };
 
 // parallel = false keeps the product on the calling thread (for callers that already split

@@ -33,7 +33,6 @@ struct RowKernels {
   void (*softmax_bwd_row)(const float*, const float*, float*, int64_t);
   float (*softmax_lse_row)(const float*, float*, int64_t);
   void (*softmax_lse_cols)(float*, int64_t, int64_t, int64_t, float*, const float*, float*);
-  void (*exp_cols)(float*, int64_t, int64_t, int64_t, const float*);
   void (*softmax_bwd_cols)(const float*, float*, int64_t, int64_t, int64_t);
   void (*log_softmax_row)(const float*, float*, int64_t);
   void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
@@ -249,10 +248,6 @@ float softmax_lse_row_cpu(const float* x, float* y, int64_t n) { return rk().sof
 void softmax_lse_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, float* lse, const float* max,
                           float* inv_sum) {
   rk().softmax_lse_cols(s, ld, rows, cols, lse, max, inv_sum);
-}
-
-void exp_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, const float* shift) {
-  rk().exp_cols(s, ld, rows, cols, shift);
 }
 
 void softmax_backward_cols_cpu(const float* p, float* d, int64_t ld, int64_t rows, int64_t cols) {

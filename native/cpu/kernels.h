@@ -49,10 +49,9 @@ float softmax_lse_row_cpu(const float* x, float* y, int64_t n);
 // never read). In place, per column j: s = softmax(s), lse[j] = its log-sum-exp (lse may be
 // null; max, when not null, holds each column's maximum, which is then not looked for; with
 // inv_sum, the columns are left unnormalised, exp(s - max), and inv_sum[j] = 1 / their sum);
-// s = exp(s - shift[j]); d = p * (d - sum_i p * d).
+// d = p * (d - sum_i p * d).
 void softmax_lse_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, float* lse, const float* max = nullptr,
                           float* inv_sum = nullptr);
-void exp_cols_cpu(float* s, int64_t ld, int64_t rows, int64_t cols, const float* shift);
 void softmax_backward_cols_cpu(const float* p, float* d, int64_t ld, int64_t rows, int64_t cols);
 // y = gelu(x) (+ beta * y); dx (+)= dy * gelu'(x) (n elements); one LayerNorm row forward, and its dx (+=).
 void gelu_forward_range_cpu(const float* x, float* y, int64_t n, float beta = 0.0f);
