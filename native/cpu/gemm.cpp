@@ -42,9 +42,10 @@ namespace duat {
 
 namespace {
 
-// A tile's share of a product's GELU output or input (GemmAct, p or pre at the tile's first element; grad_sums at
-// its first column's sums); stream_c: the tile's C is stored past the caches (sgemm_streams_c);
-// first_rows: a backward act's tile begins its block of rows (its sums start from zero).
+// A tile's share of a product's GELU output or input (GemmAct, p or pre at the tile's first
+// element; grad_sums at its first column's sums); stream_c: the tile's C is stored past the caches
+// (sgemm_streams_c); first_rows: a backward act's tile begins its block of rows (its sums start
+// from zero).
 struct TileAct : GemmAct {
   bool stream_c;
   bool first_rows = false;
@@ -1397,8 +1398,9 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
               } else if (act_tiles && last) {
                 double* sums = act_grad ? act->grad_sums + ib * N + j0 + jj : nullptr;
                 const int64_t at = (i0 + r) * act->ld + j0 + jj;  // the tile's first element of p or pre
-                const TileAct tile_act{{act_grad ? nullptr : act->p + at, act->ld, sums, act_grad ? act->pre + at : nullptr},
-                                       stream_c, r == 0};
+                float* out = act_grad ? nullptr : act->p + at;
+                const float* pre = act_grad ? act->pre + at : nullptr;
+                const TileAct tile_act{{out, act->ld, sums, pre}, stream_c, r == 0};
                 // A backward act reads the pre-activation from memory: the next tile's rows are
                 // asked for while this one is computed.
                 if (act_grad) {
