@@ -28,6 +28,8 @@ interface Run {
   accuracy: number;
   /** Each epoch's training accuracy (the whole batch's counts, whatever rank reports it). */
   trainAccuracy: number[];
+  /** The worker's model width. */
+  dim: number;
   params: Record<string, number[]>;
 }
 
@@ -53,14 +55,13 @@ function run(ranks: number, mode: string, name: string, extra: string[] = []): R
   return JSON.parse(fs.readFileSync(out, 'utf8')) as Run;
 }
 
-// The worker's model width (test/helpers/distributed-worker.js): each branch's QKV bias is
-// [q | k | v], WIDTH each.
-const WIDTH = 16;
-// The key part of the QKV bias has a gradient of exactly zero in exact arithmetic (softmax does not
-// change when every score of a query moves by q . b_k), so in floats it is rounding noise, which
-// AdamW divides by its own running scale: it walks by up to a fraction of the learning rate a
-// step, differently under every summation order. It is held to the walk's size, not to rounding.
-const isKeyBias = (name: string, i: number) => /attn\.qkv\.bias$/.test(name) && Math.floor((i % (3 * WIDTH)) / WIDTH) === 1;
+// The key part of the QKV bias (each branch's bias is [q | k | v], the model's width each) has a
+// gradient of exactly zero in exact arithmetic (softmax does not change when every score of a
+// query moves by q . b_k), so in floats it is rounding noise, which AdamW divides by its own
+// running scale: it walks by up to a fraction of the learning rate a step, differently under
+// every summation order. It is held to the walk's size, not to rounding.
+const isKeyBias = (name: string, i: number, dim: number) =>
+  /attn\.qkv\.bias$/.test(name) && Math.floor((i % (3 * dim)) / dim) === 1;
 
 // float32 sums in another order: the step's values agree to rounding, and 20 steps keep them close.
 function expectSameTraining(a: Run, b: Run): void {
@@ -73,7 +74,7 @@ function expectSameTraining(a: Run, b: Run): void {
     let worst = 0, worstKeyBias = 0;
     values.forEach((v, i) => {
       const d = Math.abs(v - other[i]);
-      if (isKeyBias(name, i)) worstKeyBias = Math.max(worstKeyBias, d);
+      if (isKeyBias(name, i, a.dim)) worstKeyBias = Math.max(worstKeyBias, d);
       else worst = Math.max(worst, d);
     });
     if (worst > 5e-5) throw new Error(`parameter ${name} differs by ${worst}`);

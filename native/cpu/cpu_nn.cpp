@@ -125,7 +125,9 @@ void CpuBackend::gemm(const GemmArgs& g) {
 void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) {
   if (g.batch != 1 || g.beta != 0.0f || g.bias || g.epilogue != EPILOGUE_NONE || g.c_m < g.N || g.M <= 0 || g.N <= 0)
     return Backend::gemm_gelu_backward(g, pre, db);
-  const int64_t M = g.M, N = g.N, ld = g.c_m, blocks = sgemm_row_blocks(M);
+  const int64_t M = g.M, N = g.N, ld = g.c_m;
+  const SgemmRowBlocks rows = sgemm_row_blocks(M);
+  const int64_t blocks = rows.count;
   thread_local std::vector<double> part_buf;
   part_buf.resize(static_cast<size_t>(blocks * N));
   double* part = part_buf.data();
@@ -133,8 +135,8 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
   std::atomic<bool> sums_whole{true};
   const GemmBlockFn block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
     const int64_t off = i0 * ld + j0;
-    const int64_t b = sgemm_row_block_of(M, i0);  // within one block of the sums:
-    const bool whole = sgemm_row_block_start(M, b) == i0 && i1 <= sgemm_row_block_start(M, b + 1);
+    const int64_t b = rows.of(i0);  // within one block of the sums:
+    const bool whole = rows.start(b) == i0 && i1 <= rows.start(b + 1);
     double* sums = whole ? part + b * N + j0 : nullptr;
     if (sums) std::fill(sums, sums + (j1 - j0), 0.0);
     if (!whole) sums_whole.store(false, std::memory_order_relaxed);  // its sums are taken from C afterwards
@@ -146,8 +148,7 @@ void CpuBackend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* 
     parallel_for(blocks, [&](int64_t b) {
       double* sums = part + b * N;
       std::fill(sums, sums + N, 0.0);
-      const int64_t r0 = sgemm_row_block_start(M, b);
-      accumulate_rows_f64_cpu(C + r0 * ld, ld, sgemm_row_block_start(M, b + 1) - r0, sums, N);
+      accumulate_rows_f64_cpu(C + rows.start(b) * ld, ld, rows.start(b + 1) - rows.start(b), sums, N);
     });
   }
   sum_parts_f64_cpu(part, blocks, N, db, false);

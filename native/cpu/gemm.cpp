@@ -1151,22 +1151,18 @@ void scale_c(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
 // evenly: 3200 rows, 23 blocks (22 of 144 and one of 32) -> 24 of 132 or 144; 3072 rows, 22
 // blocks (21 of 144 and one of 48) -> 22 of 132 or 144. Two threads' shares of the blocks were
 // 96 rows apart on the second (a third of a block left for one thread at the end).
-int64_t sgemm_row_blocks(int64_t M) {
+SgemmRowBlocks sgemm_row_blocks(int64_t M) {
   const int64_t units = (M + ROW_UNIT - 1) / ROW_UNIT, blocks = (M + MC_ROWS - 1) / MC_ROWS;
-  return blocks > 1 && blocks % 2 == 1 ? std::min(units, blocks + 1) : blocks;
+  return {M, units, blocks > 1 && blocks % 2 == 1 ? std::min(units, blocks + 1) : blocks};
 }
 
-int64_t sgemm_row_block_start(int64_t M, int64_t b) {
-  const int64_t units = (M + ROW_UNIT - 1) / ROW_UNIT;
-  return std::min(M, ROW_UNIT * (units * b / sgemm_row_blocks(M)));
-}
+// Block b starts at unit floor(units * b / count).
+int64_t SgemmRowBlocks::start(int64_t b) const { return std::min(rows, ROW_UNIT * (units * b / count)); }
 
-int64_t sgemm_row_block_of(int64_t M, int64_t row) {
-  const int64_t blocks = sgemm_row_blocks(M), units = (M + ROW_UNIT - 1) / ROW_UNIT;
-  int64_t b = std::min(blocks - 1, row / ROW_UNIT * blocks / std::max<int64_t>(units, 1));
-  while (b > 0 && sgemm_row_block_start(M, b) > row) b--;
-  while (b + 1 < blocks && sgemm_row_block_start(M, b + 1) <= row) b++;
-  return b;
+// The last block starting at or before the row's unit u: the largest b with units * b < (u + 1) * count.
+int64_t SgemmRowBlocks::of(int64_t row) const {
+  const int64_t u = row / ROW_UNIT;
+  return std::min(count - 1, ((u + 1) * count - 1) / units);
 }
 
 const char* cpu_isa_name(CpuIsa isa) {
@@ -1350,13 +1346,14 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
       }
       // Tasks: row blocks of A (split over columns when there are few), each walking every K
       // block of the chunk while its rows of C stay in cache.
-      const int64_t m_blocks = sgemm_row_blocks(M);
+      const SgemmRowBlocks row_blocks = sgemm_row_blocks(M);
+      const int64_t m_blocks = row_blocks.count;
       int64_t n_split = 1;
       while (m_blocks * n_split < 2 * threads && n_panels / (n_split * 2) >= 2) n_split *= 2;
       const int64_t panels_per = (n_panels + n_split - 1) / n_split;
       auto task = [&](int64_t t) {
         const int64_t ib = t / n_split, js = t % n_split;
-        const int64_t i0 = sgemm_row_block_start(M, ib), mc = sgemm_row_block_start(M, ib + 1) - i0;
+        const int64_t i0 = row_blocks.start(ib), mc = row_blocks.start(ib + 1) - i0;
         const int64_t q0 = js * panels_per, q1 = std::min(n_panels, q0 + panels_per);
         if (q0 >= q1) return;
         // Full row panels read A in place where that pays (a transposed A's panel is a packed

@@ -52,14 +52,18 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
            const GemmAct* act = nullptr);
 
 // The blocks of rows sgemm's packed path hands its epilogue: a product of M rows is cut into
-// sgemm_row_blocks(M) blocks (an even number where there are several, of near-equal multiples
-// of 12 rows up to 144: two threads' shares of them balance), block b being rows
-// [sgemm_row_block_start(M, b), sgemm_row_block_start(M, b + 1)); sgemm_row_block_of says which
-// block holds a row. They depend on M alone: a caller that keeps sums per block of rows keeps
-// them the same whatever the number of threads.
-int64_t sgemm_row_blocks(int64_t M);
-int64_t sgemm_row_block_start(int64_t M, int64_t b);
-int64_t sgemm_row_block_of(int64_t M, int64_t row);
+// `count` blocks (an even number where there are several, of near-equal multiples of 12 rows up to
+// 144: two threads' shares of them balance), block b being rows [start(b), start(b + 1)); of(row)
+// is the block that holds a row. They depend on M alone: a caller that keeps sums per block of
+// rows keeps them the same whatever the number of threads.
+struct SgemmRowBlocks {
+  int64_t rows;   // M
+  int64_t units;  // M in units of 12 rows, the last maybe partial
+  int64_t count;
+  int64_t start(int64_t b) const;
+  int64_t of(int64_t row) const;
+};
+SgemmRowBlocks sgemm_row_blocks(int64_t M);  // M >= 1
 
 // Whether sgemm's packed path, with a GELU output (act), stores C past the caches for these sizes
 // (non-temporal stores of whole, 64-byte aligned tile rows): a large C written once, with the

@@ -1125,19 +1125,19 @@ void test_gelu_backward_bias() {
 
 // The packed path's row blocks: every row in exactly one, in order; multiples of 12 rows up to 144
 // (the last may be shorter); an even number where there are several, the two halves' rows no
-// more than 12 apart (the last block's shortfall aside); sgemm_row_block_of finds each row's.
+// more than 12 apart (the last block's shortfall aside); `of` finds each row's.
 void test_sgemm_row_blocks() {
   for (int64_t M = 1; M <= 5000; M += (M < 400 ? 1 : 37)) {
-    const int64_t blocks = sgemm_row_blocks(M);
-    bool ok = blocks >= 1 && sgemm_row_block_start(M, 0) == 0 && sgemm_row_block_start(M, blocks) == M &&
-              (blocks == 1 || blocks % 2 == 0);
+    const SgemmRowBlocks rb = sgemm_row_blocks(M);
+    const int64_t blocks = rb.count;
+    bool ok = blocks >= 1 && rb.start(0) == 0 && rb.start(blocks) == M && (blocks == 1 || blocks % 2 == 0);
     for (int64_t b = 0; ok && b < blocks; b++) {
-      const int64_t r0 = sgemm_row_block_start(M, b), r1 = sgemm_row_block_start(M, b + 1);
+      const int64_t r0 = rb.start(b), r1 = rb.start(b + 1);
       ok = r1 > r0 && r1 - r0 <= 144 && (r0 % 12 == 0) && (b + 1 == blocks || r1 % 12 == 0);
-      for (int64_t r = r0; ok && r < r1; r++) ok = sgemm_row_block_of(M, r) == b;
+      for (int64_t r = r0; ok && r < r1; r++) ok = rb.of(r) == b;
     }
     if (ok && blocks > 1) {
-      const int64_t half = sgemm_row_block_start(M, blocks / 2), last_short = (12 - M % 12) % 12;
+      const int64_t half = rb.start(blocks / 2), last_short = (12 - M % 12) % 12;
       ok = std::abs((M + last_short - half) - half) <= 12;
     }
     expect(ok, "sgemm row blocks of " + std::to_string(M) + " rows (" + std::to_string(blocks) + ")");
@@ -1208,9 +1208,10 @@ void test_gemm_gelu_backward() {
                    std::to_string(worst_db) + (gaps_kept ? "" : ", wrote between the rows") + ")");
         if (way < 3) {
           std::vector<double> total(N, 0.0);
-          for (int64_t b = 0; b < sgemm_row_blocks(M); b++) {
+          const SgemmRowBlocks rb = sgemm_row_blocks(M);
+          for (int64_t b = 0; b < rb.count; b++) {
             std::vector<double> part(N, 0.0);
-            for (int64_t m = sgemm_row_block_start(M, b); m < sgemm_row_block_start(M, b + 1); m++)
+            for (int64_t m = rb.start(b); m < rb.start(b + 1); m++)
               for (int64_t n = 0; n < N; n++) part[n] += c[m * N + n];
             for (int64_t n = 0; n < N; n++) total[n] += part[n];
           }

@@ -53,7 +53,7 @@ function dataset(count, seed) {
   });
   if (duat.distributed.rank() === 0) {
     const params = Object.fromEntries(model.namedParameters().map(([n, p]) => [n, Array.from(p.toArray())]));
-    fs.writeFileSync(out, JSON.stringify({ losses: r.losses, steps: r.steps, accuracy: r.test?.accuracy, trainAccuracy: r.history.map((h) => h.trainAccuracy), confusion: r.test?.confusion, params }));
+    fs.writeFileSync(out, JSON.stringify({ losses: r.losses, steps: r.steps, accuracy: r.test?.accuracy, trainAccuracy: r.history.map((h) => h.trainAccuracy), confusion: r.test?.confusion, dim: model.config.dim, params }));
   }
 })().catch((e) => {
   process.stderr.write(`${e.name}: ${e.message}\n`);
