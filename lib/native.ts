@@ -26,7 +26,9 @@ export interface NativeDescription {
 export interface NativeBackendInfo {
   napiVersion: number;
   /** bf16: whether 'bf16' precision computes in bf16 on the CPU (AVX-512 kernels active and AVX512_BF16). */
-  cpu: { isa: string; isaBest: string; threads: number; bf16: boolean };
+  /** gemmTuning: how the packed products walk memory, chosen for the CPU's vendor ('amd' or
+   * 'intel'; DUAT_GEMM_TUNING overrides it): the same results either way. */
+  cpu: { isa: string; isaBest: string; threads: number; bf16: boolean; gemmTuning: string };
   /**
    * Whether CUDA was compiled in, is usable, and if not, why; device 0's name and capability.
    * `testDevice`: 'cuda' is served by the test device (host memory, CPU kernels), for tests.

@@ -10,6 +10,9 @@
 //   node scripts/bench-ab.js --addon before=/tmp/a.node --addon after=build/Release/duat.node \
 //     [--model 4,1] [--rounds 16] [--steps 12] [--threads 2] [--out result.md]
 //
+// --env NAME:VAR=VALUE sets an environment variable for one build's runs only, so one build can
+// be set against itself (--addon amd=build/Release/duat.node --env amd:DUAT_GEMM_TUNING=amd ...).
+//
 // --model is depth,branches (4,1: ViT-4; 1,4: Para-Former-1-4). Needs dist/ (npm run build:ts).
 'use strict';
 const { execFileSync } = require('child_process');
@@ -22,12 +25,18 @@ const BATCH = 64;
 
 function parseArgs(argv) {
   const o = { addons: [], model: '4,1', rounds: 16, steps: 12, threads: 2, out: null };
+  const envs = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i], v = argv[i + 1];
     if (a === '--addon') {
       const eq = v.indexOf('=');
       if (eq <= 0) throw new Error(`--addon expects NAME=PATH but received ${v}`);
       o.addons.push({ name: v.slice(0, eq), file: path.resolve(v.slice(eq + 1)) });
+      i++;
+    } else if (a === '--env') {
+      const m = /^([^:]+):([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(v ?? '');
+      if (!m) throw new Error(`--env expects NAME:VAR=VALUE but received ${v}`);
+      envs.push({ name: m[1], key: m[2], value: m[3] });
       i++;
     } else if (['--model', '--rounds', '--steps', '--threads', '--out'].includes(a)) {
       o[a.slice(2)] = ['--model', '--out'].includes(a) ? v : Number(v);
@@ -37,7 +46,15 @@ function parseArgs(argv) {
     }
   }
   if (o.addons.length < 2) throw new Error('give at least two --addon NAME=PATH');
-  for (const a of o.addons) if (!fs.existsSync(a.file)) throw new Error(`no addon at ${a.file}`);
+  for (const a of o.addons) {
+    if (!fs.existsSync(a.file)) throw new Error(`no addon at ${a.file}`);
+    a.env = {};
+  }
+  for (const e of envs) {
+    const a = o.addons.find((x) => x.name === e.name);
+    if (!a) throw new Error(`--env names ${e.name}, which no --addon is`);
+    a.env[e.key] = e.value;
+  }
   const [depth, branches] = o.model.split(',').map(Number);
   if (!(depth >= 1 && branches >= 1)) throw new Error(`--model expects depth,branches but received ${o.model}`);
   Object.assign(o, { depth, branches });
@@ -56,7 +73,7 @@ function main() {
     if (r % 2) order.reverse();
     for (const i of order) {
       const out = execFileSync(process.execPath, [WORKER, job], {
-        env: { ...process.env, DUAT_BINDING_PATH: o.addons[i].file }, encoding: 'utf8',
+        env: { ...process.env, ...o.addons[i].env, DUAT_BINDING_PATH: o.addons[i].file }, encoding: 'utf8',
       });
       const t = JSON.parse(out.trim().split('\n').pop())[`train_b${BATCH}`];
       runs[i].push({ median: t.median_ms, min: t.min_ms });

@@ -89,7 +89,7 @@ function markdown(cases, peak, commit) {
   return `# Where the CPU step's time goes
 
 Command: \`npm run bench:profile${LAYERS.join(',') === '4' ? '' : ` -- --layers ${LAYERS.join(',')}`}\` (scripts/bench-profile.js), ${steps} steps after ${WARMUPS} warm-ups, ${threads} threads;
-commit ${commit}; ${new Date().toISOString().slice(0, 10)}; ${os.cpus()[0]?.model ?? 'unknown CPU'}.
+commit ${commit}; ${new Date().toISOString().slice(0, 10)}; ${os.cpus()[0]?.model ?? 'unknown CPU'}; ${duat.backendInfo().cpu.gemmTuning} product tuning.
 Model: ViT-Ti width (192, 3 heads, MLP 768) on 28 x 28 x 1 images, patch 4 (50 tokens); AdamW.
 Measured peak (\`duat.cpuPeak()\`): float32 ${peak.fp32.toFixed(0)} GFLOP/s, bf16 ${peak.bf16 === null ? 'n/a' : peak.bf16.toFixed(0)} GFLOP/s on ${peak.threads} threads.
 

@@ -2,6 +2,8 @@
  * The fast paths against the reference at realistic sizes: every CPU ISA the machine has
  * (AVX-512, AVX2+FMA, portable) and 1 or 2 threads give the float64 result.
  */
+import { spawnSync } from 'child_process';
+import * as path from 'path';
 import * as duat from '../lib';
 import { native } from '../lib/native';
 import { randomData, rng } from './helpers/gradcheck';
@@ -25,6 +27,7 @@ describe('CPU backends', () => {
   test('backendInfo describes the CPU and why CUDA is unavailable', () => {
     expect(ISAS).toContain(info.cpu.isa);
     expect(info.cpu.threads).toBeGreaterThanOrEqual(1);
+    expect(['amd', 'intel']).toContain(info.cpu.gemmTuning);
     // Either CUDA works (a CUDA build on a GPU machine) or the reason it does not is given.
     expect(info.cuda.available ? info.cuda.reason : 'unavailable').toBe(info.cuda.available ? '' : 'unavailable');
     if (!info.cuda.available) expect(info.cuda.reason.length).toBeGreaterThan(0);
@@ -69,6 +72,32 @@ describe('CPU backends', () => {
     const two = run();
     duat.setNumThreads(threads);
     expect(Array.from(two)).toEqual(Array.from(one));
+  });
+
+  test('a training step gives the same bits under either product tuning (DUAT_GEMM_TUNING)', () => {
+    // A Para-Former-1-2 step at batch 40 (2000 tokens): weight gradients over a long K (a
+    // transposed A packed or read in place), fc1's GELU and its backward from the tiles.
+    const script = `
+      const duat = require(${JSON.stringify(path.join(__dirname, '..', 'dist'))});
+      const model = new duat.ParaFormer({ imageSize: 28, channels: 1, patchSize: 4, dim: 64, heads: 2, mlpDim: 256,
+        depth: 1, branches: 2, classes: 10, seed: 3 });
+      const x = duat.randn([40, 1, 28, 28], { seed: 1 });
+      const y = Int32Array.from({ length: 40 }, (_, i) => i % 10);
+      const opt = new duat.optim.AdamW(model.parameters(), { lr: 1e-3 });
+      model.trainStep(x, y, { optimizer: opt }).then((r) => {
+        const hash = require('crypto').createHash('sha256');
+        for (const p of model.parameters()) hash.update(Buffer.from(p.toArray().buffer));
+        process.stdout.write(JSON.stringify({ tuning: duat.backendInfo().cpu.gemmTuning, loss: r.loss, params: hash.digest('hex') }));
+      });`;
+    const run = (tuning: string) => {
+      const r = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, DUAT_GEMM_TUNING: tuning }, encoding: 'utf8' });
+      expect(r.stderr).toBe('');
+      return JSON.parse(r.stdout) as { tuning: string; loss: number; params: string };
+    };
+    const amd = run('amd'), intel = run('intel');
+    expect([amd.tuning, intel.tuning]).toEqual(['amd', 'intel']);
+    expect(intel.loss).toBe(amd.loss);
+    expect(intel.params).toBe(amd.params);
   });
 
   test('setCpuIsa refuses an unknown kernel set, and the active one stays', () => {

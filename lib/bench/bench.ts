@@ -321,7 +321,7 @@ export function markdown(run: BenchRun, o: BenchOptions, meta: Record<string, st
 Command: \`${meta.command}\`
 
 Machine: ${meta.machine}; ${o.threads} threads for every framework; commit ${meta.commit}; ${meta.date}.
-duat ${meta.duatIsa} kernels; ${meta.torch}; ${meta.ort}. Model: width ${SIZES[o.size].dim}, ${SIZES[o.size].heads} heads,
+duat ${meta.duatIsa} kernels (${meta.duatTuning} product tuning); ${meta.torch}; ${meta.ort}. Model: width ${SIZES[o.size].dim}, ${SIZES[o.size].heads} heads,
 MLP ${SIZES[o.size].dim * SIZES[o.size].mlpRatio}, ${SIZES[o.size].imageSize} x ${SIZES[o.size].imageSize} x ${SIZES[o.size].channels} images, patch ${SIZES[o.size].patchSize}
 (size '${o.size}'), batch ${B}, AdamW.
 
@@ -412,6 +412,7 @@ export function writeResults(run: BenchRun, o: BenchOptions, command: string): {
     command, commit, date: new Date().toISOString().slice(0, 10), svg: files.svg,
     machine: `${os.cpus()[0]?.model ?? 'unknown'}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.platform()}`,
     duatIsa: String(first('duat')?.isa ?? '?'),
+    duatTuning: String(first('duat')?.gemm_tuning ?? '?'),
     torch: first('torch:')?.framework ?? 'PyTorch not run',
     ort: first('onnxruntime')?.framework ?? 'ONNX Runtime not run',
   };

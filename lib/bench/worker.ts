@@ -13,7 +13,7 @@ async function main(): Promise<void> {
   duat.setNumThreads(job.threads);
   const model = new duat.ParaFormer({ ...cfg, precision: job.precision ?? 'fp32' });
   const size = cfg.imageSize ?? 28, ch = cfg.channels ?? 1;
-  const out: Record<string, unknown> = { framework: 'duat', variant: job.precision === 'bf16' ? 'duat+bf16' : 'duat', threads: duat.getNumThreads(), isa: duat.backendInfo().cpu.isa };
+  const out: Record<string, unknown> = { framework: 'duat', variant: job.precision === 'bf16' ? 'duat+bf16' : 'duat', threads: duat.getNumThreads(), isa: duat.backendInfo().cpu.isa, gemm_tuning: duat.backendInfo().cpu.gemmTuning };
   if (job.mode === 'infer') {
     for (const b of [1, job.batch]) {
       const x = duat.randn([b, ch, size, size], { seed: 1 });

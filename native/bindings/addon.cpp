@@ -500,6 +500,7 @@ Napi::Value js_backend_info(Info info) {
     cpu.Set("isaBest", cpu_isa_name(cpu_isa_best()));
     cpu.Set("threads", get_num_threads());
     cpu.Set("bf16", cpu_isa_active() == CPU_ISA_AVX512 && cpu_has_bf16());
+    cpu.Set("gemmTuning", gemm_tuning_name(gemm_tuning()));
     const CudaInfo cs = cuda_info();
     Napi::Object cuda = Napi::Object::New(env);
     cuda.Set("available", cs.available);

@@ -1,9 +1,10 @@
 // gemm.cpp: packed, cache-blocked GEMM in the style of BLIS / tinyBLAS.
-// Loop nest: jc (NC columns of B) -> chunks of K up to B_CHUNK_BYTES of packed B (packed once,
-// shared; one K block on one thread when C fits in L2 beside it) -> tasks over (MC block of A
-// rows x a share of the columns), each walking the chunk's KC blocks: pack A block, then MR x NR
-// micro-kernels. C rows stay in cache across K blocks, and a product opens two parallel regions
-// per chunk rather than per K block.
+// Loop nest: jc (chunks of up to GemmTuning::chunk_cols columns of B) -> chunks of K up to
+// B_CHUNK_BYTES of packed B (packed once, shared; one K block on one thread when C fits in L2
+// beside it) -> tasks over (MC block of A rows x a share of the columns), each walking the chunk's
+// KC blocks: pack A block, then MR x NR micro-kernels, column panel by column panel or row of
+// tiles by row of tiles (GemmTuning::tile_rows_outer). C rows stay in cache across K blocks, and a
+// product opens two parallel regions per chunk rather than per K block.
 // Each thread runs a contiguous share of the tasks (parallel_for_shares), so its rows of A and C
 // stream in order, then takes what is left at the end of the others' shares, so a core slowed by
 // a neighbour does not hold the others up.
@@ -39,6 +40,9 @@
 #include "peak.h"
 
 namespace duat {
+
+const GemmTuning GEMM_TUNING_AMD{false, false, 4096};
+const GemmTuning GEMM_TUNING_INTEL{true, true, 1024};
 
 namespace {
 
@@ -790,6 +794,26 @@ CpuIsa initial_isa() {
 
 CpuIsa g_isa = initial_isa();
 
+bool cpu_is_intel() {
+#if defined(__x86_64__)
+  unsigned a, b, c, d;
+  // The vendor string is in ebx, edx, ecx: "Genu" "ineI" "ntel".
+  return __get_cpuid(0, &a, &b, &c, &d) && b == 0x756e6547 && d == 0x49656e69 && c == 0x6c65746e;
+#else
+  return false;
+#endif
+}
+
+GemmTuning initial_tuning() {
+  if (const char* env = std::getenv("DUAT_GEMM_TUNING")) {
+    if (std::strcmp(env, "amd") == 0) return GEMM_TUNING_AMD;
+    if (std::strcmp(env, "intel") == 0) return GEMM_TUNING_INTEL;
+  }
+  return cpu_is_intel() ? GEMM_TUNING_INTEL : GEMM_TUNING_AMD;
+}
+
+GemmTuning g_tuning = initial_tuning();
+
 // dst[c * ldd + r] = src[r * ld + c] (+= when add): through registers with the AVX-512 kernels.
 void transpose(const float* src, int64_t ld, int64_t rows, int64_t cols, float* dst, int64_t ldd, bool add) {
   if (g_isa == CPU_ISA_AVX512) return transpose_avx512(src, ld, rows, cols, dst, ldd, add);
@@ -822,7 +846,6 @@ void unpacked_product(bool transA, bool transB, int64_t M, int64_t N, int64_t K,
 constexpr int64_t KC = 256;
 constexpr int64_t MC_ROWS = 144;  // a multiple of every MR above
 constexpr int64_t ROW_UNIT = 12;   // every MR above divides it; row blocks are multiples of it
-constexpr int64_t NC = 4096;
 constexpr int64_t SMALL_GEMM_MAX = int64_t{1} << 17;  // M*N*K below which packing does not pay
 constexpr int64_t B_CHUNK_BYTES = int64_t{8} << 20;  // packed B shared by the tasks of one region
 // The L2 size assumed where the system does not say (sysconf, glibc's, reads it from cpuid).
@@ -873,24 +896,61 @@ struct Buffer {
   }
 };
 
+// A transposed A's rows p0 .. p0+kc (columns i0 .. i0+mc), packed into panels of MR: each row's mc
+// values copied out together, in order down A, the row PACK_AHEAD_ROWS further down asked for
+// meanwhile. Its rows are lda apart, a page or more each; a prefetcher that stays within a page
+// (Intel's L2 streamer) would leave every row to wait on memory.
+constexpr int64_t PACK_AHEAD_ROWS = 8;
+void prefetch_span(const float* p, int64_t n) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t b = 0; b < n * 4 + 63; b += 64) __builtin_prefetch(c + b, 0, 3);
+}
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) void pack_a_trans_avx512(const float* A, int64_t lda, int64_t i0, int64_t mc,
+                                                            int64_t p0, int64_t kc, float* out) {
+  constexpr int MR = 12;
+  const int64_t panels = (mc + MR - 1) / MR;
+  for (int64_t k = 0; k < kc; k++) {
+    const float* src = A + (p0 + k) * lda + i0;
+    if (k + PACK_AHEAD_ROWS < kc) prefetch_span(src + PACK_AHEAD_ROWS * lda, mc);
+    for (int64_t r = 0; r < panels; r++) {
+      const int rows = static_cast<int>(std::min<int64_t>(MR, mc - r * MR));
+      const __m512 v = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << rows) - 1), src + r * MR);
+      _mm512_mask_storeu_ps(out + r * MR * kc + k * MR, static_cast<__mmask16>((1u << MR) - 1), v);  // zero padded
+    }
+  }
+}
+#endif
+void pack_a_trans(const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0, int64_t kc, int MR, float* out) {
+#if defined(__x86_64__)
+  if (g_isa == CPU_ISA_AVX512 && MR == 12) return pack_a_trans_avx512(A, lda, i0, mc, p0, kc, out);
+#endif
+  for (int64_t k = 0; k < kc; k++) {
+    const float* src = A + (p0 + k) * lda + i0;
+    if (k + PACK_AHEAD_ROWS < kc) prefetch_span(src + PACK_AHEAD_ROWS * lda, mc);
+    for (int64_t r = 0; r < mc; r += MR) {
+      const int rows = static_cast<int>(std::min<int64_t>(MR, mc - r));
+      float* dst = out + r * kc + k * MR;
+      for (int i = 0; i < rows; i++) dst[i] = src[r + i];
+      for (int i = rows; i < MR; i++) dst[i] = 0.0f;
+    }
+  }
+}
+
 // Packs op(A)[i0:i0+mc, p0:p0+kc] into panels of MR rows: panel r holds, for each k, MR values.
 // A row-major A's panel is a transpose of its MR rows (through registers with the AVX-512
-// kernels); a transposed A's k rows are copied.
+// kernels); a transposed A's k rows are copied (pack_a_trans).
 void pack_a(bool trans, const float* A, int64_t lda, int64_t i0, int64_t mc, int64_t p0, int64_t kc, int MR, float* out) {
+  if (trans) return pack_a_trans(A, lda, i0, mc, p0, kc, MR, out);
   for (int64_t r = 0; r < mc; r += MR) {
     const int rows = static_cast<int>(std::min<int64_t>(MR, mc - r));
     float* dst = out + r * kc;
-    if (!trans && g_isa == CPU_ISA_AVX512) {
+    if (g_isa == CPU_ISA_AVX512) {
       transpose_avx512(A + (i0 + r) * lda + p0, lda, rows, kc, dst, MR);
-    } else if (!trans) {
+    } else {
       for (int i = 0; i < rows; i++) {
         const float* src = A + (i0 + r + i) * lda + p0;
         for (int64_t k = 0; k < kc; k++) dst[k * MR + i] = src[k];
-      }
-    } else {
-      for (int64_t k = 0; k < kc; k++) {
-        const float* src = A + (p0 + k) * lda + i0 + r;
-        for (int i = 0; i < rows; i++) dst[k * MR + i] = src[i];
       }
     }
     for (int i = rows; i < MR; i++)
@@ -1186,6 +1246,20 @@ void cpu_isa_set(CpuIsa isa) {
   g_isa = isa;
 }
 
+const char* gemm_tuning_name(const GemmTuning& t) {
+  auto same = [&](const GemmTuning& u) {
+    return t.pack_transposed_a == u.pack_transposed_a && t.tile_rows_outer == u.tile_rows_outer &&
+           t.chunk_cols == u.chunk_cols;
+  };
+  return same(GEMM_TUNING_AMD) ? "amd" : same(GEMM_TUNING_INTEL) ? "intel" : "custom";
+}
+GemmTuning gemm_tuning() { return g_tuning; }
+void gemm_tuning_set(const GemmTuning& t) {
+  DUAT_CHECK(t.chunk_cols >= 32 && t.chunk_cols % 32 == 0, ERROR_ARGUMENT,
+             "a GEMM tuning's chunk_cols must be a positive multiple of 32 but received " + std::to_string(t.chunk_cols));
+  g_tuning = t;
+}
+
 namespace {
 // Asks for `rows` rows of a backward act's 32 columns of pre from (i, j), line by line.
 void prefetch_tile(const GemmAct* act, int64_t i, int64_t j, int64_t rows) {
@@ -1305,11 +1379,13 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   const bool a_rows_alias = (lda * 4) % 4096 == 0;
   // A GELU product's C stored past the caches by the tiles that write the GELU (sgemm_streams_c).
   const bool streams_c = act && !act_grad && sgemm_streams_c(M, N, K, beta);
+  const GemmTuning tuning = g_tuning;
   auto direct_a = [&](int64_t panels) {
-    return transA || (ker.micro_rows != nullptr && panels <= DIRECT_A_MAX_PANELS && !a_rows_alias);
+    if (transA) return !tuning.pack_transposed_a;
+    return ker.micro_rows != nullptr && panels <= DIRECT_A_MAX_PANELS && !a_rows_alias;
   };
-  for (int64_t j0 = 0; j0 < N; j0 += NC) {
-    const int64_t nc = std::min(NC, N - j0);
+  for (int64_t j0 = 0; j0 < N; j0 += tuning.chunk_cols) {
+    const int64_t nc = std::min(tuning.chunk_cols, N - j0);
     const int64_t n_panels = (nc + NR - 1) / NR;
     // A chunk of K whose packed B (KS x nc) fits B_CHUNK_BYTES: packed once, shared by all tasks.
     // On one thread, where C and a K block of packed B fit in L2 together (a weight gradient's
@@ -1357,8 +1433,8 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         const int64_t q0 = js * panels_per, q1 = std::min(n_panels, q0 + panels_per);
         if (q0 >= q1) return;
         // Full row panels read A in place where that pays (a transposed A's panel is a packed
-        // one with a longer stride; a row-major A's rows are read again for every column panel,
-        // so it is packed when a task has many); the rest are packed.
+        // one with a longer stride, unless the tuning packs it; a row-major A's rows are read
+        // again for every column panel, so it is packed when a task has many); the rest are packed.
         const int64_t in_place = !bf16 && direct_a(q1 - q0) ? mc / MR * MR : 0;
         // The GELU from the tiles' registers on the last K block, where every tile runs `micro`
         // or micro_bf16 (not micro_rows); otherwise over the task's finished block.
@@ -1379,41 +1455,44 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
             pack_a(transA, A, lda, i0 + in_place, mc - in_place, p0, kc, MR, apack);
           }
           const float* bblock = bpack + pb * units(KC) * n_panels * NR;
-          for (int64_t q = q0; q < q1; q++) {
+          const int64_t row_tiles = (mc + MR - 1) / MR, tiles = row_tiles * (q1 - q0);
+          auto tile_at = [&](int64_t n) {  // (column panel, first row) of the task's n-th tile
+            return tuning.tile_rows_outer ? std::pair<int64_t, int64_t>{q0 + n % (q1 - q0), n / (q1 - q0) * MR}
+                                          : std::pair<int64_t, int64_t>{q0 + n / row_tiles, n % row_tiles * MR};
+          };
+          for (int64_t tile = 0; tile < tiles; tile++) {
+            const auto [q, r] = tile_at(tile);
             const int64_t jj = q * NR;
             const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jj));
             const float* bp = bblock + jj * ku;
-            for (int64_t r = 0; r < mc; r += MR) {
-              const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
-              float* c = C + (i0 + r) * ldc + j0 + jj;
-              const float* bias_q = bias && p0 == 0 ? bias + j0 + jj : nullptr;
-              if (bf16 && act_tiles && last) {
-                const TileAct tile_act{{act->p + (i0 + r) * act->ld + j0 + jj, act->ld}, stream_c};
-                ker.micro_bf16_act(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
-              } else if (bf16) {
-                ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
-              } else if (act_tiles && last) {
-                double* sums = act_grad ? act->grad_sums + ib * N + j0 + jj : nullptr;
-                const int64_t at = (i0 + r) * act->ld + j0 + jj;  // the tile's first element of p or pre
-                float* out = act_grad ? nullptr : act->p + at;
-                const float* pre = act_grad ? act->pre + at : nullptr;
-                const TileAct tile_act{{out, act->ld, sums, pre}, stream_c, r == 0};
-                // A backward act reads the pre-activation from memory: the next tile's rows are
-                // asked for while this one is computed.
-                if (act_grad) {
-                  const bool below = r + MR < mc;  // the next tile: below, or the next panel's first
-                  const int64_t next = i0 + (below ? r + MR : 0);
-                  prefetch_tile(act, next, j0 + jj + (below ? 0 : NR), std::min<int64_t>(MR, M - next));
-                }
-                const float* a = r >= in_place ? apack + (r - in_place) * kc : A + p0 * lda + i0 + r;
-                micro_act(kc, a, r >= in_place ? MR : lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
-              } else if (r >= in_place) {
-                micro(kc, apack + (r - in_place) * kc, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
-              } else if (transA) {
-                micro(kc, A + p0 * lda + i0 + r, lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
-              } else {
-                ker.micro_rows(kc, A + (i0 + r) * lda + p0, lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
+            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
+            float* c = C + (i0 + r) * ldc + j0 + jj;
+            const float* bias_q = bias && p0 == 0 ? bias + j0 + jj : nullptr;
+            if (bf16 && act_tiles && last) {
+              const TileAct tile_act{{act->p + (i0 + r) * act->ld + j0 + jj, act->ld}, stream_c};
+              ker.micro_bf16_act(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
+            } else if (bf16) {
+              ker.micro_bf16(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
+            } else if (act_tiles && last) {
+              double* sums = act_grad ? act->grad_sums + ib * N + j0 + jj : nullptr;
+              const int64_t at = (i0 + r) * act->ld + j0 + jj;  // the tile's first element of p or pre
+              float* out = act_grad ? nullptr : act->p + at;
+              const float* pre = act_grad ? act->pre + at : nullptr;
+              const TileAct tile_act{{out, act->ld, sums, pre}, stream_c, r == 0};
+              // A backward act reads the pre-activation from memory: the next tile's rows are
+              // asked for while this one is computed.
+              if (act_grad && tile + 1 < tiles) {
+                const auto [next_q, next_r] = tile_at(tile + 1);
+                prefetch_tile(act, i0 + next_r, j0 + next_q * NR, std::min<int64_t>(MR, mc - next_r));
               }
+              const float* a = r >= in_place ? apack + (r - in_place) * kc : A + p0 * lda + i0 + r;
+              micro_act(kc, a, r >= in_place ? MR : lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
+            } else if (r >= in_place) {
+              micro(kc, apack + (r - in_place) * kc, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
+            } else if (transA) {
+              micro(kc, A + p0 * lda + i0 + r, lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
+            } else {
+              ker.micro_rows(kc, A + (i0 + r) * lda + p0, lda, bp, NR, c, ldc, mr, nr, alpha, add, bias_q);
             }
           }
         }

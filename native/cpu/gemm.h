@@ -20,6 +20,29 @@ void cpu_isa_set(CpuIsa isa);
 // Whether the CPU has AVX512_BF16 (vdpbf16ps) besides the AVX-512 kernels.
 bool cpu_has_bf16();
 
+// How sgemm's packed path reads and walks a product, per CPU family: the same sums in the same
+// order whichever is set (the same bits), only the memory traffic differs. Chosen at load from
+// the CPU's vendor (DUAT_GEMM_TUNING=amd|intel overrides it, for benchmarks).
+struct GemmTuning {
+  // A transposed A (A^T B, the weight gradients) packed row by row, rows further down asked for
+  // ahead, rather than read in place. Its K rows are lda apart, each in a page of its own.
+  bool pack_transposed_a;
+  // A task's tiles walked row of tiles after row of tiles (C written along its rows, the chunk's
+  // packed B read again from L2 for every row of tiles) rather than column panel after column
+  // panel (a panel of packed B kept in L1 for the tiles below each other, C written down columns).
+  bool tile_rows_outer;
+  // Columns of C per chunk of packed B, at most: a multiple of 32 (every kernel's panel width
+  // divides it, so no chunk leaves a partial panel within C, whose tiles would round otherwise).
+  int64_t chunk_cols;
+};
+// AMD (Zen): transposed A in place, column panels outer, chunks of up to 4096 columns. Intel: its
+// L2 prefetcher stops at 4 KiB pages, so A^T read in place and C written down columns wait on
+// memory line by line; 1024 columns keep a chunk of packed B in its 2 MiB L2.
+extern const GemmTuning GEMM_TUNING_AMD, GEMM_TUNING_INTEL;
+const char* gemm_tuning_name(const GemmTuning& t);  // "amd", "intel" or "custom"
+GemmTuning gemm_tuning();                           // what sgemm uses now
+void gemm_tuning_set(const GemmTuning& t);          // for tests and benchmarks: every walk
+
 // An epilogue over finished blocks of C: called once for each block of rows [i0, i1) and columns
 // [j0, j1) whose sums are complete (every block of C exactly once), on the thread that computed
 // it, while the block is still in cache.

@@ -1229,6 +1229,60 @@ void test_gemm_gelu_backward() {
   set_num_threads(0);
 }
 
+// The tunings change how the packed path reads and walks a product, never a sum's order: every
+// path they touch (a transposed A read in place or packed, long K blocked, several chunks of
+// columns, the tiles' GELU output and its backward, bias, beta 1) gives the same bits under each.
+void test_gemm_tunings_same_bits(CpuIsa isa) {
+  cpu_isa_set(isa);
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const GemmTuning saved = gemm_tuning();
+  const GemmTuning tunings[] = {GEMM_TUNING_AMD, GEMM_TUNING_INTEL, GemmTuning{true, false, 96},
+                                GemmTuning{false, true, 64}};
+  // M, N, K, A transposed, B transposed, beta 1, act (0 none, 1 GELU output, 2 GELU backward)
+  const int64_t sizes[][7] = {{300, 192, 700, 1, 0, 0, 0}, {150, 1100, 300, 0, 0, 1, 0}, {290, 1500, 64, 0, 1, 0, 1},
+                              {150, 2100, 48, 0, 0, 0, 2}, {160, 70, 2100, 1, 0, 0, 0}};
+  for (auto& sz : sizes) {
+    const int64_t M = sz[0], N = sz[1], K = sz[2];
+    const bool ta = sz[3] != 0, tb = sz[4] != 0, add = sz[5] != 0;
+    const int act_kind = static_cast<int>(sz[6]);
+    std::vector<float> A(M * K), B(K * N), bias(N), C0(M * N), pre(M * N);
+    for (auto* v : {&A, &B, &bias, &C0, &pre})
+      for (auto& x : *v) x = dist(rng);
+    std::vector<float> first_c, first_act;
+    std::vector<double> first_sums;
+    for (const GemmTuning& t : tunings) {
+      gemm_tuning_set(t);
+      std::vector<float> C(C0), out(M * N, 0.0f);
+      std::vector<double> sums(sgemm_row_blocks(M).count * N, 0.0);
+      const GemmAct forward{out.data(), N}, backward{nullptr, N, sums.data(), pre.data()};
+      const GemmAct* act = act_kind == 1 ? &forward : act_kind == 2 ? &backward : nullptr;
+      sgemm(ta, tb, M, N, K, 0.5f, A.data(), ta ? M : K, B.data(), tb ? K : N, add ? 1.0f : 0.0f, C.data(), N, true,
+            act_kind == 2 ? nullptr : bias.data(), false, nullptr, act);
+      if (first_c.empty()) {
+        first_c = C, first_act = out, first_sums = sums;
+        continue;
+      }
+      char name[200];
+      std::snprintf(name, sizeof name, "sgemm %s M=%lld N=%lld K=%lld ta=%d tb=%d act=%d: the %s tuning's bits are the amd tuning's",
+                    cpu_isa_name(isa), (long long)M, (long long)N, (long long)K, ta ? 1 : 0, tb ? 1 : 0, act_kind,
+                    gemm_tuning_name(t));
+      expect(C == first_c && out == first_act && sums == first_sums, name);
+    }
+  }
+  gemm_tuning_set(saved);
+  for (const int64_t cols : {int64_t{0}, int64_t{100}, int64_t{-32}}) {
+    bool refused = false;
+    try {
+      gemm_tuning_set(GemmTuning{false, false, cols});
+    } catch (const Error& e) {
+      refused = e.code() == ERROR_ARGUMENT;
+    }
+    expect(refused && gemm_tuning().chunk_cols == saved.chunk_cols,
+           "gemm_tuning_set refuses chunks of " + std::to_string(cols) + " columns (not a positive multiple of 32)");
+  }
+}
+
 // A GELU branch_linear joined to its stage_sum (GeluLink): the gradient before the GELU comes
 // from the sum's product (the profile shows the fused product and no separate GELU backward), and
 // every gradient agrees with the unjoined ops', with the LayerNorm folded into fc1 and without.
@@ -1929,6 +1983,21 @@ int main() {
   g_context.clear();
   set_num_threads(0);
   test_micro_gflops();
+  cpu_isa_set(cpu_isa_best());
+  // Every walk of the packed path (gemm.h, GemmTuning), besides the one this CPU's vendor sets
+  // (checked above): the same checks, and the same bits as each other.
+  const GemmTuning tuning = gemm_tuning();
+  for (const GemmTuning& t : {GEMM_TUNING_AMD, GEMM_TUNING_INTEL, GemmTuning{true, false, 96}}) {
+    if (std::strcmp(gemm_tuning_name(t), gemm_tuning_name(tuning)) == 0) continue;
+    gemm_tuning_set(t);
+    g_context = std::string(" (") + gemm_tuning_name(t) + " tuning)";
+    test_gemm(cpu_isa_best());
+    if (cpu_isa_best() == CPU_ISA_AVX512) test_gemm(CPU_ISA_AVX2);
+    test_gemm_gelu_backward();
+  }
+  g_context.clear();
+  gemm_tuning_set(tuning);
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_tunings_same_bits(static_cast<CpuIsa>(isa));
   cpu_isa_set(cpu_isa_best());
   test_math();
   test_autograd_fanout();
