@@ -69,8 +69,13 @@ export interface CpuPeak {
   fp32: number | null;
   fp32Avx2: number | null;
   fp32Avx512: number | null;
-  /** `vdpbf16ps` (AVX512_BF16): bf16 products summed in float32; null without the instructions. */
+  /** The bf16 products' instructions in use (AMX tiles where active, else `vdpbf16ps`): the figure
+   * bf16 efficiencies are computed against; null without AVX512_BF16. */
   bf16: number | null;
+  /** `vdpbf16ps` (AVX512_BF16): bf16 products summed in float32; null without the instructions. */
+  bf16Avx512: number | null;
+  /** `tdpbf16ps` (AMX-BF16) on 16 x 16 float32 tiles; null without AMX (or the OS's leave to use it). */
+  bf16Amx: number | null;
 }
 
 /**
@@ -84,10 +89,12 @@ export function cpuPeak(options: { threads?: number; seconds?: number } = {}): C
   const seconds = checkNumber(options.seconds ?? 0.5, 'seconds', 0.01, 60);
   const n = native();
   const fp32Avx2 = n.cpuPeak(0, threads, seconds), fp32Avx512 = n.cpuPeak(1, threads, seconds);
-  return {
+  const peak: CpuPeak = {
     threads: Math.min(threads, getNumThreads()), fp32: fp32Avx2 === null && fp32Avx512 === null ? null : Math.max(fp32Avx2 ?? 0, fp32Avx512 ?? 0), fp32Avx2, fp32Avx512,
-    bf16: n.cpuPeak(2, threads, seconds),
+    bf16: null, bf16Avx512: n.cpuPeak(2, threads, seconds), bf16Amx: n.cpuPeak(3, threads, seconds),
   };
+  peak.bf16 = backendInfo().cpu.amx ? peak.bf16Amx : peak.bf16Avx512;
+  return peak;
 }
 
 /** Sets the number of threads of duat's one thread pool (0 = all cores). Returns the count in effect. */

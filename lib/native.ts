@@ -27,8 +27,9 @@ export interface NativeBackendInfo {
   napiVersion: number;
   /** bf16: whether 'bf16' precision computes in bf16 on the CPU (AVX-512 kernels active and AVX512_BF16). */
   /** gemmTuning: how the packed products walk memory, chosen for the CPU's vendor ('amd' or
-   * 'intel'; DUAT_GEMM_TUNING overrides it): the same results either way. */
-  cpu: { isa: string; isaBest: string; threads: number; bf16: boolean; gemmTuning: string };
+   * 'intel'; DUAT_GEMM_TUNING overrides it): the same results either way. amx: whether bf16
+   * products run on AMX tiles (AMX-BF16; DUAT_CPU_AMX=0 keeps them on vdpbf16ps). */
+  cpu: { isa: string; isaBest: string; threads: number; bf16: boolean; gemmTuning: string; amx: boolean };
   /**
    * Whether CUDA was compiled in, is usable, and if not, why; device 0's name and capability.
    * `testDevice`: 'cuda' is served by the test device (host memory, CPU kernels), for tests.
@@ -119,7 +120,7 @@ export interface RawBinding {
   setGradEnabled(on: boolean): boolean;
   setNumThreads(n: number): number;
   setCpuIsa(isa: 0 | 1 | 2): number;
-  cpuPeak(kind: 0 | 1 | 2, threads: number, seconds: number): number | null;
+  cpuPeak(kind: 0 | 1 | 2 | 3, threads: number, seconds: number): number | null;
   profileStart(): void;
   profileStop(): NativeProfile;
   backendInfo(): NativeBackendInfo;

@@ -8,7 +8,7 @@
 // build's run medians, and the paired differences round by round.
 //
 //   node scripts/bench-ab.js --addon before=/tmp/a.node --addon after=build/Release/duat.node \
-//     [--model 4,1] [--rounds 16] [--steps 12] [--threads 2] [--out result.md]
+//     [--model 4,1] [--rounds 16] [--steps 12] [--threads 2] [--precision fp32|bf16] [--out result.md]
 //
 // --env NAME:VAR=VALUE sets an environment variable for one build's runs only, so one build can
 // be set against itself (--addon amd=build/Release/duat.node --env amd:DUAT_GEMM_TUNING=amd ...).
@@ -24,7 +24,7 @@ const WORKER = path.join(__dirname, '..', 'dist', 'bench', 'worker.js');
 const BATCH = 64;
 
 function parseArgs(argv) {
-  const o = { addons: [], model: '4,1', rounds: 16, steps: 12, threads: 2, out: null };
+  const o = { addons: [], model: '4,1', rounds: 16, steps: 12, threads: 2, precision: 'fp32', out: null };
   const envs = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i], v = argv[i + 1];
@@ -38,14 +38,15 @@ function parseArgs(argv) {
       if (!m) throw new Error(`--env expects NAME:VAR=VALUE but received ${v}`);
       envs.push({ name: m[1], key: m[2], value: m[3] });
       i++;
-    } else if (['--model', '--rounds', '--steps', '--threads', '--out'].includes(a)) {
-      o[a.slice(2)] = ['--model', '--out'].includes(a) ? v : Number(v);
+    } else if (['--model', '--rounds', '--steps', '--threads', '--precision', '--out'].includes(a)) {
+      o[a.slice(2)] = ['--model', '--precision', '--out'].includes(a) ? v : Number(v);
       i++;
     } else {
       throw new Error(`unknown argument ${a}`);
     }
   }
   if (o.addons.length < 2) throw new Error('give at least two --addon NAME=PATH');
+  if (!['fp32', 'bf16'].includes(o.precision)) throw new Error(`--precision expects fp32 or bf16 but received ${o.precision}`);
   for (const a of o.addons) {
     if (!fs.existsSync(a.file)) throw new Error(`no addon at ${a.file}`);
     a.env = {};
@@ -65,7 +66,7 @@ function main() {
   const o = parseArgs(process.argv.slice(2));
   const job = JSON.stringify({
     config: { ...SIZES['tiny-mnist'], depth: o.depth, branches: o.branches }, mode: 'train', reps: o.steps,
-    threads: o.threads, batch: BATCH,
+    threads: o.threads, batch: BATCH, precision: o.precision,
   });
   const runs = o.addons.map(() => []);
   for (let r = 0; r < o.rounds; r++) {
@@ -82,7 +83,7 @@ function main() {
   }
   const name = o.branches === 1 ? `ViT-${o.depth}` : `Para-Former-${o.depth}-${o.branches}`;
   const lines = [];
-  lines.push(`${name} training steps (batch ${BATCH}, ${o.threads} threads), ms per step: each cell a fresh process's median of ${o.steps} steps after the bench worker's warm-ups.`);
+  lines.push(`${name} training steps (batch ${BATCH}, ${o.threads} threads${o.precision === 'bf16' ? ', bf16 products' : ''}), ms per step: each cell a fresh process's median of ${o.steps} steps after the bench worker's warm-ups.`);
   lines.push('');
   lines.push(`| round | ${o.addons.map((a) => a.name).join(' | ')} |`);
   lines.push(`|---|${o.addons.map(() => '---|').join('')}`);

@@ -1,8 +1,10 @@
 /**
- * bf16 on the CPU: `precision: 'bf16'` rounds the large products' operands to bf16 (AVX512_BF16,
- * float32 sums) while weights, gradients and optimizer state stay float32; 'fp32' and 'tf32' are
+ * bf16 on the CPU: `precision: 'bf16'` rounds the large products' operands to bf16 (AMX tiles or
+ * AVX512_BF16, float32 sums) while weights, gradients and optimizer state stay float32; 'fp32' and 'tf32' are
  * float32. Where the CPU lacks the instructions, 'bf16' computes exactly the float32 result.
  */
+import { spawnSync } from 'child_process';
+import * as path from 'path';
 import * as duat from '../lib';
 
 const cfg = { imageSize: 16, patchSize: 4, channels: 1, classes: 5, dim: 32, heads: 2, depth: 2, branches: 2, mlpRatio: 2, seed: 3 };
@@ -66,4 +68,30 @@ test('setPrecision switches a model between float32 and bf16 products', () => {
   expect(maxRelDiff(b, a) > 0).toBe(hasBf16);
   model.dispose();
   x.dispose();
+});
+
+test("bf16 on AMX tiles (where the CPU has them) agrees with vdpbf16ps (DUAT_CPU_AMX=0) to bf16 accuracy", () => {
+  // Fresh processes: AMX is chosen at load. 40 images of 50 tokens: products on the packed path
+  // with rows that are no multiple of 32 and K of 64 and 128.
+  const script = `
+    const duat = require(${JSON.stringify(path.join(__dirname, '..', 'dist'))});
+    const model = new duat.ParaFormer({ imageSize: 28, patchSize: 4, channels: 1, classes: 10, dim: 64, heads: 2,
+      depth: 1, branches: 2, mlpDim: 128, seed: 3, precision: 'bf16' });
+    const out = duat.noGrad(() => model.forward(duat.randn([40, 1, 28, 28], { seed: 2 })).toArray());
+    process.stdout.write(JSON.stringify({ amx: duat.backendInfo().cpu.amx, out: Array.from(out) }));`;
+  const run = (amx: string) => {
+    const r = spawnSync(process.execPath, ['-e', script], { env: { ...process.env, DUAT_CPU_AMX: amx }, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    return JSON.parse(r.stdout) as { amx: boolean; out: number[] };
+  };
+  const tiles = run('1'), vdp = run('0');
+  expect(vdp.amx).toBe(false);
+  const a = Float32Array.from(tiles.out), b = Float32Array.from(vdp.out);
+  const diff = maxRelDiff(a, b);
+  if (tiles.amx) {
+    expect(diff).toBeGreaterThan(0);  // another order of the bf16 sums
+    expect(diff).toBeLessThan(3e-2);
+  } else {
+    expect(diff).toBe(0);
+  }
 });

@@ -107,7 +107,14 @@ const x86 = process.arch === 'x64';
   expect(one.fp32Avx2).toBeGreaterThan(1);
   expect(one.fp32).toBe(Math.max(one.fp32Avx2 ?? 0, one.fp32Avx512 ?? 0));
   if (duat.backendInfo().cpu.isaBest === 'avx512') expect(one.fp32Avx512).toBeGreaterThan(1);
-  if (one.bf16 !== null) expect(one.bf16).toBeGreaterThan(1);
+  const cpu = duat.backendInfo().cpu;
+  // bf16: the peak of the instructions bf16 products run on (AMX tiles where active).
+  expect(one.bf16).toBe(cpu.amx ? one.bf16Amx : one.bf16Avx512);
+  if (one.bf16Avx512 !== null) expect(one.bf16Avx512).toBeGreaterThan(1);
+  if (one.bf16Amx !== null) {
+    expect(one.bf16Avx512).not.toBeNull();  // AMX is used only beside AVX512_BF16
+    expect(one.bf16Amx).toBeGreaterThan(one.bf16Avx512!);
+  }
   expect(() => duat.cpuPeak({ seconds: 0 })).toThrow(duat.ArgumentError);
   expect(() => duat.cpuPeak({ threads: 1.5 })).toThrow(duat.ArgumentError);
 });

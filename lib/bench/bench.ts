@@ -326,7 +326,7 @@ MLP ${SIZES[o.size].dim * SIZES[o.size].mlpRatio}, ${SIZES[o.size].imageSize} x 
 (size '${o.size}'), batch ${B}, AdamW.
 
 **Measured peak** (chains of independent FMAs on ${pk.threads} threads, \`duat.cpuPeak()\`): float32
-${fmtPeak(pk.fp32)} GFLOP/s (AVX2 ${fmtPeak(pk.fp32Avx2)}, AVX-512 ${fmtPeak(pk.fp32Avx512)}), bf16 (vdpbf16ps) ${fmtPeak(pk.bf16)} GFLOP/s.
+${fmtPeak(pk.fp32)} GFLOP/s (AVX2 ${fmtPeak(pk.fp32Avx2)}, AVX-512 ${fmtPeak(pk.fp32Avx512)}), bf16 ${fmtPeak(pk.bf16)} GFLOP/s (vdpbf16ps ${fmtPeak(pk.bf16Avx512)}, AMX tiles ${fmtPeak(pk.bf16Amx)}: duat's bf16 products run on AMX tiles where the CPU has them).
 
 Every measurement runs in a fresh process: ${o.reps} timed runs after ${WARMUP_RUNS} warm-ups and at least ${WARMUP_SECONDS} s of them, its median taken.
 The ${o.rounds} rounds are interleaved (each round times every runner of every row before the next
@@ -339,8 +339,8 @@ exported to ONNX (opset 17), CPU execution provider, all graph optimisations. Sp
 time / duat's time. GFLOP/s: analytic FLOPs (products and attention) over duat's step time, and
 the fraction of the measured peak of that precision; "alongside": the fraction of the same peak
 measured in the worker after each timed step (${PEAK_ALONGSIDE_SECONDS * 1000} ms of FMA chains; the median of a round's
-peaks, then the median over rounds), which a busy neighbour slows as it slows the steps. duat bf16: \`precision: 'bf16'\` (AVX512_BF16
-products with float32 sums; float32 weights, gradients and optimizer state).
+peaks, then the median over rounds), which a busy neighbour slows as it slows the steps. duat bf16: \`precision: 'bf16'\` (bf16
+products with float32 sums, on AMX tiles where the CPU has them, else AVX512_BF16; float32 weights, gradients and optimizer state).
 
 ## Training (batch ${B}, images/s)
 

@@ -26,7 +26,8 @@ async function main(): Promise<void> {
     const opt = new duat.optim.AdamW(model.parameters(), { lr: 1e-3 });
     // The machine's peak of the step's precision, measured after each timed step (the same
     // neighbours, the same clocks): its median is `peak_alongside`.
-    const kind = job.precision === 'bf16' ? 2 : duat.backendInfo().cpu.isa === 'avx512' ? 1 : 0;
+    const cpu = duat.backendInfo().cpu;
+    const kind = job.precision === 'bf16' ? (cpu.amx ? 3 : 2) : cpu.isa === 'avx512' ? 1 : 0;
     const peaks: number[] = [];
     out[`train_b${job.batch}`] = await timeRuns(async () => void (await model.trainStep(x, y, { optimizer: opt })), job.reps,
       () => peaks.push(native().cpuPeak(kind, job.threads, PEAK_ALONGSIDE_SECONDS) ?? NaN));

@@ -439,7 +439,7 @@ Napi::Value js_set_cpu_isa(Info info) {
 // this CPU lacks the instructions (peak.h).
 Napi::Value js_cpu_peak(Info info) {
   return guard(info, [&]() -> Napi::Value {
-    const auto kind = static_cast<PeakKind>(arg_int(info, 0, "kind", 0, 2));
+    const auto kind = static_cast<PeakKind>(arg_int(info, 0, "kind", 0, 3));
     const int threads = static_cast<int>(arg_int(info, 1, "threads", 0, 256));
     const double seconds = arg_number(info, 2, "seconds");
     if (!peak_supported(kind)) return info.Env().Null();
@@ -501,6 +501,7 @@ Napi::Value js_backend_info(Info info) {
     cpu.Set("threads", get_num_threads());
     cpu.Set("bf16", cpu_isa_active() == CPU_ISA_AVX512 && cpu_has_bf16());
     cpu.Set("gemmTuning", gemm_tuning_name(gemm_tuning()));
+    cpu.Set("amx", cpu_isa_active() == CPU_ISA_AVX512 && cpu_amx_active());
     const CudaInfo cs = cuda_info();
     Napi::Object cuda = Napi::Object::New(env);
     cuda.Set("available", cs.available);

@@ -27,6 +27,9 @@
 #include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
 #endif
@@ -396,6 +399,79 @@ __attribute__((target("avx512f,avx512bf16"))) void micro_bf16_act(int64_t ku, co
   micro_bf16_body(ku, a, b, c, ldc, mr, nr, alpha, add, bias, &act);
 }
 
+// ---- bf16 products on AMX tiles, fp32 sums: 32 x 32 as four 16 x 16 tiles ----
+// The tiles are named in inline assembly (as bf16.h does vdpbf16ps): C in tmm0-3 (rows 0-15 x
+// columns 0-15, 0-15 x 16-31, 16-31 x 0-15, 16-31 x 16-31), A in tmm4-5, B in tmm6-7; every tile
+// 16 rows of 64 bytes (load_tile_config). A is packed row by row (pack_a_amx: row i's pairs of k
+// contiguous, rows a_units apart); B is the bf16 panel (pack_b_panel_bf16: pair after pair, 32
+// columns each), so a B tile is 16 pairs of 16 columns, 128 bytes apart. ku is a multiple of 16.
+struct alignas(64) AmxConfig {
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+// Sets this thread's tiles up for micro_amx (tile state is per thread; a task sets it once).
+void load_tile_config() {
+  AmxConfig cfg;
+  for (int t = 0; t < 8; t++) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+}
+// Gives the tiles back (their state no longer saved and restored with the thread's).
+void release_tiles() { __asm__ volatile("tilerelease" ::: "memory"); }
+
+#define DUAT_TILELOAD(t, p, stride) \
+  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t : : "r"(p), "r"(static_cast<int64_t>(stride)) : "memory")
+#define DUAT_TILESTORE(t, p, stride) \
+  __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" : : "r"(p), "r"(static_cast<int64_t>(stride)) : "memory")
+#define DUAT_TDP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
+
+// c[mr x nr] (+)= alpha * a(mr x 2ku) . b(2ku x nr) (+ bias), the tiles' sums written through
+// store_tile_avx512 (act too): mr, nr <= 32; rows of A past mr are read (packing pads them).
+__attribute__((target("avx512f"))) void micro_amx(int64_t ku, const uint32_t* a, int64_t a_units, const uint32_t* b,
+                                                  float* c, int64_t ldc, int mr, int nr, float alpha, bool add,
+                                                  const float* bias, const TileAct* act) {
+  const bool two = mr > 16;
+  const int64_t a_stride = a_units * 4;
+  __asm__ volatile("tilezero %%tmm0\n\ttilezero %%tmm1" ::: "memory");
+  if (two) __asm__ volatile("tilezero %%tmm2\n\ttilezero %%tmm3" ::: "memory");
+  for (int64_t kk = 0; kk < ku; kk += 16) {
+    DUAT_TILELOAD(6, b + kk * 32, 128);
+    DUAT_TILELOAD(7, b + kk * 32 + 16, 128);
+    DUAT_TILELOAD(4, a + kk, a_stride);
+    DUAT_TDP(0, 4, 6);
+    DUAT_TDP(1, 4, 7);
+    if (two) {
+      DUAT_TILELOAD(5, a + 16 * a_units + kk, a_stride);
+      DUAT_TDP(2, 5, 6);
+      DUAT_TDP(3, 5, 7);
+    }
+  }
+  alignas(64) float sums[32][32];
+  DUAT_TILESTORE(0, &sums[0][0], 128);
+  DUAT_TILESTORE(1, &sums[0][16], 128);
+  if (two) {
+    DUAT_TILESTORE(2, &sums[16][0], 128);
+    DUAT_TILESTORE(3, &sums[16][16], 128);
+  }
+  for (int h = 0; h < (two ? 2 : 1); h++) {
+    __m512 acc[16][2];
+    for (int i = 0; i < 16; i++) {
+      acc[i][0] = _mm512_load_ps(&sums[16 * h + i][0]);
+      acc[i][1] = _mm512_load_ps(&sums[16 * h + i][16]);
+    }
+    TileAct half{};
+    if (act) {
+      half = *act;
+      if (half.p) half.p += 16 * h * act->ld;
+    }
+    store_tile_avx512<16>(acc, c + 16 * h * ldc, ldc, std::min(16, mr - 16 * h), nr, alpha, add, bias,
+                          act ? &half : nullptr);
+  }
+}
+#undef DUAT_TILELOAD
+#undef DUAT_TILESTORE
+#undef DUAT_TDP
+
 // GCC 12 reports the undefined-register idiom of _mm512_max_ps (in the column maximum below), once
 // inlined, as an uninitialised read.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -734,6 +810,10 @@ void micro_bf16(int64_t, const float*, int64_t, const float*, int64_t, float*, i
 void micro_bf16_act(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int, int, float, bool,
                     const float*, const TileAct&) {}
 void transpose_avx512(const float*, int64_t, int64_t, int64_t, float*, int64_t, bool = false) {}
+void load_tile_config() {}
+void release_tiles() {}
+void micro_amx(int64_t, const uint32_t*, int64_t, const uint32_t*, float*, int64_t, int, int, float, bool, const float*,
+               const TileAct*) {}
 void pack_b_panel_avx512(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float*) {}
 #endif  // __x86_64__
 
@@ -777,6 +857,21 @@ bool detect_bf16() {
 #if defined(__x86_64__)
   unsigned a, b, c, d;
   return detect() == CPU_ISA_AVX512 && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5));  // AVX512_BF16
+#else
+  return false;
+#endif
+}
+
+// AMX with bf16 tiles (AMX-TILE and AMX-BF16), where the CPU has AVX512_BF16 too and Linux lets
+// this process use the tile data (its permission is asked for once, for the whole process).
+bool detect_amx() {
+#if defined(__x86_64__) && defined(__linux__)
+  unsigned a, b, c, d;
+  if (!detect_bf16() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  if (!(d & (1u << 24)) || !(d & (1u << 22))) return false;  // AMX-TILE, AMX-BF16
+  constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+  if (syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) != 0) return false;
+  return (os_saved_state() & (3u << 17)) == (3u << 17);  // XTILECFG, XTILEDATA
 #else
   return false;
 #endif
@@ -1035,14 +1130,50 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_a_bf16(bool tra
   }
 }
 
-// pack_b_panel in bf16 pairs: panel q at out + q * NR * ku, unit (kk, j) at [kk * NR + j].
+// op(A)[i0:i0+mc, p0:p0+kc] for micro_amx: row i's pairs of k at out + i * ku_pad, contiguous;
+// pairs past K and rows from mc to the next multiple of 32 zero. A transposed A's k rows hold the
+// rows side by side: sixteen rows' pairs are made sixteen pairs at a time, then turned through a
+// 16 x 16 register transpose into runs along each row.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_a_amx(bool trans, const float* A, int64_t lda,
+                                                                        int64_t i0, int64_t mc, int64_t p0, int64_t kc,
+                                                                        int64_t ku_pad, uint32_t* out) {
+  const int64_t ku = (kc + 1) / 2, rows_pad = (mc + 31) / 32 * 32;
+  if (!trans) {
+    for (int64_t i = 0; i < rows_pad; i++) {
+      uint32_t* dst = out + i * ku_pad;
+      run_to_units(A + (i0 + std::min(i, mc - 1)) * lda + p0, kc, i < mc, dst, 1);
+      std::fill(dst + ku, dst + ku_pad, 0u);
+    }
+    return;
+  }
+  alignas(64) uint32_t block[16][16];  // [pair][row]
+  for (int64_t r = 0; r < rows_pad; r += 16) {
+    const int rows = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, mc - r)));
+    const __mmask16 m = static_cast<__mmask16>((1u << rows) - 1);
+    for (int64_t u0 = 0; u0 < ku_pad; u0 += 16) {
+      for (int u = 0; u < 16; u++) {
+        const int64_t kk = u0 + u;
+        const float* s0 = A + (p0 + 2 * kk) * lda + i0 + r;
+        const __m512 lo = kk < ku ? _mm512_maskz_loadu_ps(m, s0) : _mm512_setzero_ps();
+        const __m512 hi = 2 * kk + 1 < kc ? _mm512_maskz_loadu_ps(m, s0 + lda) : _mm512_setzero_ps();
+        _mm512_store_si512(block[u], bf16_pairs(lo, hi));
+      }
+      transpose_avx512(reinterpret_cast<const float*>(&block[0][0]), 16, 16, 16,
+                       reinterpret_cast<float*>(out + r * ku_pad + u0), ku_pad);
+    }
+  }
+}
+
+// pack_b_panel in bf16 pairs: panel q at out + q * NR * ku_pad, unit (kk, j) at [kk * NR + j];
+// pairs from ku = (kc + 1) / 2 to ku_pad are zero (AMX's tiles take pairs sixteen at a time).
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_b_panel_bf16(bool trans, const float* B, int64_t ldb,
                                                                                int64_t p0, int64_t kc, int64_t j0,
                                                                                int64_t nc, int NR, int64_t q,
-                                                                               uint32_t* out) {
+                                                                               int64_t ku_pad, uint32_t* out) {
   const int64_t ku = (kc + 1) / 2, c0 = q * NR;
   const int cols = static_cast<int>(std::min<int64_t>(NR, nc - c0));
-  uint32_t* dst = out + c0 * ku;
+  uint32_t* dst = out + c0 * ku_pad;
+  std::fill(dst + ku * NR, dst + ku_pad * NR, 0u);  // pairs past K
   if (!trans) {  // k rows of B hold the panel's columns side by side
     for (int64_t kk = 0; kk < ku; kk++) {
       const float* s0 = B + (p0 + 2 * kk) * ldb + j0 + c0;
@@ -1061,7 +1192,9 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void pack_b_panel_bf16(bo
 }
 #else
 void pack_a_bf16(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, uint32_t*) {}
-void pack_b_panel_bf16(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int64_t, uint32_t*) {}
+void pack_b_panel_bf16(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int, int64_t, int64_t,
+                       uint32_t*) {}
+void pack_a_amx(bool, const float*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t*) {}
 #endif
 
 // A task's packed block of A: small (MC_ROWS x KC), kept by each thread.
@@ -1238,6 +1371,25 @@ bool cpu_has_bf16() {
   static const bool has = detect_bf16();
   return has;
 }
+bool cpu_has_amx() {
+  static const bool has = detect_amx();
+  return has;
+}
+namespace {
+// DUAT_CPU_AMX=0 keeps the bf16 products on vdpbf16ps (for benchmarks and debugging).
+bool initial_amx() {
+  const char* env = std::getenv("DUAT_CPU_AMX");
+  return cpu_has_amx() && !(env && std::strcmp(env, "0") == 0);
+}
+bool g_amx = initial_amx();
+}  // namespace
+bool cpu_amx_active() { return g_amx; }
+void amx_load_config() { load_tile_config(); }
+void amx_release() { release_tiles(); }
+void cpu_amx_set(bool on) {
+  DUAT_CHECK(!on || cpu_has_amx(), ERROR_ARGUMENT, "this CPU (or its OS) does not let duat use AMX bf16 tiles");
+  g_amx = on;
+}
 CpuIsa cpu_isa_active() { return g_isa; }
 
 void cpu_isa_set(CpuIsa isa) {
@@ -1328,6 +1480,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   }
   const KernelInfo& ker = KERNELS[g_isa];
   bf16 = bf16 && ker.micro_bf16 != nullptr && cpu_has_bf16();
+  const bool amx = bf16 && g_amx;  // bf16 on AMX tiles (micro_amx)
   const int MR = ker.mr, NR = ker.nr;
   const int64_t threads = parallel ? get_num_threads() : 1;
 
@@ -1397,20 +1550,22 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
     // stays long (K blocks of 3200 x 192 x 768 re-reading C from L3 were 8% slower).
     const bool c_in_l2 = threads == 1 && (M * N + KC * nc) * 4 <= l2_bytes();
     const int64_t ks_max = c_in_l2 ? KC : std::max<int64_t>(KC, B_CHUNK_BYTES / (4 * n_panels * NR) / KC * KC);
-    // k units per packed row: k itself in fp32, pairs of k in bf16 (KC is even).
-    auto units = [&](int64_t kc) { return bf16 ? (kc + 1) / 2 : kc; };
+    // k units per packed row: k itself in fp32, pairs of k in bf16 (KC is even), on AMX a
+    // multiple of sixteen pairs (its tiles' depth; KC's 128 pairs are).
+    auto units = [&](int64_t kc) { return amx ? (kc + 31) / 32 * 16 : bf16 ? (kc + 1) / 2 : kc; };
     for (int64_t s0 = 0; s0 < K; s0 += ks_max) {
       const int64_t ks = std::min(ks_max, K - s0);
       const int64_t k_blocks = (ks + KC - 1) / KC;
-      // Block pb of the chunk holds n_panels panels of kc(pb) x NR, panel after panel.
-      const Scratch b_lease(static_cast<size_t>(n_panels * NR * ks));
+      // Block pb of the chunk holds n_panels panels of units(kc(pb)) x NR, panel after panel.
+      const int64_t last_kc = ks - (k_blocks - 1) * KC;
+      const Scratch b_lease(static_cast<size_t>(n_panels * NR * ((k_blocks - 1) * units(KC) + units(last_kc))));
       float* bpack = b_lease.get();
       auto pack_b_task = [&](int64_t t) {
         const int64_t pb = t / n_panels, q = t % n_panels;
         const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0);
         float* block = bpack + pb * units(KC) * n_panels * NR;
         if (bf16) {
-          pack_b_panel_bf16(transB, B, ldb, p0, kc, j0, nc, NR, q, reinterpret_cast<uint32_t*>(block));
+          pack_b_panel_bf16(transB, B, ldb, p0, kc, j0, nc, NR, q, units(kc), reinterpret_cast<uint32_t*>(block));
         } else {
           pack_b_panel(transB, B, ldb, p0, kc, j0, nc, NR, q, block);
         }
@@ -1445,30 +1600,41 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         const bool fp32_tiles = micro_act && (in_place == 0 || transA);  // every tile runs `micro`
         const bool act_tiles = act && (act_grad ? grad_tiles && fp32_tiles : bf16 ? ker.micro_bf16_act != nullptr : fp32_tiles);
         const bool stream_c = act_tiles && streams_c;
+        // A tile's rows: MR, or 32 on AMX (two tiles of 16).
+        const int64_t TR = amx ? 32 : MR;
+        if (amx) load_tile_config();
         for (int64_t pb = 0; pb < k_blocks; pb++) {
           const int64_t p0 = s0 + pb * KC, kc = std::min(KC, K - p0), ku = units(kc);
           const bool add = beta != 0.0f || p0 > 0, last = p0 + kc == K;
-          float* apack = t_pack_a.get(static_cast<size_t>((mc - in_place + MR - 1) / MR * MR * ku));
-          if (bf16) {
+          float* apack = t_pack_a.get(static_cast<size_t>((mc - in_place + TR - 1) / TR * TR * ku));
+          const uint32_t* apack_u = reinterpret_cast<const uint32_t*>(apack);
+          if (amx) {
+            pack_a_amx(transA, A, lda, i0, mc, p0, kc, ku, reinterpret_cast<uint32_t*>(apack));
+          } else if (bf16) {
             pack_a_bf16(transA, A, lda, i0, mc, p0, kc, MR, reinterpret_cast<uint32_t*>(apack));
           } else if (in_place < mc) {
             pack_a(transA, A, lda, i0 + in_place, mc - in_place, p0, kc, MR, apack);
           }
           const float* bblock = bpack + pb * units(KC) * n_panels * NR;
-          const int64_t row_tiles = (mc + MR - 1) / MR, tiles = row_tiles * (q1 - q0);
+          const int64_t row_tiles = (mc + TR - 1) / TR, tiles = row_tiles * (q1 - q0);
           auto tile_at = [&](int64_t n) {  // (column panel, first row) of the task's n-th tile
-            return tuning.tile_rows_outer ? std::pair<int64_t, int64_t>{q0 + n % (q1 - q0), n / (q1 - q0) * MR}
-                                          : std::pair<int64_t, int64_t>{q0 + n / row_tiles, n % row_tiles * MR};
+            return tuning.tile_rows_outer ? std::pair<int64_t, int64_t>{q0 + n % (q1 - q0), n / (q1 - q0) * TR}
+                                          : std::pair<int64_t, int64_t>{q0 + n / row_tiles, n % row_tiles * TR};
           };
           for (int64_t tile = 0; tile < tiles; tile++) {
             const auto [q, r] = tile_at(tile);
             const int64_t jj = q * NR;
             const int nr = static_cast<int>(std::min<int64_t>(NR, nc - jj));
             const float* bp = bblock + jj * ku;
-            const int mr = static_cast<int>(std::min<int64_t>(MR, mc - r));
+            const int mr = static_cast<int>(std::min<int64_t>(TR, mc - r));
             float* c = C + (i0 + r) * ldc + j0 + jj;
             const float* bias_q = bias && p0 == 0 ? bias + j0 + jj : nullptr;
-            if (bf16 && act_tiles && last) {
+            if (amx) {
+              const bool tile_gelu = act_tiles && last;
+              const TileAct tile_act{{tile_gelu ? act->p + (i0 + r) * act->ld + j0 + jj : nullptr, act ? act->ld : 0}, stream_c};
+              micro_amx(ku, apack_u + r * ku, ku, reinterpret_cast<const uint32_t*>(bp), c, ldc, mr, nr, alpha, add,
+                        bias_q, tile_gelu ? &tile_act : nullptr);
+            } else if (bf16 && act_tiles && last) {
               const TileAct tile_act{{act->p + (i0 + r) * act->ld + j0 + jj, act->ld}, stream_c};
               ker.micro_bf16_act(ku, apack + r * ku, MR, bp, NR, c, ldc, mr, nr, alpha, add, bias_q, tile_act);
             } else if (bf16) {
@@ -1496,6 +1662,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
             }
           }
         }
+        if (amx) release_tiles();
         if (stream_c) store_fence();
         const GemmBlockFn* task_epilogue = act_tiles ? tiles_epilogue : block_epilogue;
         if (task_epilogue && s0 + ks == K) (*task_epilogue)(i0, i0 + mc, j0 + q0 * NR, j0 + std::min(nc, q1 * NR));

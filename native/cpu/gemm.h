@@ -19,6 +19,15 @@ void cpu_isa_set(CpuIsa isa);
 
 // Whether the CPU has AVX512_BF16 (vdpbf16ps) besides the AVX-512 kernels.
 bool cpu_has_bf16();
+// Whether the CPU has AMX bf16 tiles (AMX-TILE, AMX-BF16) and Linux lets this process use them:
+// then bf16 products run on the tiles (sixteen times vdpbf16ps's width), unless DUAT_CPU_AMX=0.
+bool cpu_has_amx();
+bool cpu_amx_active();
+void cpu_amx_set(bool on);  // throws when on and the CPU lacks them (tests run both paths)
+// This thread's tiles set up as every AMX kernel here uses them (eight tiles of 16 rows of 64
+// bytes), and given back after (x86-64 with AMX only).
+void amx_load_config();
+void amx_release();
 
 // How sgemm's packed path reads and walks a product, per CPU family: the same sums in the same
 // order whichever is set (the same bits), only the memory traffic differs. Chosen at load from

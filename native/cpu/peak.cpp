@@ -67,10 +67,27 @@ __attribute__((target("avx512f,avx512bf16"))) float bf16_avx512(int64_t iters) {
   return lanes[0] + lanes[15];
 }
 
+// Six tiles of sums (tmm0-5) fed by one A and one B tile (tmm6, tmm7), loaded once.
+constexpr int AMX_CHAINS = 6;
+float bf16_amx(int64_t iters) {
+  alignas(64) static const uint32_t operand[16][16] = {};  // zeros: the sums stay finite
+  alignas(64) float out[16][16];
+  amx_load_config();
+  __asm__ volatile("tileloadd (%0,%1,1), %%tmm6\n\ttileloadd (%0,%1,1), %%tmm7" : : "r"(&operand[0][0]), "r"(int64_t{64}) : "memory");
+  __asm__ volatile("tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\ttilezero %%tmm3\n\ttilezero %%tmm4\n\ttilezero %%tmm5" ::: "memory");
+  for (int64_t it = 0; it < iters; it++)
+    __asm__ volatile(
+        "tdpbf16ps %%tmm7, %%tmm6, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm6, %%tmm1\n\ttdpbf16ps %%tmm7, %%tmm6, %%tmm2\n\t"
+        "tdpbf16ps %%tmm7, %%tmm6, %%tmm3\n\ttdpbf16ps %%tmm7, %%tmm6, %%tmm4\n\ttdpbf16ps %%tmm7, %%tmm6, %%tmm5" ::: "memory");
+  __asm__ volatile("tilestored %%tmm0, (%0,%1,1)" : : "r"(&out[0][0]), "r"(int64_t{64}) : "memory");
+  amx_release();
+  return out[0][0];
+}
+
 #endif
 
-constexpr double FLOPS_PER_INSTRUCTION[] = {16, 32, 64};
-constexpr int CHAINS_OF[] = {CHAINS_AVX2, CHAINS, CHAINS};
+constexpr double FLOPS_PER_INSTRUCTION[] = {16, 32, 64, 16.0 * 16 * 32 * 2};
+constexpr int CHAINS_OF[] = {CHAINS_AVX2, CHAINS, CHAINS, AMX_CHAINS};
 
 float run(PeakKind kind, int64_t iters) {
 #if defined(__x86_64__)
@@ -78,6 +95,7 @@ float run(PeakKind kind, int64_t iters) {
     case PEAK_FP32_AVX2: return fp32_avx2(iters);
     case PEAK_FP32_AVX512: return fp32_avx512(iters);
     case PEAK_BF16_AVX512: return bf16_avx512(iters);
+    case PEAK_BF16_AMX: return bf16_amx(iters);
   }
 #endif
   (void)kind;
@@ -106,12 +124,13 @@ bool peak_supported(PeakKind kind) {
     case PEAK_FP32_AVX2: return isa >= CPU_ISA_AVX2;
     case PEAK_FP32_AVX512: return isa >= CPU_ISA_AVX512;
     case PEAK_BF16_AVX512: return cpu_has_bf16();
+    case PEAK_BF16_AMX: return cpu_has_amx();
     default: return false;
   }
 }
 
 double measure_peak_gflops(PeakKind kind, int threads, double seconds) {
-  DUAT_CHECK(kind >= PEAK_FP32_AVX2 && kind <= PEAK_BF16_AVX512, ERROR_ARGUMENT, "unknown peak kind");
+  DUAT_CHECK(kind >= PEAK_FP32_AVX2 && kind <= PEAK_BF16_AMX, ERROR_ARGUMENT, "unknown peak kind");
   DUAT_CHECK(peak_supported(kind), ERROR_ARGUMENT, "this CPU lacks the instructions of this peak measurement");
   DUAT_CHECK(seconds > 0 && seconds <= 60, ERROR_ARGUMENT, "peak measurement: seconds must be in (0, 60]");
   if (threads <= 0) threads = get_num_threads();

@@ -11,6 +11,7 @@ enum PeakKind : int {
   PEAK_FP32_AVX2 = 0,    // 256-bit vfmadd231ps: 16 FLOPs per instruction
   PEAK_FP32_AVX512 = 1,  // 512-bit vfmadd231ps: 32 FLOPs
   PEAK_BF16_AVX512 = 2,  // vdpbf16ps: 16 lanes x 2 bf16 products summed into fp32, 64 FLOPs
+  PEAK_BF16_AMX = 3,     // tdpbf16ps on 16 x 16 fp32 tiles, 32 bf16 deep: 16384 FLOPs
 };
 
 bool peak_supported(PeakKind kind);

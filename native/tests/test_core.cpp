@@ -86,15 +86,32 @@ void test_micro_gflops() {
   cpu_isa_set(saved);
 }
 
+void test_gemm_bf16_products(const char* path);
+
 void test_gemm_bf16() {
   if (!cpu_has_bf16()) {
     std::printf("skip bf16 products: this CPU has no AVX512_BF16\n");
     return;
   }
+  const bool amx_was = cpu_amx_active();
+  for (const bool amx : {false, true}) {
+    if (amx && !cpu_has_amx()) {
+      std::printf("skip AMX bf16 products: this CPU (or its OS) gives no AMX tiles\n");
+      continue;
+    }
+    cpu_amx_set(amx);
+    test_gemm_bf16_products(amx ? "AMX" : "vdpbf16ps");
+  }
+  cpu_amx_set(amx_was);
+}
+
+// bf16 products against the products of the bf16-rounded operands summed in fp64: every layout,
+// K not a multiple of 32 (AMX's tile depth), rows not a multiple of 16, a partial column panel.
+void test_gemm_bf16_products(const char* path) {
   cpu_isa_set(CPU_ISA_AVX512);
   std::mt19937 rng(7);
   std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  const int64_t sizes[][3] = {{150, 70, 300}, {300, 200, 257}, {200, 64, 2100}, {97, 33, 5}};
+  const int64_t sizes[][3] = {{150, 70, 300}, {300, 200, 257}, {200, 64, 2100}, {97, 33, 5}, {130, 40, 64}, {150, 700, 33}};
   for (auto& s : sizes) {
     const int64_t M = s[0], N = s[1], K = s[2];
     for (int ta = 0; ta < 2; ta++)
@@ -119,8 +136,8 @@ void test_gemm_bf16() {
             moved = std::max(moved, std::fabs(0.5 + 0.5 * ref32 + bias[j] - got));
           }
         char name[160];
-        std::snprintf(name, sizeof name, "sgemm bf16 M=%lld N=%lld K=%lld ta=%d tb=%d (err %.3g, from fp32 %.3g)",
-                      (long long)M, (long long)N, (long long)K, ta, tb, worst, moved);
+        std::snprintf(name, sizeof name, "sgemm bf16 (%s) M=%lld N=%lld K=%lld ta=%d tb=%d (err %.3g, from fp32 %.3g)",
+                      path, (long long)M, (long long)N, (long long)K, ta, tb, worst, moved);
         expect(worst < GEMM_TOL && (K < 64 || moved > 1e-4), name);
       }
   }
@@ -1984,6 +2001,15 @@ int main() {
   set_num_threads(0);
   test_micro_gflops();
   cpu_isa_set(cpu_isa_best());
+  // bf16 products on vdpbf16ps where they would run on AMX tiles (above): the GELU output's and
+  // the streamed C's checks of test_gemm.
+  if (cpu_has_amx()) {
+    cpu_amx_set(false);
+    g_context = " (vdpbf16ps, not AMX)";
+    test_gemm(CPU_ISA_AVX512);
+    g_context.clear();
+    cpu_amx_set(true);
+  }
   // Every walk of the packed path (gemm.h, GemmTuning), besides the one this CPU's vendor sets
   // (checked above): the same checks, and the same bits as each other.
   const GemmTuning tuning = gemm_tuning();
