@@ -3,8 +3,9 @@
 // Para-Former-1-4 and ViT-4 (ViT-Ti width on 28 x 28 x 1 images, patch 4), training and inference
 // at batch 64 and batch 1, on 2 threads, against the machine's measured FMA peak. Writes
 // bench/results/cpu-profile.md and .json.
-//   node scripts/bench-profile.js [--steps 10] [--threads 2] [--layers 4] [--out bench/results]
-// (--layers n: Para-Former-1-n and ViT-n; a comma-separated list profiles each in turn)
+//   node scripts/bench-profile.js [--steps 10] [--threads 2] [--layers 4] [--precision fp32|bf16] [--out bench/results]
+// (--layers n: Para-Former-1-n and ViT-n; a comma-separated list profiles each in turn; --precision
+// bf16: the models' bf16 products, shares of the bf16 peak)
 'use strict';
 const { execFileSync } = require('child_process');
 const fs = require('fs');
@@ -13,11 +14,16 @@ const path = require('path');
 const duat = require('../dist');
 const { modelFlops, SIZES } = require('../dist/bench/bench');
 
+// The peak a case's share is of: its precision's (bf16: the instructions its products run on).
+const peakOf = (peak) => (PRECISION === 'bf16' && peak.bf16 !== null ? peak.bf16 : peak.fp32);
+
 function arg(name, def) {
   const i = process.argv.indexOf(`--${name}`);
   return i > 0 ? process.argv[i + 1] : def;
 }
 const steps = Number(arg('steps', 10)), threads = Number(arg('threads', 2)), out = arg('out', path.join(__dirname, '..', 'bench', 'results'));
+const PRECISION = arg('precision', 'fp32');
+if (!['fp32', 'bf16'].includes(PRECISION)) throw new Error(`--precision: fp32 or bf16, got '${PRECISION}'`);
 const SIZE = SIZES['tiny-mnist'];  // duat bench's model
 // Warm-up runs first: the first steps fault in the block cache's memory and the products' scratch
 // (native/cpu/gemm.cpp), which the profile would count as the steady state's.
@@ -48,7 +54,7 @@ async function main() {
   const cases = [];
   for (const [name, depth, branches] of MODELS) {
     const cfg = { ...SIZE, depth, branches };
-    const model = new duat.ParaFormer({ ...cfg, seed: 0 });
+    const model = new duat.ParaFormer({ ...cfg, seed: 0, precision: PRECISION });
     for (const [mode, batch] of [['train', 64], ['infer', 64], ['train', 1], ['infer', 1]]) {
       const report = await profileCase(model, mode, batch);
       const f = modelFlops(cfg, batch);
@@ -77,10 +83,10 @@ function markdown(cases, peak, commit) {
     const cell = (s) => `${perStep(s).toFixed(s * 1000 / steps < 1 ? 2 : 1)} (${((100 * s) / r.seconds).toFixed(0)}%)`;
     const idle = r.families.reduce((t, f) => t + f.idleSeconds, 0);
     const idleCell = `${perStep(idle).toFixed(2)} (${((100 * idle) / (threads * r.seconds)).toFixed(1)}%)`;
-    return `| ${c.name} ${c.mode} b${c.batch} | ${perStep(r.seconds).toFixed(2)} | ${gf.toFixed(0)} (${((100 * gf) / peak.fp32).toFixed(0)}%) | ${FAMILIES.map((n) => cell(fam.get(n).seconds)).join(' | ')} | ${cell(r.outsideSeconds)} | ${idleCell} | ${(r.pageFaults / steps).toFixed(0)} | ${perStep(r.kernelSeconds).toFixed(2)} |`;
+    return `| ${c.name} ${c.mode} b${c.batch} | ${perStep(r.seconds).toFixed(2)} | ${gf.toFixed(0)} (${((100 * gf) / peakOf(peak)).toFixed(0)}%) | ${FAMILIES.map((n) => cell(fam.get(n).seconds)).join(' | ')} | ${cell(r.outsideSeconds)} | ${idleCell} | ${(r.pageFaults / steps).toFixed(0)} | ${perStep(r.kernelSeconds).toFixed(2)} |`;
   });
   const shapes = cases.filter((c) => c.batch === 64 && c.mode === 'train').map((c) => {
-    const lines = c.report.products.slice(0, 12).map((p) => `| ${p.shape} | ${perStep(p.seconds).toFixed(2)} | ${p.calls / steps} | ${p.gflops.toFixed(0)} (${((100 * p.gflops) / peak.fp32).toFixed(0)}%) | ${perStep(p.idleSeconds).toFixed(2)} |`);
+    const lines = c.report.products.slice(0, 12).map((p) => `| ${p.shape} | ${perStep(p.seconds).toFixed(2)} | ${p.calls / steps} | ${p.gflops.toFixed(0)} (${((100 * p.gflops) / peakOf(peak)).toFixed(0)}%) | ${perStep(p.idleSeconds).toFixed(2)} |`);
     const fam = new Map(c.report.families.map((f) => [f.family, f]));
     const others = c.report.calls.filter((k) => k.family !== 'products').slice(0, 12)
       .map((k) => `| ${k.label} | ${k.family} | ${perStep(k.seconds).toFixed(2)} | ${k.calls / steps} | ${perStep(k.idleSeconds).toFixed(2)} |`);
@@ -88,10 +94,10 @@ function markdown(cases, peak, commit) {
   });
   return `# Where the CPU step's time goes
 
-Command: \`npm run bench:profile${LAYERS.join(',') === '4' ? '' : ` -- --layers ${LAYERS.join(',')}`}\` (scripts/bench-profile.js), ${steps} steps after ${WARMUPS} warm-ups, ${threads} threads;
+Command: \`npm run bench:profile${[LAYERS.join(',') === '4' ? '' : ` --layers ${LAYERS.join(',')}`, PRECISION === 'fp32' ? '' : ` --precision ${PRECISION}`].join('').replace(/^ /, ' -- ')}\` (scripts/bench-profile.js), ${steps} steps after ${WARMUPS} warm-ups, ${threads} threads;
 commit ${commit}; ${new Date().toISOString().slice(0, 10)}; ${os.cpus()[0]?.model ?? 'unknown CPU'}; ${duat.backendInfo().cpu.gemmTuning} product tuning.
 Model: ViT-Ti width (192, 3 heads, MLP 768) on 28 x 28 x 1 images, patch 4 (50 tokens); AdamW.
-Measured peak (\`duat.cpuPeak()\`): float32 ${peak.fp32.toFixed(0)} GFLOP/s, bf16 ${peak.bf16 === null ? 'n/a' : peak.bf16.toFixed(0)} GFLOP/s on ${peak.threads} threads.
+Measured peak (\`duat.cpuPeak()\`): float32 ${peak.fp32.toFixed(0)} GFLOP/s, bf16 ${peak.bf16 === null ? 'n/a' : peak.bf16.toFixed(0)} GFLOP/s on ${peak.threads} threads${PRECISION === 'bf16' ? ` (${duat.backendInfo().cpu.amx ? 'AMX tiles' : 'vdpbf16ps'}). Precision: bf16 products; shares are of the bf16 peak.` : '.'}
 
 Each family cell: ms per step (share of the step). Families are the CPU backend's calls
 (\`duat.profile\`, native/core/profile.h): products include their fused bias, GELU and stage

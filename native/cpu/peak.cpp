@@ -70,10 +70,12 @@ __attribute__((target("avx512f,avx512bf16"))) float bf16_avx512(int64_t iters) {
 // Six tiles of sums (tmm0-5) fed by one A and one B tile (tmm6, tmm7), loaded once.
 constexpr int AMX_CHAINS = 6;
 float bf16_amx(int64_t iters) {
-  alignas(64) static const uint32_t operand[16][16] = {};  // zeros: the sums stay finite
+  alignas(64) uint32_t a[16][16], b[16][16];
+  std::fill(&a[0][0], &a[0][0] + 256, 0x3A833A83u);  // bf16 pairs ~1e-3 and ~1e-4, as bf16_avx512's
+  std::fill(&b[0][0], &b[0][0] + 256, 0x38D238D2u);
   alignas(64) float out[16][16];
   amx_load_config();
-  __asm__ volatile("tileloadd (%0,%1,1), %%tmm6\n\ttileloadd (%0,%1,1), %%tmm7" : : "r"(&operand[0][0]), "r"(int64_t{64}) : "memory");
+  __asm__ volatile("tileloadd (%0,%2,1), %%tmm6\n\ttileloadd (%1,%2,1), %%tmm7" : : "r"(&a[0][0]), "r"(&b[0][0]), "r"(int64_t{64}) : "memory");
   __asm__ volatile("tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\ttilezero %%tmm3\n\ttilezero %%tmm4\n\ttilezero %%tmm5" ::: "memory");
   for (int64_t it = 0; it < iters; it++)
     __asm__ volatile(
