@@ -77,9 +77,9 @@ test('the summaries take the median of the rounds and compare with the fastest P
   expect(stat(r.runs[0], 'train_b64')).toEqual({ ms: 110, lo: 100, hi: 300, rounds: 3 });
   expect(bestTorch(r, 'train', 'train_b64', false)).toMatchObject({ variant: 'compile', stat: { ms: 160 } });
   expect(bestTorch(r, 'train', 'train_b64', true)).toMatchObject({ variant: 'eager+bf16', stat: { ms: 95 } });
-  const md = markdown({ rows: [r], peak: { threads: 2, fp32: 1000, fp32Avx2: 1000, fp32Avx512: null, bf16: 2000 }, notes: ['a note'] },
+  const md = markdown({ rows: [r], peak: { threads: 2, fp32: 1000, fp32Avx2: 1000, fp32Avx512: null, bf16: 2000, bf16Avx512: 2000, bf16Amx: null }, notes: ['a note'] },
     { layers: [2], grid: 0, reps: 3, rounds: 3, batch: 64, threads: 2, size: 'tiny-mnist', out: '/tmp', torchVariants: [] },
-    { command: 'duat bench', commit: 'abc', date: 'today', svg: 'x.svg', machine: 'm', duatIsa: 'avx512', torch: 't', ort: 'o' });
+    { command: 'duat bench', commit: 'abc', date: 'today', svg: 'x.svg', machine: 'm', duatIsa: 'avx512', duatTuning: 'amd', torch: 't', ort: 'o' });
   // 64 GFLOP in 110 ms: 582 GFLOP/s, 58% of a 1000 GFLOP/s peak; compile at 160 ms: 1.45x; bf16
   // in 62 ms: 1032 GFLOP/s, 52% of a 2000 GFLOP/s peak, 160/62 = 2.58x compile, 95/62 = 1.53x.
   expect(md).toContain('| ViT-2 | 64.0 | 582 (213-640) | 582 (58%) | 400 (160-427) compile | 1.45x | 1032 (1000-1067) | 1032 (52%) | 2.58x | 674 (646-711) eager+bf16 | 1.53x |');

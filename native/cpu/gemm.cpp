@@ -1102,8 +1102,13 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void run_to_units(const f
   alignas(64) uint32_t units[16];
   const int64_t ku = (kc + 1) / 2;
   for (int64_t k0 = 0; k0 < kc; k0 += 32) {
-    _mm512_store_si512(units, bf16_run(src + k0, real ? static_cast<int>(std::min<int64_t>(32, kc - k0)) : 0));
+    const __m512i v = bf16_run(src + k0, real ? static_cast<int>(std::min<int64_t>(32, kc - k0)) : 0);
     const int64_t u0 = k0 / 2, nu = std::min<int64_t>(16, ku - u0);
+    if (stride == 1) {  // a run along a row (pack_a_amx): the units stored as they are
+      _mm512_mask_storeu_epi32(dst + u0, static_cast<__mmask16>((1u << nu) - 1), v);
+      continue;
+    }
+    _mm512_store_si512(units, v);
     for (int64_t u = 0; u < nu; u++) dst[(u0 + u) * stride] = units[u];
   }
 }

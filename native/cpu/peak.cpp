@@ -21,6 +21,7 @@ namespace duat {
 namespace {
 constexpr int CHAINS = 16;       // AVX-512: 32 registers hold the chains and the operands
 constexpr int CHAINS_AVX2 = 12;  // AVX2 has 16: more chains would spill
+constexpr int AMX_CHAINS = 6;    // tiles of sums (bf16_amx)
 
 #if defined(__x86_64__)
 // Returns a value that depends on every chain, so the compiler keeps all of them.
@@ -68,7 +69,6 @@ __attribute__((target("avx512f,avx512bf16"))) float bf16_avx512(int64_t iters) {
 }
 
 // Six tiles of sums (tmm0-5) fed by one A and one B tile (tmm6, tmm7), loaded once.
-constexpr int AMX_CHAINS = 6;
 float bf16_amx(int64_t iters) {
   alignas(64) uint32_t a[16][16], b[16][16];
   std::fill(&a[0][0], &a[0][0] + 256, 0x3A833A83u);  // bf16 pairs ~1e-3 and ~1e-4, as bf16_avx512's
