@@ -2004,11 +2004,12 @@ int main() {
   // bf16 products on vdpbf16ps where they would run on AMX tiles (above): the GELU output's and
   // the streamed C's checks of test_gemm.
   if (cpu_has_amx()) {
+    const bool amx_was = cpu_amx_active();
     cpu_amx_set(false);
     g_context = " (vdpbf16ps, not AMX)";
     test_gemm(CPU_ISA_AVX512);
     g_context.clear();
-    cpu_amx_set(true);
+    cpu_amx_set(amx_was);
   }
   // Every walk of the packed path (gemm.h, GemmTuning), besides the one this CPU's vendor sets
   // (checked above): the same checks, and the same bits as each other.
