@@ -8,7 +8,11 @@
 // build's run medians, and the paired differences round by round.
 //
 //   node scripts/bench-ab.js --addon before=/tmp/a.node --addon after=build/Release/duat.node \
-//     [--model 4,1] [--rounds 16] [--steps 12] [--threads 2] [--precision fp32|bf16] [--out result.md]
+//     [--model 4,1] [--rounds 16] [--steps 12] [--threads 2] [--precision fp32|bf16] [--mode train|b1|b64]
+//     [--out result.md]
+//
+// --mode b1 (b64) times inference at batch 1 (64) instead of training steps, each run the median
+// of --steps forward passes after the worker's warm-ups.
 //
 // --env NAME:VAR=VALUE sets an environment variable for one build's runs only, so one build can
 // be set against itself (--addon amd=build/Release/duat.node --env amd:DUAT_GEMM_TUNING=amd ...).
@@ -24,7 +28,7 @@ const WORKER = path.join(__dirname, '..', 'dist', 'bench', 'worker.js');
 const BATCH = 64;
 
 function parseArgs(argv) {
-  const o = { addons: [], model: '4,1', rounds: 16, steps: 12, threads: 2, precision: 'fp32', out: null };
+  const o = { addons: [], model: '4,1', rounds: 16, steps: 12, threads: 2, precision: 'fp32', mode: 'train', out: null };
   const envs = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i], v = argv[i + 1];
@@ -38,8 +42,8 @@ function parseArgs(argv) {
       if (!m) throw new Error(`--env expects NAME:VAR=VALUE but received ${v}`);
       envs.push({ name: m[1], key: m[2], value: m[3] });
       i++;
-    } else if (['--model', '--rounds', '--steps', '--threads', '--precision', '--out'].includes(a)) {
-      o[a.slice(2)] = ['--model', '--precision', '--out'].includes(a) ? v : Number(v);
+    } else if (['--model', '--rounds', '--steps', '--threads', '--precision', '--mode', '--out'].includes(a)) {
+      o[a.slice(2)] = ['--model', '--precision', '--mode', '--out'].includes(a) ? v : Number(v);
       i++;
     } else {
       throw new Error(`unknown argument ${a}`);
@@ -47,6 +51,7 @@ function parseArgs(argv) {
   }
   if (o.addons.length < 2) throw new Error('give at least two --addon NAME=PATH');
   if (!['fp32', 'bf16'].includes(o.precision)) throw new Error(`--precision expects fp32 or bf16 but received ${o.precision}`);
+  if (!['train', 'b1', `b${BATCH}`].includes(o.mode)) throw new Error(`--mode expects train, b1 or b${BATCH} but received ${o.mode}`);
   for (const a of o.addons) {
     if (!fs.existsSync(a.file)) throw new Error(`no addon at ${a.file}`);
     a.env = {};
@@ -65,10 +70,11 @@ function parseArgs(argv) {
 function main() {
   const o = parseArgs(process.argv.slice(2));
   const job = JSON.stringify({
-    config: { ...SIZES['tiny-mnist'], depth: o.depth, branches: o.branches }, mode: 'train', reps: o.steps,
+    config: { ...SIZES['tiny-mnist'], depth: o.depth, branches: o.branches }, mode: o.mode === 'train' ? 'train' : 'infer', reps: o.steps,
     threads: o.threads, batch: BATCH, precision: o.precision,
   });
   const runs = o.addons.map(() => []);
+  const DIGITS = o.mode === 'b1' ? 3 : 2;
   for (let r = 0; r < o.rounds; r++) {
     const order = o.addons.map((_, i) => i);
     if (r % 2) order.reverse();
@@ -76,20 +82,22 @@ function main() {
       const out = execFileSync(process.execPath, [WORKER, job], {
         env: { ...process.env, ...o.addons[i].env, DUAT_BINDING_PATH: o.addons[i].file }, encoding: 'utf8',
       });
-      const t = JSON.parse(out.trim().split('\n').pop())[`train_b${BATCH}`];
+      const t = JSON.parse(out.trim().split('\n').pop())[o.mode === 'train' ? `train_b${BATCH}` : `infer_${o.mode}`];
       runs[i].push({ median: t.median_ms, min: t.min_ms });
     }
-    process.stderr.write(`round ${r + 1}/${o.rounds}: ${o.addons.map((a, i) => `${a.name} ${runs[i][r].median.toFixed(2)}`).join(', ')} ms\n`);
+    process.stderr.write(`round ${r + 1}/${o.rounds}: ${o.addons.map((a, i) => `${a.name} ${runs[i][r].median.toFixed(DIGITS)}`).join(', ')} ms\n`);
   }
   const name = o.branches === 1 ? `ViT-${o.depth}` : `Para-Former-${o.depth}-${o.branches}`;
   const lines = [];
-  lines.push(`${name} training steps (batch ${BATCH}, ${o.threads} threads${o.precision === 'bf16' ? ', bf16 products' : ''}), ms per step: each cell a fresh process's median of ${o.steps} steps after the bench worker's warm-ups.`);
+  const what = o.mode === 'train' ? `training steps (batch ${BATCH}` : `inference (batch ${o.mode.slice(1)}`;
+  const unit = o.mode === 'train' ? 'step' : 'forward pass';
+  lines.push(`${name} ${what}, ${o.threads} threads${o.precision === 'bf16' ? ', bf16 products' : ''}), ms per ${unit}: each cell a fresh process's median of ${o.steps} ${unit === 'step' ? 'steps' : 'forward passes'} after the bench worker's warm-ups.`);
   lines.push('');
   lines.push(`| round | ${o.addons.map((a) => a.name).join(' | ')} |`);
   lines.push(`|---|${o.addons.map(() => '---|').join('')}`);
-  for (let r = 0; r < o.rounds; r++) lines.push(`| ${r + 1} | ${runs.map((v) => v[r].median.toFixed(2)).join(' | ')} |`);
-  lines.push(`| median | ${runs.map((v) => median(v.map((x) => x.median)).toFixed(2)).join(' | ')} |`);
-  lines.push(`| median of runs' fastest steps | ${runs.map((v) => median(v.map((x) => x.min)).toFixed(2)).join(' | ')} |`);
+  for (let r = 0; r < o.rounds; r++) lines.push(`| ${r + 1} | ${runs.map((v) => v[r].median.toFixed(DIGITS)).join(' | ')} |`);
+  lines.push(`| median | ${runs.map((v) => median(v.map((x) => x.median)).toFixed(DIGITS)).join(' | ')} |`);
+  lines.push(`| median of runs' fastest ${unit === 'step' ? 'steps' : 'passes'} | ${runs.map((v) => median(v.map((x) => x.min)).toFixed(DIGITS)).join(' | ')} |`);
   lines.push('');
   const base = runs[0];
   for (let i = 1; i < runs.length; i++) {
@@ -100,8 +108,8 @@ function main() {
     const wins = d.filter((x) => x > 0).length;
     const ref = median(base.map((x) => x.median));
     lines.push(`${o.addons[i].name} against ${o.addons[0].name}: faster in ${wins} of ${d.length} rounds; ` +
-      `mean paired difference ${mean.toFixed(2)} ms (${(100 * mean / ref).toFixed(1)}% of a step), ` +
-      `about ±${half.toFixed(2)} ms at two standard errors.`);
+      `mean paired difference ${mean.toFixed(DIGITS)} ms (${(100 * mean / ref).toFixed(1)}% of a ${unit}), ` +
+      `about ±${half.toFixed(DIGITS)} ms at two standard errors.`);
   }
   const text = lines.join('\n') + '\n';
   process.stdout.write(text);

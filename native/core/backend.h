@@ -106,6 +106,12 @@ struct GemmArgs {
   int nsum = 0;
   int64_t extra_batch = 0;
   float scale = 1.0f;
+  // B also packed ahead (Backend::pack_b: panels b_packed_width wide, b_packed_stride floats
+  // apart, b_packed_batch apart from batch item to item), read instead of B where the device's
+  // products read panels of that width; B itself everywhere else. Null: none.
+  const float* b_packed = nullptr;
+  int64_t b_packed_stride = 0, b_packed_batch = 0;
+  int b_packed_width = 0;
 };
 
 // ---- LayerNorm over rows of C ----
@@ -223,6 +229,12 @@ class Backend {
 
   // ---- products and attention ----
   virtual void gemm(const GemmArgs& g) = 0;  // in matmul_precision()
+  // Weights packed once for many products (inference): the width of the panels the device's
+  // products read (0: none; B is read as it is), and the packing itself: out holds ceil(N / w)
+  // panels of w = packed_b_width() columns of the row-major B (K x N, rows ldb apart), each K rows
+  // of w floats (zeros past N).
+  virtual int packed_b_width() const { return 0; }
+  virtual void pack_b(const float* B, int64_t K, int64_t N, int64_t ldb, float* out);
   // The gradient before a GELU from the product that makes the gradient after it: the product g
   // (batch 1, beta 0, no bias, no epilogue; C's rows c_m >= N apart) gives dy, and C = dy * gelu'(pre)
   // (pre laid out like C) is written with db[n] = sum over m of C(m, n). This default is the

@@ -62,6 +62,10 @@ void Backend::gelu_backward_bias(const float* x, const float* dy, float* dx, flo
   gelu_backward_bias_passes(*this, x, dy, dx, db, batch, rows, cols, cols, accumulate);
 }
 
+void Backend::pack_b(const float*, int64_t, int64_t, int64_t, float*) {
+  throw Error(ERROR_DEVICE, std::string(name()) + " products read weights as they are (packed_b_width() is 0)");
+}
+
 void Backend::gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) {
   gemm(g);
   if (g.c_m == g.N) return gelu_backward_bias(pre, g.C, g.C, db, 1, g.M, g.N, false);

@@ -222,6 +222,11 @@ class ProfilingBackend final : public Backend {
     Scope s(PROFILE_PRODUCTS, 2.0 * g.M * static_cast<double>(g.N) * g.K * g.batch, shape_label(g));
     in_.gemm(g);
   }
+  int packed_b_width() const override { return in_.packed_b_width(); }
+  void pack_b(const float* B, int64_t K, int64_t N, int64_t ldb, float* out) override {
+    Scope s(PROFILE_COPIES, 0, "pack_b");
+    in_.pack_b(B, K, N, ldb, out);
+  }
   void gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) override {
     Scope s(PROFILE_PRODUCTS, 2.0 * g.M * static_cast<double>(g.N) * g.K * g.batch, shape_label(g) + " +gelu'");
     in_.gemm_gelu_backward(g, pre, db);

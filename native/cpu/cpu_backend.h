@@ -34,6 +34,8 @@ class CpuBackend : public Backend {
   void dropout(const float* x, float* out, int64_t n, float p, uint64_t seed, bool accumulate) override;
 
   void gemm(const GemmArgs& g) override;
+  int packed_b_width() const override;
+  void pack_b(const float* B, int64_t K, int64_t N, int64_t ldb, float* out) override;
   void gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) override;
   void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) override;
   void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv, const float* out,

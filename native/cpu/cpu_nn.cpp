@@ -63,8 +63,10 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16, const GemmBlock
   const SgemmOperand b = operand_b(g.B + z * g.b_batch, g.b_n, g.b_k, g.N, g.K, &sb);
   float* C = g.C + z * g.c_batch;
   const float* bias = g.bias ? g.bias + z * g.bias_batch : nullptr;
+  const PackedB packed{g.b_packed ? g.b_packed + z * g.b_packed_batch : nullptr, g.b_packed_width, g.b_packed_stride};
+  const PackedB* pb = g.b_packed ? &packed : nullptr;
   if (g.epilogue == EPILOGUE_NONE) {
-    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16, after, act);
+    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16, after, act, pb);
     return;
   }
   // GELU with its pre-activation kept (training): the product into aux, its GELU into C from the
@@ -72,7 +74,7 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16, const GemmBlock
   if (g.epilogue == EPILOGUE_GELU && g.aux && g.beta == 0.0f) {
     const GemmAct act{C, g.c_m};
     sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, g.aux + z * g.c_batch, g.c_m, par, bias,
-          bf16, nullptr, &act);
+          bf16, nullptr, &act, pb);
     return;
   }
   // Fused epilogues: the product into `dest` (the pre-activation buffer, C itself, or scratch
@@ -99,7 +101,8 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16, const GemmBlock
       }
     }
   };
-  sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, dest, ld, par, bias, bf16, &block);
+  sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, dest, ld, par, bias, bf16, &block, nullptr,
+        pb);
 }
 }  // namespace
 
@@ -114,6 +117,10 @@ void CpuBackend::gemm(const GemmArgs& g) {
     parallel_for(g.batch, [&](int64_t z) { gemm_one(g, z, false, bf16); });
   }
 }
+
+int CpuBackend::packed_b_width() const { return sgemm_panel_width(); }
+
+void CpuBackend::pack_b(const float* B, int64_t K, int64_t N, int64_t ldb, float* out) { sgemm_pack_b(K, N, B, ldb, out); }
 
 // The GELU's gradient from the product's register tiles (sgemm's backward act: C is written once,
 // the pre-activation read as each tile finishes, asked for a tile ahead), or over each finished

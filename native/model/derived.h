@@ -13,8 +13,9 @@
 
 namespace duat {
 
-// Inference weights are kept K-major (k_major in paraformer.cpp): a product then reads them in
-// place (gemm.cpp) instead of packing them on every call.
+// Inference weights are kept K-major (k_major in paraformer.cpp), and on the CPU packed too
+// (pack_weight, ops.h): a product reads the packed panels (or, where they do not serve, the
+// K-major weight in place) instead of packing them on every call.
 enum DerivedKind { DERIVED_QKV, DERIVED_FC1, DERIVED_FC2, DERIVED_LS1, DERIVED_LS2, DERIVED_PROJ };
 
 // derive() itself while grad mode is on; otherwise the cached result for (kind, sources), derived

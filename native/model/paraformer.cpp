@@ -22,12 +22,22 @@ Tensor k_major(const Tensor& w) {
   return permute(contiguous(permute(w, {2, 0, 1})), {1, 2, 0});
 }
 
-// The stacked weights with LN's affine folded in, K-major, from the inference cache.
+// A K-major stacked weight (N, O, C) packed for the CPU products branch_linear makes of it: one of
+// width N*O (`single`: a shared, interleaved input), else one per branch. Null elsewhere.
+Tensor packed_branches(const Tensor& w, bool single) {
+  if (w->device != DEVICE_CPU) return nullptr;
+  const int64_t N = w->shape[0], O = w->shape[1], C = w->shape[2];
+  return pack_weight(permute(reshape(permute(w, {2, 0, 1}), {C, N * O}), {1, 0}), single ? 1 : N);  // (N*O, C), K-major
+}
+
+// The stacked weights with LN's affine folded in, K-major, and packed (packed_branches), from the
+// inference cache: {W', b', packed W'}.
 std::vector<Tensor> folded_k_major(DerivedKind kind, const Tensor& w, const Tensor& b, const Tensor& gamma,
-                                   const Tensor& beta) {
+                                   const Tensor& beta, bool single) {
   return derived(kind, {w, b, gamma, beta}, [&] {
     std::vector<Tensor> f = fold_affine(w, b, gamma, beta);
     f[0] = k_major(f[0]);
+    f.push_back(packed_branches(f[0], single));
     return f;
   });
 }
@@ -36,8 +46,8 @@ std::vector<Tensor> folded_k_major(DerivedKind kind, const Tensor& w, const Tens
 // is folded into the weights: inside the graph while training, from the cache for inference.
 Tensor branch_qkv(const Tensor& normed, const StageParams& p, const std::shared_ptr<GeluLink>& link = nullptr) {
   if (grad_enabled()) return branch_linear(normed, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b, false, true, link);
-  const std::vector<Tensor> f = folded_k_major(DERIVED_QKV, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b);
-  return branch_linear(normed, f[0], f[1], nullptr, nullptr, false, true);
+  const std::vector<Tensor> f = folded_k_major(DERIVED_QKV, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b, true);
+  return branch_linear(normed, f[0], f[1], nullptr, nullptr, false, true, nullptr, f[2]);
 }
 
 // LayerScale folded into a branch output's projection: gamma (N, C) scales the rows of its
@@ -210,9 +220,16 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
       attention(reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C}), c.heads, N, qkv_link);  // (B, T1, N*C)
   const Tensor att_n = permute(reshape(att, {BT, N, C}), {1, 0, 2});                            // (N, BT, C) view
   std::pair<Tensor, Tensor> proj = layer_scaled(p.proj_w, p.proj_b, p.ls1, DERIVED_LS1);
-  if (!grad_enabled() && proj.first->device == DEVICE_CPU)  // (a cached value must never be its source)
-    proj.first = derived(DERIVED_PROJ, {proj.first}, [&] { return std::vector<Tensor>{k_major(proj.first)}; })[0];
-  const Tensor a = branch_linear(att_n, proj.first, proj.second, nullptr, nullptr, false, false);  // (N, BT, C)
+  Tensor proj_packed;
+  if (!grad_enabled() && proj.first->device == DEVICE_CPU) {  // (a cached value must never be its source)
+    const std::vector<Tensor> k = derived(DERIVED_PROJ, {proj.first}, [&] {
+      const Tensor w = k_major(proj.first);
+      return std::vector<Tensor>{w, packed_branches(w, false)};
+    });
+    proj.first = k[0], proj_packed = k[1];
+  }
+  const Tensor a = branch_linear(att_n, proj.first, proj.second, nullptr, nullptr, false, false, nullptr,
+                                 proj_packed);  // (N, BT, C)
   // The MLP of every branch on LN2(x + a_b), LN2's affine folded into fc1.
   const Tensor u = layernorm(a, nullptr, nullptr, c.eps, xf);                                    // (N, BT, C)
   Tensor h;                                                                                      // (N, BT, M)
@@ -222,21 +239,21 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   if (link) {
     h = branch_linear(u, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b, true, true, link);
   } else {
-    const std::vector<Tensor> f = folded_k_major(DERIVED_FC1, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b);
-    h = branch_linear(u, f[0], f[1], nullptr, nullptr, true, true);
+    const std::vector<Tensor> f = folded_k_major(DERIVED_FC1, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b, false);
+    h = branch_linear(u, f[0], f[1], nullptr, nullptr, true, true, nullptr, f[2]);
   }
   // sum_b fc2_b(h_b) = [h_1 .. h_N] @ [W2_1 .. W2_N]^T: one product of inner size N*M, with the
   // branch biases summed and both residuals (x, and every a_b) in its epilogue. For inference the
-  // concatenated weight is kept K-major ((N*M, C) memory).
+  // concatenated weight is kept K-major ((N*M, C) memory), and packed.
   const std::pair<Tensor, Tensor> fc2 = layer_scaled(p.fc2_w, p.fc2_b, p.ls2, DERIVED_LS2);
   const Tensor &fc2_w = fc2.first, &fc2_b = fc2.second;
   const std::vector<Tensor> w2 = derived(DERIVED_FC2, {fc2_w, fc2_b}, [&] {
-    const Tensor w = grad_enabled() || fc2_w->device != DEVICE_CPU
-                         ? reshape(contiguous(permute(fc2_w, {1, 0, 2})), {C, N * M})
-                         : permute(reshape(contiguous(permute(fc2_w, {0, 2, 1})), {N * M, C}), {1, 0});
-    return std::vector<Tensor>{w, sum(fc2_b, {0}, false)};
+    const bool cpu_cache = !grad_enabled() && fc2_w->device == DEVICE_CPU;
+    const Tensor w = cpu_cache ? permute(reshape(contiguous(permute(fc2_w, {0, 2, 1})), {N * M, C}), {1, 0})
+                               : reshape(contiguous(permute(fc2_w, {1, 0, 2})), {C, N * M});
+    return std::vector<Tensor>{w, sum(fc2_b, {0}, false), cpu_cache ? pack_weight(w, 1) : nullptr};
   });
-  const Tensor y = stage_sum(resid, h, w2[0], w2[1], a, c.branch_scale, link);
+  const Tensor y = stage_sum(resid, h, w2[0], w2[1], a, c.branch_scale, link, w2[2]);
   if (!comm) return reshape(y, {B, T1, C});
   return add(x_in, reshape(branch_reduce(y, *comm), {B, T1, C}));
 }

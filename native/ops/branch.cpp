@@ -85,8 +85,43 @@ WriteTarget write_target(Grads& g, size_t i, const Shape& shape, Device dev) {
 
 }  // namespace
 
+namespace {
+// Points g at `packed` (pack_weight's (groups, panels, K, width)) when it is the packing of g's B
+// for this product (`groups` products of g.N columns, K = g.K) in panels the device reads.
+void use_packed(GemmArgs& g, const Tensor& packed, int64_t groups, Device dev) {
+  if (!packed || packed->device != dev || packed->dim() != 4) return;
+  const int width = backend(dev).packed_b_width();
+  if (width == 0 || packed->shape[3] != width) return;
+  const int64_t panels = (g.N + width - 1) / width;
+  DUAT_CHECK(packed->shape[0] == groups && packed->shape[1] == panels && packed->shape[2] == g.K && packed->is_contiguous(),
+             ERROR_SHAPE, "packed weight " + shape_str(packed->shape) + " is not the packing of a " + std::to_string(g.K) +
+                              " x " + std::to_string(g.N) + " weight in " + std::to_string(groups) + " group(s)");
+  g.b_packed = packed->ptr_f32(), g.b_packed_width = width;
+  g.b_packed_stride = g.K * width, g.b_packed_batch = panels * g.K * width;
+}
+}  // namespace
+
+Tensor pack_weight(const Tensor& w, int64_t groups) {
+  const char* op = "packWeight";
+  check_f32(w, op, "the weight");
+  check_dim(w, 2, op, "the weight (n, K)");
+  const int64_t n = w->shape[0], K = w->shape[1];
+  DUAT_CHECK(groups >= 1 && n % groups == 0, ERROR_ARGUMENT,
+             std::string(op) + ": " + std::to_string(groups) + " groups do not divide " + std::to_string(n) + " columns");
+  DUAT_CHECK((w->strides[0] == 1 || n == 1) && (w->strides[1] >= n || K == 1), ERROR_ARGUMENT,
+             std::string(op) + ": the weight " + shape_str(w->shape) + " is not K-major (strides (1, >= n))");
+  Backend& be = backend(w->device);
+  const int width = be.packed_b_width();
+  if (width == 0) return nullptr;
+  const int64_t cols = n / groups, panels = (cols + width - 1) / width, ld = K == 1 ? n : w->strides[1];
+  const Tensor out = empty({groups, panels, K, width}, DTYPE_F32, w->device);
+  for (int64_t g = 0; g < groups; g++)
+    be.pack_b(w->ptr_f32() + g * cols, K, cols, ld, out->ptr_f32() + g * panels * K * width);
+  return out;
+}
+
 Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
-                     bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link) {
+                     bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link, const Tensor& packed) {
   const char* op = "branchLinear";
   check_f32(w, op, "the weight");
   check_dim(w, 3, op, "the weight (N, O, C)");
@@ -144,6 +179,7 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     g.bias_batch = O;
   }
   if (gelu) g.epilogue = EPILOGUE_GELU, g.aux = pre ? pre->ptr_f32() : nullptr;
+  if (strided) use_packed(g, packed, g.batch, dev);
   be.gemm(g);
   if (!grad) return out;
   if (link && pre) link->pre = pre;
@@ -254,7 +290,7 @@ std::vector<Tensor> fold_affine(const Tensor& w, const Tensor& b, const Tensor& 
 }
 
 Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tensor& b2, const Tensor& a, float scale,
-                 const std::shared_ptr<GeluLink>& link) {
+                 const std::shared_ptr<GeluLink>& link, const Tensor& packed) {
   const char* op = "stageSum";
   check_f32(x, op, "the stage input");
   check_dim(x, 2, op, "the stage input (R, C)");
@@ -284,8 +320,10 @@ Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tenso
   g.bias = bc->ptr_f32();
   g.epilogue = EPILOGUE_STAGE, g.resid = xc->ptr_f32(), g.extra = ac->ptr_f32(), g.nsum = gemm_dim(N, op);
   g.extra_batch = R * C, g.scale = scale;
+  const bool grad = any_requires_grad({x, h, w2, b2, a});
+  if (!grad) use_packed(g, packed, 1, dev);
   backend(dev).gemm(g);
-  if (!any_requires_grad({x, h, w2, b2, a})) return out;
+  if (!grad) return out;
   const Tensor sh = detach(hc), sw = detach(w2);
   return record(out, "stage_sum", {x, h, w2, b2, a}, [=](const Tensor& dy, Grads& grads) {
     Backend& be = backend(dev);

@@ -93,16 +93,28 @@ struct GeluLink {
   Tensor pre;  // (N, R, O): the pre-activation, laid out like the output (set by forward)
   Tensor db;   // (N, O): the bias gradient, set by stage_sum's backward when it took the GELU's, or by attention's
 };
+//
+// `packed` (optional, inference): w as pack_weight packed it for the products made of it here
+// (groups 1 for one product of all branches, a shared interleaved input; N otherwise), read in
+// place of w where the device's products read panels of its width and no gradient is recorded;
+// w itself everywhere else. The same results either way.
 Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
-                     bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link = nullptr);
+                     bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link = nullptr,
+                     const Tensor& packed = nullptr);
 // branch_linear's fold without autograd, for inference caches: {W' (N, O, C), b' (N, O)}.
 std::vector<Tensor> fold_affine(const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b);
 // The stage's output in one product: y = x + scale * (sum_n h_n W2_n^T + b2 + sum_n a_n), with
 //   x (R, C), h (N, R, M) laid out as (R, N*M) (branch_linear's interleaved output; copied
 //   otherwise), w2 (C, N*M) = [W2_1 .. W2_N] side by side, b2 (C) the branch biases summed,
-//   a (N, R, C) the branches' attention outputs. Returns (R, C).
+//   a (N, R, C) the branches' attention outputs. Returns (R, C). `packed`: w2 as pack_weight
+//   packed it (groups 1), as branch_linear's.
 Tensor stage_sum(const Tensor& x, const Tensor& h, const Tensor& w2, const Tensor& b2, const Tensor& a, float scale,
-                 const std::shared_ptr<GeluLink>& link = nullptr);
+                 const std::shared_ptr<GeluLink>& link = nullptr, const Tensor& packed = nullptr);
+// A weight packed ahead for the device's products, for inference caches (Backend::pack_b): w
+// (n, K) read K-major (strides (1, ld), ld >= n: the products' B(k, j) = w(j, k)) as `groups`
+// products side by side of n / groups columns each; returns (groups, panels, K, width) floats,
+// or null where the device's products read weights as they are. No gradient.
+Tensor pack_weight(const Tensor& w, int64_t groups);
 
 // ---- collective.cpp: branch-parallel training's pair of collectives (docs/design.md,
 // "Distributed training"); every rank must call them in the same order ----

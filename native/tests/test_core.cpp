@@ -1300,6 +1300,121 @@ void test_gemm_tunings_same_bits(CpuIsa isa) {
   }
 }
 
+// B packed ahead (gemm.h, PackedB): every path that reads the panels (few rows reading B in
+// place, with and without K split over the threads; the packed path, its tiles' GELU and
+// epilogue; a transposed B) gives the bits of the same product reading B, with the edge panel
+// zero padded; panels of another width, or a bf16 product, are not read (garbage there changes
+// nothing).
+void test_gemm_packed_b(CpuIsa isa) {
+  cpu_isa_set(isa);
+  std::mt19937 rng(12);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  const int W = sgemm_panel_width();
+  // M, N, K, A transposed, B transposed, beta 1, act (0 none, 1 GELU output), bias
+  const int64_t sizes[][8] = {{50, 576, 192, 0, 0, 0, 0, 1}, {50, 100, 192, 0, 0, 0, 1, 1}, {7, 70, 33, 0, 1, 1, 0, 0},
+                              {50, 192, 4608, 0, 0, 0, 0, 1}, {50, 40, 1000, 1, 0, 1, 0, 0},
+                              {300, 200, 300, 0, 0, 0, 1, 1}, {150, 1100, 300, 1, 1, 1, 0, 1}, {1, 64, 64, 0, 0, 0, 0, 1}};
+  for (auto& sz : sizes) {
+    const int64_t M = sz[0], N = sz[1], K = sz[2];
+    const bool ta = sz[3] != 0, tb = sz[4] != 0, add = sz[5] != 0, gelu = sz[6] != 0, has_bias = sz[7] != 0;
+    std::vector<float> A(M * K), B(K * N), bias(N), C0(M * N);
+    for (auto* v : {&A, &B, &bias, &C0})
+      for (auto& x : *v) x = dist(rng);
+    const int64_t ldb = tb ? K : N;
+    // op(B) row-major, then packed
+    std::vector<float> rows(K * N);
+    for (int64_t k = 0; k < K; k++)
+      for (int64_t n = 0; n < N; n++) rows[k * N + n] = tb ? B[n * K + k] : B[k * N + n];
+    const int64_t panels = (N + W - 1) / W;
+    std::vector<float> panel_data(panels * K * W, -7.0f);
+    sgemm_pack_b(K, N, rows.data(), N, panel_data.data());
+    bool padded = true;
+    for (int64_t q = 0; q < panels; q++)
+      for (int64_t k = 0; k < K; k++)
+        for (int64_t j = 0; j < W; j++) {
+          const float want = q * W + j < N ? rows[k * N + q * W + j] : 0.0f;
+          padded = padded && panel_data[(q * K + k) * W + j] == want;
+        }
+    std::vector<float> garbage(panels * K * W * 2, std::nanf(""));
+    const PackedB packed{panel_data.data(), W, K * W}, other_width{garbage.data(), W / 2, K * W}, nan_panels{garbage.data(), W, K * W};
+    auto run = [&](const PackedB* pb, bool bf16, std::vector<float>* act_out) {
+      std::vector<float> C(C0);
+      const GemmAct act{act_out->data(), N};
+      std::atomic<int64_t> blocks{0};  // (the epilogue runs on the pool's threads)
+      const GemmBlockFn count = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) { blocks += (i1 - i0) * (j1 - j0); };
+      sgemm(ta, tb, M, N, K, 0.5f, A.data(), ta ? M : K, B.data(), ldb, add ? 1.0f : 0.0f, C.data(), N, true,
+            has_bias ? bias.data() : nullptr, bf16, &count, gelu ? &act : nullptr, pb);
+      expect(blocks == M * N, "sgemm with packed B: the epilogue sees every element of C once");
+      return C;
+    };
+    std::vector<float> act_plain(M * N, 0.0f), act_packed(M * N, 0.0f), act_other(M * N, 0.0f);
+    const std::vector<float> plain = run(nullptr, false, &act_plain);
+    const std::vector<float> with_packed = run(&packed, false, &act_packed);
+    const std::vector<float> with_other = run(&other_width, false, &act_other);
+    char name[200];
+    std::snprintf(name, sizeof name, "sgemm %s M=%lld N=%lld K=%lld ta=%d tb=%d", cpu_isa_name(isa), (long long)M,
+                  (long long)N, (long long)K, ta ? 1 : 0, tb ? 1 : 0);
+    expect(padded, std::string(name) + ": sgemm_pack_b's panels hold op(B), zeros past N");
+    expect(with_packed == plain && act_packed == act_plain, std::string(name) + ": packed B gives the bits of B");
+    expect(with_other == plain && act_other == act_plain, std::string(name) + ": panels of another width are not read");
+    if (cpu_has_bf16() && isa == CPU_ISA_AVX512) {
+      std::vector<float> a0(M * N, 0.0f), a1(M * N, 0.0f);
+      expect(run(&nan_panels, true, &a1) == run(nullptr, true, &a0), std::string(name) + ": bf16 products do not read fp32 panels");
+    }
+  }
+  cpu_isa_set(cpu_isa_best());
+}
+
+std::vector<float> to_vector(const Tensor& t) {
+  const Tensor c = contiguous(t);
+  return std::vector<float>(c->ptr_f32(), c->ptr_f32() + c->numel());
+}
+
+void expect_error(const std::function<void()>& fn, ErrorCode code, const std::string& what) {
+  bool refused = false;
+  try {
+    fn();
+  } catch (const Error& e) {
+    refused = e.code() == code;
+  }
+  expect(refused, what + " is refused with its error code");
+}
+
+// pack_weight and the ops that read its panels (branch_linear one product wide and per branch,
+// stage_sum): the same bits as without them, as gradient-free inference computes; errors for a
+// weight that is not K-major, groups that do not divide it, and panels of the wrong shape.
+void test_packed_weights() {
+  GradMode no_grad(false);
+  const int64_t R = 50, C = 48, N = 3, O = 80, M = 64;
+  auto k_major = [](const Tensor& w) { return permute(contiguous(permute(w, {2, 0, 1})), {1, 2, 0}); };
+  auto packed_of = [](const Tensor& w, bool single) {
+    const int64_t n = w->shape[0], o = w->shape[1], c = w->shape[2];
+    return pack_weight(permute(reshape(permute(w, {2, 0, 1}), {c, n * o}), {1, 0}), single ? 1 : n);
+  };
+  const Tensor w = k_major(randn({N, O, C}, 1, 0.0f, 0.3f)), b = randn({N, O}, 2, 0.0f, 0.3f);
+  const Tensor x = randn({R, C}, 3, 0.0f, 1.0f), xs = randn({N, R, C}, 4, 0.0f, 1.0f);
+  for (bool gelu : {false, true}) {
+    const Tensor plain = branch_linear(x, w, b, nullptr, nullptr, gelu, true);
+    const Tensor packed = branch_linear(x, w, b, nullptr, nullptr, gelu, true, nullptr, packed_of(w, true));
+    expect(to_vector(packed) == to_vector(plain), std::string("branch_linear, one product of every branch") +
+                                                      (gelu ? " with GELU" : "") + ": packed weights give the same bits");
+    const Tensor plain_n = branch_linear(xs, w, b, nullptr, nullptr, gelu, false);
+    const Tensor packed_n = branch_linear(xs, w, b, nullptr, nullptr, gelu, false, nullptr, packed_of(w, false));
+    expect(to_vector(packed_n) == to_vector(plain_n), std::string("branch_linear, a product per branch") +
+                                                          (gelu ? " with GELU" : "") + ": packed weights give the same bits");
+  }
+  const Tensor h = branch_linear(x, k_major(randn({N, M, C}, 5, 0.0f, 0.3f)), nullptr, nullptr, nullptr, true, true);
+  const Tensor w2 = permute(randn({N * M, C}, 6, 0.0f, 0.3f), {1, 0}), b2 = randn({C}, 7, 0.0f, 0.3f);
+  const Tensor a = randn({N, R, C}, 8, 0.0f, 1.0f);
+  expect(to_vector(stage_sum(x, h, w2, b2, a, 0.5f, nullptr, pack_weight(w2, 1))) == to_vector(stage_sum(x, h, w2, b2, a, 0.5f)),
+         "stage_sum: packed weights give the same bits");
+  expect_error([&] { pack_weight(randn({8, 16}, 9, 0.0f, 1.0f), 1); }, ERROR_ARGUMENT, "pack_weight: a row-major weight");
+  expect_error([&] { pack_weight(permute(randn({16, 9}, 9, 0.0f, 1.0f), {1, 0}), 2); }, ERROR_ARGUMENT,
+               "pack_weight: 2 groups of 9 columns");
+  expect_error([&] { branch_linear(x, w, b, nullptr, nullptr, false, true, nullptr, packed_of(w, false)); }, ERROR_SHAPE,
+               "branch_linear: panels packed per branch for one product of every branch");
+}
+
 // A GELU branch_linear joined to its stage_sum (GeluLink): the gradient before the GELU comes
 // from the sum's product (the profile shows the fused product and no separate GELU backward), and
 // every gradient agrees with the unjoined ops', with the LayerNorm folded into fc1 and without.
@@ -2025,6 +2140,8 @@ int main() {
   g_context.clear();
   gemm_tuning_set(tuning);
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_tunings_same_bits(static_cast<CpuIsa>(isa));
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_packed_b(static_cast<CpuIsa>(isa));
+  test_packed_weights();
   cpu_isa_set(cpu_isa_best());
   test_math();
   test_autograd_fanout();
