@@ -83,9 +83,6 @@ WriteTarget write_target(Grads& g, size_t i, const Shape& shape, Device dev) {
   return {empty(shape, DTYPE_F32, dev), true};
 }
 
-}  // namespace
-
-namespace {
 // Points g at `packed` (pack_weight's (groups, panels, K, width)) when it is the packing of g's B
 // for this product (`groups` products of g.N columns, K = g.K) in panels the device reads.
 void use_packed(GemmArgs& g, const Tensor& packed, int64_t groups, Device dev) {
