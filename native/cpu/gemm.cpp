@@ -36,6 +36,7 @@
 
 #include "../core/errors.h"
 #include "../core/parallel.h"
+#include "amx.h"
 #include "bf16.h"
 #include "kernels.h"
 #include "math.h"
@@ -419,11 +420,6 @@ void load_tile_config() {
 // Gives the tiles back (their state no longer saved and restored with the thread's).
 void release_tiles() { __asm__ volatile("tilerelease" ::: "memory"); }
 
-#define DUAT_TILELOAD(t, p, stride) \
-  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t : : "r"(p), "r"(static_cast<int64_t>(stride)) : "memory")
-#define DUAT_TILESTORE(t, p, stride) \
-  __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" : : "r"(p), "r"(static_cast<int64_t>(stride)) : "memory")
-#define DUAT_TDP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
 
 // c[mr x nr] (+)= alpha * a(mr x 2ku) . b(2ku x nr) (+ bias), the tiles' sums written through
 // store_tile_avx512 (act too): mr, nr <= 32; rows of A past mr are read (packing pads them).
@@ -432,8 +428,12 @@ __attribute__((target("avx512f"))) void micro_amx(int64_t ku, const uint32_t* a,
                                                   const float* bias, const TileAct* act) {
   const bool two = mr > 16;
   const int64_t a_stride = a_units * 4;
-  __asm__ volatile("tilezero %%tmm0\n\ttilezero %%tmm1" ::: "memory");
-  if (two) __asm__ volatile("tilezero %%tmm2\n\ttilezero %%tmm3" ::: "memory");
+  DUAT_TILEZERO(0);
+  DUAT_TILEZERO(1);
+  if (two) {
+    DUAT_TILEZERO(2);
+    DUAT_TILEZERO(3);
+  }
   for (int64_t kk = 0; kk < ku; kk += 16) {
     DUAT_TILELOAD(6, b + kk * 32, 128);
     DUAT_TILELOAD(7, b + kk * 32 + 16, 128);
@@ -468,9 +468,6 @@ __attribute__((target("avx512f"))) void micro_amx(int64_t ku, const uint32_t* a,
                           act ? &half : nullptr);
   }
 }
-#undef DUAT_TILELOAD
-#undef DUAT_TILESTORE
-#undef DUAT_TDP
 
 // GCC 12 reports the undefined-register idiom of _mm512_max_ps (in the column maximum below), once
 // inlined, as an uninitialised read.

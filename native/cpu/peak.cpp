@@ -13,6 +13,7 @@
 
 #include "../core/errors.h"
 #include "../core/parallel.h"
+#include "amx.h"
 #include "bf16.h"
 #include "gemm.h"
 
@@ -75,13 +76,23 @@ float bf16_amx(int64_t iters) {
   std::fill(&b[0][0], &b[0][0] + 256, 0x38D238D2u);
   alignas(64) float out[16][16];
   amx_load_config();
-  __asm__ volatile("tileloadd (%0,%2,1), %%tmm6\n\ttileloadd (%1,%2,1), %%tmm7" : : "r"(&a[0][0]), "r"(&b[0][0]), "r"(int64_t{64}) : "memory");
-  __asm__ volatile("tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\ttilezero %%tmm3\n\ttilezero %%tmm4\n\ttilezero %%tmm5" ::: "memory");
-  for (int64_t it = 0; it < iters; it++)
-    __asm__ volatile(
-        "tdpbf16ps %%tmm7, %%tmm6, %%tmm0\n\ttdpbf16ps %%tmm7, %%tmm6, %%tmm1\n\ttdpbf16ps %%tmm7, %%tmm6, %%tmm2\n\t"
-        "tdpbf16ps %%tmm7, %%tmm6, %%tmm3\n\ttdpbf16ps %%tmm7, %%tmm6, %%tmm4\n\ttdpbf16ps %%tmm7, %%tmm6, %%tmm5" ::: "memory");
-  __asm__ volatile("tilestored %%tmm0, (%0,%1,1)" : : "r"(&out[0][0]), "r"(int64_t{64}) : "memory");
+  DUAT_TILELOAD(6, &a[0][0], 64);
+  DUAT_TILELOAD(7, &b[0][0], 64);
+  DUAT_TILEZERO(0);
+  DUAT_TILEZERO(1);
+  DUAT_TILEZERO(2);
+  DUAT_TILEZERO(3);
+  DUAT_TILEZERO(4);
+  DUAT_TILEZERO(5);
+  for (int64_t it = 0; it < iters; it++) {
+    DUAT_TDP(0, 6, 7);
+    DUAT_TDP(1, 6, 7);
+    DUAT_TDP(2, 6, 7);
+    DUAT_TDP(3, 6, 7);
+    DUAT_TDP(4, 6, 7);
+    DUAT_TDP(5, 6, 7);
+  }
+  DUAT_TILESTORE(0, &out[0][0], 64);
   amx_release();
   return out[0][0];
 }

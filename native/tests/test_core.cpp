@@ -105,6 +105,21 @@ void test_gemm_bf16() {
   cpu_amx_set(amx_was);
 }
 
+// Where the CPU (or its OS) gives no AMX tiles, turning them on is refused and leaves them off.
+void test_amx_refused() {
+  if (cpu_has_amx()) {
+    std::printf("skip the refusal of AMX: this CPU has AMX tiles\n");
+    return;
+  }
+  bool refused = false;
+  try {
+    cpu_amx_set(true);
+  } catch (const Error& e) {
+    refused = e.code() == ERROR_ARGUMENT;
+  }
+  expect(refused && !cpu_amx_active(), "cpu_amx_set(true) without AMX tiles is refused and leaves AMX off");
+}
+
 // bf16 products against the products of the bf16-rounded operands summed in fp64: every layout,
 // K not a multiple of 32 (AMX's tile depth), rows not a multiple of 16, a partial column panel.
 void test_gemm_bf16_products(const char* path) {
@@ -2106,6 +2121,7 @@ int main() {
   test_math_avx512();
   test_gelu_rows();
   test_gemm_bf16();
+  test_amx_refused();
   // On one thread, where a product's packed B is cut into one chunk per K block when C fits in L2
   // beside it (gemm.cpp, c_in_l2), and no split of K: the same checks.
   set_num_threads(1);
