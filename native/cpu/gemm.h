@@ -73,7 +73,8 @@ struct GemmAct {
 // width), `width` floats a row (zeros past N), panel_stride floats from one panel to the next. A
 // product reads its panels where they serve (the fp32 register tiles of that width, B not read
 // in place) instead of B: B's rows are read in order, where the rows of a wide B are pages apart
-// and not prefetched (batch-1 inference: Para-Former-1-12's step 27% faster).
+// and not prefetched (Para-Former-1-12's batch-1 forward pass 22% faster,
+// bench/results/cpu-ab-packed-weights.md).
 struct PackedB {
   const float* data = nullptr;
   int width = 0;
