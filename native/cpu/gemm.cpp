@@ -1630,7 +1630,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
           } else if (in_place < mc) {
             pack_a(transA, A, lda, i0 + in_place, mc - in_place, p0, kc, MR, apack);
           }
-          const float* bblock = bpack + pb * units(KC) * n_panels * NR;
+          const float* bblock = packed ? nullptr : bpack + pb * units(KC) * n_panels * NR;  // (no offsets on null)
           const int64_t row_tiles = (mc + TR - 1) / TR, tiles = row_tiles * (q1 - q0);
           auto tile_at = [&](int64_t n) {  // (column panel, first row) of the task's n-th tile
             return tuning.tile_rows_outer ? std::pair<int64_t, int64_t>{q0 + n % (q1 - q0), n / (q1 - q0) * TR}
