@@ -58,7 +58,7 @@ async function main() {
     for (const [mode, batch] of [['train', 64], ['infer', 64], ['train', 1], ['infer', 1]]) {
       const report = await profileCase(model, mode, batch);
       const f = modelFlops(cfg, batch);
-      const flops = mode === 'train' ? f.train : f.forward;
+      const flops = mode === 'train' ? f.train : f.inference;
       cases.push({ name, mode, batch, flops, report });
       process.stderr.write(`${name} ${mode} b${batch}: ${(1000 * report.seconds / steps).toFixed(2)} ms/step\n`);
     }

@@ -55,8 +55,12 @@ test("the benchmark's FLOP count is what the profiler counts in a real training 
   const { report } = await duat.profile(() => model.trainStep(x, y, { optimizer: opt }));
   const counted = report.families.filter((f) => f.family === 'products' || f.family === 'attention').reduce((s, f) => s + f.flops, 0);
   expect(modelFlops(benchCfg, 8).train).toBe(counted);
-  const fwd = await duat.profile(() => duat.noGrad(() => duat.tidy(() => void model.forward(x))));
+  // A recording forward computes every token; a gradient-free one the last stage's class tokens past attention.
+  const fwd = await duat.profile(() => duat.tidy(() => void model.forward(x)));
   expect(modelFlops(benchCfg, 8).forward).toBe(fwd.report.families.reduce((s, f) => s + f.flops, 0));
+  const inf = await duat.profile(() => duat.noGrad(() => duat.tidy(() => void model.forward(x))));
+  expect(modelFlops(benchCfg, 8).inference).toBe(inf.report.families.reduce((s, f) => s + f.flops, 0));
+  expect(modelFlops(benchCfg, 8).inference).toBeLessThan(modelFlops(benchCfg, 8).forward);
   x.dispose();
   model.dispose();
 });

@@ -186,3 +186,41 @@ describe('inference reuses derived weights (LN folds, fc2 concatenation) and see
     other.dispose();
   });
 });
+
+describe('inference computes the last stage for the class token alone', () => {
+  // The products of one inference pass at batch 2 (rows: 2 x 17 tokens = 34, or the 2 class tokens).
+  const productRows = async (m: duat.ParaFormer, x: duat.Tensor) => {
+    const { report } = await duat.profile(() => duat.noGrad(() => duat.tidy(() => void m.forward(x).toArray())));
+    return report.products.map((p) => Number(p.shape.split('x')[0]));
+  };
+  const recorded = (m: duat.ParaFormer, x: duat.Tensor) => duat.tidy(() => m.forward(x).detach().toArray());
+  const inference = (m: duat.ParaFormer, x: duat.Tensor) => duat.noGrad(() => duat.tidy(() => m.forward(x).toArray()));
+
+  test.each([
+    ['Para-Former-1-4', { depth: 1, branches: 4 }],
+    ['Para-Former-2-3 with layer scale', { depth: 2, branches: 3, layerScale: 0.5 }],
+    ['ViT-3', { depth: 3, branches: 1 }],
+  ])('%s: the same logits as every token gives, from products of 2 rows past the last attention', async (_, o) => {
+    const m = new duat.ParaFormer({ dim: 16, heads: 2, patchSize: 7, seed: 3, ...o });
+    const x = duat.randn([2, 1, 28, 28], { seed: 4 });
+    expect(relErr(inference(m, x), recorded(m, x))).toBeLessThan(1e-6);
+    const rows = await productRows(m, x);
+    // Every stage's QKV over every token; the last stage's projection and MLP over the class tokens.
+    expect(rows.filter((r) => r === 34).length).toBeGreaterThanOrEqual(o.depth);
+    expect(rows).toContain(2);
+    expect(rows.filter((r) => r === 2).length).toBeGreaterThanOrEqual(3);  // proj, fc1, fc2 (+ head)
+    x.dispose();
+    m.dispose();
+  });
+
+  test('a model pooled by the mean of its tokens computes every token', async () => {
+    const m = new duat.ParaFormer({ dim: 16, heads: 2, patchSize: 7, depth: 1, branches: 2, seed: 3, pool: 'avg', layerScale: 0, preNorm: false, patchBias: true });
+    const x = duat.randn([2, 1, 28, 28], { seed: 4 });
+    expect(relErr(inference(m, x), recorded(m, x))).toBeLessThan(1e-6);
+    const rows = await productRows(m, x);
+    expect(rows.filter((r) => r === 34).length).toBeGreaterThanOrEqual(3);  // qkv, proj, fc1, fc2
+    expect(rows.filter((r) => r === 2).length).toBeLessThanOrEqual(1);    // the head alone
+    x.dispose();
+    m.dispose();
+  });
+});

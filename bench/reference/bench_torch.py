@@ -36,10 +36,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x):
+    def forward(self, x, cls_only=False):
+        """cls_only: the class token's query alone (every token's keys and values): (B, 1, C)."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).reshape(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, C))
+        if cls_only:
+            q = q[:, :, :1]
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, q.shape[2], C))
 
 
 class Mlp(nn.Module):
@@ -67,12 +70,21 @@ class Branch(nn.Module):
         a = self.attn(self.norm1(x))
         return a + self.mlp(self.norm2(x + a))
 
+    def forward_cls(self, x):
+        """The class token's term alone, (B, 1, C)."""
+        a = self.attn(self.norm1(x), cls_only=True)
+        return a + self.mlp(self.norm2(x[:, :1] + a))
+
 
 class Block(Branch):
     """timm's ViT block: x + attn(norm1(x)), then + mlp(norm2(.)). The same function as a one-branch stage."""
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+    def forward_cls(self, x):
+        x = x[:, :1] + self.attn(self.norm1(x), cls_only=True)
         return x + self.mlp(self.norm2(x))
 
 
@@ -87,6 +99,12 @@ class Stage(nn.Module):
         for b in self.branches[1:]:
             total = total + b(x)
         return x + self.scale * total
+
+    def forward_cls(self, x):
+        total = self.branches[0].forward_cls(x)
+        for b in self.branches[1:]:
+            total = total + b.forward_cls(x)
+        return x[:, :1] + self.scale * total
 
 
 class ParaFormerEager(nn.Module):
@@ -112,7 +130,13 @@ class ParaFormerEager(nn.Module):
     def forward(self, images):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.head(self.norm(self.blocks(x))[:, 0])
+        if self.training:
+            return self.head(self.norm(self.blocks(x))[:, 0])
+        # In eval mode (inference, and the ONNX export) the last block computes the class token
+        # alone, as duat's inference does (native/model/paraformer.h, model_forward).
+        for blk in self.blocks[:-1]:
+            x = blk(x)
+        return self.head(self.norm(self.blocks[-1].forward_cls(x))[:, 0])
 
     def load_stacked(self, params):
         """Takes duat's parameters (stacked over branches, docs/design.md) into the per-branch modules."""

@@ -50,7 +50,8 @@ class ParaFormer(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def stage(self, x, s):
+    def stage(self, x, s, cls_only=False):
+        """cls_only: the class token's output alone, (B, 1, C) (what the logits read of the last stage)."""
         B, T, C = x.shape
         N, H = self.N, self.heads
         D = C // H
@@ -58,7 +59,9 @@ class ParaFormer(nn.Module):
         h1 = xn.unsqueeze(0) * s.norm1.weight[:, None, None] + s.norm1.bias[:, None, None]  # (N, B, T, C)
         qkv = torch.einsum("nbtc,noc->nbto", h1, s.attn.qkv.weight) + s.attn.qkv.bias[:, None, None]
         q, k, v = qkv.reshape(N, B, T, 3, H, D).permute(3, 0, 1, 4, 2, 5)                  # (N, B, H, T, D)
-        o = F.scaled_dot_product_attention(q, k, v).permute(0, 1, 3, 2, 4).reshape(N, B, T, C)
+        if cls_only:
+            q, x = q[:, :, :, :1], x[:, :1]
+        o = F.scaled_dot_product_attention(q, k, v).permute(0, 1, 3, 2, 4).reshape(N, B, x.shape[1], C)
         a = torch.einsum("nbtc,noc->nbto", o, s.attn.proj.weight) + s.attn.proj.bias[:, None, None]
         u = F.layer_norm(x.unsqueeze(0) + a, (C,), eps=1e-6) * s.norm2.weight[:, None, None] + s.norm2.bias[:, None, None]
         hid = F.gelu(torch.einsum("nbtc,nmc->nbtm", u, s.mlp.fc1.weight) + s.mlp.fc1.bias[:, None, None])
@@ -68,8 +71,10 @@ class ParaFormer(nn.Module):
     def forward(self, images):
         x = self.patch_embed.proj(images).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        for s in self.stages:
-            x = self.stage(x, s)
+        # In eval mode the last stage computes the class token alone, as duat's inference does
+        # (native/model/paraformer.h, model_forward): the other tokens' outputs reach no logit.
+        for i, s in enumerate(self.stages):
+            x = self.stage(x, s, cls_only=not self.training and i == len(self.stages) - 1)
         return self.head(self.norm(x)[:, 0])
 
     def no_decay(self):

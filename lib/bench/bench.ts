@@ -56,7 +56,7 @@ export interface Row {
   name: string;
   depth: number;
   branches: number;
-  flops: { infer: number; train: number };  // analytic, per image at batch 1 and per step at `batch`
+  flops: { infer: number; train: number };  // analytic (modelFlops: inference, train), per image at batch 1 and per step at `batch`
   runs: Runs[];
 }
 
@@ -107,26 +107,29 @@ export interface Config {
 /**
  * Analytic floating-point operations: every product of the model (patch embedding, q/k/v,
  * projection, MLP, head) and attention's QK^T and PV, for `batch` images. Training adds the
- * backward products: dX and dW of every layer (dW only for the patch embedding).
+ * backward products: dX and dW of every layer (dW only for the patch embedding). `inference`: what
+ * duat's gradient-free forward computes, whose last stage runs its projection and MLP for the
+ * class token alone (native/model/paraformer.h, model_forward); `forward` counts every token.
  */
-export function modelFlops(c: Config, batch: number): { forward: number; train: number } {
+export function modelFlops(c: Config, batch: number): { forward: number; inference: number; train: number } {
   const tokens = (c.imageSize / c.patchSize) ** 2, T = tokens + 1, hidden = c.dim * c.mlpRatio;
-  const linears = [
+  const perToken = (rows: number, count: number) => [
+    { rows, inF: c.dim, outF: c.dim, count, needsDx: true },
+    { rows, inF: c.dim, outF: hidden, count, needsDx: true },
+    { rows, inF: hidden, outF: c.dim, count, needsDx: true },
+  ];
+  const shared = [
     { rows: batch * tokens, inF: c.channels * c.patchSize ** 2, outF: c.dim, count: 1, needsDx: false },
     { rows: batch * T, inF: c.dim, outF: 3 * c.dim, count: c.depth * c.branches, needsDx: true },
-    { rows: batch * T, inF: c.dim, outF: c.dim, count: c.depth * c.branches, needsDx: true },
-    { rows: batch * T, inF: c.dim, outF: hidden, count: c.depth * c.branches, needsDx: true },
-    { rows: batch * T, inF: hidden, outF: c.dim, count: c.depth * c.branches, needsDx: true },
     { rows: batch, inF: c.dim, outF: c.classes, count: 1, needsDx: true },
   ];
-  let forward = 0, train = 0;
-  for (const l of linears) {
-    const f = 2 * l.rows * l.inF * l.outF * l.count;
-    forward += f;
-    train += f * (l.needsDx ? 3 : 2);
-  }
+  const sum = (ls: { rows: number; inF: number; outF: number; count: number }[]) =>
+    ls.reduce((s, l) => s + 2 * l.rows * l.inF * l.outF * l.count, 0);
+  const every = [...shared, ...perToken(batch * T, c.depth * c.branches)];
+  const train = every.reduce((s, l) => s + 2 * l.rows * l.inF * l.outF * l.count * (l.needsDx ? 3 : 2), 0);
+  const inference = sum([...shared, ...perToken(batch * T, (c.depth - 1) * c.branches), ...perToken(batch, c.branches)]);
   const attention = 4 * batch * c.depth * c.branches * c.heads * T * T * (c.dim / c.heads);
-  return { forward: forward + attention, train: train + 3 * attention };
+  return { forward: sum(every) + attention, inference: inference + attention, train: train + 3 * attention };
 }
 
 function runJson(cmd: string, args: string[]): Measurement {
@@ -205,7 +208,7 @@ export function runBench(o: BenchOptions, log: (s: string) => void = () => {}): 
   const rows: Row[] = configs(o).map((c) => {
     const cfg = { ...SIZES[o.size], depth: c.depth, branches: c.branches };
     const f1 = modelFlops(cfg, 1), fb = modelFlops(cfg, o.batch);
-    return { ...c, flops: { infer: f1.forward, train: fb.train }, runs: runners.map((r) => ({ runner: r.runner, mode: r.mode, runs: [] })) };
+    return { ...c, flops: { infer: f1.inference, train: fb.train }, runs: runners.map((r) => ({ runner: r.runner, mode: r.mode, runs: [] })) };
   });
   try {
     for (let round = 0; round < o.rounds; round++) {

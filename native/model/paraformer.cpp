@@ -203,22 +203,28 @@ std::vector<Tensor> model_param_list(const ModelParams& p) {
 
 Device model_device(const ModelParams& p) { return p.patch_w->device; }
 
-Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig& c) {
+Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig& c, bool class_token_only) {
   const int64_t B = x_in->shape[0], T1 = x_in->shape[1], C = c.dim, N = c.branches, M = c.mlp_hidden, BT = B * T1;
+  DUAT_CHECK(!(class_token_only && c.branch_parallel), ERROR_ARGUMENT,
+             "stage_forward: the class token alone is not computed branch-parallel");
   // Branch-parallel: every rank's branches read the same input, whose gradient is summed over
   // the ranks in backward; their partial sums are summed in forward, and every rank adds the
   // residual to the whole sum.
   Communicator* comm = c.branch_parallel ? &require_communicator("a branch-parallel forward") : nullptr;
   const Tensor x = comm ? branch_input(x_in, *comm) : x_in;
   const Tensor xf = reshape(x, {BT, C});
-  const Tensor resid = comm ? zeros({BT, C}, DTYPE_F32, x->device) : xf;
   // Attention of every branch: shared norm, one QKV product, one attention op (qkv's one
   // consumer: the QKV bias's gradient comes out of its backward, ops.h, GeluLink).
   const auto qkv_link = grad_enabled() ? std::make_shared<GeluLink>() : nullptr;
   const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p, qkv_link);          // (N, BT, 3C)
   const Tensor att =
       attention(reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C}), c.heads, N, qkv_link);  // (B, T1, N*C)
-  const Tensor att_n = permute(reshape(att, {BT, N, C}), {1, 0, 2});                            // (N, BT, C) view
+  // Past attention every row is its token's own: the class token's rows alone where only they are
+  // wanted (R rows: B, else BT).
+  const int64_t R = class_token_only ? B : BT;
+  const Tensor att_r = class_token_only ? contiguous(slice(att, 1, 0, 1, 1)) : att;
+  const Tensor x_r = class_token_only ? reshape(contiguous(slice(x, 1, 0, 1, 1)), {B, C}) : xf;  // (R, C)
+  const Tensor att_n = permute(reshape(att_r, {R, N, C}), {1, 0, 2});                             // (N, R, C) view
   std::pair<Tensor, Tensor> proj = layer_scaled(p.proj_w, p.proj_b, p.ls1, DERIVED_LS1);
   Tensor proj_packed;
   if (!grad_enabled() && proj.first->device == DEVICE_CPU) {  // (a cached value must never be its source)
@@ -229,10 +235,10 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
     proj.first = k[0], proj_packed = k[1];
   }
   const Tensor a = branch_linear(att_n, proj.first, proj.second, nullptr, nullptr, false, false, nullptr,
-                                 proj_packed);  // (N, BT, C)
+                                 proj_packed);  // (N, R, C)
   // The MLP of every branch on LN2(x + a_b), LN2's affine folded into fc1.
-  const Tensor u = layernorm(a, nullptr, nullptr, c.eps, xf);                                    // (N, BT, C)
-  Tensor h;                                                                                      // (N, BT, M)
+  const Tensor u = layernorm(a, nullptr, nullptr, c.eps, x_r);                                   // (N, R, C)
+  Tensor h;                                                                                      // (N, R, M)
   // fc1's GELU joined to the stage sum, h's one consumer: its gradient comes out of the sum's
   // product (ops.h, GeluLink).
   const auto link = grad_enabled() ? std::make_shared<GeluLink>() : nullptr;
@@ -253,8 +259,9 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
                                : reshape(contiguous(permute(fc2_w, {1, 0, 2})), {C, N * M});
     return std::vector<Tensor>{w, sum(fc2_b, {0}, false), cpu_cache ? pack_weight(w, 1) : nullptr};
   });
+  const Tensor resid = comm ? zeros({BT, C}, DTYPE_F32, x->device) : x_r;
   const Tensor y = stage_sum(resid, h, w2[0], w2[1], a, c.branch_scale, link, w2[2]);
-  if (!comm) return reshape(y, {B, T1, C});
+  if (!comm) return reshape(y, {B, R / B, C});
   return add(x_in, reshape(branch_reduce(y, *comm), {B, T1, C}));
 }
 
@@ -296,9 +303,12 @@ std::pair<StageParams, ModelConfig> active_stage(const StageParams& p, const Mod
 
 Tensor model_forward(const Tensor& images, const ModelParams& p, const ModelConfig& c) {
   Tensor x = embed(images, p, c);
-  for (const StageParams& s : p.stages) {
-    const std::pair<StageParams, ModelConfig> active = active_stage(s, c);
-    x = stage_forward(x, active.first, active.second);
+  // The logits read the class token alone (or the mean of every token): without a gradient to
+  // carry back through the others, the last stage computes that token's row only.
+  const bool class_token_only = !grad_enabled() && !c.avg_pool && !c.branch_parallel;
+  for (size_t i = 0; i < p.stages.size(); i++) {
+    const std::pair<StageParams, ModelConfig> active = active_stage(p.stages[i], c);
+    x = stage_forward(x, active.first, active.second, class_token_only && i + 1 == p.stages.size());
   }
   const int64_t B = x->shape[0];
   // The class token, or the mean of the patch tokens (fc_norm then takes norm's place).

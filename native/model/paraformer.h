@@ -77,9 +77,14 @@ void check_model_config(const ModelConfig& c);
 Device model_device(const ModelParams& p);
 
 // x (B, T1, C) -> the stage's output; with c.branch_parallel a collective over every rank.
-Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c);
+// class_token_only: the output of the class token alone, (B, 1, C): every token's keys and values
+// (attention reads them all), the projection, MLP and sum of the class token's row only; the same
+// values as that row of the whole output. Not with c.branch_parallel.
+Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c, bool class_token_only = false);
 // images (B, channels, S, S), on any device (copied to the parameters' device, differentiably)
-// -> logits (B, classes) on the parameters' device.
+// -> logits (B, classes) on the parameters' device. Without a gradient, a model pooled by its class
+// token computes its last stage for that token alone past attention (stage_forward's
+// class_token_only): the other tokens' last outputs reach no logit.
 Tensor model_forward(const Tensor& images, const ModelParams& p, const ModelConfig& c);
 // Every stage's attention probabilities for `images`, each (B, N*H, T+1, T+1); no gradient.
 std::vector<Tensor> model_attention_maps(const Tensor& images, const ModelParams& p, const ModelConfig& c);

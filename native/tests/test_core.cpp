@@ -54,6 +54,17 @@ void expect(bool ok, const std::string& what) {
   }
 }
 
+// fn throws an Error with this code (any other outcome fails the check).
+void expect_error(const std::function<void()>& fn, ErrorCode code, const std::string& what) {
+  bool refused = false;
+  try {
+    fn();
+  } catch (const Error& e) {
+    refused = e.code() == code;
+  }
+  expect(refused, what + " is refused with its error code");
+}
+
 // GELU's derivative in double precision, the erf form: Phi(x) + x phi(x).
 double gelu_grad_exact(double x) {
   return 0.5 * (1.0 + std::erf(x / std::sqrt(2.0))) + x * std::exp(-0.5 * x * x) / std::sqrt(2.0 * M_PI);
@@ -111,13 +122,8 @@ void test_amx_refused() {
     std::printf("skip the refusal of AMX: this CPU has AMX tiles\n");
     return;
   }
-  bool refused = false;
-  try {
-    cpu_amx_set(true);
-  } catch (const Error& e) {
-    refused = e.code() == ERROR_ARGUMENT;
-  }
-  expect(refused && !cpu_amx_active(), "cpu_amx_set(true) without AMX tiles is refused and leaves AMX off");
+  expect_error([] { cpu_amx_set(true); }, ERROR_ARGUMENT, "cpu_amx_set(true) without AMX tiles");
+  expect(!cpu_amx_active(), "a refused cpu_amx_set(true) leaves AMX off");
 }
 
 // bf16 products against the products of the bf16-rounded operands summed in fp64: every layout,
@@ -1304,14 +1310,9 @@ void test_gemm_tunings_same_bits(CpuIsa isa) {
   }
   gemm_tuning_set(saved);
   for (const int64_t cols : {int64_t{0}, int64_t{100}, int64_t{-32}}) {
-    bool refused = false;
-    try {
-      gemm_tuning_set(GemmTuning{false, false, cols});
-    } catch (const Error& e) {
-      refused = e.code() == ERROR_ARGUMENT;
-    }
-    expect(refused && gemm_tuning().chunk_cols == saved.chunk_cols,
-           "gemm_tuning_set refuses chunks of " + std::to_string(cols) + " columns (not a positive multiple of 32)");
+    const std::string what = "gemm_tuning_set with chunks of " + std::to_string(cols) + " columns (not a positive multiple of 32)";
+    expect_error([&] { gemm_tuning_set(GemmTuning{false, false, cols}); }, ERROR_ARGUMENT, what);
+    expect(gemm_tuning().chunk_cols == saved.chunk_cols, what + " leaves the tuning as it was");
   }
 }
 
@@ -1383,16 +1384,6 @@ void test_gemm_packed_b(CpuIsa isa) {
 std::vector<float> to_vector(const Tensor& t) {
   const Tensor c = contiguous(t);
   return std::vector<float>(c->ptr_f32(), c->ptr_f32() + c->numel());
-}
-
-void expect_error(const std::function<void()>& fn, ErrorCode code, const std::string& what) {
-  bool refused = false;
-  try {
-    fn();
-  } catch (const Error& e) {
-    refused = e.code() == code;
-  }
-  expect(refused, what + " is refused with its error code");
 }
 
 // pack_weight and the ops that read its panels (branch_linear one product wide and per branch,
@@ -1886,13 +1877,7 @@ void test_device() {
   set_test_device(true);
   {
     const Tensor t = empty({4}, DTYPE_F32, DEVICE_CUDA);
-    bool refused = false;
-    try {
-      t->f32();
-    } catch (const Error& e) {
-      refused = e.code() == ERROR_DEVICE;
-    }
-    expect(refused, "host access to a tensor on the test device is a DeviceError");
+    expect_error([&] { t->f32(); }, ERROR_DEVICE, "host access to a tensor on the test device");
     const Tensor h = to_device(t, DEVICE_CPU);
     expect(std::isnan(h->f32()[0]) && std::isnan(h->f32()[3]), "fresh memory of the test device reads as NaN");
     const Tensor z = to_device(zeros({3}, DTYPE_F32, DEVICE_CUDA), DEVICE_CPU);
@@ -1905,16 +1890,10 @@ void test_device() {
     }
     expect(mixed, "an op over two devices is a DeviceError naming both");
   }
-  bool switch_refused = false;
   {
     const Tensor alive = zeros({2}, DTYPE_F32, DEVICE_CUDA);
-    try {
-      set_test_device(false);
-    } catch (const Error& e) {
-      switch_refused = e.code() == ERROR_STATE;
-    }
+    expect_error([] { set_test_device(false); }, ERROR_STATE, "switching the test device while a tensor lives on it");
   }
-  expect(switch_refused, "the test device cannot be switched while a tensor lives on it");
   std::mt19937_64 rng(7);
   parity::Report r;
   r.quiet = true;
@@ -2081,6 +2060,10 @@ void test_distributed_step() {
     {
       GradMode no_grad(false);
       expect(max_diff(whole.forward(x), part.forward(x)) < 1e-5, "branch parallel on twin ranks: the whole model's logits" + on);
+      // (whole's forward computes its last stage for the class token alone; a branch-parallel
+      // stage every token: its ranks sum every row.)
+      expect_error([&] { stage_forward(randn({5, 5, 16}, 1, 0.0f, 1.0f, dev), part.structured().stages[0], part_c, true); },
+                   ERROR_ARGUMENT, "the class token alone of a branch-parallel stage" + on);
     }
     o.data_parallel = false;
     const StepResult w = train_step(whole, x, y, nullptr, {}, o);
@@ -2097,13 +2080,7 @@ void test_distributed_step() {
   set_test_device(false);
   distributed_finalize();
   expect(communicator() == nullptr, "finalize drops the communicator");
-  bool refused = false;
-  try {
-    distributed_init_mpi("");
-  } catch (const Error& e) {
-    refused = e.code() == ERROR_DISTRIBUTED;
-  }
-  expect(refused, "no second job after finalize");
+  expect_error([] { distributed_init_mpi(""); }, ERROR_DISTRIBUTED, "a second job after finalize");
 }
 
 int main() {
