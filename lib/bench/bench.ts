@@ -108,8 +108,9 @@ export interface Config {
  * Analytic floating-point operations: every product of the model (patch embedding, q/k/v,
  * projection, MLP, head) and attention's QK^T and PV, for `batch` images. Training adds the
  * backward products: dX and dW of every layer (dW only for the patch embedding). `inference`: what
- * duat's gradient-free forward computes, whose last stage runs its projection and MLP for the
- * class token alone (native/model/paraformer.h, model_forward); `forward` counts every token.
+ * duat's gradient-free forward computes, whose last stage runs attention for the class token's
+ * query and its projection and MLP for that token alone (native/model/paraformer.h, model_forward);
+ * `forward` counts every token.
  */
 export function modelFlops(c: Config, batch: number): { forward: number; inference: number; train: number } {
   const tokens = (c.imageSize / c.patchSize) ** 2, T = tokens + 1, hidden = c.dim * c.mlpRatio;
@@ -128,8 +129,10 @@ export function modelFlops(c: Config, batch: number): { forward: number; inferen
   const every = [...shared, ...perToken(batch * T, c.depth * c.branches)];
   const train = every.reduce((s, l) => s + 2 * l.rows * l.inF * l.outF * l.count * (l.needsDx ? 3 : 2), 0);
   const inference = sum([...shared, ...perToken(batch * T, (c.depth - 1) * c.branches), ...perToken(batch, c.branches)]);
-  const attention = 4 * batch * c.depth * c.branches * c.heads * T * T * (c.dim / c.heads);
-  return { forward: sum(every) + attention, inference: inference + attention, train: train + 3 * attention };
+  // QK^T and PV of a stage for `queries` queries a head (inference: the last stage's class token).
+  const att = (queries: number) => 4 * batch * c.branches * c.heads * T * queries * (c.dim / c.heads);
+  const attention = c.depth * att(T);
+  return { forward: sum(every) + attention, inference: inference + (c.depth - 1) * att(T) + att(1), train: train + 3 * attention };
 }
 
 function runJson(cmd: string, args: string[]): Measurement {

@@ -244,6 +244,12 @@ class Backend {
   // qkv (B, T, N*3C) -> out (B, T, N*C) for every (b, n, h) (dm::AttnLayout); lse (B, N, H, T)
   // written when non-null (training keeps it: backward recomputes the probabilities from it).
   virtual void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) = 0;
+  // The first `queries` rows of attention_forward's out alone, out (B, queries, N*C) (inference of
+  // the class token: every key and value, one query), no statistics; where
+  // attention_first_queries() says the device has it (else attention_first in ops.h computes
+  // every row and keeps the first). This default refuses.
+  virtual bool attention_first_queries() const { return false; }
+  virtual void attention_forward_first(const dm::AttnLayout& L, int64_t B, int64_t queries, const float* qkv, float* out);
   // dqkv (B, T, N*3C) written from dout, qkv, out and lse; delta is scratch of (B, N, H, T).
   virtual void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
                                   const float* out, const float* lse, float* delta, float* dqkv) = 0;

@@ -62,6 +62,10 @@ void Backend::gelu_backward_bias(const float* x, const float* dy, float* dx, flo
   gelu_backward_bias_passes(*this, x, dy, dx, db, batch, rows, cols, cols, accumulate);
 }
 
+void Backend::attention_forward_first(const dm::AttnLayout&, int64_t, int64_t, const float*, float*) {
+  throw Error(ERROR_DEVICE, std::string(name()) + " computes attention for every query (attention_first_queries() is false)");
+}
+
 void Backend::pack_b(const float*, int64_t, int64_t, int64_t, float*) {
   throw Error(ERROR_DEVICE, std::string(name()) + " products read weights as they are (packed_b_width() is 0)");
 }

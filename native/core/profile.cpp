@@ -135,9 +135,10 @@ std::string reduce_label(const ReduceArgs& a) {
   return "reduce " + dims(a.nd, a.shape) + " -> " + kept;
 }
 
-double attention_flops(const dm::AttnLayout& L, int64_t B) {
-  return 4.0 * static_cast<double>(B * L.N * L.H) * static_cast<double>(L.T * L.T * L.D);  // QK^T and PV
+double attention_flops(const dm::AttnLayout& L, int64_t B, int64_t queries) {
+  return 4.0 * static_cast<double>(B * L.N * L.H) * static_cast<double>(queries * L.T * L.D);  // QK^T and PV
 }
+double attention_flops(const dm::AttnLayout& L, int64_t B) { return attention_flops(L, B, L.T); }
 
 class ProfilingBackend final : public Backend {
  public:
@@ -234,6 +235,11 @@ class ProfilingBackend final : public Backend {
   void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) override {
     Scope s(PROFILE_ATTENTION, attention_flops(L, B), "attention_forward");
     in_.attention_forward(L, B, qkv, out, lse);
+  }
+  bool attention_first_queries() const override { return in_.attention_first_queries(); }
+  void attention_forward_first(const dm::AttnLayout& L, int64_t B, int64_t queries, const float* qkv, float* out) override {
+    Scope s(PROFILE_ATTENTION, attention_flops(L, B, queries), "attention_forward_first");
+    in_.attention_forward_first(L, B, queries, qkv, out);
   }
   void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv, const float* out,
                           const float* lse, float* delta, float* dqkv) override {

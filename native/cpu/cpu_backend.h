@@ -38,6 +38,8 @@ class CpuBackend : public Backend {
   void pack_b(const float* B, int64_t K, int64_t N, int64_t ldb, float* out) override;
   void gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) override;
   void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) override;
+  bool attention_first_queries() const override { return true; }
+  void attention_forward_first(const dm::AttnLayout& L, int64_t B, int64_t queries, const float* qkv, float* out) override;
   void attention_backward(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv, const float* out,
                           const float* lse, float* delta, float* dqkv) override;
   void attention_backward_bias(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv, const float* out,

@@ -198,32 +198,49 @@ void for_each_head(const dm::AttnLayout& L, int64_t B, const float* qkv, Fn fn) 
   });
 }
 
-// Row stride of the keys x queries scratch.
-int64_t padded_queries(const dm::AttnLayout& L) { return (L.T + 15) / 16 * 16; }
+// Row stride of the keys x queries scratch for `queries` queries.
+int64_t padded_queries(int64_t queries) { return (queries + 15) / 16 * 16; }
+int64_t padded_queries(const dm::AttnLayout& L) { return padded_queries(L.T); }
 
 // A head's keys x queries block in the thread's scratch v, starting on a 64-byte line: its rows
 // whole vectors on every thread (where a vector's allocation happens to fall moved attention by 8%).
-float* keys_by_queries(std::vector<float>& v, const dm::AttnLayout& L) { return line_aligned(v, L.T * padded_queries(L)); }
-}  // namespace
+float* keys_by_queries(std::vector<float>& v, const dm::AttnLayout& L, int64_t queries) {
+  return line_aligned(v, L.T * padded_queries(queries));
+}
+float* keys_by_queries(std::vector<float>& v, const dm::AttnLayout& L) { return keys_by_queries(v, L, L.T); }
 
-void CpuBackend::attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) {
+// The forward of the first `queries` queries of every head against all T keys: out (B, queries,
+// N*C), lse (B, N, H, T) when non-null (every query).
+void attention_forward_queries(const dm::AttnLayout& L, int64_t B, int64_t queries, const float* qkv, float* out,
+                               float* lse) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
-  const int64_t T = L.T, ld = L.ld_in(), tp = padded_queries(L);
+  const int64_t T = L.T, ld = L.ld_in(), tp = padded_queries(queries);
   for_each_head(L, B, qkv, [&](int64_t, int64_t b, int64_t n, int64_t h) {
     thread_local std::vector<float> scratch, max, inv_sum;  // P^T; each query's largest score, 1 / sum
-    float* P = keys_by_queries(scratch, L);
-    max.assign(static_cast<size_t>(T), -INFINITY);
-    inv_sum.resize(static_cast<size_t>(T));
+    float* P = keys_by_queries(scratch, L, queries);
+    max.assign(static_cast<size_t>(queries), -INFINITY);
+    inv_sum.resize(static_cast<size_t>(queries));
     // S^T = scale * K Q^T, each query's maximum found as its column's tiles finish
-    sgemm_small_then(SmallThen::col_max, false, true, T, T, L.D, scale, qkv + L.k_offset(b, n, h), ld,
+    sgemm_small_then(SmallThen::col_max, false, true, T, queries, L.D, scale, qkv + L.k_offset(b, n, h), ld,
                      qkv + L.q_offset(b, n, h), ld, P, tp, {max.data()});
-    softmax_lse_cols_cpu(P, tp, T, T, lse ? lse + L.stat_offset(b, n, h) : nullptr, max.data(), inv_sum.data());
+    softmax_lse_cols_cpu(P, tp, T, queries, lse ? lse + L.stat_offset(b, n, h) : nullptr, max.data(), inv_sum.data());
     // O = P V = (P^T)^T V, each query's row divided by its sum of exponentials as it is stored
     SmallThenArgs normalise;
     normalise.row = inv_sum.data();
-    sgemm_small_then(SmallThen::row_scale, true, false, T, L.D, T, 1.0f, P, tp, qkv + L.v_offset(b, n, h), ld,
-                     out + L.out_offset(b, n, h), L.ld_out(), normalise);
+    float* o = out + b * queries * L.ld_out() + n * L.C + h * L.D;  // L.out_offset with `queries` rows an image
+    sgemm_small_then(SmallThen::row_scale, true, false, queries, L.D, T, 1.0f, P, tp, qkv + L.v_offset(b, n, h), ld, o,
+                     L.ld_out(), normalise);
   });
+}
+}  // namespace
+
+void CpuBackend::attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) {
+  attention_forward_queries(L, B, L.T, qkv, out, lse);
+}
+
+void CpuBackend::attention_forward_first(const dm::AttnLayout& L, int64_t B, int64_t queries, const float* qkv,
+                                         float* out) {
+  attention_forward_queries(L, B, queries, qkv, out, nullptr);
 }
 
 // Backward: P^T rebuilt from the scores and the log-sum-exp as the score product finishes each

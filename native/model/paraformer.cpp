@@ -217,12 +217,12 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   // consumer: the QKV bias's gradient comes out of its backward, ops.h, GeluLink).
   const auto qkv_link = grad_enabled() ? std::make_shared<GeluLink>() : nullptr;
   const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p, qkv_link);          // (N, BT, 3C)
-  const Tensor att =
-      attention(reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C}), c.heads, N, qkv_link);  // (B, T1, N*C)
-  // Past attention every row is its token's own: the class token's rows alone where only they are
-  // wanted (R rows: B, else BT).
+  // Past attention's keys and values every row is its token's own: the class token's query and
+  // rows alone where only they are wanted (R rows: B, else BT).
+  const Tensor qkv_b = reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C});
+  const Tensor att_r = class_token_only ? attention_first(qkv_b, c.heads, N, 1)  // (B, 1, N*C)
+                                        : attention(qkv_b, c.heads, N, qkv_link);  // (B, T1, N*C)
   const int64_t R = class_token_only ? B : BT;
-  const Tensor att_r = class_token_only ? contiguous(slice(att, 1, 0, 1, 1)) : att;
   const Tensor x_r = class_token_only ? reshape(contiguous(slice(x, 1, 0, 1, 1)), {B, C}) : xf;  // (R, C)
   const Tensor att_n = permute(reshape(att_r, {R, N, C}), {1, 0, 2});                             // (N, R, C) view
   std::pair<Tensor, Tensor> proj = layer_scaled(p.proj_w, p.proj_b, p.ls1, DERIVED_LS1);

@@ -77,9 +77,9 @@ void check_model_config(const ModelConfig& c);
 Device model_device(const ModelParams& p);
 
 // x (B, T1, C) -> the stage's output; with c.branch_parallel a collective over every rank.
-// class_token_only: the output of the class token alone, (B, 1, C): every token's keys and values
-// (attention reads them all), the projection, MLP and sum of the class token's row only; the same
-// values as that row of the whole output. Not with c.branch_parallel.
+// class_token_only: the output of the class token alone, (B, 1, C): every token's keys and values,
+// the class token's query (attention_first), and the projection, MLP and sum of its row only; the
+// same values as that row of the whole output. Without a gradient only; not with c.branch_parallel.
 Tensor stage_forward(const Tensor& x, const StageParams& p, const ModelConfig& c, bool class_token_only = false);
 // images (B, channels, S, S), on any device (copied to the parameters' device, differentiably)
 // -> logits (B, classes) on the parameters' device. Without a gradient, a model pooled by its class

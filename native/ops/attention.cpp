@@ -62,6 +62,21 @@ Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches, const std::
   });
 }
 
+Tensor attention_first(const Tensor& qkv, int64_t heads, int64_t branches, int64_t queries) {
+  const dm::AttnLayout L = attention_layout(qkv, heads, branches, "attentionFirst");
+  DUAT_CHECK(queries >= 1 && queries <= L.T, ERROR_ARGUMENT,
+             "attentionFirst: queries must be 1 to " + std::to_string(L.T) + " (the tokens), got " + std::to_string(queries));
+  DUAT_CHECK(!any_requires_grad({qkv}), ERROR_STATE,
+             "attentionFirst: computes no gradient; call it without one (noGrad) or on values that need none");
+  const int64_t B = qkv->shape[0];
+  Backend& be = backend(qkv->device);
+  if (!be.attention_first_queries()) return contiguous(slice(attention(qkv, heads, branches), 1, 0, queries, 1));
+  const Tensor x = contiguous_data(qkv);
+  Tensor out = empty({B, queries, L.N * L.C}, DTYPE_F32, qkv->device);
+  if (B) be.attention_forward_first(L, B, queries, x->ptr_f32(), out->ptr_f32());
+  return out;
+}
+
 Tensor attention_probs(const Tensor& qkv, int64_t heads, int64_t branches) {
   const dm::AttnLayout L = attention_layout(qkv, heads, branches, "attentionProbs");
   const int64_t B = qkv->shape[0];

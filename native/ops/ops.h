@@ -69,6 +69,10 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, c
 // gradient it writes is all qkv gets.
 struct GeluLink;
 Tensor attention(const Tensor& qkv, int64_t heads, int64_t branches = 1, const std::shared_ptr<GeluLink>& link = nullptr);
+// The first `queries` rows of attention's output alone, (B, queries, N*C), for inference (the
+// class token's query against every key): refused where it would record a gradient. On devices
+// without it (Backend::attention_first_queries) every row is computed and the first kept.
+Tensor attention_first(const Tensor& qkv, int64_t heads, int64_t branches, int64_t queries);
 // The attention probabilities (B, N*H, T, T) of the same computation; no gradient.
 Tensor attention_probs(const Tensor& qkv, int64_t heads, int64_t branches = 1);
 

@@ -68,6 +68,8 @@ class TestDevice : public CpuBackend {
     count(), CpuBackend::dropout(x, out, n, p, seed, accumulate);
   }
   void gemm(const GemmArgs& g) override { count(), CpuBackend::gemm(g); }
+  // As the CUDA backend: attention for every query (attention_first's fallback runs here).
+  bool attention_first_queries() const override { return false; }
   void attention_forward(const dm::AttnLayout& L, int64_t B, const float* qkv, float* out, float* lse) override {
     count(), CpuBackend::attention_forward(L, B, qkv, out, lse);
   }

@@ -1956,6 +1956,36 @@ double max_diff(const Tensor& a, const Tensor& b) {
   return m;
 }
 
+// attention_first: the first rows of attention's output, on the CPU (its own kernel, which finds
+// a column's maximum and sums over keys for 1 to 17 queries, sixteen queries to a vector) and on
+// the test device (which, as CUDA, computes every row and keeps the first); its errors.
+void test_attention_first() {
+  GradMode no_grad(false);
+  struct Case { int64_t B, T, N, H, D, queries; };
+  for (const Case k : {Case{1, 50, 4, 3, 64, 1}, Case{5, 17, 2, 2, 8, 1}, Case{3, 33, 1, 3, 16, 17}, Case{2, 9, 3, 1, 4, 9}}) {
+    for (const Device dev : {DEVICE_CPU, DEVICE_CUDA}) {
+      set_test_device(dev == DEVICE_CUDA);
+      {
+        const Tensor qkv = randn({k.B, k.T, k.N * 3 * k.H * k.D}, 21, 0.0f, 1.0f, dev);
+        const Tensor want = contiguous(slice(attention(qkv, k.H, k.N), 1, 0, k.queries, 1));
+        const Tensor got = attention_first(qkv, k.H, k.N, k.queries);
+        const double d = max_diff(got, want);
+        expect(d < 1e-6, "attention_first of " + std::to_string(k.queries) + " of " + std::to_string(k.T) +
+                             " queries: the first rows of attention (" + device_name(dev) + ", worst " + std::to_string(d) + ")");
+      }
+      set_test_device(false);
+    }
+  }
+  const Tensor qkv = randn({2, 5, 12}, 3, 0.0f, 1.0f);
+  expect_error([&] { attention_first(qkv, 2, 1, 0); }, ERROR_ARGUMENT, "attention_first of no queries");
+  expect_error([&] { attention_first(qkv, 2, 1, 6); }, ERROR_ARGUMENT, "attention_first of more queries than tokens");
+  expect_error([&] { attention_first(qkv, 3, 1, 1); }, ERROR_SHAPE, "attention_first with heads that do not divide the width");
+  GradMode grad(true);
+  const Tensor w = randn({2, 5, 12}, 4, 0.0f, 1.0f);
+  w->requires_grad = true;
+  expect_error([&] { attention_first(w, 2, 1, 1); }, ERROR_STATE, "attention_first where a gradient would be recorded");
+}
+
 // A two-stage model of two branches on 8 x 8 images, its random parameters, five images and
 // their labels: the jobs the step tests below compare between devices and ranks.
 struct TinyJob {
@@ -2135,6 +2165,7 @@ int main() {
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_tunings_same_bits(static_cast<CpuIsa>(isa));
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_packed_b(static_cast<CpuIsa>(isa));
   test_packed_weights();
+  test_attention_first();
   cpu_isa_set(cpu_isa_best());
   test_math();
   test_autograd_fanout();
