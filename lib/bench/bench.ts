@@ -341,7 +341,9 @@ PyTorch variants (bench/reference/bench_torch.py): **eager** (one module per bra
 branches summed in a loop; the serial ViT rows are timm's block), **einsum** (a stage's branches
 batched), **compile** (torch.compile of eager), and each **+bf16** (CPU autocast). Every comparison
 is against the fastest variant of that row, named in the cell. ONNX Runtime runs the eager model
-exported to ONNX (opset 17), CPU execution provider, all graph optimisations. Speed-up = their
+exported to ONNX (opset 17), CPU execution provider, all graph optimisations. Inference, every
+runner: the last stage computes the class token alone past attention's keys and values (duat's
+gradient-free forward; the PyTorch references in eval mode, and so the exported model). Speed-up = their
 time / duat's time. GFLOP/s: analytic FLOPs (products and attention) over duat's step time, and
 the fraction of the measured peak of that precision; "alongside": the fraction of the same peak
 measured in the worker after each timed step (${PEAK_ALONGSIDE_SECONDS * 1000} ms of FMA chains; the median of a round's
