@@ -261,7 +261,7 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   });
   const Tensor resid = comm ? zeros({BT, C}, DTYPE_F32, x->device) : x_r;
   const Tensor y = stage_sum(resid, h, w2[0], w2[1], a, c.branch_scale, link, w2[2]);
-  if (!comm) return reshape(y, {B, R / B, C});
+  if (!comm) return reshape(y, {B, class_token_only ? 1 : T1, C});
   return add(x_in, reshape(branch_reduce(y, *comm), {B, T1, C}));
 }
 
