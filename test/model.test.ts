@@ -224,3 +224,19 @@ describe('inference computes the last stage for the class token alone', () => {
     m.dispose();
   });
 });
+
+test('an empty batch gives empty logits, with and without a gradient; a training step on it is a ShapeError', async () => {
+  // (LayerNorm's residual check divided by the residual's rows: an empty batch was refused with a
+  // message about residual shapes.)
+  const m = new duat.ParaFormer({ dim: 16, heads: 2, patchSize: 7, depth: 2, branches: 2, seed: 3 });
+  const x = duat.randn([0, 1, 28, 28], { seed: 4 });
+  expect(duat.noGrad(() => duat.tidy(() => m.forward(x).shape))).toEqual([0, 10]);
+  const y = m.forward(x);
+  expect(y.shape).toEqual([0, 10]);
+  y.sum().backward();
+  y.dispose();
+  const opt = new duat.optim.AdamW(m.parameters(), { lr: 1e-3 });
+  await expect(m.trainStep(x, new Int32Array(0), { optimizer: opt })).rejects.toThrow(duat.ShapeError);
+  x.dispose();
+  m.dispose();
+});

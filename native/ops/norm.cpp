@@ -26,7 +26,7 @@ Tensor layernorm(const Tensor& x, const Tensor& w, const Tensor& b, float eps, c
     check_same_device(x, resid, "layerNorm");
     DUAT_CHECK(!w && !b, ERROR_ARGUMENT, "layerNorm: a residual input excludes the affine weight and bias");
     R = resid->dim() == 2 ? resid->shape[0] : 0;
-    DUAT_CHECK(resid->dim() == 2 && resid->shape[1] == C && R > 0 && rows % R == 0, ERROR_SHAPE,
+    DUAT_CHECK(resid->dim() == 2 && resid->shape[1] == C && (R > 0 ? rows % R == 0 : rows == 0), ERROR_SHAPE,
                "layerNorm: residual shape " + shape_str(resid->shape) + " does not divide the rows of " + shape_str(x->shape));
   }
   const Device dev = x->device;
