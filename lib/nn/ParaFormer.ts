@@ -410,7 +410,9 @@ export class ParaFormer extends Module {
   /**
    * images (B, channels, S, S) -> logits (B, classes), on the model's device (images elsewhere are
    * copied there). Records the graph unless called under noGrad, on every device, so
-   * `loss.backward()` and a custom training loop work on CUDA as on the CPU.
+   * `loss.backward()` and a custom training loop work on CUDA as on the CPU. Under noGrad a model
+   * pooled by its class token computes its last stage for that token alone past attention's keys
+   * and values (the same logits, for a fraction of the work: docs/design.md).
    */
   forward(images: Tensor): Tensor {
     if (!(images instanceof Tensor)) throw new ArgumentError(`Expected a tensor for images but received ${describe(images)}`);
