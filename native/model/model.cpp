@@ -8,8 +8,10 @@
 namespace duat {
 
 Model::Model(const ModelConfig& config, std::vector<Tensor> params, Precision precision)
-    : config_(config), params_(std::move(params)), precision_(precision) {
-  model_params_from_list(config_, params_);  // every shape and the one device checked
+    : config_(config),
+      params_(std::move(params)),
+      structured_(model_params_from_list(config_, params_)),  // every shape and the one device checked
+      precision_(precision) {
   for (const Tensor& t : params_) {
     DUAT_CHECK(!t->grad_fn, ERROR_ARGUMENT, "model: a parameter must be a leaf tensor, not the result of an op");
     t->requires_grad = true;
@@ -53,6 +55,7 @@ void Model::check_idle(const char* what) const {
 void Model::dispose() {
   check_idle("dispose it");
   params_.clear();
+  structured_ = ModelParams();
 }
 
 Tensor Model::forward(const Tensor& images) const {

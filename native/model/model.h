@@ -18,7 +18,9 @@ class Model {
   Model(const ModelConfig& config, std::vector<Tensor> params, Precision precision);
   const ModelConfig& config() const { return config_; }
   const std::vector<Tensor>& params() const { return params_; }
-  ModelParams structured() const { return model_params_from_list(config_, params_); }
+  // The same tensors as params(), by their place in the model (built and checked once: the
+  // parameters are these tensors for the model's life, moved in place by to()).
+  const ModelParams& structured() const { return structured_; }
   Device device() const { return params_.empty() ? DEVICE_CPU : params_[0]->device; }
   Precision precision() const { return precision_; }
   void set_precision(Precision p);
@@ -59,6 +61,7 @@ class Model {
  private:
   ModelConfig config_;
   std::vector<Tensor> params_;
+  ModelParams structured_;
   Precision precision_;
   int64_t frozen_ = 0;
   std::atomic<bool> busy_{false};
