@@ -66,25 +66,17 @@ class Branch(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, hidden)
 
-    def forward(self, x):
-        a = self.attn(self.norm1(x))
-        return a + self.mlp(self.norm2(x + a))
-
-    def forward_cls(self, x):
-        """The class token's term alone, (B, 1, C)."""
-        a = self.attn(self.norm1(x), cls_only=True)
-        return a + self.mlp(self.norm2(x[:, :1] + a))
+    def forward(self, x, cls_only=False):
+        """cls_only: the class token's term alone, (B, 1, C)."""
+        a = self.attn(self.norm1(x), cls_only)
+        return a + self.mlp(self.norm2((x[:, :1] if cls_only else x) + a))
 
 
 class Block(Branch):
     """timm's ViT block: x + attn(norm1(x)), then + mlp(norm2(.)). The same function as a one-branch stage."""
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-    def forward_cls(self, x):
-        x = x[:, :1] + self.attn(self.norm1(x), cls_only=True)
+    def forward(self, x, cls_only=False):
+        x = (x[:, :1] if cls_only else x) + self.attn(self.norm1(x), cls_only)
         return x + self.mlp(self.norm2(x))
 
 
@@ -94,17 +86,11 @@ class Stage(nn.Module):
         self.branches = nn.ModuleList([Branch(dim, heads, hidden) for _ in range(branches)])
         self.scale = scale
 
-    def forward(self, x):
-        total = self.branches[0](x)
+    def forward(self, x, cls_only=False):
+        total = self.branches[0](x, cls_only)
         for b in self.branches[1:]:
-            total = total + b(x)
-        return x + self.scale * total
-
-    def forward_cls(self, x):
-        total = self.branches[0].forward_cls(x)
-        for b in self.branches[1:]:
-            total = total + b.forward_cls(x)
-        return x[:, :1] + self.scale * total
+            total = total + b(x, cls_only)
+        return (x[:, :1] if cls_only else x) + self.scale * total
 
 
 class ParaFormerEager(nn.Module):
@@ -130,13 +116,11 @@ class ParaFormerEager(nn.Module):
     def forward(self, images):
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        if self.training:
-            return self.head(self.norm(self.blocks(x))[:, 0])
         # In eval mode (inference, and the ONNX export) the last block computes the class token
         # alone, as duat's inference does (native/model/paraformer.h, model_forward).
-        for blk in self.blocks[:-1]:
-            x = blk(x)
-        return self.head(self.norm(self.blocks[-1].forward_cls(x))[:, 0])
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, cls_only=not self.training and i == len(self.blocks) - 1)
+        return self.head(self.norm(x)[:, 0])
 
     def load_stacked(self, params):
         """Takes duat's parameters (stacked over branches, docs/design.md) into the per-branch modules."""

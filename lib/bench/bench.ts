@@ -124,10 +124,11 @@ export function modelFlops(c: Config, batch: number): { forward: number; inferen
     { rows: batch * T, inF: c.dim, outF: 3 * c.dim, count: c.depth * c.branches, needsDx: true },
     { rows: batch, inF: c.dim, outF: c.classes, count: 1, needsDx: true },
   ];
-  const sum = (ls: { rows: number; inF: number; outF: number; count: number }[]) =>
-    ls.reduce((s, l) => s + 2 * l.rows * l.inF * l.outF * l.count, 0);
+  type Linear = (typeof shared)[number];
+  // Each layer's forward product, `times(layer)` over (training: dX and dW, or dW alone, besides).
+  const sum = (ls: Linear[], times = (_: Linear) => 1) => ls.reduce((s, l) => s + 2 * l.rows * l.inF * l.outF * l.count * times(l), 0);
   const every = [...shared, ...perToken(batch * T, c.depth * c.branches)];
-  const train = every.reduce((s, l) => s + 2 * l.rows * l.inF * l.outF * l.count * (l.needsDx ? 3 : 2), 0);
+  const train = sum(every, (l) => (l.needsDx ? 3 : 2));
   const inference = sum([...shared, ...perToken(batch * T, (c.depth - 1) * c.branches), ...perToken(batch, c.branches)]);
   // QK^T and PV of a stage for `queries` queries a head (inference: the last stage's class token).
   const att = (queries: number) => 4 * batch * c.branches * c.heads * T * queries * (c.dim / c.heads);

@@ -200,14 +200,12 @@ void for_each_head(const dm::AttnLayout& L, int64_t B, const float* qkv, Fn fn) 
 
 // Row stride of the keys x queries scratch for `queries` queries.
 int64_t padded_queries(int64_t queries) { return (queries + 15) / 16 * 16; }
-int64_t padded_queries(const dm::AttnLayout& L) { return padded_queries(L.T); }
 
 // A head's keys x queries block in the thread's scratch v, starting on a 64-byte line: its rows
 // whole vectors on every thread (where a vector's allocation happens to fall moved attention by 8%).
 float* keys_by_queries(std::vector<float>& v, const dm::AttnLayout& L, int64_t queries) {
   return line_aligned(v, L.T * padded_queries(queries));
 }
-float* keys_by_queries(std::vector<float>& v, const dm::AttnLayout& L) { return keys_by_queries(v, L, L.T); }
 
 // The forward of the first `queries` queries of every head against all T keys: out (B, queries,
 // N*C), lse (B, N, H, T) when non-null (every query).
@@ -250,11 +248,11 @@ namespace {
 void attention_backward_heads(const dm::AttnLayout& L, int64_t B, const float* dout, const float* qkv,
                               const float* lse, float* dqkv, double* parts) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(L.D));
-  const int64_t T = L.T, D = L.D, ld = L.ld_in(), ldo = L.ld_out(), tp = padded_queries(L);
+  const int64_t T = L.T, D = L.D, ld = L.ld_in(), ldo = L.ld_out(), tp = padded_queries(L.T);
   for_each_head(L, B, qkv, [&](int64_t, int64_t b, int64_t n, int64_t h) {
     thread_local std::vector<float> p_scratch, ds_scratch;
-    float* P = keys_by_queries(p_scratch, L);    // P^T, keys x queries
-    float* dS = keys_by_queries(ds_scratch, L);  // dP^T, then dS^T
+    float* P = keys_by_queries(p_scratch, L, T);     // P^T, keys x queries
+    float* dS = keys_by_queries(ds_scratch, L, T);  // dP^T, then dS^T
     const float* q = qkv + L.q_offset(b, n, h);
     const float* k = qkv + L.k_offset(b, n, h);
     const float* v = qkv + L.v_offset(b, n, h);

@@ -420,7 +420,6 @@ void load_tile_config() {
 // Gives the tiles back (their state no longer saved and restored with the thread's).
 void release_tiles() { __asm__ volatile("tilerelease" ::: "memory"); }
 
-
 // c[mr x nr] (+)= alpha * a(mr x 2ku) . b(2ku x nr) (+ bias), the tiles' sums written through
 // store_tile_avx512 (act too): mr, nr <= 32; rows of A past mr are read (packing pads them).
 __attribute__((target("avx512f"))) void micro_amx(int64_t ku, const uint32_t* a, int64_t a_units, const uint32_t* b,
