@@ -2,6 +2,7 @@
 #include "derived.h"
 
 #include <algorithm>
+#include <array>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -17,9 +18,41 @@ struct DerivedEntry {
   std::vector<Tensor> values;
 };
 
+namespace {
+
+// What an entry is derived from: its kind and each source's storage, offset and size (a model's
+// first k branches are a view at the same offset as all of them). Built on every lookup, so it
+// holds no heap memory (a key made of strings cost a dozen allocations a lookup, four lookups a
+// stage).
+struct DerivedKey {
+  static constexpr size_t MAX_SOURCES = 4;
+  int kind = 0;
+  size_t n = 0;
+  std::array<const Storage*, MAX_SOURCES> storage{};
+  std::array<int64_t, MAX_SOURCES> offset{}, numel{};
+  bool operator==(const DerivedKey& o) const {
+    return kind == o.kind && n == o.n && storage == o.storage && offset == o.offset && numel == o.numel;
+  }
+};
+
+struct DerivedKeyHash {
+  size_t operator()(const DerivedKey& k) const {
+    size_t h = std::hash<int>()(k.kind);
+    auto mix = [&h](size_t v) { h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2); };
+    for (size_t i = 0; i < k.n; i++) {
+      mix(std::hash<const Storage*>()(k.storage[i]));
+      mix(std::hash<int64_t>()(k.offset[i]));
+      mix(std::hash<int64_t>()(k.numel[i]));
+    }
+    return h;
+  }
+};
+
+}  // namespace
+
 // The entries kept with one storage, by kind and the sources' identity.
 struct DerivedSlot {
-  std::unordered_map<std::string, DerivedEntry> entries;
+  std::unordered_map<DerivedKey, DerivedEntry, DerivedKeyHash> entries;
 };
 
 namespace {
@@ -39,10 +72,16 @@ DerivedRegistry& registry() {
 std::vector<Tensor> derived(DerivedKind kind, const std::vector<Tensor>& sources,
                             const std::function<std::vector<Tensor>()>& derive) {
   if (grad_enabled()) return derive();
-  std::string key = std::to_string(kind);
-  for (const Tensor& t : sources)
-    key += ":" + std::to_string(reinterpret_cast<uintptr_t>(t->storage.get())) + "+" + std::to_string(t->offset) + "x" +
-           std::to_string(t->numel());  // a model's first k branches are a view at the same offset
+  DUAT_CHECK(!sources.empty() && sources.size() <= DerivedKey::MAX_SOURCES, ERROR_ARGUMENT,
+             "derived: 1 to " + std::to_string(DerivedKey::MAX_SOURCES) + " sources, got " + std::to_string(sources.size()));
+  DerivedKey key;
+  key.kind = kind;
+  key.n = sources.size();
+  for (size_t i = 0; i < sources.size(); i++) {
+    key.storage[i] = sources[i]->storage.get();
+    key.offset[i] = sources[i]->offset;
+    key.numel[i] = sources[i]->numel();
+  }
   DerivedRegistry& r = registry();
   std::lock_guard<std::mutex> lock(r.mu);
   Storage& home = *sources[0]->storage;
