@@ -4,6 +4,7 @@
 // tensors its backward functions saved) is freed as the walk passes each node.
 #pragma once
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -91,6 +92,18 @@ bool any_requires_grad(const std::vector<Tensor>& inputs);
 // Attaches a Node to `out` if any input requires grad. The backward function must capture what
 // it needs by value, detaching saved outputs (detach()) so the graph holds no reference cycle.
 Tensor record(const Tensor& out, const char* name, const std::vector<Tensor>& inputs, BackwardFn fn);
+
+// The same for an op's inputs named in place ({a, b}): the input list and the BackwardFn (a heap
+// block for a closure that captures more than a pointer or two) are made only when a node is, so
+// an op run without a gradient (every inference op) pays for neither.
+template <typename Fn>
+Tensor record(const Tensor& out, const char* name, std::initializer_list<Tensor> inputs, Fn&& fn) {
+  bool any = false;
+  if (grad_enabled())
+    for (const Tensor& t : inputs) any = any || (t && t->requires_grad);
+  if (!any) return out;
+  return record(out, name, std::vector<Tensor>(inputs), BackwardFn(std::forward<Fn>(fn)));
+}
 
 // Backward profiling (off by default): total seconds and calls per node name.
 struct NodeProfile {
