@@ -55,7 +55,7 @@ class Pool {
     start(n);
   }
 
-  void run(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
+  void run(int64_t n_tasks, const FunctionRef<void(int64_t)>& fn) {
     std::lock_guard<std::mutex> run(run_mutex_);  // one parallel region at a time
     const bool counting = g_counting.load(std::memory_order_relaxed);
     const int64_t t0 = counting ? now_ns() : 0;
@@ -159,7 +159,7 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex run_mutex_, mutex_;
   std::condition_variable wake_, done_;
-  const std::function<void(int64_t)>* fn_ = nullptr;
+  const FunctionRef<void(int64_t)>* fn_ = nullptr;
   bool counting_ = false;  // whether the region's threads add to pool_use's totals
   int64_t n_tasks_ = 0;
   std::atomic<int64_t> next_{0};
@@ -186,7 +186,7 @@ int get_num_threads() { return pool().size(); }
 
 void set_num_threads(int n) { pool().resize(n <= 0 ? default_threads() : std::min(n, MAX_THREADS)); }
 
-void parallel_for(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
+void parallel_for(int64_t n_tasks, FunctionRef<void(int64_t)> fn) {
   if (n_tasks <= 0) return;
   if (n_tasks == 1 || t_in_task || pool().size() == 1) {
     for (int64_t t = 0; t < n_tasks; t++) fn(t);
@@ -195,7 +195,7 @@ void parallel_for(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
   pool().run(n_tasks, fn);
 }
 
-void parallel_for_shares(int64_t n_tasks, const std::function<void(int64_t)>& fn) {
+void parallel_for_shares(int64_t n_tasks, FunctionRef<void(int64_t)> fn) {
   const int64_t threads = t_in_task ? 1 : std::min<int64_t>(get_num_threads(), n_tasks);
   if (threads <= 1 || n_tasks >= (int64_t{1} << 32)) return parallel_for(n_tasks, fn);
   // A share's tasks left, [front, back), in one word (front in the high half): its own thread takes
@@ -316,7 +316,7 @@ void pool_use_counting(bool on) { g_counting.store(on); }
 
 PoolUse pool_use() { return {g_wall_ns.load(), g_busy_ns.load()}; }
 
-void parallel_for_range(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+void parallel_for_range(int64_t n, int64_t grain, FunctionRef<void(int64_t, int64_t)> fn) {
   if (n <= 0) return;
   const int64_t threads = t_in_task ? 1 : get_num_threads();
   int64_t chunks = std::min<int64_t>(threads, std::max<int64_t>(1, n / std::max<int64_t>(grain, 1)));

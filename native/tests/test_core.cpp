@@ -1497,7 +1497,7 @@ void test_reduce_nothing_summed() {
 
 // Whether an error thrown by one of 100 tasks run through `run` (parallel_for or
 // parallel_for_shares) reaches the caller.
-bool task_error_reaches_caller(void (*run)(int64_t, const std::function<void(int64_t)>&)) {
+bool task_error_reaches_caller(void (*run)(int64_t, FunctionRef<void(int64_t)>)) {
   try {
     run(100, [](int64_t i) {
       if (i == 37) fail(ERROR_ARGUMENT, "boom");
