@@ -10,12 +10,11 @@
 
 #include "backend.h"
 #include "errors.h"
+#include "shape.h"
 
 namespace duat {
 
 enum DType : int { DTYPE_F32 = 0, DTYPE_I32 = 1 };
-
-using Shape = std::vector<int64_t>;
 
 // Elements one tensor may hold: beyond it shapes are refused before any arithmetic can wrap.
 constexpr int64_t MAX_ELEMENTS = int64_t{1} << 40;

@@ -1508,6 +1508,38 @@ bool task_error_reaches_caller(void (*run)(int64_t, FunctionRef<void(int64_t)>))
   return false;
 }
 
+// Shape (core/shape.h) against std::vector<int64_t> under the same random edits, across its
+// inline capacity both ways (a heap block taken and given back), with copies and moves of both kinds.
+void test_shape() {
+  std::mt19937 rng(7);
+  bool ok = true;
+  Shape s;
+  std::vector<int64_t> v;
+  auto same = [&] { return s.size() == v.size() && std::equal(s.begin(), s.end(), v.begin()) && s == Shape(v); };
+  for (int step = 0; step < 4000 && ok; step++) {
+    const int64_t x = static_cast<int64_t>(rng() % 1000) - 500;
+    switch (rng() % 9) {
+      case 0: case 1: s.push_back(x), v.push_back(x); break;
+      case 2: if (!v.empty()) s.pop_back(), v.pop_back(); break;
+      case 3: { const size_t at = v.empty() ? 0 : rng() % (v.size() + 1);
+                s.insert(s.begin() + at, x), v.insert(v.begin() + static_cast<std::ptrdiff_t>(at), x); break; }
+      case 4: if (!v.empty()) { const size_t at = rng() % v.size();
+                s.erase(s.begin() + at), v.erase(v.begin() + static_cast<std::ptrdiff_t>(at)); } break;
+      case 5: { const size_t n = rng() % 12; s.resize(n, x), v.resize(n, x); break; }
+      case 6: { Shape copy(s); Shape moved(std::move(copy)); ok = ok && copy.empty(); s = moved; break; }
+      case 7: { Shape other{1, 2, 3, 4, 5, 6, 7, 8, 9}; other = s; Shape moved; moved = std::move(other); s = std::move(moved); break; }
+      case 8: { const int64_t ins[3] = {x, x + 1, x + 2}; const size_t at = v.empty() ? 0 : rng() % (v.size() + 1);
+                s.insert(s.begin() + at, ins, ins + 3), v.insert(v.begin() + static_cast<std::ptrdiff_t>(at), ins, ins + 3); break; }
+    }
+    ok = ok && same();
+    if (v.size() > 20) s.clear(), v.clear();
+  }
+  expect(ok, "Shape keeps the values std::vector does through 4000 random edits, inline and on the heap");
+  const Shape a{2, 3, 4}, b(std::vector<int64_t>{2, 3, 4}), c(3, 7);
+  expect(a == b && a != c && c == Shape({7, 7, 7}) && a.vec() == std::vector<int64_t>({2, 3, 4}) && shape_numel(a) == 24,
+         "Shape from a list, a vector and a count compare as their values");
+}
+
 void test_pool() {
   std::vector<int> hits(1000, 0);
   parallel_for(1000, [&](int64_t i) { hits[i]++; });
@@ -2170,6 +2202,7 @@ int main() {
   test_math();
   test_autograd_fanout();
   test_autograd_fanout_accumulates_in_kernels();
+  test_shape();
   test_pool();
   test_pool_shares();
   test_pool_use();
