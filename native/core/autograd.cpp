@@ -104,10 +104,10 @@ void Grads::pass(size_t i, const Tensor& g) {
   add(i, g);
 }
 
-bool any_requires_grad(const std::vector<Tensor>& inputs) {
+bool any_requires_grad(const Tensor* first, const Tensor* last) {
   if (!t_grad_enabled) return false;
-  for (const Tensor& t : inputs)
-    if (t && t->requires_grad) return true;
+  for (; first != last; ++first)
+    if (*first && (*first)->requires_grad) return true;
   return false;
 }
 

@@ -87,7 +87,13 @@ class GradMode {
 };
 
 // True if grad mode is on and any input requires grad.
-bool any_requires_grad(const std::vector<Tensor>& inputs);
+bool any_requires_grad(const Tensor* first, const Tensor* last);
+inline bool any_requires_grad(const std::vector<Tensor>& inputs) {
+  return any_requires_grad(inputs.data(), inputs.data() + inputs.size());
+}
+inline bool any_requires_grad(std::initializer_list<Tensor> inputs) {  // {a, b}: no vector made
+  return any_requires_grad(inputs.begin(), inputs.end());
+}
 
 // Attaches a Node to `out` if any input requires grad. The backward function must capture what
 // it needs by value, detaching saved outputs (detach()) so the graph holds no reference cycle.
@@ -98,10 +104,7 @@ Tensor record(const Tensor& out, const char* name, const std::vector<Tensor>& in
 // an op run without a gradient (every inference op) pays for neither.
 template <typename Fn>
 Tensor record(const Tensor& out, const char* name, std::initializer_list<Tensor> inputs, Fn&& fn) {
-  bool any = false;
-  if (grad_enabled())
-    for (const Tensor& t : inputs) any = any || (t && t->requires_grad);
-  if (!any) return out;
+  if (!any_requires_grad(inputs)) return out;
   return record(out, name, std::vector<Tensor>(inputs), BackwardFn(std::forward<Fn>(fn)));
 }
 

@@ -25,8 +25,6 @@ class Shape {
   using const_pointer = const int64_t*;
   using iterator = int64_t*;
   using const_iterator = const int64_t*;
-  using reverse_iterator = std::reverse_iterator<iterator>;
-  using const_reverse_iterator = std::reverse_iterator<const_iterator>;
 
   Shape() = default;
   explicit Shape(size_t n, int64_t value = 0) { assign(n, value); }
@@ -49,33 +47,18 @@ class Shape {
     }
     return *this;
   }
-  Shape& operator=(std::initializer_list<int64_t> values) {
-    assign(values.begin(), values.end());
-    return *this;
-  }
   ~Shape() { release(); }
-
-  std::vector<int64_t> vec() const { return std::vector<int64_t>(begin(), end()); }
 
   size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
-  size_t capacity() const { return cap_; }
   int64_t* data() { return data_; }
   const int64_t* data() const { return data_; }
   iterator begin() { return data_; }
   iterator end() { return data_ + size_; }
   const_iterator begin() const { return data_; }
   const_iterator end() const { return data_ + size_; }
-  const_iterator cbegin() const { return data_; }
-  const_iterator cend() const { return data_ + size_; }
-  reverse_iterator rbegin() { return reverse_iterator(end()); }
-  reverse_iterator rend() { return reverse_iterator(begin()); }
-  const_reverse_iterator rbegin() const { return const_reverse_iterator(end()); }
-  const_reverse_iterator rend() const { return const_reverse_iterator(begin()); }
   int64_t& operator[](size_t i) { return data_[i]; }
   const int64_t& operator[](size_t i) const { return data_[i]; }
-  int64_t& front() { return data_[0]; }
-  const int64_t& front() const { return data_[0]; }
   int64_t& back() { return data_[size_ - 1]; }
   const int64_t& back() const { return data_[size_ - 1]; }
 
@@ -137,9 +120,6 @@ class Shape {
 
   friend bool operator==(const Shape& a, const Shape& b) { return std::equal(a.begin(), a.end(), b.begin(), b.end()); }
   friend bool operator!=(const Shape& a, const Shape& b) { return !(a == b); }
-  friend bool operator<(const Shape& a, const Shape& b) {
-    return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end());
-  }
 
  private:
   bool on_heap() const { return data_ != inline_; }

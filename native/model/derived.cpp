@@ -11,10 +11,10 @@
 
 namespace duat {
 
+// An entry of the cache: what its key (below) does not hold of its sources, and its values.
 struct DerivedEntry {
-  std::vector<std::weak_ptr<Storage>> sources;
+  std::vector<std::weak_ptr<Storage>> sources;  // alive, and at these versions, for the values to be current
   std::vector<uint64_t> versions;
-  std::vector<int64_t> offsets;
   std::vector<Tensor> values;
 };
 
@@ -92,8 +92,7 @@ std::vector<Tensor> derived(DerivedKind kind, const std::vector<Tensor>& sources
       bool current = true;
       for (size_t i = 0; i < sources.size() && current; i++)
         current = e.sources[i].lock() == sources[i]->storage &&
-                  e.versions[i] == sources[i]->storage->version.load(std::memory_order_relaxed) &&
-                  e.offsets[i] == sources[i]->offset;
+                  e.versions[i] == sources[i]->storage->version.load(std::memory_order_relaxed);
       if (current) return e.values;
     }
   } else {
@@ -107,7 +106,6 @@ std::vector<Tensor> derived(DerivedKind kind, const std::vector<Tensor>& sources
   for (const Tensor& t : sources) {
     e.sources.push_back(t->storage);
     e.versions.push_back(t->storage->version.load(std::memory_order_relaxed));
-    e.offsets.push_back(t->offset);
   }
   e.values = derive();
   home.derived->entries[key] = e;

@@ -1536,7 +1536,7 @@ void test_shape() {
   }
   expect(ok, "Shape keeps the values std::vector does through 4000 random edits, inline and on the heap");
   const Shape a{2, 3, 4}, b(std::vector<int64_t>{2, 3, 4}), c(3, 7);
-  expect(a == b && a != c && c == Shape({7, 7, 7}) && a.vec() == std::vector<int64_t>({2, 3, 4}) && shape_numel(a) == 24,
+  expect(a == b && a != c && c == Shape({7, 7, 7}) && std::vector<int64_t>(a.begin(), a.end()) == std::vector<int64_t>({2, 3, 4}) && shape_numel(a) == 24,
          "Shape from a list, a vector and a count compare as their values");
 }
 
