@@ -112,6 +112,14 @@ struct GemmArgs {
   const float* b_packed = nullptr;
   int64_t b_packed_stride = 0, b_packed_batch = 0;
   int b_packed_width = 0;
+  // A's rows normalised as the product reads them, where Backend::gemm_normalizes_rows() (inference:
+  // the LayerNorm before a product, fused into it): A(m, k) is taken as LayerNorm without affine
+  // (LayerNormArgs, eps norm_eps) of A's row m plus norm_resid's row m % norm_resid_rows (rows
+  // norm_resid_m apart; optional, the same for every batch item). A's rows contiguous (a_k = 1).
+  bool norm_a = false;
+  float norm_eps = 1e-6f;
+  const float* norm_resid = nullptr;
+  int64_t norm_resid_m = 0, norm_resid_rows = 0;
 };
 
 // ---- LayerNorm over rows of C ----
@@ -229,6 +237,8 @@ class Backend {
 
   // ---- products and attention ----
   virtual void gemm(const GemmArgs& g) = 0;  // in matmul_precision()
+  // Whether gemm takes GemmArgs::norm_a (else the caller runs layernorm_forward first).
+  virtual bool gemm_normalizes_rows() const { return false; }
   // Weights packed once for many products (inference): the width of the panels the device's
   // products read (0: none; B is read as it is), and the packing itself: out holds ceil(N / w)
   // panels of w = packed_b_width() columns of the row-major B (K x N, rows ldb apart), each K rows

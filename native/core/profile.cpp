@@ -42,6 +42,7 @@ std::string shape_label(const GemmArgs& g) {
   if (g.batch > 1) s += " (x" + std::to_string(g.batch) + ")";
   if (g.a_k != 1) s += " A^T";  // A read down its columns
   if (g.b_k != 1) s += " B";    // B(n, k) read across n: op(B) row-major
+  if (g.norm_a) s += " norm+";  // A's rows normalised first (a LayerNorm fused in)
   if (g.epilogue == EPILOGUE_GELU) s += " +gelu";
   if (g.epilogue == EPILOGUE_STAGE) s += " +stage";
   return s;
@@ -223,6 +224,7 @@ class ProfilingBackend final : public Backend {
     Scope s(PROFILE_PRODUCTS, 2.0 * g.M * static_cast<double>(g.N) * g.K * g.batch, shape_label(g));
     in_.gemm(g);
   }
+  bool gemm_normalizes_rows() const override { return in_.gemm_normalizes_rows(); }
   int packed_b_width() const override { return in_.packed_b_width(); }
   void pack_b(const float* B, int64_t K, int64_t N, int64_t ldb, float* out) override {
     Scope s(PROFILE_COPIES, 0, "pack_b");

@@ -34,6 +34,7 @@ class CpuBackend : public Backend {
   void dropout(const float* x, float* out, int64_t n, float p, uint64_t seed, bool accumulate) override;
 
   void gemm(const GemmArgs& g) override;
+  bool gemm_normalizes_rows() const override { return true; }
   int packed_b_width() const override;
   void pack_b(const float* B, int64_t K, int64_t N, int64_t ldb, float* out) override;
   void gemm_gelu_backward(const GemmArgs& g, const float* pre, float* db) override;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../core/errors.h"
 #include "../core/parallel.h"
 #include "cpu_backend.h"
 #include "gemm.h"
@@ -65,8 +66,12 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16, const GemmBlock
   const float* bias = g.bias ? g.bias + z * g.bias_batch : nullptr;
   const PackedB packed{g.b_packed ? g.b_packed + z * g.b_packed_batch : nullptr, g.b_packed_width, g.b_packed_stride};
   const PackedB* pb = g.b_packed ? &packed : nullptr;
+  const RowNorm row_norm{g.norm_eps, g.norm_resid, g.norm_resid_m, g.norm_resid_rows};
+  DUAT_CHECK(!g.norm_a || !a.trans, ERROR_ARGUMENT, "gemm: normalised rows need A's rows contiguous");
+  const RowNorm* norm = g.norm_a ? &row_norm : nullptr;
   if (g.epilogue == EPILOGUE_NONE) {
-    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16, after, act, pb);
+    sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, g.beta, C, g.c_m, par, bias, bf16, after, act, pb,
+          norm);
     return;
   }
   // GELU with its pre-activation kept (training): the product into aux, its GELU into C from the
@@ -74,7 +79,7 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16, const GemmBlock
   if (g.epilogue == EPILOGUE_GELU && g.aux && g.beta == 0.0f) {
     const GemmAct act{C, g.c_m};
     sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, g.aux + z * g.c_batch, g.c_m, par, bias,
-          bf16, nullptr, &act, pb);
+          bf16, nullptr, &act, pb, norm);
     return;
   }
   // Fused epilogues: the product into `dest` (the pre-activation buffer, C itself, or scratch
@@ -102,7 +107,7 @@ void gemm_one(const GemmArgs& g, int64_t z, bool par, bool bf16, const GemmBlock
     }
   };
   sgemm(a.trans, b.trans, g.M, g.N, g.K, g.alpha, a.p, a.ld, b.p, b.ld, 0.0f, dest, ld, par, bias, bf16, &block, nullptr,
-        pb);
+        pb, norm);
 }
 }  // namespace
 

@@ -1253,6 +1253,30 @@ class Scratch {
   float* p_;
 };
 
+// Rows [0, M) of A (rows lda apart) normalised as RowNorm says into out (rows K apart), on the pool
+// when `parallel`: each row as CpuBackend::layernorm_forward makes it (the residual added into the
+// output row first, then layernorm_row_cpu over it in place), so the same bits.
+void normalize_rows(const float* A, int64_t lda, int64_t M, int64_t K, const RowNorm& norm, float* out, bool parallel) {
+  auto rows = [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; r++) {
+      float* y = out + r * K;
+      const float* x = A + r * lda;
+      if (norm.resid) {
+        const float* res = norm.resid + (r % norm.resid_rows) * norm.resid_ld;
+        for (int64_t k = 0; k < K; k++) y[k] = x[k] + res[k];
+        x = y;
+      }
+      float mean, rstd;
+      layernorm_row_cpu(x, nullptr, nullptr, y, &mean, &rstd, K, norm.eps);
+    }
+  };
+  if (parallel) {
+    parallel_for_range(M, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(K, 1)), rows);
+  } else {
+    rows(0, M);
+  }
+}
+
 // Few rows (a batch-1 forward: one sequence's tokens) against a row-major op(B) (the inference
 // weights are kept K-major for this, native/model/derived.h). Packing B would cost about as much
 // as the product, since each of its values meets only M rows; so A is packed whole (it is small)
@@ -1260,7 +1284,7 @@ class Scratch {
 // it. The last, partial column panel is packed: full-width loads would read past the matrix.
 void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
                     int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel,
-                    const float* bias, const GemmBlockFn* epilogue, const PackedB* packed) {
+                    const float* bias, const GemmBlockFn* epilogue, const PackedB* packed, const RowNorm* norm) {
   const int MR = ker.mr, NR = ker.nr;
   const int64_t n_panels = (N + NR - 1) / NR;
   // A's rows are cut into tiles of equal height up to MR (50 rows: five tiles of 10; the kernels
@@ -1273,13 +1297,20 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
   auto tile_row = [&](int64_t t) { return M * t / tiles; };
   const std::unique_ptr<Scratch> a_lease = rows_in_place ? nullptr : std::make_unique<Scratch>(static_cast<size_t>(m_pad * K));
   float* apack = a_lease ? a_lease->get() : nullptr;  // K block at p0: apack + m_pad * p0
-  if (!rows_in_place)
+  if (!rows_in_place) {
+    // Normalised rows (norm) packed from scratch.
+    const std::unique_ptr<Scratch> normed = norm ? std::make_unique<Scratch>(static_cast<size_t>(M * K)) : nullptr;
+    if (normed) normalize_rows(A, lda, M, K, *norm, normed->get(), false);
+    const float* a = normed ? normed->get() : A;
+    const int64_t ld = normed ? K : lda;
     for (int64_t p0 = 0; p0 < K; p0 += KC)
       for (int64_t t = 0; t < tiles; t++) {
         const int64_t kc = std::min(KC, K - p0);
-        pack_a(transA, A, lda, tile_row(t), tile_row(t + 1) - tile_row(t), p0, kc, MR, apack + m_pad * p0 + t * MR * kc);
+        pack_a(transA, a, ld, tile_row(t), tile_row(t + 1) - tile_row(t), p0, kc, MR, apack + m_pad * p0 + t * MR * kc);
       }
-  auto task = [&](int64_t q) {
+  }
+  // Column panel q of C, A's rows read in place from `a` (rows lda_q apart) or packed.
+  auto task = [&](int64_t q, const float* a, int64_t lda_q) {
     const int64_t jj = q * NR;
     const int nr = static_cast<int>(std::min<int64_t>(NR, N - jj));
     // B's panel: packed ahead (its rows in order, the edge's zero padded), else read in place.
@@ -1300,7 +1331,7 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
         const int64_t r = tile_row(t);
         const int mr = static_cast<int>(tile_row(t + 1) - r);
         if (rows_in_place) {
-          ker.micro_rows(kc, A + r * lda + p0, lda, bq + p0 * ldbq, ldbq, C + r * ldc + jj, ldc, mr, nr, alpha, add,
+          ker.micro_rows(kc, a + r * lda_q + p0, lda_q, bq + p0 * ldbq, ldbq, C + r * ldc + jj, ldc, mr, nr, alpha, add,
                          bias_q);
         } else {
           ker.micro(kc, apack + m_pad * p0 + t * MR * kc, MR, bq + p0 * ldbq, ldbq, C + r * ldc + jj, ldc, mr, nr, alpha,
@@ -1313,10 +1344,20 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
   // Each thread a contiguous share of the panels: packed ahead, they are one stream per thread,
   // and a thread's share stays in its L2 from one call to the next (batch-1 ViT-4 3% faster,
   // Para-Former-1-12 2.6%, than panels taken in turn).
-  if (parallel && get_num_threads() > 1 && n_panels > 1 && M * N * K > (1 << 18)) {
-    parallel_for_shares(n_panels, task);
+  const int64_t shares = parallel && n_panels > 1 && M * N * K > (1 << 18) ? std::min<int64_t>(threads, n_panels) : 1;
+  if (rows_in_place && norm) {
+    // Each share normalises every row into scratch of its own and reads them there.
+    const Scratch own(static_cast<size_t>(shares * M * K));
+    auto share = [&](int64_t s) {
+      float* a = own.get() + s * M * K;
+      normalize_rows(A, lda, M, K, *norm, a, false);
+      for (int64_t q = n_panels * s / shares; q < n_panels * (s + 1) / shares; q++) task(q, a, K);
+    };
+    shares > 1 ? parallel_for(shares, share) : share(0);
+  } else if (shares > 1) {
+    parallel_for_shares(n_panels, [&](int64_t q) { task(q, A, lda); });
   } else {
-    for (int64_t q = 0; q < n_panels; q++) task(q);
+    for (int64_t q = 0; q < n_panels; q++) task(q, A, lda);
   }
 }
 
@@ -1430,8 +1471,17 @@ void prefetch_tile(const GemmAct* act, int64_t i, int64_t j, int64_t rows) {
 
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel, const float* bias,
-           bool bf16, const GemmBlockFn* epilogue, const GemmAct* act, const PackedB* packed) {
+           bool bf16, const GemmBlockFn* epilogue, const GemmAct* act, const PackedB* packed, const RowNorm* norm) {
   if (M <= 0 || N <= 0) return;
+  DUAT_CHECK(!norm || (!transA && (!norm->resid || norm->resid_rows > 0)), ERROR_ARGUMENT,
+             "sgemm: normalised rows need a row-major A (and a residual of at least one row)");
+  // Every path but the few rows against a row-major B (sgemm_direct_b, which normalises them as it
+  // goes) takes A's normalised rows from scratch.
+  auto normalized_first = [&] {
+    const Scratch rows(static_cast<size_t>(M * K));
+    normalize_rows(A, lda, M, K, *norm, rows.get(), parallel);
+    sgemm(false, transB, M, N, K, alpha, rows.get(), K, B, ldb, beta, C, ldc, parallel, bias, bf16, epilogue, act, packed);
+  };
   // The GELU output over finished blocks, then the caller's epilogue: for every path but the
   // packed one's register tiles. (A backward act's blocks go to the caller's epilogue alone.)
   const bool act_grad = act && act->grad_sums;
@@ -1456,6 +1506,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   // Small products (attention's per-head matrices, batch-1 rows): packing costs more than it
   // saves, so they run unpacked, vectorised over N. The bias case keeps the packed path.
   if (!bias && M * N * K <= SMALL_GEMM_MAX && (!transB || K * N <= 65536)) {
+    if (norm) return normalized_first();
     unpacked_product(transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     if (block_epilogue) (*block_epilogue)(0, M, 0, N);
     return;
@@ -1499,6 +1550,7 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   const bool direct_b = (!transB || packed) && M <= DIRECT_B_MAX_M && N >= NR;
   if (threads > 1 && ((K >= 1024 && (K > 4 * (M + N) || (N <= SPLIT_K_NARROW_N && K > M + N))) ||
                       (direct_b && K >= 512 && N < 16 * NR))) {
+    if (norm) return normalized_first();
     std::vector<std::unique_ptr<Scratch>> parts;
     for (int64_t t = 1; t < threads; t++) parts.push_back(std::make_unique<Scratch>(static_cast<size_t>(M * N)));
     parallel_for(threads, [&](int64_t t) {
@@ -1525,9 +1577,10 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
   }
 
   if (direct_b) {
-    sgemm_direct_b(ker, transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, bias, block_epilogue, packed);
+    sgemm_direct_b(ker, transA, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, parallel, bias, block_epilogue, packed, norm);
     return;
   }
+  if (norm) return normalized_first();
 
   // C's rows a multiple of 1 KiB apart fall on at most four groups of L1 sets, a tile's twelve
   // rows three or more to a group (a multiple of 4 KiB: all on one): its tiles are summed in a

@@ -80,6 +80,19 @@ struct PackedB {
   int width = 0;
   int64_t panel_stride = 0;
 };
+// A's rows normalised as the product reads them (inference: a LayerNorm without affine fused into
+// the product after it): op(A)'s row m is taken as LayerNorm(A's row m + resid's row m % resid_rows),
+// eps inside the root, exactly as layernorm_row_cpu makes it of that sum (kernels.h). A row-major
+// (transA false); resid optional (rows resid_ld apart). Where a few rows meet a row-major B
+// (a batch-1 forward pass) each thread normalises every row into its own cache before its share
+// of B's panels, so the rows it reads are its own writes rather than the other cores' (which the
+// LayerNorm before the product would have left them); elsewhere A is normalised into scratch first.
+struct RowNorm {
+  float eps = 1e-6f;
+  const float* resid = nullptr;
+  int64_t resid_ld = 0, resid_rows = 0;
+};
+
 // The panels' width the active fp32 kernels read (KernelInfo's NR).
 int sgemm_panel_width();
 // out: the ceil(N / width) panels of a row-major B (K x N, rows ldb apart) for `width` =
@@ -97,11 +110,12 @@ void sgemm_pack_b(int64_t K, int64_t N, const float* B, int64_t ldb, float* out)
 // block not done so is left as the product and handed to `epilogue`, which must then do it; the
 // blocks done so are not. packed (optional): op(B) as PackedB, the same values as B; read instead
 // of B in fp32 products whose tiles are its width (B itself everywhere else), with the same sums
-// in the same order: the same bits either way.
+// in the same order: the same bits either way. norm (optional): A's rows normalised (RowNorm),
+// the same bits as the product of the normalised rows.
 void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
            const float* B, int64_t ldb, float beta, float* C, int64_t ldc, bool parallel = true,
            const float* bias = nullptr, bool bf16 = false, const GemmBlockFn* epilogue = nullptr,
-           const GemmAct* act = nullptr, const PackedB* packed = nullptr);
+           const GemmAct* act = nullptr, const PackedB* packed = nullptr, const RowNorm* norm = nullptr);
 
 // The blocks of rows sgemm's packed path hands its epilogue: a product of M rows is cut into
 // `count` blocks (an even number where there are several, of near-equal multiples of 12 rows up to

@@ -42,12 +42,14 @@ std::vector<Tensor> folded_k_major(DerivedKind kind, const Tensor& w, const Tens
   });
 }
 
-// The QKV product of every branch: (N, BT, 3C), laid out (BT, N*3C) for attention. LN1's affine
-// is folded into the weights: inside the graph while training, from the cache for inference.
-Tensor branch_qkv(const Tensor& normed, const StageParams& p, const std::shared_ptr<GeluLink>& link = nullptr) {
-  if (grad_enabled()) return branch_linear(normed, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b, false, true, link);
+// The QKV product of every branch on LN1(x), x (BT, C): (N, BT, 3C), laid out (BT, N*3C) for
+// attention. LN1's affine is folded into the weights: inside the graph while training, from the
+// cache for inference (where the product normalises x's rows itself, branch_linear_normed).
+Tensor branch_qkv(const Tensor& x, const StageParams& p, float eps, const std::shared_ptr<GeluLink>& link = nullptr) {
+  if (grad_enabled())
+    return branch_linear(layernorm(x, nullptr, nullptr, eps), p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b, false, true, link);
   const std::vector<Tensor> f = folded_k_major(DERIVED_QKV, p.qkv_w, p.qkv_b, p.norm1_w, p.norm1_b, true);
-  return branch_linear(normed, f[0], f[1], nullptr, nullptr, false, true, nullptr, f[2]);
+  return branch_linear_normed(x, nullptr, eps, f[0], f[1], false, true, f[2]);
 }
 
 // LayerScale folded into a branch output's projection: gamma (N, C) scales the rows of its
@@ -216,7 +218,7 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   // Attention of every branch: shared norm, one QKV product, one attention op (qkv's one
   // consumer: the QKV bias's gradient comes out of its backward, ops.h, GeluLink).
   const auto qkv_link = grad_enabled() ? std::make_shared<GeluLink>() : nullptr;
-  const Tensor qkv = branch_qkv(layernorm(xf, nullptr, nullptr, c.eps), p, qkv_link);          // (N, BT, 3C)
+  const Tensor qkv = branch_qkv(xf, p, c.eps, qkv_link);                                       // (N, BT, 3C)
   // Past attention's keys and values every row is its token's own: the class token's query and
   // rows alone where only they are wanted (R rows: B, else BT).
   const Tensor qkv_b = reshape(permute(qkv, {1, 0, 2}), {B, T1, N * 3 * C});
@@ -236,17 +238,18 @@ Tensor stage_forward(const Tensor& x_in, const StageParams& p, const ModelConfig
   }
   const Tensor a = branch_linear(att_n, proj.first, proj.second, nullptr, nullptr, false, false, nullptr,
                                  proj_packed);  // (N, R, C)
-  // The MLP of every branch on LN2(x + a_b), LN2's affine folded into fc1.
-  const Tensor u = layernorm(a, nullptr, nullptr, c.eps, x_r);                                   // (N, R, C)
-  Tensor h;                                                                                      // (N, R, M)
+  // The MLP of every branch on LN2(x + a_b), LN2's affine folded into fc1 (for inference, fc1's
+  // product normalises the rows itself).
+  Tensor h;  // (N, R, M)
   // fc1's GELU joined to the stage sum, h's one consumer: its gradient comes out of the sum's
   // product (ops.h, GeluLink).
   const auto link = grad_enabled() ? std::make_shared<GeluLink>() : nullptr;
   if (link) {
+    const Tensor u = layernorm(a, nullptr, nullptr, c.eps, x_r);  // (N, R, C)
     h = branch_linear(u, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b, true, true, link);
   } else {
     const std::vector<Tensor> f = folded_k_major(DERIVED_FC1, p.fc1_w, p.fc1_b, p.norm2_w, p.norm2_b, false);
-    h = branch_linear(u, f[0], f[1], nullptr, nullptr, true, true, nullptr, f[2]);
+    h = branch_linear_normed(a, x_r, c.eps, f[0], f[1], true, true, f[2]);
   }
   // sum_b fc2_b(h_b) = [h_1 .. h_N] @ [W2_1 .. W2_N]^T: one product of inner size N*M, with the
   // branch biases summed and both residuals (x, and every a_b) in its epilogue. For inference the
@@ -325,7 +328,7 @@ std::vector<Tensor> model_attention_maps(const Tensor& images, const ModelParams
     const std::pair<StageParams, ModelConfig> active = active_stage(full, c);
     const StageParams& s = active.first;
     const ModelConfig& sc = active.second;
-    const Tensor qkv = branch_qkv(layernorm(reshape(x, {BT, c.dim}), nullptr, nullptr, c.eps), s);
+    const Tensor qkv = branch_qkv(reshape(x, {BT, c.dim}), s, c.eps);
     maps.push_back(attention_probs(reshape(permute(qkv, {1, 0, 2}), {B, T1, sc.branches * 3 * c.dim}), c.heads,
                                    sc.branches));
     x = stage_forward(x, s, sc);

@@ -117,9 +117,20 @@ Tensor pack_weight(const Tensor& w, int64_t groups) {
   return out;
 }
 
-Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
-                     bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link, const Tensor& packed) {
-  const char* op = "branchLinear";
+namespace {
+
+// The LayerNorm (no affine, an optional residual) that branch_linear_normed's product applies to
+// its input's rows.
+struct InputNorm {
+  float eps;
+  Tensor resid;  // (R, C) or null
+};
+
+// branch_linear, with `norm` (no gradient recorded) its input's rows normalised by the product.
+Tensor linear_of_branches(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
+                          bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link, const Tensor& packed,
+                          const InputNorm* norm) {
+  const char* op = norm ? "branchLinearNormed" : "branchLinear";
   check_f32(w, op, "the weight");
   check_dim(w, 3, op, "the weight (N, O, C)");
   const int64_t N = w->shape[0], O = w->shape[1], C = w->shape[2];
@@ -140,11 +151,22 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   const int64_t R = shared ? x->shape[0] : x->shape[1];
   Mat mx;
   Tensor rx = x;
-  if (!(shared ? as_rows(x, &mx) : as_mat(x, &mx))) {
+  // (Rows normalised in the product are read contiguous.)
+  if (!(shared ? as_rows(x, &mx) : as_mat(x, &mx)) || (norm && mx.s_c != 1 && C > 1)) {
     rx = contiguous_data(x);
     shared ? as_rows(rx, &mx) : as_mat(rx, &mx);
   }
   const bool grad = any_requires_grad({x, w, b, ln_w, ln_b});
+  DUAT_CHECK(!norm || !grad, ERROR_STATE, std::string(op) + ": normalised rows are for inference only");
+  Tensor norm_resid;
+  if (norm && norm->resid) {
+    check_f32(norm->resid, op, "the residual");
+    check_same_device(x, norm->resid, op);
+    DUAT_CHECK(norm->resid->dim() == 2 && norm->resid->shape[0] == R && norm->resid->shape[1] == C, ERROR_SHAPE,
+               std::string(op) + ": residual shape " + shape_str(norm->resid->shape) + " is not (" + std::to_string(R) +
+                   ", " + std::to_string(C) + ")");
+    norm_resid = contiguous_data(norm->resid);
+  }
   // Without a graph or a fold the product reads the weight through its strides (the inference
   // cache keeps it K-major, paraformer.cpp), where one product of all branches side by side can
   // (branch n's rows follow branch n-1's); otherwise it is made contiguous.
@@ -177,6 +199,10 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
   }
   if (gelu) g.epilogue = EPILOGUE_GELU, g.aux = pre ? pre->ptr_f32() : nullptr;
   if (strided) use_packed(g, packed, g.batch, dev);
+  if (norm) {
+    g.norm_a = true, g.norm_eps = norm->eps;
+    if (norm_resid) g.norm_resid = norm_resid->ptr_f32(), g.norm_resid_m = C, g.norm_resid_rows = R;
+  }
   be.gemm(g);
   if (!grad) return out;
   if (link && pre) link->pre = pre;
@@ -273,6 +299,24 @@ Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Te
     for (auto [i, t] : {std::pair<size_t, WriteTarget*>{1, &tw}, {2, &tb}, {3, &tg}, {4, &tbeta}})
       if (t->add_after) grads.add(i, t->buffer);
   });
+}
+
+}  // namespace
+
+Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
+                     bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link, const Tensor& packed) {
+  return linear_of_branches(x, w, b, ln_w, ln_b, gelu, interleaved, link, packed, nullptr);
+}
+
+Tensor branch_linear_normed(const Tensor& x, const Tensor& resid, float eps, const Tensor& w, const Tensor& b, bool gelu,
+                            bool interleaved, const Tensor& packed) {
+  check_f32(x, "branchLinearNormed", "the input");
+  DUAT_CHECK(eps > 0.0f, ERROR_ARGUMENT, "branchLinearNormed: eps must be positive");
+  if (any_requires_grad({x, resid, w, b}) || !backend(x->device).gemm_normalizes_rows())
+    return branch_linear(layernorm(x, nullptr, nullptr, eps, resid), w, b, nullptr, nullptr, gelu, interleaved, nullptr,
+                         packed);
+  const InputNorm norm{eps, resid};
+  return linear_of_branches(x, w, b, nullptr, nullptr, gelu, interleaved, nullptr, packed, &norm);
 }
 
 std::vector<Tensor> fold_affine(const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b) {

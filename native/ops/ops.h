@@ -105,6 +105,17 @@ struct GeluLink {
 Tensor branch_linear(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b,
                      bool gelu, bool interleaved, const std::shared_ptr<GeluLink>& link = nullptr,
                      const Tensor& packed = nullptr);
+
+// branch_linear(layernorm(x, nullptr, nullptr, eps, resid), w, b, nullptr, nullptr, gelu,
+// interleaved, nullptr, packed): the stage's norms and the products after them (paraformer.cpp).
+// Where no gradient is recorded and the device's products take normalised rows
+// (Backend::gemm_normalizes_rows), the rows are normalised inside the product (on the CPU each
+// thread normalises them into its own cache as it reads them), with no LayerNorm pass and no
+// normalised tensor; the same values either way. x (R, C) or (N, R, C) as branch_linear's; resid
+// (R, C) or null.
+Tensor branch_linear_normed(const Tensor& x, const Tensor& resid, float eps, const Tensor& w, const Tensor& b, bool gelu,
+                            bool interleaved, const Tensor& packed = nullptr);
+
 // branch_linear's fold without autograd, for inference caches: {W' (N, O, C), b' (N, O)}.
 std::vector<Tensor> fold_affine(const Tensor& w, const Tensor& b, const Tensor& ln_w, const Tensor& ln_b);
 // The stage's output in one product: y = x + scale * (sum_n h_n W2_n^T + b2 + sum_n a_n), with

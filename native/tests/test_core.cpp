@@ -1386,6 +1386,137 @@ std::vector<float> to_vector(const Tensor& t) {
   return std::vector<float>(c->ptr_f32(), c->ptr_f32() + c->numel());
 }
 
+// Rows normalised by the product (gemm.h, RowNorm): on every path (a small product; few rows
+// against a row-major B, read in place by each thread from its own normalised copy or packed from
+// one; K split over the threads; the packed path), with and without a residual, packed B, a bias
+// and a GELU output, on one thread and two: the bits of the product of the rows normalised first
+// as the LayerNorm op makes them (layernorm_row_cpu of x + resid). A transposed A, or a residual
+// of no rows, is refused.
+void test_gemm_row_norm(CpuIsa isa) {
+  cpu_isa_set(isa);
+  const int saved_threads = get_num_threads();
+  std::mt19937 rng(21);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  const int W = sgemm_panel_width();
+  // M, N, K, resid rows (0: none), packed B, GELU, bias
+  const int64_t sizes[][7] = {{50, 576, 192, 0, 1, 0, 1}, {50, 768, 192, 50, 1, 1, 1}, {50, 100, 192, 25, 0, 0, 1},
+                              {50, 6912, 192, 0, 1, 0, 1}, {50, 40, 1000, 50, 0, 0, 0}, {300, 200, 48, 100, 0, 1, 1},
+                              {7, 30, 20, 7, 0, 0, 0}, {1, 768, 192, 1, 1, 1, 1}, {13, 64, 1, 0, 0, 0, 1}};
+  for (const int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (auto& sz : sizes) {
+      const int64_t M = sz[0], N = sz[1], K = sz[2], RR = sz[3];
+      const bool use_packed = sz[4] != 0, gelu = sz[5] != 0, has_bias = sz[6] != 0;
+      const int64_t lda = K + 3;  // rows with a gap after them
+      std::vector<float> A(M * lda), resid(std::max<int64_t>(RR, 1) * (K + 5)), B(K * N), bias(N);
+      for (auto* v : {&A, &resid, &B, &bias})
+        for (auto& x : *v) x = dist(rng);
+      for (int64_t i = 0; i < M; i++) A[i * lda] += 5.0f * static_cast<float>(i % 3);  // rows of different means
+      std::vector<float> panels(((N + W - 1) / W) * K * W);
+      sgemm_pack_b(K, N, B.data(), N, panels.data());
+      const PackedB packed{panels.data(), W, K * W};
+      const RowNorm norm{1e-5f, RR ? resid.data() : nullptr, K + 5, RR};
+      // The rows normalised first, as the LayerNorm op does.
+      std::vector<float> normed(M * K), sum(K);
+      for (int64_t i = 0; i < M; i++) {
+        const float* x = A.data() + i * lda;
+        if (RR) {
+          for (int64_t k = 0; k < K; k++) sum[k] = x[k] + resid[(i % RR) * (K + 5) + k];
+          x = sum.data();
+        }
+        float mean, rstd;
+        layernorm_row_cpu(x, nullptr, nullptr, normed.data() + i * K, &mean, &rstd, K, norm.eps);
+      }
+      auto run = [&](const float* a, int64_t ld, const RowNorm* rn, std::vector<float>* act_out) {
+        std::vector<float> C(M * N, std::nanf(""));
+        const GemmAct act{act_out->data(), N};
+        std::atomic<int64_t> seen{0};
+        const GemmBlockFn count = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) { seen += (i1 - i0) * (j1 - j0); };
+        sgemm(false, false, M, N, K, 1.0f, a, ld, B.data(), N, 0.0f, C.data(), N, true, has_bias ? bias.data() : nullptr,
+              false, &count, gelu ? &act : nullptr, use_packed ? &packed : nullptr, rn);
+        expect(seen == M * N, "sgemm with normalised rows: the epilogue sees every element of C once");
+        return C;
+      };
+      std::vector<float> act_ref(M * N, 0.0f), act_norm(M * N, 0.0f);
+      const std::vector<float> want = run(normed.data(), K, nullptr, &act_ref);
+      const std::vector<float> got = run(A.data(), lda, &norm, &act_norm);
+      char name[200];
+      std::snprintf(name, sizeof name, "sgemm %s, %d thread(s), M=%lld N=%lld K=%lld, residual of %lld rows%s%s",
+                    cpu_isa_name(isa), threads, (long long)M, (long long)N, (long long)K, (long long)RR,
+                    use_packed ? ", packed B" : "", gelu ? ", GELU" : "");
+      expect(got == want && act_norm == act_ref,
+             std::string(name) + ": normalised rows give the bits of the product of the rows normalised first");
+    }
+  }
+  set_num_threads(saved_threads);
+  std::vector<float> a(64, 1.0f), b(64, 1.0f), c(64);
+  const RowNorm plain{1e-5f, nullptr, 0, 0}, no_rows{1e-5f, a.data(), 8, 0};
+  expect_error([&] { sgemm(true, false, 8, 8, 8, 1.0f, a.data(), 8, b.data(), 8, 0.0f, c.data(), 8, true, nullptr, false,
+                           nullptr, nullptr, nullptr, &plain); },
+               ERROR_ARGUMENT, "sgemm: normalised rows of a transposed A");
+  expect_error([&] { sgemm(false, false, 8, 8, 8, 1.0f, a.data(), 8, b.data(), 8, 0.0f, c.data(), 8, true, nullptr, false,
+                           nullptr, nullptr, nullptr, &no_rows); },
+               ERROR_ARGUMENT, "sgemm: normalised rows with a residual of no rows");
+  cpu_isa_set(cpu_isa_best());
+}
+
+// branch_linear_normed (ops.h): the bits of branch_linear of the LayerNorm op's output, one
+// product of every branch (a shared input) and one per branch (an input per branch, with the
+// residual shared by them), packed weights or not, GELU or not; recording a graph (the two ops,
+// gradients and all) where a gradient is wanted; errors for a residual of the wrong shape and a
+// non-positive eps.
+void test_branch_linear_normed() {
+  const int64_t R = 50, C = 48, N = 3, O = 80;
+  auto k_major = [](const Tensor& w) { return permute(contiguous(permute(w, {2, 0, 1})), {1, 2, 0}); };
+  auto packed_of = [](const Tensor& w, bool single) {
+    const int64_t n = w->shape[0], o = w->shape[1], c = w->shape[2];
+    return pack_weight(permute(reshape(permute(w, {2, 0, 1}), {c, n * o}), {1, 0}), single ? 1 : n);
+  };
+  const Tensor w = k_major(randn({N, O, C}, 1, 0.0f, 0.3f)), b = randn({N, O}, 2, 0.0f, 0.3f);
+  const Tensor x = add_scalar(randn({R, C}, 3, 0.0f, 1.0f), 2.0f), xs = randn({N, R, C}, 4, 0.0f, 1.0f);
+  const Tensor resid = randn({R, C}, 5, 0.0f, 1.0f);
+  {
+    GradMode no_grad(false);
+    for (bool gelu : {false, true}) {
+      const std::string act = gelu ? " with GELU" : "";
+      for (bool use_packed : {false, true}) {
+        const std::string how = act + (use_packed ? ", packed weights" : "");
+        const Tensor want = branch_linear(layernorm(x, nullptr, nullptr, 1e-6f), w, b, nullptr, nullptr, gelu, true);
+        const Tensor got = branch_linear_normed(x, nullptr, 1e-6f, w, b, gelu, true, use_packed ? packed_of(w, true) : nullptr);
+        expect(to_vector(got) == to_vector(want), "branch_linear_normed, a shared input" + how + ": the bits of the two ops");
+        const Tensor want_n =
+            branch_linear(layernorm(xs, nullptr, nullptr, 1e-5f, resid), w, b, nullptr, nullptr, gelu, true);
+        const Tensor got_n = branch_linear_normed(xs, resid, 1e-5f, w, b, gelu, true, use_packed ? packed_of(w, false) : nullptr);
+        expect(to_vector(got_n) == to_vector(want_n),
+               "branch_linear_normed, an input per branch and a residual" + how + ": the bits of the two ops");
+      }
+    }
+    // An input read through strides (a transposed view) is made contiguous first.
+    const Tensor xt = permute(contiguous(permute(xs, {0, 2, 1})), {0, 2, 1});
+    expect(to_vector(branch_linear_normed(xt, resid, 1e-5f, w, b, false, false)) ==
+               to_vector(branch_linear(layernorm(xs, nullptr, nullptr, 1e-5f, resid), w, b, nullptr, nullptr, false, false)),
+           "branch_linear_normed: an input with strided rows gives the bits of the two ops");
+    expect_error([&] { branch_linear_normed(xs, randn({R, C + 1}, 6, 0.0f, 1.0f), 1e-5f, w, b, false, true); }, ERROR_SHAPE,
+                 "branch_linear_normed: a residual of the wrong width");
+    expect_error([&] { branch_linear_normed(xs, randn({R - 1, C}, 6, 0.0f, 1.0f), 1e-5f, w, b, false, true); }, ERROR_SHAPE,
+                 "branch_linear_normed: a residual of the wrong number of rows");
+    expect_error([&] { branch_linear_normed(x, nullptr, 0.0f, w, b, false, true); }, ERROR_ARGUMENT,
+                 "branch_linear_normed: eps 0");
+  }
+  // With a gradient wanted: the two ops, recorded.
+  const Tensor xg = detach(xs);
+  xg->requires_grad = true;
+  const Tensor y = branch_linear_normed(xg, resid, 1e-5f, w, b, true, true);
+  expect(y->grad_fn != nullptr, "branch_linear_normed with a gradient wanted records the graph");
+  backward(sum(y, {}, false), nullptr);
+  const Tensor x2 = detach(xs);
+  x2->requires_grad = true;
+  backward(sum(branch_linear(layernorm(x2, nullptr, nullptr, 1e-5f, resid), w, b, nullptr, nullptr, true, true), {}, false),
+           nullptr);
+  expect(xg->grad && x2->grad && to_vector(xg->grad) == to_vector(x2->grad),
+         "branch_linear_normed with a gradient wanted: the input's gradient is the two ops'");
+}
+
 // pack_weight and the ops that read its panels (branch_linear one product wide and per branch,
 // stage_sum): the same bits as without them, as gradient-free inference computes; errors for a
 // weight that is not K-major, groups that do not divide it, and panels of the wrong shape.
@@ -2197,6 +2328,8 @@ int main() {
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_tunings_same_bits(static_cast<CpuIsa>(isa));
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_packed_b(static_cast<CpuIsa>(isa));
   test_packed_weights();
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_row_norm(static_cast<CpuIsa>(isa));
+  test_branch_linear_normed();
   test_attention_first();
   cpu_isa_set(cpu_isa_best());
   test_math();
