@@ -584,6 +584,63 @@ void test_stage_combine_kernel() {
   cpu_isa_set(saved);
 }
 
+// LayerNorm's forward row kernels on every instruction set: layernorm_rows_cpu (strided rows, in
+// place or not, with and without the affine) gives each row the bits layernorm_row_cpu makes of
+// it, and both agree with double formulas (mean, rstd and y); widths with and without a masked
+// tail and with several vector steps, and a large mean (the variance is taken about the mean,
+// not from the squares' sum).
+void test_layernorm_rows_kernel() {
+  const CpuIsa saved = cpu_isa_active();
+  std::mt19937 rng(15);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int isa = 0; isa <= cpu_isa_best(); isa++) {
+    cpu_isa_set(static_cast<CpuIsa>(isa));
+    for (const int64_t C : {1, 7, 16, 33, 64, 192, 200, 768}) {
+      for (const int64_t rows : {1, 4, 11}) {
+        for (const bool affine : {false, true}) {
+          const int64_t ld = C + 5;
+          std::vector<float> x(rows * ld), w(C), b(C);
+          for (auto& v : x) v = dist(rng);
+          for (int64_t c = 0; c < C; c++) x[c] += 300.0f;  // the first row's mean far from 0
+          for (auto& v : w) v = 1.0f + 0.1f * dist(rng);
+          for (auto& v : b) v = 0.1f * dist(rng);
+          const float* pw = affine ? w.data() : nullptr;
+          const float* pb = affine ? b.data() : nullptr;
+          std::vector<float> y(rows * C), mean(rows), rstd(rows), y1(rows * C), mean1(rows), rstd1(rows);
+          layernorm_rows_cpu(x.data(), ld, pw, pb, y.data(), C, mean.data(), rstd.data(), rows, C, 1e-5f);
+          for (int64_t r = 0; r < rows; r++)
+            layernorm_row_cpu(x.data() + r * ld, pw, pb, y1.data() + r * C, &mean1[r], &rstd1[r], C, 1e-5f);
+          std::vector<float> in_place(x);
+          std::vector<float> mean2(rows), rstd2(rows);
+          layernorm_rows_cpu(in_place.data(), ld, pw, pb, in_place.data(), ld, mean2.data(), rstd2.data(), rows, C, 1e-5f);
+          bool same_in_place = mean2 == mean && rstd2 == rstd;
+          double worst = 0;
+          for (int64_t r = 0; r < rows; r++) {
+            double m = 0, v = 0;
+            for (int64_t c = 0; c < C; c++) m += x[r * ld + c];
+            m /= C;
+            for (int64_t c = 0; c < C; c++) v += (x[r * ld + c] - m) * (x[r * ld + c] - m);
+            const double rs = 1.0 / std::sqrt(v / C + 1e-5);
+            worst = std::max(worst, std::fabs(mean[r] - m) / (1.0 + std::fabs(m)));
+            worst = std::max(worst, std::fabs(rstd[r] - rs) / rs);
+            for (int64_t c = 0; c < C; c++) {
+              const double want = (x[r * ld + c] - m) * rs * (affine ? w[c] : 1.0) + (affine ? b[c] : 0.0);
+              worst = std::max(worst, std::fabs(y[r * C + c] - want));
+              same_in_place = same_in_place && in_place[r * ld + c] == y[r * C + c];
+            }
+          }
+          const std::string name = std::string("layernorm_rows ") + cpu_isa_name(static_cast<CpuIsa>(isa)) + ", " +
+                                   std::to_string(rows) + " rows of " + std::to_string(C) + (affine ? ", affine" : "");
+          expect(y == y1 && mean == mean1 && rstd == rstd1, name + ": each row the bits of layernorm_row");
+          expect(same_in_place, name + ": in place, the same bits");
+          expect(worst < 2e-4, name + ": against double formulas (worst " + std::to_string(worst) + ")");
+        }
+      }
+    }
+  }
+  cpu_isa_set(saved);
+}
+
 // LayerNorm's backward kernel on every instruction set and on 1 and 2 threads: dx and the
 // parameter sums (added into dw and db, either of which may be absent) against double formulas;
 // 1000 rows (two threads' halves of 500: groups of 16 and a partial one) of 70 columns (two
@@ -2283,6 +2340,7 @@ int main() {
   test_small_then();
   test_attention_bias_sums();
   test_accumulate_rows();
+  test_layernorm_rows_kernel();
   test_layernorm_backward_kernel();
   test_layernorm_residual_backward();
   test_stage_combine_kernel();
