@@ -151,8 +151,8 @@ Tensor linear_of_branches(const Tensor& x, const Tensor& w, const Tensor& b, con
   const int64_t R = shared ? x->shape[0] : x->shape[1];
   Mat mx;
   Tensor rx = x;
-  // (Rows normalised in the product are read contiguous.)
-  if (!(shared ? as_rows(x, &mx) : as_mat(x, &mx)) || (norm && mx.s_c != 1 && C > 1)) {
+  // (Rows normalised in the product are read contiguous, apart.)
+  if (!(shared ? as_rows(x, &mx) : as_mat(x, &mx)) || (norm && ((mx.s_c != 1 && C > 1) || (mx.s_r < C && R > 1)))) {
     rx = contiguous_data(x);
     shared ? as_rows(rx, &mx) : as_mat(rx, &mx);
   }

@@ -1553,6 +1553,11 @@ void test_branch_linear_normed() {
     expect(to_vector(branch_linear_normed(xt, resid, 1e-5f, w, b, false, false)) ==
                to_vector(branch_linear(layernorm(xs, nullptr, nullptr, 1e-5f, resid), w, b, nullptr, nullptr, false, false)),
            "branch_linear_normed: an input with strided rows gives the bits of the two ops");
+    // Rows that overlap (a view one float apart) are made contiguous first too.
+    const Tensor overlapping = make_view(randn({R + C - 1}, 7, 0.0f, 1.0f), {R, C}, {1, 1}, 0);
+    expect(to_vector(branch_linear_normed(overlapping, nullptr, 1e-5f, w, b, false, true)) ==
+               to_vector(branch_linear(layernorm(overlapping, nullptr, nullptr, 1e-5f), w, b, nullptr, nullptr, false, true)),
+           "branch_linear_normed: an input of overlapping rows gives the bits of the two ops");
     expect_error([&] { branch_linear_normed(xs, randn({R, C + 1}, 6, 0.0f, 1.0f), 1e-5f, w, b, false, true); }, ERROR_SHAPE,
                  "branch_linear_normed: a residual of the wrong width");
     expect_error([&] { branch_linear_normed(xs, randn({R - 1, C}, 6, 0.0f, 1.0f), 1e-5f, w, b, false, true); }, ERROR_SHAPE,
