@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// npm run bench:ops: builds and runs bench/native/bench_ops (duat against the system OpenBLAS
-// in one process) and writes bench/results/cpu-ops.md with the command and the machine.
+// npm run bench:ops [-- --out FILE]: builds and runs bench/native/bench_ops (duat against the
+// system OpenBLAS in one process) and writes bench/results/cpu-ops.md (or FILE) with the command
+// and the machine.
 'use strict';
 const { execFileSync } = require('child_process');
 const fs = require('fs');
@@ -8,6 +9,9 @@ const os = require('os');
 const path = require('path');
 
 const root = path.resolve(__dirname, '..');
+const outArg = process.argv.indexOf('--out');
+if (outArg >= 0 && !process.argv[outArg + 1]) throw new Error('bench-ops: --out needs a file name');
+const outFile = outArg >= 0 ? path.resolve(process.argv[outArg + 1]) : path.join(root, 'bench', 'results', 'cpu-ops.md');
 execFileSync('node', [path.join(__dirname, 'build-native-tests.js')], { stdio: 'inherit' });
 const threads = process.env.DUAT_BENCH_THREADS || String(os.cpus().length);
 const reps = process.env.DUAT_BENCH_REPS || '21';
@@ -20,7 +24,7 @@ try {
 const cpu = os.cpus()[0]?.model ?? 'unknown';
 const doc = `# CPU op benchmark
 
-Command: \`npm run bench:ops\` (threads = ${threads}, ${reps} repetitions; median of interleaved runs)
+Command: \`npm run bench:ops${outArg >= 0 ? ` -- --out ${path.relative(root, outFile)}` : ''}\` (threads = ${threads}, ${reps} repetitions; median of interleaved runs)
 
 Machine: ${cpu}, ${os.cpus().length} cores, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${os.platform()} ${os.release()};
 commit ${commit}; ${new Date().toISOString().slice(0, 10)}.
@@ -39,6 +43,9 @@ Step kernel rows: the rest of a Para-Former-1-4 training step at its shapes; att
 GFLOP/s (forward two per-head products, backward four; the rebuilt scores are not counted), GELU's
 gradient with its bias sums, the bias reductions, LayerNorm's backward with its weight and bias sums
 and fc2's stage epilogue (the combine sgemm runs on each finished block) in GB/s against a copy.
+Batch-1 row kernel rows: a batch-1 forward's LayerNorm rows on one thread, as the fused products
+normalise their input (\`layernorm_rows_cpu\`, with and without the residual added), in
+microseconds a call on each instruction set the CPU has.
 
 ${out}
 ## Reading this
@@ -63,6 +70,6 @@ ${out}
   instructions per 16 elements; the step runs GELU inside the fc1 product's epilogue and softmax
   inside attention, so these rows are the kernels alone.
 `;
-fs.mkdirSync(path.join(root, 'bench', 'results'), { recursive: true });
-fs.writeFileSync(path.join(root, 'bench', 'results', 'cpu-ops.md'), doc);
-console.log('wrote bench/results/cpu-ops.md');
+fs.mkdirSync(path.dirname(outFile), { recursive: true });
+fs.writeFileSync(outFile, doc);
+console.log(`wrote ${path.relative(root, outFile)}`);

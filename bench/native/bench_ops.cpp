@@ -245,6 +245,32 @@ void bench_step_reductions(int reps) {
   }, 7 * R * 192 * 4);
 }
 
+// A batch-1 forward's LayerNorm rows (50 tokens of 192) on the calling thread, as the fused
+// products normalise their input (layernorm_rows_cpu, with and without a residual), on every
+// instruction set the CPU has: microseconds a call, each timing 200 calls.
+void bench_row_kernels_b1(int reps) {
+  constexpr int64_t T = 50, C = 192, CALLS = 200;
+  Tensor x = randn({T * C}, 15, 0, 1), res = randn({T * C}, 16, 0, 1), y = empty({T * C});
+  Tensor w = randn({C}, 17, 1, 0.1f), b = randn({C}, 18, 0, 0.1f), mean = empty({T}), rstd = empty({T});
+  const ResidualRows resid{res->f32(), C, T, 0};
+  const CpuIsa saved = cpu_isa_active();
+  const std::function<void()> none;
+  for (const bool with_resid : {false, true}) {
+    std::printf("| LayerNorm rows, %lld x %lld%s |", (long long)T, (long long)C, with_resid ? ", residual added" : "");
+    for (int isa = cpu_isa_best(); isa >= 0; isa--) {
+      cpu_isa_set(static_cast<CpuIsa>(isa));
+      const double t = race([&] {
+        for (int64_t i = 0; i < CALLS; i++)
+          layernorm_rows_cpu(x->f32(), C, w->f32(), b->f32(), y->f32(), C, mean->f32(), rstd->f32(), T, C, 1e-6f,
+                             with_resid ? &resid : nullptr);
+      }, none, reps).first;
+      std::printf(" %.2f (%s) |", 1e6 * t / CALLS, cpu_isa_name(static_cast<CpuIsa>(isa)));
+    }
+    std::printf("\n");
+  }
+  cpu_isa_set(saved);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -303,5 +329,7 @@ int main(int argc, char** argv) {
   bench_attention(peak, reps);
   std::printf("\n| step kernel | duat GB/s | memory copy GB/s | duat / copy |\n|---|---|---|---|\n");
   bench_step_reductions(reps);
+  std::printf("\n| batch-1 row kernel, one thread | us a call, widest ISA first | | |\n|---|---|---|---|\n");
+  bench_row_kernels_b1(reps);
   return 0;
 }

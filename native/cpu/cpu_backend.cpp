@@ -486,24 +486,6 @@ void CpuBackend::softmax_backward(const float* y, const float* dy, float* dx, in
   else softmax_backward_cpu(y, dy, dx, rows, cols);
 }
 
-namespace {
-// Calls fn(r, row) for every row r of x + resid (the residual's row r % resid_rows), each built in
-// a per-thread buffer; threaded over the rows.
-template <typename Fn>
-void residual_rows(const float* x, const float* resid, int64_t resid_rows, int64_t rows, int64_t C, Fn fn) {
-  parallel_for_range(rows, std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
-    thread_local std::vector<float> v;
-    v.resize(static_cast<size_t>(C));
-    for (int64_t r = lo; r < hi; r++) {
-      const float* xr = x + r * C;
-      const float* res = resid + (r % resid_rows) * C;
-      for (int64_t c = 0; c < C; c++) v[c] = xr[c] + res[c];
-      fn(r, v.data());
-    }
-  });
-}
-}  // namespace
-
 void CpuBackend::layernorm_forward(const LayerNormArgs& a) {
   std::vector<float> scratch;
   float* mean = a.mean;
@@ -518,8 +500,9 @@ void CpuBackend::layernorm_forward(const LayerNormArgs& a) {
     return;
   }
   const int64_t C = a.C;
-  residual_rows(a.x, a.resid, a.resid_rows, a.rows, C, [&](int64_t r, const float* v) {
-    layernorm_row_cpu(v, a.gamma, a.beta, a.y + r * C, mean + r, rstd + r, C, a.eps);
+  parallel_for_range(a.rows, std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
+    const ResidualRows resid{a.resid, C, a.resid_rows, lo};
+    layernorm_rows_cpu(a.x + lo * C, C, a.gamma, a.beta, a.y + lo * C, C, mean + lo, rstd + lo, hi - lo, C, a.eps, &resid);
   });
 }
 

@@ -1254,25 +1254,17 @@ class Scratch {
 };
 
 // Rows [0, M) of A (rows lda apart) normalised as RowNorm says into out (rows K apart), on the pool
-// when `parallel`: each row as CpuBackend::layernorm_forward makes it (the residual added into the
-// output row first, then normalised there in place), so the same bits.
+// when `parallel`: each row as CpuBackend::layernorm_forward makes it (layernorm_rows_cpu), so the
+// same bits.
 void normalize_rows(const float* A, int64_t lda, int64_t M, int64_t K, const RowNorm& norm, float* out, bool parallel) {
   auto rows = [&](int64_t lo, int64_t hi) {
     constexpr int64_t CHUNK = 64;
     float mean[CHUNK], rstd[CHUNK];  // (not kept)
     for (int64_t r0 = lo; r0 < hi; r0 += CHUNK) {
       const int64_t r1 = std::min(hi, r0 + CHUNK);
-      const float* x = A + r0 * lda;
-      int64_t ldx = lda;
-      if (norm.resid) {
-        for (int64_t r = r0; r < r1; r++) {
-          const float *xr = A + r * lda, *res = norm.resid + (r % norm.resid_rows) * norm.resid_ld;
-          float* y = out + r * K;
-          for (int64_t k = 0; k < K; k++) y[k] = xr[k] + res[k];
-        }
-        x = out + r0 * K, ldx = K;
-      }
-      layernorm_rows_cpu(x, ldx, nullptr, nullptr, out + r0 * K, K, mean, rstd, r1 - r0, K, norm.eps);
+      const ResidualRows resid{norm.resid, norm.resid_ld, norm.resid_rows, r0};
+      layernorm_rows_cpu(A + r0 * lda, lda, nullptr, nullptr, out + r0 * K, K, mean, rstd, r1 - r0, K, norm.eps,
+                         norm.resid ? &resid : nullptr);
     }
   };
   if (parallel) {

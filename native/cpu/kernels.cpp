@@ -38,7 +38,7 @@ struct RowKernels {
   void (*log_softmax_bwd_row)(const float*, const float*, float*, int64_t);
   void (*layernorm_row)(const float*, const float*, const float*, float*, float*, float*, int64_t, float);
   void (*layernorm_rows)(const float*, int64_t, const float*, const float*, float*, int64_t, float*, float*, int64_t,
-                         int64_t, float);
+                         int64_t, float, const ResidualRows*);
   void (*layernorm_bwd_row)(const float*, const float*, float, float, const float*, float*, int64_t, bool);
   void (*layernorm_bwd_params)(const float*, const float*, const float*, const float*, int64_t, int64_t, float*, float*);
   void (*layernorm_resid_bwd_row)(const float*, const float*, float, float, const float*, float*, bool, double*, bool,
@@ -187,13 +187,13 @@ void layernorm_forward_cpu(const float* x, const float* w, const float* b, float
                            int64_t rows, int64_t C, float eps) {
   const int64_t grain = std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(C, 1));
   parallel_for_range(rows, grain, [&](int64_t lo, int64_t hi) {
-    rk().layernorm_rows(x + lo * C, C, w, b, y + lo * C, C, mean + lo, rstd + lo, hi - lo, C, eps);
+    rk().layernorm_rows(x + lo * C, C, w, b, y + lo * C, C, mean + lo, rstd + lo, hi - lo, C, eps, nullptr);
   });
 }
 
 void layernorm_rows_cpu(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy, float* mean,
-                        float* rstd, int64_t rows, int64_t C, float eps) {
-  rk().layernorm_rows(x, ldx, w, b, y, ldy, mean, rstd, rows, C, eps);
+                        float* rstd, int64_t rows, int64_t C, float eps, const ResidualRows* resid) {
+  rk().layernorm_rows(x, ldx, w, b, y, ldy, mean, rstd, rows, C, eps, resid);
 }
 
 void layernorm_backward_cpu(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,

@@ -58,10 +58,17 @@ void gelu_forward_range_cpu(const float* x, float* y, int64_t n, float beta = 0.
 void gelu_backward_range_cpu(const float* x, const float* dy, float* dx, int64_t n, bool accumulate);
 void layernorm_row_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd, int64_t C,
                        float eps);
+// A residual added to LayerNorm's input rows: x's row r (of a call's rows) gets row (first + r) %
+// count of `rows` (ld apart).
+struct ResidualRows {
+  const float* rows;
+  int64_t ld, count, first;
+};
 // `rows` LayerNorm rows on the calling thread, x's ldx apart into y's ldy apart (y may be x), mean
-// and rstd one per row: each row as layernorm_row_cpu makes it.
+// and rstd one per row: each row as layernorm_row_cpu makes it. With a residual, x + resid is
+// written into y's row and normalised there in place: the bits layernorm_row_cpu makes of that sum.
 void layernorm_rows_cpu(const float* x, int64_t ldx, const float* w, const float* b, float* y, int64_t ldy, float* mean,
-                        float* rstd, int64_t rows, int64_t C, float eps);
+                        float* rstd, int64_t rows, int64_t C, float eps, const ResidualRows* resid = nullptr);
 // One row of the stage epilogue: c = x + scale * (v + sum_j extra[j * stride]) with x = r
 // (dm::stage_combine), plus beta * c when beta is not 0; c may be v.
 void stage_combine_range_cpu(float* c, const float* v, const float* r, const float* extra, int64_t nsum, int64_t stride,

@@ -639,6 +639,23 @@ void test_layernorm_rows_kernel() {
           expect(y == y1 && mean == mean1 && rstd == rstd1, name + ": each row the bits of layernorm_row");
           expect(same_in_place, name + ": in place, the same bits");
           expect(worst <= 1, name + ": against double formulas (worst error over its bound " + std::to_string(worst) + ")");
+          // With a residual of 3 rows (ld + 2 apart), starting at its row 2: row r gets residual
+          // row (2 + r) % 3, and the bits layernorm_row makes of the float sum.
+          const int64_t rld = C + 2;
+          std::vector<float> res(3 * rld);
+          for (auto& v : res) v = dist(rng);
+          const ResidualRows resid{res.data(), rld, 3, 2};
+          std::vector<float> yr(rows * C), meanr(rows), rstdr(rows), sum(C), want(C);
+          layernorm_rows_cpu(x.data(), ld, pw, pb, yr.data(), C, meanr.data(), rstdr.data(), rows, C, 1e-5f, &resid);
+          bool same_resid = true;
+          for (int64_t r = 0; r < rows; r++) {
+            for (int64_t c = 0; c < C; c++) sum[c] = x[r * ld + c] + res[((2 + r) % 3) * rld + c];
+            float m, s;
+            layernorm_row_cpu(sum.data(), pw, pb, want.data(), &m, &s, C, 1e-5f);
+            same_resid = same_resid && m == meanr[r] && s == rstdr[r] &&
+                         std::equal(want.begin(), want.end(), yr.begin() + r * C);
+          }
+          expect(same_resid, name + ": with a residual, layernorm_row's bits of x + resid");
         }
       }
     }
