@@ -201,6 +201,9 @@ class Backend {
   // handed back to release(). Throws ERROR_OUT_OF_MEMORY.
   virtual void* allocate(size_t bytes, size_t* capacity) = 0;
   virtual void release(void* p, size_t capacity) = 0;
+  // The same, for memory kept long and read whole again and again (the packed inference weights):
+  // a backend may place it where such reads are cheapest. Handed back to release() alike.
+  virtual void* allocate_lasting(size_t bytes, size_t* capacity) { return allocate(bytes, capacity); }
   virtual void upload(void* dst, const void* host, size_t bytes) = 0;    // host -> device
   virtual void download(void* host, const void* src, size_t bytes) = 0;  // device -> host, waits
   virtual void copy(void* dst, const void* src, size_t bytes) = 0;       // within the device

@@ -150,6 +150,10 @@ class ProfilingBackend final : public Backend {
     Scope s(PROFILE_ALLOCATION, 0, "allocate", false);
     return in_.allocate(bytes, capacity);
   }
+  void* allocate_lasting(size_t bytes, size_t* capacity) override {
+    Scope s(PROFILE_ALLOCATION, 0, "allocate", false);
+    return in_.allocate_lasting(bytes, capacity);
+  }
   void release(void* p, size_t capacity) override {
     Scope s(PROFILE_ALLOCATION, 0, "release", false);
     in_.release(p, capacity);

@@ -92,10 +92,10 @@ Shape contiguous_strides(const Shape& shape) {
   return strides;
 }
 
-std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
+std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device, bool lasting) {
   Backend& be = backend(device);
   auto s = std::make_shared<Storage>();
-  s->data = be.allocate(bytes, &s->capacity);
+  s->data = lasting ? be.allocate_lasting(bytes, &s->capacity) : be.allocate(bytes, &s->capacity);
   s->bytes = bytes;
   s->device = device;
   s->owner = &be;
@@ -163,16 +163,22 @@ MemoryStats memory_stats() {
 
 void reset_peak_bytes() { g_peak_bytes.store(g_live_bytes.load()); }
 
-Tensor empty(const Shape& shape, DType dtype, Device device) {
+namespace {
+Tensor empty_tensor(const Shape& shape, DType dtype, Device device, bool lasting) {
   const int64_t n = shape_numel(shape);
   auto t = std::make_shared<TensorImpl>();
-  t->storage = Storage::allocate(static_cast<size_t>(n) * 4, device);
+  t->storage = Storage::allocate(static_cast<size_t>(n) * 4, device, lasting);
   t->shape = shape;
   t->strides = contiguous_strides(shape);
   t->dtype = dtype;
   t->device = device;
   return t;
 }
+}  // namespace
+
+Tensor empty(const Shape& shape, DType dtype, Device device) { return empty_tensor(shape, dtype, device, false); }
+
+Tensor empty_lasting(const Shape& shape, Device device) { return empty_tensor(shape, DTYPE_F32, device, true); }
 
 Tensor zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);

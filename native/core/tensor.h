@@ -43,7 +43,8 @@ struct Storage {
   // Weights derived from this storage's values for inference (native/model/derived.h): they are
   // freed with it.
   std::shared_ptr<DerivedSlot> derived;
-  static std::shared_ptr<Storage> allocate(size_t bytes, Device device);
+  // lasting: Backend::allocate_lasting (memory kept long and read whole by every call).
+  static std::shared_ptr<Storage> allocate(size_t bytes, Device device, bool lasting = false);
   ~Storage();
 };
 
@@ -108,6 +109,8 @@ void set_cache_limit(int64_t bytes);  // 0 disables caching
 void empty_cache();                   // returns every cached block to the system
 
 Tensor empty(const Shape& shape, DType dtype = DTYPE_F32, Device device = DEVICE_CPU);
+// empty() of float32 memory kept long and read whole by every call (Backend::allocate_lasting).
+Tensor empty_lasting(const Shape& shape, Device device);
 Tensor zeros(const Shape& shape, DType dtype = DTYPE_F32, Device device = DEVICE_CPU);
 Tensor full(const Shape& shape, float value, Device device = DEVICE_CPU);
 Tensor zeros_like(const Tensor& t);

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__linux__)
@@ -92,6 +93,27 @@ BlockCache& block_cache() {
   static BlockCache* cache = new BlockCache();  // never destroyed: storages may outlive statics
   return *cache;
 }
+
+// ---- lasting blocks (allocate_lasting): the packed inference weights on huge pages ----
+// A forward pass reads a model's packed weights whole, and they are larger than L2 (ViT-12's 21
+// MB): they come from L3 every pass, through the TLB, and on 4 KiB pages each 24 KiB panel spans
+// six of them. Lasting blocks under half a huge page are laid one after another in 2 MiB chunks
+// offered for transparent huge pages (a model's weights side by side, as they are packed); a
+// chunk goes back to the system when its last block is released. Their capacity carries
+// LASTING_TAG (the sizes are multiples of ALIGNMENT), so release() knows them without a lookup.
+constexpr size_t LASTING_TAG = 1;
+
+struct LastingChunks {
+  std::mutex mutex;
+  std::unordered_map<uintptr_t, int64_t> live;  // blocks not yet released, by their chunk's address
+  uintptr_t open = 0;                           // the chunk new blocks are laid in
+  size_t used = 0;                              // its bytes laid so far
+};
+
+LastingChunks& lasting_chunks() {
+  static LastingChunks* chunks = new LastingChunks();  // never destroyed: storages may outlive statics
+  return *chunks;
+}
 }  // namespace
 
 CacheStats cache_stats() {
@@ -144,7 +166,51 @@ void* CpuBackend::allocate(size_t bytes, size_t* capacity) {
   return p;
 }
 
+int64_t lasting_chunks_held() {
+  LastingChunks& c = lasting_chunks();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  return static_cast<int64_t>(c.live.size());
+}
+
+void* CpuBackend::allocate_lasting(size_t bytes, size_t* capacity) {
+  const size_t rounded = (bytes + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
+  if (rounded == 0 || rounded > HUGE_PAGE / 2) return allocate(bytes, capacity);
+  LastingChunks& c = lasting_chunks();
+  std::lock_guard<std::mutex> lock(c.mutex);
+  if (!c.open || c.used + rounded > HUGE_PAGE) {
+    void* chunk = std::aligned_alloc(HUGE_PAGE, HUGE_PAGE);
+    if (!chunk) fail(ERROR_OUT_OF_MEMORY, "out of memory allocating " + std::to_string(bytes) + " bytes on the CPU");
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    madvise(chunk, HUGE_PAGE, MADV_HUGEPAGE);
+#endif
+    c.open = reinterpret_cast<uintptr_t>(chunk);
+    c.used = 0;
+    c.live[c.open] = 0;
+  }
+  void* p = reinterpret_cast<void*>(c.open + c.used);
+  c.used += rounded;
+  c.live[c.open]++;
+  *capacity = rounded | LASTING_TAG;
+  return p;
+}
+
 void CpuBackend::release(void* p, size_t capacity) {
+  if (capacity & LASTING_TAG) {
+    LastingChunks& c = lasting_chunks();
+    void* chunk = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(c.mutex);
+      const uintptr_t base = reinterpret_cast<uintptr_t>(p) & ~(HUGE_PAGE - 1);
+      const auto it = c.live.find(base);
+      if (--it->second == 0) {
+        c.live.erase(it);
+        if (c.open == base) c.open = 0;
+        chunk = reinterpret_cast<void*>(base);
+      }
+    }
+    std::free(chunk);
+    return;
+  }
   std::vector<void*> evicted;  // freed after the lock: giving memory back to the system is slow
   if (capacity >= CACHE_MIN) {
     BlockCache& c = block_cache();

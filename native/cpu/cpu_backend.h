@@ -11,6 +11,7 @@ class CpuBackend : public Backend {
  public:
   const char* name() const override { return "cpu"; }
   void* allocate(size_t bytes, size_t* capacity) override;
+  void* allocate_lasting(size_t bytes, size_t* capacity) override;
   void release(void* p, size_t capacity) override;
   void upload(void* dst, const void* host, size_t bytes) override;
   void download(void* host, const void* src, size_t bytes) override;
@@ -58,5 +59,8 @@ class CpuBackend : public Backend {
   void sgd(const std::vector<SgdTensor>& t, const GradScale& s) override;
   void sum_of_squares(const std::vector<std::pair<const float*, int64_t>>& t, float* out) override;
 };
+
+// The 2 MiB chunks that lasting blocks (allocate_lasting) are laid in, held now (for tests).
+int64_t lasting_chunks_held();
 
 }  // namespace duat

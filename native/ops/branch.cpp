@@ -111,7 +111,7 @@ Tensor pack_weight(const Tensor& w, int64_t groups) {
   const int width = be.packed_b_width();
   if (width == 0) return nullptr;
   const int64_t cols = n / groups, panels = (cols + width - 1) / width, ld = K == 1 ? n : w->strides[1];
-  const Tensor out = empty({groups, panels, K, width}, DTYPE_F32, w->device);
+  const Tensor out = empty_lasting({groups, panels, K, width}, w->device);
   for (int64_t g = 0; g < groups; g++)
     be.pack_b(w->ptr_f32() + g * cols, K, cols, ld, out->ptr_f32() + g * panels * K * width);
   return out;

@@ -26,6 +26,7 @@
 #include "model/derived.h"
 #include "core/parallel.h"
 #include "core/profile.h"
+#include "cpu/cpu_backend.h"
 #include "cpu/gemm.h"
 #include "cpu/kernels.h"
 #include "cpu/math_avx512.h"
@@ -1636,6 +1637,48 @@ void test_packed_weights() {
                "branch_linear: panels packed per branch for one product of every branch");
 }
 
+// Lasting blocks (the packed inference weights): laid one after another in 2 MiB chunks, 64-byte
+// aligned and apart, a new chunk where the next does not fit; blocks over half a chunk allocated
+// as any other; every chunk given back once its blocks are released, in any order. pack_weight's
+// panels are lasting blocks.
+void test_lasting_blocks() {
+  Backend& be = cpu_backend();
+  const int64_t held = lasting_chunks_held();
+  expect(held == 0, "lasting blocks: none held before this test (the earlier tests' weights all released)");
+  const size_t sizes[] = {900000, 900001, 400000, 100, 1500000};
+  std::vector<std::pair<float*, size_t>> blocks;
+  for (const size_t bytes : sizes) {
+    size_t capacity = 0;
+    float* p = static_cast<float*>(be.allocate_lasting(bytes, &capacity));
+    blocks.push_back({p, capacity});
+    for (size_t i = 0; i < bytes / 4; i++) p[i] = static_cast<float>(blocks.size());
+  }
+  const uintptr_t chunk = size_t{1} << 21;
+  auto at = [&](size_t i) { return reinterpret_cast<uintptr_t>(blocks[i].first); };
+  bool aligned = true;
+  for (const auto& b : blocks) aligned = aligned && reinterpret_cast<uintptr_t>(b.first) % 64 == 0;
+  expect(aligned, "lasting blocks: 64-byte aligned");
+  expect(at(1) == at(0) + 900032 && at(0) / chunk == at(1) / chunk, "lasting blocks: the second laid after the first");
+  expect(at(2) % chunk == 0 && at(2) != at(0) - at(0) % chunk,
+         "lasting blocks: one that does not fit the chunk's rest starts a new chunk");
+  expect(at(3) == at(2) + 400000 && lasting_chunks_held() == held + 2, "lasting blocks: two chunks held for four blocks");
+  expect((blocks[4].second & 1) == 0, "lasting blocks: a block over half a chunk is allocated as any other");
+  bool kept = true;
+  for (size_t b = 0; b < blocks.size(); b++)
+    for (size_t i = 0; i < sizes[b] / 4; i++) kept = kept && blocks[b].first[i] == static_cast<float>(b + 1);
+  expect(kept, "lasting blocks: each keeps its own values (none overlaps another)");
+  for (const size_t b : {2, 0, 4, 3}) be.release(blocks[b].first, blocks[b].second);
+  expect(lasting_chunks_held() == held + 1, "lasting blocks: a chunk held while one of its blocks is");
+  be.release(blocks[1].first, blocks[1].second);
+  expect(lasting_chunks_held() == held, "lasting blocks: every chunk given back once its blocks are released");
+  {
+    const Tensor w = permute(randn({64, 192}, 1, 0.0f, 1.0f), {1, 0});
+    const Tensor packed = pack_weight(w, 1);
+    expect((packed->storage->capacity & 1) && lasting_chunks_held() == held + 1, "pack_weight: its panels a lasting block");
+  }
+  expect(lasting_chunks_held() == held, "pack_weight: its chunk given back with the panels");
+}
+
 // A GELU branch_linear joined to its stage_sum (GeluLink): the gradient before the GELU comes
 // from the sum's product (the profile shows the fused product and no separate GELU backward), and
 // every gradient agrees with the unjoined ops', with the LayerNorm folded into fc1 and without.
@@ -2203,6 +2246,58 @@ double max_diff(const Tensor& a, const Tensor& b) {
   return m;
 }
 
+// Attention's forward at batch 1 (heads too few to share evenly among 2 threads, a head a task):
+// out and lse the same bits on 1, 2 and 3 threads, and near double formulas; tokens filling
+// their last vector of 16 queries in part (50, 40, 17, 9) or by one query (49), one branch and
+// four.
+void test_attention_batch1() {
+  const int saved_threads = get_num_threads();
+  for (auto [B, T, N, H] : {std::array<int64_t, 4>{1, 50, 1, 3}, {1, 40, 1, 3}, {1, 49, 1, 3}, {1, 17, 1, 3},
+                            {1, 9, 3, 1}, {1, 50, 4, 3}}) {
+    const int64_t D = 16, C = H * D, W = N * 3 * C;
+    const dm::AttnLayout L{T, C, N, H, D};
+    const Tensor qkv = randn({B, T, W}, 23, 0.0f, 1.0f);
+    const float* x = qkv->f32();
+    std::vector<float> out1, lse1;
+    const std::string shape = "B=" + std::to_string(B) + " T=" + std::to_string(T) + " N=" + std::to_string(N) +
+                              " H=" + std::to_string(H);
+    for (int threads : {1, 2, 3}) {
+      set_num_threads(threads);
+      std::vector<float> out(B * T * N * C, 9.0f), lse(B * N * H * T, 9.0f);
+      cpu_backend().attention_forward(L, B, x, out.data(), lse.data());
+      if (threads == 1) {
+        out1 = out, lse1 = lse;
+        double worst = 0.0;
+        for (int64_t b = 0; b < B; b++)
+          for (int64_t n = 0; n < N; n++)
+            for (int64_t h = 0; h < H; h++)
+              for (int64_t q = 0; q < T; q++) {
+                std::vector<double> s(T);
+                double m = -INFINITY, sum = 0.0;
+                for (int64_t k = 0; k < T; k++) {
+                  double d = 0.0;
+                  for (int64_t e = 0; e < D; e++)
+                    d += double(x[L.q_offset(b, n, h) + q * W + e]) * x[L.k_offset(b, n, h) + k * W + e];
+                  s[k] = d / std::sqrt(double(D)), m = std::max(m, s[k]);
+                }
+                for (int64_t k = 0; k < T; k++) sum += std::exp(s[k] - m);
+                worst = std::max(worst, std::fabs(lse[L.stat_offset(b, n, h) + q] - (m + std::log(sum))));
+                for (int64_t e = 0; e < D; e++) {
+                  double o = 0.0;
+                  for (int64_t k = 0; k < T; k++) o += std::exp(s[k] - m) / sum * x[L.v_offset(b, n, h) + k * W + e];
+                  worst = std::max(worst, std::fabs(out[L.out_offset(b, n, h) + q * N * C + e] - o));
+                }
+              }
+        expect(worst < 2e-5, "attention forward " + shape + ": out and lse near double formulas (" + std::to_string(worst) + ")");
+      } else {
+        expect(out == out1 && lse == lse1, "attention forward " + shape + " on " + std::to_string(threads) +
+                                               " threads: the bits of one thread");
+      }
+    }
+  }
+  set_num_threads(saved_threads);
+}
+
 // attention_first: the first rows of attention's output, on the CPU (its own kernel, which finds
 // a column's maximum and sums over keys for 1 to 17 queries, sixteen queries to a vector) and on
 // the test device (which, as CUDA, computes every row and keeps the first); its errors.
@@ -2413,9 +2508,11 @@ int main() {
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_tunings_same_bits(static_cast<CpuIsa>(isa));
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_packed_b(static_cast<CpuIsa>(isa));
   test_packed_weights();
+  test_lasting_blocks();
   for (int isa = 0; isa <= cpu_isa_best(); isa++) test_gemm_row_norm(static_cast<CpuIsa>(isa));
   test_branch_linear_normed();
   test_attention_first();
+  test_attention_batch1();
   cpu_isa_set(cpu_isa_best());
   test_math();
   test_autograd_fanout();
