@@ -19,12 +19,6 @@ namespace {
 constexpr int64_t ELEM_GRAIN = 1 << 15;
 constexpr int64_t FOLD_MIN_ROWS = 64;  // rows of a fold's backward below which a branch is not cut up
 
-// n floats of the scratch v, starting on a 64-byte cache line (v grows to hold them).
-float* line_aligned(std::vector<float>& v, int64_t n) {
-  v.resize(static_cast<size_t>(n + 16));
-  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
-}
-
 // One operand of GemmArgs as sgemm reads it: X(r, k) = p[r*s_r + k*s_k] for `rows` x K. sgemm
 // reads a matrix row-major or transposed with one leading dimension; any other strides are
 // first copied into `scratch` (row-major).

@@ -48,6 +48,11 @@ namespace duat {
 const GemmTuning GEMM_TUNING_AMD{false, false, 4096};
 const GemmTuning GEMM_TUNING_INTEL{true, true, 1024};
 
+float* line_aligned(std::vector<float>& v, int64_t n) {
+  v.resize(static_cast<size_t>(n + 16));
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(v.data()) + 63) & ~uintptr_t{63});
+}
+
 namespace {
 
 // A tile's share of a product's GELU output or input (GemmAct, p or pre at the tile's first
@@ -1343,10 +1348,11 @@ void sgemm_direct_b(const KernelInfo& ker, bool transA, int64_t M, int64_t N, in
   // Para-Former-1-12 2.6%, than panels taken in turn).
   const int64_t shares = parallel && n_panels > 1 && M * N * K > (1 << 18) ? std::min<int64_t>(threads, n_panels) : 1;
   if (rows_in_place && norm) {
-    // Each share normalises every row into scratch of its own and reads them there.
-    const Scratch own(static_cast<size_t>(shares * M * K));
+    // Each share normalises every row into its thread's own buffer and reads them there (one
+    // thread running both shares runs them one after the other).
     auto share = [&](int64_t s) {
-      float* a = own.get() + s * M * K;
+      thread_local std::vector<float> own;
+      float* a = line_aligned(own, M * K);
       normalize_rows(A, lda, M, K, *norm, a, false);
       for (int64_t q = n_panels * s / shares; q < n_panels * (s + 1) / shares; q++) task(q, a, K);
     };

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace duat {
 
@@ -92,6 +93,9 @@ struct RowNorm {
   const float* resid = nullptr;
   int64_t resid_ld = 0, resid_rows = 0;
 };
+
+// n floats of the scratch v, starting on a 64-byte cache line (v grows to hold them).
+float* line_aligned(std::vector<float>& v, int64_t n);
 
 // The panels' width the active fp32 kernels read (KernelInfo's NR).
 int sgemm_panel_width();
