@@ -185,11 +185,10 @@ void* CpuBackend::allocate_lasting(size_t bytes, size_t* capacity) {
 #endif
     c.open = reinterpret_cast<uintptr_t>(chunk);
     c.used = 0;
-    c.live[c.open] = 0;
   }
   void* p = reinterpret_cast<void*>(c.open + c.used);
   c.used += rounded;
-  c.live[c.open]++;
+  ++c.live[c.open];  // (a new chunk's count starts at 0)
   *capacity = rounded | LASTING_TAG;
   return p;
 }
@@ -561,15 +560,7 @@ void CpuBackend::layernorm_forward(const LayerNormArgs& a) {
     mean = mean ? mean : scratch.data();
     rstd = rstd ? rstd : scratch.data() + a.rows;
   }
-  if (!a.resid) {
-    layernorm_forward_cpu(a.x, a.gamma, a.beta, a.y, mean, rstd, a.rows, a.C, a.eps);
-    return;
-  }
-  const int64_t C = a.C;
-  parallel_for_range(a.rows, std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(C, 1)), [&](int64_t lo, int64_t hi) {
-    const ResidualRows resid{a.resid, C, a.resid_rows, lo};
-    layernorm_rows_cpu(a.x + lo * C, C, a.gamma, a.beta, a.y + lo * C, C, mean + lo, rstd + lo, hi - lo, C, a.eps, &resid);
-  });
+  layernorm_forward_cpu(a.x, a.gamma, a.beta, a.y, mean, rstd, a.rows, a.C, a.eps, a.resid, a.resid_rows);
 }
 
 void CpuBackend::layernorm_backward(const LayerNormGradArgs& a) {

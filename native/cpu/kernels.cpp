@@ -184,10 +184,11 @@ void log_softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_
 }
 
 void layernorm_forward_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
-                           int64_t rows, int64_t C, float eps) {
+                           int64_t rows, int64_t C, float eps, const float* resid, int64_t resid_rows) {
   const int64_t grain = std::max<int64_t>(1, ELEM_GRAIN / std::max<int64_t>(C, 1));
   parallel_for_range(rows, grain, [&](int64_t lo, int64_t hi) {
-    rk().layernorm_rows(x + lo * C, C, w, b, y + lo * C, C, mean + lo, rstd + lo, hi - lo, C, eps, nullptr);
+    const ResidualRows res{resid, C, resid_rows, lo};
+    rk().layernorm_rows(x + lo * C, C, w, b, y + lo * C, C, mean + lo, rstd + lo, hi - lo, C, eps, resid ? &res : nullptr);
   });
 }
 

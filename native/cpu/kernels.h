@@ -85,9 +85,10 @@ void log_softmax_forward_cpu(const float* x, float* y, int64_t rows, int64_t col
 void log_softmax_backward_cpu(const float* y, const float* dy, float* dx, int64_t rows, int64_t cols);
 
 // LayerNorm over rows of C: y = (x - mean) * rstd * w + b, rstd = 1/sqrt(var + eps) (biased
-// variance, two-pass in fp32). w and b may be null (then 1 and 0). mean and rstd: (rows).
+// variance, two-pass in fp32). w and b may be null (then 1 and 0). mean and rstd: (rows). With a
+// residual (rows of C), x's row r is taken as x + resid's row r % resid_rows (layernorm_rows_cpu).
 void layernorm_forward_cpu(const float* x, const float* w, const float* b, float* y, float* mean, float* rstd,
-                           int64_t rows, int64_t C, float eps);
+                           int64_t rows, int64_t C, float eps, const float* resid = nullptr, int64_t resid_rows = 0);
 // dx (+)= rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * w (written when not
 // `accumulate`); dw += sum dy*xhat; db += sum dy. dx, dw, db may each be null (not wanted).
 void layernorm_backward_cpu(const float* x, const float* w, const float* mean, const float* rstd, const float* dy,
