@@ -45,8 +45,8 @@
 
 namespace duat {
 
-const GemmTuning GEMM_TUNING_AMD{false, false, 4096};
-const GemmTuning GEMM_TUNING_INTEL{true, true, 1024};
+const GemmTuning GEMM_TUNING_AMD{false, false, 4096, false};
+const GemmTuning GEMM_TUNING_INTEL{true, true, 1024, true};
 
 float* line_aligned(std::vector<float>& v, int64_t n) {
   v.resize(static_cast<size_t>(n + 16));
@@ -1450,7 +1450,7 @@ void cpu_isa_set(CpuIsa isa) {
 const char* gemm_tuning_name(const GemmTuning& t) {
   auto same = [&](const GemmTuning& u) {
     return t.pack_transposed_a == u.pack_transposed_a && t.tile_rows_outer == u.tile_rows_outer &&
-           t.chunk_cols == u.chunk_cols;
+           t.chunk_cols == u.chunk_cols && t.grad_act_tiles == u.grad_act_tiles;
   };
   return same(GEMM_TUNING_AMD) ? "amd" : same(GEMM_TUNING_INTEL) ? "intel" : "custom";
 }
@@ -1665,8 +1665,10 @@ void sgemm(bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alph
         // or micro_bf16 (not micro_rows); otherwise over the task's finished block.
         // A backward act from the tiles where a task's block of C would not stay in L2 for the
         // pass over it (Para-Former's fc2 backward, 4 or 12 branches side by side: 144 x 3328 and
-        // 144 x 4096); one of 144 x 768 (ViT's) does, and its pass was faster (ViT-4 1.4%).
-        const bool grad_tiles = act_grad && !bf16 && beta == 0.0f && !bias && mc * nc * 4 > l2_bytes();
+        // 144 x 4096), or where the tuning says so; on AMD a block of 144 x 768 (ViT's) stays,
+        // and its pass was faster (ViT-4 1.4%).
+        const bool grad_tiles =
+            act_grad && !bf16 && beta == 0.0f && !bias && (tuning.grad_act_tiles || mc * nc * 4 > l2_bytes());
         const bool fp32_tiles = micro_act && (in_place == 0 || transA);  // every tile runs `micro`
         const bool act_tiles = act && (act_grad ? grad_tiles && fp32_tiles : bf16 ? ker.micro_bf16_act != nullptr : fp32_tiles);
         const bool stream_c = act_tiles && streams_c;

@@ -44,10 +44,17 @@ struct GemmTuning {
   // Columns of C per chunk of packed B, at most: a multiple of 32 (every kernel's panel width
   // divides it, so no chunk leaves a partial panel within C, whose tiles would round otherwise).
   int64_t chunk_cols;
+  // A backward act (GemmAct::grad_sums) applied from the tiles' registers in every block of C,
+  // rather than only in blocks too large to stay in L2 for a pass over them after the product
+  // (the others get that pass). Either way the same values and the same sums in the same order.
+  bool grad_act_tiles = false;
 };
-// AMD (Zen): transposed A in place, column panels outer, chunks of up to 4096 columns. Intel: its
-// L2 prefetcher stops at 4 KiB pages, so A^T read in place and C written down columns wait on
-// memory line by line; 1024 columns keep a chunk of packed B in its 2 MiB L2.
+// AMD (Zen): transposed A in place, column panels outer, chunks of up to 4096 columns, GELU's
+// backward as a pass over blocks that stay in L2. Intel: its L2 prefetcher stops at 4 KiB pages,
+// so A^T read in place and C written down columns wait on memory line by line; 1024 columns keep
+// a chunk of packed B in its 2 MiB L2; GELU's backward from the tiles (its blocks of 144 x 1024
+// stay in L2, but the pass over them, reading the pre-activation, cost more than the tiles'
+// share: bench/results/cpu-ab-gelu-grad-tiles.md).
 extern const GemmTuning GEMM_TUNING_AMD, GEMM_TUNING_INTEL;
 const char* gemm_tuning_name(const GemmTuning& t);  // "amd", "intel" or "custom"
 GemmTuning gemm_tuning();                           // what sgemm uses now
