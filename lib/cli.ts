@@ -10,7 +10,7 @@ import * as path from 'path';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 
 import * as duat from './index';
-import { BENCH_SIZES, BenchOptions, runBench, writeResults } from './bench/bench';
+import { BENCH_SIZES, BenchOptions, commandLine, runBench, writeResults } from './bench/bench';
 import { topClasses } from './nn/ParaFormer';
 import { attentionSvg } from './train/inspect';
 
@@ -542,7 +542,7 @@ function benchCmd(cmd: Command): void {
     if (!Number.isInteger(n) || n < 1 || n > 64) throw new duat.ArgumentError(`Expected --layers to list integers in [1, 64] but received '${String(o.layers)}'`);
   }
   const run = runBench(opts, (s) => process.stderr.write(s + '\n'));
-  const files = writeResults(run, opts, `duat bench ${process.argv.slice(3).join(' ')}`.trim());
+  const files = writeResults(run, opts, commandLine(['duat', 'bench', ...process.argv.slice(3)]));
   process.stdout.write(JSON.stringify(files) + '\n');
 }
 

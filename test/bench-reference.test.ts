@@ -9,7 +9,7 @@ import * as fs from 'fs';
 import * as path from 'path';
 
 import * as duat from '../lib';
-import { bestTorch, findPython, markdown, modelFlops, Row, stat } from '../lib/bench/bench';
+import { bestTorch, commandLine, findPython, markdown, modelFlops, Row, stat } from '../lib/bench/bench';
 
 /** float32 in both frameworks, different summation orders. */
 const PARITY_TOL = 1e-4;
@@ -108,6 +108,12 @@ test('duat bench runs end to end: interleaved rounds, the peak, and the three re
     fs.rmSync(out, { recursive: true, force: true });
   }
 }, 300000);
+
+test('the results name the command as a shell reads it back (an empty --torch-variants quoted)', () => {
+  expect(commandLine(['duat', 'bench', '--layers', '4,12', '--torch-variants', '', '--ort', 'none', '--out', '/tmp/x']))
+    .toBe("duat bench --layers 4,12 --torch-variants '' --ort none --out /tmp/x");
+  expect(commandLine(['--out', "my dir's"])).toBe(`--out 'my dir'\\''s'`);
+});
 
 test('duat bench refuses unknown sizes and variants before timing anything', () => {
   for (const bad of [['--size', 'huge'], ['--torch-variants', 'eager,jit'], ['--layers', '0']]) {

@@ -409,6 +409,11 @@ ${lines.join('\n')}
 `;
 }
 
+/** A command line as a shell reads it back: empty arguments and ones with other characters quoted. */
+export function commandLine(args: string[]): string {
+  return args.map((a) => (/^[\w./,=:@%+-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`)).join(' ');
+}
+
 export function writeResults(run: BenchRun, o: BenchOptions, command: string): { md: string; json: string; svg: string } {
   fs.mkdirSync(o.out, { recursive: true });
   let commit = 'unknown';
