@@ -1002,11 +1002,34 @@ void prefetch_span(const float* p, int64_t n) {
   for (int64_t b = 0; b < n * 4 + 63; b += 64) __builtin_prefetch(c + b, 0, 3);
 }
 #if defined(__x86_64__)
+// Four rows of k at a time where there are four: a panel's 4 x 12 values are three whole vectors,
+// stored as such, where one masked store of 12 for each row would cross a cache line every other
+// row (a C++ harness packing 3072 columns of a 3200-row A^T in strips of 144, one thread: 3.7 -> 3.3 ms).
 __attribute__((target("avx512f"))) void pack_a_trans_avx512(const float* A, int64_t lda, int64_t i0, int64_t mc,
                                                             int64_t p0, int64_t kc, float* out) {
   constexpr int MR = 12;
   const int64_t panels = (mc + MR - 1) / MR;
-  for (int64_t k = 0; k < kc; k++) {
+  // Lanes of the two rows each vector takes from (16 + j: the second's lane j).
+  const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19);
+  const __m512i second = _mm512_setr_epi32(4, 5, 6, 7, 8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i third = _mm512_setr_epi32(8, 9, 10, 11, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27);
+  int64_t k = 0;
+  for (; k + 4 <= kc; k += 4) {
+    const float* src = A + (p0 + k) * lda + i0;
+    for (int64_t j = 0; j < 4; j++)
+      if (k + j + PACK_AHEAD_ROWS < kc) prefetch_span(src + (j + PACK_AHEAD_ROWS) * lda, mc);
+    for (int64_t r = 0; r < panels; r++) {
+      const __mmask16 m = static_cast<__mmask16>((1u << std::min<int64_t>(MR, mc - r * MR)) - 1);  // zero padded
+      const __m512 a0 = _mm512_maskz_loadu_ps(m, src + r * MR), a1 = _mm512_maskz_loadu_ps(m, src + lda + r * MR);
+      const __m512 a2 = _mm512_maskz_loadu_ps(m, src + 2 * lda + r * MR);
+      const __m512 a3 = _mm512_maskz_loadu_ps(m, src + 3 * lda + r * MR);
+      float* dst = out + r * MR * kc + k * MR;
+      _mm512_storeu_ps(dst, _mm512_permutex2var_ps(a0, first, a1));
+      _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(a1, second, a2));
+      _mm512_storeu_ps(dst + 32, _mm512_permutex2var_ps(a2, third, a3));
+    }
+  }
+  for (; k < kc; k++) {
     const float* src = A + (p0 + k) * lda + i0;
     if (k + PACK_AHEAD_ROWS < kc) prefetch_span(src + PACK_AHEAD_ROWS * lda, mc);
     for (int64_t r = 0; r < panels; r++) {
