@@ -103,10 +103,12 @@ export function setNumThreads(n: number): number {
 }
 
 /**
- * The CPU block cache: freed blocks of 64 KiB and more are kept for reuse (up to `limitBytes`,
- * default 1 GiB; a block freed into a full cache replaces the longest-cached ones), so a training
- * loop stops allocating after its first step. memory() counts live tensors only; the cache is
- * reported here.
+ * The CPU block cache: freed blocks of 64 KiB and more are kept for reuse (up to `limitBytes`; a
+ * block freed into a full cache replaces the longest-cached ones), so a training loop stops
+ * allocating after its first step. The limit is by default the larger of 1 GiB and the most bytes
+ * of such blocks the program has had in use at once (`limitBytes` reports it as it stands), so a
+ * step of any size reuses its buffers; setCacheLimit fixes it. memory() counts live tensors only;
+ * the cache is reported here.
  */
 export function cacheInfo(): { cachedBytes: number; limitBytes: number; hits: number; misses: number } {
   return native().cacheStats();
@@ -117,9 +119,12 @@ export function emptyCache(): void {
   native().emptyCache();
 }
 
-/** Sets the most bytes the CPU block cache keeps (0 turns caching off) and empties it. */
-export function setCacheLimit(bytes: number): void {
-  native().setCacheLimit(checkInt(bytes, 'bytes', 0, 2 ** 50));
+/**
+ * Sets the most bytes the CPU block cache keeps (0 turns caching off), or 'auto' (the default: the
+ * larger of 1 GiB and the most the program has had in use at once), and empties it.
+ */
+export function setCacheLimit(bytes: number | 'auto'): void {
+  native().setCacheLimit(bytes === 'auto' ? -1 : checkInt(bytes, 'bytes', 0, 2 ** 50));
 }
 
 /** The number of threads of duat's thread pool. */

@@ -116,7 +116,7 @@ export interface RawBinding {
   resetPeakMemory(): void;
   cacheStats(): { cachedBytes: number; limitBytes: number; hits: number; misses: number };
   emptyCache(): void;
-  setCacheLimit(bytes: number): void;
+  setCacheLimit(bytes: number): void;  // -1: auto
   setGradEnabled(on: boolean): boolean;
   setNumThreads(n: number): number;
   setCpuIsa(isa: 0 | 1 | 2): number;

@@ -183,8 +183,9 @@ describe('the CPU block cache', () => {
     duat.setCacheLimit(0);
     step();
     expect(duat.cacheInfo().cachedBytes).toBe(0);
-    duat.setCacheLimit(2 ** 30);
+    duat.setCacheLimit('auto');
     expect(() => duat.setCacheLimit(-1)).toThrow(duat.ArgumentError);
+    expect(() => duat.setCacheLimit('some' as unknown as number)).toThrow(duat.ArgumentError);
   });
 
   test('turns over to new sizes when the program changes: a full cache gives way to the blocks just freed', () => {
@@ -204,7 +205,33 @@ describe('the CPU block cache', () => {
       expect(duat.cacheInfo().hits).toBeGreaterThan(before.hits);
       expect(duat.cacheInfo().cachedBytes).toBeLessThanOrEqual(3 * 2 ** 20);
     } finally {
+      duat.setCacheLimit('auto');
+    }
+  });
+
+  test('by default the limit grows to what the program has had in use at once, so a step larger than 1 GiB reuses its blocks', () => {
+    // 40 tensors of 32 MiB held at once, then freed and made again: under the fixed 1 GiB limit some of them are freed for good and made afresh
+    // (misses); under the default every one comes back from the cache.
+    const round = () => {
+      const ts = Array.from({ length: 40 }, () => duat.zeros([8 * 2 ** 20]));
+      for (const t of ts) t.dispose();
+    };
+    try {
       duat.setCacheLimit(2 ** 30);
+      round();
+      let before = duat.cacheInfo();
+      round();
+      expect(duat.cacheInfo().misses - before.misses).toBeGreaterThan(0);
+      expect(duat.cacheInfo().limitBytes).toBe(2 ** 30);
+      duat.setCacheLimit('auto');
+      round();
+      before = duat.cacheInfo();
+      round();
+      expect(duat.cacheInfo().misses - before.misses).toBe(0);
+      expect(duat.cacheInfo().limitBytes).toBeGreaterThanOrEqual(40 * 32 * 2 ** 20);
+      expect(duat.cacheInfo().cachedBytes).toBeGreaterThanOrEqual(40 * 32 * 2 ** 20);
+    } finally {
+      duat.setCacheLimit('auto');
     }
   });
 });

@@ -407,7 +407,7 @@ Napi::Value js_empty_cache(Info info) {
 
 Napi::Value js_set_cache_limit(Info info) {
   return guard(info, [&]() -> Napi::Value {
-    set_cache_limit(arg_int(info, 0, "bytes", 0, int64_t{1} << 50));
+    set_cache_limit(arg_int(info, 0, "bytes", CACHE_LIMIT_AUTO, int64_t{1} << 50));  // -1: auto
     return info.Env().Undefined();
   });
 }

@@ -95,17 +95,20 @@ struct MemoryStats {
 MemoryStats memory_stats();
 void reset_peak_bytes();
 
-// The CPU block cache: freed blocks of 64 KiB and more are kept by size class (at most
-// cache_limit bytes; a block freed into a full cache replaces the longest-cached ones) and
-// reused, so steady-state training allocates without page faults.
+// The CPU block cache: freed blocks of 64 KiB and more are kept by size class (up to the cache's
+// limit; a block freed into a full cache replaces the longest-cached ones) and reused, so
+// steady-state training allocates without page faults.
 struct CacheStats {
   int64_t cached_bytes;
   int64_t limit_bytes;
   int64_t hits;
   int64_t misses;
 };
-CacheStats cache_stats();
-void set_cache_limit(int64_t bytes);  // 0 disables caching
+CacheStats cache_stats();  // limit_bytes: the limit in force (auto: as it stands now)
+// A fixed limit (0 disables caching), or CACHE_LIMIT_AUTO (the default): the larger of 1 GiB and
+// the most bytes of cacheable blocks the program has had in use at once.
+constexpr int64_t CACHE_LIMIT_AUTO = -1;
+void set_cache_limit(int64_t bytes);
 void empty_cache();                   // returns every cached block to the system
 
 Tensor empty(const Shape& shape, DType dtype = DTYPE_F32, Device device = DEVICE_CPU);
