@@ -81,13 +81,14 @@ struct BlockCache {
   Blocks blocks;
   std::map<uint64_t, Blocks::iterator> by_age;  // every cached block by its tick, oldest first
   int64_t cached = 0;
-  int64_t limit = int64_t{1} << 30;  // the least, when auto
-  bool auto_limit = true;
+  int64_t limit = CACHE_LIMIT_AUTO;     // fixed bytes, or auto
   int64_t in_use = 0, peak_in_use = 0;  // blocks of CACHE_MIN and more handed out and not given back
   int64_t hits = 0, misses = 0;
   uint64_t ticks = 0;
 
-  int64_t effective_limit() const { return auto_limit ? std::max(limit, peak_in_use) : limit; }
+  int64_t effective_limit() const {
+    return limit == CACHE_LIMIT_AUTO ? std::max(int64_t{1} << 30, peak_in_use) : limit;
+  }
   void hand_out(size_t bytes) {
     in_use += static_cast<int64_t>(bytes);
     peak_in_use = std::max(peak_in_use, in_use);
@@ -148,8 +149,7 @@ void set_cache_limit(int64_t bytes) {
   {
     BlockCache& c = block_cache();
     std::lock_guard<std::mutex> lock(c.mutex);
-    c.auto_limit = bytes == CACHE_LIMIT_AUTO;
-    c.limit = c.auto_limit ? int64_t{1} << 30 : std::max<int64_t>(bytes, 0);
+    c.limit = bytes == CACHE_LIMIT_AUTO ? bytes : std::max<int64_t>(bytes, 0);
   }
   empty_cache();
 }

@@ -1262,6 +1262,17 @@ void test_sgemm_row_blocks() {
   }
 }
 
+// GemmArgs of C (rows ldc apart) = alpha * A B, A (M x K) and B (K x N) row-major.
+GemmArgs row_major_product(int64_t M, int64_t N, int64_t K, float alpha, const float* A, const float* B, float* C,
+                           int64_t ldc) {
+  GemmArgs g;
+  g.M = static_cast<int>(M), g.N = static_cast<int>(N), g.K = static_cast<int>(K), g.alpha = alpha;
+  g.A = A, g.a_m = K, g.a_k = 1;
+  g.B = B, g.b_n = 1, g.b_k = N;
+  g.C = C, g.c_m = ldc;
+  return g;
+}
+
 // The product with GELU's backward in its epilogue (gemm_gelu_backward): the CPU's, on each of
 // sgemm's paths (row blocks of the packed path with a partial last one, few rows read against B
 // in place, an unpacked small product, split K, whose blocks are not the packed path's, so the
@@ -1302,11 +1313,7 @@ void test_gemm_gelu_backward() {
       for (int way = 0; way < 4; way++) {  // the CPU's on 1, 2, 3 threads; the Backend default
         set_num_threads(way < 3 ? way + 1 : 2);
         std::vector<float> C(M * ld, NAN), db(N, NAN);
-        GemmArgs g;
-        g.M = static_cast<int>(M), g.N = static_cast<int>(N), g.K = static_cast<int>(K), g.alpha = alpha;
-        g.A = A.data(), g.a_m = K, g.a_k = 1;
-        g.B = B.data(), g.b_n = 1, g.b_k = N;
-        g.C = C.data(), g.c_m = ld;
+        const GemmArgs g = row_major_product(M, N, K, alpha, A.data(), B.data(), C.data(), ld);
         Backend& be = cpu_backend();
         way < 3 ? be.gemm_gelu_backward(g, pre_ld.data(), db.data())
                 : be.Backend::gemm_gelu_backward(g, pre_ld.data(), db.data());
@@ -1374,11 +1381,7 @@ void test_gemm_tunings_same_bits(CpuIsa isa) {
       if (act_kind == 2) {
         // GELU's backward as the ops run it: from the tiles or over finished blocks, as the tuning
         // and the sizes have it; out holds the bias sums.
-        GemmArgs g;
-        g.M = static_cast<int>(M), g.N = static_cast<int>(N), g.K = static_cast<int>(K), g.alpha = 0.5f;
-        g.A = A.data(), g.a_m = K, g.a_k = 1;
-        g.B = B.data(), g.b_n = 1, g.b_k = N;
-        g.C = C.data(), g.c_m = N;
+        const GemmArgs g = row_major_product(M, N, K, 0.5f, A.data(), B.data(), C.data(), N);
         out.resize(N);
         cpu_backend().gemm_gelu_backward(g, pre.data(), out.data());
       } else {
